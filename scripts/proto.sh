@@ -1,0 +1,22 @@
+#!/bin/sh
+# Regenerates src/proto/ (ts-proto, typed messages + grpc-js service definitions)
+# and src/proto/descriptor_set.bin (served by gRPC reflection) from protos/.
+# Needs Debian's protoc (protobuf-compiler). Output is committed: nothing runs
+# code generation at start-up.
+set -eu
+cd "$(dirname "$0")/.."
+out=src/proto
+files=$(cd protos && find tvix -name '*.proto' | sort)
+rm -rf "$out/tvix"
+mkdir -p "$out"
+NO_COLOR=1 protoc -I protos \
+  --plugin=protoc-gen-ts_proto=scripts/protoc-gen-ts_proto \
+  --ts_proto_out="$out" \
+  --ts_proto_opt=outputServices=grpc-js,env=browser,forceLong=bigint,oneof=unions-value,esModuleInterop=true,importSuffix=.ts,outputJsonMethods=false,useExactTypes=false \
+  $files
+# The grpc-js service definitions use Buffer; import it explicitly for Deno.
+for f in $(grep -l 'Buffer.from' $(find "$out/tvix" -name '*.ts')); do
+  sed -i '0,/^import /s//import { Buffer } from "node:buffer";\nimport /' "$f"
+done
+protoc -I protos --include_imports \
+  --descriptor_set_out="$out/descriptor_set.bin" $files

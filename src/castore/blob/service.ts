@@ -1,0 +1,62 @@
+/**
+ * The BlobService interface: blobs stored by the BLAKE3 of their contents.
+ *
+ * Backends live beside this file, one per file, and are built from a URL by
+ * `from_url.ts`.
+ *
+ * @module
+ */
+import type { Digest } from "../digest.ts";
+
+/** One chunk of a blob, as `Stat(send_chunks)` lists it. */
+export interface ChunkMeta {
+  /** BLAKE3 of the chunk. */
+  digest: Digest;
+  /** Length of the chunk in bytes. */
+  size: bigint;
+}
+
+/**
+ * A blob's bytes, in pieces of any size. Breaking out of a `for await`
+ * loop releases the reader. Backends that can verify data do so while
+ * streaming and throw a `StorageError` instead of yielding wrong bytes.
+ */
+export type BlobReader = AsyncIterable<Uint8Array>;
+
+/** An upload in progress. */
+export interface BlobWriter {
+  /** Appends bytes. Resolves when the writer can take more (backpressure). */
+  write(data: Uint8Array): Promise<void>;
+  /**
+   * Finishes the upload and returns the digest of all bytes written. Calling
+   * it again returns the same digest; writing after it fails.
+   */
+  close(): Promise<Digest>;
+  /** Drops the upload; nothing of it becomes visible. */
+  abort(): Promise<void>;
+}
+
+/** A content-addressed blob store. */
+export interface BlobService {
+  /** Whether the blob (or a chunk known to the backend) exists. */
+  has(digest: Digest): Promise<boolean>;
+
+  /**
+   * The blob's chunk list: `undefined` if the blob is unknown, empty if the
+   * backend has no finer granularity, else chunks whose concatenation is the
+   * blob. Every listed chunk can be read by its own digest.
+   */
+  chunks(digest: Digest): Promise<ChunkMeta[] | undefined>;
+
+  /**
+   * Opens a blob (or a chunk) for reading, starting at byte `offset`;
+   * `undefined` if it is unknown.
+   */
+  openRead(digest: Digest, offset?: number): Promise<BlobReader | undefined>;
+
+  /** Starts an upload. */
+  openWrite(): BlobWriter;
+
+  /** Releases resources (connections, file handles). */
+  close(): Promise<void>;
+}

@@ -1,0 +1,110 @@
+/**
+ * BLAKE3 digests: hashing, comparison and display.
+ *
+ * Every blob, chunk and directory in castore is addressed by a 32-byte
+ * BLAKE3-256 digest (default mode, unkeyed).
+ *
+ * @module
+ */
+import { createBLAKE3, type IHasher } from "hash-wasm";
+
+/** Length in bytes of a BLAKE3 digest. */
+export const B3_LEN = 32;
+
+/** A 32-byte BLAKE3 digest. */
+export type Digest = Uint8Array;
+
+// One shared instance serves all one-shot hashing: init/update/digest run
+// synchronously, so no other caller can interleave with them.
+const oneShot: IHasher = await createBLAKE3();
+
+/** BLAKE3 of `data`, computed synchronously. */
+export function blake3(data: Uint8Array): Digest {
+  oneShot.init();
+  oneShot.update(data);
+  return oneShot.digest("binary");
+}
+
+/** An incremental BLAKE3 hasher for streamed data. */
+export interface Blake3Hasher {
+  /** Feeds more bytes. */
+  update(data: Uint8Array): void;
+  /** Returns the digest of everything fed so far. */
+  digest(): Digest;
+}
+
+/** Creates an incremental BLAKE3 hasher. */
+export async function newBlake3Hasher(): Promise<Blake3Hasher> {
+  const h = await createBLAKE3();
+  h.init();
+  return {
+    update: (data) => void h.update(data),
+    digest: () => h.digest("binary"),
+  };
+}
+
+/** BLAKE3 of the empty string, which is also the digest of the empty Directory. */
+export const EMPTY_DIGEST: Digest = blake3(new Uint8Array(0));
+
+/** Whether two byte strings are equal. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Bytewise comparison: negative, zero or positive like a sort comparator. */
+export function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    if (a[i] !== b[i]) return a[i] - b[i];
+  }
+  return a.length - b.length;
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
+/** Lowercase hex of `bytes`. */
+export function toHex(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i++) s += HEX[bytes[i]];
+  return s;
+}
+
+/** Bytes of a hex string (either case); throws on odd length or bad digits. */
+export function fromHex(hex: string): Uint8Array {
+  if (hex.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(hex)) {
+    throw new TypeError(`invalid hex string: ${hex}`);
+  }
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+/** Standard base64 (RFC 4648 §4, with padding). */
+export function toBase64(bytes: Uint8Array): string {
+  let bin = "";
+  for (let i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]);
+  return btoa(bin);
+}
+
+/** Bytes of a standard base64 string; throws on malformed input. */
+export function fromBase64(text: string): Uint8Array {
+  const bin = atob(text);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/**
+ * The display form of a digest used in messages and xattrs:
+ * `b3:` followed by standard padded base64 (47 characters for 32 bytes).
+ */
+export function b3Display(digest: Uint8Array): string {
+  return `b3:${toBase64(digest)}`;
+}
+
+/** A digest as a Map/Set key (lowercase hex). */
+export function digestKey(digest: Uint8Array): string {
+  return toHex(digest);
+}

@@ -1,0 +1,25 @@
+/**
+ * The two kinds of failure a castore or store backend reports.
+ *
+ * `InvalidRequestError` is the caller's fault (maps to gRPC INVALID_ARGUMENT);
+ * `StorageError` is the backend's (maps to gRPC DATA_LOSS, or INTERNAL where
+ * the wire contract says so). Absence is not an error: services return
+ * `undefined` for unknown digests.
+ *
+ * @module
+ */
+
+/** The request was malformed or failed validation. */
+export class InvalidRequestError extends Error {
+  override name = "InvalidRequestError";
+}
+
+/** The backend failed, or holds data that fails verification. */
+export class StorageError extends Error {
+  override name = "StorageError";
+}
+
+/** The error's message, whatever was thrown. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

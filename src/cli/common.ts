@@ -1,0 +1,69 @@
+/**
+ * Options shared by the subcommands: where the three services live, and
+ * where the embedded store keeps its files.
+ *
+ * @module
+ */
+import { type Command, Option } from "commander";
+import { join } from "node:path";
+
+/** The three service addresses a subcommand talks to. */
+export interface ServiceAddrs {
+  blobServiceAddr: string;
+  directoryServiceAddr: string;
+  pathInfoServiceAddr: string;
+}
+
+/** Where clients find a daemon unless told otherwise (as upstream). */
+export const DEFAULT_REMOTE_ADDR = "grpc+http://[::1]:8000";
+
+/**
+ * Data directory of the embedded store: `$TVIX_STORE_HOME`, else
+ * `$XDG_DATA_HOME/tvix-store`, else `~/.local/share/tvix-store`.
+ */
+export function dataDir(): string {
+  const home = Deno.env.get("TVIX_STORE_HOME");
+  if (home) return home;
+  const xdg = Deno.env.get("XDG_DATA_HOME");
+  if (xdg) return join(xdg, "tvix-store");
+  const user = Deno.env.get("HOME");
+  if (!user) throw new Error("cannot find a data directory: set TVIX_STORE_HOME or HOME");
+  return join(user, ".local", "share", "tvix-store");
+}
+
+/** The embedded store's addresses under `dir`: object-store blobs, SQLite metadata. */
+export function embeddedAddrs(dir: string): ServiceAddrs {
+  const db = `sqlite://${join(dir, "store.sqlite")}`;
+  return {
+    blobServiceAddr: `objectstore+file://${join(dir, "blobs")}`,
+    directoryServiceAddr: db,
+    pathInfoServiceAddr: db,
+  };
+}
+
+/**
+ * Adds `--blob-service-addr`, `--directory-service-addr` and
+ * `--path-info-service-addr` (with their env vars) to `cmd`. Without
+ * defaults, the option values are left undefined so the caller can fill
+ * them lazily (the embedded store creates directories on first use).
+ */
+export function addServiceOptions(cmd: Command, defaults?: Partial<ServiceAddrs>): Command {
+  const add = (flag: string, env: string, desc: string, def?: string) => {
+    const opt = new Option(`${flag} <url>`, desc).env(env);
+    cmd.addOption(def ? opt.default(def) : opt);
+  };
+  add("--blob-service-addr", "BLOB_SERVICE_ADDR", "blob service URL", defaults?.blobServiceAddr);
+  add(
+    "--directory-service-addr",
+    "DIRECTORY_SERVICE_ADDR",
+    "directory service URL",
+    defaults?.directoryServiceAddr,
+  );
+  add(
+    "--path-info-service-addr",
+    "PATH_INFO_SERVICE_ADDR",
+    "path info service URL",
+    defaults?.pathInfoServiceAddr,
+  );
+  return cmd;
+}

@@ -1,0 +1,55 @@
+/**
+ * Workaround for denoland/deno#36788 (Deno 2.9.4–2.9.6).
+ *
+ * When an HTTP/2 session receives GOAWAY, Deno's node:http2 runs
+ * `session.close()` synchronously inside nghttp2's frame callback; once the
+ * session has carried a few hundred streams this aborts the whole process
+ * (`find_stream_on_goaway_func: Assertion stream->closed_next == NULL`).
+ * Deferring the real `close()` to a later macrotask avoids it, for servers
+ * and clients alike (measured: 0 crashes in 290 runs against 9–10 in 10).
+ *
+ * Import this module before anything creates an HTTP/2 server or channel.
+ * It does nothing outside Deno, and nothing on Deno versions that are known
+ * to be unaffected. Once Deno ships the fix, bump `FIXED_IN` and the churn
+ * tests prove the removal.
+ *
+ * @module
+ */
+import http2 from "node:http2";
+import { setImmediate } from "node:timers";
+
+/** Deno versions (major.minor.patch) affected by the bug. */
+const AFFECTED = /^2\.9\.[4-6]$/;
+
+/** Whether the running Deno needs the workaround. */
+export const workaroundActive: boolean = typeof Deno !== "undefined" &&
+  AFFECTED.test(Deno.version.deno);
+
+const PATCHED = Symbol.for("tvix-store.h2-goaway-workaround");
+
+function deferClose(session: http2.Http2Session): void {
+  const close = session.close;
+  session.close = function (this: http2.Http2Session, ...args: unknown[]) {
+    setImmediate(() => (close as (...a: unknown[]) => void).apply(this, args));
+  } as typeof session.close;
+}
+
+type Patchable = Record<string | symbol, unknown>;
+
+if (workaroundActive && !(http2 as unknown as Patchable)[PATCHED]) {
+  (http2 as unknown as Patchable)[PATCHED] = true;
+  for (const name of ["createServer", "createSecureServer"] as const) {
+    const original = http2[name] as (...args: unknown[]) => http2.Http2Server;
+    (http2 as unknown as Patchable)[name] = function (...args: unknown[]) {
+      const server = original.apply(http2, args);
+      server.on("session", deferClose);
+      return server;
+    };
+  }
+  const connect = http2.connect as (...args: unknown[]) => http2.ClientHttp2Session;
+  (http2 as unknown as Patchable).connect = function (...args: unknown[]) {
+    const session = connect.apply(http2, args);
+    deferClose(session);
+    return session;
+  };
+}
