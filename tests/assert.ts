@@ -13,12 +13,14 @@ export function assert(cond: unknown, msg = "assertion failed"): asserts cond {
 
 /** Deep strict equality (typed arrays compared by content). */
 export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  deepStrictEqual(actual, expected, msg);
+  if (msg === undefined) deepStrictEqual(actual, expected);
+  else deepStrictEqual(actual, expected, msg);
 }
 
 /** Deep strict inequality. */
 export function assertNotEquals<T>(actual: T, expected: T, msg?: string): void {
-  notDeepStrictEqual(actual, expected, msg);
+  if (msg === undefined) notDeepStrictEqual(actual, expected);
+  else notDeepStrictEqual(actual, expected, msg);
 }
 
 type Ctor<E> = abstract new (...args: never[]) => E;

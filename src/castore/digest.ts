@@ -29,17 +29,33 @@ export function blake3(data: Uint8Array): Digest {
 export interface Blake3Hasher {
   /** Feeds more bytes. */
   update(data: Uint8Array): void;
-  /** Returns the digest of everything fed so far. */
+  /** Returns the digest of everything fed so far and ends the hasher. */
   digest(): Digest;
 }
 
-/** Creates an incremental BLAKE3 hasher. */
+// Each hash-wasm hasher is its own WebAssembly instance (~14 KiB of memory
+// and ~60 µs to create), and every blob upload needs one: finished hashers
+// are reset and reused instead of instantiating thousands.
+const idleHashers: IHasher[] = [];
+const MAX_IDLE_HASHERS = 64;
+
+/** Creates an incremental BLAKE3 hasher (reusing a finished one when possible). */
 export async function newBlake3Hasher(): Promise<Blake3Hasher> {
-  const h = await createBLAKE3();
+  const h = idleHashers.pop() ?? await createBLAKE3();
   h.init();
+  let finished = false;
   return {
-    update: (data) => void h.update(data),
-    digest: () => h.digest("binary"),
+    update(data) {
+      if (finished) throw new Error("BLAKE3 hasher used after digest()");
+      h.update(data);
+    },
+    digest() {
+      if (finished) throw new Error("BLAKE3 hasher used after digest()");
+      finished = true;
+      const digest = h.digest("binary");
+      if (idleHashers.length < MAX_IDLE_HASHERS) idleHashers.push(h);
+      return digest;
+    },
   };
 }
 
@@ -51,6 +67,19 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** The concatenation of byte strings, always in a fresh array. */
+export function concatBytes(parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Bytewise comparison: negative, zero or positive like a sort comparator. */

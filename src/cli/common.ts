@@ -5,7 +5,8 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 
 /** The three service addresses a subcommand talks to. */
 export interface ServiceAddrs {
@@ -33,12 +34,30 @@ export function dataDir(): string {
 
 /** The embedded store's addresses under `dir`: object-store blobs, SQLite metadata. */
 export function embeddedAddrs(dir: string): ServiceAddrs {
-  const db = `sqlite://${join(dir, "store.sqlite")}`;
+  // URLs need an absolute, percent-encoded path: a relative one would parse
+  // as a host, and `#` or `?` in a directory name would end the path.
+  const urlPath = (name: string) => pathToFileURL(join(resolve(dir), name)).pathname;
+  const db = `sqlite://${urlPath("store.sqlite")}`;
   return {
-    blobServiceAddr: `objectstore+file://${join(dir, "blobs")}`,
+    blobServiceAddr: `objectstore+file://${urlPath("blobs")}`,
     directoryServiceAddr: db,
     pathInfoServiceAddr: db,
   };
+}
+
+/**
+ * The command-line flags selecting `addrs` (those {@linkcode addServiceOptions}
+ * adds), for running a subcommand against them.
+ */
+export function serviceAddrArgs(addrs: ServiceAddrs): string[] {
+  return [
+    "--blob-service-addr",
+    addrs.blobServiceAddr,
+    "--directory-service-addr",
+    addrs.directoryServiceAddr,
+    "--path-info-service-addr",
+    addrs.pathInfoServiceAddr,
+  ];
 }
 
 /**

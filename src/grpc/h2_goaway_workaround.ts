@@ -21,16 +21,23 @@ import { setImmediate } from "node:timers";
 /** Deno versions (major.minor.patch) affected by the bug. */
 const AFFECTED = /^2\.9\.[4-6]$/;
 
-/** Whether the running Deno needs the workaround. */
+/** Whether the running Deno needs the workaround (`TVIX_H2_GOAWAY_WORKAROUND=off` disables it, for tests). */
 export const workaroundActive: boolean = typeof Deno !== "undefined" &&
-  AFFECTED.test(Deno.version.deno);
+  AFFECTED.test(Deno.version.deno) && Deno.env.get("TVIX_H2_GOAWAY_WORKAROUND") !== "off";
 
 const PATCHED = Symbol.for("tvix-store.h2-goaway-workaround");
 
 function deferClose(session: http2.Http2Session): void {
   const close = session.close;
-  session.close = function (this: http2.Http2Session, ...args: unknown[]) {
-    setImmediate(() => (close as (...a: unknown[]) => void).apply(this, args));
+  session.close = function (this: http2.Http2Session, callback?: () => void) {
+    // Register the callback now, as the real close() would: by the time the
+    // deferred close() runs the session may already be closed, and close()
+    // on a closed session drops its callback (grpc-js's tryShutdown would
+    // then never finish).
+    if (typeof callback === "function" && !this.closed && !this.destroyed) {
+      this.once("close", callback);
+    }
+    setImmediate(() => close.call(this));
   } as typeof session.close;
 }
 

@@ -25,7 +25,10 @@ export type BlobReader = AsyncIterable<Uint8Array>;
 
 /** An upload in progress. */
 export interface BlobWriter {
-  /** Appends bytes. Resolves when the writer can take more (backpressure). */
+  /**
+   * Appends bytes. Resolves when the writer can take more (backpressure);
+   * from then on the caller may reuse `data`'s buffer.
+   */
   write(data: Uint8Array): Promise<void>;
   /**
    * Finishes the upload and returns the digest of all bytes written. Calling

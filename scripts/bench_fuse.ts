@@ -1,0 +1,284 @@
+/**
+ * FUSE benchmark: `tvix-store mount` against a C libfuse low-level server
+ * (scripts/fuse_memfs.c) serving the same bytes from memory, in one run.
+ *
+ * - sequential read (MB/s) of a 1 GiB file, each run on a fresh mount;
+ * - `ls -lR` of a 10,100-entry tree (100 dirs x 100 files), fresh mounts;
+ * - the same read with the store behind a `tvix-store daemon` reached over
+ *   `grpc+http://`.
+ *
+ * Our store is local (SQLite + object store: zstd chunks, BLAKE3-verified
+ * on read) while the C server serves from memory, so the read ratio prices
+ * in decompression and verification. Needs root (or fusermount3), gcc and
+ * libfuse3-dev. Usage: `deno run -A scripts/bench_fuse.ts [--runs=3] [--threads=N]`
+ *
+ * @module
+ */
+import { join } from "node:path";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const C_SOURCE = new URL("./fuse_memfs.c", import.meta.url).pathname;
+const arg = (name: string, def: number) => {
+  const a = Deno.args.find((x) => x.startsWith(`--${name}=`));
+  return a ? Number(a.slice(name.length + 3)) : def;
+};
+const RUNS = arg("runs", 3);
+/** `--only=ls` or `--only=read` runs just one part. */
+const ONLY = Deno.args.find((x) => x.startsWith("--only="))?.slice(7);
+const THREADS = arg("threads", navigator.hardwareConcurrency || 2);
+const BIG_SIZE = 1 << 30; // must match fuse_memfs.c
+let bigName = "", treeName = "";
+let RUNS_GRPC = RUNS;
+
+async function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, cwd: opts.cwd, stdout: "piped", stderr: "piped" })
+    .output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return text;
+}
+
+function mounted(path: string): boolean {
+  return Deno.readTextFileSync("/proc/self/mountinfo").split("\n").some((l) =>
+    l.split(" ")[4] === path
+  );
+}
+
+async function waitFor(cond: () => boolean, what: string, child?: Deno.ChildProcess) {
+  let exited = false;
+  child?.status.then(() => (exited = true));
+  for (let i = 0; !cond(); i++) {
+    if (exited) throw new Error(`${what}: process exited`);
+    if (i > 1200) throw new Error(`${what}: timed out`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Writes the 1 GiB file: xorshift32 (seed 1) low bytes, as fuse_memfs.c. */
+async function writeBig(path: string): Promise<void> {
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  const buf = new Uint8Array(16 << 20);
+  let x = 1;
+  for (let done = 0; done < BIG_SIZE; done += buf.length) {
+    for (let i = 0; i < buf.length; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      buf[i] = x & 0xff;
+    }
+    let off = 0;
+    while (off < buf.length) off += await f.write(buf.subarray(off));
+  }
+  f.close();
+}
+
+async function writeTree(root: string): Promise<void> {
+  await Deno.mkdir(root);
+  const enc = new TextEncoder();
+  for (let d = 0; d < 100; d++) {
+    const dn = `d${String(d).padStart(3, "0")}`;
+    await Deno.mkdir(join(root, dn));
+    for (let f = 0; f < 100; f++) {
+      const fnm = `f${String(f).padStart(3, "0")}`;
+      await Deno.writeFile(join(root, dn, fnm), enc.encode(`${dn}/${fnm}\n`));
+      await Deno.chmod(join(root, dn, fnm), 0o444);
+    }
+  }
+}
+
+interface Server {
+  mnt: string;
+  stop(): Promise<void>;
+}
+
+async function startOurs(addrs: string[]): Promise<Server> {
+  const mnt = await Deno.makeTempDir({ prefix: "bench-tvix-" });
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "--log-level=warn", "mount", mnt, `--threads=${THREADS}`, ...addrs],
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  await waitFor(() => mounted(mnt), "tvix-store mount", child);
+  return {
+    mnt,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+      await Deno.remove(mnt);
+    },
+  };
+}
+
+async function startC(binary: string): Promise<Server> {
+  const mnt = await Deno.makeTempDir({ prefix: "bench-c-" });
+  const child = new Deno.Command(binary, {
+    args: [mnt, "-t", String(THREADS)],
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  await waitFor(() => mounted(mnt), "fuse_memfs", child);
+  return {
+    mnt,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+      await Deno.remove(mnt);
+    },
+  };
+}
+
+/** Seconds taken by `fn`. */
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  await fn();
+  return (performance.now() - t0) / 1000;
+}
+
+const readSecs = (path: string) =>
+  timed(() => sh("dd", [`if=${path}`, "of=/dev/null", "bs=1M", "status=none"]));
+const lsSecs = (path: string) => timed(() => sh("sh", ["-c", `ls -lR "${path}" > /dev/null`]));
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const work = await Deno.makeTempDir({ prefix: "bench-fuse-" });
+try {
+  console.error("building fuse_memfs…");
+  const cBinary = join(work, "fuse_memfs");
+  const flags = (await sh("pkg-config", ["fuse3", "--cflags", "--libs"])).trim().split(/\s+/);
+  await sh("gcc", ["-O2", "-o", cBinary, C_SOURCE, ...flags]);
+
+  console.error("generating data and importing it…");
+  const data = join(work, "data");
+  await Deno.mkdir(data);
+  if (ONLY !== "ls") await writeBig(join(data, "big"));
+  await writeTree(join(data, "tree"));
+  const store = join(work, "store");
+  const db = `sqlite://${join(store, "store.sqlite")}`;
+  const local = [
+    `--blob-service-addr=objectstore+file://${join(store, "blobs")}`,
+    `--directory-service-addr=${db}`,
+    `--path-info-service-addr=${db}`,
+  ];
+  const importSecs = await timed(async () => {
+    const out = await sh(Deno.execPath(), [
+      "run",
+      "-A",
+      MAIN,
+      "--log-level=warn",
+      "import",
+      ...(ONLY === "ls" ? [] : [join(data, "big")]),
+      join(data, "tree"),
+      ...local,
+    ]);
+    const paths = out.trim().split("\n");
+    bigName = paths.find((p) => p.endsWith("-big"))?.slice("/nix/store/".length) ?? "";
+    treeName = paths.find((p) => p.endsWith("-tree"))!.slice("/nix/store/".length);
+  });
+  console.error(`imported in ${importSecs.toFixed(1)} s`);
+  await Deno.remove(data, { recursive: true });
+
+  const results: Record<string, number[]> = {
+    readOurs: [],
+    readC: [],
+    warmOurs: [],
+    warmC: [],
+    lsOurs: [],
+    lsC: [],
+    readGrpc: [],
+  };
+  const servers = [["Ours", () => startOurs(local)], ["C", () => startC(cBinary)]] as const;
+  for (let run = 0; run < RUNS; run++) {
+    for (const [which, start] of servers) {
+      if (ONLY !== "ls") {
+        const s = await start();
+        try {
+          const big = which === "Ours" ? join(s.mnt, bigName) : join(s.mnt, "big");
+          results[`read${which}`].push(await readSecs(big));
+          // Again on the same mount, with the kernel's page cache of the file dropped:
+          // served from the server's memory (our chunk cache, if the file fits).
+          await sh("dd", [`if=${big}`, "iflag=nocache", "count=0", "status=none"]);
+          results[`warm${which}`].push(await readSecs(big));
+        } finally {
+          await s.stop();
+        }
+      }
+      if (ONLY !== "read") {
+        const s = await start();
+        try {
+          const tree = which === "Ours" ? join(s.mnt, treeName) : join(s.mnt, "tree");
+          results[`ls${which}`].push(await lsSecs(tree));
+        } finally {
+          await s.stop();
+        }
+      }
+    }
+  }
+
+  // The same read through a daemon over gRPC.
+  if (ONLY === "ls") RUNS_GRPC = 0;
+  const daemon = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "daemon", "--listen-address=[::1]:0", ...local],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let address = "";
+  const reader = (async () => {
+    for await (const t of daemon.stderr.pipeThrough(new TextDecoderStream())) {
+      const m = / listening address=(\S+)/.exec(t);
+      if (m && !address) address = m[1];
+    }
+  })();
+  try {
+    await waitFor(() => address !== "", "daemon", daemon);
+    const url = `grpc+http://${address}`;
+    const grpc = [
+      `--blob-service-addr=${url}`,
+      `--directory-service-addr=${url}`,
+      `--path-info-service-addr=${url}`,
+    ];
+    for (let run = 0; run < RUNS_GRPC; run++) {
+      const s = await startOurs(grpc);
+      try {
+        results.readGrpc.push(await readSecs(join(s.mnt, bigName)));
+      } finally {
+        await s.stop();
+      }
+    }
+  } finally {
+    daemon.kill("SIGTERM");
+    await daemon.status;
+    await reader;
+  }
+
+  const mbps = (secs: number[]) => secs.length ? BIG_SIZE / 1e6 / median(secs) : NaN;
+  const ms = (secs: number[]) => secs.length ? median(secs) * 1000 : NaN;
+  const rOurs = mbps(results.readOurs), rC = mbps(results.readC);
+  const wOurs = mbps(results.warmOurs), wC = mbps(results.warmC);
+  const lOurs = ms(results.lsOurs), lC = ms(results.lsC);
+  console.log(`FUSE benchmark (${THREADS} threads, median of ${RUNS} runs, fresh mounts)`);
+  console.log(`sequential read 1 GiB, first read (ours: from the local store; C: memory)`);
+  console.log(
+    `  ours ${rOurs.toFixed(0)} MB/s, C ${rC.toFixed(0)} MB/s: ${(rOurs / rC).toFixed(2)}x`,
+  );
+  console.log(`sequential read 1 GiB, again with the page cache dropped (both from memory)`);
+  console.log(
+    `  ours ${wOurs.toFixed(0)} MB/s, C ${wC.toFixed(0)} MB/s: ${
+      (wOurs / wC).toFixed(2)
+    }x (target >= 0.9x)`,
+  );
+  console.log(`sequential read 1 GiB, grpc+http daemon: ${mbps(results.readGrpc).toFixed(0)} MB/s`);
+  console.log(`ls -lR of 10,100 entries`);
+  console.log(
+    `  ours ${lOurs.toFixed(0)} ms, C ${lC.toFixed(0)} ms: ${
+      (lOurs / lC).toFixed(2)
+    }x (target <= 1.5x)`,
+  );
+  console.log(`raw seconds: ${JSON.stringify(results)}`);
+} finally {
+  await Deno.remove(work, { recursive: true });
+}

@@ -1,0 +1,164 @@
+/**
+ * nar-bridge benchmark, against baselines measured in the same run:
+ *
+ * 1. NAR download: a tree of `--size-mib` (default 512) MiB (a few large
+ *    random files plus some small ones) is imported into a fresh embedded
+ *    store (objectstore+file blobs, SQLite metadata); `tvix-store nar-bridge`
+ *    serves it on loopback; the NAR is fetched over HTTP (uncompressed) with
+ *    curl (Nix's own HTTP client; Deno's fetch would be the bottleneck) into
+ *    /dev/null, vs `nix-store --dump` of the same tree through a pipe into
+ *    `cat > /dev/null`.
+ *    The bridge's peak RSS (VmHWM) shows that the NAR is streamed.
+ * 2. narinfo requests per second from 16 concurrent clients (keep-alive),
+ *    vs `/nix-cache-info` on the same server (HTTP overhead alone).
+ *
+ * Each number is the best of `--rounds` (default 3). Usage:
+ * `deno run -A scripts/bench_narbridge.ts [--size-mib 512] [--rounds 3]`.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import * as nixbase32 from "../src/store/nixbase32.ts";
+import { StorePath } from "../src/store/store_path.ts";
+import { parseNarInfo } from "../src/narbridge/narinfo.ts";
+import { embeddedAddrs, serviceAddrArgs } from "../src/cli/common.ts";
+import { MAIN, numberArg, watchLines } from "./support.ts";
+
+const MiB = 1024 * 1024;
+const SIZE_MIB = numberArg("size-mib", 512);
+const ROUNDS = numberArg("rounds", 3);
+const CLIENTS = 16;
+const NARINFO_REQUESTS = numberArg("requests", 20_000);
+
+async function makeTree(root: string): Promise<void> {
+  await Deno.mkdir(join(root, "small"), { recursive: true });
+  const buf = new Uint8Array(MiB);
+  // 8 MiB of 4 KiB files, the rest in 64 MiB random files.
+  for (let i = 0; i < 2048; i++) {
+    crypto.getRandomValues(buf.subarray(0, 4096));
+    await Deno.writeFile(join(root, "small", `f${i}`), buf.subarray(0, 4096));
+  }
+  let left = SIZE_MIB - 8;
+  for (let n = 0; left > 0; n++) {
+    const mib = Math.min(64, left);
+    const f = await Deno.open(join(root, `big${n}`), { write: true, create: true });
+    for (let m = 0; m < mib; m++) {
+      for (let o = 0; o < MiB; o += 65536) crypto.getRandomValues(buf.subarray(o, o + 65536));
+      await f.write(buf);
+    }
+    f.close();
+    left -= mib;
+  }
+}
+
+async function run(args: string[]): Promise<string> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout);
+}
+
+function best<T>(xs: T[], key: (x: T) => number): T {
+  return xs.reduce((a, b) => (key(b) < key(a) ? b : a));
+}
+
+/** A memory figure (`VmHWM` peak, `VmRSS` current) of a process, in MiB. */
+function memMiB(pid: number, field: "VmHWM" | "VmRSS"): number {
+  const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** `n` GETs of `url` spread over `clients` sequential loops; returns requests/s. */
+async function hammer(url: string, n: number, clients: number): Promise<number> {
+  let next = 0;
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: clients }, async () => {
+    while (next < n) {
+      next++;
+      const res = await fetch(url);
+      await res.arrayBuffer();
+      if (res.status !== 200) throw new Error(`${url}: ${res.status}`);
+    }
+  }));
+  return n / ((performance.now() - t0) / 1000);
+}
+
+const tmp = await Deno.makeTempDir({ prefix: "bench-narbridge-" });
+let bridge: Deno.ChildProcess | undefined;
+try {
+  const tree = join(tmp, "tree");
+  console.log(`generating a ${SIZE_MIB} MiB tree ...`);
+  await makeTree(tree);
+  const storeArgs = serviceAddrArgs(embeddedAddrs(tmp));
+  console.log("importing ...");
+  const storePath = StorePath.parseAbsolute((await run(["import", ...storeArgs, tree])).trim());
+
+  bridge = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "nar-bridge", "-l", "127.0.0.1:0", ...storeArgs],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  // Keeps draining its stderr so it never blocks.
+  const port = (await watchLines(bridge.stderr, / listening address=127\.0\.0\.1:(\d+)/).match)[1];
+  const base = `http://127.0.0.1:${port}`;
+  const narinfoUrl = `${base}/${nixbase32.encode(storePath.digest)}.narinfo`;
+  const ni = parseNarInfo(await (await fetch(narinfoUrl)).text());
+  const narMiB = Number(ni.narSize) / MiB;
+  const peakBefore = memMiB(bridge.pid, "VmHWM");
+
+  const http: number[] = [];
+  const dump: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    let t0 = performance.now();
+    const curl = await new Deno.Command("curl", {
+      args: ["-sf", "-o", "/dev/null", "-w", "%{size_download}", `${base}/${ni.url}`],
+      stdout: "piped",
+    }).output();
+    http.push(performance.now() - t0);
+    const got = Number(new TextDecoder().decode(curl.stdout));
+    if (!curl.success || got !== Number(ni.narSize)) {
+      throw new Error(`curl got ${got} bytes, want ${ni.narSize}`);
+    }
+
+    t0 = performance.now();
+    // Through a pipe, like the bridge's bytes through its socket (straight
+    // to /dev/null nix-store would skip the copy out entirely).
+    const dumped = await new Deno.Command("sh", {
+      args: ["-c", 'nix-store --dump "$1" | cat > /dev/null', "sh", tree],
+    }).output();
+    dump.push(performance.now() - t0);
+    if (!dumped.success) throw new Error("nix-store --dump failed");
+  }
+  const httpMBs = narMiB / (best(http, (x) => x) / 1000);
+  const dumpMBs = narMiB / (best(dump, (x) => x) / 1000);
+  console.log(`NAR of ${narMiB.toFixed(0)} MiB:`);
+  console.log(`  nar-bridge HTTP GET     ${httpMBs.toFixed(0)} MiB/s`);
+  console.log(`  nix-store --dump        ${dumpMBs.toFixed(0)} MiB/s`);
+  console.log(`  ratio (bridge / dump)   ${(httpMBs / dumpMBs).toFixed(2)}`);
+  console.log(
+    `  nar-bridge peak RSS     ${peakBefore.toFixed(0)} MiB before the downloads, ` +
+      `${memMiB(bridge.pid, "VmHWM").toFixed(0)} MiB after`,
+  );
+
+  const narinfoRps: number[] = [];
+  const infoRps: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    narinfoRps.push(await hammer(narinfoUrl, NARINFO_REQUESTS, CLIENTS));
+    infoRps.push(await hammer(`${base}/nix-cache-info`, NARINFO_REQUESTS, CLIENTS));
+  }
+  const nrps = Math.max(...narinfoRps);
+  const irps = Math.max(...infoRps);
+  console.log(`${CLIENTS} concurrent clients, ${NARINFO_REQUESTS} requests each round:`);
+  console.log(`  narinfo                 ${nrps.toFixed(0)} req/s`);
+  console.log(`  nix-cache-info (static) ${irps.toFixed(0)} req/s`);
+  console.log(`  ratio (narinfo / static) ${(nrps / irps).toFixed(2)}`);
+} finally {
+  if (bridge) {
+    bridge.kill("SIGTERM");
+    await bridge.status;
+  }
+  await Deno.remove(tmp, { recursive: true });
+}

@@ -1,0 +1,306 @@
+/**
+ * Where the object-store blob service runs its per-chunk work (see
+ * `chunk_codec.ts`): a small pool of chunk Workers, shared by every service
+ * in the process, or the calling thread.
+ *
+ * The pool starts Workers lazily (one more whenever every running one is
+ * busy, up to its size) and keeps them unref'd while idle, so it never holds
+ * a process open. If Workers cannot start at all, it runs the codec on the
+ * calling thread instead, with identical results. A Worker that dies while
+ * it has work fails that work with a {@linkcode StorageError} (a write then
+ * fails and stores no index); the next task starts a fresh Worker.
+ *
+ * @module
+ */
+import { Worker } from "node:worker_threads";
+import type { Digest } from "../digest.ts";
+import { errorMessage, StorageError } from "../errors.ts";
+import { log } from "../../log.ts";
+import {
+  decodeChunk,
+  decodeInline,
+  encodeChunk,
+  type EncodedChunk,
+  INLINE_LIMIT,
+  owned,
+} from "./chunk_codec.ts";
+import type { ChunkRequest, ChunkResponse, WorkerReady } from "./chunk_worker.ts";
+
+/** Runs the per-chunk work of the object-store blob service. */
+export interface ChunkCodec {
+  /**
+   * Hashes and compresses a chunk. Takes ownership of `chunk`: its buffer
+   * may be handed to another thread, so the caller must not use it again.
+   */
+  encode(chunk: Uint8Array): Promise<EncodedChunk>;
+  /**
+   * Decompresses a chunk object and verifies it against `digest` (and
+   * `size`, if known); {@linkcode StorageError} if it is not exactly that
+   * chunk. Takes ownership of `compressed`.
+   */
+  decode(compressed: Uint8Array, digest: Digest, size?: number): Promise<Uint8Array>;
+}
+
+/** The codec on the calling thread (zstd itself runs on the libuv threadpool). */
+export const inThreadCodec: ChunkCodec = {
+  encode: (chunk) => encodeChunk(chunk),
+  decode: (compressed, digest, size) => decodeChunk(compressed, digest, size),
+};
+
+/**
+ * Chunk Workers to use by default: one per core beyond the main thread's,
+ * at least one, at most four. Inside a Worker (e.g. a FUSE Worker, where the
+ * embedding code already spreads work over threads) none: the codec runs on
+ * that Worker's thread.
+ */
+export function defaultChunkWorkers(): number {
+  if (!isMainThread()) return 0;
+  return Math.min(4, Math.max(1, (navigator.hardwareConcurrency ?? 2) - 1));
+}
+
+function isMainThread(): boolean {
+  // Deno Workers have WorkerGlobalScope; node:worker_threads Workers a parentPort.
+  return !("WorkerGlobalScope" in globalThis);
+}
+
+const WORKER_URL = new URL("./chunk_worker.ts", import.meta.url);
+
+/** A Worker's successful answer. */
+type ChunkResult = Extract<ChunkResponse, { data: ArrayBuffer }>;
+
+interface Task {
+  req: ChunkRequest;
+  transfer: ArrayBuffer[];
+  resolve: (res: ChunkResult) => void;
+  reject: (err: Error) => void;
+  /** Runs the task on the calling thread instead (Workers unavailable). */
+  fallback: () => void;
+}
+
+/** One Worker and the tasks it owes answers to. */
+class Slot {
+  readonly worker: Worker;
+  readonly pending = new Map<number, Task>();
+  /** Whether the Worker has loaded its module (answered anything yet). */
+  ready = false;
+  /** Tasks waiting for the Worker to load. */
+  readonly queued: Task[] = [];
+
+  constructor(worker: Worker) {
+    this.worker = worker;
+  }
+
+  get load(): number {
+    return this.pending.size + this.queued.length;
+  }
+}
+
+/**
+ * A pool of chunk Workers implementing {@linkcode ChunkCodec}. Most code
+ * uses the process-wide pool through {@linkcode acquireChunkCodec}.
+ */
+export class ChunkWorkerPool implements ChunkCodec {
+  #size: number;
+  readonly #url: URL;
+  readonly #slots = new Set<Slot>();
+  #nextId = 1;
+  /** Set once a Worker failed to start: from then on the codec runs in-thread. */
+  #disabled = false;
+
+  /**
+   * `size`: most Workers to run; `workerUrl`: another module speaking the
+   * same protocol (for tests).
+   */
+  constructor(size: number, workerUrl: URL = WORKER_URL) {
+    this.#size = Math.max(1, size);
+    this.#url = workerUrl;
+  }
+
+  /** Whether the pool has given up on Workers and runs the codec in-thread. */
+  get inThread(): boolean {
+    return this.#disabled;
+  }
+
+  /** Workers currently running. */
+  get workers(): number {
+    return this.#slots.size;
+  }
+
+  /** Raises the pool size (never lowers it). */
+  grow(size: number): void {
+    this.#size = Math.max(this.#size, size);
+  }
+
+  async encode(chunk: Uint8Array): Promise<EncodedChunk> {
+    if (this.#disabled || chunk.length <= INLINE_LIMIT) return await inThreadCodec.encode(chunk);
+    const buf = owned(chunk).buffer;
+    const res = await this.#run(
+      (id) => ({ id, op: "encode", chunk: buf }),
+      [buf],
+      () => inThreadCodec.encode(new Uint8Array(buf)),
+    );
+    return "compressed" in res
+      ? res
+      : { digest: res.digest!, compressed: new Uint8Array(res.data) };
+  }
+
+  async decode(compressed: Uint8Array, digest: Digest, size?: number): Promise<Uint8Array> {
+    if (this.#disabled || decodeInline(compressed, size)) {
+      return await inThreadCodec.decode(compressed, digest, size);
+    }
+    const buf = owned(compressed).buffer;
+    const res = await this.#run(
+      // A copy of the digest: it may be a view into a larger buffer (a
+      // decoded index), which structured cloning would copy whole.
+      (id) => ({ id, op: "decode", compressed: buf, digest: digest.slice(), size }),
+      [buf],
+      () => inThreadCodec.decode(new Uint8Array(buf), digest, size),
+    );
+    return res instanceof Uint8Array ? res : new Uint8Array(res.data);
+  }
+
+  /**
+   * Stops every Worker. Their unanswered tasks fail with a StorageError;
+   * later tasks start new Workers.
+   */
+  async terminate(): Promise<void> {
+    const slots = [...this.#slots];
+    this.#slots.clear();
+    for (const slot of slots) this.#fail(slot, new StorageError("chunk worker was stopped"));
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  #run<T>(
+    request: (id: number) => ChunkRequest,
+    transfer: ArrayBuffer[],
+    inThread: () => Promise<T>,
+  ): Promise<ChunkResult | T> {
+    return new Promise((resolve, reject) => {
+      const task: Task = {
+        req: request(this.#nextId++),
+        transfer,
+        resolve,
+        reject,
+        fallback: () => inThread().then(resolve, reject),
+      };
+      const slot = this.#pick();
+      if (!slot) return task.fallback();
+      if (slot.ready) this.#send(slot, task);
+      else slot.queued.push(task);
+      slot.worker.ref();
+    });
+  }
+
+  /** The least busy Worker, or a new one if all are busy; undefined if none can start. */
+  #pick(): Slot | undefined {
+    let best: Slot | undefined;
+    for (const s of this.#slots) if (!best || s.load < best.load) best = s;
+    if (best && (best.load === 0 || this.#slots.size >= this.#size)) return best;
+    return this.#spawn() ?? best;
+  }
+
+  #spawn(): Slot | undefined {
+    let worker: Worker;
+    try {
+      worker = new Worker(this.#url);
+    } catch (err) {
+      this.#giveUp(errorMessage(err));
+      return undefined;
+    }
+    const slot = new Slot(worker);
+    this.#slots.add(slot);
+    worker.on("message", (msg: ChunkResponse | WorkerReady) => this.#onMessage(slot, msg));
+    worker.on("error", (err: unknown) => this.#onDeath(slot, `failed: ${errorMessage(err)}`));
+    worker.on("exit", (code: number) => this.#onDeath(slot, `exited (code ${code})`));
+    // Tasks wait for the Worker's "ready" before they are sent: one whose
+    // module cannot load never gets any data, so its tasks can run in-thread.
+    // (Deno also drops messages that arrive before the Worker's listener is
+    // attached, which happens only after its module's top-level await.)
+    worker.unref();
+    return slot;
+  }
+
+  #onMessage(slot: Slot, msg: ChunkResponse | WorkerReady): void {
+    if ("ready" in msg) {
+      slot.ready = true;
+      for (const task of slot.queued.splice(0)) this.#send(slot, task);
+      return;
+    }
+    const task = slot.pending.get(msg.id);
+    if (!task) return;
+    slot.pending.delete(msg.id);
+    if (slot.load === 0) slot.worker.unref();
+    if ("error" in msg) {
+      task.reject(msg.storage ? new StorageError(msg.error) : new Error(msg.error));
+    } else {
+      task.resolve(msg);
+    }
+  }
+
+  #send(slot: Slot, task: Task): void {
+    slot.pending.set(task.req.id, task);
+    slot.worker.postMessage(task.req, task.transfer);
+  }
+
+  #onDeath(slot: Slot, what: string): void {
+    if (!this.#slots.delete(slot)) return;
+    if (!slot.ready) {
+      // It never loaded: Workers do not work here. Its tasks still hold
+      // their buffers (nothing was sent), so they run in-thread.
+      this.#giveUp(what);
+      for (const task of slot.queued.splice(0)) task.fallback();
+      void slot.worker.terminate();
+      return;
+    }
+    this.#fail(slot, new StorageError(`chunk worker ${what}`));
+    void slot.worker.terminate();
+  }
+
+  #giveUp(why: string): void {
+    if (!this.#disabled) {
+      log.warn("chunk workers unavailable, chunks are processed in-thread", { why });
+    }
+    this.#disabled = true;
+  }
+
+  #fail(slot: Slot, err: StorageError): void {
+    for (const task of slot.pending.values()) task.reject(err);
+    for (const task of slot.queued) task.reject(err);
+    slot.pending.clear();
+    slot.queued.length = 0;
+  }
+}
+
+let shared: ChunkWorkerPool | undefined;
+let sharedUsers = 0;
+
+/** A use of a codec; `release()` once done with it. */
+export interface ChunkCodecLease {
+  readonly codec: ChunkCodec;
+  release(): Promise<void>;
+}
+
+/**
+ * The process-wide chunk codec for `workers` Workers: the shared pool
+ * (started on first use, grown to the largest size asked for) or, for
+ * `workers <= 0`, the in-thread codec. The pool's Workers stop when the
+ * last lease is released.
+ */
+export function acquireChunkCodec(workers: number = defaultChunkWorkers()): ChunkCodecLease {
+  if (workers <= 0) return { codec: inThreadCodec, release: () => Promise.resolve() };
+  if (shared) shared.grow(workers);
+  else shared = new ChunkWorkerPool(workers);
+  sharedUsers++;
+  const pool = shared;
+  let released = false;
+  return {
+    codec: pool,
+    release: async () => {
+      if (released) return;
+      released = true;
+      if (--sharedUsers > 0) return;
+      if (shared === pool) shared = undefined;
+      await pool.terminate();
+    },
+  };
+}

@@ -1,0 +1,58 @@
+/**
+ * A chunk Worker (node:worker_threads, started by `chunk_pool.ts`): runs
+ * the synchronous chunk codec on request, so BLAKE3 and zstd of many chunks
+ * proceed beside the main thread. Buffers travel as transferred
+ * ArrayBuffers both ways, never copied.
+ *
+ * `deno compile` must be given `--include src/castore/blob/chunk_worker.ts`.
+ *
+ * @module
+ */
+import { parentPort } from "node:worker_threads";
+import { decodeChunkSync, encodeChunkSync } from "./chunk_codec.ts";
+import { errorMessage, StorageError } from "../errors.ts";
+
+/** A request to a chunk Worker. */
+export type ChunkRequest =
+  | { id: number; op: "encode"; chunk: ArrayBuffer }
+  | {
+    id: number;
+    op: "decode";
+    compressed: ArrayBuffer;
+    digest: Uint8Array;
+    size: number | undefined;
+  };
+
+/** A chunk Worker's answer to the request with the same `id`. */
+export type ChunkResponse =
+  | { id: number; digest?: Uint8Array; data: ArrayBuffer }
+  | { id: number; error: string; storage: boolean };
+
+/** The first message of a chunk Worker, once it can take requests. */
+export interface WorkerReady {
+  ready: true;
+}
+
+function answer(req: ChunkRequest): [ChunkResponse, ArrayBuffer[]] {
+  try {
+    if (req.op === "encode") {
+      const { digest, compressed } = encodeChunkSync(new Uint8Array(req.chunk));
+      const data = compressed.buffer as ArrayBuffer;
+      return [{ id: req.id, digest, data }, [data]];
+    }
+    const plain = decodeChunkSync(new Uint8Array(req.compressed), req.digest, req.size);
+    return [{ id: req.id, data: plain.buffer }, [plain.buffer]];
+  } catch (err) {
+    return [{ id: req.id, error: errorMessage(err), storage: err instanceof StorageError }, []];
+  }
+}
+
+if (parentPort) {
+  const port = parentPort;
+  port.on("message", (req: ChunkRequest) => {
+    const [res, transfer] = answer(req);
+    port.postMessage(res, transfer);
+  });
+  // Tells the pool the module loaded (BLAKE3 included) and requests may come.
+  port.postMessage({ ready: true } satisfies WorkerReady);
+}

@@ -1,0 +1,34 @@
+/**
+ * Builds a BlobService from its URL (SPEC §5.1): `memory://`,
+ * `objectstore+<url>`, `grpc+unix|http|https://…`.
+ *
+ * @module
+ */
+import { checkMemoryUrl, parseServiceUrl, unknownScheme, urlScheme } from "../service_url.ts";
+import { GrpcBlobService } from "./grpc.ts";
+import { MemoryBlobService } from "./memory.ts";
+import { objectStoreBlobServiceFromUrl } from "./objectstore.ts";
+import type { BlobService } from "./service.ts";
+
+/** Constructs the blob service `url` names. Throws `StorageError` for a bad URL. */
+export function blobServiceFromUrl(url: string): Promise<BlobService> {
+  try {
+    const parsed = parseServiceUrl(url);
+    switch (urlScheme(parsed)) {
+      case "memory":
+        checkMemoryUrl(parsed);
+        return Promise.resolve(new MemoryBlobService());
+      case "grpc+unix":
+      case "grpc+http":
+      case "grpc+https":
+        return GrpcBlobService.fromUrl(url);
+      default:
+        if (urlScheme(parsed).startsWith("objectstore+")) {
+          return Promise.resolve(objectStoreBlobServiceFromUrl(parsed));
+        }
+        throw unknownScheme(parsed);
+    }
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}

@@ -1,0 +1,388 @@
+/**
+ * BlobService on an object store (`objectstore+file://…`, `objectstore+memory://`),
+ * in the reference layout (SPEC §5.5):
+ *
+ * - `blobs/b3/<hex d[0..2]>/<hex d>`: the blob index, a protobuf
+ *   `StatBlobResponse` listing the chunks in order;
+ * - `chunks/b3/<hex c[0..2]>/<hex c>`: one chunk, zstd-compressed (level 3).
+ *
+ * Blobs are split with FastCDC (128/256/512 KiB) while streaming; the
+ * whole-blob BLAKE3 and the chunking run on the calling thread, and each
+ * chunk's BLAKE3 and compression run in the shared chunk Worker pool
+ * (`chunk_pool.ts`; in-thread if Workers are unavailable). Chunks are
+ * uploaded concurrently with a bounded number in flight; the index is
+ * written last, after every chunk's `put` (which is durable) has completed,
+ * so a blob becomes visible only once all of its chunks are. Quirk Q4 is
+ * fixed: an index with fewer than two chunks stores an empty list, and such
+ * a blob is read through its one chunk object, whose digest is the blob
+ * digest.
+ *
+ * Every chunk read is decompressed and checked against its BLAKE3 digest (and
+ * listed size), also in the pool: corrupted or truncated data is a
+ * `StorageError`, never wrong bytes.
+ *
+ * @module
+ */
+import { StatBlobResponse } from "../../proto/tvix/castore/protos/rpc_blobstore.ts";
+import {
+  B3_LEN,
+  b3Display,
+  type Blake3Hasher,
+  bytesEqual,
+  type Digest,
+  digestKey,
+  EMPTY_DIGEST,
+  newBlake3Hasher,
+  toHex,
+} from "../digest.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { objectStoreFromUrl } from "../objectstore/from_url.ts";
+import type { ObjectStore } from "../objectstore/store.ts";
+import type { EncodedChunk } from "./chunk_codec.ts";
+import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
+import { FastCdcChunker, OBJECTSTORE_CHUNKING } from "./fastcdc.ts";
+import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
+
+/** Tuning knobs; the defaults suit a 2-core machine. */
+export interface ObjectStoreBlobServiceOptions {
+  /** Chunks being hashed, compressed or uploaded at once per writer; `write()` waits beyond it. */
+  maxInflightChunks?: number;
+  /** Chunks fetched and verified ahead of the one being yielded by a reader. */
+  readAhead?: number;
+  /**
+   * Chunk Workers in the process-wide pool (default: see
+   * `defaultChunkWorkers`); 0 runs the per-chunk work on this thread.
+   */
+  workers?: number;
+  /** A codec to use instead of the shared one (tests); the service does not release it. */
+  codec?: ChunkCodec;
+}
+
+function shardedPath(kind: "blobs" | "chunks", digest: Digest): string {
+  const hex = toHex(digest);
+  return `${kind}/b3/${hex.slice(0, 4)}/${hex}`;
+}
+
+/** Object path of a blob index: `blobs/b3/<4 hex>/<64 hex>`. */
+export function blobIndexPath(digest: Digest): string {
+  return shardedPath("blobs", digest);
+}
+
+/** Object path of a chunk: `chunks/b3/<4 hex>/<64 hex>`. */
+export function chunkPath(digest: Digest): string {
+  return shardedPath("chunks", digest);
+}
+
+function checkDigest(digest: Digest): void {
+  if (digest.length !== B3_LEN) throw new InvalidRequestError("invalid digest length");
+}
+
+/** A BlobService storing chunked, compressed blobs in an {@linkcode ObjectStore}. */
+export class ObjectStoreBlobService implements BlobService {
+  readonly #store: ObjectStore;
+  readonly #maxInflight: number;
+  readonly #readAhead: number;
+  readonly #codec: ChunkCodec;
+  readonly #lease: ChunkCodecLease | undefined;
+
+  constructor(store: ObjectStore, options: ObjectStoreBlobServiceOptions = {}) {
+    this.#store = store;
+    this.#maxInflight = Math.max(1, options.maxInflightChunks ?? 8);
+    // Enough to keep the pool busy while the consumer takes the current chunk.
+    this.#readAhead = Math.max(1, options.readAhead ?? 4);
+    if (options.codec) {
+      this.#codec = options.codec;
+    } else {
+      this.#lease = acquireChunkCodec(options.workers);
+      this.#codec = this.#lease.codec;
+    }
+  }
+
+  /** The underlying object store (for tools and tests). */
+  get store(): ObjectStore {
+    return this.#store;
+  }
+
+  /** True if a blob index or a chunk object with this digest exists. */
+  async has(digest: Digest): Promise<boolean> {
+    checkDigest(digest);
+    return await this.#store.exists(blobIndexPath(digest)) ||
+      await this.#store.exists(chunkPath(digest));
+  }
+
+  /**
+   * The index's chunk list (empty for blobs of fewer than two chunks), `[]`
+   * for a bare chunk, `undefined` if neither exists.
+   */
+  async chunks(digest: Digest): Promise<ChunkMeta[] | undefined> {
+    checkDigest(digest);
+    const list = await this.#readIndex(digest);
+    if (list) {
+      // An index written by the reference (before its Q4 fix) lists a single
+      // chunk that is the blob itself; report it as "no finer chunking".
+      if (list.length === 1 && bytesEqual(list[0].digest, digest)) return [];
+      return list;
+    }
+    return await this.#store.exists(chunkPath(digest)) ? [] : undefined;
+  }
+
+  /**
+   * Reads a blob or a chunk from `offset`. Only the chunks covering
+   * `[offset, end)` are fetched; each is verified before it is yielded. The
+   * empty blob reads as empty without any I/O.
+   */
+  async openRead(digest: Digest, offset = 0): Promise<BlobReader | undefined> {
+    checkDigest(digest);
+    if (!Number.isSafeInteger(offset) || offset < 0) {
+      throw new InvalidRequestError(`invalid read offset ${offset}`);
+    }
+    if (bytesEqual(digest, EMPTY_DIGEST)) return (async function* () {})();
+
+    const single = await this.#readChunk(digest);
+    if (single) {
+      return (async function* () {
+        if (offset < single.length) yield single.subarray(offset);
+      })();
+    }
+
+    const list = await this.#readIndex(digest);
+    if (!list) return undefined;
+    if (list.length === 0) {
+      throw new StorageError(`blob ${b3Display(digest)} is indexed but its chunk is missing`);
+    }
+    let start = 0;
+    let startOffset = 0;
+    while (start < list.length && startOffset + Number(list[start].size) <= offset) {
+      startOffset += Number(list[start].size);
+      start++;
+    }
+    return this.#readChunks(list, start, offset - startOffset);
+  }
+
+  async *#readChunks(list: ChunkMeta[], start: number, skip: number): AsyncGenerator<Uint8Array> {
+    const pending: Promise<Uint8Array>[] = [];
+    let next = start;
+    const fill = () => {
+      while (pending.length < this.#readAhead && next < list.length) {
+        const { digest, size } = list[next++];
+        const fetch = this.#readChunk(digest, Number(size)).then((data) => {
+          if (!data) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
+          return data;
+        });
+        // Rejections surface when awaited below; a reader dropped early
+        // must not leave them unhandled.
+        fetch.catch(() => {});
+        pending.push(fetch);
+      }
+    };
+    for (fill(); pending.length > 0; fill()) {
+      const data = await pending.shift()!;
+      // Refill before handing the chunk out, so the next fetches run while
+      // the consumer works on this one.
+      fill();
+      yield skip > 0 ? data.subarray(skip) : data;
+      skip = 0;
+    }
+  }
+
+  /** Fetches, decompresses and verifies one chunk; `undefined` if absent. */
+  async #readChunk(digest: Digest, size?: number): Promise<Uint8Array | undefined> {
+    const compressed = await this.#store.get(chunkPath(digest));
+    if (!compressed) return undefined;
+    return await this.#codec.decode(compressed, digest, size);
+  }
+
+  /** The index's chunk list, `undefined` if there is no index. */
+  async #readIndex(digest: Digest): Promise<ChunkMeta[] | undefined> {
+    const raw = await this.#store.get(blobIndexPath(digest));
+    if (!raw) return undefined;
+    let index: StatBlobResponse;
+    try {
+      index = StatBlobResponse.decode(raw);
+    } catch (err) {
+      throw new StorageError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
+    }
+    index.chunks.forEach((c, i) => {
+      if (c.digest.length !== B3_LEN) {
+        throw new StorageError(
+          `blob index ${
+            b3Display(digest)
+          }: Invalid digest length ${c.digest.length} for chunk #${i}`,
+        );
+      }
+    });
+    return index.chunks.map((c) => ({ digest: c.digest, size: c.size }));
+  }
+
+  /** Starts an upload; see {@linkcode ObjectStoreBlobWriter}. */
+  openWrite(): BlobWriter {
+    return new ObjectStoreBlobWriter(this.#store, this.#codec, this.#maxInflight);
+  }
+
+  /** Closes the object store and releases this service's use of the chunk Worker pool. */
+  async close(): Promise<void> {
+    await this.#lease?.release();
+    await this.#store.close();
+  }
+}
+
+/**
+ * Chunks the stream as it arrives; each chunk is encoded (hashed and
+ * compressed) and uploaded in the background, at most `maxInflight` at a
+ * time (`write()` waits for a slot). The first chunk is held back, encoded,
+ * until a second one exists: a single-chunk blob's chunk object carries the
+ * blob digest, so it must not appear before `close()` decides the blob is
+ * complete.
+ */
+class ObjectStoreBlobWriter implements BlobWriter {
+  readonly #store: ObjectStore;
+  readonly #codec: ChunkCodec;
+  readonly #maxInflight: number;
+  readonly #hasher: Promise<Blake3Hasher> = newBlake3Hasher();
+  readonly #chunker = new FastCdcChunker(OBJECTSTORE_CHUNKING);
+  /** Each chunk's digest once encoded, in stream order. */
+  readonly #digests: Promise<Digest>[] = [];
+  readonly #sizes: number[] = [];
+  readonly #scheduled = new Set<string>();
+  readonly #inflight = new Set<Promise<void>>();
+  /** The first chunk, encoded, until it is known whether the blob has more. */
+  #held: Promise<EncodedChunk> | undefined;
+  #state: "open" | "closed" | "aborted" = "open";
+  #error: StorageError | undefined;
+  /** Serialises writes so chunks are listed in stream order. */
+  #queue: Promise<void> = Promise.resolve();
+  #closing: Promise<Digest> | undefined;
+
+  constructor(store: ObjectStore, codec: ChunkCodec, maxInflight: number) {
+    this.#store = store;
+    this.#codec = codec;
+    this.#maxInflight = maxInflight;
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    if (this.#state !== "open") {
+      return Promise.reject(new InvalidRequestError(`blob writer already ${this.#state}`));
+    }
+    const run = this.#queue.then(async () => {
+      (await this.#hasher).update(data);
+      for (const chunk of this.#chunker.push(data)) await this.#accept(chunk);
+    });
+    this.#queue = run;
+    return run;
+  }
+
+  close(): Promise<Digest> {
+    if (this.#state === "aborted") {
+      return Promise.reject(new InvalidRequestError("blob writer already aborted"));
+    }
+    this.#state = "closed";
+    this.#closing ??= this.#finish();
+    return this.#closing;
+  }
+
+  async abort(): Promise<void> {
+    if (this.#state !== "open") return;
+    this.#state = "aborted";
+    await this.#queue.catch(() => {});
+    await Promise.allSettled([...this.#inflight]);
+    this.#held = undefined;
+  }
+
+  async #finish(): Promise<Digest> {
+    await this.#queue;
+    for (const chunk of this.#chunker.finish()) await this.#accept(chunk);
+    await this.#releaseHeld();
+    await Promise.allSettled([...this.#inflight]);
+    if (this.#error) throw this.#error;
+
+    const digest = (await this.#hasher).digest();
+    const indexPath = blobIndexPath(digest);
+    if (!await this.#store.exists(indexPath)) {
+      const chunks: ChunkMeta[] = [];
+      if (this.#digests.length >= 2) {
+        const digests = await Promise.all(this.#digests);
+        digests.forEach((d, i) => chunks.push({ digest: d, size: BigInt(this.#sizes[i]) }));
+      }
+      await this.#store.put(
+        indexPath,
+        StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish(),
+      );
+    }
+    return digest;
+  }
+
+  async #accept(chunk: Uint8Array): Promise<void> {
+    // An aborted upload stops scheduling work for data still being chunked.
+    if (this.#state === "aborted") return;
+    if (this.#error) throw this.#error;
+    this.#sizes.push(chunk.length);
+    if (this.#digests.length === 0) {
+      // Encoded now (in a slot, like any chunk) but stored only later.
+      let encoded!: Promise<EncodedChunk>;
+      await this.#track(() => (encoded = this.#codec.encode(chunk)).then(() => {}));
+      this.#held = encoded;
+      this.#digests.push(digestOf(encoded));
+      return;
+    }
+    await this.#releaseHeld();
+    let encoded!: Promise<EncodedChunk>;
+    await this.#track(() => (encoded = this.#codec.encode(chunk)).then((e) => this.#upload(e)));
+    this.#digests.push(digestOf(encoded));
+  }
+
+  /** Schedules the upload of the held first chunk. */
+  async #releaseHeld(): Promise<void> {
+    const held = this.#held;
+    if (!held) return;
+    this.#held = undefined;
+    await this.#track(() => held.then((e) => this.#upload(e)));
+  }
+
+  /**
+   * Runs `job` once a slot is free, recording its failure for `write`/`close`
+   * to throw; rethrows an earlier failure.
+   */
+  async #track(job: () => Promise<void>): Promise<void> {
+    if (this.#error) throw this.#error;
+    while (this.#inflight.size >= this.#maxInflight) await Promise.race(this.#inflight);
+    if (this.#error) throw this.#error;
+    const run: Promise<void> = job()
+      .catch((err) => {
+        this.#error ??= err instanceof StorageError
+          ? err
+          : new StorageError(`storing a chunk: ${errorMessage(err)}`);
+      })
+      .finally(() => this.#inflight.delete(run));
+    this.#inflight.add(run);
+  }
+
+  /** Stores an encoded chunk unless this writer or the store already has it. */
+  async #upload({ digest, compressed }: EncodedChunk): Promise<void> {
+    const key = digestKey(digest);
+    if (this.#scheduled.has(key)) return;
+    this.#scheduled.add(key);
+    const path = chunkPath(digest);
+    if (await this.#store.exists(path)) return;
+    await this.#store.put(path, compressed);
+  }
+}
+
+/**
+ * The digest of an encoded chunk. A failed encoding is recorded (and thrown)
+ * by the writer; this promise is awaited only on success, so its rejection
+ * is marked handled.
+ */
+function digestOf(encoded: Promise<EncodedChunk>): Promise<Digest> {
+  encoded.catch(() => {});
+  const digest = encoded.then((e) => e.digest);
+  digest.catch(() => {});
+  return digest;
+}
+
+/**
+ * Builds the service from an `objectstore+file:///…` or `objectstore+memory://`
+ * URL; other object stores are rejected as unsupported by this build.
+ */
+export function objectStoreBlobServiceFromUrl(url: URL): ObjectStoreBlobService {
+  return new ObjectStoreBlobService(objectStoreFromUrl(url));
+}

@@ -1,0 +1,39 @@
+/**
+ * Builds a DirectoryService from its URL (SPEC §5.1, with SQLite in place
+ * of sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
+ * `objectstore+<url>`, `grpc+unix|http|https://…`.
+ *
+ * @module
+ */
+import { sqlitePathFromUrl } from "../sqlite_db.ts";
+import { checkMemoryUrl, parseServiceUrl, unknownScheme, urlScheme } from "../service_url.ts";
+import { GrpcDirectoryService } from "./grpc.ts";
+import { MemoryDirectoryService } from "./memory.ts";
+import { objectStoreDirectoryServiceFromUrl } from "./objectstore.ts";
+import type { DirectoryService } from "./service.ts";
+import { SqliteDirectoryService } from "./sqlite.ts";
+
+/** Constructs the directory service `url` names. Throws `StorageError` for a bad URL. */
+export function directoryServiceFromUrl(url: string): Promise<DirectoryService> {
+  try {
+    const parsed = parseServiceUrl(url);
+    switch (urlScheme(parsed)) {
+      case "memory":
+        checkMemoryUrl(parsed);
+        return Promise.resolve(new MemoryDirectoryService());
+      case "grpc+unix":
+      case "grpc+http":
+      case "grpc+https":
+        return GrpcDirectoryService.fromUrl(url);
+      case "sqlite":
+        return Promise.resolve(new SqliteDirectoryService(sqlitePathFromUrl(parsed)));
+      default:
+        if (urlScheme(parsed).startsWith("objectstore+")) {
+          return Promise.resolve(objectStoreDirectoryServiceFromUrl(parsed));
+        }
+        throw unknownScheme(parsed);
+    }
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}

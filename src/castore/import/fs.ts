@@ -1,0 +1,286 @@
+/**
+ * Ingests a local filesystem tree into castore (SPEC §4.6): file contents
+ * become blobs, directories go (children first) to one DirectoryService
+ * multi-put, and the result is the root node named after the path's last
+ * component.
+ *
+ * Symlinks are never followed, not even at the root. Sockets, FIFOs and
+ * devices are refused with an error naming the path. Files are read and
+ * uploaded concurrently (bounded), large ones streamed in fixed-size pieces,
+ * so memory does not grow with file sizes.
+ *
+ * @module
+ */
+import { basename, join } from "node:path";
+import type { BlobService } from "../blob/service.ts";
+import type { DirectoryPutter, DirectoryService } from "../directory/service.ts";
+import { compareBytes, type Digest, digestKey } from "../digest.ts";
+import { type Directory, directoryDigest, directorySize } from "../directory.ts";
+import { InvalidRequestError } from "../errors.ts";
+import type { NodeVariant } from "../node.ts";
+
+/** How many file reads/uploads and directory listings run at once. */
+export const DEFAULT_CONCURRENCY = 32;
+/** Piece size for streaming large files. */
+export const READ_PIECE = 1024 * 1024;
+// Files up to this size are read with one call.
+const SMALL_FILE = 256 * 1024;
+
+/** The path cannot be ingested (unsupported type, changed while reading, bad name). */
+export class IngestError extends InvalidRequestError {
+  override name = "IngestError";
+  constructor(readonly path: string, readonly detail: string) {
+    super(`${path}: ${detail}`);
+  }
+}
+
+/** Progress callbacks, called as work completes. */
+export interface IngestProgress {
+  /** `n` more file bytes were uploaded. */
+  bytes?(n: number): void;
+}
+
+/** Options of {@linkcode ingestPath}. */
+export interface IngestOptions {
+  /** Parallel file uploads (default {@linkcode DEFAULT_CONCURRENCY}). */
+  concurrency?: number;
+  /**
+   * Uploads a file of `size` bytes and returns its digest, instead of
+   * {@linkcode uploadFile} in this thread (e.g. a `WorkerUploadPool`).
+   */
+  upload?: (path: string, size: number) => Promise<Digest>;
+  progress?: IngestProgress;
+  /**
+   * Records, for each blob digest, one local file with that content, and
+   * every directory produced, so the caller can render the NAR from the
+   * local tree without reading blobs back (see `store/import.ts`).
+   */
+  record?: IngestRecord;
+}
+
+/** What {@linkcode IngestOptions.record} collects. */
+export interface IngestRecord {
+  /** digestKey(blob digest) → a local file with that content, and its size. */
+  files: Map<string, { path: string; size: number }>;
+  /** digestKey(directory digest) → Directory. */
+  directories: Map<string, Directory>;
+}
+
+/** A fresh, empty {@linkcode IngestRecord}. */
+export function newIngestRecord(): IngestRecord {
+  return { files: new Map(), directories: new Map() };
+}
+
+/** A counting semaphore: at most `n` holders at a time. */
+class Limiter {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#free++;
+    }
+  }
+}
+
+const te = new TextEncoder();
+
+/**
+ * Uploads one file's contents; returns the digest. Fails with
+ * {@linkcode IngestError} if the file's length differs from `size` (it
+ * changed while being read).
+ */
+export async function uploadFile(
+  blob: BlobService,
+  path: string,
+  size: number,
+  progress?: IngestProgress,
+): Promise<Digest> {
+  const w = blob.openWrite();
+  let got = 0;
+  try {
+    if (size <= SMALL_FILE) {
+      // Synchronous for the same reason as the metadata calls.
+      const data = Deno.readFileSync(path);
+      got = data.length;
+      if (got > 0) await w.write(data);
+    } else {
+      using f = await Deno.open(path, { read: true });
+      while (true) {
+        // A fresh buffer per piece: the writer may still hold the last one.
+        const buf = new Uint8Array(READ_PIECE);
+        const n = await f.read(buf);
+        if (n === null) break;
+        got += n;
+        if (got > size) break;
+        await w.write(buf.subarray(0, n));
+        progress?.bytes?.(n);
+      }
+    }
+  } catch (err) {
+    await w.abort().catch(() => {});
+    throw new IngestError(path, `upload failed: ${(err as Error).message ?? err}`);
+  }
+  if (got !== size) {
+    await w.abort().catch(() => {});
+    throw new IngestError(path, `file changed while reading (size ${size}, read ${got} bytes)`);
+  }
+  if (size <= SMALL_FILE) progress?.bytes?.(size);
+  return await w.close();
+}
+
+function kindOf(info: Deno.FileInfo): string {
+  if (info.isBlockDevice) return "block device";
+  if (info.isCharDevice) return "character device";
+  if (info.isFifo) return "FIFO";
+  if (info.isSocket) return "socket";
+  return "unknown file type";
+}
+
+/**
+ * Ingests `path` (SPEC §4.6) and returns its root node, named after the
+ * last path component. Throws {@linkcode IngestError} naming the offending
+ * path; blob/directory service errors pass through. On failure the
+ * directory upload is not closed, so no partial tree becomes reachable.
+ */
+export async function ingestPath(
+  path: string,
+  blob: BlobService,
+  dir: DirectoryService,
+  options: IngestOptions = {},
+): Promise<NodeVariant> {
+  const limit = new Limiter(options.concurrency ?? DEFAULT_CONCURRENCY);
+  const record = options.record;
+  let putter: DirectoryPutter | undefined;
+  // Puts are serialised: the putter sees each directory after its children.
+  let putChain: Promise<unknown> = Promise.resolve();
+  const putDirectory = (d: Directory): Promise<unknown> => {
+    putter ??= dir.putMultiple();
+    const p = putter;
+    putChain = putChain.then(() => p.put(d));
+    return putChain;
+  };
+
+  async function entry(
+    hostPath: string,
+    name: Uint8Array,
+    info: Deno.FileInfo,
+  ): Promise<NodeVariant> {
+    if (info.isSymlink) {
+      let target: Uint8Array;
+      try {
+        target = te.encode(Deno.readLinkSync(hostPath));
+      } catch (err) {
+        throw new IngestError(hostPath, `readlink failed: ${(err as Error).message ?? err}`);
+      }
+      return { $case: "symlink", value: { name, target } };
+    }
+    if (info.isFile) {
+      const size = info.size;
+      const upload = options.upload;
+      const digest = await limit.run(async () => {
+        if (!upload) return await uploadFile(blob, hostPath, size, options.progress);
+        const d = await upload(hostPath, size);
+        options.progress?.bytes?.(size);
+        return d;
+      });
+      if (record && !record.files.has(digestKey(digest))) {
+        record.files.set(digestKey(digest), { path: hostPath, size });
+      }
+      const executable = ((info.mode ?? 0) & 0o100) !== 0;
+      return { $case: "file", value: { name, digest, size: BigInt(size), executable } };
+    }
+    if (info.isDirectory) {
+      // Continue in a fresh microtask, so deep trees do not grow the call stack.
+      await Promise.resolve();
+      // Metadata calls are synchronous: against the page cache they take
+      // microseconds, far less than an async round trip through the threadpool.
+      const children: { hostPath: string; name: Uint8Array; info: Deno.FileInfo }[] = [];
+      try {
+        for (const e of Deno.readDirSync(hostPath)) {
+          const p = join(hostPath, e.name);
+          children.push({ hostPath: p, name: te.encode(e.name), info: Deno.lstatSync(p) });
+        }
+      } catch (err) {
+        throw new IngestError(hostPath, `listing failed: ${(err as Error).message ?? err}`);
+      }
+      const nodes = await Promise.all(children.map((c) => entry(c.hostPath, c.name, c.info)));
+      // Names from one directory listing are unique: sort once, then append.
+      nodes.sort((a, b) => compareBytes(a.value.name, b.value.name));
+      const d: Directory = { directories: [], files: [], symlinks: [] };
+      for (const n of nodes) {
+        if (n.$case === "directory") d.directories.push(n.value);
+        else if (n.$case === "file") d.files.push(n.value);
+        else d.symlinks.push(n.value);
+      }
+      await putDirectory(d);
+      const digest = directoryDigest(d);
+      record?.directories.set(digestKey(digest), d);
+      return { $case: "directory", value: { name, digest, size: directorySize(d) } };
+    }
+    throw new IngestError(hostPath, `unsupported file type (${kindOf(info)})`);
+  }
+
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.lstat(path);
+  } catch (err) {
+    throw new IngestError(path, (err as Error).message);
+  }
+  const root = await entry(path, te.encode(basename(path)), info);
+  if (putter) await putter.close();
+  return root;
+}
+
+/**
+ * Blob and directory sources over what an ingestion recorded: blobs are read
+ * from the local files they came from, directories from memory. They let
+ * the NAR renderer hash the tree without reading anything back from the
+ * (possibly remote) services. A file whose length changed since ingestion
+ * makes the rendering fail.
+ */
+export function recordedSources(record: IngestRecord): {
+  blob: { openRead(digest: Digest): Promise<AsyncIterable<Uint8Array> | undefined> };
+  dir: {
+    get(digest: Digest): Promise<Directory | undefined>;
+    getRecursive(digest: Digest): AsyncIterable<Directory>;
+  };
+} {
+  return {
+    blob: {
+      openRead(digest) {
+        const file = record.files.get(digestKey(digest));
+        return Promise.resolve(file && readPieces(file.path, file.size));
+      },
+    },
+    dir: {
+      get: (digest) => Promise.resolve(record.directories.get(digestKey(digest))),
+      // The renderer falls back to get() for every directory: nothing to prefetch.
+      getRecursive: async function* () {},
+    },
+  };
+}
+
+async function* readPieces(path: string, size: number): AsyncGenerator<Uint8Array> {
+  if (size <= READ_PIECE) {
+    // One call for the common small file. A changed length shows up as a
+    // size mismatch in the renderer.
+    yield await Deno.readFile(path);
+    return;
+  }
+  using f = await Deno.open(path, { read: true });
+  while (true) {
+    const buf = new Uint8Array(READ_PIECE);
+    const n = await f.read(buf);
+    if (n === null) return;
+    yield buf.subarray(0, n);
+  }
+}

@@ -1,0 +1,50 @@
+/**
+ * A minimal object store: whole objects addressed by relative slash-separated
+ * paths, as the object-store blob and directory backends (SPEC §5.5) need it.
+ *
+ * Objects are immutable once visible: `put` is atomic, so a reader (or a
+ * process after a crash) sees either the complete new object or nothing.
+ *
+ * @module
+ */
+
+/** A store of whole objects under relative paths like `blobs/b3/41f8/41f8…`. */
+export interface ObjectStore {
+  /** The object's bytes, or `undefined` if there is no such object. */
+  get(path: string): Promise<Uint8Array | undefined>;
+
+  /** Whether the object exists (a HEAD request, without reading the data). */
+  exists(path: string): Promise<boolean>;
+
+  /**
+   * Stores the object atomically, replacing any object at that path. Never
+   * leaves a partial object visible, even if the process dies mid-write.
+   */
+  put(path: string, data: Uint8Array): Promise<void>;
+
+  /** Removes the object if it exists. */
+  delete(path: string): Promise<void>;
+
+  /** Paths of all objects whose path starts with `prefix`, sorted. */
+  list(prefix?: string): Promise<string[]>;
+
+  /** A short description for logs, e.g. `file:///var/lib/…`. */
+  readonly description: string;
+
+  /** Releases resources. */
+  close(): Promise<void>;
+}
+
+/**
+ * Checks a relative object path: non-empty segments separated by `/`, no `.`
+ * or `..` segments, no NUL. Throws a TypeError otherwise, so a bad path can
+ * never escape a file store's base directory.
+ */
+export function checkObjectPath(path: string): void {
+  const segments = path.split("/");
+  for (const s of segments) {
+    if (s === "" || s === "." || s === ".." || s.includes("\0") || s.includes("\\")) {
+      throw new TypeError(`invalid object path: ${JSON.stringify(path)}`);
+    }
+  }
+}

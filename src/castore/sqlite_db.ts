@@ -1,0 +1,79 @@
+/**
+ * Opening the SQLite databases the `sqlite://` backends keep their rows in,
+ * and the URL form that names them.
+ *
+ * `sqlite:///abs/path` is a database file (created with its parent
+ * directories); `sqlite://` or `sqlite:` is a private in-memory database,
+ * gone when the service closes.
+ *
+ * @module
+ */
+import { DatabaseSync } from "node:sqlite";
+import { dirname } from "node:path";
+import { InvalidRequestError, StorageError } from "./errors.ts";
+
+/** How long a connection waits for another writer's lock before failing. */
+const BUSY_TIMEOUT_MS = 10_000;
+
+/**
+ * The database file a `sqlite:` URL names, or `undefined` for an in-memory
+ * database. Throws `StorageError` for a host or for `/`.
+ */
+export function sqlitePathFromUrl(url: URL): string | undefined {
+  if (url.host !== "") throw new StorageError("no host allowed");
+  const path = decodeURIComponent(url.pathname);
+  if (path === "") return undefined;
+  if (path === "/") throw new StorageError("cowardly refusing to open / with sqlite");
+  return path;
+}
+
+/**
+ * Opens (creating if needed) a database file, or an in-memory database when
+ * `path` is undefined, in WAL mode with a busy timeout so several
+ * connections (and processes) can share one file.
+ */
+export function openDatabase(path: string | undefined): DatabaseSync {
+  try {
+    if (path !== undefined) Deno.mkdirSync(dirname(path), { recursive: true });
+    const db = new DatabaseSync(path ?? ":memory:");
+    db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    if (path !== undefined) {
+      db.exec("PRAGMA journal_mode = WAL");
+      // With WAL, NORMAL keeps committed transactions atomic and consistent;
+      // only the last ones may be lost on power failure.
+      db.exec("PRAGMA synchronous = NORMAL");
+    }
+    return db;
+  } catch (err) {
+    throw new StorageError(`unable to open sqlite database ${path ?? ":memory:"}: ${err}`);
+  }
+}
+
+/**
+ * Runs `fn` in a write transaction (taking the write lock up front), rolling
+ * back if it throws.
+ */
+export function inTransaction<T>(db: DatabaseSync, fn: () => T): T {
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    const result = fn();
+    db.exec("COMMIT");
+    return result;
+  } catch (err) {
+    db.exec("ROLLBACK");
+    throw err;
+  }
+}
+
+/**
+ * Runs a database call, turning SQLite failures into `StorageError` (our
+ * own `InvalidRequestError`/`StorageError` pass through unchanged).
+ */
+export function storageCall<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof StorageError || err instanceof InvalidRequestError) throw err;
+    throw new StorageError(`sqlite ${what}: ${err instanceof Error ? err.message : err}`);
+  }
+}

@@ -1,0 +1,189 @@
+/**
+ * `tvix-store daemon`: serves the three services over gRPC (SPEC §6.2).
+ *
+ * Defaults differ from the reference on purpose: the daemon listens on
+ * loopback only (`[::1]:8000`), and the backends default to the embedded
+ * store under the data directory, which is created on first start.
+ *
+ * @module
+ */
+import { type Command, Option } from "commander";
+import { addServiceOptions, dataDir, embeddedAddrs, type ServiceAddrs } from "./common.ts";
+import type * as grpc from "@grpc/grpc-js";
+import { constructServices, type Services } from "../store/services.ts";
+import { LocalNarCalculationService } from "../store/nar_calculation.ts";
+import {
+  createGrpcServer,
+  DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
+  formatListenAddress,
+  listen,
+  shutdown,
+} from "../grpc/server.ts";
+import { log } from "../log.ts";
+import { addNarBridgeOptions, loadNarBridgeOptions, type NarBridgeFlags } from "./nar_bridge.ts";
+import { startNarBridge } from "../narbridge/server.ts";
+
+/** Where the daemon listens unless told otherwise. */
+export const DEFAULT_LISTEN_ADDRESS = "[::1]:8000";
+
+/** How long calls in flight may run on after SIGINT/SIGTERM before they are cancelled. */
+const SHUTDOWN_GRACE_MS = 2000;
+
+/** If closing the backends hangs, exit anyway after this long. */
+const SHUTDOWN_DEADLINE_MS = 10_000;
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  k: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gib: 1024 ** 3,
+};
+
+/** Parses a byte count: a number with an optional `K`/`KiB`/`M`/`MiB`/`G`/`GiB` suffix (powers of 1024). */
+export function parseByteSize(text: string): number {
+  const m = /^\s*(\d+)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+  const value = m && unit ? Number(m[1]) * unit : NaN;
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new Error(`invalid size ${JSON.stringify(text)} (use e.g. 16777216 or 16MiB)`);
+  }
+  return value;
+}
+
+interface DaemonOptions extends Partial<ServiceAddrs>, NarBridgeFlags {
+  listenAddress: string;
+  maxRequestSize: number;
+  narBridgeListenAddress?: string;
+}
+
+/** Fills unset service addresses with the embedded store, creating its directory if used. */
+async function resolveAddrs(opts: Partial<ServiceAddrs>): Promise<ServiceAddrs> {
+  if (opts.blobServiceAddr && opts.directoryServiceAddr && opts.pathInfoServiceAddr) {
+    return opts as ServiceAddrs;
+  }
+  const dir = dataDir();
+  await Deno.mkdir(dir, { recursive: true });
+  const embedded = embeddedAddrs(dir);
+  return {
+    blobServiceAddr: opts.blobServiceAddr ?? embedded.blobServiceAddr,
+    directoryServiceAddr: opts.directoryServiceAddr ?? embedded.directoryServiceAddr,
+    pathInfoServiceAddr: opts.pathInfoServiceAddr ?? embedded.pathInfoServiceAddr,
+  };
+}
+
+/** Resolves on the first SIGINT or SIGTERM; a second one forces `onRepeat`. */
+function firstSignal(onRepeat: () => void): { signal: Promise<Deno.Signal>; dispose(): void } {
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  let seen = false;
+  let resolve!: (s: Deno.Signal) => void;
+  const signal = new Promise<Deno.Signal>((r) => (resolve = r));
+  const handlers = signals.map((s) => {
+    const handler = () => {
+      if (seen) return onRepeat();
+      seen = true;
+      resolve(s);
+    };
+    Deno.addSignalListener(s, handler);
+    return [s, handler] as const;
+  });
+  return {
+    signal,
+    dispose: () => handlers.forEach(([s, h]) => Deno.removeSignalListener(s, h)),
+  };
+}
+
+async function runDaemon(opts: DaemonOptions): Promise<void> {
+  // Signals are handled from the start, so one that arrives while the
+  // backends open still ends in an orderly stop.
+  let server: grpc.Server | undefined;
+  const stop = firstSignal(() => {
+    log.warn("second signal: cancelling calls in flight");
+    server?.forceShutdown();
+  });
+  let services: Services | undefined;
+  let bridge: { close(): Promise<void> } | undefined;
+  try {
+    const addrs = await resolveAddrs(opts);
+    log.info("starting daemon", {
+      listen_address: opts.listenAddress,
+      blob_service_addr: addrs.blobServiceAddr,
+      directory_service_addr: addrs.directoryServiceAddr,
+      path_info_service_addr: addrs.pathInfoServiceAddr,
+    });
+    services = await constructServices(addrs);
+    // CalculateNAR renders from the daemon's own blobs and directories (SPEC
+    // §6.2), even when its path infos live in another daemon.
+    const served = {
+      ...services,
+      narCalculation: new LocalNarCalculationService(services.blob, services.directory),
+    };
+    server = createGrpcServer(served, { maxReceiveMessageBytes: opts.maxRequestSize });
+    const bound = await listen(server, opts.listenAddress);
+    log.info("listening", { address: formatListenAddress(bound) });
+    if (opts.narBridgeListenAddress) {
+      // The same store, also as a Nix binary cache over HTTP.
+      bridge = await startNarBridge(services, {
+        ...(await loadNarBridgeOptions(opts)),
+        listenAddress: opts.narBridgeListenAddress,
+      });
+    }
+    const signal = await stop.signal;
+    log.info("shutting down", { signal });
+    // Whatever happens while closing, the process must not linger.
+    const deadline = setTimeout(() => {
+      log.error("shutdown did not finish in time, exiting");
+      Deno.exit(1);
+    }, SHUTDOWN_DEADLINE_MS);
+    Deno.unrefTimer(deadline);
+    await Promise.all([shutdown(server, SHUTDOWN_GRACE_MS), bridge?.close()]);
+    if (bound.kind === "unix") await Deno.remove(bound.path).catch(() => {});
+  } catch (err) {
+    server?.forceShutdown();
+    await bridge?.close().catch(() => {});
+    throw err;
+  } finally {
+    stop.dispose();
+    await services?.close();
+  }
+  log.info("daemon stopped");
+  // grpc-js and backends may keep timers or handles referenced; the daemon is done.
+  Deno.exit(0);
+}
+
+/** Adds the `daemon` subcommand to `program`. */
+export function register(program: Command): void {
+  const cmd = program
+    .command("daemon")
+    .description("run the gRPC server (BlobService, DirectoryService, PathInfoService)")
+    .addOption(
+      new Option(
+        "-l, --listen-address <addr>",
+        "host:port, [v6]:port, or a unix socket path starting with / or .",
+      ).default(DEFAULT_LISTEN_ADDRESS),
+    )
+    .addOption(
+      new Option(
+        "--max-request-size <bytes>",
+        "largest request message accepted (responses never exceed 4 MiB)",
+      )
+        .argParser(parseByteSize)
+        .default(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, "4MiB"),
+    );
+  addServiceOptions(cmd);
+  cmd.addOption(
+    new Option(
+      "--nar-bridge-listen-address <addr>",
+      "also serve the store as a Nix binary cache over HTTP here (host:port)",
+    ).env("NAR_BRIDGE_LISTEN_ADDRESS"),
+  );
+  addNarBridgeOptions(cmd);
+  cmd.addHelpText(
+    "after",
+    "\nUnset service addresses default to the embedded store under $TVIX_STORE_HOME\n" +
+      "(else $XDG_DATA_HOME/tvix-store, else ~/.local/share/tvix-store).",
+  );
+  cmd.action((opts: DaemonOptions) => runDaemon(opts));
+}

@@ -1,0 +1,179 @@
+/**
+ * `tvix-store import PATH...` (SPEC §6.3): adds local paths to the store
+ * the way `nix-store --add` does and prints their store paths.
+ *
+ * Differences from the reference, on purpose: store paths are printed in
+ * argument order (not completion order), and a path that fails is reported
+ * on stderr with its cause and makes the command exit non-zero (quirk Q18
+ * fixed); the other paths are still imported. NAR hashes are computed from
+ * the local files, never by reading blobs back from a daemon (Q2).
+ *
+ * @module
+ */
+import type { Command } from "commander";
+import { addServiceOptions, DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "./common.ts";
+import { errorMessage } from "../castore/errors.ts";
+import { constructServices } from "../store/services.ts";
+import { importPath } from "../store/import.ts";
+import { log } from "../log.ts";
+import type { BlobService } from "../castore/blob/service.ts";
+import { canUseWorkers, WorkerUploadPool } from "../castore/import/upload_pool.ts";
+
+/** Paths imported at once; each import is itself concurrent inside. */
+const PATH_CONCURRENCY = 4;
+/**
+ * Upload Workers by default: none. Measured on the 2-core target with the
+ * embedded store (objectstore+file, SQLite), two Workers gave the same wall
+ * time (the object store's per-object syscalls and fsyncs dominate, not
+ * hashing) for ~60% more peak memory. `TVIX_IMPORT_WORKERS=N` turns them on.
+ */
+const UPLOAD_WORKERS = 0;
+
+/**
+ * A Worker upload pool when `TVIX_IMPORT_WORKERS` (default
+ * {@linkcode UPLOAD_WORKERS}) asks for one and the blob service is one a
+ * Worker can open by itself.
+ */
+export function uploadPool(blobUrl: string, local: BlobService): WorkerUploadPool | undefined {
+  const n = Number(Deno.env.get("TVIX_IMPORT_WORKERS") ?? UPLOAD_WORKERS);
+  if (!(n > 0) || !canUseWorkers(blobUrl)) return undefined;
+  return new WorkerUploadPool(blobUrl, local, n);
+}
+
+const te = new TextEncoder();
+
+function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+/**
+ * One progress line on stderr: items done of total, bytes done, throughput.
+ * Draws only when stderr is a terminal, at most ten times a second; stdout
+ * is never touched.
+ */
+export class ProgressBar {
+  readonly #enabled = Deno.stderr.isTerminal();
+  readonly #start = performance.now();
+  #done = 0;
+  #bytes = 0;
+  #lastDraw = 0;
+  #drawn = false;
+
+  constructor(private readonly label: string, private readonly total: number) {}
+
+  /** Adds uploaded bytes. */
+  addBytes(n: number): void {
+    this.#bytes += n;
+    this.#draw(false);
+  }
+
+  /** Counts one finished item. */
+  itemDone(): void {
+    this.#done++;
+    this.#draw(true);
+  }
+
+  /** Erases the line (call before printing anything else to stderr, and at the end). */
+  clear(): void {
+    if (this.#enabled && this.#drawn) Deno.stderr.writeSync(te.encode("\r\x1b[2K"));
+    this.#drawn = false;
+  }
+
+  #draw(force: boolean): void {
+    if (!this.#enabled) return;
+    const now = performance.now();
+    if (!force && now - this.#lastDraw < 100) return;
+    this.#lastDraw = now;
+    const secs = Math.max((now - this.#start) / 1000, 0.001);
+    const width = 30;
+    const filled = this.total > 0 ? Math.round((this.#done / this.total) * width) : width;
+    const bar = "#".repeat(filled) + "-".repeat(width - filled);
+    const line = `${this.label} [${bar}] ${this.#done}/${this.total} paths, ` +
+      `${formatBytes(this.#bytes)} (${formatBytes(this.#bytes / secs)}/s)`;
+    Deno.stderr.writeSync(te.encode(`\r\x1b[2K${line}`));
+    this.#drawn = true;
+  }
+}
+
+/** Runs `fn` over `items` with at most `n` in flight; results in item order. */
+export async function mapLimit<T, R>(
+  items: T[],
+  n: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+  return results;
+}
+
+async function runImport(paths: string[], addrs: ServiceAddrs): Promise<void> {
+  if (paths.length === 0) return;
+  const services = await constructServices(addrs);
+  const pool = uploadPool(addrs.blobServiceAddr, services.blob);
+  const bar = new ProgressBar("importing", paths.length);
+  // Store paths are printed in argument order, each as soon as all before it are settled.
+  const outcomes: (string | null | undefined)[] = new Array(paths.length);
+  let printed = 0;
+  const flush = () => {
+    while (printed < paths.length && outcomes[printed] !== undefined) {
+      const line = outcomes[printed++];
+      if (line === null) continue;
+      bar.clear(); // stdout and stderr may share the terminal
+      Deno.stdout.writeSync(te.encode(line + "\n"));
+    }
+  };
+  let failed = 0;
+  try {
+    await mapLimit(paths, PATH_CONCURRENCY, async (path, i) => {
+      try {
+        const { storePath } = await importPath(path, services, {
+          progress: { bytes: (n) => bar.addBytes(n) },
+          upload: pool && ((p, size) => pool.upload(p, size)),
+        });
+        outcomes[i] = storePath.absolute();
+        log.debug("imported", { path, store_path: storePath.absolute() });
+      } catch (err) {
+        failed++;
+        outcomes[i] = null;
+        bar.clear();
+        log.error(`failed to import ${path}: ${errorMessage(err)}`);
+      }
+      bar.itemDone();
+      flush();
+    });
+  } finally {
+    bar.clear();
+    await pool?.close();
+    await services.close();
+  }
+  if (failed > 0) {
+    throw new Error(`${failed} of ${paths.length} paths could not be imported`);
+  }
+}
+
+/** Adds the `import` subcommand to `program`. */
+export function register(program: Command): void {
+  const cmd = program
+    .command("import")
+    .description("import local paths as content-addressed store paths (like nix-store --add)")
+    .argument("[paths...]", "local files, directories or symlinks to import");
+  addServiceOptions(cmd, {
+    blobServiceAddr: DEFAULT_REMOTE_ADDR,
+    directoryServiceAddr: DEFAULT_REMOTE_ADDR,
+    pathInfoServiceAddr: DEFAULT_REMOTE_ADDR,
+  });
+  cmd.action((paths: string[], opts: ServiceAddrs) => runImport(paths, opts));
+}

@@ -1,0 +1,75 @@
+/**
+ * `tvix-store mount <PATH>` (SPEC §6.5): the store as a read-only FUSE
+ * filesystem.
+ *
+ * @module
+ */
+import { type Command, Option } from "commander";
+import { addServiceOptions, DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "./common.ts";
+import { runMount } from "../fuse/mount.ts";
+
+function positiveInt(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || n < 1 || n > 1024) {
+    throw new Error(`invalid thread count ${JSON.stringify(text)} (1-1024)`);
+  }
+  return n;
+}
+
+/** Parses a boolean environment value the way clap does (true/false, 1/0, yes/no, on/off). */
+function envBool(name: string): boolean {
+  const v = Deno.env.get(name)?.trim().toLowerCase();
+  if (v === undefined || v === "") return false;
+  if (["1", "true", "yes", "y", "on"].includes(v)) return true;
+  if (["0", "false", "no", "n", "off"].includes(v)) return false;
+  throw new Error(`invalid boolean in ${name}: ${JSON.stringify(v)}`);
+}
+
+/** Adds the `mount` subcommand. */
+export function register(program: Command): void {
+  const cmd = program.command("mount")
+    .description("mount the store as a read-only FUSE filesystem at PATH")
+    .argument("<path>", "mountpoint");
+  addServiceOptions(cmd, {
+    blobServiceAddr: DEFAULT_REMOTE_ADDR,
+    directoryServiceAddr: DEFAULT_REMOTE_ADDR,
+    pathInfoServiceAddr: DEFAULT_REMOTE_ADDR,
+  });
+  cmd
+    .addOption(
+      new Option("--threads <n>", "FUSE worker threads (one channel each)")
+        .env("THREADS")
+        .argParser(positiveInt)
+        .default(navigator.hardwareConcurrency || 4),
+    )
+    .option(
+      "--allow-other",
+      "let other users access the mount (needs user_allow_other in /etc/fuse.conf) [env: ALLOW_OTHER]",
+    )
+    .option("-l, --list-root", "allow listing the mount root")
+    .option("--show-xattr", "expose blob and directory digests as extended attributes", true)
+    .option("--no-show-xattr", "do not expose digests as extended attributes")
+    .action(async (
+      path: string,
+      opts: ServiceAddrs & {
+        threads: number;
+        allowOther?: boolean;
+        listRoot?: boolean;
+        showXattr: boolean;
+      },
+    ) => {
+      const status = await runMount({
+        mountpoint: path,
+        addrs: {
+          blobServiceAddr: opts.blobServiceAddr,
+          directoryServiceAddr: opts.directoryServiceAddr,
+          pathInfoServiceAddr: opts.pathInfoServiceAddr,
+        },
+        threads: opts.threads,
+        allowOther: opts.allowOther === true || envBool("ALLOW_OTHER"),
+        listRoot: opts.listRoot === true,
+        showXattr: opts.showXattr,
+      });
+      Deno.exit(status);
+    });
+}

@@ -1,0 +1,121 @@
+/**
+ * `tvix-store nar-bridge`: serves the store as a Nix HTTP binary cache
+ * (upstream ships this as a separate program; here it is a subcommand).
+ *
+ * Nix reads from it with `--store http://HOST:PORT` or as a substituter and
+ * uploads with `nix copy --to http://HOST:PORT` (any compression Nix
+ * offers; xz, Nix's default, and zstd need the `xz`/`zstd` tools on the
+ * server, `?compression=none` needs nothing).
+ *
+ * @module
+ */
+import { type Command, Option } from "commander";
+import { addServiceOptions, DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "./common.ts";
+import { constructServices } from "../store/services.ts";
+import { type NarBridgeOptions, startNarBridge } from "../narbridge/server.ts";
+import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";
+import { log } from "../log.ts";
+
+/** Where nar-bridge listens unless told otherwise (as upstream: loopback, port 9000). */
+export const DEFAULT_NAR_BRIDGE_LISTEN_ADDRESS = "[::1]:9000";
+
+/** The signing/verification/compression flags, as commander parses them. */
+export interface NarBridgeFlags {
+  signingKeyFile?: string;
+  trustedPublicKeys?: string;
+  narCompression?: "none" | "zstd";
+}
+
+/**
+ * Adds `--signing-key-file`, `--trusted-public-keys` and `--nar-compression`
+ * to `cmd` (shared by `nar-bridge` and, if wired, `daemon`).
+ */
+export function addNarBridgeOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option(
+        "--signing-key-file <path>",
+        "Nix secret key (name:base64, from nix-store --generate-binary-cache-key); " +
+          "signs every narinfo served",
+      ).env("NAR_BRIDGE_SIGNING_KEY_FILE"),
+    )
+    .addOption(
+      new Option(
+        "--trusted-public-keys <keys>",
+        "whitespace-separated name:base64 keys; uploads must carry a signature by one of them",
+      ).env("NAR_BRIDGE_TRUSTED_PUBLIC_KEYS"),
+    )
+    .addOption(
+      new Option("--nar-compression <codec>", "compression of the NARs narinfos point at")
+        .choices(["none", "zstd"])
+        .default("none"),
+    );
+}
+
+/** Loads the key file and parses the trusted keys named by the flags. */
+export async function loadNarBridgeOptions(flags: NarBridgeFlags): Promise<NarBridgeOptions> {
+  const opts: NarBridgeOptions = { compression: flags.narCompression ?? "none" };
+  if (flags.signingKeyFile) opts.signingKey = await SecretKey.fromFile(flags.signingKeyFile);
+  if (flags.trustedPublicKeys !== undefined) {
+    const keys = parsePublicKeys(flags.trustedPublicKeys);
+    if (keys.length === 0) throw new Error("--trusted-public-keys lists no key");
+    opts.trustedKeys = keys;
+  }
+  return opts;
+}
+
+interface CliOptions extends ServiceAddrs, NarBridgeFlags {
+  listenAddress: string;
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function nextSignal(): Promise<Deno.Signal> {
+  return new Promise((resolve) => {
+    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+    const handlers = signals.map((s) => {
+      const handler = () => {
+        handlers.forEach(([sig, h]) => Deno.removeSignalListener(sig, h));
+        resolve(s);
+      };
+      Deno.addSignalListener(s, handler);
+      return [s, handler] as const;
+    });
+  });
+}
+
+async function run(opts: CliOptions): Promise<void> {
+  const bridgeOpts = await loadNarBridgeOptions(opts);
+  const services = await constructServices(opts);
+  try {
+    const bridge = await startNarBridge(services, {
+      ...bridgeOpts,
+      listenAddress: opts.listenAddress,
+    });
+    const signal = await nextSignal();
+    log.info("nar-bridge shutting down", { signal });
+    await bridge.close();
+  } finally {
+    await services.close();
+  }
+  // Backends (grpc-js channels) may keep handles referenced; we are done.
+  Deno.exit(0);
+}
+
+/** Adds the `nar-bridge` subcommand to `program`. */
+export function register(program: Command): void {
+  const cmd = program
+    .command("nar-bridge")
+    .description("serve the store as a Nix HTTP binary cache (narinfo, NARs, uploads)")
+    .addOption(
+      new Option("-l, --listen-address <addr>", "host:port or [v6]:port")
+        .env("NAR_BRIDGE_LISTEN_ADDRESS")
+        .default(DEFAULT_NAR_BRIDGE_LISTEN_ADDRESS),
+    );
+  addNarBridgeOptions(cmd);
+  addServiceOptions(cmd, {
+    blobServiceAddr: DEFAULT_REMOTE_ADDR,
+    directoryServiceAddr: DEFAULT_REMOTE_ADDR,
+    pathInfoServiceAddr: DEFAULT_REMOTE_ADDR,
+  });
+  cmd.action((opts: CliOptions) => run(opts));
+}

@@ -1,0 +1,348 @@
+/**
+ * Chunk-aware random access to blobs for FUSE reads.
+ *
+ * A read at an offset fetches only the chunks that cover it: the blob's
+ * chunk list comes from `BlobService.chunks()` (gRPC `Stat(send_chunks)` or
+ * the local object store) and each chunk is read by its own digest, so
+ * reading the end of a large file does not stream its beginning. Fetched
+ * chunks land in a cache shared by all Workers ({@linkcode SharedChunkCache},
+ * so a chunk is fetched and verified once even though the kernel spreads a
+ * reader's requests over all channels) and in a bounded LRU of decompressed
+ * bytes per Worker; sequential readers trigger readahead of the
+ * following chunks. Blobs without a chunk list are read whole (small ones,
+ * then cached like a chunk) or through `openRead(digest, offset)` streams
+ * that continue where the previous read ended.
+ *
+ * @module
+ */
+import { type Digest, digestKey } from "../castore/digest.ts";
+import { StorageError } from "../castore/errors.ts";
+import type { BlobService } from "../castore/blob/service.ts";
+import type { SharedChunkCache } from "./shared_chunks.ts";
+
+/** Blobs without a chunk list up to this size are fetched whole and cached as one chunk. */
+const WHOLE_BLOB_LIMIT = 16 << 20;
+/** Chunk lists remembered per Worker. */
+const CHUNK_LIST_ENTRIES = 8192;
+/** Open fallback streams kept per Worker. */
+const MAX_STREAMS = 32;
+
+/** Tuning of a {@linkcode BlobReader}. */
+export interface BlobReaderOptions {
+  /** Bytes of decompressed chunks to keep (default 256 MiB). */
+  cacheBytes?: number;
+  /** Bytes to fetch ahead of a sequential reader (default 8 MiB; 0 disables). */
+  readahead?: number;
+  /** A cache shared with the other Workers, consulted before fetching a chunk. */
+  shared?: SharedChunkCache;
+  /**
+   * How far past the previous read's end a read may start and still count
+   * as sequential: the kernel spreads one reader's requests over all
+   * channels, so each Worker sees only every Nth of them.
+   */
+  sequentialWindow?: number;
+}
+
+interface ChunkList {
+  keys: string[];
+  digests: Digest[];
+  /** Start offset of each chunk, plus the total size at the end. */
+  starts: number[];
+}
+
+/** An `openRead` stream positioned at `pos`, for blobs without a chunk list. */
+interface Stream {
+  pos: number;
+  iter: AsyncIterator<Uint8Array>;
+  /** Bytes received but not handed out yet (they start at `pos`). */
+  pending: Uint8Array;
+  /** A read is using it right now. */
+  busy: boolean;
+}
+
+/** Bounded LRU of byte arrays by key, with concurrent loads of one key shared. */
+export class ChunkCache {
+  readonly #max: number;
+  #bytes = 0;
+  readonly #entries = new Map<string, Uint8Array>();
+  readonly #loading = new Map<string, Promise<Uint8Array>>();
+
+  /** A cache holding at most `maxBytes` (the most recently used entries). */
+  constructor(maxBytes: number) {
+    this.#max = maxBytes;
+  }
+
+  /** The cached bytes for `key`, marking them recently used. */
+  get(key: string): Uint8Array | undefined {
+    const v = this.#entries.get(key);
+    if (v) {
+      this.#entries.delete(key);
+      this.#entries.set(key, v);
+    }
+    return v;
+  }
+
+  /** The bytes for `key`, loading them with `load` unless cached or already loading. */
+  fetch(key: string, load: () => Promise<Uint8Array>): Promise<Uint8Array> {
+    const hit = this.get(key);
+    if (hit) return Promise.resolve(hit);
+    let p = this.#loading.get(key);
+    if (!p) {
+      p = load().then((v) => {
+        this.#put(key, v);
+        return v;
+      }).finally(() => this.#loading.delete(key));
+      this.#loading.set(key, p);
+    }
+    return p;
+  }
+
+  /** Number of loads in progress. */
+  get loading(): number {
+    return this.#loading.size;
+  }
+
+  /** Whether `key` is cached or being loaded. */
+  has(key: string): boolean {
+    return this.#entries.has(key) || this.#loading.has(key);
+  }
+
+  #put(key: string, v: Uint8Array): void {
+    if (v.length > this.#max || this.#entries.has(key)) return;
+    this.#entries.set(key, v);
+    this.#bytes += v.length;
+    for (const [k, old] of this.#entries) {
+      if (this.#bytes <= this.#max) break;
+      this.#entries.delete(k);
+      this.#bytes -= old.length;
+    }
+  }
+}
+
+/** Reads byte ranges of blobs. One per Worker. */
+export class BlobReader {
+  readonly #blob: BlobService;
+  readonly #cache: ChunkCache;
+  readonly #readahead: number;
+  readonly #window: number;
+  readonly #shared?: SharedChunkCache;
+  readonly #lists = new Map<string, Promise<ChunkList | undefined>>();
+  readonly #lastEnd = new Map<string, number>();
+  readonly #streams = new Map<string, Stream>();
+
+  /** A reader over `blob`. */
+  constructor(blob: BlobService, opts: BlobReaderOptions = {}) {
+    this.#blob = blob;
+    this.#cache = new ChunkCache(opts.cacheBytes ?? 256 << 20);
+    this.#readahead = opts.readahead ?? 8 << 20;
+    this.#window = opts.sequentialWindow ?? 8 << 20;
+    this.#shared = opts.shared;
+  }
+
+  /** Chunk loads in progress (including readahead). */
+  get loading(): number {
+    return this.#cache.loading;
+  }
+
+  /**
+   * Checks that the blob exists (and learns its chunk list). Throws a
+   * `StorageError` if it does not or its chunks do not add up to `size`.
+   */
+  async check(digest: Digest, size: number): Promise<void> {
+    if (size === 0) return;
+    const list = await this.#chunkList(digest, size);
+    if (!list) throw new StorageError(`blob ${digestKey(digest)} not found`);
+  }
+
+  /**
+   * Up to `length` bytes of the blob (of `size` bytes) from `offset`, as
+   * pieces to be sent in order. Fewer bytes only at the end of the blob.
+   */
+  async read(digest: Digest, size: number, offset: number, length: number): Promise<Uint8Array[]> {
+    const end = Math.min(size, offset + length);
+    if (offset >= end) return [];
+    const list = await this.#chunkList(digest, size);
+    if (!list) throw new StorageError(`blob ${digestKey(digest)} not found`);
+    if (list.keys.length === 0) return [await this.#readStream(digest, offset, end - offset)];
+
+    const key = digestKey(digest);
+    const last = this.#lastEnd.get(key);
+    const sequential = offset === 0 || (last !== undefined && offset >= last &&
+      offset - last <= this.#window);
+    this.#lastEnd.delete(key);
+    this.#lastEnd.set(key, end);
+    if (this.#lastEnd.size > CHUNK_LIST_ENTRIES) {
+      this.#lastEnd.delete(this.#lastEnd.keys().next().value!);
+    }
+
+    const first = chunkIndex(list.starts, offset);
+    const pieces: Uint8Array[] = [];
+    const loads: Promise<Uint8Array>[] = [];
+    let i = first;
+    for (; i < list.keys.length && list.starts[i] < end; i++) loads.push(this.#chunk(list, i));
+    if (sequential && this.#readahead > 0) this.#prefetch(list, i, end + this.#readahead);
+    const chunks = await Promise.all(loads);
+    for (let j = 0; j < chunks.length; j++) {
+      const start = list.starts[first + j];
+      const from = Math.max(offset, start) - start;
+      const to = Math.min(end, start + chunks[j].length) - start;
+      pieces.push(chunks[j].subarray(from, to));
+    }
+    return pieces;
+  }
+
+  #prefetch(list: ChunkList, from: number, until: number): void {
+    for (let i = from; i < list.keys.length && list.starts[i] < until; i++) {
+      if (!this.#cache.has(list.keys[i])) this.#chunk(list, i).catch(() => {});
+    }
+  }
+
+  #chunk(list: ChunkList, i: number): Promise<Uint8Array> {
+    const expected = list.starts[i + 1] - list.starts[i];
+    return this.#cache.fetch(list.keys[i], () => this.#load(list.digests[i], expected));
+  }
+
+  /** Fetches a chunk through the shared cache: another Worker may have it or be fetching it. */
+  async #load(digest: Digest, size: number): Promise<Uint8Array> {
+    const shared = this.#shared;
+    if (!shared) return this.#readWhole(digest, size);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const found = shared.lookup(digest);
+      if (found instanceof Uint8Array) {
+        if (found.length === size) return found;
+        break;
+      }
+      if (!found) break;
+      await found;
+    }
+    const claim = shared.claim(digest, size);
+    try {
+      const bytes = await this.#readWhole(digest, size);
+      claim?.fill(bytes);
+      return bytes;
+    } catch (err) {
+      claim?.abandon();
+      throw err;
+    }
+  }
+
+  /** Reads a whole blob or chunk of known size into one array. */
+  async #readWhole(digest: Digest, size: number): Promise<Uint8Array> {
+    const reader = await this.#blob.openRead(digest);
+    if (!reader) throw new StorageError(`chunk ${digestKey(digest)} not found`);
+    const out = new Uint8Array(size);
+    let pos = 0;
+    for await (const piece of reader) {
+      if (pos + piece.length > size) break;
+      out.set(piece, pos);
+      pos += piece.length;
+    }
+    if (pos !== size) {
+      throw new StorageError(`chunk ${digestKey(digest)}: expected ${size} bytes, got ${pos}+`);
+    }
+    return out;
+  }
+
+  #chunkList(digest: Digest, size: number): Promise<ChunkList | undefined> {
+    const key = digestKey(digest);
+    let p = this.#lists.get(key);
+    if (p) {
+      this.#lists.delete(key);
+      this.#lists.set(key, p);
+      return p;
+    }
+    p = this.#loadChunkList(key, digest, size);
+    this.#lists.set(key, p);
+    // Failures and absence are not remembered: the blob may appear later.
+    p.then((l) => l ?? this.#lists.delete(key), () => this.#lists.delete(key));
+    if (this.#lists.size > CHUNK_LIST_ENTRIES) this.#lists.delete(this.#lists.keys().next().value!);
+    return p;
+  }
+
+  async #loadChunkList(key: string, digest: Digest, size: number): Promise<ChunkList | undefined> {
+    const metas = await this.#blob.chunks(digest);
+    if (!metas) return undefined;
+    if (metas.length === 0) {
+      // No finer granularity: small blobs become one cached "chunk".
+      return size <= WHOLE_BLOB_LIMIT
+        ? { keys: [key], digests: [digest], starts: [0, size] }
+        : { keys: [], digests: [], starts: [size] };
+    }
+    const starts = [0];
+    let total = 0;
+    for (const m of metas) {
+      total += Number(m.size);
+      starts.push(total);
+    }
+    if (total !== size) {
+      throw new StorageError(`blob ${key}: chunks add up to ${total} bytes, node says ${size}`);
+    }
+    return {
+      keys: metas.map((m) => digestKey(m.digest)),
+      digests: metas.map((m) => m.digest),
+      starts,
+    };
+  }
+
+  /** Reads from a fallback stream, reusing the one that ended where this read starts. */
+  async #readStream(digest: Digest, offset: number, length: number): Promise<Uint8Array> {
+    const key = `${digestKey(digest)}@${offset}`;
+    let s = this.#streams.get(key);
+    if (s && !s.busy) this.#streams.delete(key);
+    else s = undefined;
+    if (!s) {
+      const reader = await this.#blob.openRead(digest, offset);
+      if (!reader) throw new StorageError(`blob ${digestKey(digest)} not found`);
+      s = {
+        pos: offset,
+        iter: reader[Symbol.asyncIterator](),
+        pending: new Uint8Array(0),
+        busy: false,
+      };
+    }
+    s.busy = true;
+    const out = new Uint8Array(length);
+    let got = 0;
+    try {
+      while (got < length) {
+        if (s.pending.length === 0) {
+          const r = await s.iter.next();
+          if (r.done) break;
+          s.pending = r.value;
+          continue;
+        }
+        const n = Math.min(length - got, s.pending.length);
+        out.set(s.pending.subarray(0, n), got);
+        s.pending = s.pending.subarray(n);
+        got += n;
+      }
+    } catch (err) {
+      s.iter.return?.().catch(() => {});
+      throw err;
+    }
+    s.pos = offset + got;
+    s.busy = false;
+    if (got === length) {
+      this.#streams.set(`${digestKey(digest)}@${s.pos}`, s);
+      if (this.#streams.size > MAX_STREAMS) {
+        const [oldKey, old] = this.#streams.entries().next().value!;
+        this.#streams.delete(oldKey);
+        old.iter.return?.().catch(() => {});
+      }
+    } else {
+      s.iter.return?.().catch(() => {});
+    }
+    return got === length ? out : out.subarray(0, got);
+  }
+}
+
+/** Index of the chunk containing `offset` (binary search over start offsets). */
+function chunkIndex(starts: number[], offset: number): number {
+  let lo = 0, hi = starts.length - 2;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >>> 1;
+    if (starts[mid] <= offset) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}

@@ -1,0 +1,217 @@
+/**
+ * One Worker's FUSE channel: a pair of `/dev/fuse` fds cloned from the
+ * session (`FUSE_DEV_IOC_CLONE`), the request loop and the reply writers.
+ *
+ * Requests are read synchronously from a non-blocking clone while the
+ * kernel has them queued; when it has none and nothing asynchronous is
+ * pending, the Worker waits in `poll` itself (in slices, so timers still
+ * run); otherwise a blocking `read` on a second clone waits on Deno's
+ * blocking pool so the isolate stays free to finish the pending replies (a
+ * synchronous FFI call freezes it). Each clone
+ * is its own kernel processing queue, so a reply goes to the fd that
+ * delivered its request. The loop ends when the kernel reports the session
+ * gone (`ENODEV`, after any unmount).
+ *
+ * @module
+ */
+import {
+  Errno,
+  errno,
+  FUSE_DEV_IOC_CLONE,
+  type LibC,
+  loadLibc,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+  POLLERR,
+  POLLHUP,
+  POLLIN,
+  POLLNVAL,
+} from "./ffi.ts";
+import { log } from "../log.ts";
+import { OUT_HEADER_SIZE } from "./protocol.ts";
+
+/** Handles one request whose bytes are `buf[0..n)`; must copy what it keeps beyond the call. */
+export type Dispatch = (buf: Uint8Array, view: DataView, n: number, fd: number) => void;
+
+/** Requests handled synchronously in a row before letting the event loop run. */
+const BURST = 64;
+/** Longest synchronous wait for a request while nothing is in flight (ms). */
+const IDLE_POLL_MS = 100;
+
+/** A cloned FUSE channel with reply helpers. */
+export class Channel {
+  readonly #c: LibC;
+  readonly #fdQueued: number;
+  readonly #fdWait: number;
+  readonly #bufSize: number;
+  /** Reply assembly buffer; replies are built and written synchronously, so one suffices. */
+  readonly reply: Uint8Array<ArrayBuffer>;
+  /** DataView over {@linkcode reply}. */
+  readonly replyView: DataView;
+  readonly #header = new Uint8Array(OUT_HEADER_SIZE);
+  readonly #headerView = new DataView(this.#header.buffer);
+  #iov = new BigUint64Array(2 * 64);
+  readonly #pollfd = new Uint8Array(8);
+  #writeErrors = 0;
+  #closed = false;
+
+  /** Clones the session fd `sessionFd`; requests may be up to `bufSize` bytes. */
+  constructor(sessionFd: number, bufSize: number) {
+    this.#c = loadLibc();
+    this.#bufSize = bufSize;
+    this.#fdQueued = this.#clone(sessionFd, true);
+    try {
+      this.#fdWait = this.#clone(sessionFd, false);
+    } catch (err) {
+      this.#c.close(this.#fdQueued);
+      throw err;
+    }
+    this.reply = new Uint8Array(bufSize);
+    this.replyView = new DataView(this.reply.buffer);
+  }
+
+  #clone(sessionFd: number, nonblocking: boolean): number {
+    const c = this.#c;
+    const path = new TextEncoder().encode("/dev/fuse\0");
+    const fd = c.open(path, O_RDWR | O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0), 0);
+    if (fd < 0) throw new Error(`cannot open /dev/fuse: errno ${errno(c)}`);
+    if (c.ioctl(fd, FUSE_DEV_IOC_CLONE, new Uint32Array([sessionFd])) !== 0) {
+      const e = errno(c);
+      c.close(fd);
+      throw new Error(`FUSE_DEV_IOC_CLONE failed: errno ${e}`);
+    }
+    return fd;
+  }
+
+  /**
+   * Reads and dispatches requests until the session is gone. `idle()` says
+   * whether nothing asynchronous is in flight: then the Worker waits in
+   * `poll` itself, which answers a lone request fastest (no wake-up through
+   * Deno's blocking pool and back); otherwise it waits on the pool so the
+   * event loop can finish the pending work.
+   */
+  async serve(dispatch: Dispatch, idle: () => boolean): Promise<void> {
+    const c = this.#c;
+    const buf = new Uint8Array(this.#bufSize);
+    const view = new DataView(buf.buffer);
+    const size = this.#bufSize;
+    let burst = 0;
+    for (;;) {
+      const n = c.read(this.#fdQueued, buf, size);
+      if (n > 0) {
+        dispatch(buf, view, n, this.#fdQueued);
+        if (++burst >= BURST) {
+          burst = 0;
+          await new Promise((resolve) => setTimeout(resolve, 0));
+        }
+        continue;
+      }
+      const e = errno(c);
+      if (e === Errno.EAGAIN) {
+        burst = 0;
+        if (idle()) {
+          // Wait here, but never longer than IDLE_POLL_MS without giving the event
+          // loop a turn (timers, connection upkeep of remote services).
+          if (this.#poll(this.#fdQueued, IDLE_POLL_MS) === 0) {
+            await new Promise((resolve) => setTimeout(resolve, 0));
+          }
+          continue;
+        }
+        const m = await c.read_async(this.#fdWait, buf, size);
+        if (m > 0) dispatch(buf, view, m, this.#fdWait);
+        else if (this.#gone(this.#fdWait)) return;
+        continue;
+      }
+      // ENOENT: the request was interrupted before we read it.
+      if (e === Errno.EINTR || e === Errno.ENOENT) continue;
+      if (e === Errno.ENODEV) return;
+      throw new Error(`reading /dev/fuse failed: errno ${e}`);
+    }
+  }
+
+  /** `poll(fd, POLLIN, timeoutMs)`: the number of ready fds (0 on timeout). */
+  #poll(fd: number, timeoutMs: number): number {
+    const v = new DataView(this.#pollfd.buffer);
+    v.setInt32(0, fd, true);
+    v.setInt16(4, POLLIN, true);
+    v.setInt16(6, 0, true);
+    return this.#c.poll(this.#pollfd, 1n, timeoutMs);
+  }
+
+  /** Whether the session behind `fd` is gone (errno of the pool thread is not visible here). */
+  #gone(fd: number): boolean {
+    const v = new DataView(this.#pollfd.buffer);
+    v.setInt32(0, fd, true);
+    v.setInt32(4, 0, true);
+    this.#c.poll(this.#pollfd, 1n, 0);
+    return (v.getInt16(6, true) & (POLLERR | POLLHUP | POLLNVAL)) !== 0;
+  }
+
+  /** Sends `reply[16..16+len)` as the successful answer to request `unique`. */
+  ok(fd: number, uLo: number, uHi: number, len: number): void {
+    const v = this.replyView;
+    v.setUint32(0, OUT_HEADER_SIZE + len, true);
+    v.setInt32(4, 0, true);
+    v.setUint32(8, uLo, true);
+    v.setUint32(12, uHi, true);
+    this.#check(this.#c.write(fd, this.reply, OUT_HEADER_SIZE + len));
+  }
+
+  /** Answers request `unique` with error `err` (a positive errno). */
+  error(fd: number, uLo: number, uHi: number, err: number): void {
+    const v = this.#headerView;
+    v.setUint32(0, OUT_HEADER_SIZE, true);
+    v.setInt32(4, -err, true);
+    v.setUint32(8, uLo, true);
+    v.setUint32(12, uHi, true);
+    this.#check(this.#c.write(fd, this.#header, OUT_HEADER_SIZE));
+  }
+
+  /** Answers request `unique` with `pieces` concatenated, without copying them. */
+  data(fd: number, uLo: number, uHi: number, pieces: readonly Uint8Array[]): void {
+    let count = 1;
+    let total = OUT_HEADER_SIZE;
+    if (this.#iov.length < 2 * (pieces.length + 1)) {
+      this.#iov = new BigUint64Array(2 * (pieces.length + 1));
+    }
+    const iov = this.#iov;
+    iov[0] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#header)));
+    iov[1] = BigInt(OUT_HEADER_SIZE);
+    for (const p of pieces) {
+      if (p.length === 0) continue;
+      iov[2 * count] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(p)));
+      iov[2 * count + 1] = BigInt(p.length);
+      total += p.length;
+      count++;
+    }
+    const v = this.#headerView;
+    v.setUint32(0, total, true);
+    v.setInt32(4, 0, true);
+    v.setUint32(8, uLo, true);
+    v.setUint32(12, uHi, true);
+    this.#check(
+      this.#c.writev(fd, new Uint8Array(iov.buffer, 0, count * 16), count),
+      pieces,
+    );
+  }
+
+  /** Reports a failed reply write; `_keepAlive` keeps the written buffers reachable until here. */
+  #check(r: number, _keepAlive?: unknown): void {
+    if (r >= 0) return;
+    const e = errno(this.#c);
+    // ENOENT: the request was interrupted meanwhile; ENODEV: the session is gone.
+    if (e === Errno.ENOENT || e === Errno.ENODEV) return;
+    if (this.#writeErrors++ < 10) {
+      log.warn("writing a FUSE reply failed", { errno: e });
+    }
+  }
+
+  /** Closes both clones. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#c.close(this.#fdQueued);
+    this.#c.close(this.#fdWait);
+  }
+}

@@ -1,0 +1,258 @@
+/**
+ * Inode allocation shared by every FUSE Worker (SPEC §7.2).
+ *
+ * The kernel may send a request for an inode to any channel, so every
+ * Worker must be able to answer for inodes another Worker allocated. The
+ * table therefore lives in one `SharedArrayBuffer` handed to all Workers and
+ * is updated lock-free with `Atomics`:
+ *
+ * - **records**: one fixed-size record per inode, indexed by the inode
+ *   number (so inode → node is a single array access on the hot path).
+ *   Inodes are allocated sequentially from 2 (1 is the root) by an atomic
+ *   counter; a record is fully written before its first word (kind) is
+ *   published with `Atomics.store`.
+ * - **slots**: an open-addressing hash set of inode numbers keyed by the
+ *   node's *content* (content-based deduplication). Insertion is a
+ *   compare-and-swap of an empty slot; two Workers interning the same node
+ *   concurrently may both allocate a record, but only one wins the slot and
+ *   the other adopts the winner's inode (its own record stays unused).
+ * - **arena**: symlink targets, bump-allocated.
+ *
+ * Content keys (Q15 fixed, nothing changes on the wire): files by blob
+ * digest **and** size **and** executable flag, so two files with equal
+ * contents but different modes get different inodes; symlinks by target;
+ * directories by directory digest (their reported size is the
+ * `DirectoryNode.size`, which the digest determines, so it never changes).
+ *
+ * Deterministic inode derivation (hashing the content into the inode) was
+ * considered; it still needs a shared inode → node table to answer GETATTR
+ * for an inode another Worker handed out, so it saves nothing and makes
+ * collisions possible. Memory is reserved up front but only touched as
+ * inodes are allocated (the kernel commits pages lazily). Inodes are never
+ * freed, as in the reference.
+ *
+ * @module
+ */
+import { B3_LEN } from "../castore/digest.ts";
+import type { NodeVariant } from "../castore/node.ts";
+
+/** Kind of an inode. */
+export const Kind = { Directory: 1, File: 2, Symlink: 3, Root: 4 } as const;
+/** One of {@linkcode Kind}. */
+export type Kind = typeof Kind[keyof typeof Kind];
+
+/** The FUSE root inode. */
+export const ROOT_INO = 1;
+
+const EXECUTABLE = 0x100;
+const KIND_MASK = 0xff;
+
+// Header words.
+const H_MAGIC = 0, H_CAPACITY = 1, H_NEXT = 2, H_SLOTS = 3, H_ARENA_NEXT = 4, H_ARENA_SIZE = 5;
+const HEADER_WORDS = 16;
+const MAGIC = 0x74766978; // "tvix"
+
+// Record words: [kind|flags, sizeLo, sizeHi, digest (8 words) | arenaOffset, length].
+const REC_WORDS = 12;
+const R_SIZE_LO = 1, R_SIZE_HI = 2, R_DATA = 3;
+
+/** Thrown when the table has no room left for a new inode. */
+export class InodeTableFullError extends Error {
+  override name = "InodeTableFullError";
+}
+
+/** Sizing of a new table. */
+export interface InodeTableOptions {
+  /** Most inodes that can ever be allocated (default 4 Mi). */
+  maxInodes?: number;
+  /** Bytes for symlink targets (default 64 MiB). */
+  arenaBytes?: number;
+}
+
+/** What the filesystem needs to know about an inode. */
+export interface InodeInfo {
+  kind: Kind;
+  executable: boolean;
+  /** File: blob size; directory: `DirectoryNode.size`; symlink: target length. */
+  size: number;
+}
+
+/** A view of the shared inode table; construct one per Worker over the same buffer. */
+export class InodeTable {
+  readonly buffer: SharedArrayBuffer;
+  readonly #words: Int32Array;
+  readonly #bytes: Uint8Array;
+  readonly #capacity: number;
+  readonly #slotMask: number;
+  readonly #recBase: number; // word index of record 0
+  readonly #slotBase: number; // word index of slot 0
+  readonly #arenaBase: number; // byte offset of the arena
+  readonly #arenaSize: number;
+
+  private constructor(buffer: SharedArrayBuffer) {
+    this.buffer = buffer;
+    this.#words = new Int32Array(buffer);
+    this.#bytes = new Uint8Array(buffer);
+    if (this.#words[H_MAGIC] !== MAGIC) throw new Error("not an inode table buffer");
+    this.#capacity = this.#words[H_CAPACITY];
+    const slots = this.#words[H_SLOTS];
+    this.#slotMask = slots - 1;
+    this.#recBase = HEADER_WORDS;
+    this.#slotBase = this.#recBase + this.#capacity * REC_WORDS;
+    this.#arenaBase = (this.#slotBase + slots) * 4;
+    this.#arenaSize = this.#words[H_ARENA_SIZE];
+  }
+
+  /** Allocates a new, empty table (root inode only). */
+  static create(opts: InodeTableOptions = {}): InodeTable {
+    const capacity = opts.maxInodes ?? 4 << 20;
+    const arena = opts.arenaBytes ?? 64 << 20;
+    let slots = 1;
+    while (slots < capacity * 2) slots *= 2;
+    const bytes = (HEADER_WORDS + capacity * REC_WORDS + slots) * 4 + arena;
+    const buffer = new SharedArrayBuffer(bytes);
+    const w = new Int32Array(buffer);
+    w[H_CAPACITY] = capacity;
+    w[H_SLOTS] = slots;
+    w[H_NEXT] = ROOT_INO + 1;
+    w[H_ARENA_NEXT] = 0;
+    w[H_ARENA_SIZE] = arena;
+    w[HEADER_WORDS + ROOT_INO * REC_WORDS] = Kind.Root;
+    Atomics.store(w, H_MAGIC, MAGIC);
+    return new InodeTable(buffer);
+  }
+
+  /** Attaches to a table another thread created. */
+  static attach(buffer: SharedArrayBuffer): InodeTable {
+    return new InodeTable(buffer);
+  }
+
+  /** Number of inodes allocated so far (including the root). */
+  get allocated(): number {
+    return Atomics.load(this.#words, H_NEXT) - 1;
+  }
+
+  /** The kind word of `ino`, or 0 if it was never allocated. */
+  #kindWord(ino: number): number {
+    if (!Number.isInteger(ino) || ino < ROOT_INO || ino >= this.#capacity) return 0;
+    return Atomics.load(this.#words, this.#recBase + ino * REC_WORDS);
+  }
+
+  /** What `ino` is, or `undefined` if it was never handed out. */
+  info(ino: number): InodeInfo | undefined {
+    const k = this.#kindWord(ino);
+    if (k === 0) return undefined;
+    const r = this.#recBase + ino * REC_WORDS;
+    const w = this.#words;
+    return {
+      kind: (k & KIND_MASK) as Kind,
+      executable: (k & EXECUTABLE) !== 0,
+      size: (w[r + R_SIZE_LO] >>> 0) + (w[r + R_SIZE_HI] >>> 0) * 0x100000000,
+    };
+  }
+
+  /** The blob digest (file) or directory digest (directory) of `ino`; a view, do not modify. */
+  digest(ino: number): Uint8Array | undefined {
+    const k = this.#kindWord(ino) & KIND_MASK;
+    if (k !== Kind.File && k !== Kind.Directory) return undefined;
+    const off = (this.#recBase + ino * REC_WORDS + R_DATA) * 4;
+    return this.#bytes.subarray(off, off + B3_LEN);
+  }
+
+  /** The target of symlink `ino`; a view, do not modify. */
+  symlinkTarget(ino: number): Uint8Array | undefined {
+    if ((this.#kindWord(ino) & KIND_MASK) !== Kind.Symlink) return undefined;
+    const r = this.#recBase + ino * REC_WORDS;
+    const start = this.#arenaBase + this.#words[r + R_DATA];
+    return this.#bytes.subarray(start, start + this.#words[r + R_SIZE_LO]);
+  }
+
+  /**
+   * The inode for `node`'s content, allocating one the first time that
+   * content is seen by any Worker. The node's name is irrelevant.
+   */
+  intern(node: NodeVariant): number {
+    let kind: number, size: number, data: Uint8Array, exec = false;
+    switch (node.$case) {
+      case "directory":
+        kind = Kind.Directory;
+        size = Number(node.value.size);
+        data = node.value.digest;
+        break;
+      case "file":
+        kind = Kind.File;
+        size = Number(node.value.size);
+        data = node.value.digest;
+        exec = node.value.executable;
+        break;
+      case "symlink":
+        kind = Kind.Symlink;
+        data = node.value.target;
+        size = data.length;
+        break;
+    }
+    const kindWord = kind | (exec ? EXECUTABLE : 0);
+    const words = this.#words;
+    const slotBase = this.#slotBase;
+    let mine = 0;
+    let i = keyHash(kindWord, size, data) & this.#slotMask;
+    for (let probes = 0; probes <= this.#slotMask; probes++, i = (i + 1) & this.#slotMask) {
+      let ino = Atomics.load(words, slotBase + i);
+      if (ino === 0) {
+        if (mine === 0) mine = this.#allocate(kindWord, size, data);
+        ino = Atomics.compareExchange(words, slotBase + i, 0, mine);
+        if (ino === 0) return mine;
+      }
+      if (this.#matches(ino, kindWord, size, data)) return ino;
+    }
+    throw new InodeTableFullError("inode hash table is full");
+  }
+
+  #allocate(kindWord: number, size: number, data: Uint8Array): number {
+    const ino = Atomics.add(this.#words, H_NEXT, 1);
+    if (ino >= this.#capacity) {
+      throw new InodeTableFullError(`more than ${this.#capacity - 1} inodes in use`);
+    }
+    const r = this.#recBase + ino * REC_WORDS;
+    const w = this.#words;
+    w[r + R_SIZE_LO] = size >>> 0;
+    w[r + R_SIZE_HI] = Math.floor(size / 0x100000000);
+    if ((kindWord & KIND_MASK) === Kind.Symlink) {
+      const at = Atomics.add(w, H_ARENA_NEXT, data.length);
+      if (at + data.length > this.#arenaSize) {
+        throw new InodeTableFullError("symlink target arena is full");
+      }
+      this.#bytes.set(data, this.#arenaBase + at);
+      w[r + R_DATA] = at;
+    } else {
+      this.#bytes.set(data, (r + R_DATA) * 4);
+    }
+    Atomics.store(w, r, kindWord); // publish last
+    return ino;
+  }
+
+  #matches(ino: number, kindWord: number, size: number, data: Uint8Array): boolean {
+    const r = this.#recBase + ino * REC_WORDS;
+    const w = this.#words;
+    if (Atomics.load(w, r) !== kindWord) return false;
+    if (w[r + R_SIZE_LO] !== (size | 0) || w[r + R_SIZE_HI] !== Math.floor(size / 0x100000000)) {
+      return false;
+    }
+    const b = this.#bytes;
+    const start = (kindWord & KIND_MASK) === Kind.Symlink
+      ? this.#arenaBase + w[r + R_DATA]
+      : (r + R_DATA) * 4;
+    for (let j = 0; j < data.length; j++) if (b[start + j] !== data[j]) return false;
+    return true;
+  }
+}
+
+/** FNV-1a over the key, mixed with kind and size. */
+function keyHash(kindWord: number, size: number, data: Uint8Array): number {
+  let h = (0x811c9dc5 ^ kindWord) >>> 0;
+  h = Math.imul(h ^ (size >>> 0), 0x01000193);
+  // Digests are uniformly random already: a few bytes suffice.
+  const n = data.length === B3_LEN ? 8 : data.length;
+  for (let j = 0; j < n; j++) h = Math.imul(h ^ data[j], 0x01000193);
+  return h >>> 0;
+}

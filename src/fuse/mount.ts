@@ -1,0 +1,175 @@
+/**
+ * `tvix-store mount`: mounts the store read-only and serves it with one
+ * Worker per FUSE channel until it is unmounted.
+ *
+ * Order of events: Workers start and build their services (so bad URLs fail
+ * before anything is mounted); the main thread mounts; each Worker clones
+ * the session fd and serves. SIGINT/SIGTERM unmount; an external
+ * `fusermount3 -u`/`umount` ends the session by itself. Either way every
+ * Worker reads `ENODEV`, reports `done`, and the process exits 0. If a
+ * Worker does not finish soon after the unmount (a busy mount keeps the
+ * connection alive after a lazy detach), the process exits anyway: closing
+ * its fds aborts the connection, so nothing hangs.
+ *
+ * @module
+ */
+import type { ServiceAddrs } from "../cli/common.ts";
+import { log, LOG_LEVELS, logEnabled } from "../log.ts";
+import { InodeTable } from "./inodes.ts";
+import { SharedChunkCache } from "./shared_chunks.ts";
+import { FuseSession } from "./session.ts";
+import type { FromWorker, ToWorker, WorkerConfig } from "./worker.ts";
+
+/** What `mount` was asked to do. */
+export interface MountOptions {
+  mountpoint: string;
+  addrs: ServiceAddrs;
+  threads: number;
+  allowOther: boolean;
+  listRoot: boolean;
+  showXattr: boolean;
+  /** Bytes of decompressed chunks shared by the Workers (default 512 MiB, reserved lazily). */
+  sharedCacheBytes?: number;
+  /** Bytes of decompressed chunks each Worker keeps for itself (default 64 MiB). */
+  cacheBytes?: number;
+}
+
+/** How long Workers get to finish after an unmount before the process exits regardless. */
+const DRAIN_MS = 1000;
+
+/** Throws a clear error for URLs a multi-Worker mount cannot use. */
+export function checkMountAddrs(addrs: ServiceAddrs): void {
+  for (const [flag, url] of Object.entries(addrs)) {
+    if (/^memory:/i.test(url)) {
+      throw new Error(
+        `${flag} ${url}: in-memory services cannot be used by mount, whose Workers each open ` +
+          `the services themselves and would see separate empty stores; use sqlite://, ` +
+          `objectstore+… or a daemon via grpc+…`,
+      );
+    }
+  }
+}
+
+interface WorkerHandle {
+  worker: Worker;
+  next(): Promise<FromWorker>;
+}
+
+function spawn(config: WorkerConfig): WorkerHandle {
+  const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+  const queue: FromWorker[] = [];
+  const waiting: ((m: FromWorker) => void)[] = [];
+  const deliver = (m: FromWorker) => {
+    const w = waiting.shift();
+    if (w) w(m);
+    else queue.push(m);
+  };
+  worker.onmessage = (e: MessageEvent<FromWorker>) => {
+    // Messages sent before the module finished evaluating (it has top-level
+    // awaits) could be lost: send the config once the Worker says it listens.
+    if (e.data.type === "loaded") {
+      worker.postMessage({ type: "start", config } satisfies ToWorker);
+    } else deliver(e.data);
+  };
+  worker.onerror = (e) => {
+    e.preventDefault();
+    deliver({ type: "failed", message: e.message });
+  };
+  return {
+    worker,
+    next: () => {
+      const m = queue.shift();
+      return m ? Promise.resolve(m) : new Promise((resolve) => waiting.push(resolve));
+    },
+  };
+}
+
+/**
+ * Mounts and serves until unmounted. Resolves with the exit status: 0 after
+ * a clean unmount, 1 if a Worker failed. Throws if mounting fails.
+ */
+export async function runMount(opts: MountOptions): Promise<number> {
+  checkMountAddrs(opts.addrs);
+  try {
+    if (!(await Deno.stat(opts.mountpoint)).isDirectory) {
+      throw new Error(`mountpoint ${opts.mountpoint} is not a directory`);
+    }
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new Error(`mountpoint ${opts.mountpoint} does not exist`);
+    }
+    throw err;
+  }
+  const inodes = InodeTable.create();
+  const sharedChunks = SharedChunkCache.create(opts.sharedCacheBytes ?? 512 << 20);
+  const maxPages = 256;
+  const workers = Array.from({ length: opts.threads }, (_, id) =>
+    spawn({
+      id,
+      addrs: opts.addrs,
+      listRoot: opts.listRoot,
+      showXattr: opts.showXattr,
+      logLevel: LOG_LEVELS.find(logEnabled) ?? "error",
+      inodes: inodes.buffer,
+      maxPages,
+      maxReadahead: 1 << 20,
+      threads: opts.threads,
+      cacheBytes: opts.cacheBytes ?? 64 << 20,
+      sharedChunks: sharedChunks.buffer,
+    }));
+  const stopAll = () => workers.forEach((w) => w.worker.terminate());
+
+  for (const w of workers) {
+    const m = await w.next();
+    if (m.type !== "ready") {
+      stopAll();
+      throw new Error(`cannot start a FUSE worker: ${m.type === "failed" ? m.message : m.type}`);
+    }
+  }
+
+  log.info("mounting", { path: opts.mountpoint, threads: opts.threads });
+  let session: FuseSession;
+  try {
+    session = FuseSession.mount(opts.mountpoint, { allowOther: opts.allowOther });
+  } catch (err) {
+    stopAll();
+    throw err;
+  }
+
+  let drainTimer: ReturnType<typeof setTimeout> | undefined;
+  const finished = Promise.withResolvers<void>();
+  const unmount = (why: string) => {
+    session.unmount();
+    drainTimer ??= setTimeout(() => {
+      log.warn("workers did not finish after unmounting; exiting anyway", { why });
+      finished.resolve();
+    }, DRAIN_MS);
+  };
+  const onSignal = () => {
+    log.info("interrupt received, unmounting…");
+    unmount("signal");
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+
+  let status = 0;
+  const served = workers.map(async (w) => {
+    w.worker.postMessage({ type: "serve", fd: session.fd } satisfies ToWorker);
+    const m = await w.next();
+    if (m.type === "failed") {
+      log.error("FUSE worker failed", { error: m.message });
+      status = 1;
+      unmount("worker failed");
+    }
+  });
+  Promise.all(served).then(() => finished.resolve());
+  await finished.promise;
+
+  clearTimeout(drainTimer);
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+  session.destroy();
+  stopAll();
+  log.info("unmount occured, terminating…");
+  return status;
+}

@@ -1,0 +1,161 @@
+/**
+ * A chunk cache shared by all FUSE Workers in one `SharedArrayBuffer`.
+ *
+ * The kernel spreads one reader's sequential READs over all channels, so
+ * without sharing every Worker would fetch, decompress and verify every
+ * chunk itself. Here the first Worker to need a chunk claims a slot, and
+ * the others wait for it and copy the bytes out.
+ *
+ * Slots are fixed-size (chunks larger than a slot are not shared) and
+ * grouped in small sets by digest. Each slot is guarded by a version word
+ * used as a seqlock: odd while a Worker fills it, even when stable. Readers
+ * copy the bytes and check the version did not move, so a reader never
+ * blocks a writer and nothing can deadlock; a torn read is simply a miss.
+ *
+ * @module
+ */
+
+const WAYS = 8;
+const META_WORDS = 12; // version, length, lastUse, tag (8 words), spare
+const M_VERSION = 0, M_LENGTH = 1, M_USED = 2, M_TAG = 3;
+const H_CLOCK = 0, H_SLOTS = 1, H_SLOT_BYTES = 2;
+const HEADER_WORDS = 4;
+/** How long to wait for another Worker's fetch before fetching too (ms). */
+const WAIT_MS = 5000;
+
+/** A claimed slot: fill it with the chunk's bytes or abandon it. */
+export interface SlotClaim {
+  fill(bytes: Uint8Array): void;
+  abandon(): void;
+}
+
+/** The shared chunk cache; create once, attach in every Worker. */
+export class SharedChunkCache {
+  readonly buffer: SharedArrayBuffer;
+  readonly #meta: Int32Array;
+  readonly #data: Uint8Array;
+  readonly #slots: number;
+  readonly #slotBytes: number;
+
+  private constructor(buffer: SharedArrayBuffer) {
+    this.buffer = buffer;
+    const header = new Int32Array(buffer, 0, HEADER_WORDS);
+    this.#slots = header[H_SLOTS];
+    this.#slotBytes = header[H_SLOT_BYTES];
+    this.#meta = new Int32Array(buffer, 0, HEADER_WORDS + this.#slots * META_WORDS);
+    this.#data = new Uint8Array(buffer, (HEADER_WORDS + this.#slots * META_WORDS) * 4);
+  }
+
+  /** A cache of about `totalBytes`, in slots of `slotBytes` (the largest chunk shared). */
+  static create(totalBytes: number, slotBytes = 512 << 10): SharedChunkCache {
+    let slots = WAYS;
+    while (slots * 2 * slotBytes <= totalBytes) slots *= 2;
+    const buffer = new SharedArrayBuffer(
+      (HEADER_WORDS + slots * META_WORDS) * 4 + slots * slotBytes,
+    );
+    const header = new Int32Array(buffer, 0, HEADER_WORDS);
+    header[H_SLOTS] = slots;
+    header[H_SLOT_BYTES] = slotBytes;
+    return new SharedChunkCache(buffer);
+  }
+
+  /** Attaches to a cache another thread created. */
+  static attach(buffer: SharedArrayBuffer): SharedChunkCache {
+    return new SharedChunkCache(buffer);
+  }
+
+  /**
+   * The chunk's bytes (a private copy), a promise that settles when another
+   * Worker finished fetching it (then look again), or `undefined` on a miss.
+   */
+  lookup(digest: Uint8Array): Uint8Array | Promise<unknown> | undefined {
+    const tag = tagOf(digest);
+    const m = this.#meta;
+    for (let w = 0; w < WAYS; w++) {
+      const base = this.#base(tag[0], w);
+      const v1 = Atomics.load(m, base + M_VERSION);
+      if (!this.#tagMatches(base, tag)) continue;
+      if (v1 & 1) return this.#waitChange(base + M_VERSION, v1);
+      const len = m[base + M_LENGTH];
+      const start = this.#slotStart(base);
+      const out = this.#data.slice(start, start + len);
+      if (Atomics.load(m, base + M_VERSION) === v1 && this.#tagMatches(base, tag)) {
+        m[base + M_USED] = Atomics.add(m, H_CLOCK, 1);
+        return out;
+      }
+    }
+    return undefined;
+  }
+
+  /** Claims a slot for `digest` (least recently used of its set), or `undefined` if it cannot be shared. */
+  claim(digest: Uint8Array, size: number): SlotClaim | undefined {
+    if (size > this.#slotBytes) return undefined;
+    const tag = tagOf(digest);
+    const m = this.#meta;
+    let victim = -1, oldest = Infinity;
+    for (let w = 0; w < WAYS; w++) {
+      const base = this.#base(tag[0], w);
+      const v = Atomics.load(m, base + M_VERSION);
+      if (v & 1) continue; // being filled
+      const used = m[base + M_LENGTH] === 0 ? -1 : m[base + M_USED];
+      if (used < oldest) {
+        oldest = used;
+        victim = base;
+      }
+    }
+    if (victim < 0) return undefined;
+    const v = Atomics.load(m, victim + M_VERSION);
+    if ((v & 1) || Atomics.compareExchange(m, victim + M_VERSION, v, v + 1) !== v) return undefined;
+    for (let i = 0; i < 8; i++) Atomics.store(m, victim + M_TAG + i, tag[i]);
+    m[victim + M_LENGTH] = 0;
+    const publish = () => {
+      Atomics.store(m, victim + M_VERSION, v + 2);
+      Atomics.notify(m, victim + M_VERSION);
+    };
+    return {
+      fill: (bytes) => {
+        this.#data.set(bytes, this.#slotStart(victim));
+        m[victim + M_LENGTH] = bytes.length;
+        m[victim + M_USED] = Atomics.add(m, H_CLOCK, 1);
+        publish();
+      },
+      abandon: () => {
+        for (let i = 0; i < 8; i++) Atomics.store(m, victim + M_TAG + i, 0);
+        publish();
+      },
+    };
+  }
+
+  /**
+   * Resolves once the word at `index` no longer holds `value` (or after
+   * WAIT_MS). Polls with timers: Deno does not keep the event loop alive
+   * for `Atomics.waitAsync`, and a fill takes about a millisecond anyway.
+   */
+  async #waitChange(index: number, value: number): Promise<void> {
+    const until = performance.now() + WAIT_MS;
+    while (Atomics.load(this.#meta, index) === value && performance.now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
+
+  #base(h: number, way: number): number {
+    const set = ((h >>> 0) % (this.#slots / WAYS)) * WAYS;
+    return HEADER_WORDS + (set + way) * META_WORDS;
+  }
+
+  #slotStart(base: number): number {
+    return ((base - HEADER_WORDS) / META_WORDS) * this.#slotBytes;
+  }
+
+  #tagMatches(base: number, tag: Int32Array): boolean {
+    const m = this.#meta;
+    for (let i = 0; i < 8; i++) if (Atomics.load(m, base + M_TAG + i) !== tag[i]) return false;
+    return true;
+  }
+}
+
+function tagOf(digest: Uint8Array): Int32Array {
+  const copy = new Uint8Array(32);
+  copy.set(digest.subarray(0, 32));
+  return new Int32Array(copy.buffer);
+}

@@ -1,0 +1,278 @@
+/// <reference no-default-lib="true" />
+/// <reference lib="deno.worker" />
+/**
+ * A FUSE Worker: builds its own services from the URLs, then serves one
+ * cloned channel of the session until it is unmounted. Requests are
+ * answered asynchronously (a reply needs only the request's `unique`), so a
+ * slow blob fetch never holds up the other requests on the channel.
+ *
+ * Protocol with the main thread: `loaded` (module evaluated, listening);
+ * `start` (config) → `ready` | `failed`;
+ * `serve` (session fd) → `done` | `failed`.
+ *
+ * @module
+ */
+import { errorMessage } from "../castore/errors.ts";
+import { log, type LogLevel, setLogLevel } from "../log.ts";
+import type { ServiceAddrs } from "../cli/common.ts";
+import { constructServices, type Services } from "../store/services.ts";
+import { Channel } from "./channel.ts";
+import { Errno } from "./ffi.ts";
+import { type DirSlice, FsError, StoreFs } from "./filesystem.ts";
+import { InodeTable } from "./inodes.ts";
+import { SharedChunkCache } from "./shared_chunks.ts";
+import {
+  type Attr,
+  ATTR_OUT_SIZE,
+  cStringAt,
+  DIRENT_SIZE,
+  ENTRY_OUT_SIZE,
+  FOPEN_KEEP_CACHE,
+  get64,
+  GETXATTR_OUT_SIZE,
+  IN_HEADER_SIZE,
+  INIT_OUT_SIZE,
+  MUTATING_OPS,
+  Op,
+  OPEN_OUT_SIZE,
+  OUT_HEADER_SIZE,
+  putAttrOut,
+  putDirent,
+  putDirentPlus,
+  putEntryOut,
+  putInitOut,
+  putStatfsOut,
+  STATFS_OUT_SIZE,
+} from "./protocol.ts";
+
+/** Everything a Worker needs, sent with `start`. */
+export interface WorkerConfig {
+  id: number;
+  addrs: ServiceAddrs;
+  listRoot: boolean;
+  showXattr: boolean;
+  logLevel: LogLevel;
+  inodes: SharedArrayBuffer;
+  /** Largest READ, in 4 KiB pages. */
+  maxPages: number;
+  maxReadahead: number;
+  /** Number of Workers (sizes the window in which reads count as sequential). */
+  threads: number;
+  /** Bytes of decompressed chunks each Worker keeps for itself. */
+  cacheBytes: number;
+  /** The {@linkcode SharedChunkCache} buffer. */
+  sharedChunks: SharedArrayBuffer;
+}
+
+/** Messages from the main thread. */
+export type ToWorker = { type: "start"; config: WorkerConfig } | { type: "serve"; fd: number };
+/** Messages to the main thread. */
+export type FromWorker =
+  | { type: "loaded" }
+  | { type: "ready" }
+  | { type: "done"; served: number }
+  | { type: "failed"; message: string };
+
+const decoder = new TextDecoder();
+
+/** Serves requests for `fs` on `channel` until the session ends; returns the request count. */
+export async function serveChannel(
+  channel: Channel,
+  fs: StoreFs,
+  cfg: Pick<WorkerConfig, "maxPages" | "maxReadahead">,
+): Promise<number> {
+  const out = channel.reply;
+  const ov = channel.replyView;
+  const replyCap = out.length - OUT_HEADER_SIZE;
+  let served = 0;
+
+  let inflight = 0;
+  const fail = (fd: number, lo: number, hi: number, err: unknown) => {
+    if (err instanceof FsError) return channel.error(fd, lo, hi, err.errno);
+    log.error("FUSE request failed", { error: errorMessage(err) });
+    channel.error(fd, lo, hi, Errno.EIO);
+  };
+  const entry = (fd: number, lo: number, hi: number, a: Attr) => {
+    putEntryOut(ov, OUT_HEADER_SIZE, a);
+    channel.ok(fd, lo, hi, ENTRY_OUT_SIZE);
+  };
+  const dirents = (
+    fd: number,
+    lo: number,
+    hi: number,
+    s: DirSlice,
+    size: number,
+    plus: boolean,
+  ) => {
+    const end = OUT_HEADER_SIZE + Math.min(size, replyCap);
+    let pos = OUT_HEADER_SIZE;
+    for (let i = s.start; i < s.entries.length; i++) {
+      const e = s.entries[i];
+      const used = plus
+        ? putDirentPlus(out, ov, pos, end, e.attr, i + 1, e.name)
+        : putDirent(out, ov, pos, end, e.attr.ino, i + 1, e.name, e.attr.mode);
+      if (used === 0) break;
+      pos += used;
+    }
+    channel.ok(fd, lo, hi, pos - OUT_HEADER_SIZE);
+  };
+  const xattr = (fd: number, lo: number, hi: number, value: Uint8Array, size: number) => {
+    if (size === 0) {
+      ov.setUint32(OUT_HEADER_SIZE, value.length, true);
+      ov.setUint32(OUT_HEADER_SIZE + 4, 0, true);
+      return channel.ok(fd, lo, hi, GETXATTR_OUT_SIZE);
+    }
+    if (size < value.length) return channel.error(fd, lo, hi, Errno.ERANGE);
+    out.set(value, OUT_HEADER_SIZE);
+    channel.ok(fd, lo, hi, value.length);
+  };
+
+  /** Replies with `ok(value)` or the error once `p` settles; counts it as in flight meanwhile. */
+  const later = <T>(
+    p: Promise<T>,
+    fd: number,
+    lo: number,
+    hi: number,
+    ok: (value: T) => void,
+  ) => {
+    inflight++;
+    p.then(ok, (e) => fail(fd, lo, hi, e)).finally(() => inflight--);
+  };
+
+  const dispatch = (buf: Uint8Array, v: DataView, n: number, fd: number) => {
+    served++;
+    const opcode = v.getUint32(4, true);
+    const lo = v.getUint32(8, true), hi = v.getUint32(12, true);
+    const ino = get64(v, 16);
+    try {
+      switch (opcode) {
+        case Op.INIT: {
+          const problem = putInitOut(v, ov, OUT_HEADER_SIZE, cfg);
+          if (problem) {
+            log.error(problem);
+            return channel.error(fd, lo, hi, Errno.EPROTO);
+          }
+          return channel.ok(fd, lo, hi, INIT_OUT_SIZE);
+        }
+        case Op.LOOKUP: {
+          const r = fs.lookup(ino, cStringAt(buf, IN_HEADER_SIZE, n));
+          if (r instanceof Promise) return later(r, fd, lo, hi, (a) => entry(fd, lo, hi, a));
+          return entry(fd, lo, hi, r);
+        }
+        case Op.GETATTR:
+          putAttrOut(ov, OUT_HEADER_SIZE, fs.getattr(ino));
+          return channel.ok(fd, lo, hi, ATTR_OUT_SIZE);
+        case Op.READLINK: {
+          const t = fs.readlink(ino);
+          out.set(t, OUT_HEADER_SIZE);
+          return channel.ok(fd, lo, hi, t.length);
+        }
+        case Op.OPEN: {
+          const flags = v.getUint32(IN_HEADER_SIZE, true);
+          return later(fs.open(ino, flags), fd, lo, hi, () => {
+            out.fill(0, OUT_HEADER_SIZE, OUT_HEADER_SIZE + OPEN_OUT_SIZE);
+            // Contents never change: the kernel may keep cached pages across opens.
+            ov.setUint32(OUT_HEADER_SIZE + 8, FOPEN_KEEP_CACHE, true);
+            channel.ok(fd, lo, hi, OPEN_OUT_SIZE);
+          });
+        }
+        case Op.OPENDIR: {
+          const fh = fs.opendir(ino);
+          out.fill(0, OUT_HEADER_SIZE, OUT_HEADER_SIZE + OPEN_OUT_SIZE);
+          ov.setUint32(OUT_HEADER_SIZE, fh % 0x100000000, true);
+          ov.setUint32(OUT_HEADER_SIZE + 4, Math.floor(fh / 0x100000000), true);
+          return channel.ok(fd, lo, hi, OPEN_OUT_SIZE);
+        }
+        case Op.READ: {
+          const offset = get64(v, IN_HEADER_SIZE + 8);
+          const size = v.getUint32(IN_HEADER_SIZE + 16, true);
+          return later(fs.read(ino, offset, size), fd, lo, hi, (pieces) => {
+            channel.data(fd, lo, hi, pieces);
+          });
+        }
+        case Op.READDIR:
+        case Op.READDIRPLUS: {
+          const fh = get64(v, IN_HEADER_SIZE);
+          const offset = get64(v, IN_HEADER_SIZE + 8);
+          const size = v.getUint32(IN_HEADER_SIZE + 16, true);
+          const plus = opcode === Op.READDIRPLUS;
+          const r = fs.readdir(ino, fh, offset, Math.ceil(size / (DIRENT_SIZE + 8)));
+          if (r instanceof Promise) {
+            return later(r, fd, lo, hi, (s) => dirents(fd, lo, hi, s, size, plus));
+          }
+          return dirents(fd, lo, hi, r, size, plus);
+        }
+        case Op.RELEASEDIR:
+          fs.releasedir(ino, get64(v, IN_HEADER_SIZE));
+          return channel.ok(fd, lo, hi, 0);
+        case Op.RELEASE:
+          return channel.ok(fd, lo, hi, 0);
+        case Op.STATFS:
+          putStatfsOut(ov, OUT_HEADER_SIZE);
+          return channel.ok(fd, lo, hi, STATFS_OUT_SIZE);
+        case Op.GETXATTR: {
+          const size = v.getUint32(IN_HEADER_SIZE, true);
+          const name = decoder.decode(cStringAt(buf, IN_HEADER_SIZE + 8, n));
+          return xattr(fd, lo, hi, fs.getxattr(ino, name), size);
+        }
+        case Op.LISTXATTR:
+          return xattr(fd, lo, hi, fs.listxattr(ino), v.getUint32(IN_HEADER_SIZE, true));
+        case Op.FORGET:
+        case Op.BATCH_FORGET:
+        case Op.INTERRUPT:
+          return; // no reply; inodes are never freed and requests are not cancelled
+        case Op.DESTROY:
+          return channel.ok(fd, lo, hi, 0);
+        default:
+          return channel.error(fd, lo, hi, MUTATING_OPS.has(opcode) ? Errno.EROFS : Errno.ENOSYS);
+      }
+    } catch (err) {
+      fail(fd, lo, hi, err);
+    }
+  };
+
+  await channel.serve(dispatch, () => inflight === 0 && fs.backgroundWork === 0);
+  return served;
+}
+
+// Worker entry point (inert when the module is imported elsewhere, e.g. by tests).
+if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
+  let services: Services | undefined;
+  let fs: StoreFs | undefined;
+  let config: WorkerConfig | undefined;
+  const post = (m: FromWorker) => self.postMessage(m);
+  self.onmessage = async (e: MessageEvent<ToWorker>) => {
+    const msg = e.data;
+    try {
+      if (msg.type === "start") {
+        config = msg.config;
+        setLogLevel(config.logLevel);
+        services = await constructServices(config.addrs);
+        fs = new StoreFs(services, InodeTable.attach(config.inodes), {
+          listRoot: config.listRoot,
+          showXattr: config.showXattr,
+          workerId: config.id,
+          read: {
+            cacheBytes: config.cacheBytes,
+            shared: SharedChunkCache.attach(config.sharedChunks),
+            sequentialWindow: config.threads * config.maxPages * 4096,
+          },
+        });
+        post({ type: "ready" });
+      } else {
+        const bufSize = config!.maxPages * 4096 + 8192; // >= max_write + request headers
+        const channel = new Channel(msg.fd, bufSize);
+        let served;
+        try {
+          served = await serveChannel(channel, fs!, config!);
+        } finally {
+          channel.close();
+        }
+        post({ type: "done", served });
+      }
+    } catch (err) {
+      post({ type: "failed", message: errorMessage(err) });
+    }
+  };
+  post({ type: "loaded" });
+}

@@ -1,0 +1,105 @@
+/**
+ * The `tvix.castore.v1.DirectoryService` server (SPEC §3.3) over a
+ * {@linkcode DirectoryService} backend.
+ *
+ * @module
+ */
+import type {
+  DirectoryServiceServer,
+  GetDirectoryRequest,
+  PutDirectoryResponse,
+} from "../proto/tvix/castore/protos/rpc_directory.ts";
+import { Directory } from "../proto/tvix/castore/protos/castore.ts";
+import type { DirectoryService } from "../castore/directory/service.ts";
+import { ClosureError, UploadClosure } from "../castore/directory/closure.ts";
+import { B3_LEN, b3Display } from "../castore/digest.ts";
+import { InvalidRequestError } from "../castore/errors.ts";
+import { clientStreamHandler, receiveAll, serverStreamHandler } from "./server_call.ts";
+import {
+  Code,
+  internalStatus,
+  MAX_RESPONSE_MESSAGE_BYTES,
+  RpcError,
+  type RpcStatus,
+  statusFromError,
+} from "./status.ts";
+
+/**
+ * A directory must fit in one response message, or it could be stored but
+ * never served back to a client that keeps the reference's 4 MiB limit.
+ */
+function checkServable(directory: Directory, what: string): void {
+  const size = Directory.encode(directory).finish().length;
+  if (size > MAX_RESPONSE_MESSAGE_BYTES) {
+    throw new RpcError(
+      what === "received" ? Code.INVALID_ARGUMENT : Code.RESOURCE_EXHAUSTED,
+      `${what} directory is ${size} bytes, more than the ${MAX_RESPONSE_MESSAGE_BYTES}-byte message limit`,
+    );
+  }
+}
+
+/**
+ * Directory Put statuses: closure errors are INTERNAL with their text as in
+ * the reference, except a child digest of the wrong length, which is the
+ * caller's malformed request (INVALID_ARGUMENT; the reference panics, Q8).
+ * Backend errors follow the generic mapping.
+ */
+function putStatus(err: unknown): RpcStatus {
+  if (err instanceof ClosureError) {
+    const code = err.kind === "InvalidDigest" ? Code.INVALID_ARGUMENT : Code.INTERNAL;
+    return { code, details: err.message };
+  }
+  return statusFromError(err);
+}
+
+/** Builds the DirectoryService handlers. */
+export function directoryHandler(directories: DirectoryService): DirectoryServiceServer {
+  return {
+    get: serverStreamHandler<GetDirectoryRequest, Directory>(
+      "DirectoryService/Get",
+      async (req, send) => {
+        if (req.byWhat?.$case !== "digest") {
+          throw new RpcError(Code.INVALID_ARGUMENT, "invalid by_what");
+        }
+        const digest = req.byWhat.value;
+        if (digest.length !== B3_LEN) {
+          throw new RpcError(Code.INVALID_ARGUMENT, "invalid digest length");
+        }
+        if (!req.recursive) {
+          const directory = await directories.get(digest);
+          if (!directory) {
+            throw new RpcError(Code.NOT_FOUND, `directory ${b3Display(digest)} not found`);
+          }
+          checkServable(directory, "stored");
+          await send(directory);
+          return;
+        }
+        // A missing root is an empty OK stream on every backend (Q6 fixed).
+        for await (const directory of directories.getRecursive(digest)) {
+          checkServable(directory, "stored");
+          if (!await send(directory)) return;
+        }
+      },
+      internalStatus,
+    ),
+
+    put: clientStreamHandler<Directory, PutDirectoryResponse>(
+      "DirectoryService/Put",
+      async (call) => {
+        // Validate the whole closure before anything reaches the backend, so
+        // a rejected or cancelled upload stores nothing.
+        const closure = new UploadClosure();
+        for await (const directory of receiveAll(call)) {
+          checkServable(directory, "received");
+          closure.add(directory);
+        }
+        const complete = closure.finalize();
+        if (!complete) throw new InvalidRequestError("got no directories");
+        const putter = directories.putMultiple();
+        for (const directory of complete.leavesToRoot) await putter.put(directory);
+        return { rootDigest: await putter.close() };
+      },
+      putStatus,
+    ),
+  };
+}

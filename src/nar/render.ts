@@ -1,0 +1,310 @@
+/**
+ * Streaming NAR renderer: turns a castore root node into the NAR Nix would
+ * produce for the same tree (SPEC §4.2), reading blobs and directories from
+ * the services as it goes.
+ *
+ * Memory stays bounded whatever the file sizes: blob pieces flow straight
+ * through, small tokens are batched into pieces of at most
+ * {@linkcode PIECE_SIZE} bytes, and only small files are read ahead (a few
+ * MiB in total) so that many-small-files trees are not bound by per-blob
+ * latency. The directory closure is fetched with one `getRecursive` call,
+ * which also works for backends that only serve upload roots by digest.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import type { BlobService } from "../castore/blob/service.ts";
+import type { DirectoryService } from "../castore/directory/service.ts";
+import { B3_LEN, b3Display, type Digest, digestKey } from "../castore/digest.ts";
+import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
+import { StorageError } from "../castore/errors.ts";
+import type { FileNode, NodeVariant } from "../castore/node.ts";
+import type { NarSummary } from "../store/pathinfo/service.ts";
+import { concat, padLen, str, TOK, u64, ZEROS } from "./wire.ts";
+
+/** Upper bound of the pieces the renderer yields (except blob pieces passed through). */
+export const PIECE_SIZE = 128 * 1024;
+// Blob pieces at least this large are yielded as they are, without copying.
+const PASS_THROUGH = 32 * 1024;
+// Read-ahead limits for small files.
+const PREFETCH_FILE_MAX = 1024 * 1024;
+const PREFETCH_BYTES = 16 * 1024 * 1024;
+const PREFETCH_COUNT = 64;
+
+/** What a rendering failure was about (upstream's io::ErrorKind where it has one). */
+export type NarRenderErrorKind =
+  | "InvalidDigest"
+  | "NotFound"
+  | "DirectoryNotFound"
+  | "UnexpectedEof"
+  | "InvalidInput";
+
+/** The node cannot be rendered: missing or inconsistent data in the services. */
+export class NarRenderError extends StorageError {
+  override name = "NarRenderError";
+  constructor(readonly kind: NarRenderErrorKind, message: string) {
+    super(message);
+  }
+}
+
+/** The parts of the BlobService the renderer uses. */
+export type BlobSource = Pick<BlobService, "openRead">;
+/** The parts of the DirectoryService the renderer uses. */
+export type DirectorySource = Pick<DirectoryService, "get" | "getRecursive">;
+
+// The renderer's plan: token bytes, interleaved with file contents to copy.
+type Item = Uint8Array | FileNode;
+
+const CLOSE_ENTRY = concat([TOK.close, TOK.close]);
+
+function checkDigest(digest: Uint8Array): void {
+  if (digest.length !== B3_LEN) {
+    throw new NarRenderError("InvalidDigest", `invalid digest len ${digest.length} in file node`);
+  }
+}
+
+/** Directories of one closure, fetched in one stream, with single gets as a fallback. */
+class DirectoryCache {
+  readonly #dirs = new Map<string, Directory>();
+  constructor(private readonly source: DirectorySource) {}
+
+  async prefetch(root: Digest): Promise<void> {
+    for await (const d of this.source.getRecursive(root)) {
+      this.#dirs.set(digestKey(directoryDigest(d)), d);
+    }
+  }
+
+  async get(digest: Digest): Promise<Directory> {
+    const key = digestKey(digest);
+    let d = this.#dirs.get(key);
+    if (!d) {
+      d = await this.source.get(digest);
+      if (!d) {
+        throw new NarRenderError("DirectoryNotFound", `directory ${b3Display(digest)} not found`);
+      }
+      this.#dirs.set(key, d);
+    }
+    return d;
+  }
+}
+
+/**
+ * Walks the tree depth-first in NAR order (children in merged name order)
+ * and yields the token bytes and the file nodes whose contents go between.
+ * An explicit stack keeps deep trees off the call stack.
+ */
+async function* plan(root: NodeVariant, dirs: DirectoryCache): AsyncGenerator<Item> {
+  yield TOK.header;
+  const stack: { children: NodeVariant[]; next: number }[] = [];
+
+  async function* visit(node: NodeVariant): AsyncGenerator<Item> {
+    const leafEnd = stack.length > 0 ? CLOSE_ENTRY : TOK.close;
+    switch (node.$case) {
+      case "symlink":
+        yield TOK.symlink;
+        yield str(node.value.target);
+        yield leafEnd;
+        return;
+      case "file": {
+        const f = node.value;
+        checkDigest(f.digest);
+        yield f.executable ? TOK.executable : TOK.regular;
+        yield u64(f.size);
+        yield f;
+        yield ZEROS.subarray(0, padLen(Number(f.size % 8n)));
+        yield leafEnd;
+        return;
+      }
+      case "directory": {
+        checkDigest(node.value.digest);
+        const d = await dirs.get(node.value.digest);
+        yield TOK.directory;
+        stack.push({ children: [...directoryNodes(d)], next: 0 });
+        return;
+      }
+    }
+  }
+
+  yield* visit(root);
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    if (top.next < top.children.length) {
+      const child = top.children[top.next++];
+      yield TOK.entryOpen;
+      yield str(child.value.name);
+      yield TOK.nodeOpen;
+      yield* visit(child);
+    } else {
+      stack.pop();
+      yield stack.length > 0 ? CLOSE_ENTRY : TOK.close;
+    }
+  }
+}
+
+/** Collects small byte strings into pieces of up to {@linkcode PIECE_SIZE}. */
+class Batcher {
+  #buf = new Uint8Array(0);
+  #len = 0;
+
+  /** Yields full pieces; large inputs pass through after what is pending. */
+  *push(bytes: Uint8Array): Generator<Uint8Array> {
+    if (bytes.length === 0) return;
+    if (bytes.length >= PASS_THROUGH) {
+      if (this.#len > 0) yield this.take();
+      yield bytes;
+      return;
+    }
+    if (this.#len + bytes.length > this.#buf.length) {
+      if (this.#len > 0) yield this.take();
+      if (this.#buf.length < PIECE_SIZE) this.#buf = new Uint8Array(PIECE_SIZE);
+    }
+    this.#buf.set(bytes, this.#len);
+    this.#len += bytes.length;
+  }
+
+  /** Whether bytes are pending. */
+  get pending(): boolean {
+    return this.#len > 0;
+  }
+
+  /** Hands out the pending bytes; the batcher continues in a fresh buffer. */
+  take(): Uint8Array {
+    const out = this.#buf.subarray(0, this.#len);
+    this.#buf = new Uint8Array(PIECE_SIZE);
+    this.#len = 0;
+    return out;
+  }
+}
+
+async function openBlob(blob: BlobSource, f: FileNode): Promise<AsyncIterable<Uint8Array>> {
+  const reader = await blob.openRead(f.digest);
+  if (!reader) {
+    throw new NarRenderError("NotFound", `blob with digest ${b3Display(f.digest)} not found`);
+  }
+  return reader;
+}
+
+/**
+ * Yields exactly `f.size` bytes of the blob, failing if it is shorter or
+ * longer than that.
+ */
+async function* blobContents(blob: BlobSource, f: FileNode): AsyncGenerator<Uint8Array> {
+  const want = f.size;
+  let got = 0n;
+  for await (const piece of await openBlob(blob, f)) {
+    got += BigInt(piece.length);
+    if (got > want) {
+      throw new NarRenderError(
+        "InvalidInput",
+        `reader contained more data than specified size (${want}) for blob ${b3Display(f.digest)}`,
+      );
+    }
+    if (piece.length > 0) yield piece;
+  }
+  if (got < want) {
+    throw new NarRenderError(
+      "UnexpectedEof",
+      `unexpected EOF: blob ${b3Display(f.digest)} has ${got} bytes, node says ${want}`,
+    );
+  }
+}
+
+async function readSmall(blob: BlobSource, f: FileNode): Promise<Uint8Array[]> {
+  const pieces: Uint8Array[] = [];
+  for await (const piece of blobContents(blob, f)) pieces.push(piece);
+  return pieces;
+}
+
+/**
+ * The NAR of `node`, in pieces. The root node's name is ignored. Fails with
+ * {@linkcode NarRenderError} on missing blobs/directories or a blob whose
+ * length differs from its node's `size`; backend errors pass through.
+ */
+export async function* renderNar(
+  node: NodeVariant,
+  blob: BlobSource,
+  dir: DirectorySource,
+): AsyncGenerator<Uint8Array> {
+  const dirs = new DirectoryCache(dir);
+  if (node.$case === "directory") {
+    checkDigest(node.value.digest);
+    await dirs.prefetch(node.value.digest);
+  }
+  const items = plan(node, dirs);
+  // Read-ahead queue: plan items, small files with their contents loading.
+  const queue: { item: Item; data?: Promise<Uint8Array[]> }[] = [];
+  let queuedBytes = 0;
+  let queuedFiles = 0;
+  let exhausted = false;
+
+  const fill = async () => {
+    while (!exhausted && queuedFiles < PREFETCH_COUNT && queuedBytes < PREFETCH_BYTES) {
+      const r = await items.next();
+      if (r.done) {
+        exhausted = true;
+        break;
+      }
+      const item = r.value;
+      if (item instanceof Uint8Array) {
+        queue.push({ item });
+        continue;
+      }
+      queuedFiles++;
+      if (item.size <= BigInt(PREFETCH_FILE_MAX)) {
+        queuedBytes += Number(item.size);
+        const data = readSmall(blob, item);
+        data.catch(() => {}); // surfaced when its turn comes
+        queue.push({ item, data });
+      } else {
+        queue.push({ item });
+        break; // stream it before reading further ahead
+      }
+    }
+  };
+
+  const out = new Batcher();
+  while (true) {
+    if (queue.length === 0 || queuedFiles === 0) await fill();
+    const head = queue.shift();
+    if (!head) break;
+    const { item, data } = head;
+    if (item instanceof Uint8Array) {
+      yield* out.push(item);
+      continue;
+    }
+    queuedFiles--;
+    if (data) {
+      queuedBytes -= Number(item.size);
+      for (const piece of await data) yield* out.push(piece);
+    } else {
+      for await (const piece of blobContents(blob, item)) yield* out.push(piece);
+    }
+    await fill();
+  }
+  if (out.pending) yield out.take();
+}
+
+/**
+ * NAR size and SHA-256 of `node`, streaming the rendering through the hash
+ * (nothing is kept). Same failures as {@linkcode renderNar}.
+ */
+export async function calculateNar(
+  node: NodeVariant,
+  blob: BlobSource,
+  dir: DirectorySource,
+): Promise<NarSummary> {
+  const hash = createHash("sha256");
+  let narSize = 0n;
+  let pending = 0;
+  for await (const piece of renderNar(node, blob, dir)) {
+    hash.update(piece);
+    pending += piece.length;
+    // Number additions are cheaper than bigint ones; fold in well before 2^53.
+    if (pending > 1 << 40) {
+      narSize += BigInt(pending);
+      pending = 0;
+    }
+  }
+  narSize += BigInt(pending);
+  return { narSize, narSha256: new Uint8Array(hash.digest()) };
+}

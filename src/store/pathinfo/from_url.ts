@@ -1,0 +1,40 @@
+/**
+ * Builds a PathInfoService from its URL (SPEC §5.1, with SQLite in place of
+ * sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
+ * `grpc+unix|http|https://…`.
+ *
+ * @module
+ */
+import { sqlitePathFromUrl } from "../../castore/sqlite_db.ts";
+import {
+  checkMemoryUrl,
+  parseServiceUrl,
+  unknownScheme,
+  urlScheme,
+} from "../../castore/service_url.ts";
+import { GrpcPathInfoService } from "./grpc.ts";
+import { MemoryPathInfoService } from "./memory.ts";
+import type { PathInfoService } from "./service.ts";
+import { SqlitePathInfoService } from "./sqlite.ts";
+
+/** Constructs the path info service `url` names. Throws `StorageError` for a bad URL. */
+export function pathInfoServiceFromUrl(url: string): Promise<PathInfoService> {
+  try {
+    const parsed = parseServiceUrl(url);
+    switch (urlScheme(parsed)) {
+      case "memory":
+        checkMemoryUrl(parsed);
+        return Promise.resolve(new MemoryPathInfoService());
+      case "grpc+unix":
+      case "grpc+http":
+      case "grpc+https":
+        return GrpcPathInfoService.fromUrl(url);
+      case "sqlite":
+        return Promise.resolve(new SqlitePathInfoService(sqlitePathFromUrl(parsed)));
+      default:
+        throw unknownScheme(parsed);
+    }
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}

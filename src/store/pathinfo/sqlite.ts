@@ -1,0 +1,129 @@
+/**
+ * PathInfoService on SQLite (`sqlite:///path`, `sqlite://` in memory).
+ *
+ * Table `pathinfos`: key = raw 20-byte store path digest, value = protobuf
+ * encoding of the PathInfo. Put validates and overwrites; list walks the
+ * keys in order. Reads check that a row still decodes, validates and
+ * belongs to its key, so corruption surfaces as `StorageError`.
+ *
+ * @module
+ */
+import type { DatabaseSync, StatementSync } from "node:sqlite";
+import { bytesEqual, toHex } from "../../castore/digest.ts";
+import { StorageError } from "../../castore/errors.ts";
+import { openDatabase, storageCall } from "../../castore/sqlite_db.ts";
+import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
+import { checkPathInfoDigest, validateForPut } from "./put_check.ts";
+import type { PathInfoService } from "./service.ts";
+import { validatePathInfo } from "./validate.ts";
+
+const SCHEMA = `CREATE TABLE IF NOT EXISTS pathinfos (
+  digest BLOB PRIMARY KEY NOT NULL,
+  data BLOB NOT NULL
+) WITHOUT ROWID`;
+
+/** Rows fetched per query while listing, so no statement stays open across awaits. */
+const LIST_PAGE = 256;
+
+/** A PathInfoService storing rows in a SQLite database. */
+export class SqlitePathInfoService implements PathInfoService {
+  readonly #db: DatabaseSync;
+  readonly #select: StatementSync;
+  readonly #upsert: StatementSync;
+  readonly #firstPage: StatementSync;
+  readonly #nextPage: StatementSync;
+  #closed = false;
+
+  /** Opens (creating) the database file at `path`, or an in-memory one if undefined. */
+  constructor(path: string | undefined) {
+    this.#db = openDatabase(path);
+    try {
+      this.#db.exec(SCHEMA);
+      this.#select = this.#db.prepare("SELECT data FROM pathinfos WHERE digest = ?");
+      this.#upsert = this.#db.prepare(
+        "INSERT INTO pathinfos (digest, data) VALUES (?, ?) " +
+          "ON CONFLICT (digest) DO UPDATE SET data = excluded.data",
+      );
+      this.#firstPage = this.#db.prepare(
+        `SELECT digest, data FROM pathinfos ORDER BY digest LIMIT ${LIST_PAGE}`,
+      );
+      this.#nextPage = this.#db.prepare(
+        `SELECT digest, data FROM pathinfos WHERE digest > ? ORDER BY digest LIMIT ${LIST_PAGE}`,
+      );
+    } catch (err) {
+      this.#db.close();
+      throw new StorageError(`unable to set up sqlite pathinfo table: ${err}`);
+    }
+  }
+
+  /** The PathInfo stored under this 20-byte digest, or `undefined`. */
+  get(digest: Uint8Array): Promise<PathInfo | undefined> {
+    try {
+      checkPathInfoDigest(digest);
+      const row = storageCall("read", () => this.#select.get(digest));
+      return Promise.resolve(row ? decodeRow(digest, row.data) : undefined);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Validates and stores (replacing an entry for the same store path). */
+  put(info: PathInfo): Promise<PathInfo> {
+    try {
+      const path = validateForPut(info);
+      const bytes = PathInfo.encode(info).finish();
+      storageCall("write", () => this.#upsert.run(path.digest, bytes));
+      return Promise.resolve(info);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Every stored PathInfo, ascending by digest. */
+  async *list(): AsyncGenerator<PathInfo> {
+    let after: Uint8Array | undefined;
+    while (true) {
+      const rows = storageCall(
+        "list",
+        () => after ? this.#nextPage.all(after) : this.#firstPage.all(),
+      );
+      for (const row of rows) {
+        const key = row.digest as Uint8Array;
+        yield decodeRow(key, row.data);
+        after = key;
+      }
+      if (rows.length < LIST_PAGE) return;
+    }
+  }
+
+  /** Closes the database connection. */
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#db.close();
+    }
+    return Promise.resolve();
+  }
+}
+
+/** Decodes and checks a stored row. Throws `StorageError`. */
+function decodeRow(key: Uint8Array, data: unknown): PathInfo {
+  const where = `pathinfo ${toHex(key)}`;
+  if (!(data instanceof Uint8Array)) throw new StorageError(`${where}: stored value is not a blob`);
+  let info: PathInfo;
+  try {
+    info = PathInfo.decode(data);
+  } catch (err) {
+    throw new StorageError(`${where}: unable to decode: ${err}`);
+  }
+  let digest: Uint8Array;
+  try {
+    digest = validatePathInfo(info).digest;
+  } catch (err) {
+    throw new StorageError(`${where}: stored PathInfo is invalid: ${err}`);
+  }
+  if (!bytesEqual(digest, key)) {
+    throw new StorageError(`${where}: stored PathInfo belongs to ${toHex(digest)}`);
+  }
+  return info;
+}

@@ -1,0 +1,213 @@
+import { assert, assertEquals, assertRejects } from "../assert.ts";
+import {
+  acquireChunkCodec,
+  type ChunkCodec,
+  ChunkWorkerPool,
+  inThreadCodec,
+} from "../../src/castore/blob/chunk_pool.ts";
+import { ObjectStoreBlobService } from "../../src/castore/blob/objectstore.ts";
+import { blake3, bytesEqual, type Digest } from "../../src/castore/digest.ts";
+import { StorageError } from "../../src/castore/errors.ts";
+import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
+import { MemoryObjectStore } from "../../src/castore/objectstore/memory.ts";
+import { putBlob, readBlob } from "../conformance/blob_suite.ts";
+
+/** Pseudo-random bytes (xorshift32): incompressible and reproducible. */
+function randomBytes(length: number, seed: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let x = seed;
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+/** Text-like bytes that compress well. */
+function textBytes(length: number): Uint8Array {
+  const line = new TextEncoder().encode(
+    "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12.1\n",
+  );
+  const out = new Uint8Array(length);
+  for (let i = 0; i < length; i++) out[i] = line[i % line.length] ^ ((i >> 12) & 1);
+  return out;
+}
+
+/**
+ * Sample chunks: empty and tiny (handled inline), compressible, random, one
+ * of the FastCDC maximum (handled by Workers).
+ */
+const SAMPLES: Uint8Array[] = [
+  new Uint8Array(0),
+  new Uint8Array([1, 2, 3]),
+  textBytes(300_000),
+  randomBytes(200_000, 7),
+  randomBytes(512 * 1024, 8),
+];
+
+/** Encodes and decodes every sample; the codec gets copies (it takes ownership). */
+async function roundTrips(codec: ChunkCodec) {
+  return await Promise.all(SAMPLES.map(async (sample) => {
+    const { digest, compressed } = await codec.encode(sample.slice());
+    const decoded = await codec.decode(compressed.slice(), digest, sample.length);
+    return { digest, compressed, decoded };
+  }));
+}
+
+async function assertSameAsInThread(codec: ChunkCodec): Promise<void> {
+  const expected = await roundTrips(inThreadCodec);
+  const got = await roundTrips(codec);
+  for (const [i, sample] of SAMPLES.entries()) {
+    assertEquals(got[i].digest, blake3(sample));
+    assertEquals(expected[i].digest, blake3(sample));
+    assert(bytesEqual(got[i].compressed, expected[i].compressed), `sample ${i}: same zstd bytes`);
+    assert(bytesEqual(got[i].decoded, sample), `sample ${i}: decodes to the input`);
+  }
+}
+
+/** Damaged inputs and the error each must produce, for any codec. */
+async function decodeErrors(codec: ChunkCodec): Promise<string[]> {
+  const sample = SAMPLES[2];
+  const { digest, compressed } = await inThreadCodec.encode(sample);
+  const flipped = compressed.slice();
+  flipped[flipped.length >> 1] ^= 0x10;
+  const cases: [Uint8Array, Digest, number | undefined][] = [
+    [flipped, digest, sample.length],
+    [compressed.slice(0, 20), digest, sample.length],
+    [compressed.slice(), digest, sample.length - 1],
+    [compressed.slice(), blake3(SAMPLES[1]), sample.length],
+    [compressed.slice(), blake3(SAMPLES[1]), undefined],
+    [randomBytes(100, 3), digest, undefined],
+  ];
+  const messages: string[] = [];
+  for (const [input, d, size] of cases) {
+    const err = await codec.decode(input, d, size).then(() => undefined, (e) => e);
+    assert(err instanceof StorageError, `StorageError, got ${err}`);
+    messages.push(err.message);
+  }
+  return messages;
+}
+
+Deno.test("chunk pool: Workers give the same digests, zstd bytes and decodes as the main thread", async () => {
+  const pool = new ChunkWorkerPool(2);
+  try {
+    await assertSameAsInThread(pool);
+    assert(pool.workers >= 1 && pool.workers <= 2, `1-2 Workers, got ${pool.workers}`);
+    assertEquals(pool.inThread, false);
+  } finally {
+    await pool.terminate();
+  }
+});
+
+Deno.test("chunk pool: corrupt chunks are the same StorageErrors in a Worker as in-thread", async () => {
+  const pool = new ChunkWorkerPool(1);
+  try {
+    assertEquals(await decodeErrors(pool), await decodeErrors(inThreadCodec));
+  } finally {
+    await pool.terminate();
+  }
+});
+
+Deno.test("chunk pool: falls back to the main thread when Workers cannot start", async () => {
+  const pool = new ChunkWorkerPool(2, new URL("./broken_chunk_worker.ts", import.meta.url));
+  try {
+    await assertSameAsInThread(pool);
+    assertEquals(pool.inThread, true);
+    assertEquals(pool.workers, 0);
+  } finally {
+    await pool.terminate();
+  }
+});
+
+Deno.test("chunk pool: a Worker dying mid-write fails the write; nothing becomes visible", async () => {
+  const pool = new ChunkWorkerPool(1, new URL("./crashing_chunk_worker.ts", import.meta.url));
+  const store = new MemoryObjectStore();
+  const service = new ObjectStoreBlobService(store, { codec: pool });
+  try {
+    const data = randomBytes(4 * 1024 * 1024, 21);
+    await assertRejects(() => putBlob(service, data), StorageError, "chunk worker failed");
+    assertEquals(await store.list("blobs/"), []);
+    assertEquals(await service.has(blake3(data)), false);
+    // The pool recovers with a fresh Worker (which serves two requests: one
+    // chunk too large to be handled inline, encoded and then decoded).
+    const small = randomBytes(100_000, 2);
+    assertEquals(await putBlob(service, small), blake3(small));
+    assert(bytesEqual((await readBlob(service, blake3(small)))!, small), "readable");
+  } finally {
+    await service.close();
+    await pool.terminate();
+  }
+});
+
+Deno.test("chunk pool: the blob service writes identical objects with and without Workers", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "chunk-pool-" });
+  const data = new Uint8Array(3 * 1024 * 1024);
+  data.set(textBytes(1024 * 1024));
+  data.set(randomBytes(2 * 1024 * 1024, 5), 1024 * 1024);
+  try {
+    const stores = [new FileObjectStore(`${dir}/a`), new FileObjectStore(`${dir}/b`)];
+    const withWorkers = new ObjectStoreBlobService(stores[0], { workers: 1 });
+    const inThread = new ObjectStoreBlobService(stores[1], { workers: 0 });
+    assertEquals(await putBlob(withWorkers, data), blake3(data));
+    assertEquals(await putBlob(inThread, data, 77_777), blake3(data));
+    const paths = await stores[0].list();
+    assertEquals(await stores[1].list(), paths);
+    assert(paths.length >= 4, `index and chunks stored, got ${paths.length}`);
+    for (const p of paths) {
+      assertEquals(await stores[0].get(p), await stores[1].get(p));
+    }
+    // Each reads what the other wrote.
+    const swapped = [
+      new ObjectStoreBlobService(stores[1], { workers: 1 }),
+      new ObjectStoreBlobService(stores[0], { workers: 0 }),
+    ];
+    for (const s of swapped) assert(bytesEqual((await readBlob(s, blake3(data)))!, data), "read");
+    for (const s of [withWorkers, inThread, ...swapped]) await s.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("chunk pool: the shared pool is released by its last user", async () => {
+  const a = acquireChunkCodec(1);
+  const b = acquireChunkCodec(2);
+  assert(a.codec === b.codec, "one pool per process");
+  const pool = a.codec as ChunkWorkerPool;
+  await assertSameAsInThread(pool);
+  await a.release();
+  await a.release(); // idempotent: does not release b's use
+  assert(pool.workers >= 1, "still running for b");
+  await b.release();
+  assertEquals(pool.workers, 0);
+  const c = acquireChunkCodec(1);
+  assert(c.codec !== pool, "a new pool after the last release");
+  await c.release();
+  assertEquals(acquireChunkCodec(0).codec, inThreadCodec);
+});
+
+Deno.test("chunk pool: idle Workers never keep a process alive", async () => {
+  const config = new URL("../../deno.json", import.meta.url).pathname;
+  const pool = new URL("../../src/castore/blob/chunk_pool.ts", import.meta.url).href;
+  // Encodes and decodes, then reaches the end of the script without releasing the pool.
+  const script = `
+    const { acquireChunkCodec } = await import(${JSON.stringify(pool)});
+    const { codec } = acquireChunkCodec(2);
+    const data = new Uint8Array(300000).fill(7);
+    const e = await codec.encode(data.slice());
+    const d = await codec.decode(e.compressed, e.digest, data.length);
+    console.log(d.length);
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--config", config, script],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // A hang is the failure being tested for; end it so the test reports it.
+  const guard = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  const out = await child.output();
+  clearTimeout(guard);
+  assertEquals(new TextDecoder().decode(out.stdout).trim(), "300000");
+  assert(out.success, `exits on its own: ${new TextDecoder().decode(out.stderr)}`);
+});

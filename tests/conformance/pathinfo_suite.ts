@@ -1,0 +1,115 @@
+/**
+ * PathInfoService conformance suite (SPEC §3.4, §8.3): the same cases run
+ * against every backend. A backend's test file calls
+ * {@linkcode pathInfoServiceConformance} with a factory for fresh services.
+ *
+ * @module
+ */
+import { assertEquals, assertRejects } from "../assert.ts";
+import { digestKey } from "../../src/castore/digest.ts";
+import { InvalidRequestError } from "../../src/castore/errors.ts";
+import type { PathInfo, PathInfoService } from "../../src/store/pathinfo/service.ts";
+import { StorePath } from "../../src/store/store_path.ts";
+import * as F from "../fixtures.ts";
+import {
+  pathInfoWithNarinfo,
+  pathInfoWithoutNarinfo,
+  symlinkPathInfo,
+} from "../store/pathinfo_fixtures.ts";
+import { collect, type ServiceFactory, withService } from "./harness.ts";
+
+/** What a backend does differently, so the suite checks only what it promises. */
+export interface PathInfoSuiteOptions {
+  /**
+   * The error class an invalid put rejects with (default
+   * `InvalidRequestError`); a client may only see a generic failure.
+   */
+  // deno-lint-ignore no-explicit-any
+  invalidPutError?: abstract new (...args: any[]) => Error;
+}
+
+const digestOf = (basename: string) => StorePath.parseBasename(basename).digest;
+const sortByDigest = (infos: PathInfo[]) =>
+  [...infos].sort((x, y) => {
+    const kx = digestKey(StorePath.parseBasenameBytes(x.node!.node!.value.name).digest);
+    const ky = digestKey(StorePath.parseBasenameBytes(y.node!.node!.value.name).digest);
+    return kx < ky ? -1 : kx > ky ? 1 : 0;
+  });
+
+/** Registers the PathInfoService conformance cases, each on a fresh service from `factory`. */
+export function pathInfoServiceConformance(
+  label: string,
+  factory: ServiceFactory<PathInfoService>,
+  options: PathInfoSuiteOptions = {},
+): void {
+  const test = (name: string, fn: (s: PathInfoService) => Promise<void>) =>
+    Deno.test(`${label}: pathinfo ${name}`, () => withService(factory, fn));
+  const invalidError = options.invalidPutError ?? InvalidRequestError;
+
+  test("get nonexistent is absent", async (s) => {
+    assertEquals(await s.get(F.DUMMY_PATH_DIGEST), undefined);
+  });
+
+  test("list of an empty store is empty", async (s) => {
+    assertEquals(await collect(s.list()), []);
+  });
+
+  test("put, get", async (s) => {
+    const info = symlinkPathInfo();
+    assertEquals(await s.put(info), info);
+    assertEquals(await s.get(new Uint8Array(20)), info);
+  });
+
+  test("put, get keeps every narinfo field", async (s) => {
+    const info = pathInfoWithNarinfo();
+    info.narinfo!.narSize = 1n << 60n;
+    info.narinfo!.signatures = [{ name: "cache.example-1", data: new Uint8Array(64).fill(7) }];
+    info.narinfo!.deriver = { name: "foo", digest: new Uint8Array(20).fill(3) };
+    assertEquals(await s.put(info), info);
+    assertEquals(await s.get(F.DUMMY_PATH_DIGEST), info);
+    const plain = pathInfoWithoutNarinfo();
+    plain.node!.node!.value.name = F.b("11111111111111111111111111111111-dummy");
+    await s.put(plain);
+    assertEquals(await s.get(digestOf("11111111111111111111111111111111-dummy")), plain);
+  });
+
+  test("put overwrites an entry with the same store path", async (s) => {
+    await s.put(symlinkPathInfo(undefined, "first"));
+    const second = symlinkPathInfo(undefined, "second");
+    assertEquals(await s.put(second), second);
+    assertEquals(await s.get(new Uint8Array(20)), second);
+    assertEquals(await collect(s.list()), [second]);
+  });
+
+  test("list returns every entry once", async (s) => {
+    const infos = ["0", "1", "a", "z", "5"].map((c) => symlinkPathInfo(`${c.repeat(32)}-p${c}`));
+    for (const info of infos) await s.put(info);
+    assertEquals(sortByDigest(await collect(s.list())), sortByDigest(infos));
+    for (const info of infos) {
+      const digest = StorePath.parseBasenameBytes(info.node!.node!.value.name).digest;
+      assertEquals(await s.get(digest), info);
+    }
+  });
+
+  test("invalid PathInfo is rejected and not stored", async (s) => {
+    // A valid store path name, so there is a key it could have been stored under.
+    const badNarinfo = pathInfoWithNarinfo();
+    badNarinfo.narinfo!.narSha256 = new Uint8Array(2);
+    await assertRejects(() => s.put(badNarinfo), invalidError);
+    const badTarget = symlinkPathInfo(undefined, "");
+    await assertRejects(() => s.put(badTarget), invalidError);
+    const badName = symlinkPathInfo("invalid");
+    await assertRejects(() => s.put(badName), invalidError);
+    const noNode: PathInfo = { node: undefined, references: [], narinfo: undefined };
+    await assertRejects(() => s.put(noNode), invalidError);
+    assertEquals(await s.get(F.DUMMY_PATH_DIGEST), undefined);
+    assertEquals(await collect(s.list()), []);
+  });
+
+  test("a rejected put keeps the existing entry", async (s) => {
+    const good = symlinkPathInfo();
+    await s.put(good);
+    await assertRejects(() => s.put(symlinkPathInfo(undefined, "a\0b")), invalidError);
+    assertEquals(await s.get(new Uint8Array(20)), good);
+  });
+}

@@ -1,0 +1,52 @@
+/** The chunk cache shared by FUSE Workers: hits, waiting for a fill, eviction, limits. */
+import { assert, assertEquals } from "../assert.ts";
+import { blake3 } from "../../src/castore/digest.ts";
+import { SharedChunkCache } from "../../src/fuse/shared_chunks.ts";
+
+const bytes = (n: number, seed: number) =>
+  Uint8Array.from({ length: n }, (_, i) => (i * seed) & 0xff);
+
+Deno.test("shared chunks: miss, fill, hit returns a private copy", () => {
+  const cache = SharedChunkCache.create(1 << 20, 4096);
+  const data = bytes(1000, 7);
+  const digest = blake3(data);
+  assertEquals(cache.lookup(digest), undefined);
+  const claim = cache.claim(digest, data.length)!;
+  claim.fill(data);
+  const hit = cache.lookup(digest);
+  assert(hit instanceof Uint8Array);
+  assertEquals(hit, data);
+  hit[0] ^= 0xff; // a copy: the cached bytes stay intact
+  assertEquals(SharedChunkCache.attach(cache.buffer).lookup(digest), data);
+});
+
+Deno.test("shared chunks: a lookup during a fill waits for it", async () => {
+  const cache = SharedChunkCache.create(1 << 20, 4096);
+  const data = bytes(300, 3);
+  const digest = blake3(data);
+  const claim = cache.claim(digest, data.length)!;
+  const pending = cache.lookup(digest);
+  assert(pending instanceof Promise);
+  setTimeout(() => claim.fill(data), 10);
+  await pending;
+  assertEquals(cache.lookup(digest), data);
+});
+
+Deno.test("shared chunks: abandoned fills and oversized chunks are misses", () => {
+  const cache = SharedChunkCache.create(1 << 20, 4096);
+  const digest = blake3(bytes(10, 1));
+  cache.claim(digest, 10)!.abandon();
+  assertEquals(cache.lookup(digest), undefined);
+  assertEquals(cache.claim(blake3(bytes(5000, 1)), 5000), undefined);
+});
+
+Deno.test("shared chunks: a full set evicts its least recently used slot", () => {
+  // 8 slots = one set: the ninth chunk replaces the oldest.
+  const cache = SharedChunkCache.create(8 * 4096, 4096);
+  const chunks = Array.from({ length: 9 }, (_, i) => bytes(100, i + 1));
+  for (const c of chunks.slice(0, 8)) cache.claim(blake3(c), c.length)!.fill(c);
+  for (const c of chunks.slice(1, 8)) assertEquals(cache.lookup(blake3(c)), c); // touch all but the first
+  cache.claim(blake3(chunks[8]), 100)!.fill(chunks[8]);
+  assertEquals(cache.lookup(blake3(chunks[0])), undefined);
+  for (const c of chunks.slice(1)) assertEquals(cache.lookup(blake3(c)), c);
+});

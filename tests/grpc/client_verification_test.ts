@@ -1,0 +1,350 @@
+/**
+ * The gRPC clients check what servers send: a server on loopback that
+ * answers with wrong bytes, wrong digests or invalid messages must make
+ * the client fail with a `StorageError`, never hand out the bad data.
+ */
+import "../../src/grpc/h2_goaway_workaround.ts";
+import * as grpc from "@grpc/grpc-js";
+import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { StorageError } from "../../src/castore/errors.ts";
+import { blake3, bytesEqual, type Digest } from "../../src/castore/digest.ts";
+import { type Directory, directoryDigest, directorySize } from "../../src/castore/directory.ts";
+import { makeNode } from "../../src/castore/node.ts";
+import {
+  type BlobChunk,
+  BlobServiceService,
+  type PutBlobResponse,
+  type ReadBlobRequest,
+  type StatBlobRequest,
+  type StatBlobResponse,
+} from "../../src/proto/tvix/castore/protos/rpc_blobstore.ts";
+import {
+  DirectoryServiceService,
+  type GetDirectoryRequest,
+  type PutDirectoryResponse,
+} from "../../src/proto/tvix/castore/protos/rpc_directory.ts";
+import type { Node } from "../../src/proto/tvix/castore/protos/castore.ts";
+import {
+  type CalculateNARResponse,
+  type GetPathInfoRequest,
+  type ListPathInfoRequest,
+  PathInfoServiceService,
+} from "../../src/proto/tvix/store/protos/rpc_pathinfo.ts";
+import type { PathInfo } from "../../src/store/pathinfo/service.ts";
+import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
+import { GrpcDirectoryService } from "../../src/castore/directory/grpc.ts";
+import { GrpcNarCalculationService, GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
+import { collect, concat } from "../conformance/harness.ts";
+import * as F from "../fixtures.ts";
+
+const { b } = F;
+
+/** What the fake server answers; every handler defaults to UNIMPLEMENTED. */
+interface Script {
+  stat?: (req: StatBlobRequest) => StatBlobResponse;
+  read?: (req: ReadBlobRequest) => Uint8Array[];
+  put?: () => PutBlobResponse;
+  /** Fail Put with this status as soon as the first message arrives. */
+  putFailsWith?: grpc.status;
+  getDirectory?: (req: GetDirectoryRequest) => Directory[];
+  putDirectory?: () => PutDirectoryResponse;
+  getPathInfo?: (req: GetPathInfoRequest) => PathInfo;
+  listPathInfo?: () => PathInfo[];
+  calculateNar?: (node: Node) => CalculateNARResponse;
+}
+
+function unimplemented(): grpc.ServiceError {
+  return Object.assign(new Error("not scripted"), {
+    code: grpc.status.UNIMPLEMENTED,
+    details: "not scripted",
+    metadata: new grpc.Metadata(),
+  });
+}
+
+/** Runs `body` against a server on loopback that follows `script`. */
+async function withFakeServer(
+  script: Script,
+  body: (url: string) => Promise<void>,
+): Promise<void> {
+  const server = new grpc.Server();
+  const unary = <Req, Res>(f?: (req: Req) => Res) =>
+  (
+    call: grpc.ServerUnaryCall<Req, Res>,
+    cb: grpc.sendUnaryData<Res>,
+  ) => f ? cb(null, f(call.request)) : cb(unimplemented());
+  const stream =
+    <Req, Res>(f?: (req: Req) => Res[]) => (call: grpc.ServerWritableStream<Req, Res>) => {
+      if (!f) return call.destroy(unimplemented());
+      for (const message of f(call.request)) call.write(message);
+      call.end();
+    };
+  const drain = <Req, Res>(f?: () => Res) =>
+  (
+    call: grpc.ServerReadableStream<Req, Res>,
+    cb: grpc.sendUnaryData<Res>,
+  ) => {
+    call.on("data", () => {});
+    call.on("end", () => f ? cb(null, f()) : cb(unimplemented()));
+  };
+  server.addService(BlobServiceService, {
+    stat: unary(script.stat),
+    read: stream((req: ReadBlobRequest) => (script.read?.(req) ?? []).map((data) => ({ data }))),
+    put: script.putFailsWith === undefined ? drain<BlobChunk, PutBlobResponse>(script.put) : (
+      call: grpc.ServerReadableStream<BlobChunk, PutBlobResponse>,
+      cb: grpc.sendUnaryData<PutBlobResponse>,
+    ) =>
+      call.once("data", () =>
+        cb(Object.assign(new Error("disk full"), {
+          code: script.putFailsWith!,
+          details: "disk full",
+          metadata: new grpc.Metadata(),
+        }))),
+  });
+  server.addService(DirectoryServiceService, {
+    get: stream(script.getDirectory),
+    put: drain(script.putDirectory),
+  });
+  server.addService(PathInfoServiceService, {
+    get: unary(script.getPathInfo),
+    put: unary<PathInfo, PathInfo>(),
+    calculateNar: unary(script.calculateNar),
+    list: stream((_: ListPathInfoRequest) => script.listPathInfo?.() ?? []),
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(),
+      (err, port) => err ? reject(err) : resolve(port),
+    )
+  );
+  try {
+    await body(`grpc+http://127.0.0.1:${port}`);
+  } finally {
+    server.forceShutdown();
+  }
+}
+
+async function readAll(blob: GrpcBlobService, digest: Digest, offset?: number) {
+  const reader = await blob.openRead(digest, offset);
+  assert(reader, "readable");
+  return concat(await collect(reader));
+}
+
+Deno.test("blob: a whole-blob Read with wrong bytes fails at the end", async () => {
+  await withFakeServer({
+    stat: () => ({ chunks: [], bao: new Uint8Array() }),
+    read: () => [F.BLOB_B.subarray(0, 1000), new Uint8Array(5)],
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    await assertRejects(() => readAll(blob, F.BLOB_B_DIGEST), StorageError, "arrived with digest");
+    await blob.close();
+  });
+});
+
+Deno.test("blob: chunked reads verify every chunk before returning it", async () => {
+  const parts = [F.BLOB_B.subarray(0, 300_000), F.BLOB_B.subarray(300_000, 700_000)];
+  const rest = F.BLOB_B.subarray(700_000);
+  const chunks = [...parts, rest].map((data) => ({
+    digest: blake3(data),
+    size: BigInt(data.length),
+  }));
+  const corrupt = new Uint8Array(rest);
+  corrupt[17] ^= 1;
+  const byDigest = (d: Uint8Array) =>
+    bytesEqual(d, chunks[0].digest)
+      ? [parts[0].subarray(0, 100), parts[0].subarray(100)]
+      : bytesEqual(d, chunks[1].digest)
+      ? [parts[1]]
+      : [corrupt];
+  await withFakeServer({
+    stat: () => ({ chunks, bao: new Uint8Array() }),
+    read: (req) => byDigest(req.digest),
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    // The two good chunks come out; the corrupted third one never does.
+    const reader = await blob.openRead(F.BLOB_B_DIGEST, 12_345);
+    assert(reader, "readable");
+    const got: Uint8Array[] = [];
+    await assertRejects(
+      async () => {
+        for await (const piece of reader) got.push(piece);
+      },
+      StorageError,
+      "wrong contents",
+    );
+    assert(bytesEqual(concat(got), F.BLOB_B.subarray(12_345, 700_000)), "good chunks intact");
+    await blob.close();
+  });
+});
+
+Deno.test("blob: chunk size mismatch and malformed chunk lists fail", async () => {
+  const data = F.BLOB_B.subarray(0, 1000);
+  await withFakeServer({
+    stat: (req) =>
+      req.digest[0] === 0
+        ? { chunks: [{ digest: new Uint8Array(31), size: 1n }], bao: new Uint8Array() }
+        : {
+          chunks: [
+            { digest: blake3(data), size: 999n },
+            { digest: blake3(data), size: 1000n },
+          ],
+          bao: new Uint8Array(),
+        },
+    read: () => [data],
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    await assertRejects(
+      () => blob.chunks(new Uint8Array(32)),
+      StorageError,
+      "Invalid digest length 31 for chunk #0",
+    );
+    await assertRejects(() => readAll(blob, F.BLOB_B_DIGEST), StorageError, "listed with 999");
+    await blob.close();
+  });
+});
+
+Deno.test("blob: a malformed Put response digest fails close", async () => {
+  await withFakeServer({ put: () => ({ digest: new Uint8Array(5) }) }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    const writer = blob.openWrite();
+    await writer.write(F.BLOB_A);
+    await assertRejects(() => writer.close(), StorageError, "digest of 5 bytes");
+    await blob.close();
+  });
+});
+
+Deno.test("blob: a Put the server fails mid-stream rejects instead of hanging", async () => {
+  await withFakeServer({ putFailsWith: grpc.status.RESOURCE_EXHAUSTED }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    const writer = blob.openWrite();
+    const piece = new Uint8Array(1024 * 1024);
+    await assertRejects(
+      async () => {
+        for (let i = 0; i < 64; i++) await writer.write(piece);
+        await writer.close();
+      },
+      StorageError,
+      "RESOURCE_EXHAUSTED: disk full",
+    );
+    await blob.close();
+  });
+});
+
+Deno.test("directory: get checks the digest and validity of what arrives", async () => {
+  const invalid: Directory = {
+    directories: [],
+    files: [],
+    symlinks: [{ name: b("b"), target: b("x") }, { name: b("a"), target: b("x") }],
+  };
+  const bad = directoryDigest(invalid);
+  await withFakeServer({
+    getDirectory: (req) => bytesEqual(req.byWhat!.value, bad) ? [invalid] : [F.DIRECTORY_B],
+  }, async (url) => {
+    const dirs = await GrpcDirectoryService.fromUrl(url);
+    await assertRejects(
+      () => dirs.get(directoryDigest(F.DIRECTORY_A)),
+      StorageError,
+      "requested directory with digest",
+    );
+    await assertRejects(() => dirs.get(bad), StorageError, "failed validation");
+    await dirs.close();
+  });
+});
+
+Deno.test("directory: recursive get validates root-to-leaves", async () => {
+  const A = F.DIRECTORY_A, B = F.DIRECTORY_B, C = F.DIRECTORY_C;
+  const closures: Directory[][] = [[C, B], [C], [A, C]];
+  let next = 0;
+  await withFakeServer({ getDirectory: () => closures[next++] }, async (url) => {
+    const dirs = await GrpcDirectoryService.fromUrl(url);
+    const root = directoryDigest(C);
+    await assertRejects(() => collect(dirs.getRecursive(root)), StorageError, "unexpected");
+    await assertRejects(
+      () => collect(dirs.getRecursive(root)),
+      StorageError,
+      "premature end of stream",
+    );
+    await assertRejects(() => collect(dirs.getRecursive(root)), StorageError, "unexpected");
+    await dirs.close();
+  });
+});
+
+Deno.test("directory: a directory referenced again after it arrived is fine (Q7)", async () => {
+  // root -> a: X, b: Y; Y -> x: X. Breadth-first: root, X, Y; Y names X again.
+  const X = F.DIRECTORY_A;
+  const Y: Directory = {
+    directories: [{ name: b("x"), digest: directoryDigest(X), size: directorySize(X) }],
+    files: [],
+    symlinks: [],
+  };
+  const root: Directory = {
+    directories: [
+      { name: b("a"), digest: directoryDigest(X), size: directorySize(X) },
+      { name: b("b"), digest: directoryDigest(Y), size: directorySize(Y) },
+    ],
+    files: [],
+    symlinks: [],
+  };
+  await withFakeServer({ getDirectory: () => [root, X, Y, X] }, async (url) => {
+    const dirs = await GrpcDirectoryService.fromUrl(url);
+    assertEquals(await collect(dirs.getRecursive(directoryDigest(root))), [root, X, Y]);
+    await dirs.close();
+  });
+});
+
+Deno.test("pathinfo: get and list validate what arrives", async () => {
+  const good: PathInfo = {
+    node: { node: makeNode.symlink(b(`00000000000000000000000000000000-foo`), b("x")) },
+    references: [],
+    narinfo: undefined,
+  };
+  const other: PathInfo = {
+    node: { node: makeNode.symlink(b(`11111111111111111111111111111111-foo`), b("x")) },
+    references: [],
+    narinfo: undefined,
+  };
+  const invalid: PathInfo = {
+    node: { node: makeNode.symlink(b("invalid"), b("x")) },
+    references: [],
+    narinfo: undefined,
+  };
+  await withFakeServer({
+    getPathInfo: (req) => req.byWhat!.value[0] === 0 ? other : invalid,
+    listPathInfo: () => [good, invalid],
+  }, async (url) => {
+    const infos = await GrpcPathInfoService.fromUrl(url);
+    await assertRejects(() => infos.get(new Uint8Array(20)), StorageError, "server sent");
+    await assertRejects(
+      () => infos.get(new Uint8Array(20).fill(1)),
+      StorageError,
+      "invalid pathinfo",
+    );
+    const seen: PathInfo[] = [];
+    await assertRejects(
+      async () => {
+        for await (const info of infos.list()) seen.push(info);
+      },
+      StorageError,
+      "invalid pathinfo",
+    );
+    assertEquals(seen, [good]);
+    await infos.close();
+  });
+});
+
+Deno.test("calculateNar sends a nameless node with a placeholder name", async () => {
+  const received: Node[] = [];
+  const sha = new Uint8Array(32).fill(7);
+  await withFakeServer({
+    calculateNar: (node) => {
+      received.push(node);
+      return { narSize: 42n, narSha256: sha };
+    },
+  }, async (url) => {
+    const nar = await GrpcNarCalculationService.fromUrl(url);
+    const node = makeNode.file(new Uint8Array(0), F.HELLOWORLD_BLOB_DIGEST, 12n);
+    assertEquals(await nar.calculateNar(node), { narSize: 42n, narSha256: sha });
+    assert(bytesEqual(received[0].node!.value.name, b("root")), "placeholder name sent");
+    await nar.close();
+  });
+});

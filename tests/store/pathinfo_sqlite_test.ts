@@ -1,0 +1,112 @@
+import { DatabaseSync } from "node:sqlite";
+import { assertEquals, assertRejects } from "../assert.ts";
+import { StorageError } from "../../src/castore/errors.ts";
+import { PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
+import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";
+import { SqliteDirectoryService } from "../../src/castore/directory/sqlite.ts";
+import { StorePath } from "../../src/store/store_path.ts";
+import { pathInfoServiceConformance } from "../conformance/pathinfo_suite.ts";
+import { collect, sqliteFactories, withDbFile } from "../conformance/harness.ts";
+import * as F from "../fixtures.ts";
+import { pathInfoWithNarinfo, symlinkPathInfo } from "./pathinfo_fixtures.ts";
+
+const sqlite = sqliteFactories((path) => new SqlitePathInfoService(path), "a/store.sqlite");
+pathInfoServiceConformance("sqlite in memory", sqlite.memory);
+pathInfoServiceConformance("sqlite file", sqlite.file);
+
+const basenames = (infos: PathInfo[]) =>
+  infos.map((i) => new TextDecoder().decode(i.node!.node!.value.name));
+
+Deno.test("sqlite path infos survive reopening and list in key order", async () => {
+  await withDbFile(async (path) => {
+    const names = ["z", "1", "a", "2", "m"].map((c) => `${c.repeat(32)}-n${c}`);
+    const first = new SqlitePathInfoService(path);
+    for (const n of names) await first.put(symlinkPathInfo(n));
+    await first.put(pathInfoWithNarinfo());
+    await first.close();
+    const second = new SqlitePathInfoService(path);
+    try {
+      const listed = basenames(await collect(second.list()));
+      // Key order is the order of the raw digests.
+      const expected = [...names, F.DUMMY_PATH].sort((x, y) => {
+        const a = StorePath.parseBasename(x).digest, b = StorePath.parseBasename(y).digest;
+        for (let i = 0; i < 20; i++) if (a[i] !== b[i]) return a[i] - b[i];
+        return 0;
+      });
+      assertEquals(listed, expected);
+      assertEquals(await second.get(F.DUMMY_PATH_DIGEST), pathInfoWithNarinfo());
+    } finally {
+      await second.close();
+    }
+  });
+});
+
+Deno.test("sqlite listing pages through many entries", async () => {
+  const service = new SqlitePathInfoService(undefined);
+  try {
+    const digests = new Set<string>();
+    for (let i = 0; i < 600; i++) {
+      const digest = new Uint8Array(20);
+      new DataView(digest.buffer).setUint32(0, i * 2654435761 >>> 0);
+      const p = StorePath.fromParts(digest, `p${i}`);
+      digests.add(p.basename());
+      await service.put(symlinkPathInfo(p.basename()));
+    }
+    const listed = basenames(await collect(service.list()));
+    assertEquals(listed.length, 600);
+    assertEquals(new Set(listed), digests);
+  } finally {
+    await service.close();
+  }
+});
+
+Deno.test("a corrupted sqlite pathinfo row is a StorageError", async () => {
+  await withDbFile(async (path) => {
+    const service = new SqlitePathInfoService(path);
+    try {
+      await service.put(symlinkPathInfo());
+      await service.put(symlinkPathInfo(`${"1".repeat(32)}-other`));
+      const db = new DatabaseSync(path);
+      const update = db.prepare("UPDATE pathinfos SET data = ? WHERE digest = ?");
+      update.run(new Uint8Array([0xff, 0xff]), new Uint8Array(20));
+      db.close();
+      await assertRejects(() => service.get(new Uint8Array(20)), StorageError);
+      await assertRejects(() => collect(service.list()), StorageError);
+      // A valid PathInfo of another store path under this key.
+      const db2 = new DatabaseSync(path);
+      db2.prepare("UPDATE pathinfos SET data = ? WHERE digest = ?").run(
+        PathInfo.encode(symlinkPathInfo(`${"1".repeat(32)}-other`)).finish(),
+        new Uint8Array(20),
+      );
+      db2.close();
+      await assertRejects(() => service.get(new Uint8Array(20)), StorageError, "belongs to");
+    } finally {
+      await service.close();
+    }
+  });
+});
+
+Deno.test("directory and pathinfo services share one sqlite file", async () => {
+  await withDbFile(async (path) => {
+    const dirs = new SqliteDirectoryService(path);
+    const infos = new SqlitePathInfoService(path);
+    try {
+      await dirs.put(F.DIRECTORY_A);
+      await infos.put(symlinkPathInfo());
+      assertEquals(await dirs.get(new Uint8Array(32).fill(0)), undefined);
+      assertEquals((await collect(infos.list())).length, 1);
+    } finally {
+      await dirs.close();
+      await infos.close();
+    }
+    const db = new DatabaseSync(path);
+    try {
+      const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .all().map((r) => r.name);
+      assertEquals(tables, ["directories", "pathinfos"]);
+      assertEquals(db.prepare("PRAGMA journal_mode").get()?.journal_mode, "wal");
+    } finally {
+      db.close();
+    }
+  });
+});
