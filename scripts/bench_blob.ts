@@ -14,14 +14,16 @@
  * 8 MiB runs. The service runs with the chunk Worker pool (default) and
  * with `workers: 0` (all on the main thread), on `objectstore+file` and,
  * to separate filesystem cost from chunking/hashing/zstd, on
- * `objectstore+memory`. Prints MB/s, ratios to the baseline, and the bytes
- * on disk.
+ * `objectstore+memory`. Prints MB/s, ratios to the baseline, the process
+ * CPU time per MB (all threads; less sensitive than MB/s to other load on
+ * the machine), and the bytes on disk.
  *
  * Usage: `deno run -A scripts/bench_blob.ts [--size-mib 512]`
  *
  * @module
  */
 import { join } from "node:path";
+import { cpuUsage } from "node:process";
 import { ObjectStoreBlobService } from "../src/castore/blob/objectstore.ts";
 import { FileObjectStore } from "../src/castore/objectstore/file.ts";
 import { MemoryObjectStore } from "../src/castore/objectstore/memory.ts";
@@ -87,6 +89,12 @@ function mixedData(size: number): Uint8Array {
   return data;
 }
 
+/** Process CPU time (all threads, user + system) in ms since `since`. */
+function cpuMs(since: NodeJS.CpuUsage): number {
+  const u = cpuUsage(since);
+  return (u.user + u.system) / 1000;
+}
+
 function mbps(bytes: number, ms: number): number {
   return bytes / 1e6 / (ms / 1000);
 }
@@ -109,17 +117,22 @@ async function measureService(
   const store = dir ? new FileObjectStore(dir) : new MemoryObjectStore();
   const service = new ObjectStoreBlobService(store, { workers });
   try {
+    let c = cpuUsage();
     let t = performance.now();
     const w = service.openWrite();
     for (let at = 0; at < data.length; at += PIECE) await w.write(data.subarray(at, at + PIECE));
     const digest = await w.close();
     const write = mbps(data.length, performance.now() - t);
+    const writeCpu = cpuMs(c) / (data.length / 1e6);
+    c = cpuUsage();
     t = performance.now();
     let n = 0;
     for await (const piece of (await service.openRead(digest))!) n += piece.length;
     const read = mbps(data.length, performance.now() - t);
+    const readCpu = cpuMs(c) / (data.length / 1e6);
     if (n !== data.length) throw new Error(`read ${n} bytes, wrote ${data.length}`);
-    return { write, read, digest: toHex(digest), disk: dir ? await duBytes(dir) : undefined };
+    const disk = dir ? await duBytes(dir) : undefined;
+    return { write, read, writeCpu, readCpu, digest: toHex(digest), disk };
   } finally {
     await service.close();
   }
@@ -170,7 +183,9 @@ try {
     console.log(
       `objectstore+${kind.padEnd(6)} ${label.padEnd(17)} write ${r.write.toFixed(0)} MB/s (${
         (r.write / baseWrite).toFixed(2)
-      }x), read ${r.read.toFixed(0)} MB/s (${(r.read / baseRead).toFixed(2)}x)${
+      }x, ${r.writeCpu.toFixed(1)} ms CPU/MB), read ${r.read.toFixed(0)} MB/s (${
+        (r.read / baseRead).toFixed(2)
+      }x, ${r.readCpu.toFixed(1)} ms CPU/MB)${
         r.disk === undefined ? "" : `, ${(r.disk / MiB).toFixed(0)} MiB on disk`
       }`,
     );

@@ -2,6 +2,7 @@ import { assertEquals, assertThrows } from "../assert.ts";
 import {
   blake3,
   compareBytes,
+  concatBytes,
   fromBase64,
   fromHex,
   newBlake3Hasher,
@@ -40,4 +41,14 @@ Deno.test("hex and base64 round trips; bytewise comparison", () => {
   assertEquals(Math.sign(compareBytes(F.b("a"), F.b("b"))), -1);
   assertEquals(Math.sign(compareBytes(F.b("ab"), F.b("a"))), 1);
   assertEquals(compareBytes(F.b("a"), F.b("a")), 0);
+});
+
+Deno.test("concatBytes joins in order and always returns a fresh array", () => {
+  assertEquals(concatBytes([]), new Uint8Array(0));
+  const one = F.b("abc");
+  const joined = concatBytes([one]);
+  assertEquals(joined, one);
+  joined[0] = 0;
+  assertEquals(one, F.b("abc"));
+  assertEquals(concatBytes([F.b("ab"), new Uint8Array(0), F.b("c"), F.b("de")]), F.b("abcde"));
 });

@@ -99,6 +99,9 @@ Deno.test("daemon on SIGTERM lets a short call in flight finish", async () => {
     const daemon = await startDaemon({ home: join(work, "home"), args: MEMORY_BACKENDS });
     const py = new PyClient(stubs, daemon.grpcioTarget);
     try {
+      // Connect first: a held upload can report its chunks taken before the
+      // channel is up, and the signal would then close the listener under it.
+      assertStatus(await new Calls(py).blobStat(F.BLOB_A_DIGEST), Code.NOT_FOUND);
       // An upload whose client keeps the stream open until after the signal,
       // then completes within the grace period: it must succeed.
       assertStatus(

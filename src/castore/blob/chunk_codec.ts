@@ -85,6 +85,11 @@ export function owned(buf: Uint8Array): Uint8Array<ArrayBuffer> {
   return new Uint8Array(buf);
 }
 
+/** Detaches `buf`, releasing its memory at once instead of at a later GC. */
+export function release(buf: ArrayBuffer): void {
+  if (!buf.detached) buf.transfer(0);
+}
+
 /** Hashes and compresses a chunk on this thread, synchronously (for Workers). */
 export function encodeChunkSync(chunk: Uint8Array): EncodedChunk {
   return { digest: blake3(chunk), compressed: owned(zstdCompressSync(chunk, ZSTD_PARAMS)) };

@@ -48,10 +48,15 @@ export const inThreadCodec: ChunkCodec = {
 };
 
 /**
- * Chunk Workers to use by default: one per core beyond the main thread's,
- * at least one, at most four. Inside a Worker (e.g. a FUSE Worker, where the
- * embedding code already spreads work over threads) none: the codec runs on
- * that Worker's thread.
+ * Chunk Workers to use by default: one per core beyond the first, at least
+ * one, at most four. Encoding (writes) uses all but one of them when there
+ * are several, since the writer's own thread is busy hashing the whole blob
+ * and chunking it; decoding (reads) uses all. On two cores one Worker it
+ * is: a second made a lone reader ~20 % faster, but not the daemon (whose
+ * main thread and client already fill both cores), while each Worker adds
+ * ~40 MiB of resident memory against the daemon's 400 MiB budget. Inside a
+ * Worker (e.g. a FUSE Worker, where the embedding code already spreads work
+ * over threads) none: the codec runs on that Worker's thread.
  */
 export function defaultChunkWorkers(): number {
   if (!isMainThread()) return 0;
@@ -135,6 +140,7 @@ export class ChunkWorkerPool implements ChunkCodec {
     if (this.#disabled || chunk.length <= INLINE_LIMIT) return await inThreadCodec.encode(chunk);
     const buf = owned(chunk).buffer;
     const res = await this.#run(
+      Math.max(1, this.#size - 1),
       (id) => ({ id, op: "encode", chunk: buf }),
       [buf],
       () => inThreadCodec.encode(new Uint8Array(buf)),
@@ -150,6 +156,7 @@ export class ChunkWorkerPool implements ChunkCodec {
     }
     const buf = owned(compressed).buffer;
     const res = await this.#run(
+      this.#size,
       // A copy of the digest: it may be a view into a larger buffer (a
       // decoded index), which structured cloning would copy whole.
       (id) => ({ id, op: "decode", compressed: buf, digest: digest.slice(), size }),
@@ -170,7 +177,9 @@ export class ChunkWorkerPool implements ChunkCodec {
     await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 
+  /** Runs a request on one of the first `limit` Workers (see {@linkcode defaultChunkWorkers}). */
   #run<T>(
+    limit: number,
     request: (id: number) => ChunkRequest,
     transfer: ArrayBuffer[],
     inThread: () => Promise<T>,
@@ -183,7 +192,7 @@ export class ChunkWorkerPool implements ChunkCodec {
         reject,
         fallback: () => inThread().then(resolve, reject),
       };
-      const slot = this.#pick();
+      const slot = this.#pick(limit);
       if (!slot) return task.fallback();
       if (slot.ready) this.#send(slot, task);
       else slot.queued.push(task);
@@ -191,11 +200,18 @@ export class ChunkWorkerPool implements ChunkCodec {
     });
   }
 
-  /** The least busy Worker, or a new one if all are busy; undefined if none can start. */
-  #pick(): Slot | undefined {
+  /**
+   * The least busy of the first `limit` Workers, or a new one if all of
+   * them are busy and there are fewer; undefined if none can start.
+   */
+  #pick(limit: number): Slot | undefined {
     let best: Slot | undefined;
-    for (const s of this.#slots) if (!best || s.load < best.load) best = s;
-    if (best && (best.load === 0 || this.#slots.size >= this.#size)) return best;
+    let seen = 0;
+    for (const s of this.#slots) {
+      if (seen++ >= limit) break;
+      if (!best || s.load < best.load) best = s;
+    }
+    if (best && (best.load === 0 || seen >= limit)) return best;
     return this.#spawn() ?? best;
   }
 
