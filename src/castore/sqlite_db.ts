@@ -27,6 +27,31 @@ export function sqlitePathFromUrl(url: URL): string | undefined {
   return path;
 }
 
+/** Blocks the calling thread for `ms` milliseconds. */
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * Switches a file database to WAL. The switch needs the file to itself for a
+ * moment, and SQLite reports "database is locked" at once instead of using
+ * the busy timeout when another connection opens the same fresh file at the
+ * same time (seen with FUSE Workers starting together): retry until the
+ * timeout.
+ */
+function enableWal(db: DatabaseSync): void {
+  const deadline = Date.now() + BUSY_TIMEOUT_MS;
+  for (let delay = 1;; delay = Math.min(2 * delay, 50)) {
+    try {
+      db.exec("PRAGMA journal_mode = WAL");
+      return;
+    } catch (err) {
+      if (!/locked|busy/i.test(String(err)) || Date.now() > deadline) throw err;
+      sleepSync(delay);
+    }
+  }
+}
+
 /**
  * Opens (creating if needed) a database file, or an in-memory database when
  * `path` is undefined, in WAL mode with a busy timeout so several
@@ -38,7 +63,7 @@ export function openDatabase(path: string | undefined): DatabaseSync {
     const db = new DatabaseSync(path ?? ":memory:");
     db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
     if (path !== undefined) {
-      db.exec("PRAGMA journal_mode = WAL");
+      enableWal(db);
       // With WAL, NORMAL keeps committed transactions atomic and consistent;
       // only the last ones may be lost on power failure.
       db.exec("PRAGMA synchronous = NORMAL");

@@ -16,6 +16,17 @@ function positiveInt(text: string): number {
   return n;
 }
 
+/** Parses a byte size: a number with an optional K/M/G/T suffix (powers of 1024, optional "iB"/"B"). */
+export function parseByteSize(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
+  const scale = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+  const n = m ? Math.floor(Number(m[1]) * scale[m[2].toLowerCase() as keyof typeof scale]) : NaN;
+  if (!Number.isSafeInteger(n) || n < (1 << 20)) {
+    throw new Error(`invalid cache size ${JSON.stringify(text)} (e.g. 512M, 2G; at least 1M)`);
+  }
+  return n;
+}
+
 /** Parses a boolean environment value the way clap does (true/false, 1/0, yes/no, on/off). */
 function envBool(name: string): boolean {
   const v = Deno.env.get(name)?.trim().toLowerCase();
@@ -46,6 +57,13 @@ export function register(program: Command): void {
       "--allow-other",
       "let other users access the mount (needs user_allow_other in /etc/fuse.conf) [env: ALLOW_OTHER]",
     )
+    .addOption(
+      new Option(
+        "--cache-size <bytes>",
+        "decompressed chunks kept in memory, shared by the threads (e.g. 512M, 2G; " +
+          "default: 1/8 of RAM, 256M-4G)",
+      ).argParser(parseByteSize),
+    )
     .option("-l, --list-root", "allow listing the mount root")
     .option("--show-xattr", "expose blob and directory digests as extended attributes", true)
     .option("--no-show-xattr", "do not expose digests as extended attributes")
@@ -53,6 +71,7 @@ export function register(program: Command): void {
       path: string,
       opts: ServiceAddrs & {
         threads: number;
+        cacheSize?: number;
         allowOther?: boolean;
         listRoot?: boolean;
         showXattr: boolean;
@@ -66,6 +85,7 @@ export function register(program: Command): void {
           pathInfoServiceAddr: opts.pathInfoServiceAddr,
         },
         threads: opts.threads,
+        sharedCacheBytes: opts.cacheSize,
         allowOther: opts.allowOther === true || envBool("ALLOW_OTHER"),
         listRoot: opts.listRoot === true,
         showXattr: opts.showXattr,

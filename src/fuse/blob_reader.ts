@@ -8,8 +8,11 @@
  * chunks land in a cache shared by all Workers ({@linkcode SharedChunkCache},
  * so a chunk is fetched and verified once even though the kernel spreads a
  * reader's requests over all channels) and in a bounded LRU of decompressed
- * bytes per Worker; sequential readers trigger readahead of the
- * following chunks. Blobs without a chunk list are read whole (small ones,
+ * bytes per Worker. A read served from the shared cache borrows the bytes
+ * in place and the reply is written from there (no copy). Sequential
+ * readers trigger readahead of the following chunks, each Worker taking
+ * every Nth chunk, so decompression and verification (what bounds a read
+ * from the object store) run on all Workers at once. Blobs without a chunk list are read whole (small ones,
  * then cached like a chunk) or through `openRead(digest, offset)` streams
  * that continue where the previous read ended.
  *
@@ -18,7 +21,7 @@
 import { type Digest, digestKey } from "../castore/digest.ts";
 import { StorageError } from "../castore/errors.ts";
 import type { BlobService } from "../castore/blob/service.ts";
-import type { SharedChunkCache } from "./shared_chunks.ts";
+import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
 
 /** Blobs without a chunk list up to this size are fetched whole and cached as one chunk. */
 const WHOLE_BLOB_LIMIT = 16 << 20;
@@ -41,6 +44,21 @@ export interface BlobReaderOptions {
    * channels, so each Worker sees only every Nth of them.
    */
   sequentialWindow?: number;
+  /**
+   * This Worker's index among `workers` sharing {@linkcode shared}: readahead
+   * fetches only the chunks whose index is this one modulo `workers`, so the
+   * Workers decompress and verify different chunks in parallel (the others
+   * come through the shared cache).
+   */
+  workerId?: number;
+  /** Number of Workers sharing the cache (default 1). */
+  workers?: number;
+}
+
+/** Bytes read: `pieces` in order; `release` (if set) must be called once they were sent. */
+export interface ReadResult {
+  pieces: Uint8Array[];
+  release?: () => void;
 }
 
 interface ChunkList {
@@ -126,6 +144,8 @@ export class BlobReader {
   readonly #readahead: number;
   readonly #window: number;
   readonly #shared?: SharedChunkCache;
+  readonly #workerId: number;
+  readonly #workers: number;
   readonly #lists = new Map<string, Promise<ChunkList | undefined>>();
   readonly #lastEnd = new Map<string, number>();
   readonly #streams = new Map<string, Stream>();
@@ -137,6 +157,8 @@ export class BlobReader {
     this.#readahead = opts.readahead ?? 8 << 20;
     this.#window = opts.sequentialWindow ?? 8 << 20;
     this.#shared = opts.shared;
+    this.#workers = opts.shared ? Math.max(1, opts.workers ?? 1) : 1;
+    this.#workerId = (opts.workerId ?? 0) % this.#workers;
   }
 
   /** Chunk loads in progress (including readahead). */
@@ -157,13 +179,17 @@ export class BlobReader {
   /**
    * Up to `length` bytes of the blob (of `size` bytes) from `offset`, as
    * pieces to be sent in order. Fewer bytes only at the end of the blob.
+   * Pieces may be borrowed from the shared cache: call `release` once they
+   * were written out (they stay valid until then).
    */
-  async read(digest: Digest, size: number, offset: number, length: number): Promise<Uint8Array[]> {
+  async read(digest: Digest, size: number, offset: number, length: number): Promise<ReadResult> {
     const end = Math.min(size, offset + length);
-    if (offset >= end) return [];
+    if (offset >= end) return { pieces: [] };
     const list = await this.#chunkList(digest, size);
     if (!list) throw new StorageError(`blob ${digestKey(digest)} not found`);
-    if (list.keys.length === 0) return [await this.#readStream(digest, offset, end - offset)];
+    if (list.keys.length === 0) {
+      return { pieces: [await this.#readStream(digest, offset, end - offset)] };
+    }
 
     const key = digestKey(digest);
     const last = this.#lastEnd.get(key);
@@ -176,24 +202,68 @@ export class BlobReader {
     }
 
     const first = chunkIndex(list.starts, offset);
-    const pieces: Uint8Array[] = [];
-    const loads: Promise<Uint8Array>[] = [];
+    const chunks: (Uint8Array | Promise<Uint8Array>)[] = [];
+    const borrowed: Borrowed[] = [];
     let i = first;
-    for (; i < list.keys.length && list.starts[i] < end; i++) loads.push(this.#chunk(list, i));
+    for (; i < list.keys.length && list.starts[i] < end; i++) {
+      chunks.push(this.#get(list, i, borrowed));
+    }
+    const release = () => borrowed.forEach((b) => b.release());
     if (sequential && this.#readahead > 0) this.#prefetch(list, i, end + this.#readahead);
-    const chunks = await Promise.all(loads);
-    for (let j = 0; j < chunks.length; j++) {
+    let ready: Uint8Array[];
+    if (chunks.every((c) => c instanceof Uint8Array)) ready = chunks as Uint8Array[];
+    else {
+      // Settle all before releasing anything: a late borrow must be released too.
+      const settled = await Promise.allSettled(chunks);
+      ready = [];
+      for (const r of settled) {
+        if (r.status === "rejected") {
+          release();
+          throw r.reason;
+        }
+        ready.push(r.value);
+      }
+    }
+    const pieces: Uint8Array[] = [];
+    for (let j = 0; j < ready.length; j++) {
       const start = list.starts[first + j];
       const from = Math.max(offset, start) - start;
-      const to = Math.min(end, start + chunks[j].length) - start;
-      pieces.push(chunks[j].subarray(from, to));
+      const to = Math.min(end, start + ready[j].length) - start;
+      pieces.push(ready[j].subarray(from, to));
     }
-    return pieces;
+    return borrowed.length ? { pieces, release } : { pieces };
+  }
+
+  /**
+   * Chunk `i` from memory if possible (ours, or borrowed in place from the
+   * shared cache: no copy), after another Worker's fill if one is under
+   * way, else fetched by this Worker.
+   */
+  #get(
+    list: ChunkList,
+    i: number,
+    borrowed: Borrowed[],
+    waited = false,
+  ): Uint8Array | Promise<Uint8Array> {
+    const mine = this.#cache.get(list.keys[i]);
+    if (mine) return mine;
+    const b = this.#shared?.borrow(list.digests[i]);
+    if (b instanceof Promise && !waited) return b.then(() => this.#get(list, i, borrowed, true));
+    if (b && !(b instanceof Promise)) {
+      if (b.bytes.length === list.starts[i + 1] - list.starts[i]) {
+        borrowed.push(b);
+        return b.bytes;
+      }
+      b.release();
+    }
+    return this.#chunk(list, i);
   }
 
   #prefetch(list: ChunkList, from: number, until: number): void {
     for (let i = from; i < list.keys.length && list.starts[i] < until; i++) {
-      if (!this.#cache.has(list.keys[i])) this.#chunk(list, i).catch(() => {});
+      if (i % this.#workers !== this.#workerId) continue;
+      if (this.#cache.has(list.keys[i]) || this.#shared?.has(list.digests[i])) continue;
+      this.#chunk(list, i).catch(() => {});
     }
   }
 

@@ -34,7 +34,7 @@ import { log } from "../log.ts";
 import { Errno } from "./ffi.ts";
 import { InodeTable, Kind, ROOT_INO } from "./inodes.ts";
 import { type Attr, S_IFDIR, S_IFLNK, S_IFREG } from "./protocol.ts";
-import { BlobReader, type BlobReaderOptions } from "./blob_reader.ts";
+import { BlobReader, type BlobReaderOptions, type ReadResult } from "./blob_reader.ts";
 
 /** A failed operation, answered with `errno`. */
 export class FsError extends Error {
@@ -94,6 +94,8 @@ export const XATTR_DIRECTORY = "user.tvix.castore.directory.digest";
 export const XATTR_BLOB = "user.tvix.castore.blob.digest";
 
 const encoder = new TextEncoder();
+const XATTR_DIRECTORY_NAME = encoder.encode(XATTR_DIRECTORY);
+const XATTR_BLOB_NAME = encoder.encode(XATTR_BLOB);
 const XATTR_DIRECTORY_LIST = encoder.encode(XATTR_DIRECTORY + "\0");
 const XATTR_BLOB_LIST = encoder.encode(XATTR_BLOB + "\0");
 const EMPTY = new Uint8Array(0);
@@ -211,8 +213,8 @@ export class StoreFs {
     }
   }
 
-  /** Up to `size` bytes of file `ino` from `offset`, as pieces in order. */
-  async read(ino: number, offset: number, size: number): Promise<Uint8Array[]> {
+  /** Up to `size` bytes of file `ino` from `offset`, as pieces in order (see {@linkcode ReadResult}). */
+  async read(ino: number, offset: number, size: number): Promise<ReadResult> {
     const info = this.#inodes.info(ino);
     if (!info) throw new FsError(Errno.ENOENT);
     if (info.kind !== Kind.File) throw new FsError(Errno.EISDIR);
@@ -233,26 +235,30 @@ export class StoreFs {
     return target;
   }
 
-  /** NUL-terminated names of the extended attributes of `ino`. */
-  listxattr(ino: number): Uint8Array {
-    if (!this.#opts.showXattr) throw new FsError(Errno.ENOSYS);
+  /**
+   * NUL-terminated names of the extended attributes of `ino`, or an errno.
+   * Errors are returned, not thrown: `ls -l` probes attributes of every
+   * file, and building an exception costs more than the whole answer.
+   */
+  listxattr(ino: number): Uint8Array | number {
+    if (!this.#opts.showXattr) return Errno.ENOSYS;
     const kind = this.#inodes.info(ino)?.kind;
     if (kind === Kind.Directory) return XATTR_DIRECTORY_LIST;
     if (kind === Kind.File) return XATTR_BLOB_LIST;
     return EMPTY;
   }
 
-  /** Value of extended attribute `name` of `ino`. */
-  getxattr(ino: number, name: string): Uint8Array {
-    if (!this.#opts.showXattr) throw new FsError(Errno.ENOSYS);
+  /** Value of extended attribute `name` (bytes, no NUL) of `ino`, or an errno (see {@linkcode listxattr}). */
+  getxattr(ino: number, name: Uint8Array): Uint8Array | number {
+    if (!this.#opts.showXattr) return Errno.ENOSYS;
     const kind = this.#inodes.info(ino)?.kind;
     if (
-      (kind === Kind.Directory && name === XATTR_DIRECTORY) ||
-      (kind === Kind.File && name === XATTR_BLOB)
+      (kind === Kind.Directory && bytesEqual(name, XATTR_DIRECTORY_NAME)) ||
+      (kind === Kind.File && bytesEqual(name, XATTR_BLOB_NAME))
     ) {
       return encoder.encode(b3Display(this.#inodes.digest(ino)!));
     }
-    throw new FsError(Errno.ENODATA);
+    return Errno.ENODATA;
   }
 
   /** The populated state of directory `ino`, fetching its Directory if needed. */

@@ -28,10 +28,34 @@ export interface MountOptions {
   allowOther: boolean;
   listRoot: boolean;
   showXattr: boolean;
-  /** Bytes of decompressed chunks shared by the Workers (default 512 MiB, reserved lazily). */
+  /** Bytes of decompressed chunks shared by the Workers (default {@linkcode defaultCacheBytes}). */
   sharedCacheBytes?: number;
   /** Bytes of decompressed chunks each Worker keeps for itself (default 64 MiB). */
   cacheBytes?: number;
+}
+
+/** Typical chunk size of the object store (FastCDC average), which sizes the shared cache's slots. */
+const TYPICAL_CHUNK = 256 << 10;
+/** Largest chunk the shared cache holds (FastCDC maximum); larger ones stay per Worker. */
+const MAX_SHARED_CHUNK = 512 << 10;
+
+/**
+ * Default size of the shared chunk cache: an eighth of the RAM, between
+ * 256 MiB and 4 GiB. Decompressing and verifying a chunk is what bounds a
+ * read from the object store, so a cache that holds a large file's
+ * working set whole makes a second read (after the kernel dropped its
+ * pages) cost only the FUSE round trips; an eighth leaves the page cache
+ * and builds most of the machine. Memory is committed only as chunks are
+ * cached.
+ */
+export function defaultCacheBytes(): number {
+  let total = 8 * 2 ** 30;
+  try {
+    total = Deno.systemMemoryInfo().total;
+  } catch {
+    // Without --allow-sys: assume a modest 8 GiB machine.
+  }
+  return Math.min(4 * 2 ** 30, Math.max(256 << 20, Math.floor(total / 8)));
 }
 
 /** How long Workers get to finish after an unmount before the process exits regardless. */
@@ -55,7 +79,8 @@ interface WorkerHandle {
   next(): Promise<FromWorker>;
 }
 
-function spawn(config: WorkerConfig): WorkerHandle {
+/** Starts a Worker; it gets its `start` once it has loaded and `gate` has resolved. */
+function spawn(config: WorkerConfig, gate: Promise<void>): WorkerHandle {
   const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
   const queue: FromWorker[] = [];
   const waiting: ((m: FromWorker) => void)[] = [];
@@ -68,7 +93,7 @@ function spawn(config: WorkerConfig): WorkerHandle {
     // Messages sent before the module finished evaluating (it has top-level
     // awaits) could be lost: send the config once the Worker says it listens.
     if (e.data.type === "loaded") {
-      worker.postMessage({ type: "start", config } satisfies ToWorker);
+      gate.then(() => worker.postMessage({ type: "start", config } satisfies ToWorker));
     } else deliver(e.data);
   };
   worker.onerror = (e) => {
@@ -101,8 +126,16 @@ export async function runMount(opts: MountOptions): Promise<number> {
     throw err;
   }
   const inodes = InodeTable.create();
-  const sharedChunks = SharedChunkCache.create(opts.sharedCacheBytes ?? 512 << 20);
+  const sharedChunks = SharedChunkCache.create(
+    opts.sharedCacheBytes ?? defaultCacheBytes(),
+    MAX_SHARED_CHUNK,
+    TYPICAL_CHUNK,
+  );
   const maxPages = 256;
+  // The first Worker opens the services alone: creating a fresh SQLite
+  // database (and switching it to WAL) while other connections open it can
+  // fail with "database is locked" despite the busy timeout.
+  const firstReady = Promise.withResolvers<void>();
   const workers = Array.from({ length: opts.threads }, (_, id) =>
     spawn({
       id,
@@ -116,7 +149,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
       threads: opts.threads,
       cacheBytes: opts.cacheBytes ?? 64 << 20,
       sharedChunks: sharedChunks.buffer,
-    }));
+    }, id === 0 ? Promise.resolve() : firstReady.promise));
   const stopAll = () => workers.forEach((w) => w.worker.terminate());
 
   for (const w of workers) {
@@ -125,6 +158,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
       stopAll();
       throw new Error(`cannot start a FUSE worker: ${m.type === "failed" ? m.message : m.type}`);
     }
+    firstReady.resolve();
   }
 
   log.info("mounting", { path: opts.mountpoint, threads: opts.threads });

@@ -16,12 +16,18 @@
  */
 
 const WAYS = 8;
-const META_WORDS = 12; // version, length, lastUse, tag (8 words), spare
-const M_VERSION = 0, M_LENGTH = 1, M_USED = 2, M_TAG = 3;
+const META_WORDS = 12; // version, length, lastUse, tag (8 words), pins
+const M_VERSION = 0, M_LENGTH = 1, M_USED = 2, M_TAG = 3, M_PINS = 11;
 const H_CLOCK = 0, H_SLOTS = 1, H_SLOT_BYTES = 2;
 const HEADER_WORDS = 4;
 /** How long to wait for another Worker's fetch before fetching too (ms). */
 const WAIT_MS = 5000;
+
+/** Bytes borrowed from the cache in place; call `release` once they were used (written out). */
+export interface Borrowed {
+  bytes: Uint8Array;
+  release(): void;
+}
 
 /** A claimed slot: fill it with the chunk's bytes or abandon it. */
 export interface SlotClaim {
@@ -46,10 +52,21 @@ export class SharedChunkCache {
     this.#data = new Uint8Array(buffer, (HEADER_WORDS + this.#slots * META_WORDS) * 4);
   }
 
-  /** A cache of about `totalBytes`, in slots of `slotBytes` (the largest chunk shared). */
-  static create(totalBytes: number, slotBytes = 512 << 10): SharedChunkCache {
+  /**
+   * A cache for about `totalBytes` of chunks of typically `typicalBytes`, in
+   * slots of `slotBytes` (the largest chunk shared). The slot count is
+   * `totalBytes / typicalBytes` rounded down to a power of two, so the
+   * buffer's size is up to `slotBytes / typicalBytes` times `totalBytes`;
+   * that is address space only: a slot's pages become resident when a chunk
+   * is written there, so memory use follows the bytes actually cached.
+   */
+  static create(
+    totalBytes: number,
+    slotBytes = 512 << 10,
+    typicalBytes = slotBytes,
+  ): SharedChunkCache {
     let slots = WAYS;
-    while (slots * 2 * slotBytes <= totalBytes) slots *= 2;
+    while (slots * 2 * typicalBytes <= totalBytes) slots *= 2;
     const buffer = new SharedArrayBuffer(
       (HEADER_WORDS + slots * META_WORDS) * 4 + slots * slotBytes,
     );
@@ -87,6 +104,50 @@ export class SharedChunkCache {
     return undefined;
   }
 
+  /**
+   * Like {@linkcode lookup} but without copying: the bytes are a view into
+   * the shared buffer, pinned (no Worker reuses the slot) until `release`.
+   * Lets a READ reply be written straight from the cache.
+   */
+  borrow(digest: Uint8Array): Borrowed | Promise<unknown> | undefined {
+    const tag = tagOf(digest);
+    const m = this.#meta;
+    for (let w = 0; w < WAYS; w++) {
+      const base = this.#base(tag[0], w);
+      const v1 = Atomics.load(m, base + M_VERSION);
+      if (!this.#tagMatches(base, tag)) continue;
+      if (v1 & 1) return this.#waitChange(base + M_VERSION, v1);
+      // Pin, then check nothing started refilling the slot: a claimer bumps
+      // the version first and checks the pins second, so one of us backs off.
+      Atomics.add(m, base + M_PINS, 1);
+      if (Atomics.load(m, base + M_VERSION) !== v1 || !this.#tagMatches(base, tag)) {
+        Atomics.sub(m, base + M_PINS, 1);
+        continue;
+      }
+      const start = this.#slotStart(base);
+      m[base + M_USED] = Atomics.add(m, H_CLOCK, 1);
+      let released = false;
+      return {
+        bytes: this.#data.subarray(start, start + m[base + M_LENGTH]),
+        release: () => {
+          if (released) return;
+          released = true;
+          Atomics.sub(m, base + M_PINS, 1);
+        },
+      };
+    }
+    return undefined;
+  }
+
+  /** Whether `digest` is cached or being filled (a cheap check, no copy). */
+  has(digest: Uint8Array): boolean {
+    const tag = tagOf(digest);
+    for (let w = 0; w < WAYS; w++) {
+      if (this.#tagMatches(this.#base(tag[0], w), tag)) return true;
+    }
+    return false;
+  }
+
   /** Claims a slot for `digest` (least recently used of its set), or `undefined` if it cannot be shared. */
   claim(digest: Uint8Array, size: number): SlotClaim | undefined {
     if (size > this.#slotBytes) return undefined;
@@ -97,6 +158,7 @@ export class SharedChunkCache {
       const base = this.#base(tag[0], w);
       const v = Atomics.load(m, base + M_VERSION);
       if (v & 1) continue; // being filled
+      if (Atomics.load(m, base + M_PINS) > 0) continue; // being sent
       const used = m[base + M_LENGTH] === 0 ? -1 : m[base + M_USED];
       if (used < oldest) {
         oldest = used;
@@ -106,6 +168,12 @@ export class SharedChunkCache {
     if (victim < 0) return undefined;
     const v = Atomics.load(m, victim + M_VERSION);
     if ((v & 1) || Atomics.compareExchange(m, victim + M_VERSION, v, v + 1) !== v) return undefined;
+    if (Atomics.load(m, victim + M_PINS) > 0) {
+      // Borrowed meanwhile: leave the contents alone (a new even version, same bytes).
+      Atomics.store(m, victim + M_VERSION, v + 2);
+      Atomics.notify(m, victim + M_VERSION);
+      return undefined;
+    }
     for (let i = 0; i < 8; i++) Atomics.store(m, victim + M_TAG + i, tag[i]);
     m[victim + M_LENGTH] = 0;
     const publish = () => {
@@ -128,10 +196,19 @@ export class SharedChunkCache {
 
   /**
    * Resolves once the word at `index` no longer holds `value` (or after
-   * WAIT_MS). Polls with timers: Deno does not keep the event loop alive
-   * for `Atomics.waitAsync`, and a fill takes about a millisecond anyway.
+   * WAIT_MS). `Atomics.waitAsync` wakes on the filler's `notify` at once;
+   * a timer keeps the event loop alive meanwhile.
    */
   async #waitChange(index: number, value: number): Promise<void> {
+    if (typeof Atomics.waitAsync === "function") {
+      const r = Atomics.waitAsync(this.#meta, index, value, WAIT_MS);
+      if (!r.async) return;
+      // Deno does not count a pending waitAsync as work: a timer keeps the loop alive.
+      const keepAlive = setTimeout(() => {}, WAIT_MS);
+      await r.value;
+      clearTimeout(keepAlive);
+      return;
+    }
     const until = performance.now() + WAIT_MS;
     while (Atomics.load(this.#meta, index) === value && performance.now() < until) {
       await new Promise((resolve) => setTimeout(resolve, 1));

@@ -73,13 +73,14 @@ export type FromWorker =
   | { type: "done"; served: number }
   | { type: "failed"; message: string };
 
-const decoder = new TextDecoder();
+/** With remote services, the longest an idle Worker blocks without giving the event loop a turn (ms). */
+const UPKEEP_MS = 1000;
 
 /** Serves requests for `fs` on `channel` until the session ends; returns the request count. */
 export async function serveChannel(
   channel: Channel,
   fs: StoreFs,
-  cfg: Pick<WorkerConfig, "maxPages" | "maxReadahead">,
+  cfg: Pick<WorkerConfig, "maxPages" | "maxReadahead"> & { upkeepMs?: number },
 ): Promise<number> {
   const out = channel.reply;
   const ov = channel.replyView;
@@ -116,7 +117,8 @@ export async function serveChannel(
     }
     channel.ok(fd, lo, hi, pos - OUT_HEADER_SIZE);
   };
-  const xattr = (fd: number, lo: number, hi: number, value: Uint8Array, size: number) => {
+  const xattr = (fd: number, lo: number, hi: number, value: Uint8Array | number, size: number) => {
+    if (typeof value === "number") return channel.error(fd, lo, hi, value);
     if (size === 0) {
       ov.setUint32(OUT_HEADER_SIZE, value.length, true);
       ov.setUint32(OUT_HEADER_SIZE + 4, 0, true);
@@ -186,8 +188,12 @@ export async function serveChannel(
         case Op.READ: {
           const offset = get64(v, IN_HEADER_SIZE + 8);
           const size = v.getUint32(IN_HEADER_SIZE + 16, true);
-          return later(fs.read(ino, offset, size), fd, lo, hi, (pieces) => {
-            channel.data(fd, lo, hi, pieces);
+          return later(fs.read(ino, offset, size), fd, lo, hi, (r) => {
+            try {
+              channel.data(fd, lo, hi, r.pieces);
+            } finally {
+              r.release?.();
+            }
           });
         }
         case Op.READDIR:
@@ -212,8 +218,7 @@ export async function serveChannel(
           return channel.ok(fd, lo, hi, STATFS_OUT_SIZE);
         case Op.GETXATTR: {
           const size = v.getUint32(IN_HEADER_SIZE, true);
-          const name = decoder.decode(cStringAt(buf, IN_HEADER_SIZE + 8, n));
-          return xattr(fd, lo, hi, fs.getxattr(ino, name), size);
+          return xattr(fd, lo, hi, fs.getxattr(ino, cStringAt(buf, IN_HEADER_SIZE + 8, n)), size);
         }
         case Op.LISTXATTR:
           return xattr(fd, lo, hi, fs.listxattr(ino), v.getUint32(IN_HEADER_SIZE, true));
@@ -231,7 +236,11 @@ export async function serveChannel(
     }
   };
 
-  await channel.serve(dispatch, () => inflight === 0 && fs.backgroundWork === 0);
+  await channel.serve(
+    dispatch,
+    () => inflight === 0 && fs.backgroundWork === 0,
+    cfg.upkeepMs,
+  );
   return served;
 }
 
@@ -256,6 +265,8 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
             cacheBytes: config.cacheBytes,
             shared: SharedChunkCache.attach(config.sharedChunks),
             sequentialWindow: config.threads * config.maxPages * 4096,
+            workerId: config.id,
+            workers: config.threads,
           },
         });
         post({ type: "ready" });
@@ -264,7 +275,12 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
         const channel = new Channel(msg.fd, bufSize);
         let served;
         try {
-          served = await serveChannel(channel, fs!, config!);
+          // Remote services keep connections that need the event loop now and then.
+          const remote = Object.values(config!.addrs).some((u) => /^grpc\+/i.test(u));
+          served = await serveChannel(channel, fs!, {
+            ...config!,
+            upkeepMs: remote ? UPKEEP_MS : 0,
+          });
         } finally {
           channel.close();
         }

@@ -50,3 +50,36 @@ Deno.test("shared chunks: a full set evicts its least recently used slot", () =>
   assertEquals(cache.lookup(blake3(chunks[0])), undefined);
   for (const c of chunks.slice(1)) assertEquals(cache.lookup(blake3(c)), c);
 });
+
+Deno.test("shared chunks: borrowed bytes are not overwritten until released", () => {
+  // One set of 8 slots, all full: the ninth claim must evict, but not a pinned slot.
+  const cache = SharedChunkCache.create(8 * 4096, 4096);
+  const chunks = Array.from({ length: 10 }, (_, i) => bytes(100, i + 1));
+  for (const c of chunks.slice(0, 8)) cache.claim(blake3(c), c.length)!.fill(c);
+  const b = cache.borrow(blake3(chunks[0]));
+  assert(b && !(b instanceof Promise));
+  assertEquals(b.bytes, chunks[0]);
+  assert(b.bytes.buffer instanceof SharedArrayBuffer, "a view into the cache, not a copy");
+  // chunks[0] is the least recently used of the others but for its pin.
+  for (const c of chunks.slice(1, 8)) assertEquals(cache.lookup(blake3(c)), c);
+  cache.claim(blake3(chunks[8]), 100)!.fill(chunks[8]);
+  assertEquals(b.bytes, chunks[0]);
+  assert(cache.has(blake3(chunks[0])));
+  assertEquals(cache.lookup(blake3(chunks[1])), undefined); // evicted instead
+  b.release();
+  b.release(); // idempotent
+  // Unpinned and now the oldest: the next claim may take it.
+  for (const c of chunks.slice(2, 9)) cache.lookup(blake3(c));
+  cache.claim(blake3(chunks[9]), 100)!.fill(chunks[9]);
+  assertEquals(cache.lookup(blake3(chunks[0])), undefined);
+  assertEquals(cache.borrow(blake3(chunks[0])), undefined);
+});
+
+Deno.test("shared chunks: sized by typical chunk, not by slot", () => {
+  // 1 MiB of 1 KiB-typical chunks in 4 KiB slots: 1024 slots, so 1024 small chunks fit.
+  const cache = SharedChunkCache.create(1 << 20, 4096, 1024);
+  const chunks = Array.from({ length: 512 }, (_, i) => bytes(1024, i + 1));
+  for (const c of chunks) cache.claim(blake3(c), c.length)?.fill(c);
+  const hits = chunks.filter((c) => cache.lookup(blake3(c)) instanceof Uint8Array).length;
+  assert(hits > 480, `only ${hits} of 512 cached`);
+});
