@@ -69,6 +69,22 @@ export const NAR_CONTENTS_HELLOWORLD = fromHex(
   "0d000000000000006e69782d617263686976652d3100000001000000000000002800000000000000040000000000000074797065000000000700000000000000726567756c6172000800000000000000636f6e74656e74730c0000000000000048656c6c6f20576f726c64210000000001000000000000002900000000000000",
 );
 
+/**
+ * Deterministic pseudo-random bytes (xorshift32): incompressible, and the
+ * same for the same seed, so failures reproduce.
+ */
+export function pseudoRandom(length: number, seed: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let x = seed >>> 0 || 1; // xorshift never leaves 0
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
 /** 20 zero bytes: the digest of DUMMY_PATH. */
 export const DUMMY_PATH_DIGEST = new Uint8Array(20);
 export const DUMMY_PATH = "00000000000000000000000000000000-dummy";

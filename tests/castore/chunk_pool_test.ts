@@ -1,3 +1,4 @@
+import { pseudoRandom } from "../fixtures.ts";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import {
   acquireChunkCodec,
@@ -11,19 +12,6 @@ import { StorageError } from "../../src/castore/errors.ts";
 import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
 import { MemoryObjectStore } from "../../src/castore/objectstore/memory.ts";
 import { putBlob, readBlob } from "../conformance/blob_suite.ts";
-
-/** Pseudo-random bytes (xorshift32): incompressible and reproducible. */
-function randomBytes(length: number, seed: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let x = seed;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
 
 /** Text-like bytes that compress well. */
 function textBytes(length: number): Uint8Array {
@@ -43,8 +31,8 @@ const SAMPLES: Uint8Array[] = [
   new Uint8Array(0),
   new Uint8Array([1, 2, 3]),
   textBytes(300_000),
-  randomBytes(200_000, 7),
-  randomBytes(512 * 1024, 8),
+  pseudoRandom(200_000, 7),
+  pseudoRandom(512 * 1024, 8),
 ];
 
 /** Encodes and decodes every sample; the codec gets copies (it takes ownership). */
@@ -79,7 +67,7 @@ async function decodeErrors(codec: ChunkCodec): Promise<string[]> {
     [compressed.slice(), digest, sample.length - 1],
     [compressed.slice(), blake3(SAMPLES[1]), sample.length],
     [compressed.slice(), blake3(SAMPLES[1]), undefined],
-    [randomBytes(100, 3), digest, undefined],
+    [pseudoRandom(100, 3), digest, undefined],
   ];
   const messages: string[] = [];
   for (const [input, d, size] of cases) {
@@ -126,13 +114,13 @@ Deno.test("chunk pool: a Worker dying mid-write fails the write; nothing becomes
   const store = new MemoryObjectStore();
   const service = new ObjectStoreBlobService(store, { codec: pool });
   try {
-    const data = randomBytes(4 * 1024 * 1024, 21);
+    const data = pseudoRandom(4 * 1024 * 1024, 21);
     await assertRejects(() => putBlob(service, data), StorageError, "chunk worker failed");
     assertEquals(await store.list("blobs/"), []);
     assertEquals(await service.has(blake3(data)), false);
     // The pool recovers with a fresh Worker (which serves two requests: one
     // chunk too large to be handled inline, encoded and then decoded).
-    const small = randomBytes(100_000, 2);
+    const small = pseudoRandom(100_000, 2);
     assertEquals(await putBlob(service, small), blake3(small));
     assert(bytesEqual((await readBlob(service, blake3(small)))!, small), "readable");
   } finally {
@@ -145,7 +133,7 @@ Deno.test("chunk pool: the blob service writes identical objects with and withou
   const dir = await Deno.makeTempDir({ prefix: "chunk-pool-" });
   const data = new Uint8Array(3 * 1024 * 1024);
   data.set(textBytes(1024 * 1024));
-  data.set(randomBytes(2 * 1024 * 1024, 5), 1024 * 1024);
+  data.set(pseudoRandom(2 * 1024 * 1024, 5), 1024 * 1024);
   try {
     const stores = [new FileObjectStore(`${dir}/a`), new FileObjectStore(`${dir}/b`)];
     const withWorkers = new ObjectStoreBlobService(stores[0], { workers: 1 });

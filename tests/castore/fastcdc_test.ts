@@ -1,3 +1,4 @@
+import { pseudoRandom } from "../fixtures.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import {
   chunkLengths,
@@ -56,19 +57,6 @@ function referenceLengths(data: Uint8Array, p: FastCdcParams): number[] {
     const [, n] = referenceCut(data.subarray(pos), p);
     out.push(n);
     pos += n;
-  }
-  return out;
-}
-
-/** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
-function pseudoRandom(length: number, seed: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
   }
   return out;
 }

@@ -34,23 +34,10 @@ blobServiceConformance("objectstore+memory", async () => {
   return { service, cleanup: () => service.close() };
 });
 
-/** Pseudo-random bytes (xorshift32): incompressible and reproducible. */
-function randomBytes(length: number, seed: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let x = seed;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
-
-const MULTI = randomBytes(3 * 1024 * 1024, 99);
+const MULTI = F.pseudoRandom(3 * 1024 * 1024, 99);
 const MULTI_DIGEST = blake3(MULTI);
 /** Below the minimum chunk size: stored as one chunk. */
-const SINGLE = randomBytes(100_000, 17);
+const SINGLE = F.pseudoRandom(100_000, 17);
 
 /** Every file below `dir` (relative paths, dot files included), sorted. */
 async function filesBelow(dir: string, rel = ""): Promise<string[]> {
@@ -260,7 +247,7 @@ Deno.test("objectstore blob: a corrupted chunk is a StorageError, never wrong by
       ],
       ["truncated", original.slice(0, original.length - 100)],
       ["empty", new Uint8Array(0)],
-      ["garbage", randomBytes(1000, 5)],
+      ["garbage", F.pseudoRandom(1000, 5)],
     ];
     for (const [what, bytes] of damage) {
       await Deno.writeFile(victim, bytes);
@@ -355,7 +342,7 @@ Deno.test("objectstore blob: same content twice writes no new objects; shared ch
     // A blob that extends MULTI shares all but its last chunks with it.
     const longer = new Uint8Array(MULTI.length + 200_000);
     longer.set(MULTI);
-    longer.set(randomBytes(200_000, 3), MULTI.length);
+    longer.set(F.pseudoRandom(200_000, 3), MULTI.length);
     const digest = await putBlob(service, longer);
     const shared = new Set((await service.chunks(MULTI_DIGEST))!.map((c) => toHex(c.digest)));
     const newChunks = (await service.chunks(digest))!.filter((c) => !shared.has(toHex(c.digest)));
@@ -397,7 +384,7 @@ Deno.test("objectstore blob: uploads are bounded in flight; write() waits", asyn
   store.gate = new Promise((resolve) => (open = resolve));
   const writer = service.openWrite();
   // 20 chunks' worth of data in one write: it cannot resolve while puts are held.
-  const data = randomBytes(20 * 300 * 1024, 11);
+  const data = F.pseudoRandom(20 * 300 * 1024, 11);
   let resolved = false;
   const threeStarted = new Promise<void>((resolve) => {
     store.onPut = () => store.inflightPuts === 3 && resolve();

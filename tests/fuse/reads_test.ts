@@ -5,24 +5,12 @@
  * from), and again after the kernel dropped its pages (served from our
  * cache). Every byte must match the source. Also the `--cache-size` flag.
  */
+import { pseudoRandom } from "../fixtures.ts";
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { blake3, toHex } from "../../src/castore/digest.ts";
 import { parseByteSize } from "../../src/cli/mount.ts";
 import { addrFlags, run, runTvix, SKIP, startMount, tempStore } from "./harness.ts";
-
-/** Deterministic bytes that do not compress (so chunks are full-size objects). */
-function noise(n: number, seed: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
 
 Deno.test("--cache-size parses sizes and rejects nonsense", () => {
   assertEquals(parseByteSize("64M"), 64 << 20);
@@ -46,7 +34,7 @@ Deno.test(
     const store = await tempStore();
     const src = await Deno.makeTempDir({ prefix: "tvix-fuse-reads-" });
     try {
-      const data = noise(24 << 20, 7); // ~96 chunks of ~256 KiB
+      const data = pseudoRandom(24 << 20, 7); // ~96 chunks of ~256 KiB
       const file = join(src, "big");
       await Deno.writeFile(file, data);
       const imported = await runTvix(["import", file, ...addrFlags(store.addrs)]);

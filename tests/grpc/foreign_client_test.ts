@@ -15,7 +15,6 @@ import { encode as nixbase32 } from "../../src/store/nixbase32.ts";
 import { NARInfo_CA_Hash } from "../../src/proto/tvix/store/protos/pathinfo.ts";
 import { assert, assertEquals } from "../assert.ts";
 import * as F from "../fixtures.ts";
-import { pseudoRandom } from "../store/tree_gen.ts";
 import { MEMORY_BACKENDS, withDaemon, withWorkDirAndStubs } from "./daemon_harness.ts";
 import { assertStatus, Calls, Code, concat, Directory, PathInfo, split } from "./requests.ts";
 
@@ -102,7 +101,7 @@ async function checkBlobs(c: Calls): Promise<void> {
   // Read: whole blob, messages of at most 1 MiB.
   assertEquals(concat(await c.blobReadOk(F.HELLOWORLD_BLOB_DIGEST)), F.HELLOWORLD_BLOB_CONTENTS);
   assertEquals(concat(await c.blobReadOk(F.EMPTY_BLOB_DIGEST)).length, 0);
-  const big = pseudoRandom(5 * MiB + 12345, 7);
+  const big = F.pseudoRandom(5 * MiB + 12345, 7);
   assertEquals(await c.blobPutOk(split(big, MiB)), blake3(big));
   const messages = await c.blobReadOk(blake3(big));
   assert(messages.every((m) => m.length <= MiB), "Read messages are at most 1 MiB");
@@ -120,7 +119,7 @@ async function checkBlobs(c: Calls): Promise<void> {
   }
 
   // A cancelled upload stores nothing.
-  const partial = pseudoRandom(3 * 100_000, 11);
+  const partial = F.pseudoRandom(3 * 100_000, 11);
   const cancelled = await c.blobPut(split(partial, 100_000), true);
   assert(cancelled.code !== Code.OK, "cancelled put must not succeed");
   assertStatus(await c.blobStat(blake3(partial)), Code.NOT_FOUND);
@@ -303,13 +302,13 @@ async function checkReflection(c: Calls): Promise<void> {
 
 async function checkMessageLimits(c: Calls, limit: number): Promise<void> {
   // Request messages up to the limit pass, bigger ones are refused.
-  const fits = pseudoRandom(limit - 1024, 3);
+  const fits = F.pseudoRandom(limit - 1024, 3);
   assertEquals(await c.blobPutOk([fits]), blake3(fits));
   assert(
     (await c.blobReadOk(blake3(fits))).every((m) => m.length <= MiB),
     "read back in messages of at most 1 MiB",
   );
-  const tooBig = pseudoRandom(limit + 1024, 5);
+  const tooBig = F.pseudoRandom(limit + 1024, 5);
   assertStatus(await c.blobPut([tooBig]), Code.RESOURCE_EXHAUSTED);
   assertStatus(await c.blobStat(blake3(tooBig)), Code.NOT_FOUND);
 
@@ -357,7 +356,7 @@ Deno.test("daemon (embedded): data survives a restart; Unix socket", async () =>
   await withWorkDirAndStubs("tvix-daemon-test-", async (work, stubs) => {
     const home = join(work, "home");
     const info = complicatedPathInfo();
-    const big = pseudoRandom(2 * MiB, 13);
+    const big = F.pseudoRandom(2 * MiB, 13);
     await withDaemon(home, [], stubs, async (c) => {
       assertEquals(await c.blobPutOk(split(big, 256 * 1024)), blake3(big));
       await c.dirPutOk([F.DIRECTORY_WITH_KEEP, F.DIRECTORY_COMPLICATED]);
@@ -392,7 +391,7 @@ Deno.test("daemon (embedded): data survives a restart; Unix socket", async () =>
 Deno.test("daemon (embedded): corrupt storage becomes DATA_LOSS or INTERNAL, never wrong data", async () => {
   await withWorkDirAndStubs("tvix-daemon-test-", async (work, stubs) => {
     const home = join(work, "home");
-    const blob = pseudoRandom(MiB, 17);
+    const blob = F.pseudoRandom(MiB, 17);
     const info = complicatedPathInfo();
     const dKeep = directoryDigest(F.DIRECTORY_WITH_KEEP);
     const dComplicated = directoryDigest(F.DIRECTORY_COMPLICATED);

@@ -6,21 +6,9 @@
  *
  * @module
  */
+import { pseudoRandom } from "../fixtures.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-
-/** Deterministic pseudo-random bytes (xorshift), so trees and test data are reproducible. */
-export function pseudoRandom(n: number, seed: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let x = seed | 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
 
 const KiB = 1024;
 
