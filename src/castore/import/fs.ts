@@ -21,10 +21,20 @@ import type { NodeVariant } from "../node.ts";
 
 /** How many file reads/uploads and directory listings run at once. */
 export const DEFAULT_CONCURRENCY = 32;
+/**
+ * How many of those may be streamed (larger than {@linkcode SMALL_FILE}) at
+ * once. Each streaming upload holds a read piece, the chunker's buffer and
+ * its writer's in-flight chunks (objectstore: up to 8 × 512 KiB plus their
+ * compressed copies), several MiB; 32 of them at once made the importer's
+ * peak RSS grow with the number of large files in the tree (542 MiB for a
+ * 509 MiB tree). Two already keep both cores busy with hashing, chunking and
+ * compression; small files still run alongside.
+ */
+export const DEFAULT_LARGE_CONCURRENCY = 2;
 /** Piece size for streaming large files. */
 export const READ_PIECE = 1024 * 1024;
-// Files up to this size are read with one call.
-const SMALL_FILE = 256 * 1024;
+/** Files up to this size are read with one call; larger ones are streamed. */
+export const SMALL_FILE = 256 * 1024;
 
 /** The path cannot be ingested (unsupported type, changed while reading, bad name). */
 export class IngestError extends InvalidRequestError {
@@ -44,6 +54,11 @@ export interface IngestProgress {
 export interface IngestOptions {
   /** Parallel file uploads (default {@linkcode DEFAULT_CONCURRENCY}). */
   concurrency?: number;
+  /**
+   * Of those, parallel uploads of files larger than {@linkcode SMALL_FILE}
+   * (default {@linkcode DEFAULT_LARGE_CONCURRENCY}); bounds the bytes in flight.
+   */
+  largeConcurrency?: number;
   /**
    * Uploads a file of `size` bytes and returns its digest, instead of
    * {@linkcode uploadFile} in this thread (e.g. a `WorkerUploadPool`).
@@ -76,7 +91,7 @@ class Limiter {
   #free: number;
   readonly #waiting: (() => void)[] = [];
   constructor(n: number) {
-    this.#free = n;
+    this.#free = Math.max(1, n);
   }
   async run<T>(fn: () => Promise<T>): Promise<T> {
     if (this.#free > 0) this.#free--;
@@ -137,12 +152,35 @@ export async function uploadFile(
   return await w.close();
 }
 
-function kindOf(info: Deno.FileInfo): string {
-  if (info.isBlockDevice) return "block device";
-  if (info.isCharDevice) return "character device";
-  if (info.isFifo) return "FIFO";
-  if (info.isSocket) return "socket";
-  return "unknown file type";
+/**
+ * What the walk keeps of an lstat result. The whole tree is listed before
+ * most files are uploaded, so this is held for every entry at once: a
+ * `Deno.FileInfo` (with its Date objects) costs several times as much heap.
+ */
+interface Stat {
+  /** "file", "directory", "symlink", or a description of an unsupported type. */
+  kind: string;
+  size: number;
+  executable: boolean;
+}
+
+function statOf(info: Deno.FileInfo): Stat {
+  const kind = info.isFile
+    ? "file"
+    : info.isDirectory
+    ? "directory"
+    : info.isSymlink
+    ? "symlink"
+    : info.isBlockDevice
+    ? "block device"
+    : info.isCharDevice
+    ? "character device"
+    : info.isFifo
+    ? "FIFO"
+    : info.isSocket
+    ? "socket"
+    : "unknown file type";
+  return { kind, size: info.size, executable: ((info.mode ?? 0) & 0o100) !== 0 };
 }
 
 /**
@@ -158,6 +196,11 @@ export async function ingestPath(
   options: IngestOptions = {},
 ): Promise<NodeVariant> {
   const limit = new Limiter(options.concurrency ?? DEFAULT_CONCURRENCY);
+  const largeLimit = new Limiter(options.largeConcurrency ?? DEFAULT_LARGE_CONCURRENCY);
+  // A large file waits for its own slot before taking a general one, so
+  // waiting large files never keep small ones from running.
+  const runUpload = <T>(size: number, fn: () => Promise<T>): Promise<T> =>
+    size > SMALL_FILE ? largeLimit.run(() => limit.run(fn)) : limit.run(fn);
   const record = options.record;
   let putter: DirectoryPutter | undefined;
   // Puts are serialised: the putter sees each directory after its children.
@@ -172,9 +215,9 @@ export async function ingestPath(
   async function entry(
     hostPath: string,
     name: Uint8Array,
-    info: Deno.FileInfo,
+    info: Stat,
   ): Promise<NodeVariant> {
-    if (info.isSymlink) {
+    if (info.kind === "symlink") {
       let target: Uint8Array;
       try {
         target = te.encode(Deno.readLinkSync(hostPath));
@@ -183,10 +226,10 @@ export async function ingestPath(
       }
       return { $case: "symlink", value: { name, target } };
     }
-    if (info.isFile) {
+    if (info.kind === "file") {
       const size = info.size;
       const upload = options.upload;
-      const digest = await limit.run(async () => {
+      const digest = await runUpload(size, async () => {
         if (!upload) return await uploadFile(blob, hostPath, size, options.progress);
         const d = await upload(hostPath, size);
         options.progress?.bytes?.(size);
@@ -195,19 +238,19 @@ export async function ingestPath(
       if (record && !record.files.has(digestKey(digest))) {
         record.files.set(digestKey(digest), { path: hostPath, size });
       }
-      const executable = ((info.mode ?? 0) & 0o100) !== 0;
+      const executable = info.executable;
       return { $case: "file", value: { name, digest, size: BigInt(size), executable } };
     }
-    if (info.isDirectory) {
+    if (info.kind === "directory") {
       // Continue in a fresh microtask, so deep trees do not grow the call stack.
       await Promise.resolve();
       // Metadata calls are synchronous: against the page cache they take
       // microseconds, far less than an async round trip through the threadpool.
-      const children: { hostPath: string; name: Uint8Array; info: Deno.FileInfo }[] = [];
+      const children: { hostPath: string; name: Uint8Array; info: Stat }[] = [];
       try {
         for (const e of Deno.readDirSync(hostPath)) {
           const p = join(hostPath, e.name);
-          children.push({ hostPath: p, name: te.encode(e.name), info: Deno.lstatSync(p) });
+          children.push({ hostPath: p, name: te.encode(e.name), info: statOf(Deno.lstatSync(p)) });
         }
       } catch (err) {
         throw new IngestError(hostPath, `listing failed: ${(err as Error).message ?? err}`);
@@ -226,12 +269,12 @@ export async function ingestPath(
       record?.directories.set(digestKey(digest), d);
       return { $case: "directory", value: { name, digest, size: directorySize(d) } };
     }
-    throw new IngestError(hostPath, `unsupported file type (${kindOf(info)})`);
+    throw new IngestError(hostPath, `unsupported file type (${info.kind})`);
   }
 
-  let info: Deno.FileInfo;
+  let info: Stat;
   try {
-    info = await Deno.lstat(path);
+    info = statOf(await Deno.lstat(path));
   } catch (err) {
     throw new IngestError(path, (err as Error).message);
   }
