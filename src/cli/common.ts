@@ -86,3 +86,40 @@ export function addServiceOptions(cmd: Command, defaults?: Partial<ServiceAddrs>
   );
   return cmd;
 }
+
+/** How one byte-size flag reads its value (see {@linkcode parseByteSize}). */
+export interface ByteSizeRule {
+  /** What the flag sets, for the error message ("size", "cache size"). */
+  what: string;
+  /** Valid examples, for the error message. */
+  examples: string;
+  /** Smallest accepted value (default 1). */
+  min?: number;
+  /** Whether a decimal number such as `1.5G` is accepted. */
+  fractions?: boolean;
+}
+
+const BYTE_UNITS: Record<string, number> = {
+  "": 1,
+  k: 2 ** 10,
+  m: 2 ** 20,
+  g: 2 ** 30,
+  t: 2 ** 40,
+};
+
+/**
+ * Parses a byte count for a command-line flag: a number with an optional
+ * binary suffix `K`, `M`, `G` or `T` (optionally spelled `KiB` …; any case).
+ * Throws one clear line naming the flag's rule.
+ */
+export function parseByteSize(text: string, rule: ByteSizeRule): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:ib)?)?\s*$/i.exec(text);
+  const fractional = m?.[1].includes(".") ?? false;
+  const value = m && (rule.fractions || !fractional)
+    ? Math.floor(Number(m[1]) * BYTE_UNITS[(m[2] ?? "").toLowerCase()])
+    : NaN;
+  if (!Number.isSafeInteger(value) || value < (rule.min ?? 1)) {
+    throw new Error(`invalid ${rule.what} ${JSON.stringify(text)} (use e.g. ${rule.examples})`);
+  }
+  return value;
+}

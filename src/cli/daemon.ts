@@ -8,18 +8,24 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import { addServiceOptions, dataDir, embeddedAddrs, type ServiceAddrs } from "./common.ts";
+import {
+  addServiceOptions,
+  dataDir,
+  embeddedAddrs,
+  parseByteSize,
+  type ServiceAddrs,
+} from "./common.ts";
 import type * as grpc from "@grpc/grpc-js";
 import { constructServices, type Services } from "../store/services.ts";
 import { LocalNarCalculationService } from "../store/nar_calculation.ts";
 import {
   createGrpcServer,
   DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
-  formatListenAddress,
   listen,
   shutdown,
 } from "../grpc/server.ts";
 import { log } from "../log.ts";
+import { formatListenAddress } from "../listen_address.ts";
 import { addNarBridgeOptions, loadNarBridgeOptions, type NarBridgeFlags } from "./nar_bridge.ts";
 import { startNarBridge } from "../narbridge/server.ts";
 
@@ -32,25 +38,9 @@ const SHUTDOWN_GRACE_MS = 2000;
 /** If closing the backends hangs, exit anyway after this long. */
 const SHUTDOWN_DEADLINE_MS = 10_000;
 
-const SIZE_UNITS: Record<string, number> = {
-  "": 1,
-  k: 1024,
-  kib: 1024,
-  m: 1024 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gib: 1024 ** 3,
-};
-
-/** Parses a byte count: a number with an optional `K`/`KiB`/`M`/`MiB`/`G`/`GiB` suffix (powers of 1024). */
-export function parseByteSize(text: string): number {
-  const m = /^\s*(\d+)\s*([a-zA-Z]*)\s*$/.exec(text);
-  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
-  const value = m && unit ? Number(m[1]) * unit : NaN;
-  if (!Number.isSafeInteger(value) || value <= 0) {
-    throw new Error(`invalid size ${JSON.stringify(text)} (use e.g. 16777216 or 16MiB)`);
-  }
-  return value;
+/** Parses `--max-request-size`: whole bytes with an optional K/M/G/T(iB) suffix. */
+export function parseRequestSize(text: string): number {
+  return parseByteSize(text, { what: "size", examples: "16777216 or 16MiB" });
 }
 
 interface DaemonOptions extends Partial<ServiceAddrs>, NarBridgeFlags {
@@ -169,7 +159,7 @@ export function register(program: Command): void {
         "--max-request-size <bytes>",
         "largest request message accepted (responses never exceed 4 MiB)",
       )
-        .argParser(parseByteSize)
+        .argParser(parseRequestSize)
         .default(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, "4MiB"),
     );
   addServiceOptions(cmd);

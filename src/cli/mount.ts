@@ -5,7 +5,12 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import { addServiceOptions, DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "./common.ts";
+import {
+  addServiceOptions,
+  DEFAULT_REMOTE_ADDR,
+  parseByteSize,
+  type ServiceAddrs,
+} from "./common.ts";
 import { runMount } from "../fuse/mount.ts";
 
 function positiveInt(text: string): number {
@@ -16,15 +21,14 @@ function positiveInt(text: string): number {
   return n;
 }
 
-/** Parses a byte size: a number with an optional K/M/G/T suffix (powers of 1024, optional "iB"/"B"). */
-export function parseByteSize(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
-  const scale = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
-  const n = m ? Math.floor(Number(m[1]) * scale[m[2].toLowerCase() as keyof typeof scale]) : NaN;
-  if (!Number.isSafeInteger(n) || n < (1 << 20)) {
-    throw new Error(`invalid cache size ${JSON.stringify(text)} (e.g. 512M, 2G; at least 1M)`);
-  }
-  return n;
+/** Parses `--cache-size`: a byte size (fractions allowed, e.g. `1.5G`), at least 1 MiB. */
+export function parseCacheSize(text: string): number {
+  return parseByteSize(text, {
+    what: "cache size",
+    examples: "512M, 2G; at least 1M",
+    min: 2 ** 20,
+    fractions: true,
+  });
 }
 
 /** Parses a boolean environment value the way clap does (true/false, 1/0, yes/no, on/off). */
@@ -62,7 +66,7 @@ export function register(program: Command): void {
         "--cache-size <bytes>",
         "decompressed chunks kept in memory, shared by the threads (e.g. 512M, 2G; " +
           "default: 1/8 of RAM, 256M-4G)",
-      ).argParser(parseByteSize),
+      ).argParser(parseCacheSize),
     )
     .option("-l, --list-root", "allow listing the mount root")
     .option("--show-xattr", "expose blob and directory digests as extended attributes", true)

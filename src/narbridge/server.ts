@@ -40,6 +40,7 @@ import { STORE_DIR } from "../store/store_path.ts";
 import { renderNar } from "../nar/render.ts";
 import { ingestNar } from "../nar/ingest.ts";
 import { log } from "../log.ts";
+import { parseListenAddress } from "../listen_address.ts";
 import { errorMessage } from "../castore/errors.ts";
 import {
   NarInfoError,
@@ -480,16 +481,6 @@ export class NarBridge {
   }
 }
 
-/** Splits `host:port` / `[v6]:port` into Deno.serve's hostname and port. */
-export function parseListenAddress(addr: string): { hostname: string; port: number } {
-  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(addr);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) {
-    throw new InvalidRequestError(`invalid listen address ${addr} (want host:port or [v6]:port)`);
-  }
-  return { hostname: m[1] ?? m[2], port };
-}
-
 /** A running nar-bridge listener. */
 export interface NarBridgeHandle {
   /** The port it listens on (useful with port 0). */
@@ -507,7 +498,17 @@ export function startNarBridge(
   services: NarBridgeServices,
   opts: NarBridgeOptions & { listenAddress: string },
 ): Promise<NarBridgeHandle> {
-  const { hostname, port } = parseListenAddress(opts.listenAddress);
+  const addr = parseListenAddress(opts.listenAddress);
+  if (addr.kind !== "tcp") {
+    throw new InvalidRequestError(
+      `invalid listen address ${
+        JSON.stringify(opts.listenAddress)
+      }: nar-bridge listens on host:port or [v6]:port`,
+    );
+  }
+  // Deno.serve wants an IPv6 host without its brackets.
+  const hostname = addr.host.replace(/^\[(.*)\]$/, "$1");
+  const port = addr.port;
   const bridge = new NarBridge(services, opts);
   return new Promise((resolve, reject) => {
     let server: Deno.HttpServer<Deno.NetAddr>;

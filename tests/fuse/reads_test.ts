@@ -9,18 +9,18 @@ import { pseudoRandom } from "../fixtures.ts";
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { blake3, toHex } from "../../src/castore/digest.ts";
-import { parseByteSize } from "../../src/cli/mount.ts";
+import { parseCacheSize } from "../../src/cli/mount.ts";
 import { addrFlags, run, runTvix, SKIP, startMount, tempStore } from "./harness.ts";
 
 Deno.test("--cache-size parses sizes and rejects nonsense", () => {
-  assertEquals(parseByteSize("64M"), 64 << 20);
-  assertEquals(parseByteSize("2G"), 2 * 2 ** 30);
-  assertEquals(parseByteSize("1.5GiB"), 1.5 * 2 ** 30);
-  assertEquals(parseByteSize("1048576"), 1 << 20);
+  assertEquals(parseCacheSize("64M"), 64 << 20);
+  assertEquals(parseCacheSize("2G"), 2 * 2 ** 30);
+  assertEquals(parseCacheSize("1.5GiB"), 1.5 * 2 ** 30);
+  assertEquals(parseCacheSize("1048576"), 1 << 20);
   for (const bad of ["", "abc", "-1G", "12X", "1K", "0"]) {
     let message = "";
     try {
-      parseByteSize(bad);
+      parseCacheSize(bad);
     } catch (err) {
       message = (err as Error).message;
     }

@@ -6,9 +6,9 @@ import { status as Code } from "@grpc/grpc-js";
 import { InvalidRequestError, StorageError } from "../../src/castore/errors.ts";
 import { ClosureError } from "../../src/castore/directory/closure.ts";
 import { internalStatus, RpcError, statusFromError } from "../../src/grpc/status.ts";
-import { parseListenAddress } from "../../src/grpc/server.ts";
+import { parseListenAddress } from "../../src/listen_address.ts";
 import { READ_MESSAGE_BYTES, rechunk } from "../../src/grpc/blob_handler.ts";
-import { parseByteSize } from "../../src/cli/daemon.ts";
+import { parseRequestSize } from "../../src/cli/daemon.ts";
 import { concatBytes } from "../../src/castore/digest.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 
@@ -55,14 +55,14 @@ Deno.test("parseListenAddress: TCP, bracketed IPv6, Unix socket paths, garbage",
   }
 });
 
-Deno.test("parseByteSize: plain numbers and binary suffixes", () => {
-  assertEquals(parseByteSize("4194304"), 4 * 1024 * 1024);
-  assertEquals(parseByteSize("16MiB"), 16 * 1024 * 1024);
-  assertEquals(parseByteSize("64m"), 64 * 1024 * 1024);
-  assertEquals(parseByteSize("512K"), 512 * 1024);
-  assertEquals(parseByteSize("1GiB"), 1024 ** 3);
+Deno.test("parseRequestSize: plain numbers and binary suffixes", () => {
+  assertEquals(parseRequestSize("4194304"), 4 * 1024 * 1024);
+  assertEquals(parseRequestSize("16MiB"), 16 * 1024 * 1024);
+  assertEquals(parseRequestSize("64m"), 64 * 1024 * 1024);
+  assertEquals(parseRequestSize("512K"), 512 * 1024);
+  assertEquals(parseRequestSize("1GiB"), 1024 ** 3);
   for (const bad of ["", "0", "-1", "1.5M", "12 parsecs", "MiB"]) {
-    assertThrows(() => parseByteSize(bad), Error, "invalid size");
+    assertThrows(() => parseRequestSize(bad), Error, "invalid size");
   }
 });
 
