@@ -7,12 +7,18 @@
  * @module
  */
 import { createBLAKE3, type IHasher } from "hash-wasm";
+import { InvalidRequestError } from "./errors.ts";
 
 /** Length in bytes of a BLAKE3 digest. */
 export const B3_LEN = 32;
 
 /** A 32-byte BLAKE3 digest. */
 export type Digest = Uint8Array;
+
+/** Throws `InvalidRequestError` ("invalid digest length") unless `digest` is 32 bytes. */
+export function checkDigestLength(digest: Uint8Array): void {
+  if (digest.length !== B3_LEN) throw new InvalidRequestError("invalid digest length");
+}
 
 // One shared instance serves all one-shot hashing: init/update/digest run
 // synchronously, so no other caller can interleave with them.

@@ -3,16 +3,18 @@
  *
  * @module
  */
-import { B3_LEN, concatBytes, type Digest, digestKey, newBlake3Hasher } from "../digest.ts";
+import {
+  checkDigestLength,
+  concatBytes,
+  type Digest,
+  digestKey,
+  newBlake3Hasher,
+} from "../digest.ts";
 import { InvalidRequestError } from "../errors.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 
 /** Pieces handed out by readers, so large blobs stream instead of arriving in one piece. */
 const READ_PIECE = 64 * 1024;
-
-function checkDigest(digest: Digest): void {
-  if (digest.length !== B3_LEN) throw new InvalidRequestError("invalid digest length");
-}
 
 /** A BlobService keeping every blob in memory. */
 export class MemoryBlobService implements BlobService {
@@ -20,19 +22,19 @@ export class MemoryBlobService implements BlobService {
 
   /** Whether the blob exists. */
   has(digest: Digest): Promise<boolean> {
-    checkDigest(digest);
+    checkDigestLength(digest);
     return Promise.resolve(this.#blobs.has(digestKey(digest)));
   }
 
   /** `[]` (no finer chunking) when the blob exists, else `undefined`. */
   chunks(digest: Digest): Promise<ChunkMeta[] | undefined> {
-    checkDigest(digest);
+    checkDigestLength(digest);
     return Promise.resolve(this.#blobs.has(digestKey(digest)) ? [] : undefined);
   }
 
   /** The blob from `offset` on (empty past the end), or `undefined`. */
   openRead(digest: Digest, offset = 0): Promise<BlobReader | undefined> {
-    checkDigest(digest);
+    checkDigestLength(digest);
     const data = this.#blobs.get(digestKey(digest));
     if (!data) return Promise.resolve(undefined);
     return Promise.resolve((async function* () {

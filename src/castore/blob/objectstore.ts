@@ -29,6 +29,7 @@ import {
   b3Display,
   type Blake3Hasher,
   bytesEqual,
+  checkDigestLength,
   type Digest,
   digestKey,
   EMPTY_DIGEST,
@@ -73,10 +74,6 @@ export function chunkPath(digest: Digest): string {
   return shardedPath("chunks", digest);
 }
 
-function checkDigest(digest: Digest): void {
-  if (digest.length !== B3_LEN) throw new InvalidRequestError("invalid digest length");
-}
-
 /** A BlobService storing chunked, compressed blobs in an {@linkcode ObjectStore}. */
 export class ObjectStoreBlobService implements BlobService {
   readonly #store: ObjectStore;
@@ -106,7 +103,7 @@ export class ObjectStoreBlobService implements BlobService {
 
   /** True if a blob index or a chunk object with this digest exists. */
   async has(digest: Digest): Promise<boolean> {
-    checkDigest(digest);
+    checkDigestLength(digest);
     return await this.#store.exists(blobIndexPath(digest)) ||
       await this.#store.exists(chunkPath(digest));
   }
@@ -116,7 +113,7 @@ export class ObjectStoreBlobService implements BlobService {
    * for a bare chunk, `undefined` if neither exists.
    */
   async chunks(digest: Digest): Promise<ChunkMeta[] | undefined> {
-    checkDigest(digest);
+    checkDigestLength(digest);
     const list = await this.#readIndex(digest);
     if (list) {
       // An index written by the reference (before its Q4 fix) lists a single
@@ -133,7 +130,7 @@ export class ObjectStoreBlobService implements BlobService {
    * empty blob reads as empty without any I/O.
    */
   async openRead(digest: Digest, offset = 0): Promise<BlobReader | undefined> {
-    checkDigest(digest);
+    checkDigestLength(digest);
     if (!Number.isSafeInteger(offset) || offset < 0) {
       throw new InvalidRequestError(`invalid read offset ${offset}`);
     }

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { B3_LEN, b3Display, bytesEqual, type Digest, digestKey } from "../digest.ts";
+import { b3Display, bytesEqual, checkDigestLength, type Digest, digestKey } from "../digest.ts";
 import {
   type Directory,
   directoryDigest,
@@ -204,7 +204,7 @@ export async function* traverseClosure(
   get: (digest: Digest) => Promise<Directory | undefined>,
   root: Digest,
 ): AsyncGenerator<Directory> {
-  if (root.length !== B3_LEN) throw new InvalidRequestError("invalid digest length");
+  checkDigestLength(root);
   const queued = new Set([digestKey(root)]);
   const queue: Digest[] = [root];
   for (let i = 0; i < queue.length; i++) {

@@ -6,17 +6,12 @@
  *
  * @module
  */
-import { B3_LEN, b3Display, type Digest } from "../digest.ts";
+import { b3Display, checkDigestLength, type Digest } from "../digest.ts";
 import { type Directory, directoryDigest, directorySize, validateDirectory } from "../directory.ts";
 import { InvalidRequestError } from "../errors.ts";
 import { quoteBytes } from "../node.ts";
 import { checkStored, type Closure, UploadClosure } from "./closure.ts";
 import type { DirectoryPutter } from "./service.ts";
-
-/** Throws `InvalidRequestError` unless `digest` is 32 bytes long. */
-export function checkDigestLength(digest: Digest): void {
-  if (digest.length !== B3_LEN) throw new InvalidRequestError("invalid digest length");
-}
 
 /**
  * A backend's `get`: checks the digest length, loads the directory with
