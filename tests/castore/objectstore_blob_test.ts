@@ -16,18 +16,12 @@ import type { ObjectStore } from "../../src/castore/objectstore/store.ts";
 import { StatBlobResponse } from "../../src/proto/tvix/castore/protos/rpc_blobstore.ts";
 import { blobServiceConformance, putBlob, readBlob } from "../conformance/blob_suite.ts";
 import * as F from "../fixtures.ts";
+import { tempDirFactory } from "../conformance/harness.ts";
 
-blobServiceConformance("objectstore+file", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "objectstore-blob-" });
-  const service = await blobServiceFromUrl(`objectstore+file://${dir}`);
-  return {
-    service,
-    cleanup: async () => {
-      await service.close();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-});
+blobServiceConformance(
+  "objectstore+file",
+  tempDirFactory((dir) => blobServiceFromUrl(`objectstore+file://${dir}`), "objectstore-blob-"),
+);
 
 blobServiceConformance("objectstore+memory", async () => {
   const service = await blobServiceFromUrl("objectstore+memory://");

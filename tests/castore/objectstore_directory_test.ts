@@ -16,20 +16,14 @@ import {
 import { InvalidRequestError, StorageError } from "../../src/castore/errors.ts";
 import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
 import { directoryServiceConformance, putAll } from "../conformance/directory_suite.ts";
-import { collect } from "../conformance/harness.ts";
+import { collect, tempDirFactory } from "../conformance/harness.ts";
 import * as F from "../fixtures.ts";
 
-directoryServiceConformance("objectstore+file", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "objectstore-dir-" });
-  const service = await directoryServiceFromUrl(`objectstore+file://${dir}`);
-  return {
-    service,
-    cleanup: async () => {
-      await service.close();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}, { onlyRootsRetrievable: true });
+directoryServiceConformance(
+  "objectstore+file",
+  tempDirFactory((dir) => directoryServiceFromUrl(`objectstore+file://${dir}`), "objectstore-dir-"),
+  { onlyRootsRetrievable: true },
+);
 
 directoryServiceConformance("objectstore+memory", async () => {
   const service = await directoryServiceFromUrl("objectstore+memory:///");

@@ -45,17 +45,28 @@ export function sqliteFactories<S extends { close(): Promise<void> }>(
       const service = open(undefined);
       return Promise.resolve({ service, cleanup: () => service.close() });
     },
-    file: async () => {
-      const dir = await Deno.makeTempDir();
-      const service = open(`${dir}/${relPath}`);
-      return {
-        service,
-        cleanup: async () => {
-          await service.close();
-          await Deno.remove(dir, { recursive: true });
-        },
-      };
-    },
+    file: tempDirFactory((dir) => Promise.resolve(open(`${dir}/${relPath}`))),
+  };
+}
+
+/**
+ * A factory whose service lives in a fresh temp dir: `open(dir)` builds it,
+ * cleanup closes it and removes the dir.
+ */
+export function tempDirFactory<S extends { close(): Promise<void> }>(
+  open: (dir: string) => Promise<S>,
+  prefix?: string,
+): ServiceFactory<S> {
+  return async () => {
+    const dir = await Deno.makeTempDir({ prefix });
+    const service = await open(dir);
+    return {
+      service,
+      cleanup: async () => {
+        await service.close();
+        await Deno.remove(dir, { recursive: true });
+      },
+    };
   };
 }
 
