@@ -12,6 +12,10 @@
  * - the same read with the store behind a `tvix-store daemon` reached over
  *   `grpc+http://`.
  *
+ * Both mounts use the same kernel readahead: ours raises the kernel's
+ * default 128 KiB to its largest READ (1 MiB) when it runs as root, and the
+ * C server's mount is given the same value.
+ *
  * Our store is local (SQLite + object store: zstd chunks, BLAKE3-verified
  * on read) while the C server serves from memory, so the cold ratio prices
  * in decompression and verification; the warm one compares the FUSE paths.
@@ -126,8 +130,8 @@ async function startServer(
   };
 }
 
-function startOurs(addrs: string[]): Promise<Server> {
-  return startServer("tvix-store", Deno.execPath(), (mnt) => [
+async function startOurs(addrs: string[]): Promise<Server> {
+  const s = await startServer("tvix-store", Deno.execPath(), (mnt) => [
     "run",
     "-A",
     MAIN,
@@ -138,10 +142,36 @@ function startOurs(addrs: string[]): Promise<Server> {
     ...CACHE_FLAGS,
     ...addrs,
   ]);
+  // Set asynchronously once its Workers serve: wait for it (or give up after 2 s).
+  for (let i = 0; i < 40; i++) {
+    const kb = Deno.readTextFileSync(bdiFile(s.mnt)).trim();
+    if (kb !== "128" || i === 39) {
+      oursReadaheadKb = kb;
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return s;
 }
 
-function startC(binary: string): Promise<Server> {
-  return startServer("fuse_memfs", binary, (mnt) => [mnt, "-t", String(THREADS)]);
+/** The sysfs file holding the kernel readahead (KiB) of the mount at `mnt`. */
+function bdiFile(mnt: string): string {
+  const line = Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
+    .find((l) => l.split(" ")[4] === mnt)!;
+  return `/sys/class/bdi/${line.split(" ")[2]}/read_ahead_kb`;
+}
+
+/**
+ * What `tvix-store mount` set its readahead to (it raises the kernel's
+ * 128 KiB to its largest READ when it may); the C server gets the same, so
+ * both answer READs of the same size.
+ */
+let oursReadaheadKb: string | undefined;
+
+async function startC(binary: string): Promise<Server> {
+  const s = await startServer("fuse_memfs", binary, (mnt) => [mnt, "-t", String(THREADS)]);
+  if (oursReadaheadKb) Deno.writeTextFileSync(bdiFile(s.mnt), oursReadaheadKb);
+  return s;
 }
 
 /** Seconds taken by `fn`. */
@@ -295,7 +325,8 @@ try {
   const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
   console.log(
     `FUSE benchmark (${THREADS} threads, median of ${RUNS} runs, fresh mounts, load ${load}` +
-      `${CACHE_FLAGS.length ? ", " + CACHE_FLAGS.join(" ") : ""})`,
+      `${CACHE_FLAGS.length ? ", " + CACHE_FLAGS.join(" ") : ""}, ` +
+      `kernel readahead ${oursReadaheadKb ?? "?"} KiB for both)`,
   );
   // Parts skipped with --only print nothing rather than NaN rows.
   if (results.readOurs.length) {

@@ -71,6 +71,10 @@ export function register(program: Command): void {
     .option("-l, --list-root", "allow listing the mount root")
     .option("--show-xattr", "expose blob and directory digests as extended attributes", true)
     .option("--no-show-xattr", "do not expose digests as extended attributes")
+    .option(
+      "--no-pin-threads",
+      "let the scheduler move the FUSE threads between CPUs (by default each is bound to one)",
+    )
     .action(async (
       path: string,
       opts: ServiceAddrs & {
@@ -79,6 +83,7 @@ export function register(program: Command): void {
         allowOther?: boolean;
         listRoot?: boolean;
         showXattr: boolean;
+        pinThreads: boolean;
       },
     ) => {
       const status = await runMount({
@@ -93,6 +98,7 @@ export function register(program: Command): void {
         allowOther: opts.allowOther === true || envBool("ALLOW_OTHER"),
         listRoot: opts.listRoot === true,
         showXattr: opts.showXattr,
+        pinThreads: opts.pinThreads,
       });
       Deno.exit(status);
     });

@@ -62,10 +62,18 @@ export interface ReadResult {
 }
 
 interface ChunkList {
+  /** The blob's digest. */
+  digest: Digest;
   keys: string[];
   digests: Digest[];
   /** Start offset of each chunk, plus the total size at the end. */
   starts: number[];
+  /**
+   * Readahead has been issued for chunks before this index (this Worker's
+   * share of them), so a sequential read only looks at chunks that newly
+   * entered its window instead of rescanning the whole window.
+   */
+  prefetched: number;
 }
 
 /** An `openRead` stream positioned at `pos`, for blobs without a chunk list. */
@@ -147,6 +155,8 @@ export class BlobReader {
   readonly #workerId: number;
   readonly #workers: number;
   readonly #lists = new Map<string, Promise<ChunkList | undefined>>();
+  /** The lists of {@linkcode #lists} that have arrived, for synchronous reads. */
+  readonly #listsReady = new Map<string, ChunkList>();
   readonly #lastEnd = new Map<string, number>();
   readonly #streams = new Map<string, Stream>();
 
@@ -180,18 +190,36 @@ export class BlobReader {
    * Up to `length` bytes of the blob (of `size` bytes) from `offset`, as
    * pieces to be sent in order. Fewer bytes only at the end of the blob.
    * Pieces may be borrowed from the shared cache: call `release` once they
-   * were written out (they stay valid until then).
+   * were written out (they stay valid until then). Synchronous when the
+   * chunk list and every chunk needed are in memory (a warm read), so the
+   * reply goes out without a trip through the event loop.
    */
-  async read(digest: Digest, size: number, offset: number, length: number): Promise<ReadResult> {
+  read(
+    digest: Digest,
+    size: number,
+    offset: number,
+    length: number,
+  ): ReadResult | Promise<ReadResult> {
     const end = Math.min(size, offset + length);
     if (offset >= end) return { pieces: [] };
-    const list = await this.#chunkList(digest, size);
-    if (!list) throw new StorageError(`blob ${digestKey(digest)} not found`);
-    if (list.keys.length === 0) {
-      return { pieces: [await this.#readStream(digest, offset, end - offset)] };
-    }
-
     const key = digestKey(digest);
+    const known = this.#listsReady.get(key);
+    if (known) return this.#readListed(known, key, offset, end);
+    return this.#chunkList(digest, size).then((list) => {
+      if (!list) throw new StorageError(`blob ${key} not found`);
+      return this.#readListed(list, key, offset, end);
+    });
+  }
+
+  #readListed(
+    list: ChunkList,
+    key: string,
+    offset: number,
+    end: number,
+  ): ReadResult | Promise<ReadResult> {
+    if (list.keys.length === 0) {
+      return this.#readStream(list.digest, offset, end - offset).then((b) => ({ pieces: [b] }));
+    }
     const last = this.#lastEnd.get(key);
     const sequential = offset === 0 || (last !== undefined && offset >= last &&
       offset - last <= this.#window);
@@ -204,18 +232,29 @@ export class BlobReader {
     const first = chunkIndex(list.starts, offset);
     const chunks: (Uint8Array | Promise<Uint8Array>)[] = [];
     const borrowed: Borrowed[] = [];
+    let pending = false;
     let i = first;
     for (; i < list.keys.length && list.starts[i] < end; i++) {
-      chunks.push(this.#get(list, i, borrowed));
+      const c = this.#get(list, i, borrowed);
+      if (c instanceof Promise) pending = true;
+      chunks.push(c);
     }
     const release = () => borrowed.forEach((b) => b.release());
     if (sequential && this.#readahead > 0) this.#prefetch(list, i, end + this.#readahead);
-    let ready: Uint8Array[];
-    if (chunks.every((c) => c instanceof Uint8Array)) ready = chunks as Uint8Array[];
-    else {
-      // Settle all before releasing anything: a late borrow must be released too.
-      const settled = await Promise.allSettled(chunks);
-      ready = [];
+    const assemble = (ready: Uint8Array[]): ReadResult => {
+      const pieces: Uint8Array[] = [];
+      for (let j = 0; j < ready.length; j++) {
+        const start = list.starts[first + j];
+        const from = Math.max(offset, start) - start;
+        const to = Math.min(end, start + ready[j].length) - start;
+        pieces.push(ready[j].subarray(from, to));
+      }
+      return borrowed.length ? { pieces, release } : { pieces };
+    };
+    if (!pending) return assemble(chunks as Uint8Array[]);
+    // Settle all before releasing anything: a late borrow must be released too.
+    return Promise.allSettled(chunks).then((settled) => {
+      const ready: Uint8Array[] = [];
       for (const r of settled) {
         if (r.status === "rejected") {
           release();
@@ -223,15 +262,8 @@ export class BlobReader {
         }
         ready.push(r.value);
       }
-    }
-    const pieces: Uint8Array[] = [];
-    for (let j = 0; j < ready.length; j++) {
-      const start = list.starts[first + j];
-      const from = Math.max(offset, start) - start;
-      const to = Math.min(end, start + ready[j].length) - start;
-      pieces.push(ready[j].subarray(from, to));
-    }
-    return borrowed.length ? { pieces, release } : { pieces };
+      return assemble(ready);
+    });
   }
 
   /**
@@ -259,12 +291,18 @@ export class BlobReader {
     return this.#chunk(list, i);
   }
 
+  /** Starts fetching this Worker's share of the chunks from index `from` up to byte `until`. */
   #prefetch(list: ChunkList, from: number, until: number): void {
-    for (let i = from; i < list.keys.length && list.starts[i] < until; i++) {
+    // Continue where the last readahead stopped, unless the reader jumped
+    // back (a new pass over the file) or ahead of it.
+    let i = list.prefetched;
+    if (i < from || list.starts[i] >= until + this.#readahead) i = from;
+    for (; i < list.keys.length && list.starts[i] < until; i++) {
       if (i % this.#workers !== this.#workerId) continue;
       if (this.#cache.has(list.keys[i]) || this.#shared?.has(list.digests[i])) continue;
       this.#chunk(list, i).catch(() => {});
     }
+    list.prefetched = i;
   }
 
   #chunk(list: ChunkList, i: number): Promise<Uint8Array> {
@@ -324,8 +362,15 @@ export class BlobReader {
     p = this.#loadChunkList(key, digest, size);
     this.#lists.set(key, p);
     // Failures and absence are not remembered: the blob may appear later.
-    p.then((l) => l ?? this.#lists.delete(key), () => this.#lists.delete(key));
-    if (this.#lists.size > CHUNK_LIST_ENTRIES) this.#lists.delete(this.#lists.keys().next().value!);
+    p.then((l) => {
+      if (!l) this.#lists.delete(key);
+      else if (this.#lists.get(key) === p) this.#listsReady.set(key, l);
+    }, () => this.#lists.delete(key));
+    if (this.#lists.size > CHUNK_LIST_ENTRIES) {
+      const oldest = this.#lists.keys().next().value!;
+      this.#lists.delete(oldest);
+      this.#listsReady.delete(oldest);
+    }
     return p;
   }
 
@@ -335,8 +380,8 @@ export class BlobReader {
     if (metas.length === 0) {
       // No finer granularity: small blobs become one cached "chunk".
       return size <= WHOLE_BLOB_LIMIT
-        ? { keys: [key], digests: [digest], starts: [0, size] }
-        : { keys: [], digests: [], starts: [size] };
+        ? { digest, keys: [key], digests: [digest], starts: [0, size], prefetched: 0 }
+        : { digest, keys: [], digests: [], starts: [size], prefetched: 0 };
     }
     const starts = [0];
     let total = 0;
@@ -348,9 +393,11 @@ export class BlobReader {
       throw new StorageError(`blob ${key}: chunks add up to ${total} bytes, node says ${size}`);
     }
     return {
+      digest,
       keys: metas.map((m) => digestKey(m.digest)),
       digests: metas.map((m) => m.digest),
       starts,
+      prefetched: 0,
     };
   }
 

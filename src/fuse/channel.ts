@@ -32,11 +32,36 @@ import {
 import { log } from "../log.ts";
 import { OUT_HEADER_SIZE } from "./protocol.ts";
 
+/**
+ * Start addresses of the buffers replies are written from, remembered per
+ * buffer: their memory never moves (ArrayBuffer and SharedArrayBuffer
+ * backing stores are fixed once allocated), and looking the address up
+ * anew costs a pointer object and a BigInt per piece.
+ */
+const addresses = new WeakMap<ArrayBufferLike, number>();
+
+function bufferAddress(buffer: ArrayBufferLike): number {
+  let a = addresses.get(buffer);
+  if (a === undefined) {
+    a = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+    addresses.set(buffer, a);
+  }
+  return a;
+}
+
+/** Writes iovec `i` (`base`, `len`) into `iov` as little-endian 32-bit halves. */
+function setIovec(iov: Uint32Array, i: number, base: number, len: number): void {
+  iov[4 * i] = base % 0x100000000;
+  iov[4 * i + 1] = Math.floor(base / 0x100000000);
+  iov[4 * i + 2] = len;
+  iov[4 * i + 3] = 0;
+}
+
 /** Handles one request whose bytes are `buf[0..n)`; must copy what it keeps beyond the call. */
 export type Dispatch = (buf: Uint8Array, view: DataView, n: number, fd: number) => void;
 
 /** Requests handled synchronously in a row before letting the event loop run. */
-const BURST = 64;
+const BURST = Number(Deno.env.get("XBURST") ?? 64);
 /** Microtask turns granted to in-flight requests before waiting on the pool. */
 const SETTLE_TURNS = 16;
 
@@ -52,7 +77,8 @@ export class Channel {
   readonly replyView: DataView;
   readonly #header = new Uint8Array(OUT_HEADER_SIZE);
   readonly #headerView = new DataView(this.#header.buffer);
-  #iov = new BigUint64Array(2 * 64);
+  readonly #headerAddress = bufferAddress(this.#header.buffer);
+  #iov = new Uint32Array(4 * 64);
   readonly #pollfd = new Uint8Array(8);
   #writeErrors = 0;
   /**
@@ -208,18 +234,18 @@ export class Channel {
 
   /** Answers request `unique` with `pieces` concatenated, without copying them. */
   data(fd: number, uLo: number, uHi: number, pieces: readonly Uint8Array[]): void {
+    if (this.#iov.length < 4 * (pieces.length + 1)) {
+      this.#iov = new Uint32Array(4 * (pieces.length + 1));
+    }
+    // struct iovec { void *base; size_t len; } as 32-bit halves: addresses
+    // are below 2^53, so plain numbers do (no BigInt per piece).
+    const iov = this.#iov;
     let count = 1;
     let total = OUT_HEADER_SIZE;
-    if (this.#iov.length < 2 * (pieces.length + 1)) {
-      this.#iov = new BigUint64Array(2 * (pieces.length + 1));
-    }
-    const iov = this.#iov;
-    iov[0] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#header)));
-    iov[1] = BigInt(OUT_HEADER_SIZE);
+    setIovec(iov, 0, this.#headerAddress, OUT_HEADER_SIZE);
     for (const p of pieces) {
       if (p.length === 0) continue;
-      iov[2 * count] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(p)));
-      iov[2 * count + 1] = BigInt(p.length);
+      setIovec(iov, count, bufferAddress(p.buffer) + p.byteOffset, p.length);
       total += p.length;
       count++;
     }

@@ -42,6 +42,8 @@ const libcSymbols = {
   write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   writev: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  sched_getaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
+  sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -82,6 +84,26 @@ export function loadLibc(): LibC {
 /** The calling thread's `errno` (valid right after a failed synchronous call). */
 export function errno(c: LibC): number {
   return new Deno.UnsafePointerView(c.__errno_location()!).getInt32();
+}
+
+/** Bytes of a glibc `cpu_set_t` (1024 CPUs). */
+const CPU_SET_BYTES = 128;
+
+/** The CPUs this thread may run on (`sched_getaffinity`), ascending; empty if unknown. */
+export function allowedCpus(): number[] {
+  const set = new Uint8Array(CPU_SET_BYTES);
+  if (loadLibc().sched_getaffinity(0, BigInt(CPU_SET_BYTES), set) !== 0) return [];
+  const cpus: number[] = [];
+  for (let i = 0; i < CPU_SET_BYTES * 8; i++) if (set[i >> 3] & (1 << (i & 7))) cpus.push(i);
+  return cpus;
+}
+
+/** Restricts the calling thread to `cpus`; returns the errno on failure, 0 on success. */
+export function setThreadCpus(cpus: readonly number[]): number {
+  const c = loadLibc();
+  const set = new Uint8Array(CPU_SET_BYTES);
+  for (const cpu of cpus) set[cpu >> 3] |= 1 << (cpu & 7);
+  return c.sched_setaffinity(0, BigInt(CPU_SET_BYTES), set) === 0 ? 0 : errno(c);
 }
 
 const encoder = new TextEncoder();

@@ -22,8 +22,8 @@
  *
  * @module
  */
-import { b3Display, bytesEqual } from "../castore/digest.ts";
-import { directoryNodes, validateDirectory } from "../castore/directory.ts";
+import { b3Display, bytesEqual, compareBytes } from "../castore/digest.ts";
+import { directoryNodes } from "../castore/directory.ts";
 import { errorMessage } from "../castore/errors.ts";
 import { isValidName, type NodeVariant, validateNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
@@ -64,25 +64,25 @@ export interface FsOptions {
   read?: BlobReaderOptions;
 }
 
-/** One directory entry with the attributes of its inode. */
-export interface DirEntry {
-  name: Uint8Array;
-  attr: Attr;
+/**
+ * A directory's children in bytewise name order: `names[i]` is inode
+ * `inos[i]`. Two flat arrays rather than an object per entry: a tree of
+ * 10,000 files is listed once per Worker, and the attributes come from the
+ * shared inode table when a reply is built.
+ */
+export interface Listing {
+  names: readonly Uint8Array[];
+  inos: readonly number[];
 }
 
 /** Entries of a directory from index `start` on (`next` offset = index + 1). */
-export interface DirSlice {
-  entries: readonly DirEntry[];
+export interface DirSlice extends Listing {
   start: number;
 }
 
-interface Populated {
-  entries: DirEntry[];
-  byName: Map<string, DirEntry>;
-}
-
 interface RootListing {
-  entries: DirEntry[];
+  names: Uint8Array[];
+  inos: number[];
   iter?: AsyncIterator<import("../store/pathinfo/service.ts").PathInfo>;
   pulling?: Promise<void>;
   error?: unknown;
@@ -111,9 +111,9 @@ export class StoreFs {
   readonly #inodes: InodeTable;
   readonly #opts: FsOptions;
   readonly #reader: BlobReader;
-  readonly #dirs = new Map<number, Populated>();
+  readonly #dirs = new Map<number, Listing>();
   #dirEntries = 0;
-  readonly #populating = new Map<number, Promise<Populated>>();
+  readonly #populating = new Map<number, Promise<Listing>>();
   readonly #rootNames = new Map<string, number>();
   readonly #rootLookups = new Map<string, Promise<number>>();
   readonly #listings = new Map<number, RootListing>();
@@ -163,8 +163,8 @@ export class StoreFs {
       return this.#lookupRoot(name).then((ino) => this.getattr(ino));
     }
     const dir = this.#populated(parent);
-    if (dir instanceof Promise) return dir.then((d) => findChild(d, name));
-    return findChild(dir, name);
+    if (dir instanceof Promise) return dir.then((d) => this.getattr(findChild(d, name)));
+    return this.getattr(findChild(dir, name));
   }
 
   /** Opens a directory; returns the handle (only the root listing uses one). */
@@ -194,8 +194,10 @@ export class StoreFs {
   readdir(ino: number, fh: number, offset: number, want: number): DirSlice | Promise<DirSlice> {
     if (ino === ROOT_INO) return this.#readRoot(fh, offset, want);
     const dir = this.#populated(ino);
-    if (dir instanceof Promise) return dir.then((d) => ({ entries: d.entries, start: offset }));
-    return { entries: dir.entries, start: offset };
+    if (dir instanceof Promise) {
+      return dir.then((d) => ({ names: d.names, inos: d.inos, start: offset }));
+    }
+    return { names: dir.names, inos: dir.inos, start: offset };
   }
 
   /** Checks that `ino` can be opened for reading (and that its blob exists). */
@@ -213,16 +215,23 @@ export class StoreFs {
     }
   }
 
-  /** Up to `size` bytes of file `ino` from `offset`, as pieces in order (see {@linkcode ReadResult}). */
-  async read(ino: number, offset: number, size: number): Promise<ReadResult> {
+  /**
+   * Up to `size` bytes of file `ino` from `offset`, as pieces in order (see
+   * {@linkcode ReadResult}); synchronous when the bytes are in memory.
+   */
+  read(ino: number, offset: number, size: number): ReadResult | Promise<ReadResult> {
     const info = this.#inodes.info(ino);
     if (!info) throw new FsError(Errno.ENOENT);
     if (info.kind !== Kind.File) throw new FsError(Errno.EISDIR);
-    try {
-      return await this.#reader.read(this.#inodes.digest(ino)!.slice(), info.size, offset, size);
-    } catch (err) {
+    const failed = (err: unknown): never => {
       log.warn("read failed", { ino, offset, size, error: errorMessage(err) });
       throw new FsError(Errno.EIO);
+    };
+    try {
+      const r = this.#reader.read(this.#inodes.digest(ino)!.slice(), info.size, offset, size);
+      return r instanceof Promise ? r.catch(failed) : r;
+    } catch (err) {
+      return failed(err);
     }
   }
 
@@ -242,7 +251,7 @@ export class StoreFs {
    */
   listxattr(ino: number): Uint8Array | number {
     if (!this.#opts.showXattr) return Errno.ENOSYS;
-    const kind = this.#inodes.info(ino)?.kind;
+    const kind = this.#inodes.kind(ino);
     if (kind === Kind.Directory) return XATTR_DIRECTORY_LIST;
     if (kind === Kind.File) return XATTR_BLOB_LIST;
     return EMPTY;
@@ -251,7 +260,7 @@ export class StoreFs {
   /** Value of extended attribute `name` (bytes, no NUL) of `ino`, or an errno (see {@linkcode listxattr}). */
   getxattr(ino: number, name: Uint8Array): Uint8Array | number {
     if (!this.#opts.showXattr) return Errno.ENOSYS;
-    const kind = this.#inodes.info(ino)?.kind;
+    const kind = this.#inodes.kind(ino);
     if (
       (kind === Kind.Directory && bytesEqual(name, XATTR_DIRECTORY_NAME)) ||
       (kind === Kind.File && bytesEqual(name, XATTR_BLOB_NAME))
@@ -262,7 +271,7 @@ export class StoreFs {
   }
 
   /** The populated state of directory `ino`, fetching its Directory if needed. */
-  #populated(ino: number): Populated | Promise<Populated> {
+  #populated(ino: number): Listing | Promise<Listing> {
     const hit = this.#dirs.get(ino);
     if (hit) return hit;
     const info = this.#inodes.info(ino);
@@ -276,12 +285,12 @@ export class StoreFs {
     return p;
   }
 
-  async #populate(ino: number): Promise<Populated> {
+  async #populate(ino: number): Promise<Listing> {
     const digest = this.#inodes.digest(ino)!.slice();
     let directory;
     try {
+      // Verified against its digest and validated by the service.
       directory = await this.#svc.directory.get(digest);
-      if (directory) validateDirectory(directory);
     } catch (err) {
       log.warn("cannot fetch directory", { digest: b3Display(digest), error: errorMessage(err) });
       throw new FsError(Errno.EIO);
@@ -290,22 +299,21 @@ export class StoreFs {
       log.warn("directory not found", { digest: b3Display(digest) });
       throw new FsError(Errno.EIO);
     }
-    const entries: DirEntry[] = [];
-    const byName = new Map<string, DirEntry>();
+    const names: Uint8Array[] = [];
+    const inos: number[] = [];
     for (const node of directoryNodes(directory)) {
-      const e = { name: node.value.name, attr: this.getattr(this.#inodes.intern(node)) };
-      entries.push(e);
-      byName.set(nameKey(e.name), e);
+      names.push(node.value.name);
+      inos.push(this.#inodes.intern(node));
     }
-    const populated = { entries, byName };
-    this.#dirs.set(ino, populated);
-    this.#dirEntries += entries.length + 1;
+    const listing = { names, inos };
+    this.#dirs.set(ino, listing);
+    this.#dirEntries += names.length + 1;
     for (const [old, d] of this.#dirs) {
       if (this.#dirEntries <= DIR_CACHE_ENTRIES) break;
       this.#dirs.delete(old);
-      this.#dirEntries -= d.entries.length + 1;
+      this.#dirEntries -= d.names.length + 1;
     }
-    return populated;
+    return listing;
   }
 
   #lookupRoot(name: Uint8Array): Promise<number> {
@@ -345,22 +353,22 @@ export class StoreFs {
     let l = this.#listings.get(fh);
     if (!l) {
       // The handle may come from another Worker: list afresh under the same handle.
-      l = { entries: [], iter: this.#svc.pathInfo.list()[Symbol.asyncIterator]() };
+      l = { names: [], inos: [], iter: this.#svc.pathInfo.list()[Symbol.asyncIterator]() };
       this.#listings.set(fh, l);
       if (this.#listings.size > MAX_ROOT_LISTINGS) {
         const [oldFh] = this.#listings.keys();
         this.releasedir(ROOT_INO, oldFh);
       }
     }
-    while (l.entries.length < offset + want && l.iter && !l.error) {
+    while (l.names.length < offset + want && l.iter && !l.error) {
       l.pulling ??= this.#pullRoot(l).finally(() => (l.pulling = undefined));
       await l.pulling;
     }
-    if (l.error && l.entries.length < offset + want) {
+    if (l.error && l.names.length < offset + want) {
       log.warn("listing the root failed", { error: errorMessage(l.error) });
       throw new FsError(Errno.EIO);
     }
-    return { entries: l.entries, start: offset };
+    return { names: l.names, inos: l.inos, start: offset };
   }
 
   async #pullRoot(l: RootListing): Promise<void> {
@@ -375,7 +383,8 @@ export class StoreFs {
         if (!node || !isValidName(node.value.name)) continue;
         const ino = this.#inodes.intern(node);
         this.#rootNames.set(nameKey(node.value.name), ino);
-        l.entries.push({ name: node.value.name, attr: this.getattr(ino) });
+        l.names.push(node.value.name);
+        l.inos.push(ino);
       }
     } catch (err) {
       l.error = err;
@@ -383,10 +392,18 @@ export class StoreFs {
   }
 }
 
-function findChild(dir: Populated, name: Uint8Array): Attr {
-  const e = dir.byName.get(nameKey(name));
-  if (!e) throw new FsError(Errno.ENOENT);
-  return e.attr;
+/** The inode of `name` in `dir` (binary search over the sorted names); ENOENT if absent. */
+function findChild(dir: Listing, name: Uint8Array): number {
+  const names = dir.names;
+  let lo = 0, hi = names.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const c = compareBytes(names[mid], name);
+    if (c === 0) return dir.inos[mid];
+    if (c < 0) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  throw new FsError(Errno.ENOENT);
 }
 
 /** A name's bytes as a string key (latin-1, lossless). */

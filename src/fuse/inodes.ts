@@ -138,6 +138,11 @@ export class InodeTable {
     return Atomics.load(this.#words, this.#recBase + ino * REC_WORDS);
   }
 
+  /** The {@linkcode Kind} of `ino`, or 0 if it was never handed out (no allocation: hot path). */
+  kind(ino: number): number {
+    return this.#kindWord(ino) & KIND_MASK;
+  }
+
   /** What `ino` is, or `undefined` if it was never handed out. */
   info(ino: number): InodeInfo | undefined {
     const k = this.#kindWord(ino);

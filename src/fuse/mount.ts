@@ -15,6 +15,8 @@
  */
 import type { ServiceAddrs } from "../cli/common.ts";
 import { log, LOG_LEVELS, logEnabled } from "../log.ts";
+import { allowedCpus } from "./ffi.ts";
+import { workerCpus } from "./affinity.ts";
 import { InodeTable } from "./inodes.ts";
 import { SharedChunkCache } from "./shared_chunks.ts";
 import { FuseSession } from "./session.ts";
@@ -32,6 +34,32 @@ export interface MountOptions {
   sharedCacheBytes?: number;
   /** Bytes of decompressed chunks each Worker keeps for itself (default 64 MiB). */
   cacheBytes?: number;
+  /** Bind each Worker's thread to one of the allowed CPUs (see `affinity.ts`; default true). */
+  pinThreads?: boolean;
+}
+
+/**
+ * Raises the kernel's readahead for the mount to `bytes` (its BDI's
+ * `read_ahead_kb`), so a sequential reader's pages are asked for in READs
+ * of up to that size instead of the kernel's default 128 KiB: 8 times
+ * fewer round trips for large files. Measured on 2 cores, a 1 GiB file
+ * from the chunk cache: 2350-2600 MB/s at 128 KiB, 3650-3740 MB/s at
+ * 1 MiB. Needs root (sysfs); otherwise the default stays. The mount root's
+ * `st_dev` names the BDI; the stat is answered by the Workers, so it runs
+ * asynchronously once they serve.
+ */
+function setReadahead(mountpoint: string, bytes: number): void {
+  Deno.stat(mountpoint).then(async (st) => {
+    // glibc's major()/minor() of the 64-bit dev_t.
+    const dev = BigInt(st.dev);
+    const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+    const minor = (dev & 0xffn) | ((dev >> 12n) & 0xffffff00n);
+    await Deno.writeTextFile(
+      `/sys/class/bdi/${major}:${minor}/read_ahead_kb`,
+      String(Math.floor(bytes / 1024)),
+    );
+    log.debug("readahead raised", { kib: Math.floor(bytes / 1024), bdi: `${major}:${minor}` });
+  }).catch((err) => log.debug("readahead left at the kernel default", { error: String(err) }));
 }
 
 /** Typical chunk size of the object store (FastCDC average), which sizes the shared cache's slots. */
@@ -132,6 +160,8 @@ export async function runMount(opts: MountOptions): Promise<number> {
     TYPICAL_CHUNK,
   );
   const maxPages = 256;
+  const allowed = opts.pinThreads === false ? [] : allowedCpus();
+  const cpus = workerCpus(opts.threads, allowed);
   // The first Worker opens the services alone: creating a fresh SQLite
   // database (and switching it to WAL) while other connections open it can
   // fail with "database is locked" despite the busy timeout.
@@ -149,6 +179,8 @@ export async function runMount(opts: MountOptions): Promise<number> {
       threads: opts.threads,
       cacheBytes: opts.cacheBytes ?? 64 << 20,
       sharedChunks: sharedChunks.buffer,
+      cpu: cpus[id],
+      allowedCpus: allowed,
     }, id === 0 ? Promise.resolve() : firstReady.promise));
   const stopAll = () => workers.forEach((w) => w.worker.terminate());
 
@@ -197,6 +229,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
     }
   });
   Promise.all(served).then(() => finished.resolve());
+  setReadahead(opts.mountpoint, maxPages * 4096);
   await finished.promise;
 
   clearTimeout(drainTimer);

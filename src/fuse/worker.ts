@@ -18,7 +18,9 @@ import type { ServiceAddrs } from "../cli/common.ts";
 import { constructServices, type Services } from "../store/services.ts";
 import { Channel } from "./channel.ts";
 import { Errno } from "./ffi.ts";
+import { CpuBinding, LARGE_READ } from "./affinity.ts";
 import { type DirSlice, FsError, StoreFs } from "./filesystem.ts";
+import type { ReadResult } from "./blob_reader.ts";
 import { InodeTable } from "./inodes.ts";
 import { SharedChunkCache } from "./shared_chunks.ts";
 import {
@@ -62,6 +64,10 @@ export interface WorkerConfig {
   cacheBytes: number;
   /** The {@linkcode SharedChunkCache} buffer. */
   sharedChunks: SharedArrayBuffer;
+  /** The CPU to bind this Worker's thread to (see `affinity.ts`), if any. */
+  cpu?: number;
+  /** Where the thread may run while not bound. */
+  allowedCpus?: number[];
 }
 
 /** Messages from the main thread. */
@@ -80,8 +86,13 @@ const UPKEEP_MS = 1000;
 export async function serveChannel(
   channel: Channel,
   fs: StoreFs,
-  cfg: Pick<WorkerConfig, "maxPages" | "maxReadahead"> & { upkeepMs?: number },
+  cfg: Pick<WorkerConfig, "maxPages" | "maxReadahead"> & {
+    upkeepMs?: number;
+    /** Adjusted from each request's kind (see `affinity.ts`). */
+    binding?: CpuBinding;
+  },
 ): Promise<number> {
+  const binding = cfg.binding;
   const out = channel.reply;
   const ov = channel.replyView;
   const replyCap = out.length - OUT_HEADER_SIZE;
@@ -107,11 +118,11 @@ export async function serveChannel(
   ) => {
     const end = OUT_HEADER_SIZE + Math.min(size, replyCap);
     let pos = OUT_HEADER_SIZE;
-    for (let i = s.start; i < s.entries.length; i++) {
-      const e = s.entries[i];
+    for (let i = s.start; i < s.names.length; i++) {
+      const attr = fs.getattr(s.inos[i]);
       const used = plus
-        ? putDirentPlus(out, ov, pos, end, e.attr, i + 1, e.name)
-        : putDirent(out, ov, pos, end, e.attr.ino, i + 1, e.name, e.attr.mode);
+        ? putDirentPlus(out, ov, pos, end, attr, i + 1, s.names[i])
+        : putDirent(out, ov, pos, end, attr.ino, i + 1, s.names[i], attr.mode);
       if (used === 0) break;
       pos += used;
     }
@@ -129,6 +140,14 @@ export async function serveChannel(
     channel.ok(fd, lo, hi, value.length);
   };
 
+  const data = (fd: number, lo: number, hi: number, r: ReadResult) => {
+    try {
+      channel.data(fd, lo, hi, r.pieces);
+    } finally {
+      r.release?.();
+    }
+  };
+
   /** Replies with `ok(value)` or the error once `p` settles; counts it as in flight meanwhile. */
   const later = <T>(
     p: Promise<T>,
@@ -144,6 +163,7 @@ export async function serveChannel(
   const dispatch = (buf: Uint8Array, v: DataView, n: number, fd: number) => {
     served++;
     const opcode = v.getUint32(4, true);
+    binding?.note(opcode === Op.READ && v.getUint32(IN_HEADER_SIZE + 16, true) >= LARGE_READ);
     const lo = v.getUint32(8, true), hi = v.getUint32(12, true);
     const ino = get64(v, 16);
     try {
@@ -188,13 +208,9 @@ export async function serveChannel(
         case Op.READ: {
           const offset = get64(v, IN_HEADER_SIZE + 8);
           const size = v.getUint32(IN_HEADER_SIZE + 16, true);
-          return later(fs.read(ino, offset, size), fd, lo, hi, (r) => {
-            try {
-              channel.data(fd, lo, hi, r.pieces);
-            } finally {
-              r.release?.();
-            }
-          });
+          const r = fs.read(ino, offset, size);
+          if (r instanceof Promise) return later(r, fd, lo, hi, (d) => data(fd, lo, hi, d));
+          return data(fd, lo, hi, r);
         }
         case Op.READDIR:
         case Op.READDIRPLUS: {
@@ -249,6 +265,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
   let services: Services | undefined;
   let fs: StoreFs | undefined;
   let config: WorkerConfig | undefined;
+  let binding: CpuBinding | undefined;
   const post = (m: FromWorker) => self.postMessage(m);
   self.onmessage = async (e: MessageEvent<ToWorker>) => {
     const msg = e.data;
@@ -256,6 +273,10 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
       if (msg.type === "start") {
         config = msg.config;
         setLogLevel(config.logLevel);
+        if (config.cpu !== undefined) {
+          binding = new CpuBinding(config.cpu, config.allowedCpus ?? []);
+          if (!binding.bound) log.debug("cannot bind FUSE worker to its CPU", { cpu: config.cpu });
+        }
         services = await constructServices(config.addrs);
         fs = new StoreFs(services, InodeTable.attach(config.inodes), {
           listRoot: config.listRoot,
@@ -280,6 +301,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
           served = await serveChannel(channel, fs!, {
             ...config!,
             upkeepMs: remote ? UPKEEP_MS : 0,
+            binding,
           });
         } finally {
           channel.close();

@@ -1,7 +1,7 @@
 /** The chunk cache shared by FUSE Workers: hits, waiting for a fill, eviction, limits. */
 import { assert, assertEquals } from "../assert.ts";
 import { blake3 } from "../../src/castore/digest.ts";
-import { SharedChunkCache } from "../../src/fuse/shared_chunks.ts";
+import { SHARED_CACHE_WAYS as W, SharedChunkCache } from "../../src/fuse/shared_chunks.ts";
 
 const bytes = (n: number, seed: number) =>
   Uint8Array.from({ length: n }, (_, i) => (i * seed) & 0xff);
@@ -41,36 +41,36 @@ Deno.test("shared chunks: abandoned fills and oversized chunks are misses", () =
 });
 
 Deno.test("shared chunks: a full set evicts its least recently used slot", () => {
-  // 8 slots = one set: the ninth chunk replaces the oldest.
-  const cache = SharedChunkCache.create(8 * 4096, 4096);
-  const chunks = Array.from({ length: 9 }, (_, i) => bytes(100, i + 1));
-  for (const c of chunks.slice(0, 8)) cache.claim(blake3(c), c.length)!.fill(c);
-  for (const c of chunks.slice(1, 8)) assertEquals(cache.lookup(blake3(c)), c); // touch all but the first
-  cache.claim(blake3(chunks[8]), 100)!.fill(chunks[8]);
+  // W slots = one set: chunk W+1 replaces the oldest.
+  const cache = SharedChunkCache.create(W * 4096, 4096);
+  const chunks = Array.from({ length: W + 1 }, (_, i) => bytes(100, i + 1));
+  for (const c of chunks.slice(0, W)) cache.claim(blake3(c), c.length)!.fill(c);
+  for (const c of chunks.slice(1, W)) assertEquals(cache.lookup(blake3(c)), c); // touch all but the first
+  cache.claim(blake3(chunks[W]), 100)!.fill(chunks[W]);
   assertEquals(cache.lookup(blake3(chunks[0])), undefined);
   for (const c of chunks.slice(1)) assertEquals(cache.lookup(blake3(c)), c);
 });
 
 Deno.test("shared chunks: borrowed bytes are not overwritten until released", () => {
-  // One set of 8 slots, all full: the ninth claim must evict, but not a pinned slot.
-  const cache = SharedChunkCache.create(8 * 4096, 4096);
-  const chunks = Array.from({ length: 10 }, (_, i) => bytes(100, i + 1));
-  for (const c of chunks.slice(0, 8)) cache.claim(blake3(c), c.length)!.fill(c);
+  // One set of W slots, all full: claim W+1 must evict, but not a pinned slot.
+  const cache = SharedChunkCache.create(W * 4096, 4096);
+  const chunks = Array.from({ length: W + 2 }, (_, i) => bytes(100, i + 1));
+  for (const c of chunks.slice(0, W)) cache.claim(blake3(c), c.length)!.fill(c);
   const b = cache.borrow(blake3(chunks[0]));
   assert(b && !(b instanceof Promise));
   assertEquals(b.bytes, chunks[0]);
   assert(b.bytes.buffer instanceof SharedArrayBuffer, "a view into the cache, not a copy");
   // chunks[0] is the least recently used of the others but for its pin.
-  for (const c of chunks.slice(1, 8)) assertEquals(cache.lookup(blake3(c)), c);
-  cache.claim(blake3(chunks[8]), 100)!.fill(chunks[8]);
+  for (const c of chunks.slice(1, W)) assertEquals(cache.lookup(blake3(c)), c);
+  cache.claim(blake3(chunks[W]), 100)!.fill(chunks[W]);
   assertEquals(b.bytes, chunks[0]);
   assert(cache.has(blake3(chunks[0])));
   assertEquals(cache.lookup(blake3(chunks[1])), undefined); // evicted instead
   b.release();
   b.release(); // idempotent
   // Unpinned and now the oldest: the next claim may take it.
-  for (const c of chunks.slice(2, 9)) cache.lookup(blake3(c));
-  cache.claim(blake3(chunks[9]), 100)!.fill(chunks[9]);
+  for (const c of chunks.slice(2, W + 1)) cache.lookup(blake3(c));
+  cache.claim(blake3(chunks[W + 1]), 100)!.fill(chunks[W + 1]);
   assertEquals(cache.lookup(blake3(chunks[0])), undefined);
   assertEquals(cache.borrow(blake3(chunks[0])), undefined);
 });

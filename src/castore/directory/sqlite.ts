@@ -10,12 +10,12 @@
  * @module
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { b3Display, blake3, type Digest } from "../digest.ts";
-import { decodeDirectory, type Directory, encodeDirectory } from "../directory.ts";
+import { b3Display, blake3, checkDigestLength, type Digest } from "../digest.ts";
+import { type Directory, encodeDirectory } from "../directory.ts";
 import { StorageError } from "../errors.ts";
 import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
-import { traverseClosure } from "./closure.ts";
-import { checkSinglePut, ClosurePutter, getChecked } from "./closure_putter.ts";
+import { decodeStored, traverseClosure } from "./closure.ts";
+import { checkSinglePut, ClosurePutter } from "./closure_putter.ts";
 import type { DirectoryPutter, DirectoryService } from "./service.ts";
 
 const SCHEMA = `CREATE TABLE IF NOT EXISTS directories (
@@ -46,7 +46,7 @@ export class SqliteDirectoryService implements DirectoryService {
     }
   }
 
-  /** Reads and decodes a row without verifying it (callers verify). */
+  /** Reads a row, verified against its digest and validated; `undefined` if absent. */
   #load(digest: Digest): Promise<Directory | undefined> {
     try {
       const row = storageCall("read", () => this.#select.get(digest));
@@ -55,11 +55,7 @@ export class SqliteDirectoryService implements DirectoryService {
       if (!(data instanceof Uint8Array)) {
         throw new StorageError(`directory ${b3Display(digest)}: stored value is not a blob`);
       }
-      try {
-        return Promise.resolve(decodeDirectory(data));
-      } catch (err) {
-        throw new StorageError(`directory ${b3Display(digest)}: unable to decode: ${err}`);
-      }
+      return Promise.resolve(decodeStored(digest, data));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -67,12 +63,17 @@ export class SqliteDirectoryService implements DirectoryService {
 
   /** One directory, verified against its digest, or `undefined`. */
   get(digest: Digest): Promise<Directory | undefined> {
-    return getChecked(digest, (d) => this.#load(d));
+    try {
+      checkDigestLength(digest);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#load(digest);
   }
 
   /** The closure of `digest`, root first then breadth-first; empty if unknown. */
   getRecursive(digest: Digest): AsyncIterable<Directory> {
-    return traverseClosure((d) => this.#load(d), digest);
+    return traverseClosure((d) => this.#load(d), digest, true);
   }
 
   /** Stores one valid directory whose children are already stored. */
