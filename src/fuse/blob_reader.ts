@@ -18,7 +18,7 @@
  *
  * @module
  */
-import { type Digest, digestKey } from "../castore/digest.ts";
+import { concatBytes, type Digest, digestKey } from "../castore/digest.ts";
 import { StorageError } from "../castore/errors.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
@@ -91,7 +91,7 @@ export class ChunkCache {
   readonly #max: number;
   #bytes = 0;
   readonly #entries = new Map<string, Uint8Array>();
-  readonly #loading = new Map<string, Promise<Uint8Array>>();
+  readonly #loading = new Map<string, Promise<Uint8Array | undefined>>();
 
   /** A cache holding at most `maxBytes` (the most recently used entries). */
   constructor(maxBytes: number) {
@@ -108,15 +108,23 @@ export class ChunkCache {
     return v;
   }
 
-  /** The bytes for `key`, loading them with `load` unless cached or already loading. */
-  fetch(key: string, load: () => Promise<Uint8Array>): Promise<Uint8Array> {
+  /**
+   * The bytes for `key`, loading them with `load` unless cached or already
+   * loading. `load` may resolve to `undefined` when it put the bytes
+   * somewhere every Worker finds them (the shared cache); nothing is kept
+   * here then, and `undefined` is passed on.
+   */
+  fetch(
+    key: string,
+    load: () => Promise<Uint8Array | undefined>,
+  ): Promise<Uint8Array | undefined> {
     const hit = this.get(key);
     if (hit) return Promise.resolve(hit);
     let p = this.#loading.get(key);
     if (!p) {
-      p = load().then((v) => {
-        this.#put(key, v);
-        return v;
+      p = load().then((bytes) => {
+        if (bytes) this.#put(key, bytes);
+        return bytes;
       }).finally(() => this.#loading.delete(key));
       this.#loading.set(key, p);
     }
@@ -288,7 +296,29 @@ export class BlobReader {
       }
       b.release();
     }
-    return this.#chunk(list, i);
+    return this.#chunk(list, i).then((bytes) => bytes ?? this.#borrowFilled(list, i, borrowed));
+  }
+
+  /**
+   * Chunk `i` right after this Worker put it into the shared cache: borrowed
+   * from there, or (evicted meanwhile by a full cache) read again for this
+   * reply alone.
+   */
+  #borrowFilled(
+    list: ChunkList,
+    i: number,
+    borrowed: Borrowed[],
+  ): Uint8Array | Promise<Uint8Array> {
+    const size = list.starts[i + 1] - list.starts[i];
+    const b = this.#shared!.borrow(list.digests[i]);
+    if (b && !(b instanceof Promise)) {
+      if (b.bytes.length === size) {
+        borrowed.push(b);
+        return b.bytes;
+      }
+      b.release();
+    }
+    return this.#readWhole(list.digests[i], size);
   }
 
   /** Starts fetching this Worker's share of the chunks from index `from` up to byte `until`. */
@@ -305,15 +335,22 @@ export class BlobReader {
     list.prefetched = i;
   }
 
-  #chunk(list: ChunkList, i: number): Promise<Uint8Array> {
+  /** Chunk `i`, or `undefined` once it is in the shared cache (see {@linkcode ChunkCache.fetch}). */
+  #chunk(list: ChunkList, i: number): Promise<Uint8Array | undefined> {
     const expected = list.starts[i + 1] - list.starts[i];
     return this.#cache.fetch(list.keys[i], () => this.#load(list.digests[i], expected));
   }
 
-  /** Fetches a chunk through the shared cache: another Worker may have it or be fetching it. */
-  async #load(digest: Digest, size: number): Promise<Uint8Array> {
+  /**
+   * Fetches a chunk through the shared cache: another Worker may have it or
+   * be fetching it. Resolves to `undefined` once this Worker put it into
+   * the shared cache: its own copy is freed at once (a streaming read
+   * decodes hundreds of chunks per second, and leaving each to the garbage
+   * collector cost a tenth of the CPU).
+   */
+  async #load(digest: Digest, size: number): Promise<Uint8Array | undefined> {
     const shared = this.#shared;
-    if (!shared) return this.#readWhole(digest, size);
+    if (!shared) return await this.#readWhole(digest, size);
     for (let attempt = 0; attempt < 3; attempt++) {
       const found = shared.lookup(digest);
       if (found instanceof Uint8Array) {
@@ -324,31 +361,39 @@ export class BlobReader {
       await found;
     }
     const claim = shared.claim(digest, size);
+    let bytes;
     try {
-      const bytes = await this.#readWhole(digest, size);
-      claim?.fill(bytes);
-      return bytes;
+      bytes = await this.#readWhole(digest, size);
     } catch (err) {
       claim?.abandon();
       throw err;
     }
+    if (!claim) return bytes;
+    claim.fill(bytes);
+    const buf = bytes.buffer;
+    // Read pieces belong to the reader (BlobService.openRead), so this is ours to free.
+    if (buf instanceof ArrayBuffer && bytes.byteLength === buf.byteLength) buf.transfer(0);
+    return undefined;
   }
 
-  /** Reads a whole blob or chunk of known size into one array. */
+  /** Reads a whole blob or chunk of known size (as one array, not copied if it arrives whole). */
   async #readWhole(digest: Digest, size: number): Promise<Uint8Array> {
     const reader = await this.#blob.openRead(digest);
     if (!reader) throw new StorageError(`chunk ${digestKey(digest)} not found`);
-    const out = new Uint8Array(size);
+    const pieces: Uint8Array[] = [];
     let pos = 0;
     for await (const piece of reader) {
-      if (pos + piece.length > size) break;
-      out.set(piece, pos);
+      if (pos + piece.length > size) {
+        pos += piece.length;
+        break;
+      }
+      pieces.push(piece);
       pos += piece.length;
     }
     if (pos !== size) {
       throw new StorageError(`chunk ${digestKey(digest)}: expected ${size} bytes, got ${pos}+`);
     }
-    return out;
+    return pieces.length === 1 ? pieces[0] : concatBytes(pieces);
   }
 
   #chunkList(digest: Digest, size: number): Promise<ChunkList | undefined> {

@@ -18,6 +18,7 @@ import { errorMessage, StorageError } from "../errors.ts";
 import { log } from "../../log.ts";
 import {
   decodeChunk,
+  decodeChunkSync,
   decodeInline,
   encodeChunk,
   type EncodedChunk,
@@ -45,6 +46,24 @@ export interface ChunkCodec {
 export const inThreadCodec: ChunkCodec = {
   encode: (chunk) => encodeChunk(chunk),
   decode: (compressed, digest, size) => decodeChunk(compressed, digest, size),
+};
+
+/**
+ * The codec inside a Worker: decoding runs synchronously on the Worker's
+ * own thread. The Worker is the unit of parallelism there (a FUSE Worker per
+ * channel), and handing each chunk to the libuv threadpool and back cost
+ * more than it saved: a cold 1 GiB read through a 2-thread mount went from
+ * 450-494 to ~560 MB/s and from ~3.7 to ~3.1 s of CPU with decoding inline.
+ */
+export const workerThreadCodec: ChunkCodec = {
+  encode: (chunk) => encodeChunk(chunk),
+  decode: (compressed, digest, size) => {
+    try {
+      return Promise.resolve(decodeChunkSync(compressed, digest, size));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  },
 };
 
 /**
@@ -303,7 +322,10 @@ export interface ChunkCodecLease {
  * last lease is released.
  */
 export function acquireChunkCodec(workers: number = defaultChunkWorkers()): ChunkCodecLease {
-  if (workers <= 0) return { codec: inThreadCodec, release: () => Promise.resolve() };
+  if (workers <= 0) {
+    const codec = isMainThread() ? inThreadCodec : workerThreadCodec;
+    return { codec, release: () => Promise.resolve() };
+  }
   if (shared) shared.grow(workers);
   else shared = new ChunkWorkerPool(workers);
   sharedUsers++;

@@ -53,7 +53,9 @@ export interface BlobService {
 
   /**
    * Opens a blob (or a chunk) for reading, starting at byte `offset`;
-   * `undefined` if it is unknown.
+   * `undefined` if it is unknown. The yielded pieces belong to the reader:
+   * no backend keeps or reuses them (the FUSE reader frees their memory
+   * as soon as it has copied them into its cache).
    */
   openRead(digest: Digest, offset?: number): Promise<BlobReader | undefined>;
 
