@@ -177,6 +177,41 @@ Deno.test("blob: chunked reads verify every chunk before returning it", async ()
   });
 });
 
+Deno.test("blob: a listed chunk is read by its digest without a Stat, and verified", async () => {
+  const parts = [
+    F.BLOB_B.subarray(0, 300_000),
+    F.BLOB_B.subarray(300_000, 700_000),
+    F.BLOB_B.subarray(700_000),
+  ];
+  const chunks = parts.map((data) => ({ digest: blake3(data), size: BigInt(data.length) }));
+  const corrupt = new Uint8Array(parts[2]);
+  corrupt[5] ^= 1;
+  const stats: Uint8Array[] = [];
+  await withFakeServer({
+    stat: (req) => {
+      stats.push(req.digest);
+      return {
+        chunks: bytesEqual(req.digest, F.BLOB_B_DIGEST) ? chunks : [],
+        bao: new Uint8Array(),
+      };
+    },
+    read: (req) =>
+      bytesEqual(req.digest, chunks[0].digest)
+        ? [parts[0]]
+        : bytesEqual(req.digest, chunks[1].digest)
+        ? [parts[1].subarray(0, 10), parts[1].subarray(10)]
+        : [corrupt],
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    assertEquals((await blob.chunks(F.BLOB_B_DIGEST))?.length, 3);
+    assert(bytesEqual(await readAll(blob, chunks[0].digest), parts[0]));
+    assert(bytesEqual(await readAll(blob, chunks[1].digest, 1000), parts[1].subarray(1000)));
+    await assertRejects(() => readAll(blob, chunks[2].digest), StorageError, "wrong contents");
+    assertEquals(stats.length, 1, "only the blob itself was asked about");
+    await blob.close();
+  });
+});
+
 Deno.test("blob: chunk size mismatch and malformed chunk lists fail", async () => {
   const data = F.BLOB_B.subarray(0, 1000);
   await withFakeServer({

@@ -23,6 +23,7 @@ import {
   bytesEqual,
   concatBytes,
   type Digest,
+  digestKey,
   newBlake3Hasher,
 } from "../digest.ts";
 import { InvalidRequestError, StorageError } from "../errors.ts";
@@ -48,10 +49,15 @@ export const COALESCE_BYTES = 256 * 1024;
 /** Chunks fetched ahead of the one being consumed. */
 const PREFETCH_CHUNKS = 2;
 
+/** Chunks remembered from chunk lists (see {@linkcode GrpcBlobService.openRead}). */
+const KNOWN_CHUNKS = 1 << 16;
+
 /** A BlobService that forwards every operation to a gRPC server. */
 export class GrpcBlobService implements BlobService {
   readonly #lease: ChannelLease;
   readonly #client: BlobServiceClient;
+  /** Size of each chunk seen in a chunk list, by digest key (oldest first). */
+  readonly #knownChunks = new Map<string, bigint>();
 
   /** Wraps a leased channel; prefer {@linkcode GrpcBlobService.fromUrl}. */
   constructor(lease: ChannelLease) {
@@ -78,12 +84,20 @@ export class GrpcBlobService implements BlobService {
       this.#client.stat({ digest, sendChunks: true, sendBao: false }, cb)
     );
     if (!res) return undefined;
-    return res.chunks.map((c, i) => {
+    const list = res.chunks.map((c, i) => {
       if (c.digest.length !== B3_LEN) {
         throw new StorageError(`Invalid digest length ${c.digest.length} for chunk #${i}`);
       }
       return { digest: c.digest, size: c.size };
     });
+    if (list.length >= 2) {
+      for (const c of list) this.#knownChunks.set(digestKey(c.digest), c.size);
+      for (const k of this.#knownChunks.keys()) {
+        if (this.#knownChunks.size <= KNOWN_CHUNKS) break;
+        this.#knownChunks.delete(k);
+      }
+    }
+    return list;
   }
 
   /**
@@ -96,6 +110,12 @@ export class GrpcBlobService implements BlobService {
     if (!Number.isSafeInteger(offset) || offset < 0) {
       throw new InvalidRequestError(`invalid offset ${offset}`);
     }
+    // A chunk of a listed blob is read as one verified piece without
+    // asking `Stat` about it first: a FUSE read of a large file fetches its
+    // chunks one by one, and the extra round trip per chunk cost half the
+    // time.
+    const known = this.#knownChunks.get(digestKey(digest));
+    if (known !== undefined) return this.#readKnownChunk({ digest, size: known }, offset);
     const chunks = await this.chunks(digest);
     if (!chunks) return undefined;
     if (chunks.length >= 2) return this.#readChunked(chunks, BigInt(offset));
@@ -163,6 +183,12 @@ export class GrpcBlobService implements BlobService {
     } finally {
       for (const fetch of pending) fetch.cancel();
     }
+  }
+
+  async *#readKnownChunk(chunk: ChunkMeta, offset: number): AsyncGenerator<Uint8Array> {
+    if (BigInt(offset) > chunk.size) throw new InvalidRequestError("seeked beyond EOF");
+    const bytes = await this.#fetchChunk(chunk).data;
+    if (offset < bytes.length) yield bytes.subarray(offset);
   }
 
   /** Reads one chunk completely and verifies its size and digest. */
