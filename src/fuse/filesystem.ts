@@ -6,9 +6,10 @@
  * The mount root lists store paths: `<hash>-<name>` resolves through the
  * PathInfoService to the PathInfo's root node (whose name must equal the
  * looked-up name). Below that, directories are fetched lazily from the
- * DirectoryService and cached per Worker; since inode numbers come from the
- * shared content-keyed table, every Worker derives the same inodes for the
- * same children.
+ * DirectoryService by the first Worker that needs them and published in
+ * {@linkcode SharedListings} for the others (inode numbers come from the
+ * shared content-keyed table, so a listing means the same in every Worker);
+ * each Worker keeps the listings it used.
  *
  * Deliberate differences from the reference (nothing on the wire changes):
  * - Q15: a directory's `st_size` is always its `DirectoryNode.size` (it does
@@ -35,6 +36,7 @@ import { Errno } from "./ffi.ts";
 import { InodeTable, Kind, ROOT_INO } from "./inodes.ts";
 import { type Attr, S_IFDIR, S_IFLNK, S_IFREG } from "./protocol.ts";
 import { BlobReader, type BlobReaderOptions, type ReadResult } from "./blob_reader.ts";
+import type { Listing, SharedListings } from "./shared_listings.ts";
 
 /** A failed operation, answered with `errno`. */
 export class FsError extends Error {
@@ -62,18 +64,11 @@ export interface FsOptions {
   workerId?: number;
   /** Tuning of blob reads. */
   read?: BlobReaderOptions;
+  /** Listings shared with the other Workers (each directory is then fetched once per mount). */
+  listings?: SharedListings;
 }
 
-/**
- * A directory's children in bytewise name order: `names[i]` is inode
- * `inos[i]`. Two flat arrays rather than an object per entry: a tree of
- * 10,000 files is listed once per Worker, and the attributes come from the
- * shared inode table when a reply is built.
- */
-export interface Listing {
-  names: readonly Uint8Array[];
-  inos: readonly number[];
-}
+export type { Listing };
 
 /** Entries of a directory from index `start` on (`next` offset = index + 1). */
 export interface DirSlice extends Listing {
@@ -274,9 +269,14 @@ export class StoreFs {
   #populated(ino: number): Listing | Promise<Listing> {
     const hit = this.#dirs.get(ino);
     if (hit) return hit;
-    const info = this.#inodes.info(ino);
-    if (!info) throw new FsError(Errno.ENOENT);
-    if (info.kind !== Kind.Directory) throw new FsError(Errno.ENOTDIR);
+    const kind = this.#inodes.kind(ino);
+    if (kind === 0) throw new FsError(Errno.ENOENT);
+    if (kind !== Kind.Directory) throw new FsError(Errno.ENOTDIR);
+    const shared = this.#opts.listings?.get(ino);
+    if (shared) {
+      this.#remember(ino, shared);
+      return shared;
+    }
     let p = this.#populating.get(ino);
     if (!p) {
       p = this.#populate(ino).finally(() => this.#populating.delete(ino));
@@ -306,14 +306,20 @@ export class StoreFs {
       inos.push(this.#inodes.intern(node));
     }
     const listing = { names, inos };
+    this.#opts.listings?.publish(ino, listing);
+    this.#remember(ino, listing);
+    return listing;
+  }
+
+  /** Keeps `listing` of `ino` for this Worker, dropping the oldest beyond the budget. */
+  #remember(ino: number, listing: Listing): void {
     this.#dirs.set(ino, listing);
-    this.#dirEntries += names.length + 1;
+    this.#dirEntries += listing.names.length + 1;
     for (const [old, d] of this.#dirs) {
       if (this.#dirEntries <= DIR_CACHE_ENTRIES) break;
       this.#dirs.delete(old);
       this.#dirEntries -= d.names.length + 1;
     }
-    return listing;
   }
 
   #lookupRoot(name: Uint8Array): Promise<number> {

@@ -127,6 +127,11 @@ export class InodeTable {
     return new InodeTable(buffer);
   }
 
+  /** Inode numbers are below this. */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
   /** Number of inodes allocated so far (including the root). */
   get allocated(): number {
     return Atomics.load(this.#words, H_NEXT) - 1;

@@ -19,6 +19,7 @@ import { allowedCpus } from "./ffi.ts";
 import { workerCpus } from "./affinity.ts";
 import { InodeTable } from "./inodes.ts";
 import { SharedChunkCache } from "./shared_chunks.ts";
+import { SharedListings } from "./shared_listings.ts";
 import { FuseSession } from "./session.ts";
 import type { FromWorker, ToWorker, WorkerConfig } from "./worker.ts";
 
@@ -154,6 +155,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
     throw err;
   }
   const inodes = InodeTable.create();
+  const listings = SharedListings.create({ maxInodes: inodes.capacity });
   const sharedChunks = SharedChunkCache.create(
     opts.sharedCacheBytes ?? defaultCacheBytes(),
     MAX_SHARED_CHUNK,
@@ -174,6 +176,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
       showXattr: opts.showXattr,
       logLevel: LOG_LEVELS.find(logEnabled) ?? "error",
       inodes: inodes.buffer,
+      listings: listings.buffer,
       maxPages,
       maxReadahead: 1 << 20,
       threads: opts.threads,

@@ -23,6 +23,7 @@ import { type DirSlice, FsError, StoreFs } from "./filesystem.ts";
 import type { ReadResult } from "./blob_reader.ts";
 import { InodeTable } from "./inodes.ts";
 import { SharedChunkCache } from "./shared_chunks.ts";
+import { SharedListings } from "./shared_listings.ts";
 import {
   type Attr,
   ATTR_OUT_SIZE,
@@ -55,6 +56,8 @@ export interface WorkerConfig {
   showXattr: boolean;
   logLevel: LogLevel;
   inodes: SharedArrayBuffer;
+  /** The {@linkcode SharedListings} buffer. */
+  listings: SharedArrayBuffer;
   /** Largest READ, in 4 KiB pages. */
   maxPages: number;
   maxReadahead: number;
@@ -282,6 +285,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
           listRoot: config.listRoot,
           showXattr: config.showXattr,
           workerId: config.id,
+          listings: SharedListings.attach(config.listings),
           read: {
             cacheBytes: config.cacheBytes,
             shared: SharedChunkCache.attach(config.sharedChunks),

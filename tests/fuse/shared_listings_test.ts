@@ -1,0 +1,83 @@
+/**
+ * Directory listings shared by the FUSE Workers (`src/fuse/shared_listings.ts`):
+ * the table itself, and a real mount whose Workers all answer from a
+ * listing one of them fetched.
+ */
+import { DatabaseSync } from "node:sqlite";
+import { join } from "node:path";
+import { assert, assertEquals } from "../assert.ts";
+import { SharedListings } from "../../src/fuse/shared_listings.ts";
+import { addrFlags, run, runTvix, SKIP, startMount, tempStore } from "./harness.ts";
+
+const enc = new TextEncoder();
+const names = (...s: string[]) => s.map((x) => enc.encode(x));
+
+Deno.test("shared listings: what one view publishes another reads, unchanged", () => {
+  const a = SharedListings.create({ maxInodes: 100, arenaBytes: 4096 });
+  const b = SharedListings.attach(a.buffer);
+  assertEquals(b.get(7), undefined);
+  const listing = { names: names("a", "b\u00e4", "c".repeat(255)), inos: [9, 12, 2 ** 31 + 5] };
+  assert(a.publish(7, listing));
+  const got = b.get(7)!;
+  assertEquals(got.inos, listing.inos);
+  assertEquals(got.names, listing.names);
+  // An empty directory is a listing too.
+  assert(a.publish(8, { names: [], inos: [] }));
+  assertEquals(b.get(8), { names: [], inos: [] });
+});
+
+Deno.test("shared listings: the first publication stays; a full arena or a bad inode refuses", () => {
+  const t = SharedListings.create({ maxInodes: 10, arenaBytes: 64 });
+  assert(t.publish(1, { names: names("first"), inos: [3] }));
+  assert(t.publish(1, { names: names("second"), inos: [4] }), "already there is fine");
+  assertEquals(t.get(1)!.names, names("first"));
+  // 4 + 6 + 40 bytes > what is left of 64.
+  assert(!t.publish(2, { names: names("x".repeat(40)), inos: [5] }));
+  assertEquals(t.get(2), undefined);
+  assert(!t.publish(10, { names: [], inos: [] }));
+  assert(!t.publish(-1, { names: [], inos: [] }));
+  assertEquals(t.get(10), undefined);
+  // The counter does not run away after refusals: small listings still fit.
+  for (let i = 0; i < 1000; i++) t.publish(3, { names: names("y".repeat(40)), inos: [1] });
+  assert(t.publish(4, { names: names("z"), inos: [6] }));
+  assertEquals(t.get(4)!.names, names("z"));
+});
+
+Deno.test({
+  name: "mount: every Worker lists a directory another Worker fetched, without the backend",
+  ignore: SKIP,
+}, async () => {
+  const store = await tempStore();
+  const src = await Deno.makeTempDir();
+  try {
+    for (let i = 0; i < 30; i++) await Deno.writeTextFile(join(src, `f${i}`), `${i}\n`);
+    await Deno.mkdir(join(src, "sub"));
+    await Deno.writeTextFile(join(src, "sub", "x"), "x");
+    const imported = await runTvix(["import", src, ...addrFlags(store.addrs)]);
+    assertEquals(imported.code, 0, imported.stderr);
+    const m = await startMount({ addrs: store.addrs, args: ["--threads=4"] });
+    try {
+      const root = join(m.mountpoint, imported.stdout.trim().slice("/nix/store/".length));
+      const first = await run("ls", [root]);
+      assertEquals(first.code, 0, first.stderr);
+      // From now on no Worker can fetch the directory from the store.
+      const db = new DatabaseSync(join(store.dir, "store.sqlite"));
+      db.exec("DELETE FROM directories");
+      db.close();
+      // The kernel does not cache listings: each ls goes to some Worker.
+      for (let i = 0; i < 24; i++) {
+        const r = await run("ls", [root]);
+        assertEquals(r.code, 0, r.stderr);
+        assertEquals(r.stdout, first.stdout);
+      }
+      // A directory nobody listed yet is gone for real.
+      const sub = await run("ls", [join(root, "sub")]);
+      assert(sub.code !== 0, "sub was never listed, so it must come from the (emptied) store");
+    } finally {
+      await m.stop();
+    }
+  } finally {
+    await Deno.remove(src, { recursive: true });
+    await store.remove();
+  }
+});
