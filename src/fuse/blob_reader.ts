@@ -404,7 +404,8 @@ export class BlobReader {
       this.#lists.set(key, p);
       return p;
     }
-    p = this.#loadChunkList(key, digest, size);
+    // Kept in the list: a copy, as `digest` may be a view of shared memory.
+    p = this.#loadChunkList(key, digest.slice(), size);
     this.#lists.set(key, p);
     // Failures and absence are not remembered: the blob may appear later.
     p.then((l) => {

@@ -215,15 +215,18 @@ export class StoreFs {
    * {@linkcode ReadResult}); synchronous when the bytes are in memory.
    */
   read(ino: number, offset: number, size: number): ReadResult | Promise<ReadResult> {
-    const info = this.#inodes.info(ino);
-    if (!info) throw new FsError(Errno.ENOENT);
-    if (info.kind !== Kind.File) throw new FsError(Errno.EISDIR);
+    // The hot path of a streaming read: no allocation but the reply's own.
+    const kind = this.#inodes.kind(ino);
+    if (kind === 0) throw new FsError(Errno.ENOENT);
+    if (kind !== Kind.File) throw new FsError(Errno.EISDIR);
     const failed = (err: unknown): never => {
       log.warn("read failed", { ino, offset, size, error: errorMessage(err) });
       throw new FsError(Errno.EIO);
     };
     try {
-      const r = this.#reader.read(this.#inodes.digest(ino)!.slice(), info.size, offset, size);
+      // A view of the shared table: the reader copies it if it keeps it.
+      const digest = this.#inodes.digest(ino)!;
+      const r = this.#reader.read(digest, this.#inodes.size(ino), offset, size);
       return r instanceof Promise ? r.catch(failed) : r;
     } catch (err) {
       return failed(err);

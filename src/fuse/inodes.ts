@@ -148,6 +148,13 @@ export class InodeTable {
     return this.#kindWord(ino) & KIND_MASK;
   }
 
+  /** The size of `ino` as {@linkcode InodeInfo.size} (0 if never handed out). */
+  size(ino: number): number {
+    if (this.#kindWord(ino) === 0) return 0;
+    const r = this.#recBase + ino * REC_WORDS;
+    return (this.#words[r + R_SIZE_LO] >>> 0) + (this.#words[r + R_SIZE_HI] >>> 0) * 0x100000000;
+  }
+
   /** What `ino` is, or `undefined` if it was never handed out. */
   info(ino: number): InodeInfo | undefined {
     const k = this.#kindWord(ino);
