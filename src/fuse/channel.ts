@@ -61,7 +61,7 @@ function setIovec(iov: Uint32Array, i: number, base: number, len: number): void 
 export type Dispatch = (buf: Uint8Array, view: DataView, n: number, fd: number) => void;
 
 /** Requests handled synchronously in a row before letting the event loop run. */
-const BURST = Number(Deno.env.get("XBURST") ?? 64);
+const BURST = 64;
 /** Microtask turns granted to in-flight requests before waiting on the pool. */
 const SETTLE_TURNS = 16;
 
