@@ -7,7 +7,10 @@ import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { SharedListings } from "../../src/fuse/shared_listings.ts";
+import { StoreFs } from "../../src/fuse/filesystem.ts";
+import { InodeTable } from "../../src/fuse/inodes.ts";
 import { addrFlags, run, runTvix, SKIP, startMount, tempStore } from "./harness.ts";
+import { startDaemon } from "../grpc/daemon_harness.ts";
 
 const enc = new TextEncoder();
 const names = (...s: string[]) => s.map((x) => enc.encode(x));
@@ -75,6 +78,100 @@ Deno.test({
       assert(sub.code !== 0, "sub was never listed, so it must come from the (emptied) store");
     } finally {
       await m.stop();
+    }
+  } finally {
+    await Deno.remove(src, { recursive: true });
+    await store.remove();
+  }
+});
+
+Deno.test({
+  name: "mount over grpc+http: a small subtree comes in one fetch, every listing from it",
+  ignore: SKIP,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  const store = await tempStore();
+  const src = await Deno.makeTempDir();
+  try {
+    // 3 levels, 7 directories, 21 files: far below the prefetch limit.
+    for (const d of ["a", "a/b", "a/b/c", "d", "d/e", "d/f"]) {
+      await Deno.mkdir(join(src, d), { recursive: true });
+      for (let i = 0; i < 3; i++) await Deno.writeTextFile(join(src, d, `f${i}`), `${d}${i}`);
+    }
+    for (let i = 0; i < 3; i++) await Deno.writeTextFile(join(src, `top${i}`), `${i}`);
+    const imported = await runTvix(["import", src, ...addrFlags(store.addrs)]);
+    assertEquals(imported.code, 0, imported.stderr);
+    const tree = (dir: string) =>
+      run("sh", ["-c", `cd '${dir}' && find . -printf '%y %P\\n' | sort`]);
+    const expected = await tree(src);
+    const daemon = await startDaemon({ home: store.dir, args: addrFlags(store.addrs) });
+    try {
+      const url = `grpc+http://${daemon.address}`;
+      const m = await startMount({
+        addrs: { blobServiceAddr: url, directoryServiceAddr: url, pathInfoServiceAddr: url },
+        args: ["--threads=2"],
+      });
+      try {
+        const root = join(m.mountpoint, imported.stdout.trim().slice("/nix/store/".length));
+        assertEquals((await run("ls", [root])).code, 0);
+        // The daemon's store loses every directory: whatever is listed now
+        // must come from the one recursive fetch the first listing made.
+        const db = new DatabaseSync(join(store.dir, "store.sqlite"));
+        db.exec("DELETE FROM directories");
+        db.close();
+        const listed = await tree(root);
+        assertEquals(listed.code, 0, listed.stderr);
+        assertEquals(listed.stdout, expected.stdout);
+        assertEquals(listed.stdout.split("\n").filter((l) => l.startsWith("d ")).length, 7);
+      } finally {
+        await m.stop();
+      }
+    } finally {
+      await daemon.stop();
+    }
+  } finally {
+    await Deno.remove(src, { recursive: true });
+    await store.remove();
+  }
+});
+
+Deno.test("filesystem: only subtrees within the limit are fetched whole", async () => {
+  const store = await tempStore();
+  const src = await Deno.makeTempDir();
+  try {
+    // big (12 elements in all) > limit 5 >= small (3: dir "inner" + 2 files in it)
+    await Deno.mkdir(join(src, "small", "inner"), { recursive: true });
+    await Deno.writeTextFile(join(src, "small", "inner", "x"), "x");
+    await Deno.writeTextFile(join(src, "small", "inner", "y"), "y");
+    for (let i = 0; i < 8; i++) await Deno.writeTextFile(join(src, `f${i}`), `${i}`);
+    const imported = await runTvix(["import", src, ...addrFlags(store.addrs)]);
+    assertEquals(imported.code, 0, imported.stderr);
+    const services = await store.open();
+    try {
+      const inodes = InodeTable.create({ maxInodes: 1024 });
+      const listings = SharedListings.create({ maxInodes: 1024, arenaBytes: 1 << 16 });
+      const fs = new StoreFs(services, inodes, {
+        listRoot: false,
+        showXattr: false,
+        listings,
+        subtreePrefetch: 5,
+      });
+      const name = enc.encode(imported.stdout.trim().slice("/nix/store/".length));
+      const root = await fs.lookup(1, name);
+      assertEquals(root.size, 12);
+      const top = await fs.readdir(root.ino, 0, 0, 100);
+      const small = await fs.lookup(root.ino, enc.encode("small"));
+      assertEquals(small.size, 3);
+      // The root was too big to take its subtree along.
+      assertEquals(listings.get(small.ino), undefined);
+      assertEquals(top.names.length, 9);
+      await fs.readdir(small.ino, 0, 0, 100);
+      const inner = await fs.lookup(small.ino, enc.encode("inner"));
+      // Listed along with "small", before anyone asked for it.
+      assertEquals(listings.get(inner.ino)?.names, names("x", "y"));
+    } finally {
+      await services.close();
     }
   } finally {
     await Deno.remove(src, { recursive: true });
