@@ -70,6 +70,16 @@ export function parseGrpcUrl(url: string): GrpcEndpoint {
  */
 export const MAX_RECEIVE_MESSAGE_LENGTH = 16 * 1024 * 1024;
 
+/**
+ * The HTTP/2 receive window we grant each stream (the default is 64 KiB).
+ * A server answers blob reads in messages of up to 1 MiB; with 64 KiB it
+ * had to wait for a WINDOW_UPDATE every 64 KiB. Measured, a mount reading
+ * 1 GiB chunk by chunk from a daemon: 118-120 -> 152 MB/s, and a fifth less
+ * CPU on both sides (4 MiB gained nothing more). It also bounds what a
+ * stream buffers that nobody has read yet.
+ */
+const FLOW_CONTROL_WINDOW = 1024 * 1024;
+
 /** How long `wait-connect=1` waits for a connection before failing. */
 const CONNECT_TIMEOUT_MS = 10_000;
 
@@ -79,6 +89,7 @@ const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   // We share channels ourselves; a channel-local pool lets close() end the
   // connection at once instead of grpc-js keeping it for later reuse.
   "grpc.use_local_subchannel_pool": 1,
+  "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW,
 };
 
 interface Shared {
