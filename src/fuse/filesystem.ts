@@ -24,7 +24,7 @@
  * @module
  */
 import { b3Display, bytesEqual, compareBytes, digestKey } from "../castore/digest.ts";
-import { directoryDigest, directoryNodes } from "../castore/directory.ts";
+import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
 import { errorMessage } from "../castore/errors.ts";
 import { isValidName, type NodeVariant, validateNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
@@ -296,49 +296,31 @@ export class StoreFs {
     return p;
   }
 
+  /**
+   * Fetches and lists directory `ino`. With `subtreePrefetch`, a small
+   * enough directory comes with everything below it in one recursive fetch
+   * and each listing in it is published for all Workers; a directory's
+   * inode then comes from interning its node in the parent, which the
+   * closure (root first, each directory after one that references it)
+   * always yields earlier.
+   */
   async #populate(ino: number): Promise<Listing> {
     const digest = this.#inodes.digest(ino)!.slice();
     const limit = this.#opts.subtreePrefetch ?? 0;
-    if (limit > 0 && this.#opts.listings && this.#inodes.size(ino) <= limit) {
-      return await this.#populateSubtree(ino, digest);
-    }
-    let directory;
-    try {
-      // Verified against its digest and validated by the service.
-      directory = await this.#svc.directory.get(digest);
-    } catch (err) {
-      log.warn("cannot fetch directory", { digest: b3Display(digest), error: errorMessage(err) });
-      throw new FsError(Errno.EIO);
-    }
-    if (!directory) {
-      log.warn("directory not found", { digest: b3Display(digest) });
-      throw new FsError(Errno.EIO);
-    }
-    const names: Uint8Array[] = [];
-    const inos: number[] = [];
-    for (const node of directoryNodes(directory)) {
-      names.push(node.value.name);
-      inos.push(this.#inodes.intern(node));
-    }
-    const listing = { names, inos };
-    this.#opts.listings?.publish(ino, listing);
-    this.#remember(ino, listing);
-    return listing;
-  }
-
-  /**
-   * Lists `ino` and every directory below it from one recursive fetch,
-   * publishing each listing for all Workers. A directory's inode comes
-   * from interning its node in the parent, which the closure (root first,
-   * each directory after one that references it) always yields earlier.
-   */
-  async #populateSubtree(ino: number, digest: Uint8Array): Promise<Listing> {
+    const subtree = limit > 0 && this.#opts.listings !== undefined &&
+      this.#inodes.size(ino) <= limit;
     const inoOf = new Map([[digestKey(digest), ino]]);
     let root: Listing | undefined;
     try {
-      // Each directory arrives verified and validated by the service.
-      for await (const directory of this.#svc.directory.getRecursive(digest)) {
-        const at = inoOf.get(digestKey(directoryDigest(directory)));
+      // Each directory arrives verified against its digest and validated by the service.
+      let directories: AsyncIterable<Directory> | Directory[];
+      if (subtree) directories = this.#svc.directory.getRecursive(digest);
+      else {
+        const one = await this.#svc.directory.get(digest);
+        directories = one ? [one] : [];
+      }
+      for await (const directory of directories) {
+        const at = subtree ? inoOf.get(digestKey(directoryDigest(directory))) : ino;
         if (at === undefined) continue;
         const names: Uint8Array[] = [];
         const inos: number[] = [];
@@ -346,10 +328,10 @@ export class StoreFs {
           const child = this.#inodes.intern(node);
           names.push(node.value.name);
           inos.push(child);
-          if (node.$case === "directory") inoOf.set(digestKey(node.value.digest), child);
+          if (subtree && node.$case === "directory") inoOf.set(digestKey(node.value.digest), child);
         }
         const listing = { names, inos };
-        this.#opts.listings!.publish(at, listing);
+        this.#opts.listings?.publish(at, listing);
         if (at === ino) root = listing;
       }
     } catch (err) {
