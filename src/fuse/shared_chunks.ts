@@ -7,10 +7,12 @@
  * the others wait for it and copy the bytes out.
  *
  * Slots are fixed-size (chunks larger than a slot are not shared) and
- * grouped in small sets by digest. Each slot is guarded by a version word
- * used as a seqlock: odd while a Worker fills it, even when stable. Readers
- * copy the bytes and check the version did not move, so a reader never
- * blocks a writer and nothing can deadlock; a torn read is simply a miss.
+ * grouped in small sets by digest. Each slot has a version word, odd while
+ * a Worker fills it and even when stable, and a pin count: readers pin a
+ * stable slot while they use its bytes, and a filler, which bumps the
+ * version before it looks at the pins, leaves a pinned slot alone. Nobody
+ * waits for anybody, so nothing can deadlock; a lost race is simply a miss
+ * (or a chunk that is not shared).
  *
  * @module
  */
@@ -92,22 +94,12 @@ export class SharedChunkCache {
    * Worker finished fetching it (then look again), or `undefined` on a miss.
    */
   lookup(digest: Uint8Array): Uint8Array | Promise<unknown> | undefined {
-    const tag = tagOf(digest);
-    const m = this.#meta;
-    for (let w = 0; w < WAYS; w++) {
-      const base = this.#base(tag[0], w);
-      const v1 = Atomics.load(m, base + M_VERSION);
-      if (!this.#tagMatches(base, tag)) continue;
-      if (v1 & 1) return this.#waitChange(base + M_VERSION, v1);
-      const len = m[base + M_LENGTH];
-      const start = this.#slotStart(base);
-      const out = this.#data.slice(start, start + len);
-      if (Atomics.load(m, base + M_VERSION) === v1 && this.#tagMatches(base, tag)) {
-        m[base + M_USED] = Atomics.add(m, H_CLOCK, 1);
-        return out;
-      }
-    }
-    return undefined;
+    const b = this.borrow(digest);
+    if (!b || b instanceof Promise) return b;
+    // Pinned while copying, so the bytes cannot change underneath.
+    const out = b.bytes.slice();
+    b.release();
+    return out;
   }
 
   /**
