@@ -22,6 +22,7 @@ import { concatBytes, type Digest, digestKey } from "../castore/digest.ts";
 import { StorageError } from "../castore/errors.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
+import { LoadingCache } from "../loading_cache.ts";
 
 /** Blobs without a chunk list up to this size are fetched whole and cached as one chunk. */
 const WHOLE_BLOB_LIMIT = 16 << 20;
@@ -86,77 +87,10 @@ interface Stream {
   busy: boolean;
 }
 
-/** Bounded LRU of byte arrays by key, with concurrent loads of one key shared. */
-export class ChunkCache {
-  readonly #max: number;
-  #bytes = 0;
-  readonly #entries = new Map<string, Uint8Array>();
-  readonly #loading = new Map<string, Promise<Uint8Array | undefined>>();
-
-  /** A cache holding at most `maxBytes` (the most recently used entries). */
-  constructor(maxBytes: number) {
-    this.#max = maxBytes;
-  }
-
-  /** The cached bytes for `key`, marking them recently used. */
-  get(key: string): Uint8Array | undefined {
-    const v = this.#entries.get(key);
-    if (v) {
-      this.#entries.delete(key);
-      this.#entries.set(key, v);
-    }
-    return v;
-  }
-
-  /**
-   * The bytes for `key`, loading them with `load` unless cached or already
-   * loading. `load` may resolve to `undefined` when it put the bytes
-   * somewhere every Worker finds them (the shared cache); nothing is kept
-   * here then, and `undefined` is passed on.
-   */
-  fetch(
-    key: string,
-    load: () => Promise<Uint8Array | undefined>,
-  ): Promise<Uint8Array | undefined> {
-    const hit = this.get(key);
-    if (hit) return Promise.resolve(hit);
-    let p = this.#loading.get(key);
-    if (!p) {
-      p = load().then((bytes) => {
-        if (bytes) this.#put(key, bytes);
-        return bytes;
-      }).finally(() => this.#loading.delete(key));
-      this.#loading.set(key, p);
-    }
-    return p;
-  }
-
-  /** Number of loads in progress. */
-  get loading(): number {
-    return this.#loading.size;
-  }
-
-  /** Whether `key` is cached or being loaded. */
-  has(key: string): boolean {
-    return this.#entries.has(key) || this.#loading.has(key);
-  }
-
-  #put(key: string, v: Uint8Array): void {
-    if (v.length > this.#max || this.#entries.has(key)) return;
-    this.#entries.set(key, v);
-    this.#bytes += v.length;
-    for (const [k, old] of this.#entries) {
-      if (this.#bytes <= this.#max) break;
-      this.#entries.delete(k);
-      this.#bytes -= old.length;
-    }
-  }
-}
-
 /** Reads byte ranges of blobs. One per Worker. */
 export class BlobReader {
   readonly #blob: BlobService;
-  readonly #cache: ChunkCache;
+  readonly #cache: LoadingCache<string, Uint8Array>;
   readonly #readahead: number;
   readonly #window: number;
   readonly #shared?: SharedChunkCache;
@@ -171,7 +105,7 @@ export class BlobReader {
   /** A reader over `blob`. */
   constructor(blob: BlobService, opts: BlobReaderOptions = {}) {
     this.#blob = blob;
-    this.#cache = new ChunkCache(opts.cacheBytes ?? 256 << 20);
+    this.#cache = new LoadingCache(opts.cacheBytes ?? 256 << 20, (bytes) => bytes.length);
     this.#readahead = opts.readahead ?? 8 << 20;
     this.#window = opts.sequentialWindow ?? 8 << 20;
     this.#shared = opts.shared;
@@ -335,7 +269,7 @@ export class BlobReader {
     list.prefetched = i;
   }
 
-  /** Chunk `i`, or `undefined` once it is in the shared cache (see {@linkcode ChunkCache.fetch}). */
+  /** Chunk `i`, or `undefined` once it is in the shared cache (see {@linkcode #load}). */
   #chunk(list: ChunkList, i: number): Promise<Uint8Array | undefined> {
     const expected = list.starts[i + 1] - list.starts[i];
     return this.#cache.fetch(list.keys[i], () => this.#load(list.digests[i], expected));

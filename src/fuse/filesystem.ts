@@ -37,6 +37,7 @@ import { InodeTable, Kind, ROOT_INO } from "./inodes.ts";
 import { type Attr, S_IFDIR, S_IFLNK, S_IFREG } from "./protocol.ts";
 import { BlobReader, type BlobReaderOptions, type ReadResult } from "./blob_reader.ts";
 import type { Listing, SharedListings } from "./shared_listings.ts";
+import { LoadingCache } from "../loading_cache.ts";
 
 /** A failed operation, answered with `errno`. */
 export class FsError extends Error {
@@ -103,7 +104,7 @@ const XATTR_DIRECTORY_LIST = encoder.encode(XATTR_DIRECTORY + "\0");
 const XATTR_BLOB_LIST = encoder.encode(XATTR_BLOB + "\0");
 const EMPTY = new Uint8Array(0);
 
-/** Directories (their entry count) kept populated per Worker before the oldest are dropped. */
+/** Directories (their entry count) kept listed per Worker before the least recently used are dropped. */
 const DIR_CACHE_ENTRIES = 1 << 20;
 /** Root listings kept per Worker (another Worker may have released them). */
 const MAX_ROOT_LISTINGS = 32;
@@ -114,9 +115,11 @@ export class StoreFs {
   readonly #inodes: InodeTable;
   readonly #opts: FsOptions;
   readonly #reader: BlobReader;
-  readonly #dirs = new Map<number, Listing>();
-  #dirEntries = 0;
-  readonly #populating = new Map<number, Promise<Listing>>();
+  /** Listings this Worker used, bounded by their entries; concurrent fetches of one are shared. */
+  readonly #dirs = new LoadingCache<number, Listing>(
+    DIR_CACHE_ENTRIES,
+    (listing) => listing.names.length + 1,
+  );
   readonly #rootNames = new Map<string, number>();
   readonly #rootLookups = new Map<string, Promise<number>>();
   readonly #listings = new Map<number, RootListing>();
@@ -285,15 +288,10 @@ export class StoreFs {
     if (kind !== Kind.Directory) throw new FsError(Errno.ENOTDIR);
     const shared = this.#opts.listings?.get(ino);
     if (shared) {
-      this.#remember(ino, shared);
+      this.#dirs.set(ino, shared);
       return shared;
     }
-    let p = this.#populating.get(ino);
-    if (!p) {
-      p = this.#populate(ino).finally(() => this.#populating.delete(ino));
-      this.#populating.set(ino, p);
-    }
-    return p;
+    return this.#dirs.fetch(ino, () => this.#populate(ino));
   }
 
   /**
@@ -342,19 +340,7 @@ export class StoreFs {
       log.warn("directory not found", { digest: b3Display(digest) });
       throw new FsError(Errno.EIO);
     }
-    this.#remember(ino, root);
     return root;
-  }
-
-  /** Keeps `listing` of `ino` for this Worker, dropping the oldest beyond the budget. */
-  #remember(ino: number, listing: Listing): void {
-    this.#dirs.set(ino, listing);
-    this.#dirEntries += listing.names.length + 1;
-    for (const [old, d] of this.#dirs) {
-      if (this.#dirEntries <= DIR_CACHE_ENTRIES) break;
-      this.#dirs.delete(old);
-      this.#dirEntries -= d.names.length + 1;
-    }
   }
 
   #lookupRoot(name: Uint8Array): Promise<number> {

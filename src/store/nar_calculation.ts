@@ -10,6 +10,7 @@ import { toHex } from "../castore/digest.ts";
 import type { NodeVariant } from "../castore/node.ts";
 import { calculateNar } from "../nar/render.ts";
 import type { NarCalculationService, NarSummary } from "./pathinfo/service.ts";
+import { LoadingCache } from "../loading_cache.ts";
 
 /** Default number of cached results (each entry is well under 200 bytes). */
 export const DEFAULT_NAR_CACHE_SIZE = 10_000;
@@ -35,46 +36,24 @@ export function narCacheKey(node: NodeVariant): string {
  * are not cached: a missing blob may arrive later.
  */
 export class LocalNarCalculationService implements NarCalculationService {
-  // A Map iterates in insertion order: re-inserting on a hit makes the
-  // first key the least recently used one.
-  readonly #cache = new Map<string, NarSummary>();
-  // Concurrent requests for the same node share one rendering.
-  readonly #inflight = new Map<string, Promise<NarSummary>>();
+  /** The last results; concurrent requests for one node share one rendering. */
+  readonly #cache: LoadingCache<string, NarSummary>;
 
   constructor(
     private readonly blob: BlobService,
     private readonly dir: DirectoryService,
-    private readonly capacity = DEFAULT_NAR_CACHE_SIZE,
-  ) {}
+    capacity = DEFAULT_NAR_CACHE_SIZE,
+  ) {
+    this.#cache = new LoadingCache(capacity);
+  }
 
   /** The node's NAR size and SHA-256; the node's name is ignored. */
   calculateNar(node: NodeVariant): Promise<NarSummary> {
-    const key = narCacheKey(node);
-    const hit = this.#cache.get(key);
-    if (hit) {
-      this.#cache.delete(key);
-      this.#cache.set(key, hit);
-      return Promise.resolve(hit);
-    }
-    const running = this.#inflight.get(key);
-    if (running) return running;
-    const p = calculateNar(node, this.blob, this.dir).then((summary) => {
-      this.#remember(key, summary);
-      return summary;
-    }).finally(() => this.#inflight.delete(key));
-    this.#inflight.set(key, p);
-    return p;
+    return this.#cache.fetch(narCacheKey(node), () => calculateNar(node, this.blob, this.dir));
   }
 
   /** Number of cached results. */
   get cachedCount(): number {
     return this.#cache.size;
-  }
-
-  #remember(key: string, summary: NarSummary): void {
-    this.#cache.set(key, summary);
-    while (this.#cache.size > this.capacity) {
-      this.#cache.delete(this.#cache.keys().next().value!);
-    }
   }
 }
