@@ -3,7 +3,8 @@
  * being loaded, every other request for it waits for the same load.
  *
  * Used for decoded chunks in a FUSE Worker (bounded by bytes), directory
- * listings (bounded by entries) and NAR summaries (bounded by count).
+ * listings (bounded by entries), NAR summaries and the chunk sizes the gRPC
+ * blob client learnt (bounded by count).
  *
  * @module
  */

@@ -39,6 +39,7 @@ import {
   unary,
 } from "../../grpc/channel.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
+import { LoadingCache } from "../../loading_cache.ts";
 
 /** Largest `BlobChunk` we send; well below the 4 MiB receivers accept. */
 export const MAX_PUT_MESSAGE = 1024 * 1024;
@@ -56,8 +57,8 @@ const KNOWN_CHUNKS = 1 << 16;
 export class GrpcBlobService implements BlobService {
   readonly #lease: ChannelLease;
   readonly #client: BlobServiceClient;
-  /** Size of each chunk seen in a chunk list, by digest key (oldest first). */
-  readonly #knownChunks = new Map<string, bigint>();
+  /** Size of each chunk seen in a chunk list, by digest key (the most recently used). */
+  readonly #knownChunks = new LoadingCache<string, bigint>(KNOWN_CHUNKS);
 
   /** Wraps a leased channel; prefer {@linkcode GrpcBlobService.fromUrl}. */
   constructor(lease: ChannelLease) {
@@ -92,10 +93,6 @@ export class GrpcBlobService implements BlobService {
     });
     if (list.length >= 2) {
       for (const c of list) this.#knownChunks.set(digestKey(c.digest), c.size);
-      for (const k of this.#knownChunks.keys()) {
-        if (this.#knownChunks.size <= KNOWN_CHUNKS) break;
-        this.#knownChunks.delete(k);
-      }
     }
     return list;
   }
