@@ -10,7 +10,7 @@
 import "./src/grpc/h2_goaway_workaround.ts";
 import { Command, Option } from "commander";
 import { LOG_LEVELS, parseLogLevel, setLogLevel } from "./src/log.ts";
-import { errorMessage } from "./src/castore/errors.ts";
+import { errorMessage } from "./src/errors.ts";
 import { registerSubcommands } from "./src/cli/subcommands.ts";
 
 /** Version printed by `--version`. */

@@ -22,7 +22,8 @@ import { toHex } from "../src/castore/digest.ts";
 import { calculateNar } from "../src/nar/render.ts";
 import { pathInfoServiceFromUrl } from "../src/store/pathinfo/from_url.ts";
 import { StorePath } from "../src/store/store_path.ts";
-import { embeddedAddrs, serviceAddrArgs } from "../src/cli/common.ts";
+import { serviceAddrArgs } from "../src/cli/common.ts";
+import { embeddedAddrs } from "../src/store/services.ts";
 import { MAIN, numberArg } from "./support.ts";
 
 const MiB = 1024 * 1024;

@@ -21,7 +21,8 @@ import { join } from "node:path";
 import * as nixbase32 from "../src/store/nixbase32.ts";
 import { StorePath } from "../src/store/store_path.ts";
 import { parseNarInfo } from "../src/narbridge/narinfo.ts";
-import { embeddedAddrs, serviceAddrArgs } from "../src/cli/common.ts";
+import { serviceAddrArgs } from "../src/cli/common.ts";
+import { embeddedAddrs } from "../src/store/services.ts";
 import { MAIN, numberArg, watchLines } from "./support.ts";
 
 const MiB = 1024 * 1024;

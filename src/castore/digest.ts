@@ -7,7 +7,7 @@
  * @module
  */
 import { createBLAKE3, type IHasher } from "hash-wasm";
-import { InvalidRequestError } from "./errors.ts";
+import { InvalidRequestError } from "../errors.ts";
 
 /** Length in bytes of a BLAKE3 digest. */
 export const B3_LEN = 32;

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { StorageError } from "./errors.ts";
+import { StorageError } from "../errors.ts";
 
 /** Parses a service URL. Throws `StorageError` "unable to parse url: …". */
 export function parseServiceUrl(url: string): URL {

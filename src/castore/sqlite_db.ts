@@ -10,7 +10,7 @@
  */
 import { DatabaseSync } from "node:sqlite";
 import { dirname } from "node:path";
-import { InvalidRequestError, StorageError } from "./errors.ts";
+import { InvalidRequestError, StorageError } from "../errors.ts";
 
 /** How long a connection waits for another writer's lock before failing. */
 const BUSY_TIMEOUT_MS = 10_000;

@@ -1,49 +1,11 @@
 /**
- * Options shared by the subcommands: where the three services live, and
- * where the embedded store keeps its files.
+ * Options shared by the subcommands: the flags that say where the three
+ * services live, and byte sizes.
  *
  * @module
  */
 import { type Command, Option } from "commander";
-import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
-
-/** The three service addresses a subcommand talks to. */
-export interface ServiceAddrs {
-  blobServiceAddr: string;
-  directoryServiceAddr: string;
-  pathInfoServiceAddr: string;
-}
-
-/** Where clients find a daemon unless told otherwise (as upstream). */
-export const DEFAULT_REMOTE_ADDR = "grpc+http://[::1]:8000";
-
-/**
- * Data directory of the embedded store: `$TVIX_STORE_HOME`, else
- * `$XDG_DATA_HOME/tvix-store`, else `~/.local/share/tvix-store`.
- */
-export function dataDir(): string {
-  const home = Deno.env.get("TVIX_STORE_HOME");
-  if (home) return home;
-  const xdg = Deno.env.get("XDG_DATA_HOME");
-  if (xdg) return join(xdg, "tvix-store");
-  const user = Deno.env.get("HOME");
-  if (!user) throw new Error("cannot find a data directory: set TVIX_STORE_HOME or HOME");
-  return join(user, ".local", "share", "tvix-store");
-}
-
-/** The embedded store's addresses under `dir`: object-store blobs, SQLite metadata. */
-export function embeddedAddrs(dir: string): ServiceAddrs {
-  // URLs need an absolute, percent-encoded path: a relative one would parse
-  // as a host, and `#` or `?` in a directory name would end the path.
-  const urlPath = (name: string) => pathToFileURL(join(resolve(dir), name)).pathname;
-  const db = `sqlite://${urlPath("store.sqlite")}`;
-  return {
-    blobServiceAddr: `objectstore+file://${urlPath("blobs")}`,
-    directoryServiceAddr: db,
-    pathInfoServiceAddr: db,
-  };
-}
+import type { ServiceAddrs } from "../store/services.ts";
 
 /**
  * The command-line flags selecting `addrs` (those {@linkcode addServiceOptions}

@@ -11,11 +11,12 @@
  * @module
  */
 import { Argument, type Command } from "commander";
-import { addServiceOptions, DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "./common.ts";
+import { addServiceOptions } from "./common.ts";
+import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { mapLimit, ProgressBar, uploadPool } from "./import.ts";
 import { constructServices } from "../store/services.ts";
 import { bytesEqual, fromHex, toHex } from "../castore/digest.ts";
-import { InvalidRequestError } from "../castore/errors.ts";
+import { InvalidRequestError } from "../errors.ts";
 import { renameNode, toNode } from "../castore/node.ts";
 import type { PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
 import * as nixbase32 from "../store/nixbase32.ts";

@@ -8,22 +8,17 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import {
-  addServiceOptions,
-  dataDir,
-  embeddedAddrs,
-  parseByteSize,
-  type ServiceAddrs,
-} from "./common.ts";
+import { addServiceOptions, parseByteSize } from "./common.ts";
+import { dataDir, embeddedAddrs, type ServiceAddrs } from "../store/services.ts";
 import type * as grpc from "@grpc/grpc-js";
 import { constructServices, type Services } from "../store/services.ts";
-import { LocalNarCalculationService } from "../store/nar_calculation.ts";
+import { LocalNarCalculationService } from "../nar/calculation.ts";
 import {
   createGrpcServer,
   DEFAULT_MAX_RECEIVE_MESSAGE_BYTES,
   listen,
   shutdown,
-} from "../grpc/server.ts";
+} from "../grpc_server/server.ts";
 import { log } from "../log.ts";
 import { formatListenAddress } from "../listen_address.ts";
 import { addNarBridgeOptions, loadNarBridgeOptions, type NarBridgeFlags } from "./nar_bridge.ts";

@@ -11,8 +11,9 @@
  * @module
  */
 import type { Command } from "commander";
-import { addServiceOptions, DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "./common.ts";
-import { errorMessage } from "../castore/errors.ts";
+import { addServiceOptions } from "./common.ts";
+import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
+import { errorMessage } from "../errors.ts";
 import { constructServices } from "../store/services.ts";
 import { importPath } from "../store/import.ts";
 import { log } from "../log.ts";

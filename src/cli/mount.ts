@@ -5,12 +5,8 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import {
-  addServiceOptions,
-  DEFAULT_REMOTE_ADDR,
-  parseByteSize,
-  type ServiceAddrs,
-} from "./common.ts";
+import { addServiceOptions, parseByteSize } from "./common.ts";
+import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { runMount } from "../fuse/mount.ts";
 
 function positiveInt(text: string): number {

@@ -10,7 +10,8 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import { addServiceOptions, DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "./common.ts";
+import { addServiceOptions } from "./common.ts";
+import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { constructServices } from "../store/services.ts";
 import { type NarBridgeOptions, startNarBridge } from "../narbridge/server.ts";
 import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";

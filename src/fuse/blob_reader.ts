@@ -19,7 +19,7 @@
  * @module
  */
 import { concatBytes, type Digest, digestKey } from "../castore/digest.ts";
-import { StorageError } from "../castore/errors.ts";
+import { StorageError } from "../errors.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
 import { LoadingCache } from "../loading_cache.ts";

@@ -25,7 +25,7 @@
  */
 import { b3Display, bytesEqual, compareBytes, digestKey } from "../castore/digest.ts";
 import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
-import { errorMessage } from "../castore/errors.ts";
+import { errorMessage } from "../errors.ts";
 import { isValidName, type NodeVariant, validateNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";

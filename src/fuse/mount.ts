@@ -13,7 +13,7 @@
  *
  * @module
  */
-import type { ServiceAddrs } from "../cli/common.ts";
+import type { ServiceAddrs } from "../store/services.ts";
 import { log, LOG_LEVELS, logEnabled } from "../log.ts";
 import { allowedCpus } from "./ffi.ts";
 import { workerCpus } from "./affinity.ts";
@@ -154,6 +154,33 @@ export async function runMount(opts: MountOptions): Promise<number> {
     }
     throw err;
   }
+  // Listening from the start: a signal during start-up must neither kill
+  // the process half-way (leaving a dead mount) nor unmount a session
+  // whose Workers have not cloned their channels yet (the clone then
+  // fails and the exit looks like a crash). It is acted on once every
+  // Worker serves, or start-up is cut short before mounting.
+  const stopRequested = Promise.withResolvers<void>();
+  let stopping = false;
+  const onSignal = () => {
+    if (!stopping) log.info("interrupt received, unmounting…");
+    stopping = true;
+    stopRequested.resolve();
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  try {
+    return await mountAndServe(opts, () => stopping, stopRequested.promise);
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+  }
+}
+
+async function mountAndServe(
+  opts: MountOptions,
+  stopping: () => boolean,
+  stopRequested: Promise<void>,
+): Promise<number> {
   const inodes = InodeTable.create();
   const listings = SharedListings.create({ maxInodes: inodes.capacity });
   const sharedChunks = SharedChunkCache.create(
@@ -195,6 +222,11 @@ export async function runMount(opts: MountOptions): Promise<number> {
     }
     firstReady.resolve();
   }
+  if (stopping()) {
+    stopAll();
+    log.info("interrupted before mounting");
+    return 0;
+  }
 
   log.info("mounting", { path: opts.mountpoint, threads: opts.threads });
   let session: FuseSession;
@@ -214,32 +246,36 @@ export async function runMount(opts: MountOptions): Promise<number> {
       finished.resolve();
     }, DRAIN_MS);
   };
-  const onSignal = () => {
-    log.info("interrupt received, unmounting…");
-    unmount("signal");
-  };
-  Deno.addSignalListener("SIGINT", onSignal);
-  Deno.addSignalListener("SIGTERM", onSignal);
 
   let status = 0;
-  const served = workers.map(async (w) => {
+  const failed = (message: string) => {
+    log.error("FUSE worker failed", { error: message });
+    status = 1;
+    unmount("worker failed");
+  };
+  // Each Worker first reports that it cloned its channel, then that it is done.
+  const serving = workers.map(async (w) => {
     w.worker.postMessage({ type: "serve", fd: session.fd } satisfies ToWorker);
     const m = await w.next();
-    if (m.type === "failed") {
-      log.error("FUSE worker failed", { error: m.message });
-      status = 1;
-      unmount("worker failed");
-    }
+    if (m.type === "failed") failed(m.message);
+    return m.type === "serving" ? w : undefined;
+  });
+  const served = serving.map(async (started) => {
+    const w = await started;
+    if (!w) return;
+    const m = await w.next();
+    if (m.type === "failed") failed(m.message);
   });
   Promise.all(served).then(() => finished.resolve());
+  // An unmount before every channel is cloned would make the late clones
+  // fail: wait for all of them first.
+  Promise.all([stopRequested, ...serving]).then(() => unmount("signal"));
   setReadahead(opts.mountpoint, maxPages * 4096);
   await finished.promise;
 
   clearTimeout(drainTimer);
-  Deno.removeSignalListener("SIGINT", onSignal);
-  Deno.removeSignalListener("SIGTERM", onSignal);
   session.destroy();
   stopAll();
-  log.info("unmount occured, terminating…");
+  log.info("unmounted, exiting");
   return status;
 }

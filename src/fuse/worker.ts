@@ -8,13 +8,13 @@
  *
  * Protocol with the main thread: `loaded` (module evaluated, listening);
  * `start` (config) → `ready` | `failed`;
- * `serve` (session fd) → `done` | `failed`.
+ * `serve` (session fd) → `serving` (its channel is cloned) → `done` | `failed`.
  *
  * @module
  */
-import { errorMessage } from "../castore/errors.ts";
+import { errorMessage } from "../errors.ts";
 import { log, type LogLevel, setLogLevel } from "../log.ts";
-import type { ServiceAddrs } from "../cli/common.ts";
+import type { ServiceAddrs } from "../store/services.ts";
 import { constructServices, type Services } from "../store/services.ts";
 import { Channel } from "./channel.ts";
 import { Errno } from "./ffi.ts";
@@ -79,6 +79,7 @@ export type ToWorker = { type: "start"; config: WorkerConfig } | { type: "serve"
 export type FromWorker =
   | { type: "loaded" }
   | { type: "ready" }
+  | { type: "serving" }
   | { type: "done"; served: number }
   | { type: "failed"; message: string };
 
@@ -90,9 +91,9 @@ export type FromWorker =
  */
 const SUBTREE_PREFETCH = 16384;
 
-/** Whether any of the services is reached over the network (`grpc+…`). */
-function isRemote(addrs: ServiceAddrs): boolean {
-  return Object.values(addrs).some((u) => /^grpc\+/i.test(u));
+/** Whether any of the services is reached over the network. */
+function isRemote(services: Services): boolean {
+  return Boolean(services.blob.remote || services.directory.remote || services.pathInfo.remote);
 }
 
 /** With remote services, the longest an idle Worker blocks without giving the event loop a turn (ms). */
@@ -299,9 +300,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
           showXattr: config.showXattr,
           workerId: config.id,
           listings: SharedListings.attach(config.listings),
-          subtreePrefetch: /^grpc\+/i.test(config.addrs.directoryServiceAddr)
-            ? SUBTREE_PREFETCH
-            : 0,
+          subtreePrefetch: services.directory.remote ? SUBTREE_PREFETCH : 0,
           read: {
             cacheBytes: config.cacheBytes,
             shared: SharedChunkCache.attach(config.sharedChunks),
@@ -314,12 +313,13 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
       } else {
         const bufSize = config!.maxPages * 4096 + 8192; // >= max_write + request headers
         const channel = new Channel(msg.fd, bufSize);
+        post({ type: "serving" });
         let served;
         try {
           // Remote services keep connections that need the event loop now and then.
           served = await serveChannel(channel, fs!, {
             ...config!,
-            upkeepMs: isRemote(config!.addrs) ? UPKEEP_MS : 0,
+            upkeepMs: isRemote(services!) ? UPKEEP_MS : 0,
             binding,
           });
         } finally {

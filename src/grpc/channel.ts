@@ -8,7 +8,7 @@
 import "./h2_goaway_workaround.ts";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { InvalidRequestError, StorageError } from "../castore/errors.ts";
+import { InvalidRequestError, StorageError } from "../errors.ts";
 
 /** Where a `grpc+…` URL points, in the form grpc-js wants. */
 export interface GrpcEndpoint {

@@ -11,7 +11,7 @@
  * @module
  */
 import { status as Code } from "@grpc/grpc-js";
-import { errorMessage, InvalidRequestError, StorageError } from "../castore/errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
 import { log } from "../log.ts";
 
 export { Code };

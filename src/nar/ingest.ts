@@ -21,7 +21,7 @@ import {
   directorySize,
   emptyDirectory,
 } from "../castore/directory.ts";
-import { InvalidRequestError, StorageError } from "../castore/errors.ts";
+import { InvalidRequestError, StorageError } from "../errors.ts";
 import { isValidName, type NodeVariant, quoteBytes } from "../castore/node.ts";
 import { MAX_NAME_LEN, MAX_TARGET_LEN, padLen, WORD } from "./wire.ts";
 

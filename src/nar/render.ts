@@ -17,9 +17,9 @@ import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import { B3_LEN, b3Display, type Digest, digestKey } from "../castore/digest.ts";
 import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
-import { StorageError } from "../castore/errors.ts";
+import { StorageError } from "../errors.ts";
 import type { FileNode, NodeVariant } from "../castore/node.ts";
-import type { NarSummary } from "../store/pathinfo/service.ts";
+import type { NarSummary } from "./calculation.ts";
 import { concat, padLen, str, TOK, u64, ZEROS } from "./wire.ts";
 
 /** Upper bound of the pieces the renderer yields (except blob pieces passed through). */

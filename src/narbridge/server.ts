@@ -25,15 +25,12 @@
  */
 import { createHash } from "node:crypto";
 import { bytesEqual, concatBytes } from "../castore/digest.ts";
-import { InvalidRequestError, StorageError } from "../castore/errors.ts";
+import { InvalidRequestError, StorageError } from "../errors.ts";
 import { type NodeVariant, renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
-import type {
-  NarCalculationService,
-  PathInfo,
-  PathInfoService,
-} from "../store/pathinfo/service.ts";
+import type { PathInfo, PathInfoService } from "../store/pathinfo/service.ts";
+import type { NarCalculationService } from "../nar/calculation.ts";
 import type { NARInfo } from "../proto/tvix/store/protos/pathinfo.ts";
 import * as nixbase32 from "../store/nixbase32.ts";
 import { STORE_DIR } from "../store/store_path.ts";
@@ -41,7 +38,7 @@ import { renderNar } from "../nar/render.ts";
 import { ingestNar } from "../nar/ingest.ts";
 import { log } from "../log.ts";
 import { parseListenAddress } from "../listen_address.ts";
-import { errorMessage } from "../castore/errors.ts";
+import { errorMessage } from "../errors.ts";
 import {
   NarInfoError,
   narInfoFingerprint,

@@ -20,11 +20,12 @@ import {
   newIngestRecord,
   recordedSources,
 } from "../castore/import/fs.ts";
-import { InvalidRequestError } from "../castore/errors.ts";
+import { InvalidRequestError } from "../errors.ts";
 import { type NodeVariant, renameNode, toNode } from "../castore/node.ts";
 import { calculateNar } from "../nar/render.ts";
 import { NARInfo_CA_Hash, type PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
-import type { NarSummary, PathInfoService } from "./pathinfo/service.ts";
+import type { PathInfoService } from "./pathinfo/service.ts";
+import type { NarSummary } from "../nar/calculation.ts";
 import { caNarSha256StorePath, type StorePath, validateName } from "./store_path.ts";
 
 /** The services an import writes to. */

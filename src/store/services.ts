@@ -8,14 +8,48 @@ import { blobServiceFromUrl } from "../castore/blob/from_url.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import { directoryServiceFromUrl } from "../castore/directory/from_url.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
-import { parseServiceUrl, urlScheme } from "../castore/service_url.ts";
-import type { ServiceAddrs } from "../cli/common.ts";
-import { LocalNarCalculationService } from "./nar_calculation.ts";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { LocalNarCalculationService, type NarCalculationService } from "../nar/calculation.ts";
 import { pathInfoServiceFromUrl } from "./pathinfo/from_url.ts";
-import { GrpcNarCalculationService } from "./pathinfo/grpc.ts";
-import type { NarCalculationService, PathInfoService } from "./pathinfo/service.ts";
+import type { PathInfoService } from "./pathinfo/service.ts";
 
-export type { ServiceAddrs };
+/** The URLs of the three services (see docs/architecture.md#service-urls). */
+export interface ServiceAddrs {
+  blobServiceAddr: string;
+  directoryServiceAddr: string;
+  pathInfoServiceAddr: string;
+}
+
+/** Where clients find a daemon unless told otherwise (as upstream). */
+export const DEFAULT_REMOTE_ADDR = "grpc+http://[::1]:8000";
+
+/**
+ * Data directory of the embedded store: `$TVIX_STORE_HOME`, else
+ * `$XDG_DATA_HOME/tvix-store`, else `~/.local/share/tvix-store`.
+ */
+export function dataDir(): string {
+  const home = Deno.env.get("TVIX_STORE_HOME");
+  if (home) return home;
+  const xdg = Deno.env.get("XDG_DATA_HOME");
+  if (xdg) return join(xdg, "tvix-store");
+  const user = Deno.env.get("HOME");
+  if (!user) throw new Error("cannot find a data directory: set TVIX_STORE_HOME or HOME");
+  return join(user, ".local", "share", "tvix-store");
+}
+
+/** The embedded store's addresses under `dir`: object-store blobs, SQLite metadata. */
+export function embeddedAddrs(dir: string): ServiceAddrs {
+  // URLs need an absolute, percent-encoded path: a relative one would parse
+  // as a host, and `#` or `?` in a directory name would end the path.
+  const urlPath = (name: string) => pathToFileURL(join(resolve(dir), name)).pathname;
+  const db = `sqlite://${urlPath("store.sqlite")}`;
+  return {
+    blobServiceAddr: `objectstore+file://${urlPath("blobs")}`,
+    directoryServiceAddr: db,
+    pathInfoServiceAddr: db,
+  };
+}
 
 /** The three services plus NAR calculation; `close` releases them all. */
 export interface Services {
@@ -47,10 +81,6 @@ async function closeAll(items: Closable[]): Promise<void> {
   if (first !== undefined) throw first;
 }
 
-function isGrpcUrl(url: string): boolean {
-  return urlScheme(parseServiceUrl(url)).startsWith("grpc+");
-}
-
 /**
  * Constructs the services `addrs` names. If one cannot be built, those
  * already built are closed and the error is thrown.
@@ -64,15 +94,9 @@ export async function constructServices(addrs: ServiceAddrs): Promise<Services> 
     built.push(directory);
     const pathInfo = await pathInfoServiceFromUrl(addrs.pathInfoServiceAddr);
     built.push(pathInfo);
-    let narCalculation: NarCalculationService;
-    if (isGrpcUrl(addrs.pathInfoServiceAddr)) {
-      // The daemon renders from its own storage: no blob traffic back to us.
-      const remote = await GrpcNarCalculationService.fromUrl(addrs.pathInfoServiceAddr);
-      built.push(remote);
-      narCalculation = remote;
-    } else {
-      narCalculation = new LocalNarCalculationService(blob, directory);
-    }
+    // The path-info service says whether its backend calculates NARs itself.
+    const narCalculation: NarCalculationService = pathInfo.narCalculation ??
+      new LocalNarCalculationService(blob, directory);
     let closing: Promise<void> | undefined;
     // Close in reverse order of construction: users before what they use.
     const toClose = [...built].reverse();

@@ -8,7 +8,7 @@ import {
 } from "../../src/castore/blob/chunk_pool.ts";
 import { ObjectStoreBlobService } from "../../src/castore/blob/objectstore.ts";
 import { blake3, bytesEqual, type Digest } from "../../src/castore/digest.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
 import { MemoryObjectStore } from "../../src/castore/objectstore/memory.ts";
 import { putBlob, readBlob } from "../conformance/blob_suite.ts";

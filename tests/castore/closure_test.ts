@@ -7,7 +7,7 @@ import {
   traverseClosure,
   UploadClosure,
 } from "../../src/castore/directory/closure.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import * as F from "../fixtures.ts";
 
 const { b, DIRECTORY_A: A, DIRECTORY_B: B, DIRECTORY_C: C } = F;

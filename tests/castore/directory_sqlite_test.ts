@@ -2,7 +2,7 @@ import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { directoryDigest, encodeDirectory } from "../../src/castore/directory.ts";
 import { SqliteDirectoryService } from "../../src/castore/directory/sqlite.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { directoryServiceConformance, putAll } from "../conformance/directory_suite.ts";
 import { collect, sqliteFactories, withDbFile } from "../conformance/harness.ts";
 import { taggedClosure } from "./sqlite_writer.ts";

@@ -4,7 +4,7 @@ import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { directoryServiceFromUrl } from "../../src/castore/directory/from_url.ts";
 import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
 import { SqliteDirectoryService } from "../../src/castore/directory/sqlite.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import * as F from "../fixtures.ts";
 
 Deno.test("blob service URLs: memory and rejects", async () => {

@@ -9,7 +9,7 @@ import {
 import { chunkLengths } from "../../src/castore/blob/fastcdc.ts";
 import type { BlobService } from "../../src/castore/blob/service.ts";
 import { blake3, bytesEqual, type Digest, toHex } from "../../src/castore/digest.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
 import { MemoryObjectStore } from "../../src/castore/objectstore/memory.ts";
 import type { ObjectStore } from "../../src/castore/objectstore/store.ts";

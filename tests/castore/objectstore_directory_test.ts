@@ -13,7 +13,7 @@ import {
   directorySize,
   encodeDirectory,
 } from "../../src/castore/directory.ts";
-import { InvalidRequestError, StorageError } from "../../src/castore/errors.ts";
+import { InvalidRequestError, StorageError } from "../../src/errors.ts";
 import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
 import { directoryServiceConformance, putAll } from "../conformance/directory_suite.ts";
 import { collect, tempDirFactory } from "../conformance/harness.ts";

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { directoryServiceFromUrl } from "../../src/castore/directory/from_url.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
 import { objectStoreFromUrl } from "../../src/castore/objectstore/from_url.ts";
 import { MemoryObjectStore } from "../../src/castore/objectstore/memory.ts";

@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { embeddedAddrs, serviceAddrArgs } from "../../src/cli/common.ts";
+import { serviceAddrArgs } from "../../src/cli/common.ts";
+import { embeddedAddrs } from "../../src/store/services.ts";
 
 /** Absolute path of main.ts. */
 export const MAIN = new URL("../../main.ts", import.meta.url).pathname;

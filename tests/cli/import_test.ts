@@ -11,7 +11,7 @@ import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { directoryServiceFromUrl } from "../../src/castore/directory/from_url.ts";
 import { pathInfoServiceFromUrl } from "../../src/store/pathinfo/from_url.ts";
 import { renderNar } from "../../src/nar/render.ts";
-import { LocalNarCalculationService } from "../../src/store/nar_calculation.ts";
+import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { localStoreArgs, tvixStore } from "./helpers.ts";
 import { collectBytes } from "../conformance/harness.ts";

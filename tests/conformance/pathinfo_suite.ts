@@ -7,7 +7,7 @@
  */
 import { assertEquals, assertRejects } from "../assert.ts";
 import { digestKey } from "../../src/castore/digest.ts";
-import { InvalidRequestError } from "../../src/castore/errors.ts";
+import { InvalidRequestError } from "../../src/errors.ts";
 import type { PathInfo, PathInfoService } from "../../src/store/pathinfo/service.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import * as F from "../fixtures.ts";

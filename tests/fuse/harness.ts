@@ -6,10 +6,10 @@
  * @module
  */
 import { join } from "node:path";
-import type { ServiceAddrs } from "../../src/cli/common.ts";
-import { constructServices, type Services } from "../../src/store/services.ts";
+import { constructServices, type ServiceAddrs, type Services } from "../../src/store/services.ts";
 
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+/** The program's entry point. */
+export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 /** Why FUSE tests cannot run here, or `undefined` if they can. */
 export function fuseUnavailable(): string | undefined {

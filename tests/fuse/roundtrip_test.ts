@@ -8,7 +8,7 @@
 import { join, relative } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { b3Display, blake3, EMPTY_DIGEST } from "../../src/castore/digest.ts";
-import type { ServiceAddrs } from "../../src/cli/common.ts";
+import type { ServiceAddrs } from "../../src/store/services.ts";
 import { writeEdgeCaseTree } from "../store/tree_gen.ts";
 import { startDaemon } from "../grpc/daemon_harness.ts";
 import { addrFlags, run, runTvix, SKIP, startMount, tempStore } from "./harness.ts";

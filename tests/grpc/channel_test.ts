@@ -4,7 +4,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { channelFor, parseGrpcUrl } from "../../src/grpc/channel.ts";
 import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
 import { GrpcDirectoryService } from "../../src/castore/directory/grpc.ts";

@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { constructServices } from "../../src/store/services.ts";
-import type { ServiceAddrs } from "../../src/cli/common.ts";
+import type { ServiceAddrs } from "../../src/store/services.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { directoryServiceFromUrl } from "../../src/castore/directory/from_url.ts";
 import { pathInfoServiceFromUrl } from "../../src/store/pathinfo/from_url.ts";

@@ -6,11 +6,16 @@
  * @module
  */
 import type * as grpc from "@grpc/grpc-js";
-import { createGrpcServer, listen, type ServedServices, shutdown } from "../../src/grpc/server.ts";
+import {
+  createGrpcServer,
+  listen,
+  type ServedServices,
+  shutdown,
+} from "../../src/grpc_server/server.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
 import { MemoryPathInfoService } from "../../src/store/pathinfo/memory.ts";
-import { LocalNarCalculationService } from "../../src/store/nar_calculation.ts";
+import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
 
 /** A listening server and how to reach it. */
 export interface RunningServer {

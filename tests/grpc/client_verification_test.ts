@@ -6,7 +6,7 @@
 import "../../src/grpc/h2_goaway_workaround.ts";
 import * as grpc from "@grpc/grpc-js";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { blake3, bytesEqual, type Digest } from "../../src/castore/digest.ts";
 import { type Directory, directoryDigest, directorySize } from "../../src/castore/directory.ts";
 import { makeNode } from "../../src/castore/node.ts";
@@ -33,7 +33,7 @@ import {
 import type { PathInfo } from "../../src/store/pathinfo/service.ts";
 import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
 import { GrpcDirectoryService } from "../../src/castore/directory/grpc.ts";
-import { GrpcNarCalculationService, GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
+import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
 import { collect, concat } from "../conformance/harness.ts";
 import * as F from "../fixtures.ts";
 
@@ -376,7 +376,7 @@ Deno.test("calculateNar sends a nameless node with a placeholder name", async ()
       return { narSize: 42n, narSha256: sha };
     },
   }, async (url) => {
-    const nar = await GrpcNarCalculationService.fromUrl(url);
+    const nar = await GrpcPathInfoService.fromUrl(url);
     const node = makeNode.file(new Uint8Array(0), F.HELLOWORLD_BLOB_DIGEST, 12n);
     assertEquals(await nar.calculateNar(node), { narSize: 42n, narSha256: sha });
     assert(bytesEqual(received[0].node!.value.name, b("root")), "placeholder name sent");

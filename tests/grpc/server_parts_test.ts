@@ -3,11 +3,11 @@
  * address and size parsing, and re-chunking of blob reads.
  */
 import { status as Code } from "@grpc/grpc-js";
-import { InvalidRequestError, StorageError } from "../../src/castore/errors.ts";
+import { InvalidRequestError, StorageError } from "../../src/errors.ts";
 import { ClosureError } from "../../src/castore/directory/closure.ts";
 import { internalStatus, RpcError, statusFromError } from "../../src/grpc/status.ts";
 import { parseListenAddress } from "../../src/listen_address.ts";
-import { READ_MESSAGE_BYTES, rechunk } from "../../src/grpc/blob_handler.ts";
+import { READ_MESSAGE_BYTES, rechunk } from "../../src/grpc_server/blob_handler.ts";
 import { parseRequestSize } from "../../src/cli/daemon.ts";
 import { concatBytes } from "../../src/castore/digest.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";

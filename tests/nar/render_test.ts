@@ -22,7 +22,7 @@ import { makeNode, type NodeVariant } from "../../src/castore/node.ts";
 import { calculateNar, NarRenderError, renderNar } from "../../src/nar/render.ts";
 import { concat, str } from "../../src/nar/wire.ts";
 import { NAR_CONTENTS_COMPLICATED } from "./nar_fixtures.ts";
-import { LocalNarCalculationService } from "../../src/store/nar_calculation.ts";
+import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
 import type { BlobService } from "../../src/castore/blob/service.ts";
 import type { DirectoryService } from "../../src/castore/directory/service.ts";
 import { collectBytes } from "../conformance/harness.ts";

@@ -11,7 +11,7 @@ import { assert, assertEquals } from "../assert.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
 import { MemoryPathInfoService } from "../../src/store/pathinfo/memory.ts";
-import { LocalNarCalculationService } from "../../src/store/nar_calculation.ts";
+import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
 import { importPath } from "../../src/store/import.ts";
 import * as nixbase32 from "../../src/store/nixbase32.ts";
 import { caNarSha256StorePath } from "../../src/store/store_path.ts";

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "../assert.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { pathInfoServiceFromUrl } from "../../src/store/pathinfo/from_url.ts";
 import { MemoryPathInfoService } from "../../src/store/pathinfo/memory.ts";
 import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";

@@ -1,6 +1,6 @@
 import { DatabaseSync } from "node:sqlite";
 import { assertEquals, assertRejects } from "../assert.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
 import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";
 import { SqliteDirectoryService } from "../../src/castore/directory/sqlite.ts";

@@ -1,13 +1,12 @@
 import { createHash } from "node:crypto";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
-import { StorageError } from "../../src/castore/errors.ts";
+import { StorageError } from "../../src/errors.ts";
 import { makeNode } from "../../src/castore/node.ts";
 import { SqliteDirectoryService } from "../../src/castore/directory/sqlite.ts";
-import { embeddedAddrs } from "../../src/cli/common.ts";
-import { LocalNarCalculationService } from "../../src/store/nar_calculation.ts";
-import { constructServices } from "../../src/store/services.ts";
-import { GrpcNarCalculationService } from "../../src/store/pathinfo/grpc.ts";
+import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
+import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
+import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
 import { memoryServices, startServer } from "../grpc/client_harness.ts";
 import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";
 import { putBlob } from "../conformance/blob_suite.ts";
@@ -98,7 +97,8 @@ Deno.test("grpc services calculate NARs on the daemon", async () => {
     });
     try {
       assert(
-        services.narCalculation instanceof GrpcNarCalculationService,
+        services.narCalculation instanceof GrpcPathInfoService &&
+          services.narCalculation === services.pathInfo,
         "NAR calculation by the daemon",
       );
       await putBlob(services.blob, F.HELLOWORLD_BLOB_CONTENTS);

@@ -17,7 +17,7 @@ import {
 } from "node:zlib";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
-import { errorMessage, StorageError } from "../errors.ts";
+import { errorMessage, StorageError } from "../../errors.ts";
 
 /**
  * zstd level of chunk objects. Any level decodes the same way, so this only

@@ -14,7 +14,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { Digest } from "../digest.ts";
-import { errorMessage, StorageError } from "../errors.ts";
+import { errorMessage, StorageError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import {
   decodeChunk,

@@ -10,7 +10,7 @@
  */
 import { parentPort } from "node:worker_threads";
 import { decodeChunkSync, encodeChunkSync, release } from "./chunk_codec.ts";
-import { errorMessage, StorageError } from "../errors.ts";
+import { errorMessage, StorageError } from "../../errors.ts";
 
 /** A request to a chunk Worker. */
 export type ChunkRequest =

@@ -26,7 +26,7 @@ import {
   digestKey,
   newBlake3Hasher,
 } from "../digest.ts";
-import { InvalidRequestError, StorageError } from "../errors.ts";
+import { InvalidRequestError, StorageError } from "../../errors.ts";
 import {
   callError,
   cancelQuietly,
@@ -55,6 +55,8 @@ const KNOWN_CHUNKS = 1 << 16;
 
 /** A BlobService that forwards every operation to a gRPC server. */
 export class GrpcBlobService implements BlobService {
+  /** Every call is a round trip to the server. */
+  readonly remote = true;
   readonly #lease: ChannelLease;
   readonly #client: BlobServiceClient;
   /** Size of each chunk seen in a chunk list, by digest key (the most recently used). */

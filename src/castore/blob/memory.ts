@@ -10,7 +10,7 @@ import {
   digestKey,
   newBlake3Hasher,
 } from "../digest.ts";
-import { InvalidRequestError } from "../errors.ts";
+import { InvalidRequestError } from "../../errors.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 
 /** Pieces handed out by readers, so large blobs stream instead of arriving in one piece. */

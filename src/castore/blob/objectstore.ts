@@ -36,7 +36,7 @@ import {
   newBlake3Hasher,
   toHex,
 } from "../digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";

@@ -62,6 +62,9 @@ export interface BlobService {
   /** Starts an upload. */
   openWrite(): BlobWriter;
 
+  /** True when every call is a network round trip (a remote daemon). */
+  readonly remote?: boolean;
+
   /** Releases resources (connections, file handles). */
   close(): Promise<void>;
 }

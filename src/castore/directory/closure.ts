@@ -22,7 +22,7 @@ import {
   ValidateDirectoryError,
 } from "../directory.ts";
 import { quoteBytes } from "../node.ts";
-import { InvalidRequestError, StorageError } from "../errors.ts";
+import { InvalidRequestError, StorageError } from "../../errors.ts";
 
 /**
  * A closure failed to validate. `kind` tells the gRPC layer which status to

@@ -8,7 +8,7 @@
  */
 import { b3Display, checkDigestLength, type Digest } from "../digest.ts";
 import { type Directory, directoryDigest, directorySize, validateDirectory } from "../directory.ts";
-import { InvalidRequestError } from "../errors.ts";
+import { InvalidRequestError } from "../../errors.ts";
 import { quoteBytes } from "../node.ts";
 import { checkStored, type Closure, UploadClosure } from "./closure.ts";
 import type { DirectoryPutter } from "./service.ts";

@@ -21,7 +21,7 @@ import {
   encodeDirectory,
   validateDirectory,
 } from "../directory.ts";
-import { InvalidRequestError, StorageError } from "../errors.ts";
+import { InvalidRequestError, StorageError } from "../../errors.ts";
 import {
   channelFor,
   type ChannelLease,
@@ -34,6 +34,8 @@ import type { DirectoryPutter, DirectoryService } from "./service.ts";
 
 /** A DirectoryService that forwards every operation to a gRPC server. */
 export class GrpcDirectoryService implements DirectoryService {
+  /** Every call is a round trip to the server. */
+  readonly remote = true;
   readonly #lease: ChannelLease;
   readonly #client: DirectoryServiceClient;
 

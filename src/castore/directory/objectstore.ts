@@ -15,7 +15,7 @@ import { constants as zc, zstdCompress, zstdDecompress } from "node:zlib";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, checkDigestLength, type Digest, toHex } from "../digest.ts";
 import { decodeDirectory, type Directory, directoryDigest, encodeDirectory } from "../directory.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import { type Closure, DownloadValidator } from "./closure.ts";

@@ -40,6 +40,9 @@ export interface DirectoryService {
   /** Starts a multi-directory upload. */
   putMultiple(): DirectoryPutter;
 
+  /** True when every call is a network round trip (a remote daemon). */
+  readonly remote?: boolean;
+
   /** Releases resources. */
   close(): Promise<void>;
 }

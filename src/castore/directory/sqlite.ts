@@ -12,7 +12,7 @@
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { b3Display, blake3, checkDigestLength, type Digest } from "../digest.ts";
 import { type Directory, encodeDirectory } from "../directory.ts";
-import { StorageError } from "../errors.ts";
+import { StorageError } from "../../errors.ts";
 import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
 import { decodeStored, traverseClosure } from "./closure.ts";
 import { checkSinglePut, ClosurePutter } from "./closure_putter.ts";

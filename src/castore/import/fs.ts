@@ -16,7 +16,7 @@ import type { BlobService } from "../blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "../directory/service.ts";
 import { compareBytes, type Digest, digestKey } from "../digest.ts";
 import { type Directory, directoryDigest, directorySize } from "../directory.ts";
-import { InvalidRequestError } from "../errors.ts";
+import { InvalidRequestError } from "../../errors.ts";
 import type { NodeVariant } from "../node.ts";
 
 /** How many file reads/uploads and directory listings run at once. */

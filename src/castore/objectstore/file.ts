@@ -14,7 +14,7 @@
  * @module
  */
 import { dirname, join } from "node:path";
-import { StorageError } from "../errors.ts";
+import { StorageError } from "../../errors.ts";
 import { checkObjectPath, type ObjectStore } from "./store.ts";
 
 const TEMP_PREFIX = ".tmp-";

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { StorageError } from "../errors.ts";
+import { StorageError } from "../../errors.ts";
 import { FileObjectStore } from "./file.ts";
 import { MemoryObjectStore } from "./memory.ts";
 import type { ObjectStore } from "./store.ts";

@@ -11,7 +11,7 @@ import {
   PathInfoServiceClient,
 } from "../../proto/tvix/store/protos/rpc_pathinfo.ts";
 import { bytesEqual, toHex } from "../../castore/digest.ts";
-import { InvalidRequestError, StorageError } from "../../castore/errors.ts";
+import { InvalidRequestError, StorageError } from "../../errors.ts";
 import { type NodeVariant, renameNode, toNode } from "../../castore/node.ts";
 import {
   channelFor,
@@ -21,7 +21,8 @@ import {
   unary,
 } from "../../grpc/channel.ts";
 import { STORE_PATH_DIGEST_LEN } from "../store_path.ts";
-import type { NarCalculationService, NarSummary, PathInfo, PathInfoService } from "./service.ts";
+import type { PathInfo, PathInfoService } from "./service.ts";
+import type { NarCalculationService, NarSummary } from "../../nar/calculation.ts";
 import { validatePathInfo } from "./validate.ts";
 
 /** Validates a received PathInfo; returns its store path digest. */
@@ -35,12 +36,15 @@ function checkReceived(info: PathInfo): Uint8Array {
 
 /**
  * A PathInfoService that forwards every operation to a gRPC server. It
- * also answers `calculateNar` through the same connection, so one object
- * can serve as both services.
+ * also answers `calculateNar` through the same connection (`CalculateNAR`:
+ * the server renders from its own storage), so it is its own
+ * {@linkcode PathInfoService.narCalculation}.
  */
 export class GrpcPathInfoService implements PathInfoService, NarCalculationService {
   readonly #lease: ChannelLease;
   readonly #client: PathInfoServiceClient;
+  /** Every call is a round trip to the server. */
+  readonly remote = true;
 
   /** Wraps a leased channel; prefer {@linkcode GrpcPathInfoService.fromUrl}. */
   constructor(lease: ChannelLease) {
@@ -88,9 +92,14 @@ export class GrpcPathInfoService implements PathInfoService, NarCalculationServi
     }
   }
 
-  /** `CalculateNAR` on the server; see {@linkcode GrpcNarCalculationService}. */
+  /** `CalculateNAR` on the server: NAR size and SHA-256 of `node`, whose name is irrelevant. */
   calculateNar(node: NodeVariant): Promise<NarSummary> {
     return calculateNar(this.#client, node);
+  }
+
+  /** The server calculates NARs: this service itself. */
+  get narCalculation(): NarCalculationService {
+    return this;
   }
 
   /** Releases this backend's hold on the shared channel. */
@@ -106,34 +115,6 @@ export class GrpcPathInfoService implements PathInfoService, NarCalculationServi
  * name does not enter the NAR.
  */
 const PLACEHOLDER_NAME = new TextEncoder().encode("root");
-
-/** NAR calculation done by the server (`CalculateNAR`), from its own storage. */
-export class GrpcNarCalculationService implements NarCalculationService {
-  readonly #lease: ChannelLease;
-  readonly #client: PathInfoServiceClient;
-
-  /** Wraps a leased channel; prefer {@linkcode GrpcNarCalculationService.fromUrl}. */
-  constructor(lease: ChannelLease) {
-    this.#lease = lease;
-    this.#client = clientOn(lease, PathInfoServiceClient);
-  }
-
-  /** Connects to the server named by a `grpc+…` URL (SPEC §5.4). */
-  static async fromUrl(url: string): Promise<GrpcNarCalculationService> {
-    return new GrpcNarCalculationService(await channelFor(url));
-  }
-
-  /** NAR size and SHA-256 of `node`, whose name is irrelevant. */
-  calculateNar(node: NodeVariant): Promise<NarSummary> {
-    return calculateNar(this.#client, node);
-  }
-
-  /** Releases this backend's hold on the shared channel. */
-  close(): Promise<void> {
-    this.#lease.release();
-    return Promise.resolve();
-  }
-}
 
 async function calculateNar(client: PathInfoServiceClient, node: NodeVariant): Promise<NarSummary> {
   const named = node.value.name.length > 0 ? node : renameNode(node, PLACEHOLDER_NAME);

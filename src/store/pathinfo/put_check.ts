@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { InvalidRequestError } from "../../castore/errors.ts";
+import { InvalidRequestError } from "../../errors.ts";
 import type { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { STORE_PATH_DIGEST_LEN, type StorePath } from "../store_path.ts";
 import { validatePathInfo, ValidatePathInfoError } from "./validate.ts";

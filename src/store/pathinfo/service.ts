@@ -1,11 +1,11 @@
 /**
  * The PathInfoService interface: PathInfo messages keyed by the 20-byte
- * digest of their store path, and the NAR calculation that goes with them.
+ * digest of their store path.
  *
  * @module
  */
 import type { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
-import type { NodeVariant } from "../../castore/node.ts";
+import type { NarCalculationService } from "../../nar/calculation.ts";
 
 export type { PathInfo };
 
@@ -23,18 +23,17 @@ export interface PathInfoService {
   /** Every stored PathInfo. */
   list(): AsyncIterable<PathInfo>;
 
+  /**
+   * Set when the backend calculates NARs itself, next to its data (a
+   * daemon renders from its own storage, so no blob travels back to the
+   * caller). Absent: NARs are calculated locally from the blob and
+   * directory services.
+   */
+  readonly narCalculation?: NarCalculationService;
+
+  /** True when every call is a network round trip (a remote daemon). */
+  readonly remote?: boolean;
+
   /** Releases resources. */
   close(): Promise<void>;
-}
-
-/** NAR size and SHA-256 of a node. */
-export interface NarSummary {
-  narSize: bigint;
-  narSha256: Uint8Array;
-}
-
-/** Computes what the NAR of a node would be, without keeping the NAR. */
-export interface NarCalculationService {
-  /** The node's name does not matter. */
-  calculateNar(node: NodeVariant): Promise<NarSummary>;
 }

@@ -10,7 +10,7 @@
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { bytesEqual, toHex } from "../../castore/digest.ts";
-import { StorageError } from "../../castore/errors.ts";
+import { StorageError } from "../../errors.ts";
 import { openDatabase, storageCall } from "../../castore/sqlite_db.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { checkPathInfoDigest, validateForPut } from "./put_check.ts";

@@ -13,8 +13,8 @@ import { Directory } from "../proto/tvix/castore/protos/castore.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import { ClosureError, UploadClosure } from "../castore/directory/closure.ts";
 import { B3_LEN, b3Display } from "../castore/digest.ts";
-import { InvalidRequestError } from "../castore/errors.ts";
-import { clientStreamHandler, receiveAll, serverStreamHandler } from "./server_call.ts";
+import { InvalidRequestError } from "../errors.ts";
+import { clientStreamHandler, receiveAll, serverStreamHandler } from "../grpc/server_call.ts";
 import {
   Code,
   internalStatus,
@@ -22,7 +22,7 @@ import {
   RpcError,
   type RpcStatus,
   statusFromError,
-} from "./status.ts";
+} from "../grpc/status.ts";
 
 /**
  * A directory must fit in one response message, or it could be stored but

@@ -12,11 +12,12 @@ import type {
 } from "../proto/tvix/store/protos/rpc_pathinfo.ts";
 import { PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
 import type { Node } from "../proto/tvix/castore/protos/castore.ts";
-import type { NarCalculationService, PathInfoService } from "../store/pathinfo/service.ts";
+import type { PathInfoService } from "../store/pathinfo/service.ts";
+import type { NarCalculationService } from "../nar/calculation.ts";
 import { validateNode } from "../castore/node.ts";
-import { errorMessage } from "../castore/errors.ts";
-import { serverStreamHandler, unaryHandler } from "./server_call.ts";
-import { Code, internalStatus, MAX_RESPONSE_MESSAGE_BYTES, RpcError } from "./status.ts";
+import { errorMessage } from "../errors.ts";
+import { serverStreamHandler, unaryHandler } from "../grpc/server_call.ts";
+import { Code, internalStatus, MAX_RESPONSE_MESSAGE_BYTES, RpcError } from "../grpc/status.ts";
 
 /** Length of the store path digest that keys PathInfos. */
 const STORE_PATH_DIGEST_LEN = 20;

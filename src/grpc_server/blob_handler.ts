@@ -14,14 +14,14 @@ import type {
 } from "../proto/tvix/castore/protos/rpc_blobstore.ts";
 import type { BlobReader, BlobService } from "../castore/blob/service.ts";
 import { B3_LEN, b3Display, type Digest } from "../castore/digest.ts";
-import { errorMessage } from "../castore/errors.ts";
+import { errorMessage } from "../errors.ts";
 import {
   clientStreamHandler,
   receiveAll,
   serverStreamHandler,
   unaryHandler,
-} from "./server_call.ts";
-import { Code, RpcError } from "./status.ts";
+} from "../grpc/server_call.ts";
+import { Code, RpcError } from "../grpc/status.ts";
 
 /**
  * Largest `BlobChunk.data` the server sends. 1 MiB keeps per-message

@@ -6,8 +6,8 @@
  * @module
  */
 // Must run before grpc-js creates its HTTP/2 server (denoland/deno#36788).
-import "./h2_goaway_workaround.ts";
-import "./h2_server_window.ts";
+import "../grpc/h2_goaway_workaround.ts";
+import "../grpc/h2_server_window.ts";
 import * as grpc from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
@@ -16,12 +16,13 @@ import { DirectoryServiceService } from "../proto/tvix/castore/protos/rpc_direct
 import { PathInfoServiceService } from "../proto/tvix/store/protos/rpc_pathinfo.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
-import type { NarCalculationService, PathInfoService } from "../store/pathinfo/service.ts";
+import type { PathInfoService } from "../store/pathinfo/service.ts";
+import type { NarCalculationService } from "../nar/calculation.ts";
 import { blobHandler } from "./blob_handler.ts";
 import { directoryHandler } from "./directory_handler.ts";
 import { pathInfoHandler } from "./pathinfo_handler.ts";
-import { MAX_RESPONSE_MESSAGE_BYTES } from "./status.ts";
-import { errorMessage } from "../castore/errors.ts";
+import { MAX_RESPONSE_MESSAGE_BYTES } from "../grpc/status.ts";
+import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ListenAddress, parseListenAddress } from "../listen_address.ts";
 

@@ -8,9 +8,20 @@ import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import { toHex } from "../castore/digest.ts";
 import type { NodeVariant } from "../castore/node.ts";
-import { calculateNar } from "../nar/render.ts";
-import type { NarCalculationService, NarSummary } from "./pathinfo/service.ts";
+import { calculateNar } from "./render.ts";
 import { LoadingCache } from "../loading_cache.ts";
+
+/** NAR size and SHA-256 of a node. */
+export interface NarSummary {
+  narSize: bigint;
+  narSha256: Uint8Array;
+}
+
+/** Computes what the NAR of a node would be, without keeping the NAR. */
+export interface NarCalculationService {
+  /** The node's name does not matter. */
+  calculateNar(node: NodeVariant): Promise<NarSummary>;
+}
 
 /** Default number of cached results (each entry is well under 200 bytes). */
 export const DEFAULT_NAR_CACHE_SIZE = 10_000;

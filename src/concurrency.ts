@@ -1,0 +1,172 @@
+/**
+ * Bounded concurrency, the one way the code base limits work in flight:
+ * a {@linkcode Semaphore} for "at most n at once", a {@linkcode JobSet}
+ * for background jobs bounded in count and weight whose first failure
+ * sticks, and {@linkcode mapLimit} for mapping a list with at most n
+ * calls pending.
+ *
+ * @module
+ */
+
+/** At most `permits` holders at once; waiters are served in arrival order. */
+export class Semaphore {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+
+  /** A semaphore with `permits` (at least 1) permits. */
+  constructor(permits: number) {
+    this.#free = Math.max(1, Math.floor(permits));
+  }
+
+  /** Waits for a permit; the returned function gives it back (once). */
+  async acquire(): Promise<() => void> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#waiting.shift();
+      // A permit handed straight to a waiter never becomes free in between.
+      if (next) next();
+      else this.#free++;
+    };
+  }
+
+  /** Runs `fn` holding a permit. */
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.acquire();
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  /** Permits free right now. */
+  get free(): number {
+    return this.#free;
+  }
+
+  /** Callers waiting for a permit. */
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+}
+
+/** Bounds of a {@linkcode JobSet}. */
+export interface JobSetOptions {
+  /** Most jobs running at once (at least 1). */
+  maxJobs: number;
+  /**
+   * Most total weight running at once (default unbounded). A single job
+   * heavier than this still runs, alone.
+   */
+  maxWeight?: number;
+  /** Turns a job's failure into the error the set reports (default: as thrown). */
+  mapError?: (err: unknown) => unknown;
+}
+
+/**
+ * Background jobs bounded in count and total weight, where the first
+ * failure sticks: {@linkcode JobSet.add} waits for room, then starts the
+ * job without waiting for it; once any job has failed, `add`,
+ * {@linkcode JobSet.check} and {@linkcode JobSet.drain} throw that
+ * failure.
+ */
+export class JobSet {
+  readonly #running = new Set<Promise<void>>();
+  readonly #maxJobs: number;
+  readonly #maxWeight: number;
+  readonly #mapError: (err: unknown) => unknown;
+  #weight = 0;
+  #failed = false;
+  #error: unknown;
+
+  /** An empty set with the given bounds. */
+  constructor(opts: JobSetOptions) {
+    this.#maxJobs = Math.max(1, Math.floor(opts.maxJobs));
+    this.#maxWeight = opts.maxWeight ?? Infinity;
+    this.#mapError = opts.mapError ?? ((err) => err);
+  }
+
+  /**
+   * Waits until the job fits the bounds, then starts it and returns
+   * (without waiting for the job). Throws the set's failure instead, if
+   * any job has failed.
+   */
+  async add(job: () => Promise<unknown>, weight = 0): Promise<void> {
+    this.check();
+    while (
+      this.#running.size > 0 &&
+      (this.#running.size >= this.#maxJobs || this.#weight + weight > this.#maxWeight)
+    ) {
+      await Promise.race(this.#running);
+      this.check();
+    }
+    this.#weight += weight;
+    const run: Promise<void> = Promise.resolve()
+      .then(job)
+      .then(() => {}, (err) => {
+        if (!this.#failed) {
+          this.#failed = true;
+          this.#error = this.#mapError(err);
+        }
+      })
+      .finally(() => {
+        this.#weight -= weight;
+        this.#running.delete(run);
+      });
+    this.#running.add(run);
+  }
+
+  /** Throws the first failure, if a job has failed. */
+  check(): void {
+    if (this.#failed) throw this.#error;
+  }
+
+  /** Waits for every job; then throws the first failure, if any. */
+  async drain(): Promise<void> {
+    while (this.#running.size > 0) await Promise.race(this.#running);
+    this.check();
+  }
+
+  /** Jobs running now. */
+  get size(): number {
+    return this.#running.size;
+  }
+}
+
+/**
+ * Calls `fn` on every item with at most `limit` calls pending; resolves
+ * with the results in item order. The first rejection rejects the whole
+ * map once the calls already started have settled (none is left running
+ * behind the caller's back), and no new call starts after it.
+ */
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  let failed = false;
+  let error: unknown;
+  const lane = async () => {
+    while (!failed && next < items.length) {
+      const i = next++;
+      try {
+        results[i] = await fn(items[i], i);
+      } catch (err) {
+        if (!failed) {
+          failed = true;
+          error = err;
+        }
+      }
+    }
+  };
+  const lanes = Math.max(1, Math.min(Math.floor(limit), items.length));
+  await Promise.all(Array.from({ length: lanes }, lane));
+  if (failed) throw error;
+  return results;
+}
