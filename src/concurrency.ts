@@ -92,8 +92,9 @@ export class JobSet {
 
   /**
    * Waits until the job fits the bounds, then starts it and returns
-   * (without waiting for the job). Throws the set's failure instead, if
-   * any job has failed.
+   * (without waiting for the job). The job is called before `add`
+   * resolves, so whatever it sets up synchronously is in place for the
+   * caller. Throws the set's failure instead, if any job has failed.
    */
   async add(job: () => Promise<unknown>, weight = 0): Promise<void> {
     this.check();
@@ -105,8 +106,7 @@ export class JobSet {
       this.check();
     }
     this.#weight += weight;
-    const run: Promise<void> = Promise.resolve()
-      .then(job)
+    const run: Promise<void> = start(job)
       .then(() => {}, (err) => {
         if (!this.#failed) {
           this.#failed = true;
@@ -134,6 +134,19 @@ export class JobSet {
   /** Jobs running now. */
   get size(): number {
     return this.#running.size;
+  }
+}
+
+/**
+ * Calls `job` now, turning a synchronous throw into a rejection: callers
+ * such as the object store's writer read what the job assigned as soon as
+ * `add` returns, so the call cannot wait for a later microtask.
+ */
+function start(job: () => Promise<unknown>): Promise<unknown> {
+  try {
+    return Promise.resolve(job());
+  } catch (err) {
+    return Promise.reject(err);
   }
 }
 

@@ -5,6 +5,7 @@
  * @module
  */
 import { deepStrictEqual, notDeepStrictEqual } from "node:assert";
+import { errorMessage } from "../src/errors.ts";
 
 /** Throws unless `cond` is truthy. */
 export function assert(cond: unknown, msg = "assertion failed"): asserts cond {
@@ -31,7 +32,7 @@ function check<E extends Error>(err: unknown, cls?: Ctor<E>, includes?: string):
       `expected ${cls.name}, got ${err instanceof Error ? err.name : typeof err}: ${err}`,
     );
   }
-  if (includes !== undefined && !String((err as Error)?.message).includes(includes)) {
+  if (includes !== undefined && !errorMessage(err).includes(includes)) {
     throw new Error(`expected message to include ${JSON.stringify(includes)}, got: ${err}`);
   }
   return err as E;

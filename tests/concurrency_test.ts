@@ -101,6 +101,21 @@ Deno.test("JobSet: the first failure sticks and is reported mapped", async () =>
   await assertRejects(() => set.drain(), Error, "mapped: first");
 });
 
+Deno.test("JobSet: the job has started when add resolves; a synchronous throw is its failure", async () => {
+  const set = new JobSet({ maxJobs: 1 });
+  let started = false;
+  await set.add(() => {
+    started = true;
+    return Promise.resolve();
+  });
+  assert(started, "add resolved before calling the job");
+  await set.drain();
+  await set.add(() => {
+    throw new Error("sync");
+  });
+  await assertRejects(() => set.drain(), Error, "sync");
+});
+
 Deno.test("mapLimit: results in item order with at most n pending", async () => {
   let active = 0;
   let peak = 0;

@@ -1,18 +1,17 @@
 /**
- * URL helpers for building services from their addresses (SPEC §5).
+ * URL helpers for building services from their addresses
+ * (docs/architecture.md#service-urls).
  *
  * @module
  */
-import { StorageError } from "../errors.ts";
+import { errorMessage, StorageError } from "../errors.ts";
 
 /** Parses a service URL. Throws `StorageError` "unable to parse url: …". */
 export function parseServiceUrl(url: string): URL {
   try {
     return new URL(url);
   } catch (err) {
-    throw new StorageError(
-      `unable to parse url: ${url}: ${err instanceof Error ? err.message : err}`,
-    );
+    throw new StorageError(`unable to parse url: ${url}: ${errorMessage(err)}`);
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * `tvix-store copy NIX_ATTRS_JSON_FILE` (SPEC §6.4): copies the closure
+ * `tvix-store copy NIX_ATTRS_JSON_FILE` (docs/compatibility.md#copy): copies the closure
  * Nix describes in an `exportReferencesGraph` JSON (structured attrs) from
  * the local `/nix/store` into the store.
  *
@@ -13,10 +13,11 @@
 import { Argument, type Command } from "commander";
 import { addServiceOptions } from "./common.ts";
 import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
-import { mapLimit, ProgressBar, uploadPool } from "./import.ts";
+import { ProgressBar, uploadPool } from "./import.ts";
+import { mapLimit } from "../concurrency.ts";
 import { constructServices } from "../store/services.ts";
 import { bytesEqual, fromHex, toHex } from "../castore/digest.ts";
-import { InvalidRequestError } from "../errors.ts";
+import { errorMessage, InvalidRequestError } from "../errors.ts";
 import { renameNode, toNode } from "../castore/node.ts";
 import type { PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
 import * as nixbase32 from "../store/nixbase32.ts";
@@ -51,7 +52,7 @@ export function parseNarHash(text: unknown, where: string): Uint8Array {
     if (h.length === 52) return nixbase32.decodeFixed(h, 32);
     if (h.length === 64) return fromHex(h);
   } catch (err) {
-    bad(`${where}: narHash ${JSON.stringify(text)}: ${(err as Error).message}`);
+    bad(`${where}: narHash ${JSON.stringify(text)}: ${errorMessage(err)}`);
   }
   bad(`${where}: narHash ${JSON.stringify(text)} has the wrong length`);
 }
@@ -61,7 +62,7 @@ function parseStorePath(text: unknown, where: string): StorePath {
   try {
     return StorePath.parseAbsolute(text);
   } catch (err) {
-    bad(`${where}: ${(err as Error).message}`);
+    bad(`${where}: ${errorMessage(err)}`);
   }
 }
 
@@ -132,7 +133,7 @@ async function runCopy(file: string | undefined, addrs: ServiceAddrs): Promise<v
   try {
     json = JSON.parse(await Deno.readTextFile(jsonFile));
   } catch (err) {
-    throw new InvalidRequestError(`cannot read ${jsonFile}: ${(err as Error).message}`);
+    throw new InvalidRequestError(`cannot read ${jsonFile}: ${errorMessage(err)}`);
   }
   const closure = parseClosure(json);
   // The same path listed twice is copied once.

@@ -1,5 +1,5 @@
 /**
- * `tvix-store daemon`: serves the three services over gRPC (SPEC §6.2).
+ * `tvix-store daemon`: serves the three services over gRPC (docs/compatibility.md#daemon).
  *
  * Defaults differ from the reference on purpose: the daemon listens on
  * loopback only (`[::1]:8000`), and the backends default to the embedded
@@ -23,6 +23,7 @@ import { log } from "../log.ts";
 import { formatListenAddress } from "../listen_address.ts";
 import { addNarBridgeOptions, loadNarBridgeOptions, type NarBridgeFlags } from "./nar_bridge.ts";
 import { startNarBridge } from "../narbridge/server.ts";
+import { onStopSignal } from "./shutdown.ts";
 
 /** Where the daemon listens unless told otherwise. */
 export const DEFAULT_LISTEN_ADDRESS = "[::1]:8000";
@@ -59,32 +60,11 @@ async function resolveAddrs(opts: Partial<ServiceAddrs>): Promise<ServiceAddrs> 
   };
 }
 
-/** Resolves on the first SIGINT or SIGTERM; a second one forces `onRepeat`. */
-function firstSignal(onRepeat: () => void): { signal: Promise<Deno.Signal>; dispose(): void } {
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  let seen = false;
-  let resolve!: (s: Deno.Signal) => void;
-  const signal = new Promise<Deno.Signal>((r) => (resolve = r));
-  const handlers = signals.map((s) => {
-    const handler = () => {
-      if (seen) return onRepeat();
-      seen = true;
-      resolve(s);
-    };
-    Deno.addSignalListener(s, handler);
-    return [s, handler] as const;
-  });
-  return {
-    signal,
-    dispose: () => handlers.forEach(([s, h]) => Deno.removeSignalListener(s, h)),
-  };
-}
-
 async function runDaemon(opts: DaemonOptions): Promise<void> {
   // Signals are handled from the start, so one that arrives while the
   // backends open still ends in an orderly stop.
   let server: grpc.Server | undefined;
-  const stop = firstSignal(() => {
+  const stop = onStopSignal(() => {
     log.warn("second signal: cancelling calls in flight");
     server?.forceShutdown();
   });
@@ -99,8 +79,9 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
       path_info_service_addr: addrs.pathInfoServiceAddr,
     });
     services = await constructServices(addrs);
-    // CalculateNAR renders from the daemon's own blobs and directories (SPEC
-    // §6.2), even when its path infos live in another daemon.
+    // CalculateNAR renders from the daemon's own blobs and directories
+    // (docs/compatibility.md#daemon), even when its path infos live in
+    // another daemon.
     const served = {
       ...services,
       narCalculation: new LocalNarCalculationService(services.blob, services.directory),

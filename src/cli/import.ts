@@ -1,12 +1,14 @@
 /**
- * `tvix-store import PATH...` (SPEC §6.3): adds local paths to the store
+ * `tvix-store import PATH...` (docs/compatibility.md#import): adds local paths to the store
  * the way `nix-store --add` does and prints their store paths.
  *
  * Differences from the reference, on purpose: store paths are printed in
  * argument order (not completion order), and a path that fails is reported
- * on stderr with its cause and makes the command exit non-zero (quirk Q18
- * fixed); the other paths are still imported. NAR hashes are computed from
- * the local files, never by reading blobs back from a daemon (Q2).
+ * on stderr with its cause and makes the command exit non-zero
+ * (docs/compatibility.md#q18-import-exit-status-ignores-failures); the other
+ * paths are still imported. NAR hashes are computed from the local files,
+ * never by reading blobs back from a daemon
+ * (docs/compatibility.md#q2-import-hashes-the-nar-by-reading-blobs-back).
  *
  * @module
  */
@@ -14,6 +16,7 @@ import type { Command } from "commander";
 import { addServiceOptions } from "./common.ts";
 import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { errorMessage } from "../errors.ts";
+import { mapLimit } from "../concurrency.ts";
 import { constructServices } from "../store/services.ts";
 import { importPath } from "../store/import.ts";
 import { log } from "../log.ts";
@@ -100,24 +103,6 @@ export class ProgressBar {
     Deno.stderr.writeSync(te.encode(`\r\x1b[2K${line}`));
     this.#drawn = true;
   }
-}
-
-/** Runs `fn` over `items` with at most `n` in flight; results in item order. */
-export async function mapLimit<T, R>(
-  items: T[],
-  n: number,
-  fn: (item: T, index: number) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i], i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  return results;
 }
 
 async function runImport(paths: string[], addrs: ServiceAddrs): Promise<void> {

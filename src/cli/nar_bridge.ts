@@ -16,6 +16,7 @@ import { constructServices } from "../store/services.ts";
 import { type NarBridgeOptions, startNarBridge } from "../narbridge/server.ts";
 import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";
 import { log } from "../log.ts";
+import { onStopSignal } from "./shutdown.ts";
 
 /** Where nar-bridge listens unless told otherwise (as upstream: loopback, port 9000). */
 export const DEFAULT_NAR_BRIDGE_LISTEN_ADDRESS = "[::1]:9000";
@@ -69,21 +70,6 @@ interface CliOptions extends ServiceAddrs, NarBridgeFlags {
   listenAddress: string;
 }
 
-/** Resolves on the first SIGINT or SIGTERM. */
-function nextSignal(): Promise<Deno.Signal> {
-  return new Promise((resolve) => {
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    const handlers = signals.map((s) => {
-      const handler = () => {
-        handlers.forEach(([sig, h]) => Deno.removeSignalListener(sig, h));
-        resolve(s);
-      };
-      Deno.addSignalListener(s, handler);
-      return [s, handler] as const;
-    });
-  });
-}
-
 async function run(opts: CliOptions): Promise<void> {
   const bridgeOpts = await loadNarBridgeOptions(opts);
   const services = await constructServices(opts);
@@ -92,7 +78,8 @@ async function run(opts: CliOptions): Promise<void> {
       ...bridgeOpts,
       listenAddress: opts.listenAddress,
     });
-    const signal = await nextSignal();
+    // No handler for a second signal: it ends the process at once.
+    const signal = await onStopSignal().signal;
     log.info("nar-bridge shutting down", { signal });
     await bridge.close();
   } finally {

@@ -1,14 +1,15 @@
 /**
- * gRPC client plumbing shared by the `grpc+…` backends: URL parsing (SPEC
- * §5.4), one grpc-js channel per endpoint for all three services, and the
- * mapping of call failures back into the castore error model (SPEC §3.1).
+ * gRPC client plumbing shared by the `grpc+…` backends: URL parsing
+ * (docs/architecture.md#service-urls), one grpc-js channel per endpoint for
+ * all three services, and the mapping of call failures back into the castore
+ * error model (docs/compatibility.md#client-side).
  *
  * @module
  */
 import "./h2_goaway_workaround.ts";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
 
 /** Where a `grpc+…` URL points, in the form grpc-js wants. */
 export interface GrpcEndpoint {
@@ -25,8 +26,9 @@ const SCHEMES = new Set(["grpc+unix", "grpc+http", "grpc+https"]);
 
 /**
  * Parses a `grpc+unix://`, `grpc+http://` or `grpc+https://` URL. Throws a
- * `StorageError` (as every construction error in SPEC §5) if the URL is
- * malformed, names a host for a Unix socket, or carries a path for TCP.
+ * `StorageError` (as every error building a service from its URL, see
+ * docs/architecture.md#service-urls) if the URL is malformed, names a host
+ * for a Unix socket, or carries a path for TCP.
  */
 export function parseGrpcUrl(url: string): GrpcEndpoint {
   let u: URL;
@@ -64,9 +66,9 @@ export function parseGrpcUrl(url: string): GrpcEndpoint {
 
 /**
  * The largest message we accept. Servers keep messages at or below 4 MiB
- * (SPEC §1.1), which grpc-js's default limit of exactly 4 MiB would reject
- * once the protobuf framing is added; a bound still protects us from a
- * runaway peer.
+ * (docs/compatibility.md#message-size-limits), which grpc-js's default
+ * limit of exactly 4 MiB would reject once the protobuf framing is added; a
+ * bound still protects us from a runaway peer.
  */
 export const MAX_RECEIVE_MESSAGE_LENGTH = 16 * 1024 * 1024;
 
@@ -214,7 +216,7 @@ export async function channelFor(url: string): Promise<ChannelLease> {
       await waitReady(held.channel);
     } catch (err) {
       lease.release();
-      throw new StorageError(`unable to connect to ${url}: ${(err as Error).message}`);
+      throw new StorageError(`unable to connect to ${url}: ${errorMessage(err)}`);
     }
   }
   return lease;

@@ -1,10 +1,10 @@
 /**
  * Strict streaming NAR reader that stores what it reads: file contents go
  * to the BlobService, directories (leaves first) to one DirectoryService
- * multi-put (SPEC §4.9).
+ * multi-put (docs/compatibility.md#ingesting-a-nar).
  *
  * The NAR is hashed (SHA-256) and counted as it is read. Anything a strict
- * reader must refuse (SPEC §4.1) fails the whole ingestion with
+ * reader must refuse (docs/compatibility.md#nar-encoding) fails the whole ingestion with
  * {@linkcode NarParseError}; the directory upload is then never closed, so no
  * directory of a bad NAR becomes reachable. Blobs uploaded before the error
  * stay behind: they are content-addressed and harmless.
@@ -24,6 +24,7 @@ import {
 import { InvalidRequestError, StorageError } from "../errors.ts";
 import { isValidName, type NodeVariant, quoteBytes } from "../castore/node.ts";
 import { MAX_NAME_LEN, MAX_TARGET_LEN, padLen, WORD } from "./wire.ts";
+import { JobSet } from "../concurrency.ts";
 
 /** Files below this size are buffered and uploaded in the background. */
 export const SMALL_FILE = 1024 * 1024;
@@ -33,7 +34,7 @@ const INFLIGHT_COUNT = 64;
 // Keywords are at most 13 bytes ("nix-archive-1"); longer strings are not keywords.
 const MAX_KEYWORD_LEN = 16;
 
-/** The NAR is malformed (SPEC §4.1 "invalid data"). */
+/** The NAR is malformed (see docs/compatibility.md#nar-encoding). */
 export class NarParseError extends InvalidRequestError {
   override name = "NarParseError";
   constructor(message: string, readonly offset?: number) {
@@ -202,54 +203,9 @@ function wordText(word: Uint8Array): string {
   return JSON.stringify(td.decode(word.subarray(8, 8 + word[0])));
 }
 
-/** Background uploads of small files, bounded in bytes and count. */
-class Uploads {
-  readonly #inflight = new Set<Promise<void>>();
-  #bytes = 0;
-  #error: unknown;
-
-  constructor(private readonly blob: BlobService) {}
-
-  /** Starts uploading `data`, whose digest the caller already computed. */
-  async add(data: Uint8Array, digest: Digest): Promise<void> {
-    while (
-      this.#inflight.size > 0 &&
-      (this.#bytes + data.length > INFLIGHT_BYTES || this.#inflight.size >= INFLIGHT_COUNT)
-    ) {
-      await Promise.race(this.#inflight);
-    }
-    this.check();
-    this.#bytes += data.length;
-    const p = uploadAll(this.blob, data, digest).catch((err) => {
-      this.#error ??= err;
-    }).finally(() => {
-      this.#bytes -= data.length;
-      this.#inflight.delete(p);
-    });
-    this.#inflight.add(p);
-  }
-
-  /** Rethrows the first failed upload. */
-  check(): void {
-    if (this.#error !== undefined) throw this.#error;
-  }
-
-  /** Waits for every upload; rethrows the first failure. */
-  async drain(): Promise<void> {
-    while (this.#inflight.size > 0) await Promise.race(this.#inflight);
-    this.check();
-  }
-}
-
+/** Uploads a small file read whole, checking the digest the caller computed. */
 async function uploadAll(blob: BlobService, data: Uint8Array, expected: Digest): Promise<void> {
-  const w = blob.openWrite();
-  try {
-    await w.write(data);
-  } catch (err) {
-    await w.abort().catch(() => {});
-    throw err;
-  }
-  const got = await w.close();
+  const got = await uploadStream(blob, [data]);
   if (!bytesEqual(got, expected)) {
     throw new StorageError(
       `blob service returned digest ${b3Display(got)}, expected ${b3Display(expected)}`,
@@ -257,7 +213,11 @@ async function uploadAll(blob: BlobService, data: Uint8Array, expected: Digest):
   }
 }
 
-async function uploadStream(blob: BlobService, pieces: AsyncIterable<Uint8Array>): Promise<Digest> {
+/** Uploads `pieces` as one blob; a failed write aborts the writer, leaving nothing. */
+async function uploadStream(
+  blob: BlobService,
+  pieces: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+): Promise<Digest> {
   const w = blob.openWrite();
   try {
     for await (const piece of pieces) await w.write(piece);
@@ -308,7 +268,9 @@ export async function ingestNar(
 ): Promise<IngestedNar> {
   const r = new Reader(stream);
   const p = new Primitives(r);
-  const uploads = new Uploads(blob);
+  // Small files upload in the background, bounded in count and in bytes
+  // held; the first failed upload fails the ingestion at the next check.
+  const uploads = new JobSet({ maxJobs: INFLIGHT_COUNT, maxWeight: INFLIGHT_BYTES });
   let putter: DirectoryPutter | undefined;
   const stack: Frame[] = [];
 
@@ -348,7 +310,7 @@ export async function ingestNar(
       if (size < BigInt(SMALL_FILE)) {
         const data = await r.read(Number(size), true);
         digest = blake3(data);
-        await uploads.add(data, digest);
+        await uploads.add(() => uploadAll(blob, data, digest), data.length);
       } else {
         digest = await uploadStream(blob, r.stream(size));
       }

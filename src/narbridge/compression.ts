@@ -19,6 +19,7 @@ import { pipeline } from "node:stream/promises";
 import { createBrotliDecompress, createGunzip, createZstdCompress } from "node:zlib";
 import type { Transform } from "node:stream";
 import { concatBytes } from "../castore/digest.ts";
+import { errorMessage } from "../errors.ts";
 
 /** An upload that cannot be decoded (unknown format, missing tool, corrupt data). */
 export class DecompressError extends Error {
@@ -73,7 +74,7 @@ async function* throughTransform(
     await done;
   } catch (err) {
     if (inputFailed) throw inputError;
-    throw new DecompressError(`${what}: ${(err as Error).message}`);
+    throw new DecompressError(`${what}: ${errorMessage(err)}`);
   } finally {
     transform.destroy();
   }
@@ -94,7 +95,7 @@ async function* throughTool(
     }).spawn();
   } catch (err) {
     throw new DecompressError(
-      `${tool} uploads need the ${tool} tool, which is unavailable (${(err as Error).message}); ` +
+      `${tool} uploads need the ${tool} tool, which is unavailable (${errorMessage(err)}); ` +
         `upload with ?compression=zstd or ?compression=none instead`,
       true,
     );

@@ -1,5 +1,5 @@
 /**
- * The `.narinfo` text format of Nix binary caches (SPEC §4.8): parsing,
+ * The `.narinfo` text format of Nix binary caches (docs/compatibility.md#narinfo): parsing,
  * rendering, the signed fingerprint, and conversion to and from PathInfo.
  *
  * @module
@@ -13,6 +13,7 @@ import {
   type PathInfo,
 } from "../proto/tvix/store/protos/pathinfo.ts";
 import { formatSignature, type NamedSignature, parseSignature } from "./signing.ts";
+import { errorMessage } from "../errors.ts";
 
 /** A narinfo that cannot be parsed, or a PathInfo that cannot become one. */
 export class NarInfoError extends Error {
@@ -88,7 +89,7 @@ function decodeDigest(text: string, algo: CaHashAlgo, what: string): Uint8Array 
   try {
     return nixbase32.decode(text);
   } catch (err) {
-    throw new NarInfoError(`invalid ${what}: ${(err as Error).message}`);
+    throw new NarInfoError(`invalid ${what}: ${errorMessage(err)}`);
   }
 }
 
@@ -103,7 +104,7 @@ function parseBasename(text: string, what: string): StorePath {
   try {
     return StorePath.parseBasename(text);
   } catch (err) {
-    throw new NarInfoError(`invalid ${what} ${JSON.stringify(text)}: ${(err as Error).message}`);
+    throw new NarInfoError(`invalid ${what} ${JSON.stringify(text)}: ${errorMessage(err)}`);
   }
 }
 
@@ -147,7 +148,8 @@ function parseSha256(value: string, what: string): { digest: Uint8Array; hex: bo
 }
 
 /**
- * Parses narinfo text (SPEC §4.8). Throws {@linkcode NarInfoError} for a
+ * Parses narinfo text (docs/compatibility.md#narinfo-fields). Throws
+ * {@linkcode NarInfoError} for a
  * malformed line or value, a repeated key (other than `Sig`), or a missing
  * required key (StorePath, URL, NarHash, NarSize, References).
  */
@@ -235,7 +237,7 @@ export function parseNarInfo(text: string): NarInfo {
         try {
           signatures.push(parseSignature(value));
         } catch (err) {
-          throw new NarInfoError(`invalid Sig: ${(err as Error).message}`);
+          throw new NarInfoError(`invalid Sig: ${errorMessage(err)}`);
         }
         break;
       case "CA":
@@ -341,7 +343,7 @@ const textDecoder = new TextDecoder();
 /**
  * The raw digest of a PathInfo CA entry. Besides raw bytes this accepts
  * the textual `<algo>-<nixbase32>` form the reference `import` wrote
- * (SPEC §4.7, quirk Q1: 59 bytes for sha256).
+ * (59 bytes for sha256; docs/compatibility.md#q1-import-stores-the-ca-digest-as-text).
  */
 function caDigest(algo: CaHashAlgo, digest: Uint8Array): Uint8Array {
   if (digest.length === HASH_LEN[algo]) return digest;
@@ -351,7 +353,8 @@ function caDigest(algo: CaHashAlgo, digest: Uint8Array): Uint8Array {
 }
 
 /**
- * A PathInfo (without root node) holding a narinfo's metadata (SPEC §4.8):
+ * A PathInfo (without root node) holding a narinfo's metadata
+ * (docs/compatibility.md#conversion-to-and-from-pathinfo):
  * references as raw digests in file order, signatures, deriver without
  * `.drv`, CA as enum + raw digest. The caller fills `node`.
  */
@@ -385,7 +388,7 @@ export function pathInfoStorePath(info: PathInfo): StorePath {
   try {
     return StorePath.parseBasenameBytes(variant.value.name);
   } catch (err) {
-    throw new NarInfoError(`invalid root node name: ${(err as Error).message}`);
+    throw new NarInfoError(`invalid root node name: ${errorMessage(err)}`);
   }
 }
 
@@ -393,7 +396,7 @@ export function pathInfoStorePath(info: PathInfo): StorePath {
  * The narinfo describing a PathInfo (which must carry NAR metadata):
  * `Compression: none`, no FileHash/FileSize/System, `url` as given (the
  * caller decides where the NAR is served). TEXT_SHA256 content addresses
- * convert too (quirk Q13 fixed).
+ * convert too (docs/compatibility.md#q13-text-content-addresses-cannot-be-converted-back).
  */
 export function pathInfoToNarInfo(info: PathInfo, url = ""): NarInfo {
   const storePath = pathInfoStorePath(info);
@@ -405,7 +408,7 @@ export function pathInfoToNarInfo(info: PathInfo, url = ""): NarInfo {
     try {
       deriver = StorePath.fromParts(meta.deriver.digest, meta.deriver.name);
     } catch (err) {
-      throw new NarInfoError(`invalid deriver: ${(err as Error).message}`);
+      throw new NarInfoError(`invalid deriver: ${errorMessage(err)}`);
     }
   }
   let ca: ContentAddress | undefined;

@@ -4,7 +4,8 @@
  * Nix writes keys as `<name>:<base64>`: a public key holds the 32-byte
  * ed25519 point, a secret key holds 64 bytes (the 32-byte seed followed by
  * the public key, as libsodium stores it). A signature on a narinfo is
- * `<name>:<base64 of 64 bytes>` over the fingerprint (SPEC §4.8).
+ * `<name>:<base64 of 64 bytes>` over the fingerprint
+ * (docs/compatibility.md#fingerprint-and-signatures).
  *
  * node:crypto only imports ed25519 keys in DER (or JWK) form, so the raw
  * bytes are wrapped in the fixed PKCS#8 / SPKI prefixes of RFC 8410.
@@ -14,6 +15,7 @@
 import { Buffer } from "node:buffer";
 import { createPrivateKey, createPublicKey, type KeyObject, sign, verify } from "node:crypto";
 import { bytesEqual, concatBytes, fromBase64, toBase64 } from "../castore/digest.ts";
+import { errorMessage } from "../errors.ts";
 
 /** A key or signature string that is not in Nix's format. */
 export class KeyFormatError extends Error {
@@ -96,7 +98,7 @@ export class PublicKey {
     try {
       return new PublicKey(name, bytes);
     } catch (err) {
-      throw new KeyFormatError(`invalid public key: ${(err as Error).message}`);
+      throw new KeyFormatError(`invalid public key: ${errorMessage(err)}`);
     }
   }
 
@@ -147,7 +149,7 @@ export class SecretKey {
     try {
       key = new SecretKey(name, bytes.subarray(0, 32), bytes.slice(32));
     } catch (err) {
-      throw new KeyFormatError(`invalid secret key: ${(err as Error).message}`);
+      throw new KeyFormatError(`invalid secret key: ${errorMessage(err)}`);
     }
     const derived = createPublicKey(key.#key).export({ format: "der", type: "spki" });
     if (!bytesEqual(new Uint8Array(derived).subarray(SPKI_PREFIX.length), key.publicKey.bytes)) {
@@ -161,7 +163,10 @@ export class SecretKey {
     return SecretKey.parse(await Deno.readTextFile(path));
   }
 
-  /** Signs the fingerprint (SPEC §4.8) and names the signature after this key. */
+  /**
+   * Signs the fingerprint (docs/compatibility.md#fingerprint-and-signatures)
+   * and names the signature after this key.
+   */
   sign(fingerprint: string): NamedSignature {
     const data = new Uint8Array(sign(null, te.encode(fingerprint), this.#key));
     return { name: this.name, data };

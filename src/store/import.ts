@@ -1,11 +1,13 @@
 /**
  * Importing local paths into the store as content-addressed ("source")
- * store paths, the way `nix-store --add` does (SPEC §4.7).
+ * store paths, the way `nix-store --add` does
+ * (docs/compatibility.md#the-import-algorithm).
  *
  * The NAR hash is computed from the local tree right after ingestion (a
  * second pass, served by the page cache), never by reading blobs back from
  * the blob service: with a remote daemon that would download everything
- * again (upstream quirk Q2). The pass renders the NAR from the directories
+ * again (docs/compatibility.md#q2-import-hashes-the-nar-by-reading-blobs-back).
+ * The pass renders the NAR from the directories
  * the ingestion produced, so its structure is the stored one; a file that
  * changes length in between makes the import fail.
  *
@@ -20,7 +22,7 @@ import {
   newIngestRecord,
   recordedSources,
 } from "../castore/import/fs.ts";
-import { InvalidRequestError } from "../errors.ts";
+import { errorMessage, InvalidRequestError } from "../errors.ts";
 import { type NodeVariant, renameNode, toNode } from "../castore/node.ts";
 import { calculateNar } from "../nar/render.ts";
 import { NARInfo_CA_Hash, type PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
@@ -57,8 +59,8 @@ export interface ImportResult {
 const te = new TextEncoder();
 
 /**
- * The store path name for a local path: its last component (SPEC §4.7 step
- * 1). `a/b/../c` → `c`; a path ending in `..`, or with no final component
+ * The store path name for a local path: its last component
+ * (docs/compatibility.md#the-import-algorithm, step 1). `a/b/../c` → `c`; a path ending in `..`, or with no final component
  * (`.`, `/`), is refused with {@linkcode IngestError}.
  */
 export function nameFromPath(path: string): string {
@@ -98,7 +100,7 @@ export async function ingestPathWithNar(
   try {
     summary = await calculateNar(node, sources.blob, sources.dir);
   } catch (err) {
-    throw new IngestError(local, `hashing the NAR failed: ${(err as Error).message ?? err}`);
+    throw new IngestError(local, `hashing the NAR failed: ${errorMessage(err)}`);
   }
   return { node, ...summary };
 }
@@ -106,8 +108,8 @@ export async function ingestPathWithNar(
 /**
  * Imports one local path as `nix-store --add` would (NAR-hashed, SHA-256,
  * no references): ingests it, stores a PathInfo and returns the store
- * path. The PathInfo's `ca.digest` is the raw 32-byte NAR hash (upstream
- * quirk Q1 fixed).
+ * path. The PathInfo's `ca.digest` is the raw 32-byte NAR hash, not
+ * upstream's text (docs/compatibility.md#q1-import-stores-the-ca-digest-as-text).
  */
 export async function importPath(
   path: string,

@@ -408,6 +408,16 @@ Deno.test("objectstore blob: a failing store makes the write fail, with no index
   await service.close();
 });
 
+Deno.test("objectstore blob: any other store failure is reported as a StorageError", async () => {
+  const inner = new MemoryObjectStore();
+  const failing = new CountingStore(inner);
+  failing.put = () => Promise.reject(new TypeError("EIO"));
+  const service = new ObjectStoreBlobService(failing);
+  await assertRejects(() => putBlob(service, MULTI), StorageError, "storing a chunk: EIO");
+  assertEquals(await inner.list(), []);
+  await service.close();
+});
+
 Deno.test("objectstore blob: invalid digests and offsets are rejected", async () => {
   const service = new ObjectStoreBlobService(new MemoryObjectStore());
   await assertRejects(() => service.has(new Uint8Array(31)));

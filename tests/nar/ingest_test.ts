@@ -24,6 +24,7 @@ import { calculateNar, renderNar } from "../../src/nar/render.ts";
 import { concat, str, u64 } from "../../src/nar/wire.ts";
 import { createHash } from "node:crypto";
 import { collectBytes } from "../conformance/harness.ts";
+import { StorageError } from "../../src/errors.ts";
 
 /** Feeds `bytes` in pieces of `piece` bytes (exercises reads across piece boundaries). */
 async function* pieces(bytes: Uint8Array, piece = 7): AsyncGenerator<Uint8Array> {
@@ -237,5 +238,75 @@ Deno.test("refuses unknown tokens and bad structure", async () => {
     nar("nix-archive-1", "(", "type", "regular", "contents", u64(1n << 40n)),
     "huge file",
     "truncated",
+  );
+});
+
+/**
+ * A memory blob service whose writers report to `hooks`: `close` may be
+ * replaced, and open writers are counted so tests can see the upload bound.
+ */
+function watchedBlobs(hooks: {
+  close?: (inner: () => Promise<Uint8Array>) => Promise<Uint8Array>;
+}) {
+  const blob = new MemoryBlobService();
+  const stats = { open: 0, peak: 0 };
+  const openWrite = blob.openWrite.bind(blob);
+  blob.openWrite = () => {
+    const inner = openWrite();
+    stats.open++;
+    stats.peak = Math.max(stats.peak, stats.open);
+    return {
+      write: (data) => inner.write(data),
+      close: () => {
+        const closing = hooks.close ? hooks.close(() => inner.close()) : inner.close();
+        return closing.finally(() => stats.open--);
+      },
+      abort: () => {
+        stats.open--;
+        return inner.abort();
+      },
+    };
+  };
+  return { blob, stats };
+}
+
+const manySmallFiles = (n: number) =>
+  dirNar(
+    ...Array.from(
+      { length: n },
+      (_, i) => entry(`f${String(i).padStart(3, "0")}`, ...file(`${i}`)),
+    ),
+  );
+
+Deno.test("small files upload in the background, at most 64 at once", async () => {
+  const { blob, stats } = watchedBlobs({
+    close: async (inner) => {
+      await new Promise((r) => setTimeout(r, 2));
+      return await inner();
+    },
+  });
+  const dir = new MemoryDirectoryService();
+  const r = await ingestNar(pieces(manySmallFiles(150), 4096), blob, dir);
+  assertEquals(r.node.$case, "directory");
+  assertEquals(stats.open, 0, "an upload was still running after ingestNar returned");
+  assert(stats.peak > 1 && stats.peak <= 64, `peak ${stats.peak}`);
+});
+
+Deno.test("a failed background upload fails the ingestion, and nothing becomes reachable", async () => {
+  const { blob } = watchedBlobs({ close: () => Promise.reject(new Error("disk on fire")) });
+  const dir = new MemoryDirectoryService();
+  const bytes = manySmallFiles(3);
+  await assertRejects(() => ingestNar(pieces(bytes), blob, dir), Error, "disk on fire");
+  const ok = await ingestNar(pieces(bytes), new MemoryBlobService(), new MemoryDirectoryService());
+  assert(ok.node.$case === "directory");
+  assertEquals(await dir.get(ok.node.value.digest), undefined, "the root directory was stored");
+});
+
+Deno.test("a blob service returning the wrong digest is a StorageError", async () => {
+  const { blob } = watchedBlobs({ close: () => Promise.resolve(EMPTY_BLOB_DIGEST) });
+  await assertRejects(
+    () => ingestNar(pieces(NAR_CONTENTS_HELLOWORLD), blob, new MemoryDirectoryService()),
+    StorageError,
+    "blob service returned digest",
   );
 });

@@ -1,6 +1,6 @@
 /**
  * BlobService on an object store (`objectstore+file://…`, `objectstore+memory://`),
- * in the reference layout (SPEC §5.5):
+ * in the reference layout (docs/compatibility.md#blobs-and-chunks):
  *
  * - `blobs/b3/<hex d[0..2]>/<hex d>`: the blob index, a protobuf
  *   `StatBlobResponse` listing the chunks in order;
@@ -12,7 +12,8 @@
  * (`chunk_pool.ts`; in-thread if Workers are unavailable). Chunks are
  * uploaded concurrently with a bounded number in flight; the index is
  * written last, after every chunk's `put` (which is durable) has completed,
- * so a blob becomes visible only once all of its chunks are. Quirk Q4 is
+ * so a blob becomes visible only once all of its chunks are. Upstream's
+ * quirk (docs/compatibility.md#q4-single-chunk-blobs-in-the-object-store) is
  * fixed: a blob of one chunk is stored as that chunk alone (no index; the
  * reference's later fix writes an empty index there, which reads the same),
  * and is read through the chunk object, whose digest is the blob digest.
@@ -42,6 +43,7 @@ import type { ObjectStore } from "../objectstore/store.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { FastCdcChunker, OBJECTSTORE_CHUNKING } from "./fastcdc.ts";
+import { JobSet } from "../../concurrency.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 
 /** Tuning knobs; the defaults suit a 2-core machine. */
@@ -116,8 +118,9 @@ export class ObjectStoreBlobService implements BlobService {
     checkDigestLength(digest);
     const list = await this.#readIndex(digest);
     if (list) {
-      // An index written by the reference (before its Q4 fix) lists a single
-      // chunk that is the blob itself; report it as "no finer chunking".
+      // An index written by the reference (before its fix of
+      // docs/compatibility.md#q4-single-chunk-blobs-in-the-object-store) lists
+      // a single chunk that is the blob itself; report it as "no finer chunking".
       if (list.length === 1 && bytesEqual(list[0].digest, digest)) return [];
       return list;
     }
@@ -235,18 +238,20 @@ export class ObjectStoreBlobService implements BlobService {
 class ObjectStoreBlobWriter implements BlobWriter {
   readonly #store: ObjectStore;
   readonly #codec: ChunkCodec;
-  readonly #maxInflight: number;
+  /**
+   * Chunks being encoded or stored; the first failure, as a StorageError,
+   * is thrown by the next `write` or `close`.
+   */
+  readonly #jobs: JobSet;
   readonly #hasher: Promise<Blake3Hasher> = newBlake3Hasher();
   readonly #chunker = new FastCdcChunker(OBJECTSTORE_CHUNKING);
   /** Each chunk's digest once encoded, in stream order. */
   readonly #digests: Promise<Digest>[] = [];
   readonly #sizes: number[] = [];
   readonly #scheduled = new Set<string>();
-  readonly #inflight = new Set<Promise<void>>();
   /** The first chunk, encoded, until it is known whether the blob has more. */
   #held: Promise<EncodedChunk> | undefined;
   #state: "open" | "closed" | "aborted" = "open";
-  #error: StorageError | undefined;
   /** Serialises writes so chunks are listed in stream order. */
   #queue: Promise<void> = Promise.resolve();
   #closing: Promise<Digest> | undefined;
@@ -254,7 +259,13 @@ class ObjectStoreBlobWriter implements BlobWriter {
   constructor(store: ObjectStore, codec: ChunkCodec, maxInflight: number) {
     this.#store = store;
     this.#codec = codec;
-    this.#maxInflight = maxInflight;
+    this.#jobs = new JobSet({
+      maxJobs: maxInflight,
+      mapError: (err) =>
+        err instanceof StorageError
+          ? err
+          : new StorageError(`storing a chunk: ${errorMessage(err)}`),
+    });
   }
 
   write(data: Uint8Array): Promise<void> {
@@ -282,7 +293,8 @@ class ObjectStoreBlobWriter implements BlobWriter {
     if (this.#state !== "open") return;
     this.#state = "aborted";
     await this.#queue.catch(() => {});
-    await Promise.allSettled([...this.#inflight]);
+    // Waits for every chunk job; their failure no longer matters.
+    await this.#jobs.drain().catch(() => {});
     this.#held = undefined;
   }
 
@@ -290,8 +302,7 @@ class ObjectStoreBlobWriter implements BlobWriter {
     await this.#queue;
     for (const chunk of this.#chunker.finish()) await this.#accept(chunk);
     await this.#releaseHeld();
-    await Promise.allSettled([...this.#inflight]);
-    if (this.#error) throw this.#error;
+    await this.#jobs.drain();
 
     const digest = (await this.#hasher).digest();
     // A blob of exactly one chunk is that chunk: has(), chunks() and
@@ -317,19 +328,20 @@ class ObjectStoreBlobWriter implements BlobWriter {
   async #accept(chunk: Uint8Array): Promise<void> {
     // An aborted upload stops scheduling work for data still being chunked.
     if (this.#state === "aborted") return;
-    if (this.#error) throw this.#error;
+    this.#jobs.check();
     this.#sizes.push(chunk.length);
     if (this.#digests.length === 0) {
-      // Encoded now (in a slot, like any chunk) but stored only later.
+      // Encoded now (in a slot, like any chunk) but stored only later. The
+      // set calls the job before `add` resolves, so `encoded` is assigned.
       let encoded!: Promise<EncodedChunk>;
-      await this.#track(() => (encoded = this.#codec.encode(chunk)).then(() => {}));
+      await this.#jobs.add(() => (encoded = this.#codec.encode(chunk)));
       this.#held = encoded;
       this.#digests.push(digestOf(encoded));
       return;
     }
     await this.#releaseHeld();
     let encoded!: Promise<EncodedChunk>;
-    await this.#track(() => (encoded = this.#codec.encode(chunk)).then((e) => this.#upload(e)));
+    await this.#jobs.add(() => (encoded = this.#codec.encode(chunk)).then((e) => this.#upload(e)));
     this.#digests.push(digestOf(encoded));
   }
 
@@ -338,25 +350,7 @@ class ObjectStoreBlobWriter implements BlobWriter {
     const held = this.#held;
     if (!held) return;
     this.#held = undefined;
-    await this.#track(() => held.then((e) => this.#upload(e)));
-  }
-
-  /**
-   * Runs `job` once a slot is free, recording its failure for `write`/`close`
-   * to throw; rethrows an earlier failure.
-   */
-  async #track(job: () => Promise<void>): Promise<void> {
-    if (this.#error) throw this.#error;
-    while (this.#inflight.size >= this.#maxInflight) await Promise.race(this.#inflight);
-    if (this.#error) throw this.#error;
-    const run: Promise<void> = job()
-      .catch((err) => {
-        this.#error ??= err instanceof StorageError
-          ? err
-          : new StorageError(`storing a chunk: ${errorMessage(err)}`);
-      })
-      .finally(() => this.#inflight.delete(run));
-    this.#inflight.add(run);
+    await this.#jobs.add(() => held.then((e) => this.#upload(e)));
   }
 
   /** Stores an encoded chunk unless this writer or the store already has it. */

@@ -8,7 +8,7 @@
  */
 import { b3Display, checkDigestLength, type Digest } from "../digest.ts";
 import { type Directory, directoryDigest, directorySize, validateDirectory } from "../directory.ts";
-import { InvalidRequestError } from "../../errors.ts";
+import { errorMessage, InvalidRequestError } from "../../errors.ts";
 import { quoteBytes } from "../node.ts";
 import { checkStored, type Closure, UploadClosure } from "./closure.ts";
 import type { DirectoryPutter } from "./service.ts";
@@ -43,7 +43,7 @@ export async function checkSinglePut(
     validateDirectory(directory);
   } catch (err) {
     throw new InvalidRequestError(
-      `directory ${b3Display(digest)} failed validation: ${(err as Error).message}`,
+      `directory ${b3Display(digest)} failed validation: ${errorMessage(err)}`,
     );
   }
   for (const child of directory.directories) {

@@ -3,8 +3,10 @@
  * over gRPC (`grpc+unix://…`, `grpc+http://…`, `grpc+https://…`).
  *
  * Everything received is checked before it is returned: a single directory
- * against the requested digest, a closure root-to-leaves (SPEC §3.3, with
- * quirk Q7 fixed). Uploads are validated here too, leaves-to-root, so an
+ * against the requested digest, a closure root-to-leaves
+ * (docs/compatibility.md#directory-closures, with upstream's
+ * docs/compatibility.md#q7-grpc-directory-client-reports-false-premature-ends
+ * fixed). Uploads are validated here too, leaves-to-root, so an
  * invalid closure fails at the directory that breaks it and the server is
  * never asked to store it.
  *
@@ -21,7 +23,7 @@ import {
   encodeDirectory,
   validateDirectory,
 } from "../directory.ts";
-import { InvalidRequestError, StorageError } from "../../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import {
   channelFor,
   type ChannelLease,
@@ -45,7 +47,7 @@ export class GrpcDirectoryService implements DirectoryService {
     this.#client = clientOn(lease, DirectoryServiceClient);
   }
 
-  /** Connects to the server named by a `grpc+…` URL (SPEC §5.4). */
+  /** Connects to the server named by a `grpc+…` URL (docs/architecture.md#service-urls). */
   static async fromUrl(url: string): Promise<GrpcDirectoryService> {
     return new GrpcDirectoryService(await channelFor(url));
   }
@@ -95,7 +97,7 @@ export class GrpcDirectoryService implements DirectoryService {
     try {
       validateDirectory(directory);
     } catch (err) {
-      throw new InvalidRequestError(`directory failed validation: ${(err as Error).message}`);
+      throw new InvalidRequestError(`directory failed validation: ${errorMessage(err)}`);
     }
     const upload = new ClientUpload<PutDirectoryResponse>((cb) => this.#client.put(cb));
     await upload.write(encodeDirectory(directory));

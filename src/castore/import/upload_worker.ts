@@ -17,6 +17,7 @@
 /// <reference lib="deno.worker" />
 import { blobServiceFromUrl } from "../blob/from_url.ts";
 import type { BlobService } from "../blob/service.ts";
+import { errorMessage } from "../../errors.ts";
 import { IngestError, uploadFile } from "./fs.ts";
 
 let blob: BlobService | undefined;
@@ -28,7 +29,7 @@ self.onmessage = async (e: MessageEvent) => {
       blob = await blobServiceFromUrl(m.init);
       self.postMessage({ ready: true });
     } catch (err) {
-      self.postMessage({ initError: (err as Error).message ?? String(err) });
+      self.postMessage({ initError: errorMessage(err) });
     }
     return;
   }
@@ -41,7 +42,7 @@ self.onmessage = async (e: MessageEvent) => {
     const digest = await uploadFile(blob!, m.path, m.size);
     self.postMessage({ id: m.id, digest });
   } catch (err) {
-    const message = (err as Error).message ?? String(err);
+    const message = errorMessage(err);
     const detail = err instanceof IngestError ? err.detail : message;
     self.postMessage({ id: m.id, error: message, detail });
   }

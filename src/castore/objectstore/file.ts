@@ -14,14 +14,13 @@
  * @module
  */
 import { dirname, join } from "node:path";
-import { StorageError } from "../../errors.ts";
+import { errorMessage, StorageError } from "../../errors.ts";
 import { checkObjectPath, type ObjectStore } from "./store.ts";
 
 const TEMP_PREFIX = ".tmp-";
 
 function storageError(op: string, path: string, err: unknown): StorageError {
-  const msg = err instanceof Error ? err.message : String(err);
-  return new StorageError(`object store ${op} ${path}: ${msg}`);
+  return new StorageError(`object store ${op} ${path}: ${errorMessage(err)}`);
 }
 
 function createTemp(temp: string): Promise<Deno.FsFile> {

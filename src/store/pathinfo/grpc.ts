@@ -2,7 +2,7 @@
  * PathInfoService and NarCalculationService backed by a remote
  * `tvix.store.v1.PathInfoService` over gRPC (`grpc+unix://…`,
  * `grpc+http://…`, `grpc+https://…`). Every PathInfo received is validated
- * (SPEC §2.9) before it is returned.
+ * (docs/compatibility.md#pathinfo-validation) before it is returned.
  *
  * @module
  */
@@ -11,7 +11,7 @@ import {
   PathInfoServiceClient,
 } from "../../proto/tvix/store/protos/rpc_pathinfo.ts";
 import { bytesEqual, toHex } from "../../castore/digest.ts";
-import { InvalidRequestError, StorageError } from "../../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { type NodeVariant, renameNode, toNode } from "../../castore/node.ts";
 import {
   channelFor,
@@ -30,7 +30,7 @@ function checkReceived(info: PathInfo): Uint8Array {
   try {
     return validatePathInfo(info).digest;
   } catch (err) {
-    throw new StorageError(`invalid pathinfo: ${(err as Error).message}`);
+    throw new StorageError(`invalid pathinfo: ${errorMessage(err)}`);
   }
 }
 
@@ -52,7 +52,7 @@ export class GrpcPathInfoService implements PathInfoService, NarCalculationServi
     this.#client = clientOn(lease, PathInfoServiceClient);
   }
 
-  /** Connects to the server named by a `grpc+…` URL (SPEC §5.4). */
+  /** Connects to the server named by a `grpc+…` URL (docs/architecture.md#service-urls). */
   static async fromUrl(url: string): Promise<GrpcPathInfoService> {
     return new GrpcPathInfoService(await channelFor(url));
   }
@@ -111,7 +111,8 @@ export class GrpcPathInfoService implements PathInfoService, NarCalculationServi
 
 /**
  * The placeholder name sent with nameless nodes: servers following the
- * reference (quirk Q9) reject a root node without a valid name, and the
+ * reference (docs/compatibility.md#q9-calculatenar-requires-a-valid-root-node-name)
+ * reject a root node without a valid name, and the
  * name does not enter the NAR.
  */
 const PLACEHOLDER_NAME = new TextEncoder().encode("root");
