@@ -4,6 +4,13 @@
  * Every blob, chunk and directory in castore is addressed by a 32-byte
  * BLAKE3-256 digest (default mode, unkeyed).
  *
+ * Hashing runs in the Rust `blake3` crate through a Node-API addon
+ * (`@napi-rs/blake-hash`, SIMD: several GB/s) where it loads, and in
+ * hash-wasm's WebAssembly (no SIMD, about 0.5 GB/s) elsewhere: another
+ * CPU or libc without a prebuilt addon, or a sandbox without FFI.
+ * `TVIX_BLAKE3=wasm` forces the fallback. Both give the same digests
+ * (tests/castore/blake3_test.ts).
+ *
  * @module
  */
 import { createBLAKE3, type IHasher } from "hash-wasm";
@@ -20,17 +27,6 @@ export function checkDigestLength(digest: Uint8Array): void {
   if (digest.length !== B3_LEN) throw new InvalidRequestError("invalid digest length");
 }
 
-// One shared instance serves all one-shot hashing: init/update/digest run
-// synchronously, so no other caller can interleave with them.
-const oneShot: IHasher = await createBLAKE3();
-
-/** BLAKE3 of `data`, computed synchronously. */
-export function blake3(data: Uint8Array): Digest {
-  oneShot.init();
-  oneShot.update(data);
-  return oneShot.digest("binary");
-}
-
 /** An incremental BLAKE3 hasher for streamed data. */
 export interface Blake3Hasher {
   /** Feeds more bytes. */
@@ -39,30 +35,121 @@ export interface Blake3Hasher {
   digest(): Digest;
 }
 
-// Each hash-wasm hasher is its own WebAssembly instance (~14 KiB of memory
-// and ~60 µs to create), and every blob upload needs one: finished hashers
-// are reset and reused instead of instantiating thousands.
-const idleHashers: IHasher[] = [];
-const MAX_IDLE_HASHERS = 64;
+/** One BLAKE3 implementation. */
+export interface Blake3Implementation {
+  /** `native` (Rust through Node-API) or `wasm` (hash-wasm). */
+  readonly name: "native" | "wasm";
+  /** BLAKE3 of `data`, computed synchronously. */
+  hash(data: Uint8Array): Digest;
+  /** A fresh incremental hasher. */
+  hasher(): Promise<Blake3Hasher>;
+}
 
-/** Creates an incremental BLAKE3 hasher (reusing a finished one when possible). */
-export async function newBlake3Hasher(): Promise<Blake3Hasher> {
-  const h = idleHashers.pop() ?? await createBLAKE3();
-  h.init();
+/** Wraps a hasher so that it cannot be used after `digest()`. */
+function once(update: (data: Uint8Array) => void, finish: () => Digest): Blake3Hasher {
   let finished = false;
   return {
     update(data) {
       if (finished) throw new Error("BLAKE3 hasher used after digest()");
-      h.update(data);
+      update(data);
     },
     digest() {
       if (finished) throw new Error("BLAKE3 hasher used after digest()");
       finished = true;
-      const digest = h.digest("binary");
-      if (idleHashers.length < MAX_IDLE_HASHERS) idleHashers.push(h);
-      return digest;
+      return finish();
     },
   };
+}
+
+async function wasmImplementation(): Promise<Blake3Implementation> {
+  // One shared instance serves all one-shot hashing: init/update/digest run
+  // synchronously, so no other caller can interleave with them.
+  const oneShot: IHasher = await createBLAKE3();
+  // Each hash-wasm hasher is its own WebAssembly instance (~14 KiB of
+  // memory and ~60 µs to create), and every blob upload needs one:
+  // finished hashers are reset and reused instead of instantiating
+  // thousands.
+  const idle: IHasher[] = [];
+  const MAX_IDLE = 64;
+  return {
+    name: "wasm",
+    hash(data) {
+      oneShot.init();
+      oneShot.update(data);
+      return oneShot.digest("binary");
+    },
+    async hasher() {
+      const h = idle.pop() ?? await createBLAKE3();
+      h.init();
+      return once((data) => h.update(data), () => {
+        const digest = h.digest("binary");
+        if (idle.length < MAX_IDLE) idle.push(h);
+        return digest;
+      });
+    },
+  };
+}
+
+/** The addon's surface that is used here. */
+interface NativeModule {
+  blake3(data: Uint8Array): Uint8Array;
+  Blake3Hasher: new () => { update(data: Uint8Array): void; digestBuffer(): Uint8Array };
+}
+
+/** A plain Uint8Array over the addon's Buffer (no copy: it owns a 32-byte ArrayBuffer). */
+function plain(buf: Uint8Array): Digest {
+  return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+async function nativeImplementation(
+  reference: Blake3Implementation,
+): Promise<Blake3Implementation> {
+  const native = (await import("@napi-rs/blake-hash")) as unknown as NativeModule;
+  const impl: Blake3Implementation = {
+    name: "native",
+    hash: (data) => plain(native.blake3(data)),
+    hasher() {
+      const h = new native.Blake3Hasher();
+      return Promise.resolve(once((data) => h.update(data), () => plain(h.digestBuffer())));
+    },
+  };
+  // A broken build must not go unnoticed: compare once with the fallback,
+  // on more than one block of input.
+  const probe = Uint8Array.from({ length: 3000 }, (_, i) => i % 251);
+  if (!bytesEqual(impl.hash(probe), reference.hash(probe))) {
+    throw new Error("native BLAKE3 disagrees with the WebAssembly one");
+  }
+  return impl;
+}
+
+/** The hash-wasm implementation, always available. */
+export const wasmBlake3: Blake3Implementation = await wasmImplementation();
+
+function fallbackForced(): boolean {
+  try {
+    return Deno.env.get("TVIX_BLAKE3") === "wasm";
+  } catch {
+    return false; // no --allow-env: nobody can have asked for it
+  }
+}
+
+/**
+ * The native implementation, or `undefined` where the addon does not load
+ * or `TVIX_BLAKE3=wasm` asks for the fallback.
+ */
+export const nativeBlake3: Blake3Implementation | undefined = fallbackForced()
+  ? undefined
+  : await nativeImplementation(wasmBlake3).catch(() => undefined);
+
+/** The implementation in use: native where it loads, else WebAssembly. */
+export const blake3Implementation: Blake3Implementation = nativeBlake3 ?? wasmBlake3;
+
+/** BLAKE3 of `data`, computed synchronously. */
+export const blake3: (data: Uint8Array) => Digest = blake3Implementation.hash;
+
+/** Creates an incremental BLAKE3 hasher. */
+export function newBlake3Hasher(): Promise<Blake3Hasher> {
+  return blake3Implementation.hasher();
 }
 
 /** BLAKE3 of the empty string, which is also the digest of the empty Directory. */
