@@ -1,8 +1,8 @@
 /**
- * Ingests a local filesystem tree into castore (SPEC §4.6): file contents
- * become blobs, directories go (children first) to one DirectoryService
- * multi-put, and the result is the root node named after the path's last
- * component.
+ * Ingests a local filesystem tree into castore
+ * (docs/architecture.md#data-flow-import): file contents become blobs,
+ * directories go (children first) to one DirectoryService multi-put, and the
+ * result is the root node named after the path's last component.
  *
  * Symlinks are never followed, not even at the root. Sockets, FIFOs and
  * devices are refused with an error naming the path. Files are read and
@@ -14,9 +14,10 @@
 import { basename, join } from "node:path";
 import type { BlobService } from "../blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "../directory/service.ts";
-import { compareBytes, type Digest, digestKey } from "../digest.ts";
+import { bytesEqual, compareBytes, type Digest, digestKey, newBlake3Hasher } from "../digest.ts";
 import { type Directory, directoryDigest, directorySize } from "../directory.ts";
-import { InvalidRequestError } from "../../errors.ts";
+import { errorMessage, InvalidRequestError } from "../../errors.ts";
+import { Semaphore } from "../../concurrency.ts";
 import type { NodeVariant } from "../node.ts";
 
 /** How many file reads/uploads and directory listings run at once. */
@@ -86,26 +87,6 @@ export function newIngestRecord(): IngestRecord {
   return { files: new Map(), directories: new Map() };
 }
 
-/** A counting semaphore: at most `n` holders at a time. */
-class Limiter {
-  #free: number;
-  readonly #waiting: (() => void)[] = [];
-  constructor(n: number) {
-    this.#free = Math.max(1, n);
-  }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#free > 0) this.#free--;
-    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    try {
-      return await fn();
-    } finally {
-      const next = this.#waiting.shift();
-      if (next) next();
-      else this.#free++;
-    }
-  }
-}
-
 const te = new TextEncoder();
 
 /**
@@ -142,7 +123,7 @@ export async function uploadFile(
     }
   } catch (err) {
     await w.abort().catch(() => {});
-    throw new IngestError(path, `upload failed: ${(err as Error).message ?? err}`);
+    throw new IngestError(path, `upload failed: ${errorMessage(err)}`);
   }
   if (got !== size) {
     await w.abort().catch(() => {});
@@ -184,7 +165,8 @@ function statOf(info: Deno.FileInfo): Stat {
 }
 
 /**
- * Ingests `path` (SPEC §4.6) and returns its root node, named after the
+ * Ingests `path` (docs/compatibility.md#the-import-algorithm, step 2) and
+ * returns its root node, named after the
  * last path component. Throws {@linkcode IngestError} naming the offending
  * path; blob/directory service errors pass through. On failure the
  * directory upload is not closed, so no partial tree becomes reachable.
@@ -195,8 +177,8 @@ export async function ingestPath(
   dir: DirectoryService,
   options: IngestOptions = {},
 ): Promise<NodeVariant> {
-  const limit = new Limiter(options.concurrency ?? DEFAULT_CONCURRENCY);
-  const largeLimit = new Limiter(options.largeConcurrency ?? DEFAULT_LARGE_CONCURRENCY);
+  const limit = new Semaphore(options.concurrency ?? DEFAULT_CONCURRENCY);
+  const largeLimit = new Semaphore(options.largeConcurrency ?? DEFAULT_LARGE_CONCURRENCY);
   // A large file waits for its own slot before taking a general one, so
   // waiting large files never keep small ones from running.
   const runUpload = <T>(size: number, fn: () => Promise<T>): Promise<T> =>
@@ -222,7 +204,7 @@ export async function ingestPath(
       try {
         target = te.encode(Deno.readLinkSync(hostPath));
       } catch (err) {
-        throw new IngestError(hostPath, `readlink failed: ${(err as Error).message ?? err}`);
+        throw new IngestError(hostPath, `readlink failed: ${errorMessage(err)}`);
       }
       return { $case: "symlink", value: { name, target } };
     }
@@ -253,7 +235,7 @@ export async function ingestPath(
           children.push({ hostPath: p, name: te.encode(e.name), info: statOf(Deno.lstatSync(p)) });
         }
       } catch (err) {
-        throw new IngestError(hostPath, `listing failed: ${(err as Error).message ?? err}`);
+        throw new IngestError(hostPath, `listing failed: ${errorMessage(err)}`);
       }
       const nodes = await Promise.all(children.map((c) => entry(c.hostPath, c.name, c.info)));
       // Names from one directory listing are unique: sort once, then append.
@@ -276,7 +258,7 @@ export async function ingestPath(
   try {
     info = statOf(await Deno.lstat(path));
   } catch (err) {
-    throw new IngestError(path, (err as Error).message);
+    throw new IngestError(path, errorMessage(err));
   }
   const root = await entry(path, te.encode(basename(path)), info);
   if (putter) await putter.close();
@@ -287,8 +269,10 @@ export async function ingestPath(
  * Blob and directory sources over what an ingestion recorded: blobs are read
  * from the local files they came from, directories from memory. They let
  * the NAR renderer hash the tree without reading anything back from the
- * (possibly remote) services. A file whose length changed since ingestion
- * makes the rendering fail.
+ * (possibly remote) services. Every file read here is hashed with BLAKE3
+ * as it streams and must match the digest that was stored: a file rewritten
+ * since ingestion (even at the same length) makes the rendering fail, so a
+ * NAR hash always describes exactly the stored bytes.
  */
 export function recordedSources(record: IngestRecord): {
   blob: { openRead(digest: Digest): Promise<AsyncIterable<Uint8Array> | undefined> };
@@ -301,7 +285,7 @@ export function recordedSources(record: IngestRecord): {
     blob: {
       openRead(digest) {
         const file = record.files.get(digestKey(digest));
-        return Promise.resolve(file && readPieces(file.path, file.size));
+        return Promise.resolve(file && verifiedPieces(file.path, file.size, digest));
       },
     },
     dir: {
@@ -310,6 +294,25 @@ export function recordedSources(record: IngestRecord): {
       getRecursive: async function* () {},
     },
   };
+}
+
+/** The pieces of `path`, failing at the end unless their BLAKE3 is `digest`. */
+async function* verifiedPieces(
+  path: string,
+  size: number,
+  digest: Digest,
+): AsyncGenerator<Uint8Array> {
+  const hasher = await newBlake3Hasher();
+  for await (const piece of readPieces(path, size)) {
+    hasher.update(piece);
+    yield piece;
+  }
+  if (!bytesEqual(hasher.digest(), digest)) {
+    throw new IngestError(
+      path,
+      "file changed while importing (its contents differ from what was stored)",
+    );
+  }
 }
 
 async function* readPieces(path: string, size: number): AsyncGenerator<Uint8Array> {
