@@ -10,7 +10,7 @@
  */
 import { DatabaseSync } from "node:sqlite";
 import { dirname } from "node:path";
-import { InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
 
 /** How long a connection waits for another writer's lock before failing. */
 const BUSY_TIMEOUT_MS = 10_000;
@@ -85,7 +85,9 @@ export function inTransaction<T>(db: DatabaseSync, fn: () => T): T {
     db.exec("COMMIT");
     return result;
   } catch (err) {
-    db.exec("ROLLBACK");
+    // Some failures (a full disk, I/O errors) make SQLite roll back by
+    // itself; a second ROLLBACK would then fail and hide the real cause.
+    if (db.isTransaction) db.exec("ROLLBACK");
     throw err;
   }
 }
@@ -99,6 +101,6 @@ export function storageCall<T>(what: string, fn: () => T): T {
     return fn();
   } catch (err) {
     if (err instanceof StorageError || err instanceof InvalidRequestError) throw err;
-    throw new StorageError(`sqlite ${what}: ${err instanceof Error ? err.message : err}`);
+    throw new StorageError(`sqlite ${what}: ${errorMessage(err)}`);
   }
 }
