@@ -1,6 +1,7 @@
 /**
- * Fixture constants shared by the tests (values from the compatibility
- * contract, SPEC §8.1), so every suite speaks about the same data.
+ * Fixture constants shared by the tests (upstream's values,
+ * docs/compatibility.md#test-vectors), so every suite speaks about the same
+ * data.
  *
  * @module
  */

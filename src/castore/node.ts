@@ -95,11 +95,6 @@ export function validateNode(variant: NodeVariant | undefined, checkNodeName = t
   if (checkNodeName) checkName(variant.value.name);
 }
 
-/** The name of any node. */
-export function nodeName(variant: NodeVariant): Uint8Array {
-  return variant.value.name;
-}
-
 /** A copy of `variant` carrying another name. */
 export function renameNode(variant: NodeVariant, name: Uint8Array): NodeVariant {
   switch (variant.$case) {

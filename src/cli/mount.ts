@@ -1,5 +1,5 @@
 /**
- * `tvix-store mount <PATH>` (SPEC §6.5): the store as a read-only FUSE
+ * `tvix-store mount <PATH>` (docs/compatibility.md#mount): the store as a read-only FUSE
  * filesystem.
  *
  * @module

@@ -1,5 +1,5 @@
 /**
- * Turning errors into gRPC statuses (SPEC §3.1, §3.5).
+ * Turning errors into gRPC statuses (docs/compatibility.md#status-codes).
  *
  * Handlers throw {@linkcode RpcError} where the wire contract names an exact
  * status; everything else goes through {@linkcode statusFromError}, the
@@ -36,7 +36,8 @@ export class RpcError extends Error {
 }
 
 /**
- * The generic mapping (SPEC §3.1): an {@linkcode RpcError} keeps its status,
+ * The generic mapping (docs/compatibility.md#status-codes): an
+ * {@linkcode RpcError} keeps its status,
  * `InvalidRequestError` → INVALID_ARGUMENT with its message, `StorageError`
  * → DATA_LOSS "storage error: <msg>", anything else (a bug, an unexpected
  * exception) → INTERNAL with its message.
@@ -86,5 +87,8 @@ export function logFailure(method: string, status: RpcStatus, err?: unknown): vo
   else log.debug("call failed", fields);
 }
 
-/** The largest message the server sends (what the reference's clients accept, SPEC §1.1). */
+/**
+ * The largest message the server sends: what the reference's clients accept
+ * (docs/compatibility.md#message-size-limits).
+ */
 export const MAX_RESPONSE_MESSAGE_BYTES = 4 * 1024 * 1024;

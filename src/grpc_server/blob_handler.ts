@@ -1,6 +1,6 @@
 /**
- * The `tvix.castore.v1.BlobService` server (SPEC §3.2) over a
- * {@linkcode BlobService} backend.
+ * The `tvix.castore.v1.BlobService` server over a {@linkcode BlobService}
+ * backend (docs/compatibility.md#blob-service).
  *
  * @module
  */
@@ -89,8 +89,9 @@ export function blobHandler(blob: BlobService): BlobServiceServer {
   return {
     stat: unaryHandler<StatBlobRequest, StatBlobResponse>("BlobService/Stat", async (req) => {
       const digest = checkDigest(req.digest);
-      // Quirk Q3 kept: the chunk list is sent whether or not send_chunks was
-      // asked for, and bao stays empty.
+      // As upstream (docs/compatibility.md#q3-blob-stat-ignores-its-request-flags):
+      // the chunk list is sent whether or not send_chunks was asked for, and
+      // bao stays empty.
       const chunks = await blob.chunks(digest);
       if (!chunks) throw notFound(digest);
       return { chunks, bao: new Uint8Array(0) };

@@ -1,6 +1,6 @@
 /**
- * The `tvix.castore.v1.DirectoryService` server (SPEC §3.3) over a
- * {@linkcode DirectoryService} backend.
+ * The `tvix.castore.v1.DirectoryService` server over a
+ * {@linkcode DirectoryService} backend (docs/compatibility.md#directory-service).
  *
  * @module
  */
@@ -41,7 +41,8 @@ function checkServable(directory: Directory, what: string): void {
 /**
  * Directory Put statuses: closure errors are INTERNAL with their text as in
  * the reference, except a child digest of the wrong length, which is the
- * caller's malformed request (INVALID_ARGUMENT; the reference panics, Q8).
+ * caller's malformed request (INVALID_ARGUMENT; the reference panics, see
+ * docs/compatibility.md#q8-short-child-digests-crash-directory-put).
  * Backend errors follow the generic mapping.
  */
 function putStatus(err: unknown): RpcStatus {
@@ -74,7 +75,8 @@ export function directoryHandler(directories: DirectoryService): DirectoryServic
           await send(directory);
           return;
         }
-        // A missing root is an empty OK stream on every backend (Q6 fixed).
+        // A missing root is an empty OK stream on every backend
+        // (docs/compatibility.md#q6-recursive-directory-get-of-a-missing-root).
         for await (const directory of directories.getRecursive(digest)) {
           checkServable(directory, "stored");
           if (!await send(directory)) return;

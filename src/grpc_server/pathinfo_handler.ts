@@ -1,5 +1,6 @@
 /**
- * The `tvix.store.v1.PathInfoService` server (SPEC §3.4) over a
+ * The `tvix.store.v1.PathInfoService` server
+ * (docs/compatibility.md#pathinfo-service) over a
  * {@linkcode PathInfoService} backend and a {@linkcode NarCalculationService}.
  *
  * @module
@@ -53,7 +54,8 @@ export function pathInfoHandler(
       return info;
     }),
 
-    // The backend validates (SPEC §2.9) and reports InvalidRequestError.
+    // The backend validates (docs/compatibility.md#pathinfo-validation) and
+    // reports InvalidRequestError.
     put: unaryHandler<PathInfo, PathInfo>("PathInfoService/Put", async (info) => {
       checkServable(info, "received");
       return await pathInfos.put(info);
@@ -64,7 +66,8 @@ export function pathInfoHandler(
       async (req) => {
         const node = req.node;
         if (!node) throw new RpcError(Code.INVALID_ARGUMENT, "no root node sent");
-        // The name does not affect the NAR, so it is not checked (Q9 fixed).
+        // The name does not affect the NAR, so it is not checked
+        // (docs/compatibility.md#q9-calculatenar-requires-a-valid-root-node-name).
         try {
           validateNode(node, false);
         } catch (err) {

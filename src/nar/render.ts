@@ -1,6 +1,7 @@
 /**
  * Streaming NAR renderer: turns a castore root node into the NAR Nix would
- * produce for the same tree (SPEC §4.2), reading blobs and directories from
+ * produce for the same tree (docs/compatibility.md#rendering-a-castore-node),
+ * reading blobs and directories from
  * the services as it goes.
  *
  * Memory stays bounded whatever the file sizes: blob pieces flow straight

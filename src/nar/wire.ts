@@ -1,7 +1,7 @@
 /**
  * NAR (Nix ARchive) wire primitives: the `u64`/`str()` encodings, the
  * pre-assembled keyword sequences, and the limits a strict reader enforces
- * (SPEC §4.1).
+ * (docs/compatibility.md#nar-encoding).
  *
  * @module
  */
@@ -38,7 +38,7 @@ const seq = (...words: string[]) => concat(words.map((w) => str(w)));
 
 /**
  * The keyword sequences a NAR is made of, each already `str()`-encoded.
- * Lengths are those of SPEC §4.1's table.
+ * Lengths as listed in docs/compatibility.md#nar-encoding.
  */
 export const TOK = {
   /** `"nix-archive-1" "(" "type"` (56 bytes). */

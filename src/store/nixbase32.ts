@@ -1,6 +1,6 @@
 /**
  * nixbase32: the base-32 text form Nix uses for hashes in store paths and
- * narinfo files (SPEC §4.3).
+ * narinfo files (docs/compatibility.md#nixbase32).
  *
  * Nix prints the input as one little-endian number, most significant digit
  * first, with an alphabet that leaves out `e`, `o`, `u` and `t`.

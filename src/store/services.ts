@@ -1,6 +1,6 @@
 /**
  * Builds the set of services a subcommand works with from their three URLs
- * (SPEC §5), plus the NAR calculation that goes with them.
+ * (docs/architecture.md#service-urls), plus the NAR calculation that goes with them.
  *
  * @module
  */

@@ -1,6 +1,7 @@
 /**
- * Nix store paths: `/nix/store/<nixbase32 digest>-<name>` (SPEC §4.4), and
- * the content-addressed paths Nix computes for imported content (§4.5).
+ * Nix store paths: `/nix/store/<nixbase32 digest>-<name>`
+ * (docs/compatibility.md#store-paths), and the content-addressed paths Nix
+ * computes for imported content (docs/compatibility.md#content-addressed-paths).
  *
  * @module
  */
@@ -230,8 +231,8 @@ export function fixedOutputStorePath(
 
 /**
  * The path `nix-store --add` gives content whose NAR has SHA-256
- * `narSha256` (SPEC §4.5). Throws {@linkcode StorePathError} for an
- * invalid name.
+ * `narSha256` (docs/compatibility.md#content-addressed-paths). Throws
+ * {@linkcode StorePathError} for an invalid name.
  */
 export function caNarSha256StorePath(narSha256: Uint8Array, name: string): StorePath {
   return fixedOutputStorePath(name, { algo: "sha256", digest: narSha256, recursive: true });

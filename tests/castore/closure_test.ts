@@ -47,7 +47,8 @@ Deno.test("upload: disconnected roots, dangling references, invalid and wrong-si
   const err = assertThrows(() => upload(A, wrongSize), ClosureError);
   assertEquals(err.kind, "WrongSize");
   assert(err.message.includes("specified 42, recorded 0"), err.message);
-  // Quirk Q8: a short child digest is a clean validation error, not a crash.
+  // A short child digest is a clean validation error, not a crash
+  // (docs/compatibility.md#q8-short-child-digests-crash-directory-put).
   const shortDigest: Directory = {
     directories: [{ name: b("a"), digest: new Uint8Array(2), size: 0n }],
     files: [],
@@ -88,7 +89,7 @@ Deno.test("download: root first, only referenced directories, nothing missing", 
   new DownloadValidator(directoryDigest(C)).finish();
 });
 
-Deno.test("download: a directory referenced again after it arrived is not reported missing (Q7)", () => {
+Deno.test("download: a directory referenced again after it arrived is not reported missing (docs/compatibility.md#q7-grpc-directory-client-reports-false-premature-ends)", () => {
   // root -> x -> A, and root -> y -> A: A arrives after x, then y references it again.
   const x: Directory = {
     directories: [{ name: b("a"), digest: directoryDigest(A), size: 0n }],

@@ -137,7 +137,7 @@ async function readUntilError(service: BlobService, digest: Digest, offset = 0) 
   }
 }
 
-Deno.test("objectstore blob: on-disk layout of a small blob (Q4 fixed, Q5 shard dirs)", async () => {
+Deno.test("objectstore blob: on-disk layout of a small blob (docs/compatibility.md#blobs-and-chunks)", async () => {
   await withFileService(async (service, dir) => {
     const digest = await putBlob(service, F.HELLOWORLD_BLOB_CONTENTS);
     const hex = toHex(digest);

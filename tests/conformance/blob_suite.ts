@@ -1,5 +1,6 @@
 /**
- * BlobService conformance suite (SPEC §3.2, §8.2): the same cases run
+ * BlobService conformance suite (docs/architecture.md#the-three-services,
+ * docs/architecture.md#how-to-add-a-backend): the same cases run
  * against every backend. A backend's test file calls
  * {@linkcode blobServiceConformance} with a factory for fresh services.
  *

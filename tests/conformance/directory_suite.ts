@@ -1,5 +1,6 @@
 /**
- * DirectoryService conformance suite (SPEC §3.3, §8.2): the same cases run
+ * DirectoryService conformance suite (docs/architecture.md#the-three-services,
+ * docs/compatibility.md#directory-closures): the same cases run
  * against every backend. A backend's test file calls
  * {@linkcode directoryServiceConformance} with a factory for fresh services.
  *

@@ -1,5 +1,6 @@
 /**
- * PathInfoService conformance suite (SPEC §3.4, §8.3): the same cases run
+ * PathInfoService conformance suite (docs/architecture.md#the-three-services,
+ * docs/compatibility.md#pathinfo-validation): the same cases run
  * against every backend. A backend's test file calls
  * {@linkcode pathInfoServiceConformance} with a factory for fresh services.
  *

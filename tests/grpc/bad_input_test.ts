@@ -117,7 +117,8 @@ const DIR_CASES: DirCase[] = [
     code: Code.INTERNAL,
   },
   {
-    name: "short child directory digest (Q8 fixed)",
+    // docs/compatibility.md#q8-short-child-digests-crash-directory-put
+    name: "short child directory digest (upstream panics)",
     stream: (i) => [leaf(i), {
       ...empty(),
       directories: [{ ...leafNode("x", i), digest: directoryDigest(leaf(i)).subarray(0, 31) }],

@@ -1,6 +1,7 @@
 /**
- * `grpc+…` URL handling (SPEC §5.4, channel cases of §8.2) and channel
- * sharing, against real servers on loopback.
+ * `grpc+…` URL handling (docs/architecture.md#service-urls; the cases of
+ * upstream's `channel_from_url` tests in tvix/castore/src/tonic.rs) and
+ * channel sharing, against real servers on loopback.
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
@@ -91,7 +92,7 @@ Deno.test("lazy URLs construct without a server; wait-connect=1 fails", async ()
   }
 });
 
-Deno.test("from_url builds grpc backends for all three services (SPEC §8.2 cases)", async () => {
+Deno.test("from_url builds grpc backends for all three services (docs/architecture.md#service-urls)", async () => {
   const builders = [blobServiceFromUrl, directoryServiceFromUrl, pathInfoServiceFromUrl];
   const accepted = [
     "grpc+unix:///path/to/somewhere",

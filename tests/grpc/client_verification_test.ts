@@ -304,7 +304,7 @@ Deno.test("directory: recursive get validates root-to-leaves", async () => {
   });
 });
 
-Deno.test("directory: a directory referenced again after it arrived is fine (Q7)", async () => {
+Deno.test("directory: a directory referenced again after it arrived is fine (docs/compatibility.md#q7-grpc-directory-client-reports-false-premature-ends)", async () => {
   // root -> a: X, b: Y; Y -> x: X. Breadth-first: root, X, Y; Y names X again.
   const X = F.DIRECTORY_A;
   const Y: Directory = {

@@ -1,7 +1,8 @@
 /**
  * The daemon process against a foreign client (Python grpcio, stubs
  * generated from protos/ at test time): every RPC and every status row of
- * SPEC §3.5 that the memory and embedded backends can produce, reflection,
+ * docs/compatibility.md#status-codes that the memory and embedded backends
+ * can produce, reflection,
  * Unix sockets, and data surviving a restart.
  */
 import { createHash } from "node:crypto";
@@ -146,7 +147,8 @@ async function checkDirectories(c: Calls): Promise<void> {
     [F.DIRECTORY_COMPLICATED, F.DIRECTORY_WITH_KEEP],
   );
 
-  // Unknown: NOT_FOUND alone, an empty OK stream recursively (Q6 fixed).
+  // Unknown: NOT_FOUND alone, an empty OK stream recursively
+  // (docs/compatibility.md#q6-recursive-directory-get-of-a-missing-root).
   assertStatus(
     await c.dirGet(F.DUMMY_DIGEST, false),
     Code.NOT_FOUND,
@@ -215,7 +217,8 @@ async function checkPathInfos(c: Calls, work: string): Promise<void> {
     /^failed to validate PathInfo: /,
   );
 
-  // CalculateNAR, against nix-store --dump; the node name does not matter (Q9 fixed).
+  // CalculateNAR, against nix-store --dump; the node name does not matter
+  // (docs/compatibility.md#q9-calculatenar-requires-a-valid-root-node-name).
   const hello = await c.calculateNarOk(
     makeNode.file(new Uint8Array(0), F.HELLOWORLD_BLOB_DIGEST, 12n),
   );

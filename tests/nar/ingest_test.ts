@@ -1,5 +1,6 @@
 /**
- * Strict NAR ingestion: the SPEC §8.3 fixtures, round trips through the
+ * Strict NAR ingestion: upstream's fixtures
+ * (docs/compatibility.md#test-vectors), round trips through the
  * renderer, and a corpus of malformed NARs that must be refused without
  * making any directory reachable.
  */

@@ -1,6 +1,6 @@
 /**
- * NAR fixtures beyond tests/fixtures.ts: NAR_CONTENTS_COMPLICATED (SPEC
- * §8.1) spelled out from its token sequence.
+ * NAR fixtures beyond tests/fixtures.ts: NAR_CONTENTS_COMPLICATED
+ * (docs/compatibility.md#test-vectors) spelled out from its token sequence.
  *
  * @module
  */
@@ -22,7 +22,10 @@ const KEEP_ENTRY = [
   ")",
 ];
 
-/** NAR_CONTENTS_COMPLICATED, spelled out from its token sequence (SPEC §8.1). */
+/**
+ * NAR_CONTENTS_COMPLICATED, spelled out from its token sequence
+ * (docs/compatibility.md#nar-encoding).
+ */
 export const NAR_CONTENTS_COMPLICATED = concat(
   [
     "nix-archive-1",

@@ -1,5 +1,6 @@
 /**
- * NAR renderer against the SPEC §8.1 fixtures and §8.3 renderer cases.
+ * NAR renderer against upstream's fixtures (docs/compatibility.md#test-vectors)
+ * and its renderer cases (docs/compatibility.md#rendering-a-castore-node).
  */
 import { createHash } from "node:crypto";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
@@ -37,7 +38,7 @@ function services(): { blob: BlobService; dir: DirectoryService } {
   return { blob: new MemoryBlobService(), dir: new MemoryDirectoryService() };
 }
 
-Deno.test("complicated fixture has the SPEC's length and hash", () => {
+Deno.test("complicated fixture has the reference's length and hash (docs/compatibility.md#test-vectors)", () => {
   assertEquals(NAR_CONTENTS_COMPLICATED.length, 840);
   assertEquals(
     toHex(createHash("sha256").update(NAR_CONTENTS_COMPLICATED).digest()),
@@ -92,7 +93,7 @@ Deno.test("a digest of the wrong length is a render error", async () => {
   assertEquals(e.kind, "InvalidDigest");
 });
 
-Deno.test("single file renders the fixture; the root name is irrelevant (Q9)", async () => {
+Deno.test("single file renders the fixture; the root name is irrelevant (docs/compatibility.md#q9-calculatenar-requires-a-valid-root-node-name)", async () => {
   const { blob, dir } = services();
   await put(blob, HELLOWORLD_BLOB_CONTENTS);
   for (const name of ["doesntmatter", "", "../a/b"]) {

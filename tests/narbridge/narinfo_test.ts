@@ -1,6 +1,7 @@
 /**
  * narinfo parsing, rendering, fingerprint and PathInfo conversion against
- * the SPEC vectors (§4.8 verified example, §8.3 conversions, §8.4 fingerprint).
+ * upstream's vectors (docs/compatibility.md#narinfo and
+ * docs/compatibility.md#test-vectors).
  */
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import { b } from "../fixtures.ts";
@@ -40,7 +41,8 @@ Sig: ${FOD_SIG}
 CA: fixed:sha256:086vqwk2wl8zfs47sq2xpjc9k066ilmb8z6dn0q6ymwjzlm196cd
 `;
 
-// SPEC §4.8 "verified example", byte for byte.
+// Upstream's PathInfo → narinfo example, byte for byte
+// (docs/compatibility.md#conversion-to-and-from-pathinfo).
 const FOD_EXPECTED = `StorePath: /nix/store/pa10z4ngm0g83kx9mssrqzz30s84vq7k-hello-2.12.1.tar.gz
 URL: some.nar
 Compression: none
@@ -67,7 +69,7 @@ Deriver: ib3sh3pcz10wsmavxvkdbayhqivbghlq-hello-2.12.1.drv
 Sig: ${DUMMY_SIG}
 `;
 
-Deno.test("FOD narinfo → PathInfo → narinfo renders the SPEC §4.8 example byte for byte", () => {
+Deno.test("FOD narinfo → PathInfo → narinfo renders upstream's example byte for byte (docs/compatibility.md#conversion-to-and-from-pathinfo)", () => {
   const info = narInfoToPathInfo(parseNarInfo(FOD_NARINFO));
   const ca = info.narinfo!.ca!;
   assertEquals(ca.type, NARInfo_CA_Hash.FLAT_SHA256);
@@ -97,7 +99,7 @@ Deno.test("the FOD narinfo's real cache.nixos.org signature verifies over our fi
   assert(!key.verify(narInfoFingerprint({ ...ni, narSize: ni.narSize + 1n }), ni.signatures[0]));
 });
 
-Deno.test("hello narinfo → PathInfo (SPEC §8.3)", () => {
+Deno.test("hello narinfo → PathInfo (docs/compatibility.md#conversion-to-and-from-pathinfo)", () => {
   const ni = parseNarInfo(HELLO_NARINFO);
   assertEquals(ni.compression, "xz");
   assertEquals(ni.fileSize, 50088n);
@@ -135,7 +137,7 @@ Deno.test("parse → render is the identity on a full narinfo", () => {
   assert(rendered.indexOf("System:") < rendered.indexOf("Sig:"));
 });
 
-Deno.test("fingerprint of the curl narinfo (SPEC §8.4)", () => {
+Deno.test("fingerprint of the curl narinfo (docs/compatibility.md#fingerprint-and-signatures)", () => {
   const refs = [
     "0jqd0rlxzra1rs38rdxl43yh6rxchgc6-curl-7.82.0",
     "6w8g7njm4mck5dmjxws0z1xnrxvl81xa-glibc-2.34-115",
@@ -163,7 +165,8 @@ Deno.test("NarHash in hex is accepted and flagged", () => {
   const ni = parseNarInfo(HELLO_NARINFO.replace(/NarHash: .*/, `NarHash: sha256:${hex}`));
   assertEquals(ni.narHash, fromHex(hex));
   assert(ni.flags.narHashHex);
-  // Rendered back in nixbase32 (SPEC §8.4 pairs this hex with this text).
+  // Rendered back in nixbase32 (docs/compatibility.md#nixbase32): this hex and
+  // this text are one hash in upstream's exportReferencesGraph test vector.
   assert(
     renderNarInfo(ni).includes(
       "NarHash: sha256:11vm2x1ajhzsrzw7lsyss51mmr3b6yll9wdjn51bh7liwkpc8ila\n",
@@ -262,7 +265,7 @@ function pathInfoWithCa(type: NARInfo_CA_Hash, digest: Uint8Array): PathInfo {
   };
 }
 
-Deno.test("TEXT_SHA256 converts both ways (quirk Q13 fixed)", () => {
+Deno.test("TEXT_SHA256 converts both ways (docs/compatibility.md#q13-text-content-addresses-cannot-be-converted-back)", () => {
   const digest = new Uint8Array(32).fill(5);
   const ni = pathInfoToNarInfo(pathInfoWithCa(NARInfo_CA_Hash.TEXT_SHA256, digest), "x.nar");
   assertEquals(ni.ca, { method: "text", algo: "sha256", digest });
@@ -270,7 +273,7 @@ Deno.test("TEXT_SHA256 converts both ways (quirk Q13 fixed)", () => {
   assertEquals(back.narinfo!.ca, { type: NARInfo_CA_Hash.TEXT_SHA256, digest });
 });
 
-Deno.test("the reference import's 59-byte textual ca.digest is tolerated (quirk Q1)", () => {
+Deno.test("the reference import's 59-byte textual ca.digest is tolerated (docs/compatibility.md#q1-import-stores-the-ca-digest-as-text)", () => {
   const digest = new Uint8Array(32).fill(0xab);
   const textual = b("sha256-" + nixbase32.encode(digest));
   assertEquals(textual.length, 59);

@@ -218,7 +218,8 @@ Deno.test("real nix against nar-bridge", async (t) => {
     await t.step(
       "a text-CA path with a reference round-trips (copy --to, path-info -r)",
       async () => {
-        // builtins.toFile gives `text:sha256` content addresses (quirk Q13 fixed),
+        // builtins.toFile gives `text:sha256` content addresses
+        // (docs/compatibility.md#q13-text-content-addresses-cannot-be-converted-back),
         // and interpolating one into another records a reference.
         const path = await nix.addPathWithReference();
         await nix.ok("nix", ["copy", "--store", nix.store, "--to", url, path]);

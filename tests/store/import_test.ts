@@ -48,7 +48,7 @@ async function checkAgainstNix(path: string, tmp: string, add = true): Promise<v
   assertEquals(pathInfo.narinfo!.narSha256, nix.narSha256, "nar sha256");
   assertEquals(pathInfo.narinfo!.narSize, BigInt(nix.nar.length), "nar size");
   assertEquals(nixbase32.encode(pathInfo.narinfo!.narSha256), nix.nixHashBase32);
-  // Q1 fixed: the raw 32-byte digest.
+  // The raw 32-byte digest (docs/compatibility.md#q1-import-stores-the-ca-digest-as-text).
   assertEquals(pathInfo.narinfo!.ca, { type: NARInfo_CA_Hash.NAR_SHA256, digest: nix.narSha256 });
   assertEquals(validatePathInfo(pathInfo).absolute(), storePath.absolute());
   const stored = await s.pathInfo.get(storePath.digest);
@@ -97,7 +97,7 @@ Deno.test("import of generated trees matches nix-store --add / --dump / nix-hash
   }
 });
 
-Deno.test("filesystem ingestion of the SPEC's test tree gives DIRECTORY_COMPLICATED", async () => {
+Deno.test("filesystem ingestion of upstream's test tree gives DIRECTORY_COMPLICATED (docs/compatibility.md#test-vectors)", async () => {
   const tmp = await Deno.makeTempDir({ prefix: "h3-import-" });
   try {
     const root = join(tmp, "root");
@@ -155,7 +155,7 @@ Deno.test("sockets and FIFOs are refused with an error naming the path; nothing 
   }
 });
 
-Deno.test("store path names come from the last component (SPEC §4.7)", () => {
+Deno.test("store path names come from the last component (docs/compatibility.md#the-import-algorithm)", () => {
   assertEquals(nameFromPath("a/b/c"), "c");
   assertEquals(nameFromPath("a/b/../c"), "c");
   assertEquals(nameFromPath("a/b/../c/d/../e"), "e");

@@ -1,5 +1,6 @@
 /**
- * Store-layer fixtures (SPEC §8.1 "Store-layer fixtures"), shared by the
+ * Store-layer fixtures (upstream's tvix/store/src/tests/fixtures.rs; see
+ * docs/compatibility.md#test-vectors), shared by the
  * PathInfo validation tests and the PathInfoService conformance suite.
  *
  * @module

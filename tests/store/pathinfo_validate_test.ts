@@ -124,7 +124,7 @@ Deno.test("narinfo checks, in order", () => {
   rejects(info, "InvalidNarSha256DigestLen");
 });
 
-Deno.test("the deriver must form a store path, with or without references (Q10 fixed)", () => {
+Deno.test("the deriver must form a store path, with or without references (docs/compatibility.md#q10-deriver-unchecked-without-references)", () => {
   for (const withRefs of [true, false]) {
     const base = () => {
       const info = pathInfoWithNarinfo();

@@ -35,7 +35,10 @@ export interface FastCdcParams {
   readonly level?: 0 | 1 | 2 | 3;
 }
 
-/** The parameters the object-store blob service uses (SPEC §5.5). */
+/**
+ * The parameters the object-store blob service uses
+ * (docs/compatibility.md#blobs-and-chunks).
+ */
 export const OBJECTSTORE_CHUNKING: FastCdcParams = {
   minSize: 128 * 1024,
   avgSize: 256 * 1024,

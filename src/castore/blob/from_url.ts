@@ -1,5 +1,5 @@
 /**
- * Builds a BlobService from its URL (SPEC §5.1): `memory://`,
+ * Builds a BlobService from its URL (docs/architecture.md#service-urls): `memory://`,
  * `objectstore+<url>`, `grpc+unix|http|https://…`.
  *
  * @module

@@ -68,7 +68,7 @@ export class GrpcBlobService implements BlobService {
     this.#client = clientOn(lease, BlobServiceClient);
   }
 
-  /** Connects to the server named by a `grpc+…` URL (SPEC §5.4). */
+  /** Connects to the server named by a `grpc+…` URL (docs/architecture.md#service-urls). */
   static async fromUrl(url: string): Promise<GrpcBlobService> {
     return new GrpcBlobService(await channelFor(url));
   }
@@ -81,7 +81,7 @@ export class GrpcBlobService implements BlobService {
     return res !== undefined;
   }
 
-  /** `Stat` with `send_chunks`, validated per SPEC §2.8. */
+  /** `Stat` with `send_chunks`, validated (docs/compatibility.md#chunk-lists). */
   async chunks(digest: Digest): Promise<ChunkMeta[] | undefined> {
     const res = await unary<StatBlobResponse>((cb) =>
       this.#client.stat({ digest, sendChunks: true, sendBao: false }, cb)

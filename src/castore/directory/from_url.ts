@@ -1,6 +1,6 @@
 /**
- * Builds a DirectoryService from its URL (SPEC §5.1, with SQLite in place
- * of sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
+ * Builds a DirectoryService from its URL (docs/architecture.md#service-urls;
+ * SQLite in place of upstream's sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
  * `objectstore+<url>`, `grpc+unix|http|https://…`.
  *
  * @module

@@ -1,6 +1,7 @@
 /**
- * DirectoryService on an object store (SPEC §5.5): one object per uploaded
- * closure at `dirs/b3/<hex r[0..2]>/<hex r>` (`r` = root digest), holding a
+ * DirectoryService on an object store
+ * (docs/compatibility.md#directory-closures-in-the-object-store): one object
+ * per uploaded closure at `dirs/b3/<hex r[0..2]>/<hex r>` (`r` = root digest), holding a
  * zstd-compressed sequence of frames — a 4-byte big-endian length, then that
  * many bytes of a canonical `Directory` — root first, breadth-first, each
  * directory once.

@@ -1,7 +1,8 @@
 /**
  * Builds an {@linkcode ObjectStore} from the part of an `objectstore+…` URL
- * after the prefix (SPEC §5.5). This build supports the local filesystem and
- * memory; the cloud and HTTP stores of the reference are rejected clearly.
+ * after the prefix (docs/architecture.md#service-urls). This build supports
+ * the local filesystem and memory; the cloud and HTTP stores of the
+ * reference are rejected clearly.
  *
  * @module
  */

@@ -1,6 +1,7 @@
 /**
  * A minimal object store: whole objects addressed by relative slash-separated
- * paths, as the object-store blob and directory backends (SPEC §5.5) need it.
+ * paths, as the object-store blob and directory backends need it
+ * (docs/compatibility.md#object-store-layout).
  *
  * Objects are immutable once visible: `put` is atomic, so a reader (or a
  * process after a crash) sees either the complete new object or nothing.

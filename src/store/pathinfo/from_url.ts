@@ -1,6 +1,6 @@
 /**
- * Builds a PathInfoService from its URL (SPEC §5.1, with SQLite in place of
- * sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
+ * Builds a PathInfoService from its URL (docs/architecture.md#service-urls;
+ * SQLite in place of upstream's sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
  * `grpc+unix|http|https://…`.
  *
  * @module

@@ -1,6 +1,6 @@
 /**
- * PathInfo validation (SPEC §2.9), run by every PathInfoService backend on
- * put and by clients on what they receive.
+ * PathInfo validation (docs/compatibility.md#pathinfo-validation), run by
+ * every PathInfoService backend on put and by clients on what they receive.
  *
  * @module
  */
@@ -41,11 +41,12 @@ const SHA256_LEN = 32;
  * Validates a PathInfo and returns the store path named by its root node,
  * whose digest is the key the PathInfo is stored under. Throws
  * {@linkcode ValidatePathInfoError} for the first problem, checking in the
- * order of SPEC §2.9.
+ * order of docs/compatibility.md#pathinfo-validation.
  *
- * Unlike the reference (quirk Q10) the deriver is checked even when there
- * are no references. Signatures, `ca`, `nar_size` and the existence of the
- * referenced content are not checked.
+ * Unlike the reference
+ * (docs/compatibility.md#q10-deriver-unchecked-without-references) the
+ * deriver is checked even when there are no references. Signatures, `ca`,
+ * `nar_size` and the existence of the referenced content are not checked.
  */
 export function validatePathInfo(info: PathInfo): StorePath {
   info.references.forEach((ref, i) => {
@@ -109,7 +110,8 @@ export function validatePathInfo(info: PathInfo): StorePath {
       }
       // The reference checks the deriver inside this loop; checking it at the
       // same point keeps the order of errors, and the check after the loop
-      // covers paths without references (quirk Q10).
+      // covers paths without references
+      // (docs/compatibility.md#q10-deriver-unchecked-without-references).
       if (i === 0) checkDeriver();
     });
     if (narinfo.referenceNames.length === 0) checkDeriver();
