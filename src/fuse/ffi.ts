@@ -12,9 +12,10 @@
  *
  * @module
  */
+import { errorMessage } from "../errors.ts";
 
 /** Shared object name of libfuse 3. */
-export const LIBFUSE = "libfuse3.so.3";
+const LIBFUSE = "libfuse3.so.3";
 
 const fuseSymbols = {
   fuse_session_new: { parameters: ["buffer", "buffer", "usize", "pointer"], result: "pointer" },
@@ -69,7 +70,7 @@ export function loadFuse(): FuseLib {
     try {
       fuseLib = Deno.dlopen(LIBFUSE, fuseSymbols).symbols;
     } catch (err) {
-      throw new Error(`cannot load ${LIBFUSE} (install fuse3/libfuse3): ${(err as Error).message}`);
+      throw new Error(`cannot load ${LIBFUSE} (install fuse3/libfuse3): ${errorMessage(err)}`);
     }
   }
   return fuseLib;

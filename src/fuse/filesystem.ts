@@ -1,7 +1,7 @@
 /**
- * The store as a read-only filesystem (SPEC §7): what each FUSE operation
- * answers, independent of the kernel protocol. One instance per Worker,
- * all sharing one {@linkcode InodeTable}.
+ * The store as a read-only filesystem (docs/compatibility.md#fuse-behaviour):
+ * what each FUSE operation answers, independent of the kernel protocol. One
+ * instance per Worker, all sharing one {@linkcode InodeTable}.
  *
  * The mount root lists store paths: `<hash>-<name>` resolves through the
  * PathInfoService to the PathInfo's root node (whose name must equal the
@@ -12,7 +12,9 @@
  * each Worker keeps the listings it used.
  *
  * Deliberate differences from the reference (nothing on the wire changes):
- * - Q15: a directory's `st_size` is always its `DirectoryNode.size` (it does
+ * - Upstream quirks fixed (see
+ *   docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing):
+ *   a directory's `st_size` is always its `DirectoryNode.size` (it does
  *   not change once the directory was listed); the root listing never skips
  *   entries, honours offsets and reports provider errors as `EIO` for both
  *   READDIR and READDIRPLUS; `open` of a symlink gives `ELOOP` (what
@@ -35,7 +37,7 @@ import { log } from "../log.ts";
 import { Errno } from "./ffi.ts";
 import { InodeTable, Kind, ROOT_INO } from "./inodes.ts";
 import { type Attr, S_IFDIR, S_IFLNK, S_IFREG } from "./protocol.ts";
-import { BlobReader, type BlobReaderOptions, type ReadResult } from "./blob_reader.ts";
+import { BlobRangeReader, type BlobRangeReaderOptions, type ReadResult } from "./range_reader.ts";
 import type { Listing, SharedListings } from "./shared_listings.ts";
 import { LoadingCache } from "../loading_cache.ts";
 
@@ -64,7 +66,7 @@ export interface FsOptions {
   /** Distinguishes this Worker's directory handles from other Workers' (0–1023). */
   workerId?: number;
   /** Tuning of blob reads. */
-  read?: BlobReaderOptions;
+  read?: BlobRangeReaderOptions;
   /** Listings shared with the other Workers (each directory is then fetched once per mount). */
   listings?: SharedListings;
   /**
@@ -76,8 +78,6 @@ export interface FsOptions {
    */
   subtreePrefetch?: number;
 }
-
-export type { Listing };
 
 /** Entries of a directory from index `start` on (`next` offset = index + 1). */
 export interface DirSlice extends Listing {
@@ -92,10 +92,10 @@ interface RootListing {
   error?: unknown;
 }
 
-/** Names of the extended attributes (SPEC §7.5). */
-export const XATTR_DIRECTORY = "user.tvix.castore.directory.digest";
+/** Names of the extended attributes (docs/compatibility.md#extended-attributes). */
+const XATTR_DIRECTORY = "user.tvix.castore.directory.digest";
 /** See {@linkcode XATTR_DIRECTORY}. */
-export const XATTR_BLOB = "user.tvix.castore.blob.digest";
+const XATTR_BLOB = "user.tvix.castore.blob.digest";
 
 const encoder = new TextEncoder();
 const XATTR_DIRECTORY_NAME = encoder.encode(XATTR_DIRECTORY);
@@ -114,7 +114,7 @@ export class StoreFs {
   readonly #svc: FsServices;
   readonly #inodes: InodeTable;
   readonly #opts: FsOptions;
-  readonly #reader: BlobReader;
+  readonly #reader: BlobRangeReader;
   /** Listings this Worker used, bounded by their entries; concurrent fetches of one are shared. */
   readonly #dirs = new LoadingCache<number, Listing>(
     DIR_CACHE_ENTRIES,
@@ -130,7 +130,7 @@ export class StoreFs {
     this.#svc = services;
     this.#inodes = inodes;
     this.#opts = opts;
-    this.#reader = new BlobReader(services.blob, opts.read);
+    this.#reader = new BlobRangeReader(services.blob, opts.read);
   }
 
   /** Fetches running in the background (readahead), which a blocking wait would stall. */
@@ -138,7 +138,10 @@ export class StoreFs {
     return this.#reader.loading;
   }
 
-  /** Attributes of `ino` (SPEC §7.3). Throws ENOENT for an unknown inode. */
+  /**
+   * Attributes of `ino` (docs/compatibility.md#attributes). Throws ENOENT for
+   * an unknown inode.
+   */
   getattr(ino: number): Attr {
     const info = this.#inodes.info(ino);
     if (!info) throw new FsError(Errno.ENOENT);
@@ -368,7 +371,8 @@ export class StoreFs {
       log.warn("root lookup failed", { name: key, error: errorMessage(err) });
       throw new FsError(Errno.EIO);
     }
-    // The node's own name must match byte for byte (SPEC §7.1 root name check).
+    // The node's own name must match byte for byte
+    // (docs/compatibility.md#mount-and-layout).
     if (!node || !bytesEqual(node.value.name, name)) throw new FsError(Errno.ENOENT);
     const ino = this.#inodes.intern(node);
     this.#rootNames.set(key, ino);

@@ -1,5 +1,5 @@
 /**
- * Inode allocation shared by every FUSE Worker (SPEC §7.2).
+ * Inode allocation shared by every FUSE Worker (docs/compatibility.md#inodes).
  *
  * The kernel may send a request for an inode to any channel, so every
  * Worker must be able to answer for inodes another Worker allocated. The
@@ -18,7 +18,8 @@
  *   the other adopts the winner's inode (its own record stays unused).
  * - **arena**: symlink targets, bump-allocated.
  *
- * Content keys (Q15 fixed, nothing changes on the wire): files by blob
+ * Content keys (an upstream quirk fixed, nothing changes on the wire:
+ * docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing): files by blob
  * digest **and** size **and** executable flag, so two files with equal
  * contents but different modes get different inodes; symlinks by target;
  * directories by directory digest (their reported size is the

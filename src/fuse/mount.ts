@@ -77,7 +77,7 @@ const MAX_SHARED_CHUNK = 512 << 10;
  * and builds most of the machine. Memory is committed only as chunks are
  * cached.
  */
-export function defaultCacheBytes(): number {
+function defaultCacheBytes(): number {
   let total = 8 * 2 ** 30;
   try {
     total = Deno.systemMemoryInfo().total;
@@ -91,13 +91,15 @@ export function defaultCacheBytes(): number {
 const DRAIN_MS = 1000;
 
 /** Throws a clear error for URLs a multi-Worker mount cannot use. */
-export function checkMountAddrs(addrs: ServiceAddrs): void {
-  for (const [flag, url] of Object.entries(addrs)) {
-    if (/^memory:/i.test(url)) {
+function checkMountAddrs(addrs: ServiceAddrs): void {
+  for (const [key, url] of Object.entries(addrs)) {
+    const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    // Each Worker builds its own services: an in-memory one would be empty.
+    if (/^(objectstore\+)?memory:/i.test(url) || /^sqlite:\/\/\/?$/i.test(url)) {
       throw new Error(
         `${flag} ${url}: in-memory services cannot be used by mount, whose Workers each open ` +
-          `the services themselves and would see separate empty stores; use sqlite://, ` +
-          `objectstore+… or a daemon via grpc+…`,
+          `the services themselves and would see separate empty stores; use sqlite:///FILE, ` +
+          `objectstore+file:///DIR or a daemon via grpc+…`,
       );
     }
   }

@@ -1,6 +1,6 @@
 /**
  * The FUSE kernel protocol (`linux/fuse.h`), the read-only subset the mount
- * speaks: request header decoding and the reply structs. Everything is
+ * speaks: where request fields lie, and the reply structs. Everything is
  * little-endian (x86_64/aarch64). 64-bit fields are read and written as two
  * 32-bit halves so hot paths never allocate BigInts; inode numbers, offsets
  * and sizes stay below 2^53.
@@ -71,7 +71,7 @@ export const MUTATING_OPS: ReadonlySet<number> = new Set([
 ]);
 
 /** `FUSE_INIT` flags we may ask for. */
-export const InitFlag = {
+const InitFlag = {
   ASYNC_READ: 1 << 0,
   BIG_WRITES: 1 << 5,
   DO_READDIRPLUS: 1 << 13,
@@ -85,26 +85,87 @@ export const InitFlag = {
 export const FOPEN_KEEP_CACHE = 1 << 1;
 
 /** Protocol version we speak (7.31 has everything used here; replies use the 7.36+ INIT layout). */
-export const KERNEL_MAJOR = 7, KERNEL_MINOR = 38;
+const KERNEL_MAJOR = 7, KERNEL_MINOR = 38;
 
-/** Struct sizes. */
-export const IN_HEADER_SIZE = 40,
-  OUT_HEADER_SIZE = 16,
-  ATTR_SIZE = 88,
+/** Size of `fuse_in_header`; each opcode's arguments follow it. */
+const IN_HEADER_SIZE = 40;
+
+/** Struct sizes of replies. */
+export const OUT_HEADER_SIZE = 16,
   ENTRY_OUT_SIZE = 128,
   ATTR_OUT_SIZE = 104,
   OPEN_OUT_SIZE = 16,
   INIT_OUT_SIZE = 64,
   STATFS_OUT_SIZE = 80,
   GETXATTR_OUT_SIZE = 8,
-  DIRENT_SIZE = 24,
-  DIRENTPLUS_SIZE = ENTRY_OUT_SIZE + DIRENT_SIZE;
+  DIRENT_SIZE = 24;
+const DIRENTPLUS_SIZE = ENTRY_OUT_SIZE + DIRENT_SIZE;
+
+/*
+ * Offsets of the request fields the mount reads, in bytes from the start of
+ * the request, after the structs of `linux/fuse.h`. Every request field is
+ * read through these names, so each layout is written down once, beside its
+ * C declaration. 64-bit fields are read with `get64`.
+ */
+
+/**
+ * `struct fuse_in_header`: `u32 len, u32 opcode, u64 unique, u64 nodeid,
+ * u32 uid, u32 gid, u32 pid, u16 total_extlen, u16 padding`.
+ */
+export const IN_HEADER = {
+  opcode: 4,
+  /** `unique`, as two 32-bit halves: a reply only echoes it. */
+  uniqueLo: 8,
+  uniqueHi: 12,
+  nodeid: 16,
+} as const;
+
+/**
+ * `struct fuse_init_in`: `u32 major, u32 minor, u32 max_readahead,
+ * u32 flags, u32 flags2, u32 unused[11]`.
+ */
+const INIT_IN = {
+  major: IN_HEADER_SIZE,
+  minor: IN_HEADER_SIZE + 4,
+  maxReadahead: IN_HEADER_SIZE + 8,
+  flags: IN_HEADER_SIZE + 12,
+} as const;
+
+/** LOOKUP's argument: the NUL-terminated name, right after the header. */
+export const LOOKUP_IN = { name: IN_HEADER_SIZE } as const;
+
+/** `struct fuse_open_in` (OPEN): `u32 flags, u32 open_flags`. */
+export const OPEN_IN = { flags: IN_HEADER_SIZE } as const;
+
+/**
+ * `struct fuse_read_in` (READ, READDIR, READDIRPLUS): `u64 fh, u64 offset,
+ * u32 size, u32 read_flags, u64 lock_owner, u32 flags, u32 padding`.
+ */
+export const READ_IN = {
+  fh: IN_HEADER_SIZE,
+  offset: IN_HEADER_SIZE + 8,
+  size: IN_HEADER_SIZE + 16,
+} as const;
+
+/**
+ * `struct fuse_release_in` (RELEASE, RELEASEDIR): `u64 fh, u32 flags,
+ * u32 release_flags, u64 lock_owner`.
+ */
+export const RELEASE_IN = { fh: IN_HEADER_SIZE } as const;
+
+/**
+ * `struct fuse_getxattr_in` (GETXATTR, LISTXATTR): `u32 size, u32 padding`;
+ * GETXATTR's NUL-terminated attribute name follows it.
+ */
+export const GETXATTR_IN = { size: IN_HEADER_SIZE, name: IN_HEADER_SIZE + 8 } as const;
 
 /** File type bits of `st_mode`. */
-export const S_IFMT = 0o170000, S_IFDIR = 0o040000, S_IFREG = 0o100000, S_IFLNK = 0o120000;
+const S_IFMT = 0o170000;
+/** File types of `st_mode`. */
+export const S_IFDIR = 0o040000, S_IFREG = 0o100000, S_IFLNK = 0o120000;
 
 /** Writes `n` (< 2^53) as a u64 without BigInt. */
-export function put64(view: DataView, offset: number, n: number): void {
+function put64(view: DataView, offset: number, n: number): void {
   view.setUint32(offset, n >>> 0, true);
   view.setUint32(offset + 4, Math.floor(n / 0x100000000), true);
 }
@@ -112,25 +173,6 @@ export function put64(view: DataView, offset: number, n: number): void {
 /** Reads a u64 as a number (exact below 2^53). */
 export function get64(view: DataView, offset: number): number {
   return view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 0x100000000;
-}
-
-/** The fields of `fuse_in_header` a handler needs. */
-export interface RequestHeader {
-  opcode: number;
-  /** `unique` as two halves: a reply only needs to echo it. */
-  uniqueLo: number;
-  uniqueHi: number;
-  nodeid: number;
-}
-
-/** Decodes `fuse_in_header`. */
-export function readHeader(view: DataView): RequestHeader {
-  return {
-    opcode: view.getUint32(4, true),
-    uniqueLo: view.getUint32(8, true),
-    uniqueHi: view.getUint32(12, true),
-    nodeid: get64(view, 16),
-  };
 }
 
 /** Attributes of one inode, as the filesystem reports them. */
@@ -148,10 +190,10 @@ export interface Attr {
  * Attribute and entry cache timeout: the store never changes under a path,
  * so the kernel may cache forever (2^32-1 s is "forever" after clamping).
  */
-export const FOREVER_SECS = 0xffffffff;
+const FOREVER_SECS = 0xffffffff;
 
 /** Writes `fuse_attr` (88 bytes); times, owner and rdev are all 0. */
-export function putAttr(view: DataView, o: number, a: Attr): void {
+function putAttr(view: DataView, o: number, a: Attr): void {
   put64(view, o, a.ino);
   put64(view, o + 8, a.size);
   put64(view, o + 16, a.blocks);
@@ -235,8 +277,8 @@ export interface InitParams {
 
 /**
  * Builds `fuse_init_out` (64 bytes) at `o` for the kernel's `fuse_init_in`
- * in `req` (at offset 40). Returns an error string if the kernel speaks an
- * unsupported major version.
+ * in the INIT request `req`. Returns an error string if the kernel speaks
+ * an unsupported major version.
  */
 export function putInitOut(
   req: DataView,
@@ -244,13 +286,13 @@ export function putInitOut(
   o: number,
   p: InitParams,
 ): string | undefined {
-  const major = req.getUint32(IN_HEADER_SIZE, true);
-  const minor = req.getUint32(IN_HEADER_SIZE + 4, true);
+  const major = req.getUint32(INIT_IN.major, true);
+  const minor = req.getUint32(INIT_IN.minor, true);
   if (major !== KERNEL_MAJOR || minor < 23) {
     return `unsupported FUSE kernel protocol ${major}.${minor} (need 7.23 or later)`;
   }
-  const kernelReadahead = req.getUint32(IN_HEADER_SIZE + 8, true);
-  const kernelFlags = req.getUint32(IN_HEADER_SIZE + 12, true);
+  const kernelReadahead = req.getUint32(INIT_IN.maxReadahead, true);
+  const kernelFlags = req.getUint32(INIT_IN.flags, true);
   const want = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.DO_READDIRPLUS |
     InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES |
     InitFlag.CACHE_SYMLINKS;

@@ -38,7 +38,7 @@ export interface Borrowed {
 }
 
 /** A claimed slot: fill it with the chunk's bytes or abandon it. */
-export interface SlotClaim {
+interface SlotClaim {
   fill(bytes: Uint8Array): void;
   abandon(): void;
 }

@@ -20,7 +20,7 @@ import { Channel } from "./channel.ts";
 import { Errno } from "./ffi.ts";
 import { CpuBinding, LARGE_READ } from "./affinity.ts";
 import { type DirSlice, FsError, StoreFs } from "./filesystem.ts";
-import type { ReadResult } from "./blob_reader.ts";
+import type { ReadResult } from "./range_reader.ts";
 import { InodeTable } from "./inodes.ts";
 import { SharedChunkCache } from "./shared_chunks.ts";
 import { SharedListings } from "./shared_listings.ts";
@@ -32,11 +32,14 @@ import {
   ENTRY_OUT_SIZE,
   FOPEN_KEEP_CACHE,
   get64,
+  GETXATTR_IN,
   GETXATTR_OUT_SIZE,
-  IN_HEADER_SIZE,
+  IN_HEADER,
   INIT_OUT_SIZE,
+  LOOKUP_IN,
   MUTATING_OPS,
   Op,
+  OPEN_IN,
   OPEN_OUT_SIZE,
   OUT_HEADER_SIZE,
   putAttrOut,
@@ -45,6 +48,8 @@ import {
   putEntryOut,
   putInitOut,
   putStatfsOut,
+  READ_IN,
+  RELEASE_IN,
   STATFS_OUT_SIZE,
 } from "./protocol.ts";
 
@@ -100,7 +105,7 @@ function isRemote(services: Services): boolean {
 const UPKEEP_MS = 1000;
 
 /** Serves requests for `fs` on `channel` until the session ends; returns the request count. */
-export async function serveChannel(
+async function serveChannel(
   channel: Channel,
   fs: StoreFs,
   cfg: Pick<WorkerConfig, "maxPages" | "maxReadahead"> & {
@@ -179,10 +184,10 @@ export async function serveChannel(
 
   const dispatch = (buf: Uint8Array, v: DataView, n: number, fd: number) => {
     served++;
-    const opcode = v.getUint32(4, true);
-    binding?.note(opcode === Op.READ && v.getUint32(IN_HEADER_SIZE + 16, true) >= LARGE_READ);
-    const lo = v.getUint32(8, true), hi = v.getUint32(12, true);
-    const ino = get64(v, 16);
+    const opcode = v.getUint32(IN_HEADER.opcode, true);
+    binding?.note(opcode === Op.READ && v.getUint32(READ_IN.size, true) >= LARGE_READ);
+    const lo = v.getUint32(IN_HEADER.uniqueLo, true), hi = v.getUint32(IN_HEADER.uniqueHi, true);
+    const ino = get64(v, IN_HEADER.nodeid);
     try {
       switch (opcode) {
         case Op.INIT: {
@@ -194,7 +199,7 @@ export async function serveChannel(
           return channel.ok(fd, lo, hi, INIT_OUT_SIZE);
         }
         case Op.LOOKUP: {
-          const r = fs.lookup(ino, cStringAt(buf, IN_HEADER_SIZE, n));
+          const r = fs.lookup(ino, cStringAt(buf, LOOKUP_IN.name, n));
           if (r instanceof Promise) return later(r, fd, lo, hi, (a) => entry(fd, lo, hi, a));
           return entry(fd, lo, hi, r);
         }
@@ -207,7 +212,7 @@ export async function serveChannel(
           return channel.ok(fd, lo, hi, t.length);
         }
         case Op.OPEN: {
-          const flags = v.getUint32(IN_HEADER_SIZE, true);
+          const flags = v.getUint32(OPEN_IN.flags, true);
           return later(fs.open(ino, flags), fd, lo, hi, () => {
             out.fill(0, OUT_HEADER_SIZE, OUT_HEADER_SIZE + OPEN_OUT_SIZE);
             // Contents never change: the kernel may keep cached pages across opens.
@@ -223,17 +228,17 @@ export async function serveChannel(
           return channel.ok(fd, lo, hi, OPEN_OUT_SIZE);
         }
         case Op.READ: {
-          const offset = get64(v, IN_HEADER_SIZE + 8);
-          const size = v.getUint32(IN_HEADER_SIZE + 16, true);
+          const offset = get64(v, READ_IN.offset);
+          const size = v.getUint32(READ_IN.size, true);
           const r = fs.read(ino, offset, size);
           if (r instanceof Promise) return later(r, fd, lo, hi, (d) => data(fd, lo, hi, d));
           return data(fd, lo, hi, r);
         }
         case Op.READDIR:
         case Op.READDIRPLUS: {
-          const fh = get64(v, IN_HEADER_SIZE);
-          const offset = get64(v, IN_HEADER_SIZE + 8);
-          const size = v.getUint32(IN_HEADER_SIZE + 16, true);
+          const fh = get64(v, READ_IN.fh);
+          const offset = get64(v, READ_IN.offset);
+          const size = v.getUint32(READ_IN.size, true);
           const plus = opcode === Op.READDIRPLUS;
           const r = fs.readdir(ino, fh, offset, Math.ceil(size / (DIRENT_SIZE + 8)));
           if (r instanceof Promise) {
@@ -242,7 +247,7 @@ export async function serveChannel(
           return dirents(fd, lo, hi, r, size, plus);
         }
         case Op.RELEASEDIR:
-          fs.releasedir(ino, get64(v, IN_HEADER_SIZE));
+          fs.releasedir(ino, get64(v, RELEASE_IN.fh));
           return channel.ok(fd, lo, hi, 0);
         case Op.RELEASE:
           return channel.ok(fd, lo, hi, 0);
@@ -250,11 +255,11 @@ export async function serveChannel(
           putStatfsOut(ov, OUT_HEADER_SIZE);
           return channel.ok(fd, lo, hi, STATFS_OUT_SIZE);
         case Op.GETXATTR: {
-          const size = v.getUint32(IN_HEADER_SIZE, true);
-          return xattr(fd, lo, hi, fs.getxattr(ino, cStringAt(buf, IN_HEADER_SIZE + 8, n)), size);
+          const size = v.getUint32(GETXATTR_IN.size, true);
+          return xattr(fd, lo, hi, fs.getxattr(ino, cStringAt(buf, GETXATTR_IN.name, n)), size);
         }
         case Op.LISTXATTR:
-          return xattr(fd, lo, hi, fs.listxattr(ino), v.getUint32(IN_HEADER_SIZE, true));
+          return xattr(fd, lo, hi, fs.listxattr(ino), v.getUint32(GETXATTR_IN.size, true));
         case Op.FORGET:
         case Op.BATCH_FORGET:
         case Op.INTERRUPT:

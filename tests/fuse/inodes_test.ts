@@ -1,7 +1,8 @@
 /**
- * The shared inode table: content-based deduplication (SPEC §7.2, inode
- * tracker tests of §8.2, with Q15's keys) and agreement between Workers
- * interning concurrently.
+ * The shared inode table: content-based deduplication
+ * (docs/compatibility.md#inodes; upstream's inode tracker tests, with the
+ * file keys of docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing)
+ * and agreement between Workers interning concurrently.
  */
 import { assert, assertEquals } from "../assert.ts";
 import * as F from "../fixtures.ts";
@@ -30,7 +31,7 @@ Deno.test("inodes: put_regular: same blob → same inode, other blob → new ino
   assertEquals(t.digest(a), F.BLOB_A_DIGEST);
 });
 
-Deno.test("inodes: executable flag and size are part of a file's key (Q15)", () => {
+Deno.test("inodes: executable flag and size are part of a file's key (docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing)", () => {
   const t = InodeTable.create({ maxInodes: 16 });
   const plain = t.intern(makeNode.file(b("x"), F.BLOB_A_DIGEST, 2n));
   const exec = t.intern(makeNode.file(b("x"), F.BLOB_A_DIGEST, 2n, true));

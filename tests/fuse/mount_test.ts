@@ -1,6 +1,9 @@
 /**
- * SPEC §8.2 FUSE behaviours against a real `tvix-store mount` process over
- * a local store (SQLite + object store), plus the quirk fixes (Q15, Q17).
+ * Upstream's FUSE test scenarios (tvix/castore/src/fs/fuse/tests.rs; see
+ * docs/compatibility.md#fuse-behaviour) against a real `tvix-store mount`
+ * process over a local store (SQLite + object store), plus the quirk fixes
+ * (docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing,
+ * docs/compatibility.md#q17-the-show-xattr-flag-cannot-be-turned-off).
  * Runs as root where /dev/fuse exists; skipped otherwise.
  */
 import { join } from "node:path";
@@ -31,7 +34,10 @@ const DIRECTORY_COMPLICATED_NAME = "33333333333333333333333333333333-test";
 const MISSING_DIRECTORY_NAME = "77777777777777777777777777777777-test";
 const MISSING_BLOB_NAME = "88888888888888888888888888888888-test";
 const DANGLING_SYMLINK_NAME = "99999999999999999999999999999999-test";
-/** Same contents as HELLOWORLD_BLOB_NAME, not executable (Q15: must get its own inode). */
+/**
+ * Same contents as HELLOWORLD_BLOB_NAME, not executable: must get its own inode
+ * (docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing).
+ */
 const HELLOWORLD_PLAIN_NAME = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello";
 /** Extra root entries so listing the root takes several READDIR calls. */
 const EXTRA_ROOTS = 300;
@@ -76,7 +82,7 @@ function errCode(fn: () => unknown): string | undefined {
 }
 
 Deno.test({
-  name: "mount: SPEC §8.2 FUSE behaviours",
+  name: "mount: upstream's FUSE scenarios (docs/compatibility.md#fuse-behaviour)",
   ignore: SKIP,
   sanitizeResources: false,
   sanitizeOps: false,
@@ -100,7 +106,8 @@ Deno.test({
       await svc.close();
     }
 
-    // As upstream: 4 threads, no listing. Second mount: listing on, xattrs off (Q17).
+    // As upstream: 4 threads, no listing. Second mount: listing on, xattrs off
+    // (docs/compatibility.md#q17-the-show-xattr-flag-cannot-be-turned-off).
     const plain = await startMount({ addrs: store.addrs, args: ["--threads=4"] });
     mounts.push(plain);
     const listing = await startMount({
@@ -114,7 +121,8 @@ Deno.test({
       assertEquals(errCode(() => [...Deno.readDirSync(plain.mountpoint)]), "EPERM");
     });
 
-    await t.step("root_with_listing: every root entry, none skipped (Q15)", () => {
+    // docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing
+    await t.step("root_with_listing: every root entry, none skipped", () => {
       const entries = [...Deno.readDirSync(listing.mountpoint)];
       assertEquals(
         entries.map((e) => e.name).sort(),
@@ -189,7 +197,8 @@ Deno.test({
       assertEquals((await listXattrs(p(SYMLINK_NAME2))).names, []);
     });
 
-    await t.step("--no-show-xattr hides the digests (Q17)", async () => {
+    // docs/compatibility.md#q17-the-show-xattr-flag-cannot-be-turned-off
+    await t.step("--no-show-xattr hides the digests", async () => {
       const r = await listXattrs(join(listing.mountpoint, BLOB_A_NAME));
       assertEquals(r.names, []);
       assertEquals(
@@ -255,7 +264,8 @@ Deno.test({
       assertEquals(ino(p(DIRECTORY_COMPLICATED_NAME, "aa")), ino(p(SYMLINK_NAME2)));
     });
 
-    await t.step("equal contents, different executable flag: separate inodes (Q15)", () => {
+    // docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing
+    await t.step("equal contents, different executable flag: separate inodes", () => {
       const exe = Deno.lstatSync(p(HELLOWORLD_BLOB_NAME));
       const plainFile = Deno.lstatSync(p(HELLOWORLD_PLAIN_NAME));
       assert(exe.ino !== plainFile.ino);
@@ -312,20 +322,30 @@ Deno.test({
 });
 
 Deno.test({
-  name: "mount: refuses memory:// services with a clear error",
+  name: "mount: refuses in-memory services with a clear error naming the flag",
   ignore: SKIP,
 }, async () => {
   const mnt = await Deno.makeTempDir();
   try {
-    const r = await runTvix([
-      "mount",
-      mnt,
-      "--blob-service-addr=memory://",
-      "--directory-service-addr=memory://",
-      "--path-info-service-addr=memory://",
-    ]);
-    assertEquals(r.code, 1);
-    assert(r.stderr.includes("in-memory services cannot be used by mount"), r.stderr);
+    for (
+      const [blob, meta] of [
+        ["memory://", "memory://"],
+        ["objectstore+memory://", "sqlite:///tmp/x.sqlite"],
+        ["objectstore+file:///tmp/x", "sqlite://"],
+      ]
+    ) {
+      const r = await runTvix([
+        "mount",
+        mnt,
+        `--blob-service-addr=${blob}`,
+        `--directory-service-addr=${meta}`,
+        `--path-info-service-addr=${meta}`,
+      ]);
+      assertEquals(r.code, 1);
+      assert(r.stderr.includes("in-memory services cannot be used by mount"), r.stderr);
+      const flag = blob.includes("memory") ? "--blob-service-addr" : "--directory-service-addr";
+      assert(r.stderr.includes(flag), r.stderr);
+    }
   } finally {
     await Deno.remove(mnt);
   }

@@ -90,7 +90,8 @@ async function checkRoundTrip(addrs: ServiceAddrs): Promise<void> {
           assertEquals(attrs.get("user.tvix.castore.blob.digest"), b3Display(blake3(data)), rel);
         }
       }
-      // Equal contents, different modes: different inodes (Q15).
+      // Equal contents, different modes: different inodes
+      // (docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing).
       const a = await Deno.lstat(join(mounted, "sizes/dup-a"));
       const b = await Deno.lstat(join(mounted, "sizes/dup-b"));
       assert(a.ino !== b.ino && a.mode !== b.mode);

@@ -1,5 +1,5 @@
 /**
- * Chunk-aware random access to blobs for FUSE reads.
+ * Random access to byte ranges of blobs for FUSE reads, chunk by chunk.
  *
  * A read at an offset fetches only the chunks that cover it: the blob's
  * chunk list comes from `BlobService.chunks()` (gRPC `Stat(send_chunks)` or
@@ -12,17 +12,25 @@
  * in place and the reply is written from there (no copy). Sequential
  * readers trigger readahead of the following chunks, each Worker taking
  * every Nth chunk, so decompression and verification (what bounds a read
- * from the object store) run on all Workers at once. Blobs without a chunk list are read whole (small ones,
- * then cached like a chunk) or through `openRead(digest, offset)` streams
- * that continue where the previous read ended.
+ * from the object store) run on all Workers at once. Blobs without a chunk
+ * list are read whole (small ones, then cached like a chunk) or through
+ * `openRead(digest, offset)` streams that continue where the previous read
+ * ended.
+ *
+ * Bytes come only from the blob service, whose backends verify what they
+ * yield, or from the shared cache, which Workers fill only with what they
+ * fetched from there. Every chunk's length is checked against the chunk
+ * list and a failed fetch is never cached, so a read returns the right
+ * bytes or throws (a `StorageError` for bad data, answered with `EIO` by
+ * the filesystem).
  *
  * @module
  */
 import { concatBytes, type Digest, digestKey } from "../castore/digest.ts";
 import { StorageError } from "../errors.ts";
 import type { BlobService } from "../castore/blob/service.ts";
-import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
 import { LoadingCache } from "../loading_cache.ts";
+import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
 
 /** Blobs without a chunk list up to this size are fetched whole and cached as one chunk. */
 const WHOLE_BLOB_LIMIT = 16 << 20;
@@ -31,8 +39,8 @@ const CHUNK_LIST_ENTRIES = 8192;
 /** Open fallback streams kept per Worker. */
 const MAX_STREAMS = 32;
 
-/** Tuning of a {@linkcode BlobReader}. */
-export interface BlobReaderOptions {
+/** Tuning of a {@linkcode BlobRangeReader}. */
+export interface BlobRangeReaderOptions {
   /** Bytes of decompressed chunks to keep (default 256 MiB). */
   cacheBytes?: number;
   /** Bytes to fetch ahead of a sequential reader (default 8 MiB; 0 disables). */
@@ -62,6 +70,7 @@ export interface ReadResult {
   release?: () => void;
 }
 
+/** What this Worker knows about one blob's chunks, and how it has been reading them. */
 interface ChunkList {
   /** The blob's digest. */
   digest: Digest;
@@ -75,6 +84,12 @@ interface ChunkList {
    * entered its window instead of rescanning the whole window.
    */
   prefetched: number;
+  /**
+   * Where this Worker's previous read of the blob ended, to tell a
+   * sequential reader (worth reading ahead for) from a random one. Kept
+   * with the list, so one bound covers both.
+   */
+  lastEnd: number | undefined;
 }
 
 /** An `openRead` stream positioned at `pos`, for blobs without a chunk list. */
@@ -83,29 +98,40 @@ interface Stream {
   iter: AsyncIterator<Uint8Array>;
   /** Bytes received but not handed out yet (they start at `pos`). */
   pending: Uint8Array;
-  /** A read is using it right now. */
-  busy: boolean;
 }
 
-/** Reads byte ranges of blobs. One per Worker. */
-export class BlobReader {
+/** Reads byte ranges of blobs, fetching only the chunks they cover. One per Worker. */
+export class BlobRangeReader {
   readonly #blob: BlobService;
-  readonly #cache: LoadingCache<string, Uint8Array>;
+  /**
+   * Decompressed chunks (and small blobs without a chunk list) by digest,
+   * bounded by bytes; concurrent reads of one chunk share its fetch.
+   */
+  readonly #chunks: LoadingCache<string, Uint8Array>;
+  /**
+   * Chunk lists by blob digest; concurrent reads of a new blob share one
+   * `chunks()` call. Absence and failures are not cached: the blob may
+   * appear later.
+   */
+  readonly #lists = new LoadingCache<string, ChunkList>(CHUNK_LIST_ENTRIES);
+  /**
+   * Open fallback streams by `<blob>@<position reached>`. Not a
+   * {@linkcode LoadingCache}: a stream serves one read at a time, so a read
+   * takes it out and puts it back under the position where it ended (its
+   * key changes with every use), and a stream dropped to make room must be
+   * closed, while a cache drops values silently and keeps their key.
+   */
+  readonly #streams = new Map<string, Stream>();
   readonly #readahead: number;
   readonly #window: number;
   readonly #shared?: SharedChunkCache;
   readonly #workerId: number;
   readonly #workers: number;
-  readonly #lists = new Map<string, Promise<ChunkList | undefined>>();
-  /** The lists of {@linkcode #lists} that have arrived, for synchronous reads. */
-  readonly #listsReady = new Map<string, ChunkList>();
-  readonly #lastEnd = new Map<string, number>();
-  readonly #streams = new Map<string, Stream>();
 
   /** A reader over `blob`. */
-  constructor(blob: BlobService, opts: BlobReaderOptions = {}) {
+  constructor(blob: BlobService, opts: BlobRangeReaderOptions = {}) {
     this.#blob = blob;
-    this.#cache = new LoadingCache(opts.cacheBytes ?? 256 << 20, (bytes) => bytes.length);
+    this.#chunks = new LoadingCache(opts.cacheBytes ?? 256 << 20, (bytes) => bytes.length);
     this.#readahead = opts.readahead ?? 8 << 20;
     this.#window = opts.sequentialWindow ?? 8 << 20;
     this.#shared = opts.shared;
@@ -115,7 +141,7 @@ export class BlobReader {
 
   /** Chunk loads in progress (including readahead). */
   get loading(): number {
-    return this.#cache.loading;
+    return this.#chunks.loading;
   }
 
   /**
@@ -124,8 +150,9 @@ export class BlobReader {
    */
   async check(digest: Digest, size: number): Promise<void> {
     if (size === 0) return;
-    const list = await this.#chunkList(digest, size);
-    if (!list) throw new StorageError(`blob ${digestKey(digest)} not found`);
+    const key = digestKey(digest);
+    const list = await this.#chunkList(digest, key, size);
+    if (!list) throw new StorageError(`blob ${key} not found`);
   }
 
   /**
@@ -145,31 +172,23 @@ export class BlobReader {
     const end = Math.min(size, offset + length);
     if (offset >= end) return { pieces: [] };
     const key = digestKey(digest);
-    const known = this.#listsReady.get(key);
-    if (known) return this.#readListed(known, key, offset, end);
-    return this.#chunkList(digest, size).then((list) => {
+    const known = this.#lists.get(key);
+    if (known) return this.#readListed(known, offset, end);
+    return this.#chunkList(digest, key, size).then((list) => {
       if (!list) throw new StorageError(`blob ${key} not found`);
-      return this.#readListed(list, key, offset, end);
+      return this.#readListed(list, offset, end);
     });
   }
 
-  #readListed(
-    list: ChunkList,
-    key: string,
-    offset: number,
-    end: number,
-  ): ReadResult | Promise<ReadResult> {
+  #readListed(list: ChunkList, offset: number, end: number): ReadResult | Promise<ReadResult> {
     if (list.keys.length === 0) {
-      return this.#readStream(list.digest, offset, end - offset).then((b) => ({ pieces: [b] }));
+      const size = list.starts[0];
+      return this.#readStream(list.digest, size, offset, end).then((b) => ({ pieces: [b] }));
     }
-    const last = this.#lastEnd.get(key);
+    const last = list.lastEnd;
     const sequential = offset === 0 || (last !== undefined && offset >= last &&
       offset - last <= this.#window);
-    this.#lastEnd.delete(key);
-    this.#lastEnd.set(key, end);
-    if (this.#lastEnd.size > CHUNK_LIST_ENTRIES) {
-      this.#lastEnd.delete(this.#lastEnd.keys().next().value!);
-    }
+    list.lastEnd = end;
 
     const first = chunkIndex(list.starts, offset);
     const chunks: (Uint8Array | Promise<Uint8Array>)[] = [];
@@ -219,7 +238,7 @@ export class BlobReader {
     borrowed: Borrowed[],
     waited = false,
   ): Uint8Array | Promise<Uint8Array> {
-    const mine = this.#cache.get(list.keys[i]);
+    const mine = this.#chunks.get(list.keys[i]);
     if (mine) return mine;
     const b = this.#shared?.borrow(list.digests[i]);
     if (b instanceof Promise && !waited) return b.then(() => this.#get(list, i, borrowed, true));
@@ -263,7 +282,8 @@ export class BlobReader {
     if (i < from || list.starts[i] >= until + this.#readahead) i = from;
     for (; i < list.keys.length && list.starts[i] < until; i++) {
       if (i % this.#workers !== this.#workerId) continue;
-      if (this.#cache.has(list.keys[i]) || this.#shared?.has(list.digests[i])) continue;
+      if (this.#chunks.has(list.keys[i]) || this.#shared?.has(list.digests[i])) continue;
+      // A failed readahead is forgotten: the read that needs the chunk fetches it again.
       this.#chunk(list, i).catch(() => {});
     }
     list.prefetched = i;
@@ -272,7 +292,7 @@ export class BlobReader {
   /** Chunk `i`, or `undefined` once it is in the shared cache (see {@linkcode #load}). */
   #chunk(list: ChunkList, i: number): Promise<Uint8Array | undefined> {
     const expected = list.starts[i + 1] - list.starts[i];
-    return this.#cache.fetch(list.keys[i], () => this.#load(list.digests[i], expected));
+    return this.#chunks.fetch(list.keys[i], () => this.#load(list.digests[i], expected));
   }
 
   /**
@@ -330,38 +350,26 @@ export class BlobReader {
     return pieces.length === 1 ? pieces[0] : concatBytes(pieces);
   }
 
-  #chunkList(digest: Digest, size: number): Promise<ChunkList | undefined> {
-    const key = digestKey(digest);
-    let p = this.#lists.get(key);
-    if (p) {
-      this.#lists.delete(key);
-      this.#lists.set(key, p);
-      return p;
-    }
-    // Kept in the list: a copy, as `digest` may be a view of shared memory.
-    p = this.#loadChunkList(key, digest.slice(), size);
-    this.#lists.set(key, p);
-    // Failures and absence are not remembered: the blob may appear later.
-    p.then((l) => {
-      if (!l) this.#lists.delete(key);
-      else if (this.#lists.get(key) === p) this.#listsReady.set(key, l);
-    }, () => this.#lists.delete(key));
-    if (this.#lists.size > CHUNK_LIST_ENTRIES) {
-      const oldest = this.#lists.keys().next().value!;
-      this.#lists.delete(oldest);
-      this.#listsReady.delete(oldest);
-    }
-    return p;
+  #chunkList(digest: Digest, key: string, size: number): Promise<ChunkList | undefined> {
+    // The loader starts before `fetch` returns, so the copy (kept in the
+    // list) is taken while `digest`, possibly a view of shared memory, is valid.
+    return this.#lists.fetch(key, () => this.#loadChunkList(key, digest.slice(), size));
   }
 
   async #loadChunkList(key: string, digest: Digest, size: number): Promise<ChunkList | undefined> {
     const metas = await this.#blob.chunks(digest);
     if (!metas) return undefined;
+    const list = (keys: string[], digests: Digest[], starts: number[]): ChunkList => ({
+      digest,
+      keys,
+      digests,
+      starts,
+      prefetched: 0,
+      lastEnd: undefined,
+    });
     if (metas.length === 0) {
       // No finer granularity: small blobs become one cached "chunk".
-      return size <= WHOLE_BLOB_LIMIT
-        ? { digest, keys: [key], digests: [digest], starts: [0, size], prefetched: 0 }
-        : { digest, keys: [], digests: [], starts: [size], prefetched: 0 };
+      return size <= WHOLE_BLOB_LIMIT ? list([key], [digest], [0, size]) : list([], [], [size]);
     }
     const starts = [0];
     let total = 0;
@@ -372,32 +380,28 @@ export class BlobReader {
     if (total !== size) {
       throw new StorageError(`blob ${key}: chunks add up to ${total} bytes, node says ${size}`);
     }
-    return {
-      digest,
-      keys: metas.map((m) => digestKey(m.digest)),
-      digests: metas.map((m) => m.digest),
-      starts,
-      prefetched: 0,
-    };
+    return list(metas.map((m) => digestKey(m.digest)), metas.map((m) => m.digest), starts);
   }
 
-  /** Reads from a fallback stream, reusing the one that ended where this read starts. */
-  async #readStream(digest: Digest, offset: number, length: number): Promise<Uint8Array> {
-    const key = `${digestKey(digest)}@${offset}`;
-    let s = this.#streams.get(key);
-    if (s && !s.busy) this.#streams.delete(key);
-    else s = undefined;
-    if (!s) {
+  /**
+   * Reads `[offset, end)` of a blob of `size` bytes from a fallback stream,
+   * reusing the one that ended where this read starts.
+   */
+  async #readStream(
+    digest: Digest,
+    size: number,
+    offset: number,
+    end: number,
+  ): Promise<Uint8Array> {
+    const length = end - offset;
+    const blob = digestKey(digest);
+    let s = this.#streams.get(`${blob}@${offset}`);
+    if (s) this.#streams.delete(`${blob}@${offset}`);
+    else {
       const reader = await this.#blob.openRead(digest, offset);
-      if (!reader) throw new StorageError(`blob ${digestKey(digest)} not found`);
-      s = {
-        pos: offset,
-        iter: reader[Symbol.asyncIterator](),
-        pending: new Uint8Array(0),
-        busy: false,
-      };
+      if (!reader) throw new StorageError(`blob ${blob} not found`);
+      s = { pos: offset, iter: reader[Symbol.asyncIterator](), pending: new Uint8Array(0) };
     }
-    s.busy = true;
     const out = new Uint8Array(length);
     let got = 0;
     try {
@@ -414,23 +418,36 @@ export class BlobReader {
         got += n;
       }
     } catch (err) {
-      s.iter.return?.().catch(() => {});
+      closeStream(s);
       throw err;
     }
     s.pos = offset + got;
-    s.busy = false;
-    if (got === length) {
-      this.#streams.set(`${digestKey(digest)}@${s.pos}`, s);
-      if (this.#streams.size > MAX_STREAMS) {
-        const [oldKey, old] = this.#streams.entries().next().value!;
-        this.#streams.delete(oldKey);
-        old.iter.return?.().catch(() => {});
-      }
-    } else {
-      s.iter.return?.().catch(() => {});
-    }
+    // A stream at the end has nothing left to serve (reads from there are empty).
+    if (got === length && s.pos < size) this.#keepStream(`${blob}@${s.pos}`, s);
+    else closeStream(s);
     return got === length ? out : out.subarray(0, got);
   }
+
+  /** Keeps `s` for the read that continues at its position, closing the oldest beyond the bound. */
+  #keepStream(key: string, s: Stream): void {
+    // Two reads of one range at once leave two streams at the same position: keep one.
+    const twin = this.#streams.get(key);
+    if (twin) {
+      this.#streams.delete(key);
+      closeStream(twin);
+    }
+    this.#streams.set(key, s);
+    if (this.#streams.size > MAX_STREAMS) {
+      const [oldKey, old] = this.#streams.entries().next().value!;
+      this.#streams.delete(oldKey);
+      closeStream(old);
+    }
+  }
+}
+
+/** Ends a fallback stream, releasing what the blob service holds for it. */
+function closeStream(s: Stream): void {
+  s.iter.return?.().catch(() => {});
 }
 
 /** Index of the chunk containing `offset` (binary search over start offsets). */
