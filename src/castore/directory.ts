@@ -130,4 +130,3 @@ export function* directoryNodes(directory: Directory): Generator<NodeVariant> {
     yield best!;
   }
 }
-
