@@ -9,7 +9,7 @@ want=$(cat DENO_VERSION)
 if ! command -v deno >/dev/null 2>&1 || [ "$(deno --version | sed -n '1s/^deno \([^ ]*\).*/\1/p')" != "$want" ]; then
   npm install -g --silent "deno@$want"
 fi
-packages="protobuf-compiler nix-bin b3sum python3-grpcio python3-grpc-tools fuse3 libfuse3-3 libfuse3-dev attr zstd xz-utils bzip2 gcc pkg-config curl"
+packages="protobuf-compiler nix-bin b3sum strace python3-grpcio python3-grpc-tools fuse3 libfuse3-3 libfuse3-dev attr zstd xz-utils bzip2 gcc pkg-config curl"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -12,6 +12,8 @@ import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { LocalNarCalculationService, type NarCalculationService } from "../nar/calculation.ts";
 import { pathInfoServiceFromUrl } from "./pathinfo/from_url.ts";
+import { ReferencesFirstPathInfoService } from "./pathinfo/references_first.ts";
+import { BlobsFirstDirectoryService } from "../castore/directory/blobs_first.ts";
 import type { PathInfoService } from "./pathinfo/service.ts";
 
 /** The URLs of the three services (see docs/architecture.md#service-urls). */
@@ -90,10 +92,18 @@ export async function constructServices(addrs: ServiceAddrs): Promise<Services> 
   try {
     const blob = await blobServiceFromUrl(addrs.blobServiceAddr);
     built.push(blob);
-    const directory = await directoryServiceFromUrl(addrs.directoryServiceAddr);
-    built.push(directory);
-    const pathInfo = await pathInfoServiceFromUrl(addrs.pathInfoServiceAddr);
-    built.push(pathInfo);
+    const storedDirectory = await directoryServiceFromUrl(addrs.directoryServiceAddr);
+    built.push(storedDirectory);
+    const storedPathInfo = await pathInfoServiceFromUrl(addrs.pathInfoServiceAddr);
+    built.push(storedPathInfo);
+    // Backends that commit in groups are made durable at the commit points:
+    // blobs before the directories that refer to them, both before a PathInfo.
+    const directory = blob.sync
+      ? new BlobsFirstDirectoryService(storedDirectory, blob)
+      : storedDirectory;
+    const pathInfo = blob.sync || directory.sync
+      ? new ReferencesFirstPathInfoService(storedPathInfo, [blob, directory])
+      : storedPathInfo;
     // The path-info service says whether its backend calculates NARs itself.
     const narCalculation: NarCalculationService = pathInfo.narCalculation ??
       new LocalNarCalculationService(blob, directory);

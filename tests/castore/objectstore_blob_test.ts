@@ -81,8 +81,8 @@ class CountingStore implements ObjectStore {
     this.gets.push(path);
     return this.inner.get(path);
   }
-  exists(path: string) {
-    return this.inner.exists(path);
+  size(path: string) {
+    return this.inner.size(path);
   }
   async put(path: string, data: Uint8Array) {
     this.puts.push(path);

@@ -10,15 +10,16 @@ import { b } from "../fixtures.ts";
 
 async function storeContract(store: ObjectStore) {
   assertEquals(await store.get("a/b/c"), undefined);
-  assertEquals(await store.exists("a/b/c"), false);
+  assertEquals(await store.size("a/b/c"), undefined);
   await store.put("a/b/c", b("one"));
   assertEquals(await store.get("a/b/c"), b("one"));
-  assertEquals(await store.exists("a/b/c"), true);
-  assertEquals(await store.exists("a/b"), false, "a directory is not an object");
+  assertEquals(await store.size("a/b/c"), 3);
+  assertEquals(await store.size("a/b"), undefined, "a directory is not an object");
   await store.put("a/b/c", b("two"));
   assertEquals(await store.get("a/b/c"), b("two"));
   await store.put("a/x", new Uint8Array(0));
   assertEquals(await store.get("a/x"), new Uint8Array(0));
+  assertEquals(await store.size("a/x"), 0, "an empty object exists");
   assertEquals(await store.list(), ["a/b/c", "a/x"]);
   assertEquals(await store.list("a/b/"), ["a/b/c"]);
   await store.delete("a/b/c");
@@ -30,7 +31,7 @@ async function storeContract(store: ObjectStore) {
   }
 }
 
-Deno.test("memory object store: get/exists/put/list/delete", async () => {
+Deno.test("memory object store: get/size/put/list/delete", async () => {
   const store = new MemoryObjectStore();
   await storeContract(store);
   // Stored data is a copy: mutating the caller's buffer does not change it.
@@ -40,7 +41,7 @@ Deno.test("memory object store: get/exists/put/list/delete", async () => {
   assertEquals(await store.get("k"), b("abc"));
 });
 
-Deno.test("file object store: get/exists/put/list/delete, atomic writes leave no temp files", async () => {
+Deno.test("file object store: get/size/put/list/delete, atomic writes leave no temp files", async () => {
   const dir = await Deno.makeTempDir({ prefix: "objectstore-file-" });
   try {
     const store = new FileObjectStore(`${dir}/base`);
@@ -58,7 +59,7 @@ Deno.test("file object store: get/exists/put/list/delete, atomic writes leave no
 
     // Writing below an existing *file* fails cleanly with a StorageError.
     await assertRejects(() => store.put("x/y/z/w", b("no")), StorageError);
-    assertEquals(await store.exists("x/y/z/w"), false);
+    assertEquals(await store.size("x/y/z/w"), undefined);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -3,12 +3,12 @@ import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { StorageError } from "../../src/errors.ts";
 import { makeNode } from "../../src/castore/node.ts";
-import { SqliteDirectoryService } from "../../src/castore/directory/sqlite.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
+import { BlobsFirstDirectoryService } from "../../src/castore/directory/blobs_first.ts";
+import { ReferencesFirstPathInfoService } from "../../src/store/pathinfo/references_first.ts";
 import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
 import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
 import { memoryServices, startServer } from "../grpc/client_harness.ts";
-import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";
 import { putBlob } from "../conformance/blob_suite.ts";
 import * as F from "../fixtures.ts";
 import { symlinkPathInfo } from "./pathinfo_fixtures.ts";
@@ -42,8 +42,12 @@ Deno.test("the embedded layout keeps directories and path infos in one sqlite fi
     const addrs = embeddedAddrs(`${tmp}/data`);
     const services = await constructServices(addrs);
     try {
-      assert(services.directory instanceof SqliteDirectoryService, "sqlite directories");
-      assert(services.pathInfo instanceof SqlitePathInfoService, "sqlite path infos");
+      // Both in SQLite, behind the commit points of the group-committed blob store.
+      assert(services.directory instanceof BlobsFirstDirectoryService, "blobs before directories");
+      assert(
+        services.pathInfo instanceof ReferencesFirstPathInfoService,
+        "closure before PathInfo",
+      );
       await services.directory.put(F.DIRECTORY_A);
       await services.pathInfo.put(symlinkPathInfo());
     } finally {

@@ -98,6 +98,11 @@ export class ObjectStoreBlobService implements BlobService {
     }
   }
 
+  /** Makes every blob stored so far durable (the object store's group commit). */
+  async sync(): Promise<void> {
+    await this.#store.sync?.();
+  }
+
   /** The underlying object store (for tools and tests). */
   get store(): ObjectStore {
     return this.#store;
@@ -106,8 +111,8 @@ export class ObjectStoreBlobService implements BlobService {
   /** True if a blob index or a chunk object with this digest exists. */
   async has(digest: Digest): Promise<boolean> {
     checkDigestLength(digest);
-    return await this.#store.exists(blobIndexPath(digest)) ||
-      await this.#store.exists(chunkPath(digest));
+    return await this.#store.size(blobIndexPath(digest)) !== undefined ||
+      await this.#store.size(chunkPath(digest)) !== undefined;
   }
 
   /**
@@ -124,7 +129,7 @@ export class ObjectStoreBlobService implements BlobService {
       if (list.length === 1 && bytesEqual(list[0].digest, digest)) return [];
       return list;
     }
-    return await this.#store.exists(chunkPath(digest)) ? [] : undefined;
+    return await this.#store.size(chunkPath(digest)) !== undefined ? [] : undefined;
   }
 
   /**
@@ -311,16 +316,16 @@ class ObjectStoreBlobWriter implements BlobWriter {
     // The empty blob has no chunk and keeps its (empty) index.
     if (this.#digests.length === 1) return digest;
     const indexPath = blobIndexPath(digest);
-    if (!await this.#store.exists(indexPath)) {
-      const chunks: ChunkMeta[] = [];
-      if (this.#digests.length >= 2) {
-        const digests = await Promise.all(this.#digests);
-        digests.forEach((d, i) => chunks.push({ digest: d, size: BigInt(this.#sizes[i]) }));
-      }
-      await this.#store.put(
-        indexPath,
-        StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish(),
-      );
+    const chunks: ChunkMeta[] = [];
+    if (this.#digests.length >= 2) {
+      const digests = await Promise.all(this.#digests);
+      digests.forEach((d, i) => chunks.push({ digest: d, size: BigInt(this.#sizes[i]) }));
+    }
+    const index = StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
+    // An index of another length is not this one: empty after a power loss
+    // before it was flushed. Rewrite it.
+    if (await this.#store.size(indexPath) !== index.length) {
+      await this.#store.put(indexPath, index);
     }
     return digest;
   }
@@ -359,7 +364,9 @@ class ObjectStoreBlobWriter implements BlobWriter {
     if (this.#scheduled.has(key)) return;
     this.#scheduled.add(key);
     const path = chunkPath(digest);
-    if (await this.#store.exists(path)) return;
+    // A chunk object is never empty (a zstd frame); an empty one is what a
+    // power loss before the flush leaves, and is written again.
+    if ((await this.#store.size(path) ?? 0) > 0) return;
     await this.#store.put(path, compressed);
   }
 }

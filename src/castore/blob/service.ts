@@ -62,6 +62,14 @@ export interface BlobService {
   /** Starts an upload. */
   openWrite(): BlobWriter;
 
+  /**
+   * Makes everything stored so far durable: the commit point before
+   * anything that references it is written. Absent where stores are
+   * durable when they resolve, never durable (memory), or committed by the
+   * other end (a remote daemon).
+   */
+  sync?(): Promise<void>;
+
   /** True when every call is a network round trip (a remote daemon). */
   readonly remote?: boolean;
 

@@ -82,6 +82,11 @@ export class ObjectStoreDirectoryService implements DirectoryService {
     return this.#store;
   }
 
+  /** Makes every closure stored so far durable (the object store's group commit). */
+  async sync(): Promise<void> {
+    await this.#store.sync?.();
+  }
+
   /** The directory if it is the root of a stored closure, else `undefined`. */
   async get(digest: Digest): Promise<Directory | undefined> {
     for await (const directory of this.getRecursive(digest)) return directory;
@@ -163,7 +168,9 @@ export class ObjectStoreDirectoryService implements DirectoryService {
 
   async #storeClosure(closure: Closure): Promise<void> {
     const path = closurePath(closure.rootDigest);
-    if (await this.#store.exists(path)) return;
+    // Never empty (a zstd frame): an empty one is what a power loss before
+    // the flush leaves, and is written again.
+    if ((await this.#store.size(path) ?? 0) > 0) return;
     const frames = encodeFrames(closure.rootToLeaves);
     const compressed = await compress(frames, { params: { [zc.ZSTD_c_compressionLevel]: 3 } });
     await this.#store.put(

@@ -3,19 +3,27 @@
  * (`objectstore+file:///abs/path`): object `a/b/c` is the file
  * `<base>/a/b/c`; directories are created as needed.
  *
- * `put` writes a temporary file beside the target, fsyncs it and renames it
- * over the target, so the object appears complete or not at all. Temporary
- * files are named `.tmp-…` and never listed; one left behind by a crash is
- * inert. (The parent directory is not fsynced: after a power loss a new
- * object may be missing, but never partial.) Directories known to exist are
- * remembered, so a put is open, write, fdatasync, close and rename; if one
- * was removed behind the store's back, the put recreates it and retries.
+ * `put` writes a temporary file beside the target and renames it over the
+ * target, so the object appears complete or not at all, even to a process
+ * that reads after this one was killed. Temporary files are named `.tmp-…`
+ * and never listed; one left behind by a crash is inert. Directories known
+ * to exist are remembered, so a put is open, write, close and rename; if
+ * one was removed behind the store's back, the put recreates it and retries.
+ *
+ * Puts do not flush: `sync()` makes every object put so far durable in one
+ * go (group commit, see `flush.ts`), and the services call it at their
+ * commit points, before a PathInfo that references the objects is written.
+ * One fdatasync per object (per chunk) cost more than the rest of a put.
+ * After a power loss, an object put since the last sync may be missing or
+ * empty, never wrong: readers verify digests, and writers that skip objects
+ * already present only trust non-empty ones.
  *
  * @module
  */
 import { dirname, join } from "node:path";
 import { errorMessage, StorageError } from "../../errors.ts";
 import { checkObjectPath, type ObjectStore } from "./store.ts";
+import { FileFlusher, type FlushMethod } from "./flush.ts";
 
 const TEMP_PREFIX = ".tmp-";
 
@@ -32,14 +40,20 @@ export class FileObjectStore implements ObjectStore {
   readonly #base: string;
   /** Directories this store created or found; bounded by the shard fan-out. */
   readonly #dirs = new Set<string>();
+  /** Objects put since the last sync. */
+  readonly #flusher: FileFlusher;
   readonly description: string;
 
-  /** `base`: absolute directory path; created on the first write if missing. */
-  constructor(base: string) {
+  /**
+   * `base`: absolute directory path; created on the first write if
+   * missing. `flush` picks how `sync` flushes (tests force the fallback).
+   */
+  constructor(base: string, flush?: FlushMethod) {
     if (!base.startsWith("/")) {
       throw new TypeError(`object store base path must be absolute: ${base}`);
     }
     this.#base = base;
+    this.#flusher = new FileFlusher(base, flush);
     this.description = `file://${base}`;
   }
 
@@ -58,13 +72,14 @@ export class FileObjectStore implements ObjectStore {
     }
   }
 
-  async exists(path: string): Promise<boolean> {
+  async size(path: string): Promise<number | undefined> {
     const file = this.#resolve(path);
     try {
-      return (await Deno.stat(file)).isFile;
+      const info = await Deno.stat(file);
+      return info.isFile ? info.size : undefined;
     } catch (err) {
       if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
-        return false;
+        return undefined;
       }
       throw storageError("stat", path, err);
     }
@@ -89,13 +104,11 @@ export class FileObjectStore implements ObjectStore {
       }
       try {
         for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
-        // Data and size must be on disk before the rename makes the object
-        // visible; fdatasync skips the timestamps fsync would also write.
-        await f.syncData();
       } finally {
         f.close();
       }
       await Deno.rename(temp, file);
+      this.#flusher.note(file);
     } catch (err) {
       await Deno.remove(temp).catch(() => {});
       throw storageError("write", path, err);
@@ -106,6 +119,11 @@ export class FileObjectStore implements ObjectStore {
     await Deno.mkdir(dir, { recursive: true });
     this.#dirs.add(dir);
     return await createTemp(temp);
+  }
+
+  /** Makes every object put so far durable (one `syncfs`; see `flush.ts`). */
+  async sync(): Promise<void> {
+    if (this.#flusher.pending) await this.#flusher.flush();
   }
 
   async delete(path: string): Promise<void> {

@@ -17,9 +17,9 @@ export class MemoryObjectStore implements ObjectStore {
     return Promise.resolve(data?.slice());
   }
 
-  exists(path: string): Promise<boolean> {
+  size(path: string): Promise<number | undefined> {
     checkObjectPath(path);
-    return Promise.resolve(this.#objects.has(path));
+    return Promise.resolve(this.#objects.get(path)?.length);
   }
 
   put(path: string, data: Uint8Array): Promise<void> {

@@ -5,6 +5,9 @@
  *
  * Objects are immutable once visible: `put` is atomic, so a reader (or a
  * process after a crash) sees either the complete new object or nothing.
+ * Stores may make objects durable in batches: an object is visible once
+ * `put` resolves and durable (survives a power loss) once a later `sync`
+ * resolves, the commit point of whoever wrote it.
  *
  * @module
  */
@@ -14,14 +17,23 @@ export interface ObjectStore {
   /** The object's bytes, or `undefined` if there is no such object. */
   get(path: string): Promise<Uint8Array | undefined>;
 
-  /** Whether the object exists (a HEAD request, without reading the data). */
-  exists(path: string): Promise<boolean>;
+  /**
+   * The object's size in bytes, or `undefined` if there is no such object
+   * (a HEAD request, without reading the data).
+   */
+  size(path: string): Promise<number | undefined>;
 
   /**
    * Stores the object atomically, replacing any object at that path. Never
    * leaves a partial object visible, even if the process dies mid-write.
    */
   put(path: string, data: Uint8Array): Promise<void>;
+
+  /**
+   * Makes every object put so far durable. Absent where puts are durable
+   * when they resolve (or nothing is durable at all, as in memory).
+   */
+  sync?(): Promise<void>;
 
   /** Removes the object if it exists. */
   delete(path: string): Promise<void>;

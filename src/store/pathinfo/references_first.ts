@@ -1,0 +1,59 @@
+/**
+ * A PathInfoService combinator: before a PathInfo is stored, the blob and
+ * directory services are told to make what they hold durable. A PathInfo
+ * is what makes a store path valid, so after a crash or a power loss every
+ * path the store lists has all of its closure on disk (the services commit
+ * in groups; see `castore/objectstore/flush.ts`).
+ *
+ * @module
+ */
+import type { BlobService } from "../../castore/blob/service.ts";
+import type { DirectoryService } from "../../castore/directory/service.ts";
+import type { NarCalculationService } from "../../nar/calculation.ts";
+import type { PathInfo, PathInfoService } from "./service.ts";
+
+/** What a PathInfo refers to: anything that can be made durable. */
+export type Referenced = Pick<BlobService | DirectoryService, "sync">;
+
+/** `inner`, with every `referenced.sync()` awaited before each put. */
+export class ReferencesFirstPathInfoService implements PathInfoService {
+  readonly #inner: PathInfoService;
+  readonly #referenced: Referenced[];
+
+  /** Wraps `inner`; `referenced` are the services its PathInfos refer to. */
+  constructor(inner: PathInfoService, referenced: Referenced[]) {
+    this.#inner = inner;
+    this.#referenced = referenced;
+  }
+
+  /** As the wrapped service. */
+  get(digest: Uint8Array): Promise<PathInfo | undefined> {
+    return this.#inner.get(digest);
+  }
+
+  /** Makes the referenced services durable, then stores the PathInfo. */
+  async put(info: PathInfo): Promise<PathInfo> {
+    await Promise.all(this.#referenced.map((s) => s.sync?.()));
+    return await this.#inner.put(info);
+  }
+
+  /** As the wrapped service. */
+  list(): AsyncIterable<PathInfo> {
+    return this.#inner.list();
+  }
+
+  /** As the wrapped service. */
+  get narCalculation(): NarCalculationService | undefined {
+    return this.#inner.narCalculation;
+  }
+
+  /** As the wrapped service. */
+  get remote(): boolean | undefined {
+    return this.#inner.remote;
+  }
+
+  /** Closes the wrapped service (not the referenced ones). */
+  close(): Promise<void> {
+    return this.#inner.close();
+  }
+}
