@@ -1,17 +1,24 @@
 /**
- * Import and NAR-rendering benchmark against Nix, in one run:
+ * Import and NAR-rendering benchmark against Nix, in one run, on two trees:
+ * a ~512 MiB mixed tree (many small files, medium and large ones,
+ * duplicates; half incompressible, half text-like) and a tree of 20,000
+ * small files (100 B to 30 KiB).
  *
- * 1. generates a ~512 MiB mixed tree (many small files, some medium and
- *    large ones, duplicates; half incompressible, half text-like);
- * 2. `tvix-store import` into a fresh embedded store (objectstore+file
- *    blobs, SQLite metadata) vs `nix-store --add` into a fresh local store,
- *    both as processes, with the importer's peak RSS (VmHWM);
- * 3. NAR rendering of the imported path from the store (SHA-256 of the
- *    stream) vs `nix-store --dump | sha256sum`.
+ * For each tree, every round runs, in this order (interleaved, so drift in
+ * the machine's state hits every side alike; each starts after `sync`):
+ * - `nix-store --add` into a fresh local store (the baseline);
+ * - `tvix-store import` straight into a fresh embedded layout
+ *   (objectstore+file blobs, SQLite metadata);
+ * - `tvix-store import` through a fresh `tvix-store daemon` on its embedded
+ *   store (the README's path), over TCP on loopback;
+ * - the same import again through that daemon, the tree unchanged.
+ * Then NAR rendering from the store vs `nix-store --dump | sha256sum`.
  *
- * Each measurement is the best of `--rounds` (default 2); the tree is in the
- * page cache for all of them. Usage:
- * `deno run -A scripts/bench_import.ts [--size-mib 512] [--rounds 2] [--keep]`.
+ * Prints the median and the spread (min–max) of each side, ratios of
+ * medians against nix-store, peak RSS (VmHWM) of importer and daemon, and
+ * the load average before and after. The trees are in the page cache for
+ * every side. Usage:
+ * `deno run -A scripts/bench_import.ts [--size-mib 512] [--small-files 20000] [--rounds 3] [--keep]`.
  *
  * @module
  */
@@ -24,11 +31,12 @@ import { pathInfoServiceFromUrl } from "../src/store/pathinfo/from_url.ts";
 import { StorePath } from "../src/store/store_path.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg } from "./support.ts";
+import { MAIN, numberArg, watchLines } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
-const ROUNDS = numberArg("rounds", 2);
+const SMALL_FILES = numberArg("small-files", 20_000);
+const ROUNDS = numberArg("rounds", 3);
 const KEEP = Deno.args.includes("--keep");
 
 const WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor " +
@@ -102,11 +110,34 @@ async function generate(root: string, totalMiB: number): Promise<{ files: number
   return { files, bytes };
 }
 
-/** Runs a command under /usr/bin/time; returns seconds, peak RSS (KiB) and stdout. */
+/** 20,000 (`count`) small files of 100 B to 30 KiB in 200 directories. */
+async function generateSmall(
+  root: string,
+  count: number,
+): Promise<{ files: number; bytes: number }> {
+  let bytes = 0;
+  for (let i = 0; i < count; i++) {
+    const dir = join(root, `d${i % 200}`);
+    if (i < 200) await Deno.mkdir(dir, { recursive: true });
+    const size = 100 + ((i * 7919) % (30 * 1024 - 100));
+    const data = content(size, i + 1, i % 2 === 0);
+    await Deno.writeFile(join(dir, `f${i}`), data);
+    bytes += size;
+  }
+  return { files: count, bytes };
+}
+
+/**
+ * Runs a command under /usr/bin/time; returns seconds, peak RSS (KiB) and
+ * stdout. Dirty pages left by the previous side are written back first
+ * (untimed), so no side pays for another's writes: both nix-store and our
+ * commit-time flush would otherwise wait for them.
+ */
 async function timed(
   cmd: string[],
   env: Record<string, string> = {},
 ): Promise<{ secs: number; rssKiB: number; stdout: string }> {
+  await new Deno.Command("sync").output();
   const t0 = performance.now();
   const out = await new Deno.Command("/usr/bin/time", {
     args: ["-f", "%M", ...cmd],
@@ -125,106 +156,147 @@ async function timed(
   };
 }
 
-const fmt = (s: number) => `${s.toFixed(2)} s`;
-const rate = (bytes: number, s: number) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
-
-const tmp = await Deno.makeTempDir({ prefix: "bench-import-" });
-try {
-  const tree = join(tmp, "tree");
-  await Deno.mkdir(tree);
-  const tg = performance.now();
-  const { files, bytes } = await generate(tree, SIZE_MIB);
-  console.log(
-    `tree: ${files} files, ${(bytes / MiB).toFixed(0)} MiB (generated in ${
-      fmt((performance.now() - tg) / 1000)
-    }); load ${(await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ")}, ` +
-      `${navigator.hardwareConcurrency} cores`,
-  );
-  // Warm the page cache for both sides equally.
-  await new Deno.Command("sh", { args: ["-c", `cat $(find ${tree} -type f) > /dev/null`] })
-    .output();
-
-  let best = {
-    tvix: Infinity,
-    tvixWorkers: Infinity,
-    nix: Infinity,
-    rss: 0,
-    rssWorkers: 0,
-    render: Infinity,
-    dump: Infinity,
+/** A `tvix-store daemon` on the embedded store under `home`, on a loopback port. */
+async function startDaemon(home: string): Promise<{ url: string; stop(): Promise<number> }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "daemon", "--listen-address", "127.0.0.1:0"],
+    env: { TVIX_STORE_HOME: home },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const log = watchLines(child.stderr, /listening address=(\S+)/);
+  const url = `grpc+http://${(await log.match)[1]}`;
+  return {
+    url,
+    async stop() {
+      const hwm = Number(
+        /VmHWM:\s+(\d+) kB/.exec(
+          await Deno.readTextFile(`/proc/${child.pid}/status`),
+        )?.[1] ?? 0,
+      );
+      child.kill("SIGTERM");
+      await child.status;
+      return hwm;
+    },
   };
-  let storePath = "", nixPath = "", lastStore = "";
-  /** `tvix-store import` of the tree into a fresh embedded store under `store`. */
-  const importCmd = (store: string) => [
-    Deno.execPath(),
-    "run",
-    "-A",
-    MAIN,
-    "import",
-    ...serviceAddrArgs(embeddedAddrs(store)),
-    tree,
-  ];
-  for (let round = 0; round < ROUNDS; round++) {
-    const store = join(tmp, `tvix-${round}`);
-    const t = await timed(importCmd(store));
-    storePath = t.stdout;
-    lastStore = store;
-    best.tvix = Math.min(best.tvix, t.secs);
-    best.rss = Math.max(best.rss, t.rssKiB);
-    // The same with two upload Workers (off by default).
-    const store0 = join(tmp, `tvix-workers-${round}`);
-    const t0 = await timed(importCmd(store0), { TVIX_IMPORT_WORKERS: "2" });
-    if (t0.stdout !== storePath) throw new Error(`store paths differ: ${t0.stdout}`);
-    best.tvixWorkers = Math.min(best.tvixWorkers, t0.secs);
-    best.rssWorkers = Math.max(best.rssWorkers, t0.rssKiB);
-    await Deno.remove(store0, { recursive: true });
-    const n = await timed(["nix-store", "--store", join(tmp, `nix-${round}`), "--add", tree]);
-    nixPath = n.stdout;
-    best.nix = Math.min(best.nix, n.secs);
-    await Deno.remove(join(tmp, `nix-${round}`), { recursive: true }).catch(() => {});
-    if (round < ROUNDS - 1) await Deno.remove(store, { recursive: true });
-  }
-  if (storePath !== nixPath) throw new Error(`store paths differ: ${storePath} vs ${nixPath}`);
+}
 
-  // NAR rendering from the store vs nix-store --dump | sha256sum.
+const loadavg = async () =>
+  (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+
+/** Median of a list of numbers. */
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+const fmt = (s: number) => `${s.toFixed(2)} s`;
+const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
+
+/** Times every side on `tree`, round by round; prints medians, spreads and ratios. */
+async function benchTree(label: string, tree: string, files: number, bytes: number, tmp: string) {
+  console.log(
+    `\n${label}: ${files} files, ${(bytes / MiB).toFixed(0)} MiB; load ${await loadavg()}`,
+  );
+  // Warm the page cache for every side alike.
+  await new Deno.Command("sh", { args: ["-c", `find ${tree} -type f -exec cat {} + > /dev/null`] })
+    .output();
+  const secs: Record<string, number[]> = { nix: [], direct: [], daemon: [], reimport: [] };
+  let importerRss = 0, daemonRss = 0;
+  let nixPath = "";
+  let lastStore = "";
+  const importArgs = (
+    addrs: string[],
+  ) => [Deno.execPath(), "run", "-A", MAIN, "import", ...addrs, tree];
+  for (let round = 0; round < ROUNDS; round++) {
+    const nixStore = join(tmp, `nix-${round}`);
+    const n = await timed(["nix-store", "--store", nixStore, "--add", tree]);
+    secs.nix.push(n.secs);
+    nixPath = n.stdout;
+    await Deno.remove(nixStore, { recursive: true }).catch(() => {});
+
+    const store = join(tmp, `direct-${round}`);
+    const d = await timed(importArgs(serviceAddrArgs(embeddedAddrs(store))));
+    if (d.stdout !== nixPath) throw new Error(`store paths differ: ${d.stdout} vs ${nixPath}`);
+    secs.direct.push(d.secs);
+    importerRss = Math.max(importerRss, d.rssKiB);
+    if (lastStore) await Deno.remove(lastStore, { recursive: true });
+    lastStore = store;
+
+    const home = join(tmp, `daemon-${round}`);
+    const daemon = await startDaemon(home);
+    try {
+      const remote = serviceAddrArgs({
+        blobServiceAddr: daemon.url,
+        directoryServiceAddr: daemon.url,
+        pathInfoServiceAddr: daemon.url,
+      });
+      for (const side of ["daemon", "reimport"]) {
+        const t = await timed(importArgs(remote));
+        if (t.stdout !== nixPath) throw new Error(`store paths differ: ${t.stdout} vs ${nixPath}`);
+        secs[side].push(t.secs);
+        importerRss = Math.max(importerRss, t.rssKiB);
+      }
+    } finally {
+      daemonRss = Math.max(daemonRss, await daemon.stop());
+      await Deno.remove(home, { recursive: true });
+    }
+  }
+
+  // NAR rendering from the last direct store vs nix-store --dump | sha256sum.
   const addrs = embeddedAddrs(lastStore);
   const blob = await blobServiceFromUrl(addrs.blobServiceAddr);
   const dir = await directoryServiceFromUrl(addrs.directoryServiceAddr);
   const pi = await pathInfoServiceFromUrl(addrs.pathInfoServiceAddr);
-  const info = await pi.get(StorePath.parseAbsolute(storePath).digest);
+  const info = await pi.get(StorePath.parseAbsolute(nixPath).digest);
   if (!info?.node?.node) throw new Error("imported path not found");
-  let tvixHash = "", nixHash = "";
+  const render: number[] = [], dump: number[] = [];
   for (let round = 0; round < ROUNDS; round++) {
     const t0 = performance.now();
     const s = await calculateNar(info.node.node, blob, dir);
-    best.render = Math.min(best.render, (performance.now() - t0) / 1000);
-    tvixHash = toHex(s.narSha256);
+    render.push((performance.now() - t0) / 1000);
     const d = await timed(["sh", "-c", `nix-store --dump ${tree} | sha256sum`]);
-    best.dump = Math.min(best.dump, d.secs);
-    nixHash = d.stdout.split(" ")[0];
+    dump.push(d.secs);
+    if (toHex(s.narSha256) !== d.stdout.split(" ")[0]) throw new Error("NAR hashes differ");
   }
   await Promise.all([blob.close(), dir.close(), pi.close()]);
-  if (tvixHash !== nixHash) throw new Error(`NAR hashes differ: ${tvixHash} vs ${nixHash}`);
-  best = { ...best };
+  await Deno.remove(lastStore, { recursive: true });
 
-  console.log(`store path (both): ${storePath}`);
+  const nix = median(secs.nix);
+  const row = (name: string, xs: number[], base: number, baseName: string) =>
+    console.log(
+      `  ${name.padEnd(34)} median ${fmt(median(xs))} (${spread(xs)})  ` +
+        `${(bytes / MiB / median(xs)).toFixed(0).padStart(5)} MiB/s  ` +
+        `${baseName}/this ${(base / median(xs)).toFixed(2)}`,
+    );
+  console.log(`  store path (all sides): ${nixPath}; ${ROUNDS} rounds, interleaved`);
+  row("nix-store --add (baseline)", secs.nix, nix, "nix");
+  row("import, embedded layout", secs.direct, nix, "nix");
+  row("import through a daemon", secs.daemon, nix, "nix");
+  row("re-import, unchanged, via daemon", secs.reimport, nix, "nix");
+  row("NAR render from the store", render, median(dump), "dump");
+  row("nix-store --dump | sha256sum", dump, median(dump), "dump");
   console.log(
-    `import:      tvix-store ${fmt(best.tvix)} (${rate(bytes, best.tvix)})  ` +
-      `nix-store --add ${fmt(best.nix)} (${rate(bytes, best.nix)})  ` +
-      `ratio tvix/nix ${(best.tvix / best.nix).toFixed(2)}`,
+    `  peak RSS: importer ${(importerRss / 1024).toFixed(0)} MiB, daemon ${
+      (daemonRss / 1024).toFixed(0)
+    } MiB; load ${await loadavg()}`,
   );
-  console.log(
-    `             (with TVIX_IMPORT_WORKERS=2: ${fmt(best.tvixWorkers)}, ratio tvix/nix ${
-      (best.tvixWorkers / best.nix).toFixed(2)
-    }, peak RSS ${(best.rssWorkers / 1024).toFixed(0)} MiB)`,
-  );
-  console.log(
-    `NAR render:  tvix-store ${fmt(best.render)} (${rate(bytes, best.render)})  ` +
-      `nix-store --dump | sha256sum ${fmt(best.dump)} (${rate(bytes, best.dump)})  ` +
-      `ratio tvix/nix ${(best.render / best.dump).toFixed(2)}`,
-  );
-  console.log(`importer peak RSS (VmHWM): ${(best.rss / 1024).toFixed(0)} MiB`);
-  console.log(`(best of ${ROUNDS} rounds; machine shared with other processes, see load above)`);
+  console.log("  (ratios > 1: faster than the baseline)");
+}
+
+const tmp = await Deno.makeTempDir({ prefix: "bench-import-" });
+try {
+  console.log(`load ${await loadavg()}, ${navigator.hardwareConcurrency} cores`);
+  const mixed = join(tmp, "tree");
+  await Deno.mkdir(mixed);
+  const m = await generate(mixed, SIZE_MIB);
+  await benchTree(`mixed tree`, mixed, m.files, m.bytes, tmp);
+  await Deno.remove(mixed, { recursive: true });
+  const small = join(tmp, "small");
+  const sm = await generateSmall(small, SMALL_FILES);
+  await benchTree(`small files`, small, sm.files, sm.bytes, tmp);
 } finally {
   if (KEEP) console.log(`kept ${tmp}`);
   else await Deno.remove(tmp, { recursive: true });
