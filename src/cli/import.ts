@@ -10,6 +10,10 @@
  * never by reading blobs back from a daemon
  * (docs/compatibility.md#q2-import-hashes-the-nar-by-reading-blobs-back).
  *
+ * A stat cache per store (`store/stat_cache.ts`, `--no-stat-cache` turns it
+ * off) lets a re-import of an unchanged tree skip reading its files: the
+ * store is then only asked whether it holds the resulting path.
+ *
  * @module
  */
 import type { Command } from "commander";
@@ -19,6 +23,7 @@ import { errorMessage } from "../errors.ts";
 import { mapLimit } from "../concurrency.ts";
 import { constructServices } from "../store/services.ts";
 import { importPath } from "../store/import.ts";
+import { StatCache, statCacheDir, statCachePath } from "../store/stat_cache.ts";
 import { log } from "../log.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import { canUseWorkers, WorkerUploadPool } from "../castore/import/upload_pool.ts";
@@ -105,9 +110,27 @@ export class ProgressBar {
   }
 }
 
-async function runImport(paths: string[], addrs: ServiceAddrs): Promise<void> {
+interface ImportFlags extends ServiceAddrs {
+  /** False with `--no-stat-cache`. */
+  statCache: boolean;
+}
+
+/** The stat cache for the store at `addrs`, unless turned off or unusable. */
+function openStatCache(flags: ImportFlags): StatCache | undefined {
+  if (!flags.statCache) return undefined;
+  const dir = statCacheDir();
+  return dir ? StatCache.open(statCachePath(dir, flags)) : undefined;
+}
+
+async function runImport(paths: string[], flags: ImportFlags): Promise<void> {
   if (paths.length === 0) return;
+  const addrs: ServiceAddrs = {
+    blobServiceAddr: flags.blobServiceAddr,
+    directoryServiceAddr: flags.directoryServiceAddr,
+    pathInfoServiceAddr: flags.pathInfoServiceAddr,
+  };
   const services = await constructServices(addrs);
+  const statCache = openStatCache(flags);
   const pool = uploadPool(addrs.blobServiceAddr, services.blob);
   const bar = new ProgressBar("importing", paths.length);
   // Store paths are printed in argument order, each as soon as all before it are settled.
@@ -128,6 +151,7 @@ async function runImport(paths: string[], addrs: ServiceAddrs): Promise<void> {
         const { storePath } = await importPath(path, services, {
           progress: { bytes: (n) => bar.addBytes(n) },
           upload: pool && ((p, size) => pool.upload(p, size)),
+          statCache,
         });
         outcomes[i] = storePath.absolute();
         log.debug("imported", { path, store_path: storePath.absolute() });
@@ -143,6 +167,7 @@ async function runImport(paths: string[], addrs: ServiceAddrs): Promise<void> {
   } finally {
     bar.clear();
     await pool?.close();
+    statCache?.close();
     await services.close();
   }
   if (failed > 0) {
@@ -155,11 +180,15 @@ export function register(program: Command): void {
   const cmd = program
     .command("import")
     .description("import local paths as content-addressed store paths (like nix-store --add)")
-    .argument("[paths...]", "local files, directories or symlinks to import");
+    .argument("[paths...]", "local files, directories or symlinks to import")
+    .option(
+      "--no-stat-cache",
+      "read every file, without the cache of what earlier imports into this store read",
+    );
   addServiceOptions(cmd, {
     blobServiceAddr: DEFAULT_REMOTE_ADDR,
     directoryServiceAddr: DEFAULT_REMOTE_ADDR,
     pathInfoServiceAddr: DEFAULT_REMOTE_ADDR,
   });
-  cmd.action((paths: string[], opts: ServiceAddrs) => runImport(paths, opts));
+  cmd.action((paths: string[], opts: ImportFlags) => runImport(paths, opts));
 }

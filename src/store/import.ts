@@ -16,10 +16,12 @@
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import {
+  type FileIdentity,
   IngestError,
   ingestPath,
   type IngestProgress,
   newIngestRecord,
+  nodeFromStats,
   recordedSources,
 } from "../castore/import/fs.ts";
 import { errorMessage, InvalidRequestError } from "../errors.ts";
@@ -27,7 +29,8 @@ import { type NodeVariant, renameNode, toNode } from "../castore/node.ts";
 import { calculateNar } from "../nar/render.ts";
 import { NARInfo_CA_Hash, type PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
 import type { PathInfoService } from "./pathinfo/service.ts";
-import type { NarSummary } from "../nar/calculation.ts";
+import { narCacheKey, type NarSummary } from "../nar/calculation.ts";
+import type { StatCache } from "./stat_cache.ts";
 import { caNarSha256StorePath, type StorePath, validateName } from "./store_path.ts";
 
 /** The services an import writes to. */
@@ -46,6 +49,11 @@ export interface IngestedTree extends NarSummary {
 /** Options of {@linkcode ingestPathWithNar} and {@linkcode importPath}. */
 export interface ImportOptions {
   progress?: IngestProgress;
+  /**
+   * What earlier imports into this store learnt: an unchanged tree is
+   * recognised from metadata alone, and a new import records what it read.
+   */
+  statCache?: StatCache;
   /** Uploads files elsewhere (e.g. a `WorkerUploadPool`); see `IngestOptions.upload`. */
   upload?: (path: string, size: number) => Promise<Uint8Array>;
 }
@@ -94,7 +102,13 @@ export async function ingestPathWithNar(
 ): Promise<IngestedTree> {
   const record = newIngestRecord();
   const local = hostPath(path);
-  const node = await ingestPath(local, blob, directory, { record, ...options });
+  const seen: { file: FileIdentity; digest: Uint8Array; examinedAt: number }[] = [];
+  const cache = options.statCache;
+  const node = await ingestPath(local, blob, directory, {
+    record,
+    ...options,
+    onFile: cache && ((file, digest, examinedAt) => seen.push({ file, digest, examinedAt })),
+  });
   const sources = recordedSources(record);
   let summary: NarSummary;
   try {
@@ -102,7 +116,34 @@ export async function ingestPathWithNar(
   } catch (err) {
     throw new IngestError(local, `hashing the NAR failed: ${errorMessage(err)}`);
   }
+  // Only now, with every file verified against what was stored.
+  cache?.batch(() => {
+    for (const s of seen) cache.rememberFile(s.file, s.digest, s.examinedAt);
+    cache.rememberNar(narCacheKey(node), summary);
+  });
   return { node, ...summary };
+}
+
+/**
+ * The import of `path` if an earlier one stored exactly this tree: the
+ * root node is computed from metadata and the stat cache (no file is
+ * read), its NAR summary comes from the cache, and the store is asked once
+ * whether it holds that PathInfo with that root. `undefined` otherwise.
+ */
+async function findUnchanged(
+  path: string,
+  name: string,
+  services: ImportServices,
+  cache: StatCache,
+): Promise<ImportResult | undefined> {
+  const node = nodeFromStats(hostPath(path), (file) => cache.fileDigest(file));
+  const summary = node && cache.narSummary(narCacheKey(node));
+  if (!node || !summary) return undefined;
+  const storePath = caNarSha256StorePath(summary.narSha256, name);
+  const pathInfo = await services.pathInfo.get(storePath.digest);
+  const stored = pathInfo?.node?.node;
+  if (!stored || narCacheKey(stored) !== narCacheKey(node)) return undefined;
+  return { storePath, pathInfo };
 }
 
 /**
@@ -122,6 +163,9 @@ export async function importPath(
   } catch {
     throw new InvalidRequestError(`${path}: invalid name: ${name}`);
   }
+  const unchanged = options.statCache &&
+    await findUnchanged(path, name, services, options.statCache);
+  if (unchanged) return unchanged;
   const tree = await ingestPathWithNar(path, services.blob, services.directory, options);
   const storePath = caNarSha256StorePath(tree.narSha256, name);
   const pathInfo: PathInfo = {

@@ -67,6 +67,12 @@ export interface IngestOptions {
   upload?: (path: string, size: number) => Promise<Digest>;
   progress?: IngestProgress;
   /**
+   * Called for every regular file once its contents are stored: what lstat
+   * said of it (before reading), the digest of what was read, and when
+   * lstat ran (for a stat cache's "changed too recently" rule).
+   */
+  onFile?: (file: FileIdentity, digest: Digest, examinedAt: number) => void;
+  /**
    * Records, for each blob digest, one local file with that content, and
    * every directory produced, so the caller can render the NAR from the
    * local tree without reading blobs back (see `store/import.ts`).
@@ -134,15 +140,29 @@ export async function uploadFile(
 }
 
 /**
+ * What identifies a regular file's contents without reading them, as far
+ * as lstat can tell: any write changes the ctime, a replacement the inode,
+ * `chmod` the ctime and the executable bit (see `store/stat_cache.ts`).
+ */
+export interface FileIdentity {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  executable: boolean;
+}
+
+/**
  * What the walk keeps of an lstat result. The whole tree is listed before
  * most files are uploaded, so this is held for every entry at once: a
  * `Deno.FileInfo` (with its Date objects) costs several times as much heap.
  */
-interface Stat {
+interface Stat extends FileIdentity {
   /** "file", "directory", "symlink", or a description of an unsupported type. */
   kind: string;
-  size: number;
-  executable: boolean;
+  /** When lstat ran (ms since the epoch). */
+  examinedAt: number;
 }
 
 function statOf(info: Deno.FileInfo): Stat {
@@ -161,7 +181,93 @@ function statOf(info: Deno.FileInfo): Stat {
     : info.isSocket
     ? "socket"
     : "unknown file type";
-  return { kind, size: info.size, executable: ((info.mode ?? 0) & 0o100) !== 0 };
+  return {
+    kind,
+    size: info.size,
+    executable: ((info.mode ?? 0) & 0o100) !== 0,
+    dev: info.dev,
+    ino: info.ino ?? -1,
+    mtimeMs: info.mtime?.getTime() ?? -1,
+    ctimeMs: info.ctime?.getTime() ?? -1,
+    examinedAt: Date.now(),
+  };
+}
+
+/** A Directory of `nodes` (unique names from one listing), in name order. */
+function assembleDirectory(nodes: NodeVariant[]): Directory {
+  nodes.sort((a, b) => compareBytes(a.value.name, b.value.name));
+  const d: Directory = { directories: [], files: [], symlinks: [] };
+  for (const n of nodes) {
+    if (n.$case === "directory") d.directories.push(n.value);
+    else if (n.$case === "file") d.files.push(n.value);
+    else d.symlinks.push(n.value);
+  }
+  return d;
+}
+
+/** The children of the directory at `hostPath`, lstat'ed. */
+function listDirectory(hostPath: string): { hostPath: string; name: Uint8Array; info: Stat }[] {
+  // Metadata calls are synchronous: against the page cache they take
+  // microseconds, far less than an async round trip through the threadpool.
+  const children: { hostPath: string; name: Uint8Array; info: Stat }[] = [];
+  try {
+    for (const e of Deno.readDirSync(hostPath)) {
+      const p = join(hostPath, e.name);
+      children.push({ hostPath: p, name: te.encode(e.name), info: statOf(Deno.lstatSync(p)) });
+    }
+  } catch (err) {
+    throw new IngestError(hostPath, `listing failed: ${errorMessage(err)}`);
+  }
+  return children;
+}
+
+function readLink(hostPath: string): Uint8Array {
+  try {
+    return te.encode(Deno.readLinkSync(hostPath));
+  } catch (err) {
+    throw new IngestError(hostPath, `readlink failed: ${errorMessage(err)}`);
+  }
+}
+
+/**
+ * The root node `path` would be ingested as, computed from metadata alone:
+ * file digests come from `knownDigest` (a stat cache), directories are
+ * assembled and hashed locally, nothing is read or stored. `undefined` as
+ * soon as one file's digest is not known (or the tree holds something that
+ * cannot be ingested): then only a real ingestion can tell.
+ */
+export function nodeFromStats(
+  path: string,
+  knownDigest: (file: FileIdentity) => Digest | undefined,
+): NodeVariant | undefined {
+  const visit = (hostPath: string, name: Uint8Array, info: Stat): NodeVariant | undefined => {
+    if (info.kind === "symlink") {
+      return { $case: "symlink", value: { name, target: readLink(hostPath) } };
+    }
+    if (info.kind === "file") {
+      const digest = knownDigest(info);
+      if (!digest) return undefined;
+      const value = { name, digest, size: BigInt(info.size), executable: info.executable };
+      return { $case: "file", value };
+    }
+    if (info.kind !== "directory") return undefined;
+    const nodes: NodeVariant[] = [];
+    for (const c of listDirectory(hostPath)) {
+      const n = visit(c.hostPath, c.name, c.info);
+      if (!n) return undefined;
+      nodes.push(n);
+    }
+    const d = assembleDirectory(nodes);
+    return {
+      $case: "directory",
+      value: { name, digest: directoryDigest(d), size: directorySize(d) },
+    };
+  };
+  try {
+    return visit(path, te.encode(basename(path)), statOf(Deno.lstatSync(path)));
+  } catch {
+    return undefined; // whatever failed, a real ingestion reports it properly
+  }
 }
 
 /**
@@ -200,13 +306,7 @@ export async function ingestPath(
     info: Stat,
   ): Promise<NodeVariant> {
     if (info.kind === "symlink") {
-      let target: Uint8Array;
-      try {
-        target = te.encode(Deno.readLinkSync(hostPath));
-      } catch (err) {
-        throw new IngestError(hostPath, `readlink failed: ${errorMessage(err)}`);
-      }
-      return { $case: "symlink", value: { name, target } };
+      return { $case: "symlink", value: { name, target: readLink(hostPath) } };
     }
     if (info.kind === "file") {
       const size = info.size;
@@ -220,32 +320,16 @@ export async function ingestPath(
       if (record && !record.files.has(digestKey(digest))) {
         record.files.set(digestKey(digest), { path: hostPath, size });
       }
+      options.onFile?.(info, digest, info.examinedAt);
       const executable = info.executable;
       return { $case: "file", value: { name, digest, size: BigInt(size), executable } };
     }
     if (info.kind === "directory") {
       // Continue in a fresh microtask, so deep trees do not grow the call stack.
       await Promise.resolve();
-      // Metadata calls are synchronous: against the page cache they take
-      // microseconds, far less than an async round trip through the threadpool.
-      const children: { hostPath: string; name: Uint8Array; info: Stat }[] = [];
-      try {
-        for (const e of Deno.readDirSync(hostPath)) {
-          const p = join(hostPath, e.name);
-          children.push({ hostPath: p, name: te.encode(e.name), info: statOf(Deno.lstatSync(p)) });
-        }
-      } catch (err) {
-        throw new IngestError(hostPath, `listing failed: ${errorMessage(err)}`);
-      }
+      const children = listDirectory(hostPath);
       const nodes = await Promise.all(children.map((c) => entry(c.hostPath, c.name, c.info)));
-      // Names from one directory listing are unique: sort once, then append.
-      nodes.sort((a, b) => compareBytes(a.value.name, b.value.name));
-      const d: Directory = { directories: [], files: [], symlinks: [] };
-      for (const n of nodes) {
-        if (n.$case === "directory") d.directories.push(n.value);
-        else if (n.$case === "file") d.files.push(n.value);
-        else d.symlinks.push(n.value);
-      }
+      const d = assembleDirectory(nodes);
       await putDirectory(d);
       const digest = directoryDigest(d);
       record?.directories.set(digestKey(digest), d);

@@ -1,0 +1,203 @@
+/**
+ * The importer's stat cache: what it learnt about local files on earlier
+ * imports into one store, so that re-importing an unchanged tree reads no
+ * file contents.
+ *
+ * - A regular file is known by (device, inode) with its size, mtime,
+ *   ctime and executable bit; while all of them are unchanged, its blob
+ *   digest is the one recorded. Any write changes the ctime, and so does
+ *   replacing the file (a new inode) or `chmod`.
+ * - A node (the root of an import) is known by its NAR cache key
+ *   (`narCacheKey`): its NAR size and SHA-256, which give the store path.
+ *
+ * Timestamps here have millisecond precision, so a file changed twice
+ * within one clock tick could keep its stat. Like git's "racy" rule, a file
+ * whose ctime or mtime is within {@linkcode RACY_MS} of the moment it was
+ * examined is not recorded, and is read again next time.
+ *
+ * The cache is an SQLite file per store under
+ * `$XDG_CACHE_HOME/tvix-store/` (else `~/.cache/tvix-store/`). It only
+ * ever saves work: a corrupt file is replaced, an unusable directory means
+ * no cache, and the importer still asks the store whether the path is
+ * there.
+ *
+ * @module
+ */
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import type { Digest } from "../castore/digest.ts";
+import type { FileIdentity } from "../castore/import/fs.ts";
+import type { NarSummary } from "../nar/calculation.ts";
+import { errorMessage } from "../errors.ts";
+import { log } from "../log.ts";
+import type { ServiceAddrs } from "./services.ts";
+
+/** Files changed this recently (ms) when examined are not recorded. */
+export const RACY_MS = 1000;
+
+const SCHEMA_VERSION = "1";
+
+/** Where the caches live: `$XDG_CACHE_HOME/tvix-store`, else `~/.cache/tvix-store`. */
+export function statCacheDir(): string | undefined {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  if (xdg) return join(xdg, "tvix-store");
+  const home = Deno.env.get("HOME");
+  return home ? join(home, ".cache", "tvix-store") : undefined;
+}
+
+/** The cache file for the store at `addrs` (one per store: digests are per store). */
+export function statCachePath(dir: string, addrs: ServiceAddrs): string {
+  const id = createHash("sha256")
+    .update(`${addrs.blobServiceAddr}\n${addrs.directoryServiceAddr}\n${addrs.pathInfoServiceAddr}`)
+    .digest("hex")
+    .slice(0, 32);
+  return join(dir, `stat-${id}.sqlite`);
+}
+
+/** File digests and NAR summaries remembered from earlier imports into one store. */
+export class StatCache {
+  readonly #db: DatabaseSync;
+  readonly #getFile: StatementSync;
+  readonly #putFile: StatementSync;
+  readonly #getNar: StatementSync;
+  readonly #putNar: StatementSync;
+  readonly #now: () => number;
+
+  private constructor(db: DatabaseSync, now: () => number) {
+    this.#db = db;
+    this.#now = now;
+    this.#getFile = db.prepare(
+      "SELECT size, mtime_ms, ctime_ms, executable, digest FROM files WHERE dev = ? AND ino = ?",
+    );
+    this.#putFile = db.prepare(
+      "INSERT OR REPLACE INTO files (dev, ino, size, mtime_ms, ctime_ms, executable, digest) " +
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    );
+    this.#getNar = db.prepare("SELECT nar_size, nar_sha256 FROM nars WHERE node_key = ?");
+    this.#putNar = db.prepare(
+      "INSERT OR REPLACE INTO nars (node_key, nar_size, nar_sha256) VALUES (?, ?, ?)",
+    );
+  }
+
+  /**
+   * Opens (creating) the cache file at `path`. A file that is not a usable
+   * cache is replaced; if none can be opened, returns `undefined` (imports
+   * then simply read everything).
+   */
+  static open(path: string, now: () => number = Date.now): StatCache | undefined {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        Deno.mkdirSync(join(path, ".."), { recursive: true });
+        const db = new DatabaseSync(path);
+        try {
+          db.exec(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 2000",
+          );
+          db.exec(`
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS files (
+              dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+              mtime_ms INTEGER NOT NULL, ctime_ms INTEGER NOT NULL, executable INTEGER NOT NULL,
+              digest BLOB NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS nars (
+              node_key TEXT PRIMARY KEY, nar_size INTEGER NOT NULL, nar_sha256 BLOB NOT NULL
+            ) WITHOUT ROWID;
+            INSERT OR IGNORE INTO meta (key, value) VALUES ('version', '${SCHEMA_VERSION}');
+          `);
+          const row = db.prepare("SELECT value FROM meta WHERE key = 'version'").get() as
+            | { value: string }
+            | undefined;
+          if (row?.value !== SCHEMA_VERSION) throw new Error(`cache version ${row?.value}`);
+          return new StatCache(db, now);
+        } catch (err) {
+          db.close();
+          throw err;
+        }
+      } catch (err) {
+        log.debug("stat cache unusable", { path, error: errorMessage(err) });
+        if (attempt > 0) return undefined;
+        // Only speed is at stake: start afresh.
+        for (const suffix of ["", "-wal", "-shm"]) {
+          try {
+            Deno.removeSync(path + suffix);
+          } catch { /* absent */ }
+        }
+      }
+    }
+    return undefined;
+  }
+
+  /** The recorded digest of the file with this stat, if nothing about it changed. */
+  fileDigest(stat: FileIdentity): Digest | undefined {
+    const row = this.#getFile.get(stat.dev, stat.ino) as
+      | {
+        size: number;
+        mtime_ms: number;
+        ctime_ms: number;
+        executable: number;
+        digest: Uint8Array;
+      }
+      | undefined;
+    if (
+      !row || row.size !== stat.size || row.mtime_ms !== stat.mtimeMs ||
+      row.ctime_ms !== stat.ctimeMs || Boolean(row.executable) !== stat.executable
+    ) {
+      return undefined;
+    }
+    return new Uint8Array(row.digest);
+  }
+
+  /**
+   * Records `digest` for a file examined at `examinedAt` (ms) with `stat`,
+   * unless it changed too recently to trust its stat ({@linkcode RACY_MS}).
+   */
+  rememberFile(stat: FileIdentity, digest: Digest, examinedAt: number): boolean {
+    if (Math.max(stat.mtimeMs, stat.ctimeMs) >= examinedAt - RACY_MS) return false;
+    this.#putFile.run(
+      stat.dev,
+      stat.ino,
+      stat.size,
+      stat.mtimeMs,
+      stat.ctimeMs,
+      stat.executable ? 1 : 0,
+      digest,
+    );
+    return true;
+  }
+
+  /** The NAR size and SHA-256 recorded for a node key (`narCacheKey`). */
+  narSummary(nodeKey: string): NarSummary | undefined {
+    const row = this.#getNar.get(nodeKey) as
+      | { nar_size: number | bigint; nar_sha256: Uint8Array }
+      | undefined;
+    return row && { narSize: BigInt(row.nar_size), narSha256: new Uint8Array(row.nar_sha256) };
+  }
+
+  /** Records the NAR size and SHA-256 of a node key. */
+  rememberNar(nodeKey: string, summary: NarSummary): void {
+    this.#putNar.run(nodeKey, summary.narSize, summary.narSha256);
+  }
+
+  /** The current time (ms), as the cache judges "recent". */
+  now(): number {
+    return this.#now();
+  }
+
+  /** Runs `fn` in one transaction (many records at once). */
+  batch(fn: () => void): void {
+    this.#db.exec("BEGIN");
+    try {
+      fn();
+      this.#db.exec("COMMIT");
+    } catch (err) {
+      if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
+      throw err;
+    }
+  }
+
+  /** Closes the file. */
+  close(): void {
+    this.#db.close();
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * The importer's stat cache, on its own (a clock of our own) and through
+ * real `tvix-store import` processes: an unchanged tree is recognised
+ * without reading a file (checked with strace), and every kind of change
+ * is noticed (same-size rewrite, size change, replaced inode, symlink
+ * target, executable bit), each re-import matching `nix-store --add`.
+ */
+import { join } from "node:path";
+import { assert, assertEquals } from "../assert.ts";
+import { RACY_MS, StatCache } from "../../src/store/stat_cache.ts";
+import type { FileIdentity } from "../../src/castore/import/fs.ts";
+import { childEnv, localStoreArgs, MAIN } from "../cli/helpers.ts";
+import { nixOracle } from "./tree_gen.ts";
+
+const digest = (n: number) => new Uint8Array(32).fill(n);
+const file = (over: Partial<FileIdentity> = {}): FileIdentity => ({
+  dev: 1,
+  ino: 42,
+  size: 100,
+  mtimeMs: 1_000_000,
+  ctimeMs: 1_000_000,
+  executable: false,
+  ...over,
+});
+
+async function withCacheFile(fn: (path: string) => Promise<void> | void) {
+  const dir = await Deno.makeTempDir({ prefix: "tvix-statcache-" });
+  try {
+    await fn(join(dir, "sub", "cache.sqlite"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("stat cache: a recorded file is known while its stat is unchanged", () =>
+  withCacheFile((path) => {
+    const cache = StatCache.open(path)!;
+    try {
+      assert(cache.rememberFile(file(), digest(1), 1_000_000 + RACY_MS + 1));
+      assertEquals(cache.fileDigest(file()), digest(1));
+      for (
+        const changed of [
+          { size: 101 },
+          { mtimeMs: 1_000_001 },
+          { ctimeMs: 1_000_001 },
+          { ino: 43 },
+          { dev: 2 },
+          { executable: true },
+        ]
+      ) {
+        assertEquals(cache.fileDigest(file(changed)), undefined, JSON.stringify(changed));
+      }
+      cache.rememberNar("d:abc:3", { narSize: 123n, narSha256: digest(7) });
+      assertEquals(cache.narSummary("d:abc:3"), { narSize: 123n, narSha256: digest(7) });
+      assertEquals(cache.narSummary("d:other:3"), undefined);
+    } finally {
+      cache.close();
+    }
+  }));
+
+Deno.test("stat cache: a file changed within RACY_MS of being examined is not recorded", () =>
+  withCacheFile((path) => {
+    const cache = StatCache.open(path)!;
+    try {
+      // ctime just inside the window: a second change in the same clock
+      // tick could keep the stat, so the file must be read again next time.
+      assert(!cache.rememberFile(file({ ctimeMs: 1_000_000 }), digest(1), 1_000_000 + RACY_MS));
+      assert(!cache.rememberFile(file({ mtimeMs: 2_000_000 }), digest(1), 2_000_000));
+      assertEquals(cache.fileDigest(file()), undefined);
+    } finally {
+      cache.close();
+    }
+  }));
+
+Deno.test("stat cache: a corrupt cache file is replaced, costing only speed", () =>
+  withCacheFile(async (path) => {
+    await Deno.mkdir(join(path, ".."), { recursive: true });
+    await Deno.writeTextFile(path, "this is not an SQLite database, not even close to one");
+    const cache = StatCache.open(path);
+    assert(cache, "no cache after a corrupt file");
+    try {
+      assert(cache.rememberFile(file(), digest(3), 1_000_000 + RACY_MS + 1));
+      assertEquals(cache.fileDigest(file()), digest(3));
+    } finally {
+      cache.close();
+    }
+  }));
+
+/**
+ * Deno's own cache directory: it defaults to one under XDG_CACHE_HOME, which
+ * these tests point elsewhere, so it is passed on explicitly.
+ */
+const DENO_DIR = Deno.env.get("DENO_DIR") ?? JSON.parse(
+  new TextDecoder().decode(
+    (await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" })
+      .output())
+      .stdout,
+  ),
+).denoDir as string;
+
+/** Runs `tvix-store import` (optionally under strace, listing opened files). */
+async function runImport(store: string, tree: string, cacheHome: string, traceTo?: string) {
+  const args = ["run", "-A", MAIN, "import", ...localStoreArgs(store), tree];
+  const cmd = traceTo
+    ? new Deno.Command("strace", {
+      args: ["-f", "-qq", "-e", "trace=openat", "-o", traceTo, Deno.execPath(), ...args],
+      env: childEnv({ XDG_CACHE_HOME: cacheHome, DENO_DIR }),
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    })
+    : new Deno.Command(Deno.execPath(), {
+      args,
+      env: childEnv({ XDG_CACHE_HOME: cacheHome, DENO_DIR }),
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    });
+  const out = await cmd.output();
+  const td = new TextDecoder();
+  assertEquals(out.code, 0, td.decode(out.stderr));
+  return td.decode(out.stdout).trim();
+}
+
+/** Files under `tree` that the traced process opened for reading (not directories). */
+async function filesRead(trace: string, tree: string): Promise<string[]> {
+  const lines = (await Deno.readTextFile(trace)).split("\n");
+  return lines
+    .filter((l) => l.includes(`"${tree}/`) && !l.includes("O_DIRECTORY") && !l.includes("= -1"))
+    .map((l) => /"([^"]+)"/.exec(l)![1]);
+}
+
+Deno.test("import with the stat cache: unchanged trees read nothing, every change is noticed", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-statcache-e2e-" });
+  try {
+    const tree = join(tmp, "tree");
+    const store = join(tmp, "store");
+    const cacheHome = join(tmp, "cache");
+    await Deno.mkdir(join(tree, "sub"), { recursive: true });
+    await Deno.writeTextFile(join(tree, "a.txt"), "alpha contents\n");
+    await Deno.writeTextFile(join(tree, "sub", "b.txt"), "beta contents\n");
+    await Deno.writeTextFile(join(tree, "sub", "c.sh"), "#!/bin/sh\necho c\n");
+    await Deno.writeFile(join(tree, "big.bin"), new Uint8Array(3 << 20).fill(5));
+    await Deno.symlink("a.txt", join(tree, "link"));
+    // Older than the racy window, so the first import may record them.
+    await new Promise((r) => setTimeout(r, RACY_MS + 100));
+
+    let nixRound = 0;
+    const expectNix = async (got: string, what: string) => {
+      const want = await nixOracle(tree, join(tmp, `nix-${nixRound++}`));
+      assertEquals(got, want.storePath, what);
+    };
+
+    await expectNix(await runImport(store, tree, cacheHome), "first import");
+    const trace = join(tmp, "trace");
+    await expectNix(await runImport(store, tree, cacheHome, trace), "unchanged re-import");
+    assertEquals(await filesRead(trace, tree), [], "an unchanged re-import read files");
+
+    const changes: [string, () => Promise<void>][] = [
+      ["same-size rewrite", () => Deno.writeTextFile(join(tree, "a.txt"), "ALPHA contents\n")],
+      ["size change", () => Deno.writeTextFile(join(tree, "sub", "b.txt"), "beta, longer now\n")],
+      ["replaced inode", async () => {
+        const p = join(tree, "sub", "c.sh");
+        const keep = await Deno.stat(p);
+        await Deno.remove(p);
+        await Deno.writeTextFile(p, "#!/bin/sh\necho C\n");
+        await Deno.utime(p, keep.atime!, keep.mtime!);
+      }],
+      ["symlink target", async () => {
+        await Deno.remove(join(tree, "link"));
+        await Deno.symlink("sub/b.txt", join(tree, "link"));
+      }],
+      ["executable bit", () => Deno.chmod(join(tree, "sub", "c.sh"), 0o755)],
+      ["rewrite keeping size and mtime", async () => {
+        const p = join(tree, "big.bin");
+        const keep = await Deno.stat(p);
+        await Deno.writeFile(p, new Uint8Array(3 << 20).fill(6));
+        await Deno.utime(p, keep.atime!, keep.mtime!);
+      }],
+    ];
+    for (const [what, change] of changes) {
+      await change();
+      await expectNix(await runImport(store, tree, cacheHome), what);
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
