@@ -6,6 +6,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
+import { countSyscalls } from "../strace.ts";
 
 const CHILD = new URL("./flush_child.ts", import.meta.url).pathname;
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
@@ -14,15 +15,8 @@ const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
 async function tracedRun(perms: string[], n: number, syncs: number) {
   const tmp = await Deno.makeTempDir({ prefix: "tvix-flush-" });
   try {
-    const trace = join(tmp, "trace");
-    const out = await new Deno.Command("strace", {
-      args: [
-        "-f",
-        "-c",
-        "-o",
-        trace,
-        "-e",
-        "trace=fsync,fdatasync,syncfs",
+    const c = await countSyscalls(
+      [
         Deno.execPath(),
         "run",
         "--config",
@@ -30,21 +24,19 @@ async function tracedRun(perms: string[], n: number, syncs: number) {
         ...perms,
         CHILD,
         join(tmp, "store"),
-        String(n),
-        String(syncs),
+        `${n}`,
+        `${syncs}`,
       ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const td = new TextDecoder();
-    assertEquals(out.code, 0, td.decode(out.stderr));
-    assertEquals(td.decode(out.stdout).trim(), "synced");
-    const table = await Deno.readTextFile(trace);
-    const calls = (name: string) => {
-      const line = table.split("\n").find((l) => l.trim().endsWith(` ${name}`));
-      return line ? Number(line.trim().split(/\s+/)[3]) : 0;
+      ["fsync", "fdatasync", "syncfs"],
+    );
+    assertEquals(c.code, 0, c.stderr);
+    assertEquals(c.stdout.trim(), "synced");
+    return {
+      syncfs: c.calls("syncfs"),
+      fdatasync: c.calls("fdatasync"),
+      fsync: c.calls("fsync"),
+      table: c.table,
     };
-    return { syncfs: calls("syncfs"), fdatasync: calls("fdatasync"), fsync: calls("fsync"), table };
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }

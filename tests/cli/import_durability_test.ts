@@ -9,6 +9,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
+import { countSyscalls } from "../strace.ts";
 import { childEnv, localStoreArgs, MAIN, tvixStore } from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
 import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
@@ -59,41 +60,16 @@ Deno.test("import: objects are flushed per commit, not one fsync per chunk", asy
   try {
     const tree = join(tmp, "tree");
     await writeTree(tree, 400);
-    const trace = join(tmp, "strace.txt");
-    const out = await new Deno.Command("strace", {
-      args: [
-        "-f",
-        "-c",
-        "-o",
-        trace,
-        "-e",
-        "trace=fsync,fdatasync,syncfs",
-        Deno.execPath(),
-        "run",
-        "-A",
-        MAIN,
-        "import",
-        ...localStoreArgs(join(tmp, "store")),
-        tree,
-      ],
-      env: childEnv(),
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const td = new TextDecoder();
-    assertEquals(out.code, 0, td.decode(out.stderr));
-    const calls = (name: string) => {
-      const line = Deno.readTextFileSync(trace).split("\n").find((l) =>
-        l.trim().endsWith(` ${name}`)
-      );
-      // Columns: % time, seconds, usecs/call, calls, [errors,] syscall.
-      return line ? Number(line.trim().split(/\s+/)[3]) : 0;
-    };
-    const perFile = calls("fsync") + calls("fdatasync");
-    assert(calls("syncfs") >= 1, `no syncfs:\n${Deno.readTextFileSync(trace)}`);
+    const c = await countSyscalls(
+      [Deno.execPath(), "run", "-A", MAIN, "import", ...localStoreArgs(join(tmp, "store")), tree],
+      ["fsync", "fdatasync", "syncfs"],
+      { env: childEnv(), clearEnv: true },
+    );
+    assertEquals(c.code, 0, c.stderr);
+    const perFile = c.calls("fsync") + c.calls("fdatasync");
+    assert(c.calls("syncfs") >= 1, `no syncfs:\n${c.table}`);
     // Over 400 objects were written; SQLite's own few syncs remain.
-    assert(perFile < 40, `${perFile} fsync/fdatasync calls:\n${Deno.readTextFileSync(trace)}`);
+    assert(perFile < 40, `${perFile} fsync/fdatasync calls:\n${c.table}`);
     assertEquals(await checkEveryPath(join(tmp, "store")), 1);
   } finally {
     await Deno.remove(tmp, { recursive: true });
