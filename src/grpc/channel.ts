@@ -19,7 +19,20 @@ export interface GrpcEndpoint {
   readonly tls: boolean;
   /** `wait-connect=1`: connect at construction and fail if unreachable. */
   readonly waitConnect: boolean;
+  /**
+   * `timeout=SECONDS` (default {@linkcode DEFAULT_TIMEOUT_MS}): how long a
+   * unary call may take, and how long a connection may leave a ping
+   * unanswered while calls are open before every call on it fails.
+   */
+  readonly timeoutMs: number;
 }
+
+/**
+ * Default of `timeout=`: long enough for a busy daemon, short enough that
+ * a hung one (stopped, deadlocked, a dead network path) surfaces as an
+ * error (EIO on the mount) instead of blocking readers indefinitely.
+ */
+export const DEFAULT_TIMEOUT_MS = 30_000;
 
 /** Scheme of each accepted URL, without the trailing colon. */
 const SCHEMES = new Set(["grpc+unix", "grpc+http", "grpc+https"]);
@@ -40,6 +53,11 @@ export function parseGrpcUrl(url: string): GrpcEndpoint {
   const scheme = u.protocol.slice(0, -1);
   if (!SCHEMES.has(scheme)) throw new StorageError(`unknown scheme: ${scheme}`);
   const waitConnect = u.searchParams.get("wait-connect") === "1";
+  const timeoutText = u.searchParams.get("timeout");
+  const timeoutMs = timeoutText === null ? DEFAULT_TIMEOUT_MS : Number(timeoutText) * 1000;
+  if (!(timeoutMs > 0 && timeoutMs <= 86_400_000)) {
+    throw new StorageError(`timeout must be a number of seconds, up to a day: ${timeoutText}`);
+  }
 
   if (scheme === "grpc+unix") {
     if (u.host !== "") throw new StorageError("host may not be set for unix domain sockets");
@@ -50,7 +68,7 @@ export function parseGrpcUrl(url: string): GrpcEndpoint {
       throw new StorageError(`unable to parse url: ${url}: bad escape in socket path`);
     }
     if (path === "") throw new StorageError("unix domain socket path may not be empty");
-    return { target: `unix:${path}`, tls: false, waitConnect };
+    return { target: `unix:${path}`, tls: false, waitConnect, timeoutMs };
   }
 
   // Non-special schemes keep an absent path empty, so "/" is a path too.
@@ -61,7 +79,7 @@ export function parseGrpcUrl(url: string): GrpcEndpoint {
   }
   const tls = scheme === "grpc+https";
   const port = u.port !== "" ? u.port : tls ? "443" : "80";
-  return { target: `${u.hostname}:${port}`, tls, waitConnect };
+  return { target: `${u.hostname}:${port}`, tls, waitConnect, timeoutMs };
 }
 
 /**
@@ -85,14 +103,25 @@ const FLOW_CONTROL_WINDOW = 1024 * 1024;
 /** How long `wait-connect=1` waits for a connection before failing. */
 const CONNECT_TIMEOUT_MS = 10_000;
 
-const CHANNEL_OPTIONS: grpc.ChannelOptions = {
-  "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_LENGTH,
-  "grpc.max_send_message_length": -1,
-  // We share channels ourselves; a channel-local pool lets close() end the
-  // connection at once instead of grpc-js keeping it for later reuse.
-  "grpc.use_local_subchannel_pool": 1,
-  "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW,
-};
+/**
+ * Channel options for an endpoint with the given timeout. While calls are
+ * open, the connection is pinged every half timeout (at most every 10 s);
+ * a ping unanswered for half the timeout drops the connection and fails
+ * its calls with UNAVAILABLE. That bounds how long a stream can hang on a
+ * stopped peer without cutting off long transfers that make progress.
+ */
+function channelOptions(timeoutMs: number): grpc.ChannelOptions {
+  return {
+    "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_LENGTH,
+    "grpc.max_send_message_length": -1,
+    // We share channels ourselves; a channel-local pool lets close() end the
+    // connection at once instead of grpc-js keeping it for later reuse.
+    "grpc.use_local_subchannel_pool": 1,
+    "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW,
+    "grpc.keepalive_time_ms": Math.min(10_000, Math.ceil(timeoutMs / 2)),
+    "grpc.keepalive_timeout_ms": Math.ceil(timeoutMs / 2),
+  };
+}
 
 interface Shared {
   channel: grpc.Channel;
@@ -172,12 +201,30 @@ function plainBytesClient<C>(generated: GeneratedClient<C>): ClientConstructor<C
   return ctor as ClientConstructor<C>;
 }
 
-/** A service client of the generated kind that runs its calls on the leased channel. */
+/**
+ * A service client of the generated kind that runs its calls on the leased
+ * channel. Unary calls (but CalculateNAR) get the endpoint's deadline; streams may run as
+ * long as they make progress, and a peer that stops answering ends them
+ * through the channel's keepalive pings (see {@linkcode channelOptions}).
+ */
 export function clientOn<C>(lease: ChannelLease, generated: GeneratedClient<C>): C {
   const Ctor = plainBytesClient(generated);
+  const timeoutMs = lease.endpoint.timeoutMs;
+  const deadline: grpc.Interceptor = (options, nextCall) => {
+    const m = options.method_definition;
+    // CalculateNAR renders a whole path on the server: it may rightly take
+    // minutes, and a hung server is still caught by the keepalive pings.
+    const unary = !m.requestStream && !m.responseStream && !m.path.endsWith("/CalculateNAR");
+    return new grpc.InterceptingCall(
+      nextCall(
+        unary && !options.deadline ? { ...options, deadline: Date.now() + timeoutMs } : options,
+      ),
+    );
+  };
   // The credentials are those of the shared channel; these are ignored.
   return new Ctor(lease.endpoint.target, grpc.credentials.createInsecure(), {
     channelOverride: lease.channel,
+    interceptors: [deadline],
   });
 }
 
@@ -189,11 +236,12 @@ export function clientOn<C>(lease: ChannelLease, generated: GeneratedClient<C>):
  */
 export async function channelFor(url: string): Promise<ChannelLease> {
   const endpoint = parseGrpcUrl(url);
-  const key = `${endpoint.tls ? "tls" : "h2c"} ${endpoint.target}`;
+  const key = `${endpoint.tls ? "tls" : "h2c"} ${endpoint.target} ${endpoint.timeoutMs}`;
   let entry = shared.get(key);
   if (!entry) {
     const creds = endpoint.tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
-    entry = { channel: new grpc.Channel(endpoint.target, creds, CHANNEL_OPTIONS), refs: 0 };
+    const options = channelOptions(endpoint.timeoutMs);
+    entry = { channel: new grpc.Channel(endpoint.target, creds, options), refs: 0 };
     shared.set(key, entry);
   }
   entry.refs++;

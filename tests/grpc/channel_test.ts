@@ -6,7 +6,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertRejects, assertThrows } from "../assert.ts";
 import { StorageError } from "../../src/errors.ts";
-import { channelFor, parseGrpcUrl } from "../../src/grpc/channel.ts";
+import { channelFor, DEFAULT_TIMEOUT_MS, parseGrpcUrl } from "../../src/grpc/channel.ts";
 import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
 import { GrpcDirectoryService } from "../../src/castore/directory/grpc.ts";
 import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
@@ -18,7 +18,7 @@ import * as F from "../fixtures.ts";
 import { memoryServices, startServer } from "./client_harness.ts";
 
 Deno.test("parseGrpcUrl: accepted URLs", () => {
-  const cases: [string, string, boolean, boolean][] = [
+  const cases: [string, string, boolean, boolean, number?][] = [
     ["grpc+unix:///path/to/somewhere", "unix:/path/to/somewhere", false, false],
     ["grpc+unix:///path/to/somewhere?wait-connect=0", "unix:/path/to/somewhere", false, false],
     ["grpc+unix:///path/to/somewhere?wait-connect=1", "unix:/path/to/somewhere", false, true],
@@ -31,9 +31,11 @@ Deno.test("parseGrpcUrl: accepted URLs", () => {
     ["grpc+http://localhost?wait-connect=0", "localhost:80", false, false],
     ["grpc+http://localhost?wait-connect=yes", "localhost:80", false, false],
     ["grpc+http://127.0.0.1:8000?wait-connect=1", "127.0.0.1:8000", false, true],
+    ["grpc+http://127.0.0.1:8000?timeout=2.5", "127.0.0.1:8000", false, false, 2500],
+    ["grpc+unix:///s?wait-connect=1&timeout=60", "unix:/s", false, true, 60_000],
   ];
-  for (const [url, target, tls, waitConnect] of cases) {
-    assertEquals(parseGrpcUrl(url), { target, tls, waitConnect }, url);
+  for (const [url, target, tls, waitConnect, timeoutMs = DEFAULT_TIMEOUT_MS] of cases) {
+    assertEquals(parseGrpcUrl(url), { target, tls, waitConnect, timeoutMs }, url);
   }
 });
 
@@ -50,6 +52,9 @@ Deno.test("parseGrpcUrl: rejected URLs", () => {
     ["http://localhost", "unknown scheme: http"],
     ["not a url", "unable to parse url"],
     ["grpc+unix:///bad%ZZescape%E0", "unable to parse url"],
+    ["grpc+http://localhost?timeout=0", "timeout must be a number of seconds"],
+    ["grpc+http://localhost?timeout=soon", "timeout must be a number of seconds"],
+    ["grpc+http://localhost?timeout=-3", "timeout must be a number of seconds"],
   ];
   for (const [url, message] of cases) {
     assertThrows(() => parseGrpcUrl(url), StorageError, message);
