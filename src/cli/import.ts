@@ -33,8 +33,8 @@ const PATH_CONCURRENCY = 4;
 /**
  * Upload Workers by default: none. Measured on the 2-core target with the
  * embedded store (objectstore+file, SQLite), two Workers gave the same wall
- * time (the object store's per-object syscalls and fsyncs dominate, not
- * hashing) for ~60% more peak memory. `TVIX_IMPORT_WORKERS=N` turns them on.
+ * time (the object store's per-object syscalls dominate, not hashing) for
+ * ~60% more peak memory. `TVIX_IMPORT_WORKERS=N` turns them on.
  */
 const UPLOAD_WORKERS = 0;
 

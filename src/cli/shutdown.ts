@@ -6,7 +6,7 @@
  */
 
 /** The signals that ask a long-running subcommand to stop. */
-export const STOP_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
+const STOP_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM"];
 
 /** What {@linkcode onStopSignal} returns. */
 export interface StopSignal {

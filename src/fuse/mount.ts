@@ -15,6 +15,7 @@
  */
 import type { ServiceAddrs } from "../store/services.ts";
 import { log, LOG_LEVELS, logEnabled } from "../log.ts";
+import { sqlitePathFromUrl } from "../castore/sqlite_db.ts";
 import { allowedCpus } from "./ffi.ts";
 import { workerCpus } from "./affinity.ts";
 import { InodeTable } from "./inodes.ts";
@@ -90,12 +91,22 @@ function defaultCacheBytes(): number {
 /** How long Workers get to finish after an unmount before the process exits regardless. */
 const DRAIN_MS = 1000;
 
+/** Whether `url` is an in-memory SQLite database (`sqlite:` or `sqlite://`, no path). */
+function isMemorySqlite(url: string): boolean {
+  if (!/^sqlite:/i.test(url)) return false;
+  try {
+    return sqlitePathFromUrl(new URL(url)) === undefined;
+  } catch {
+    return false; // invalid: building the services will say why
+  }
+}
+
 /** Throws a clear error for URLs a multi-Worker mount cannot use. */
 function checkMountAddrs(addrs: ServiceAddrs): void {
   for (const [key, url] of Object.entries(addrs)) {
     const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
     // Each Worker builds its own services: an in-memory one would be empty.
-    if (/^(objectstore\+)?memory:/i.test(url) || /^sqlite:\/\/\/?$/i.test(url)) {
+    if (/^(objectstore\+)?memory:/i.test(url) || isMemorySqlite(url)) {
       throw new Error(
         `${flag} ${url}: in-memory services cannot be used by mount, whose Workers each open ` +
           `the services themselves and would see separate empty stores; use sqlite:///FILE, ` +
@@ -217,7 +228,9 @@ async function mountAndServe(
   const stopAll = () => workers.forEach((w) => w.worker.terminate());
 
   for (const w of workers) {
-    const m = await w.next();
+    // A signal cuts a slow start short (services that take long to open).
+    const m = await Promise.race([w.next(), stopRequested.then(() => undefined)]);
+    if (m === undefined) break;
     if (m.type !== "ready") {
       stopAll();
       throw new Error(`cannot start a FUSE worker: ${m.type === "failed" ? m.message : m.type}`);

@@ -203,7 +203,8 @@ function plainBytesClient<C>(generated: GeneratedClient<C>): ClientConstructor<C
 
 /**
  * A service client of the generated kind that runs its calls on the leased
- * channel. Unary calls (but CalculateNAR) get the endpoint's deadline; streams may run as
+ * channel. Unary calls (but CalculateNAR and PathInfo Put) get the
+ * endpoint's deadline; streams may run as
  * long as they make progress, and a peer that stops answering ends them
  * through the channel's keepalive pings (see {@linkcode channelOptions}).
  */
@@ -212,9 +213,11 @@ export function clientOn<C>(lease: ChannelLease, generated: GeneratedClient<C>):
   const timeoutMs = lease.endpoint.timeoutMs;
   const deadline: grpc.Interceptor = (options, nextCall) => {
     const m = options.method_definition;
-    // CalculateNAR renders a whole path on the server: it may rightly take
-    // minutes, and a hung server is still caught by the keepalive pings.
-    const unary = !m.requestStream && !m.responseStream && !m.path.endsWith("/CalculateNAR");
+    // CalculateNAR renders a whole path on the server and a PathInfo put
+    // first flushes the server's filesystem: both may rightly take minutes,
+    // and a hung server is still caught by the keepalive pings.
+    const unary = !m.requestStream && !m.responseStream &&
+      !m.path.endsWith("/CalculateNAR") && m.path !== "/tvix.store.v1.PathInfoService/Put";
     return new grpc.InterceptingCall(
       nextCall(
         unary && !options.deadline ? { ...options, deadline: Date.now() + timeoutMs } : options,

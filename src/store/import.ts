@@ -107,7 +107,7 @@ export async function ingestPathWithNar(
   const node = await ingestPath(local, blob, directory, {
     record,
     ...options,
-    onFile: cache && ((file, digest, examinedAt) => seen.push({ file, digest, examinedAt })),
+    onFile: cache && ((file, digest) => seen.push({ file, digest, examinedAt: file.examinedAt })),
   });
   const sources = recordedSources(record);
   let summary: NarSummary;
@@ -117,10 +117,12 @@ export async function ingestPathWithNar(
     throw new IngestError(local, `hashing the NAR failed: ${errorMessage(err)}`);
   }
   // Only now, with every file verified against what was stored.
-  cache?.batch(() => {
-    for (const s of seen) cache.rememberFile(s.file, s.digest, s.examinedAt);
-    cache.rememberNar(narCacheKey(node), summary);
-  });
+  cache?.use(() =>
+    cache.batch(() => {
+      for (const s of seen) cache.rememberFile(s.file, s.digest, s.examinedAt);
+      cache.rememberNar(narCacheKey(node), summary);
+    })
+  );
   return { node, ...summary };
 }
 
@@ -136,8 +138,8 @@ async function findUnchanged(
   services: ImportServices,
   cache: StatCache,
 ): Promise<ImportResult | undefined> {
-  const node = nodeFromStats(hostPath(path), (file) => cache.fileDigest(file));
-  const summary = node && cache.narSummary(narCacheKey(node));
+  const node = cache.use(() => nodeFromStats(hostPath(path), (file) => cache.fileDigest(file)));
+  const summary = node && cache.use(() => cache.narSummary(narCacheKey(node)));
   if (!node || !summary) return undefined;
   const storePath = caNarSha256StorePath(summary.narSha256, name);
   const pathInfo = await services.pathInfo.get(storePath.digest);

@@ -16,10 +16,11 @@
  * examined is not recorded, and is read again next time.
  *
  * The cache is an SQLite file per store under
- * `$XDG_CACHE_HOME/tvix-store/` (else `~/.cache/tvix-store/`). It only
- * ever saves work: a corrupt file is replaced, an unusable directory means
- * no cache, and the importer still asks the store whether the path is
- * there.
+ * `$XDG_CACHE_HOME/tvix-store/` (else `~/.cache/tvix-store/`): what it
+ * says holds for files as imported into that store, which is asked for
+ * the resulting PathInfo before anything is skipped. It only ever saves
+ * work: a corrupt file is replaced, an unusable directory means no cache,
+ * and a failing cache is dropped for the rest of the run.
  *
  * @module
  */
@@ -32,9 +33,13 @@ import type { NarSummary } from "../nar/calculation.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import type { ServiceAddrs } from "./services.ts";
+import { inTransaction } from "../castore/sqlite_db.ts";
 
-/** Files changed this recently (ms) when examined are not recorded. */
-export const RACY_MS = 1000;
+/**
+ * Files changed this recently (ms) when examined are not recorded: the
+ * coarsest timestamps in use (FAT, some SMB servers) tick every 2 s.
+ */
+export const RACY_MS = 2000;
 
 const SCHEMA_VERSION = "1";
 
@@ -46,7 +51,7 @@ export function statCacheDir(): string | undefined {
   return home ? join(home, ".cache", "tvix-store") : undefined;
 }
 
-/** The cache file for the store at `addrs` (one per store: digests are per store). */
+/** The cache file for the store at `addrs` (one per store, whose PathInfos it vouches for). */
 export function statCachePath(dir: string, addrs: ServiceAddrs): string {
   const id = createHash("sha256")
     .update(`${addrs.blobServiceAddr}\n${addrs.directoryServiceAddr}\n${addrs.pathInfoServiceAddr}`)
@@ -62,11 +67,11 @@ export class StatCache {
   readonly #putFile: StatementSync;
   readonly #getNar: StatementSync;
   readonly #putNar: StatementSync;
-  readonly #now: () => number;
+  /** Set once a call failed; see {@linkcode StatCache.use}. */
+  #broken = false;
 
-  private constructor(db: DatabaseSync, now: () => number) {
+  private constructor(db: DatabaseSync) {
     this.#db = db;
-    this.#now = now;
     this.#getFile = db.prepare(
       "SELECT size, mtime_ms, ctime_ms, executable, digest FROM files WHERE dev = ? AND ino = ?",
     );
@@ -85,7 +90,7 @@ export class StatCache {
    * cache is replaced; if none can be opened, returns `undefined` (imports
    * then simply read everything).
    */
-  static open(path: string, now: () => number = Date.now): StatCache | undefined {
+  static open(path: string): StatCache | undefined {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         Deno.mkdirSync(join(path, ".."), { recursive: true });
@@ -109,7 +114,7 @@ export class StatCache {
             | { value: string }
             | undefined;
           if (row?.value !== SCHEMA_VERSION) throw new Error(`cache version ${row?.value}`);
-          return new StatCache(db, now);
+          return new StatCache(db);
         } catch (err) {
           db.close();
           throw err;
@@ -179,21 +184,25 @@ export class StatCache {
     this.#putNar.run(nodeKey, summary.narSize, summary.narSha256);
   }
 
-  /** The current time (ms), as the cache judges "recent". */
-  now(): number {
-    return this.#now();
+  /**
+   * Runs `fn` on the cache, which only ever saves work: if it throws (a
+   * locked, full or damaged cache file), the cache is off for the rest of
+   * this process and `fn`'s result is `undefined`.
+   */
+  use<T>(fn: () => T): T | undefined {
+    if (this.#broken) return undefined;
+    try {
+      return fn();
+    } catch (err) {
+      this.#broken = true;
+      log.warn("stat cache turned off after an error", { error: errorMessage(err) });
+      return undefined;
+    }
   }
 
   /** Runs `fn` in one transaction (many records at once). */
   batch(fn: () => void): void {
-    this.#db.exec("BEGIN");
-    try {
-      fn();
-      this.#db.exec("COMMIT");
-    } catch (err) {
-      if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
-      throw err;
-    }
+    inTransaction(this.#db, fn);
   }
 
   /** Closes the file. */

@@ -93,7 +93,9 @@ Deno.test("blake3: TVIX_BLAKE3=wasm forces the fallback", async () => {
   for (const [env, want] of [[{}, "native"], [{ TVIX_BLAKE3: "wasm" }, "wasm"]] as const) {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["eval", "--config", new URL("../../deno.json", import.meta.url).pathname, probe],
-      env,
+      // Only the switch under test, whatever the runner's environment says.
+      env: { PATH: Deno.env.get("PATH") ?? "", HOME: Deno.env.get("HOME") ?? "", ...env },
+      clearEnv: true,
       stdout: "piped",
       stderr: "piped",
     }).output();

@@ -1,7 +1,7 @@
 /**
  * Child process for objectstore_flush_test.ts: puts `n` objects into a
  * FileObjectStore at `dir`, then calls `sync()` `syncs` times at once and
- * once more after that (which must find nothing left to flush).
+ * once more after those.
  *
  * Usage: deno run [perms] flush_child.ts DIR N SYNCS
  */

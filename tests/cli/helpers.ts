@@ -19,13 +19,39 @@ const td = new TextDecoder();
  * cannot change the backends.
  */
 export function childEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const env: Record<string, string> = { NO_COLOR: "1", ...extra };
-  for (const k of ["PATH", "HOME", "DENO_DIR"]) {
+  const env: Record<string, string> = {
+    NO_COLOR: "1",
+    // Caches (the importer's stat cache) go to a directory of this test
+    // run, not the user's; Deno's own cache must then be named explicitly.
+    XDG_CACHE_HOME: TEST_CACHE_HOME,
+    DENO_DIR,
+  };
+  for (const k of ["PATH", "HOME"]) {
     const v = Deno.env.get(k);
     if (v !== undefined) env[k] = v;
   }
-  return env;
+  return { ...env, ...extra };
 }
+
+/**
+ * Deno's own cache directory: it defaults to one under XDG_CACHE_HOME,
+ * which child processes get pointed elsewhere.
+ */
+export const DENO_DIR: string = Deno.env.get("DENO_DIR") ?? JSON.parse(
+  new TextDecoder().decode(
+    (await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" })
+      .output())
+      .stdout,
+  ),
+).denoDir;
+
+/** XDG_CACHE_HOME of child processes: one directory per test process, removed at exit. */
+const TEST_CACHE_HOME = Deno.makeTempDirSync({ prefix: "tvix-test-cache-" });
+globalThis.addEventListener("unload", () => {
+  try {
+    Deno.removeSync(TEST_CACHE_HOME, { recursive: true });
+  } catch { /* already gone */ }
+});
 
 /** Reads a byte stream as lines, handing each to `onLine`. Resolves at EOF. */
 export async function readLines(

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { RACY_MS, StatCache } from "../../src/store/stat_cache.ts";
 import type { FileIdentity } from "../../src/castore/import/fs.ts";
-import { childEnv, localStoreArgs, MAIN } from "../cli/helpers.ts";
+import { childEnv, DENO_DIR, localStoreArgs, MAIN } from "../cli/helpers.ts";
 import { nixOracle } from "./tree_gen.ts";
 
 const digest = (n: number) => new Uint8Array(32).fill(n);
@@ -86,18 +86,6 @@ Deno.test("stat cache: a corrupt cache file is replaced, costing only speed", ()
     }
   }));
 
-/**
- * Deno's own cache directory: it defaults to one under XDG_CACHE_HOME, which
- * these tests point elsewhere, so it is passed on explicitly.
- */
-const DENO_DIR = Deno.env.get("DENO_DIR") ?? JSON.parse(
-  new TextDecoder().decode(
-    (await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" })
-      .output())
-      .stdout,
-  ),
-).denoDir as string;
-
 /** Runs `tvix-store import` (optionally under strace, listing opened files). */
 async function runImport(store: string, tree: string, cacheHome: string, traceTo?: string) {
   const args = ["run", "-A", MAIN, "import", ...localStoreArgs(store), tree];
@@ -151,7 +139,14 @@ Deno.test("import with the stat cache: unchanged trees read nothing, every chang
       assertEquals(got, want.storePath, what);
     };
 
-    await expectNix(await runImport(store, tree, cacheHome), "first import");
+    const first = join(tmp, "trace-first");
+    await expectNix(await runImport(store, tree, cacheHome, first), "first import");
+    // The trace sees reads at all: the first import reads every file.
+    assertEquals(
+      new Set(await filesRead(first, tree)).size,
+      4,
+      "strace saw the first import read its four regular files",
+    );
     const trace = join(tmp, "trace");
     await expectNix(await runImport(store, tree, cacheHome, trace), "unchanged re-import");
     assertEquals(await filesRead(trace, tree), [], "an unchanged re-import read files");

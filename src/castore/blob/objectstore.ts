@@ -11,8 +11,9 @@
  * chunk's BLAKE3 and compression run in the shared chunk Worker pool
  * (`chunk_pool.ts`; in-thread if Workers are unavailable). Chunks are
  * uploaded concurrently with a bounded number in flight; the index is
- * written last, after every chunk's `put` (which is durable) has completed,
- * so a blob becomes visible only once all of its chunks are. Upstream's
+ * written last, after every chunk's `put` has completed, so a blob becomes
+ * visible only once all of its chunks are (and durable with them at the
+ * next commit point, see `objectstore/flush.ts`). Upstream's
  * quirk (docs/compatibility.md#q4-single-chunk-blobs-in-the-object-store) is
  * fixed: a blob of one chunk is stored as that chunk alone (no index; the
  * reference's later fix writes an empty index there, which reads the same),
@@ -364,9 +365,9 @@ class ObjectStoreBlobWriter implements BlobWriter {
     if (this.#scheduled.has(key)) return;
     this.#scheduled.add(key);
     const path = chunkPath(digest);
-    // A chunk object is never empty (a zstd frame); an empty one is what a
-    // power loss before the flush leaves, and is written again.
-    if ((await this.#store.size(path) ?? 0) > 0) return;
+    // One of another size is not this one: what a power loss before the
+    // flush leaves (empty or short), or another encoder's frame. Rewrite it.
+    if (await this.#store.size(path) === compressed.length) return;
     await this.#store.put(path, compressed);
   }
 }

@@ -168,11 +168,11 @@ export class ObjectStoreDirectoryService implements DirectoryService {
 
   async #storeClosure(closure: Closure): Promise<void> {
     const path = closurePath(closure.rootDigest);
-    // Never empty (a zstd frame): an empty one is what a power loss before
-    // the flush leaves, and is written again.
-    if ((await this.#store.size(path) ?? 0) > 0) return;
     const frames = encodeFrames(closure.rootToLeaves);
     const compressed = await compress(frames, { params: { [zc.ZSTD_c_compressionLevel]: 3 } });
+    // One of another size is not this one: what a power loss before the
+    // flush leaves (empty or short), or another encoder's output. Rewrite it.
+    if (await this.#store.size(path) === compressed.byteLength) return;
     await this.#store.put(
       path,
       new Uint8Array(compressed.buffer, compressed.byteOffset, compressed.byteLength),

@@ -68,10 +68,10 @@ export interface IngestOptions {
   progress?: IngestProgress;
   /**
    * Called for every regular file once its contents are stored: what lstat
-   * said of it (before reading), the digest of what was read, and when
-   * lstat ran (for a stat cache's "changed too recently" rule).
+   * said of it (before reading), including when lstat ran (for a stat
+   * cache's "changed too recently" rule), and the digest of what was read.
    */
-  onFile?: (file: FileIdentity, digest: Digest, examinedAt: number) => void;
+  onFile?: (file: FileIdentity & { examinedAt: number }, digest: Digest) => void;
   /**
    * Records, for each blob digest, one local file with that content, and
    * every directory produced, so the caller can render the NAR from the
@@ -320,7 +320,7 @@ export async function ingestPath(
       if (record && !record.files.has(digestKey(digest))) {
         record.files.set(digestKey(digest), { path: hostPath, size });
       }
-      options.onFile?.(info, digest, info.examinedAt);
+      options.onFile?.(info, digest);
       const executable = info.executable;
       return { $case: "file", value: { name, digest, size: BigInt(size), executable } };
     }

@@ -10,20 +10,21 @@
  * to exist are remembered, so a put is open, write, close and rename; if
  * one was removed behind the store's back, the put recreates it and retries.
  *
- * Puts do not flush: `sync()` makes every object put so far durable in one
- * go (group commit, see `flush.ts`), and the services call it at their
- * commit points, before a PathInfo that references the objects is written.
- * One fdatasync per object (per chunk) cost more than the rest of a put.
- * After a power loss, an object put since the last sync may be missing or
- * empty, never wrong: readers verify digests, and writers that skip objects
- * already present only trust non-empty ones.
+ * Puts do not flush: `sync()` makes everything on the store's filesystem
+ * durable in one go (group commit, see `flush.ts`), and the services call
+ * it at their commit points, before a PathInfo that references the objects
+ * is written, instead of one fdatasync per object (per chunk). After a
+ * power loss, an object put since the last sync may be missing, empty or
+ * short, never wrong: readers verify digests, and writers skip an object
+ * already present only if it has the size they would write. Without FFI
+ * (no `syncfs`), each put fdatasyncs its object before the rename.
  *
  * @module
  */
 import { dirname, join } from "node:path";
 import { errorMessage, StorageError } from "../../errors.ts";
 import { checkObjectPath, type ObjectStore } from "./store.ts";
-import { FileFlusher, type FlushMethod } from "./flush.ts";
+import { FileFlusher } from "./flush.ts";
 
 const TEMP_PREFIX = ".tmp-";
 
@@ -40,20 +41,17 @@ export class FileObjectStore implements ObjectStore {
   readonly #base: string;
   /** Directories this store created or found; bounded by the shard fan-out. */
   readonly #dirs = new Set<string>();
-  /** Objects put since the last sync. */
-  readonly #flusher: FileFlusher;
+  /** Flushes the store's filesystem; absent without FFI, when puts flush themselves. */
+  readonly #flusher: FileFlusher | undefined;
   readonly description: string;
 
-  /**
-   * `base`: absolute directory path; created on the first write if
-   * missing. `flush` picks how `sync` flushes (tests force the fallback).
-   */
-  constructor(base: string, flush?: FlushMethod) {
+  /** `base`: absolute directory path; created on the first write if missing. */
+  constructor(base: string) {
     if (!base.startsWith("/")) {
       throw new TypeError(`object store base path must be absolute: ${base}`);
     }
     this.#base = base;
-    this.#flusher = new FileFlusher(base, flush);
+    this.#flusher = FileFlusher.forDirectory(base);
     this.description = `file://${base}`;
   }
 
@@ -104,11 +102,13 @@ export class FileObjectStore implements ObjectStore {
       }
       try {
         for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
+        // Without a commit-time flush, data and size must be on disk before
+        // the rename makes the object visible (fdatasync skips timestamps).
+        if (!this.#flusher) await f.syncData();
       } finally {
         f.close();
       }
       await Deno.rename(temp, file);
-      this.#flusher.note(file);
     } catch (err) {
       await Deno.remove(temp).catch(() => {});
       throw storageError("write", path, err);
@@ -121,9 +121,20 @@ export class FileObjectStore implements ObjectStore {
     return await createTemp(temp);
   }
 
-  /** Makes every object put so far durable (one `syncfs`; see `flush.ts`). */
+  /**
+   * Makes every object on the store's filesystem durable: one `syncfs`
+   * (see `flush.ts`), also covering objects other processes wrote or that
+   * a writer found present. Without FFI, puts were durable already.
+   */
   async sync(): Promise<void> {
-    if (this.#flusher.pending) await this.#flusher.flush();
+    if (!this.#flusher) return;
+    try {
+      // Synchronous, so that concurrent callers reach the flusher together.
+      Deno.statSync(this.#base);
+    } catch {
+      return; // nothing was ever written here
+    }
+    await this.#flusher.flush();
   }
 
   async delete(path: string): Promise<void> {

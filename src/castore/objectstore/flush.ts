@@ -1,19 +1,24 @@
 /**
- * Group commit for files: a writer creates files without flushing each one
- * and notes them here; {@linkcode FileFlusher.flush} then makes everything
- * noted so far durable at once, at the writer's commit point.
+ * Group commit for a file object store: puts do not flush, and
+ * {@linkcode FileFlusher.flush} makes everything written to the store's
+ * filesystem durable at once, at the commit point.
  *
- * A flush is one `syncfs(2)` of the filesystem the files live on, through
- * libc on a blocking-pool thread (the event loop keeps serving), where FFI
- * is allowed. Without FFI, or when `syncfs` fails (its errno is not
- * readable from the calling thread), every noted file and the directories
- * holding them are fsynced instead, which also names the cause of a
- * failure ("No space left on device").
+ * A flush is one `syncfs(2)` of that filesystem, through libc on a
+ * blocking-pool thread (the event loop keeps serving). It covers whatever
+ * is on the filesystem, so objects written by another thread or process
+ * (import upload Workers), or written earlier and only found present now,
+ * are made durable too. Without FFI there is no flusher: the store then
+ * fsyncs every object as it is put.
+ *
+ * A failed flush may mean written data was dropped, and Linux reports such
+ * an error only once: a retry would succeed without the data being there.
+ * So after a failure every later flush fails too, until the process is
+ * restarted (and the objects are checked and rewritten as they are put
+ * again). `syncfs` reports write-back errors since Linux 5.8.
  *
  * @module
  */
-import { dirname } from "node:path";
-import { errorMessage, StorageError } from "../../errors.ts";
+import { StorageError } from "../../errors.ts";
 
 const libcSymbols = {
   open: { parameters: ["buffer", "i32"], result: "i32" },
@@ -41,138 +46,65 @@ function loadLibc(): Libc | null {
   return libc;
 }
 
-/** `syncfs` on the filesystem holding `dir`: true if it succeeded. */
-async function syncfs(c: Libc, dir: string): Promise<boolean> {
-  const fd = c.open(new TextEncoder().encode(`${dir}\0`), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return false;
-  try {
-    return await c.syncfs(fd) === 0;
-  } finally {
-    c.close(fd);
-  }
-}
-
-/**
- * Above this many noted files the list is dropped (a long-running daemon
- * taking blobs that no commit ever follows must not grow): a flush then
- * relies on `syncfs` alone.
- */
-const MAX_NOTED = 1 << 17;
-
-/** How to flush (tests force `fsync` to exercise the fallback). */
-export type FlushMethod = "syncfs" | "fsync";
-
-/** Files written since the last flush, and how to make them durable. */
+/** Flushes the filesystem holding a directory, sharing flushes between callers. */
 export class FileFlusher {
-  readonly #root: string;
-  readonly #method: FlushMethod;
-  /** Files noted since the last flush began, or `undefined` after overflowing. */
-  #noted: Set<string> | undefined = new Set();
-  /** Counts notes; a flush covers every note made before it began. */
-  #generation = 0;
-  #flushedGeneration = 0;
-  /** The flush in progress, which later callers wait for. */
+  readonly #c: Libc;
+  readonly #dir: string;
+  /** The flush in progress. */
   #running: Promise<void> | undefined;
+  /** The flush that callers arriving during `#running` share. */
+  #next: Promise<void> | undefined;
+  /** Set by the first failure; every later flush throws it. */
+  #failure: StorageError | undefined;
 
-  /** Files below `root` (which must exist by the first flush). */
-  constructor(root: string, method: FlushMethod = "syncfs") {
-    this.#root = root;
-    this.#method = method;
+  private constructor(c: Libc, dir: string) {
+    this.#c = c;
+    this.#dir = dir;
   }
 
-  /** Records that `path` (a file below the root) was written and not flushed. */
-  note(path: string): void {
-    this.#generation++;
-    if (this.#noted) {
-      this.#noted.add(path);
-      if (this.#noted.size > MAX_NOTED) this.#noted = undefined;
-    }
-  }
-
-  /** Whether anything was noted since the last flush began. */
-  get pending(): boolean {
-    return this.#generation > this.#flushedGeneration;
+  /** A flusher for the filesystem holding `dir`, or `undefined` without FFI. */
+  static forDirectory(dir: string): FileFlusher | undefined {
+    const c = loadLibc();
+    return c ? new FileFlusher(c, dir) : undefined;
   }
 
   /**
-   * Makes every file noted before this call durable, with the directory
-   * entries that name them. Concurrent callers share flushes. Throws a
-   * `StorageError` naming the cause if the data may not be on disk.
+   * Makes everything written to the filesystem before this call durable.
+   * A flush already running when it is called may have missed those
+   * writes, so callers arriving meanwhile share the flush after it.
    */
-  async flush(): Promise<void> {
-    const target = this.#generation;
-    while (this.#flushedGeneration < target) {
-      if (!this.#running) {
-        this.#running = this.#flushOnce().finally(() => (this.#running = undefined));
-      }
-      await this.#running;
+  flush(): Promise<void> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (!this.#running) {
+      this.#running = this.#syncfs().finally(() => (this.#running = undefined));
+      return this.#running;
     }
+    this.#next ??= this.#running.catch(() => {}).then(() => {
+      this.#next = undefined;
+      return this.flush();
+    });
+    return this.#next;
   }
 
-  async #flushOnce(): Promise<void> {
-    const generation = this.#generation;
-    const files = this.#noted;
-    this.#noted = new Set();
-    try {
-      const c = this.#method === "syncfs" ? loadLibc() : null;
-      const synced = c !== null && await syncfs(c, this.#root);
-      if (!synced) {
-        if (!files) {
-          throw new StorageError(
-            `flushing ${this.#root} to disk failed: ${
-              c ? "syncfs failed" : "no syncfs (FFI)"
-            }, and over ${MAX_NOTED} files were written since the last commit`,
-          );
-        }
-        // Names the cause if there is one ("No space left on device").
-        await fsyncAll(files);
-        if (c) {
-          // syncfs reported an error that no single file did: something on
-          // that filesystem did not reach the disk.
-          throw new StorageError(`flushing ${this.#root} to disk failed (syncfs)`);
-        }
-      }
-    } catch (err) {
-      // Not flushed: note them again so that the next flush retries them.
-      if (files && this.#noted) { for (const f of files) this.#noted.add(f); }
-      throw err instanceof StorageError ? err : new StorageError(
-        `flushing ${this.#root} to disk failed: ${errorMessage(err)}`,
-      );
-    }
-    this.#flushedGeneration = Math.max(this.#flushedGeneration, generation);
-  }
-}
-
-/** fdatasync every file (in parallel batches), then fsync their directories. */
-async function fsyncAll(files: Set<string>): Promise<void> {
-  const all = [...files];
-  const dirs = new Set(all.map((f) => dirname(f)));
-  const BATCH = 64;
-  for (let i = 0; i < all.length; i += BATCH) {
-    await Promise.all(
-      all.slice(i, i + BATCH).map(async (path) => {
-        let f: Deno.FsFile;
-        try {
-          f = await Deno.open(path, { read: true });
-        } catch (err) {
-          // Removed since (a replaced or deleted object): nothing to flush.
-          if (err instanceof Deno.errors.NotFound) return;
-          throw err;
-        }
-        try {
-          await f.syncData();
-        } finally {
-          f.close();
-        }
-      }),
+  async #syncfs(): Promise<void> {
+    const c = this.#c;
+    const fd = c.open(
+      new TextEncoder().encode(`${this.#dir}\0`),
+      O_RDONLY | O_DIRECTORY | O_CLOEXEC,
     );
-  }
-  for (const dir of dirs) {
-    const d = await Deno.open(dir, { read: true });
+    // Not opened (a missing directory, no fds left): nothing was flushed,
+    // but nothing was lost either; the caller's commit fails and may retry.
+    if (fd < 0) throw new StorageError(`cannot open ${this.#dir} to flush it to disk`);
     try {
-      await d.sync();
+      if (await c.syncfs(fd) !== 0) {
+        this.#failure = new StorageError(
+          `flushing ${this.#dir} to disk failed (syncfs): data written since the last commit ` +
+            "may be lost; restart to write it again",
+        );
+        throw this.#failure;
+      }
     } finally {
-      d.close();
+      c.close(fd);
     }
   }
 }
