@@ -102,12 +102,12 @@ export async function ingestPathWithNar(
 ): Promise<IngestedTree> {
   const record = newIngestRecord();
   const local = hostPath(path);
-  const seen: { file: FileIdentity; digest: Uint8Array; examinedAt: number }[] = [];
+  const seen: { file: FileIdentity & { examinedAt: number }; digest: Uint8Array }[] = [];
   const cache = options.statCache;
   const node = await ingestPath(local, blob, directory, {
     record,
     ...options,
-    onFile: cache && ((file, digest) => seen.push({ file, digest, examinedAt: file.examinedAt })),
+    onFile: cache && ((file, digest) => seen.push({ file, digest })),
   });
   const sources = recordedSources(record);
   let summary: NarSummary;
@@ -119,7 +119,7 @@ export async function ingestPathWithNar(
   // Only now, with every file verified against what was stored.
   cache?.use(() =>
     cache.batch(() => {
-      for (const s of seen) cache.rememberFile(s.file, s.digest, s.examinedAt);
+      for (const s of seen) cache.rememberFile(s.file, s.digest, s.file.examinedAt);
       cache.rememberNar(narCacheKey(node), summary);
     })
   );

@@ -158,6 +158,9 @@ export class StatCache {
    * unless it changed too recently to trust its stat ({@linkcode RACY_MS}).
    */
   rememberFile(stat: FileIdentity, digest: Digest, examinedAt: number): boolean {
+    // Where lstat gave no inode or times (the walk records -1), nothing
+    // identifies the file's contents.
+    if (stat.ino < 0 || stat.mtimeMs < 0 || stat.ctimeMs < 0) return false;
     if (Math.max(stat.mtimeMs, stat.ctimeMs) >= examinedAt - RACY_MS) return false;
     this.#putFile.run(
       stat.dev,

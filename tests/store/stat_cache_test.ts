@@ -66,6 +66,10 @@ Deno.test("stat cache: a file changed within RACY_MS of being examined is not re
       // tick could keep the stat, so the file must be read again next time.
       assert(!cache.rememberFile(file({ ctimeMs: 1_000_000 }), digest(1), 1_000_000 + RACY_MS));
       assert(!cache.rememberFile(file({ mtimeMs: 2_000_000 }), digest(1), 2_000_000));
+      // No inode or times (recorded as -1 by the walk): never recorded.
+      for (const unknown of [{ ino: -1 }, { mtimeMs: -1 }, { ctimeMs: -1 }]) {
+        assert(!cache.rememberFile(file(unknown), digest(1), 9_000_000), JSON.stringify(unknown));
+      }
       assertEquals(cache.fileDigest(file()), undefined);
     } finally {
       cache.close();
