@@ -18,7 +18,8 @@
  * medians against nix-store, peak RSS (VmHWM) of importer and daemon, and
  * the load average before and after. The trees are in the page cache for
  * every side. Usage:
- * `deno run -A scripts/bench_import.ts [--size-mib 512] [--small-files 20000] [--rounds 3] [--keep]`.
+ * `deno run -A scripts/bench_import.ts [--size-mib 512] [--small-files 20000] [--rounds 3] [--keep]`;
+ * `--generate-only DIR` writes the two trees to DIR and exits.
  *
  * @module
  */
@@ -31,7 +32,7 @@ import { pathInfoServiceFromUrl } from "../src/store/pathinfo/from_url.ts";
 import { StorePath } from "../src/store/store_path.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg, watchLines } from "./support.ts";
+import { MAIN, numberArg, stringArg, watchLines } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
@@ -284,6 +285,16 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
     } MiB; load ${await loadavg()}`,
   );
   console.log("  (ratios > 1: faster than the baseline)");
+}
+
+const generateOnly = stringArg("generate-only");
+if (generateOnly) {
+  // Writes the two trees and stops, for profiling one side by hand.
+  await Deno.mkdir(generateOnly, { recursive: true });
+  const m = await generate(join(generateOnly, "tree"), SIZE_MIB);
+  const s = await generateSmall(join(generateOnly, "small"), SMALL_FILES);
+  console.log(`${generateOnly}/tree: ${m.files} files; ${generateOnly}/small: ${s.files} files`);
+  Deno.exit(0);
 }
 
 const tmp = await Deno.makeTempDir({ prefix: "bench-import-" });

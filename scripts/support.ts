@@ -15,6 +15,12 @@ export function numberArg(name: string, def: number): number {
   return i >= 0 ? Number(Deno.args[i + 1]) : def;
 }
 
+/** The word after `--<name>` on the command line, else `undefined`. */
+export function stringArg(name: string): string | undefined {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 ? Deno.args[i + 1] : undefined;
+}
+
 /**
  * Reads a child's output stream to its end (so the child never blocks on a
  * full pipe), keeping the last 20 lines in `tail`; `match` resolves with the

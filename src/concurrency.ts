@@ -120,6 +120,11 @@ export class JobSet {
     this.#running.add(run);
   }
 
+  /** Whether a job has failed. */
+  get failed(): boolean {
+    return this.#failed;
+  }
+
   /** Throws the first failure, if a job has failed. */
   check(): void {
     if (this.#failed) throw this.#error;

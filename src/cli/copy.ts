@@ -13,7 +13,7 @@
 import { Argument, type Command } from "commander";
 import { addServiceOptions } from "./common.ts";
 import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
-import { ProgressBar, uploadPool } from "./import.ts";
+import { ProgressBar } from "./import.ts";
 import { mapLimit } from "../concurrency.ts";
 import { constructServices } from "../store/services.ts";
 import { bytesEqual, fromHex, toHex } from "../castore/digest.ts";
@@ -139,7 +139,6 @@ async function runCopy(file: string | undefined, addrs: ServiceAddrs): Promise<v
   // The same path listed twice is copied once.
   const unique = [...new Map(closure.map((e) => [toHex(e.path.digest), e])).values()];
   const services = await constructServices(addrs);
-  const pool = uploadPool(addrs.blobServiceAddr, services.blob);
   const bar = new ProgressBar("copying", unique.length);
   try {
     const present = await mapLimit(
@@ -159,7 +158,6 @@ async function runCopy(file: string | undefined, addrs: ServiceAddrs): Promise<v
         services.directory,
         {
           progress: { bytes: (n) => bar.addBytes(n) },
-          upload: pool && ((p, size) => pool.upload(p, size)),
         },
       );
       checkNar(e, tree);
@@ -171,7 +169,6 @@ async function runCopy(file: string | undefined, addrs: ServiceAddrs): Promise<v
     }
   } finally {
     bar.clear();
-    await pool?.close();
     await services.close();
   }
 }

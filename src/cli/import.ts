@@ -25,30 +25,9 @@ import { constructServices } from "../store/services.ts";
 import { importPath } from "../store/import.ts";
 import { StatCache, statCacheDir, statCachePath } from "../store/stat_cache.ts";
 import { log } from "../log.ts";
-import type { BlobService } from "../castore/blob/service.ts";
-import { canUseWorkers, WorkerUploadPool } from "../castore/import/upload_pool.ts";
 
 /** Paths imported at once; each import is itself concurrent inside. */
 const PATH_CONCURRENCY = 4;
-/**
- * Upload Workers by default: none. Measured on the 2-core target with the
- * embedded store (objectstore+file, SQLite), two Workers gave the same wall
- * time (the object store's per-object syscalls dominate, not hashing) for
- * ~60% more peak memory. `TVIX_IMPORT_WORKERS=N` turns them on.
- */
-const UPLOAD_WORKERS = 0;
-
-/**
- * A Worker upload pool when `TVIX_IMPORT_WORKERS` (default
- * {@linkcode UPLOAD_WORKERS}) asks for one and the blob service is one a
- * Worker can open by itself.
- */
-export function uploadPool(blobUrl: string, local: BlobService): WorkerUploadPool | undefined {
-  const n = Number(Deno.env.get("TVIX_IMPORT_WORKERS") ?? UPLOAD_WORKERS);
-  if (!(n > 0) || !canUseWorkers(blobUrl)) return undefined;
-  return new WorkerUploadPool(blobUrl, local, n);
-}
-
 const te = new TextEncoder();
 
 function formatBytes(n: number): string {
@@ -131,7 +110,6 @@ async function runImport(paths: string[], flags: ImportFlags): Promise<void> {
   };
   const services = await constructServices(addrs);
   const statCache = openStatCache(flags);
-  const pool = uploadPool(addrs.blobServiceAddr, services.blob);
   const bar = new ProgressBar("importing", paths.length);
   // Store paths are printed in argument order, each as soon as all before it are settled.
   const outcomes: (string | null | undefined)[] = new Array(paths.length);
@@ -150,7 +128,6 @@ async function runImport(paths: string[], flags: ImportFlags): Promise<void> {
       try {
         const { storePath } = await importPath(path, services, {
           progress: { bytes: (n) => bar.addBytes(n) },
-          upload: pool && ((p, size) => pool.upload(p, size)),
           statCache,
         });
         outcomes[i] = storePath.absolute();
@@ -166,7 +143,6 @@ async function runImport(paths: string[], flags: ImportFlags): Promise<void> {
     });
   } finally {
     bar.clear();
-    await pool?.close();
     statCache?.close();
     await services.close();
   }

@@ -3,13 +3,12 @@
  * store paths, the way `nix-store --add` does
  * (docs/compatibility.md#the-import-algorithm).
  *
- * The NAR hash is computed from the local tree right after ingestion (a
- * second pass, served by the page cache), never by reading blobs back from
- * the blob service: with a remote daemon that would download everything
- * again (docs/compatibility.md#q2-import-hashes-the-nar-by-reading-blobs-back).
- * The pass renders the NAR from the directories
- * the ingestion produced, so its structure is the stored one; a file that
- * changes length in between makes the import fail.
+ * The NAR hash is computed in the same pass that ingests the tree: each
+ * file is read once and its bytes go both to the blob service and to the
+ * hash (`nar/hasher.ts`), so the hash describes exactly the stored bytes,
+ * even if a file changes meanwhile, and nothing is read back from the blob
+ * service (with a remote daemon that would download everything again,
+ * docs/compatibility.md#q2-import-hashes-the-nar-by-reading-blobs-back).
  *
  * @module
  */
@@ -20,13 +19,11 @@ import {
   IngestError,
   ingestPath,
   type IngestProgress,
-  newIngestRecord,
   nodeFromStats,
-  recordedSources,
 } from "../castore/import/fs.ts";
-import { errorMessage, InvalidRequestError } from "../errors.ts";
+import { InvalidRequestError } from "../errors.ts";
 import { type NodeVariant, renameNode, toNode } from "../castore/node.ts";
-import { calculateNar } from "../nar/render.ts";
+import { NarHasher } from "../nar/hasher.ts";
 import { NARInfo_CA_Hash, type PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
 import type { PathInfoService } from "./pathinfo/service.ts";
 import { narCacheKey, type NarSummary } from "../nar/calculation.ts";
@@ -54,8 +51,6 @@ export interface ImportOptions {
    * recognised from metadata alone, and a new import records what it read.
    */
   statCache?: StatCache;
-  /** Uploads files elsewhere (e.g. a `WorkerUploadPool`); see `IngestOptions.upload`. */
-  upload?: (path: string, size: number) => Promise<Uint8Array>;
 }
 
 /** What {@linkcode importPath} produced. */
@@ -92,7 +87,7 @@ function hostPath(path: string): string {
 
 /**
  * Ingests `path` into the blob and directory services and computes its
- * NAR size and SHA-256 from the local files (no reads from the services).
+ * NAR size and SHA-256 in the same pass (no reads from the services).
  */
 export async function ingestPathWithNar(
   path: string,
@@ -100,23 +95,16 @@ export async function ingestPathWithNar(
   directory: DirectoryService,
   options: ImportOptions = {},
 ): Promise<IngestedTree> {
-  const record = newIngestRecord();
   const local = hostPath(path);
   const seen: { file: FileIdentity & { examinedAt: number }; digest: Uint8Array }[] = [];
   const cache = options.statCache;
+  const nar = new NarHasher();
   const node = await ingestPath(local, blob, directory, {
-    record,
-    ...options,
+    progress: options.progress,
+    observer: nar,
     onFile: cache && ((file, digest) => seen.push({ file, digest })),
   });
-  const sources = recordedSources(record);
-  let summary: NarSummary;
-  try {
-    summary = await calculateNar(node, sources.blob, sources.dir);
-  } catch (err) {
-    throw new IngestError(local, `hashing the NAR failed: ${errorMessage(err)}`);
-  }
-  // Only now, with every file verified against what was stored.
+  const summary = nar.summary();
   cache?.use(() =>
     cache.batch(() => {
       for (const s of seen) cache.rememberFile(s.file, s.digest, s.file.examinedAt);

@@ -40,17 +40,33 @@ export function dataDir(): string {
   return join(user, ".local", "share", "tvix-store");
 }
 
-/** The embedded store's addresses under `dir`: object-store blobs, SQLite metadata. */
+/**
+ * The embedded store's addresses under `dir`: blobs in packs under
+ * `packs/` (docs/storage.md#pack-store), directories and path infos in
+ * `store.sqlite`. A store created by a release before packs keeps its
+ * object-store blobs under `blobs/`, and goes on using them.
+ */
 export function embeddedAddrs(dir: string): ServiceAddrs {
   // URLs need an absolute, percent-encoded path: a relative one would parse
   // as a host, and `#` or `?` in a directory name would end the path.
   const urlPath = (name: string) => pathToFileURL(join(resolve(dir), name)).pathname;
   const db = `sqlite://${urlPath("store.sqlite")}`;
   return {
-    blobServiceAddr: `objectstore+file://${urlPath("blobs")}`,
+    blobServiceAddr: hasObjectStoreBlobs(dir)
+      ? `objectstore+file://${urlPath("blobs")}`
+      : `pack://${urlPath("packs")}`,
     directoryServiceAddr: db,
     pathInfoServiceAddr: db,
   };
+}
+
+/** Whether `dir` holds an embedded store of the object-store layout. */
+function hasObjectStoreBlobs(dir: string): boolean {
+  try {
+    return Deno.statSync(join(dir, "blobs")).isDirectory;
+  } catch {
+    return false;
+  }
 }
 
 /** The three services plus NAR calculation; `close` releases them all. */

@@ -38,7 +38,7 @@ const SAMPLES: Uint8Array[] = [
 /** Encodes and decodes every sample; the codec gets copies (it takes ownership). */
 async function roundTrips(codec: ChunkCodec) {
   return await Promise.all(SAMPLES.map(async (sample) => {
-    const { digest, compressed } = await codec.encode(sample.slice());
+    const { digest, stored: compressed } = await codec.encode(sample.slice());
     const decoded = await codec.decode(compressed.slice(), digest, sample.length);
     return { digest, compressed, decoded };
   }));
@@ -58,7 +58,7 @@ async function assertSameAsInThread(codec: ChunkCodec): Promise<void> {
 /** Damaged inputs and the error each must produce, for any codec. */
 async function decodeErrors(codec: ChunkCodec): Promise<string[]> {
   const sample = SAMPLES[2];
-  const { digest, compressed } = await inThreadCodec.encode(sample);
+  const { digest, stored: compressed } = await inThreadCodec.encode(sample);
   const flipped = compressed.slice();
   flipped[flipped.length >> 1] ^= 0x10;
   const cases: [Uint8Array, Digest, number | undefined][] = [
@@ -84,6 +84,33 @@ Deno.test("chunk pool: Workers give the same digests, zstd bytes and decodes as 
     await assertSameAsInThread(pool);
     assert(pool.workers >= 1 && pool.workers <= 2, `1-2 Workers, got ${pool.workers}`);
     assertEquals(pool.inThread, false);
+  } finally {
+    await pool.terminate();
+  }
+});
+
+Deno.test("chunk pool: raw chunks where zstd saves too little, alike in a Worker and in-thread", async () => {
+  const pool = new ChunkWorkerPool(2);
+  try {
+    const random = pseudoRandom(300 * 1024, 21);
+    const text = new Uint8Array(300 * 1024).fill(0x41);
+    for (const codec of [pool, inThreadCodec]) {
+      const r = await codec.encode(random.slice(), true);
+      assertEquals(r.raw, true);
+      assert(bytesEqual(r.stored, random), "stored as it is");
+      assert(
+        bytesEqual(await codec.decode(r.stored.slice(), r.digest, random.length, true), random),
+      );
+      // Not allowed: always zstd (the object-store layout).
+      assertEquals((await codec.encode(random.slice())).raw, false);
+      const t = await codec.encode(text.slice(), true);
+      assertEquals(t.raw, false);
+      assert(t.stored.length < 1000, "compressible data is compressed");
+      // A raw chunk that does not match its digest is refused like a bad frame.
+      const bad = r.stored.slice();
+      bad[7] ^= 1;
+      await assertRejects(() => codec.decode(bad, r.digest, random.length, true), StorageError);
+    }
   } finally {
     await pool.terminate();
   }
@@ -184,7 +211,7 @@ Deno.test("chunk pool: idle Workers never keep a process alive", async () => {
     const { codec } = acquireChunkCodec(2);
     const data = new Uint8Array(300000).fill(7);
     const e = await codec.encode(data.slice());
-    const d = await codec.decode(e.compressed, e.digest, data.length);
+    const d = await codec.decode(e.stored, e.digest, data.length);
     console.log(d.length);
   `;
   const child = new Deno.Command(Deno.execPath(), {

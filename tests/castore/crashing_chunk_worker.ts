@@ -13,8 +13,8 @@ let served = 0;
 parentPort!.on("message", (req: ChunkRequest) => {
   if (++served > 2) throw new Error("chunk worker crashed on purpose");
   if (req.op === "encode") {
-    const { digest, compressed } = encodeChunkSync(new Uint8Array(req.chunk));
-    const data = compressed.buffer as ArrayBuffer;
+    const { digest, stored } = encodeChunkSync(new Uint8Array(req.chunk));
+    const data = stored.buffer as ArrayBuffer;
     parentPort!.postMessage({ id: req.id, digest, data }, [data]);
   } else {
     const data = decodeChunkSync(new Uint8Array(req.compressed), req.digest, req.size).buffer;

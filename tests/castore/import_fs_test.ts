@@ -1,13 +1,13 @@
 /**
- * Memory bounds of `ingestPath`: how many large (streamed) file uploads run
- * at once, counted through a real in-memory blob service, not timed.
+ * Memory bounds of `ingestPath`: how many uploads run at once, counted
+ * through a real in-memory blob service, not timed.
  */
 import { join } from "node:path";
-import { assertEquals } from "../assert.ts";
+import { assert, assertEquals } from "../assert.ts";
 import type { BlobService, BlobWriter } from "../../src/castore/blob/service.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
-import { DEFAULT_LARGE_CONCURRENCY, ingestPath, SMALL_FILE } from "../../src/castore/import/fs.ts";
+import { type IngestOptions, ingestPath } from "../../src/castore/import/fs.ts";
 import type { NodeVariant } from "../../src/castore/node.ts";
 
 /** A MemoryBlobService that records the most writers open at the same time. */
@@ -25,43 +25,48 @@ class CountingBlobService extends MemoryBlobService {
     };
     return {
       write: (data) => inner.write(data),
-      close: () => inner.close().finally(finish),
+      // Slower than the walk, so uploads pile up against the bound.
+      close: () => new Promise((r) => setTimeout(r, 2)).then(() => inner.close()).finally(finish),
       abort: () => inner.abort().finally(finish),
     };
   }
 }
 
-const LARGE_FILES = 6;
+const FILES = 40;
+const FILE_SIZE = 10_000;
 
-/** A directory of {@linkcode LARGE_FILES} distinct files, each streamed in several pieces. */
-async function largeTree(): Promise<string> {
+/** A directory of {@linkcode FILES} distinct small files. */
+async function smallTree(): Promise<string> {
   const root = await Deno.makeTempDir({ prefix: "import-fs-test-" });
-  for (let i = 0; i < LARGE_FILES; i++) {
-    const data = new Uint8Array(SMALL_FILE * 9 + i).fill(i + 1);
-    await Deno.writeFile(join(root, `f${i}`), data);
+  for (let i = 0; i < FILES; i++) {
+    await Deno.writeFile(join(root, `f${i}`), new Uint8Array(FILE_SIZE).fill(i + 1));
   }
   return root;
 }
 
 async function ingestCounting(
   root: string,
-  largeConcurrency?: number,
+  options: IngestOptions,
 ): Promise<{ node: NodeVariant; maxOpen: number; blob: BlobService }> {
   const blob = new CountingBlobService();
-  const node = await ingestPath(root, blob, new MemoryDirectoryService(), { largeConcurrency });
+  const node = await ingestPath(root, blob, new MemoryDirectoryService(), options);
   return { node, maxOpen: blob.maxOpen, blob };
 }
 
-Deno.test("ingestPath streams at most DEFAULT_LARGE_CONCURRENCY large files at once", async () => {
-  const root = await largeTree();
+Deno.test("ingestPath keeps at most maxInflight uploads and maxInflightBytes in flight", async () => {
+  const root = await smallTree();
   try {
-    const bounded = await ingestCounting(root);
-    assertEquals(bounded.maxOpen, DEFAULT_LARGE_CONCURRENCY);
-    // The counter does see overlap: without the bound every file is open at once.
-    const unbounded = await ingestCounting(root, 32);
-    assertEquals(unbounded.maxOpen, LARGE_FILES);
-    // The bound changes only the schedule, not the result.
-    assertEquals(bounded.node, unbounded.node);
+    const byCount = await ingestCounting(root, { maxInflight: 4 });
+    assertEquals(byCount.maxOpen, 4);
+    // Three files' bytes fit the byte bound, a fourth does not.
+    const byBytes = await ingestCounting(root, { maxInflightBytes: 3 * FILE_SIZE });
+    assertEquals(byBytes.maxOpen, 3);
+    // The counter does see overlap: without tight bounds many are open at once.
+    const loose = await ingestCounting(root, {});
+    assert(loose.maxOpen > 4, `only ${loose.maxOpen} open at once`);
+    // The bounds change only the schedule, not the result.
+    assertEquals(byCount.node, loose.node);
+    assertEquals(byBytes.node, loose.node);
   } finally {
     await Deno.remove(root, { recursive: true });
   }

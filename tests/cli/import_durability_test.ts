@@ -1,7 +1,7 @@
 /**
- * Durability of an import into the embedded store's layout
- * (objectstore+file blobs, SQLite metadata), with real processes:
- * - objects are flushed in one group per commit, not one fsync per chunk
+ * Durability of an import into the embedded store's layout (pack blobs,
+ * SQLite metadata) and into objectstore+file, with real processes:
+ * - data is flushed in one group per commit, not one fsync per chunk
  *   (counted with strace);
  * - an import killed with SIGKILL at any moment leaves no PathInfo whose
  *   closure is incomplete or wrong, and a re-import gives the store path
@@ -55,22 +55,46 @@ async function checkEveryPath(dir: string): Promise<number> {
   }
 }
 
-Deno.test("import: objects are flushed per commit, not one fsync per chunk", async () => {
+Deno.test("import: data is flushed per commit, not one fsync per chunk", async (t) => {
   const tmp = await Deno.makeTempDir({ prefix: "tvix-durable-" });
   try {
     const tree = join(tmp, "tree");
     await writeTree(tree, 400);
-    const c = await countSyscalls(
-      [Deno.execPath(), "run", "-A", MAIN, "import", ...localStoreArgs(join(tmp, "store")), tree],
-      ["fsync", "fdatasync", "syncfs"],
-      { env: childEnv(), clearEnv: true },
-    );
-    assertEquals(c.code, 0, c.stderr);
-    const perFile = c.calls("fsync") + c.calls("fdatasync");
-    assert(c.calls("syncfs") >= 1, `no syncfs:\n${c.table}`);
-    // Over 400 objects were written; SQLite's own few syncs remain.
-    assert(perFile < 40, `${perFile} fsync/fdatasync calls:\n${c.table}`);
-    assertEquals(await checkEveryPath(join(tmp, "store")), 1);
+    const run = async (storeArgs: string[]) => {
+      const c = await countSyscalls(
+        [Deno.execPath(), "run", "-A", MAIN, "import", ...storeArgs, tree],
+        ["fsync", "fdatasync", "syncfs"],
+        { env: childEnv(), clearEnv: true },
+      );
+      assertEquals(c.code, 0, c.stderr);
+      return c;
+    };
+    await t.step("pack store (the embedded default): fdatasync per pack", async () => {
+      const store = join(tmp, "store");
+      const c = await run(localStoreArgs(store));
+      const syncs = c.calls("fsync") + c.calls("fdatasync");
+      assert(c.calls("fdatasync") >= 1, `the pack was never flushed:\n${c.table}`);
+      // Over 400 blobs were written; the pack's and SQLite's few syncs remain.
+      assert(syncs < 40, `${syncs} fsync/fdatasync calls:\n${c.table}`);
+      assertEquals(await checkEveryPath(store), 1);
+    });
+    await t.step("objectstore+file: one syncfs per commit", async () => {
+      const store = join(tmp, "objectstore");
+      const db = `sqlite://${join(store, "store.sqlite")}`;
+      const c = await run([
+        "--blob-service-addr",
+        `objectstore+file://${join(store, "blobs")}`,
+        "--directory-service-addr",
+        db,
+        "--path-info-service-addr",
+        db,
+      ]);
+      const perFile = c.calls("fsync") + c.calls("fdatasync");
+      assert(c.calls("syncfs") >= 1, `no syncfs:\n${c.table}`);
+      assert(perFile < 40, `${perFile} fsync/fdatasync calls:\n${c.table}`);
+      // The store path's directory has blobs/: the embedded layout finds it.
+      assertEquals(await checkEveryPath(store), 1);
+    });
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }

@@ -153,7 +153,7 @@ const BACKENDS: { name: string; open(): Promise<Backend> }[] = [
         async damage(chunk: ChunkMeta, original: Uint8Array) {
           const other = original.slice();
           other[other.length >> 1] ^= 0x20;
-          await inner.store.put(chunkPath(chunk.digest), encodeChunkSync(other).compressed);
+          await inner.store.put(chunkPath(chunk.digest), encodeChunkSync(other).stored);
         },
       };
     },

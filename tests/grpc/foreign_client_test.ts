@@ -349,7 +349,7 @@ for (const backend of ["memory", "embedded"] as const) {
       });
       if (backend === "embedded") {
         const entries = [...Deno.readDirSync(join(work, "home"))].map((e) => e.name);
-        assert(entries.includes("store.sqlite") && entries.includes("blobs"), `${entries}`);
+        assert(entries.includes("store.sqlite") && entries.includes("packs"), `${entries}`);
       }
     });
   });
@@ -403,12 +403,15 @@ Deno.test("daemon (embedded): corrupt storage becomes DATA_LOSS or INTERNAL, nev
       await c.dirPutOk([F.DIRECTORY_WITH_KEEP, F.DIRECTORY_COMPLICATED]);
       assertStatus(await c.pathInfoPut(info), Code.OK);
     });
-    // Damage every chunk object, drop a child directory, garble a PathInfo row.
-    const chunks = join(home, "blobs", "chunks");
-    for (const shard of Deno.readDirSync(join(chunks, "b3"))) {
-      for (const f of Deno.readDirSync(join(chunks, "b3", shard.name))) {
-        Deno.writeFileSync(join(chunks, "b3", shard.name, f.name), F.b("not zstd at all"));
-      }
+    // Damage every chunk record, drop a child directory, garble a PathInfo row.
+    const packs = join(home, "packs");
+    for (const f of Deno.readDirSync(packs)) {
+      if (!f.name.endsWith(".pack")) continue;
+      const path = join(packs, f.name);
+      const bytes = Deno.readFileSync(path);
+      // Everything after the first record header (magic 8 + header 48).
+      bytes.fill(0x5a, 56);
+      Deno.writeFileSync(path, bytes);
     }
     const db = new DatabaseSync(join(home, "store.sqlite"));
     db.prepare("DELETE FROM directories WHERE digest = ?").run(dKeep);

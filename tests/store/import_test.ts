@@ -11,8 +11,6 @@ import { b, DIRECTORY_COMPLICATED, HELLOWORLD_BLOB_DIGEST } from "../fixtures.ts
 import { nixOracle, writeEdgeCaseTree } from "./tree_gen.ts";
 import type { BlobService } from "../../src/castore/blob/service.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
-import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
-import { WorkerUploadPool } from "../../src/castore/import/upload_pool.ts";
 import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
 import { directoryDigest } from "../../src/castore/directory.ts";
 import { IngestError, ingestPath } from "../../src/castore/import/fs.ts";
@@ -198,50 +196,6 @@ Deno.test("the NAR hash does not read blobs back from the blob service", async (
       new Uint8Array(createHash("sha256").update(nar.stdout).digest()),
     );
   } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
-});
-
-Deno.test("uploads through the Worker pool land in the same object store", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "h3-import-" });
-  const url = `objectstore+file://${join(tmp, "blobs")}`;
-  const local = await blobServiceFromUrl(url);
-  const pool = new WorkerUploadPool(url, local, 2);
-  try {
-    assert(await pool.ready, "no upload worker started");
-    const tree = join(tmp, "tree");
-    await writeEdgeCaseTree(tree);
-    const s = { ...services(), blob: local };
-    const r = await importPath(tree, s, { upload: (p, size) => pool.upload(p, size) });
-    const nix = await nixOracle(tree, join(tmp, "nix"));
-    assertEquals(r.storePath.absolute(), nix.storePath);
-    // Blobs written by the Workers are readable here: the NAR renders from the store.
-    assertEquals(
-      await collectBytes(renderNar(r.pathInfo.node!.node!, local, s.directory)),
-      nix.nar,
-    );
-    // A failure inside a Worker names the path.
-    const gone = join(tmp, "gone");
-    await assertRejects(() => pool.upload(gone, 10), IngestError, gone);
-  } finally {
-    await pool.close();
-    await local.close();
-    await Deno.remove(tmp, { recursive: true });
-  }
-});
-
-Deno.test("a Worker pool that cannot open its URL falls back to this thread", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "h3-import-" });
-  const local = new MemoryBlobService();
-  const pool = new WorkerUploadPool("nonsense://x", local, 1);
-  try {
-    assertEquals(await pool.ready, false);
-    const f = join(tmp, "hello");
-    await Deno.writeFile(f, b("Hello World!"));
-    assertEquals(await pool.upload(f, 12), HELLOWORLD_BLOB_DIGEST);
-    assert(await local.has(HELLOWORLD_BLOB_DIGEST));
-  } finally {
-    await pool.close();
     await Deno.remove(tmp, { recursive: true });
   }
 });

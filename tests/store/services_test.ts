@@ -36,6 +36,28 @@ Deno.test("memory services calculate NARs locally", async () => {
   }
 });
 
+Deno.test("the embedded layout: packs for new stores, object-store blobs for old ones", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    assert(embeddedAddrs(`${tmp}/new`).blobServiceAddr.startsWith("pack:///"));
+    // A store an earlier release created: blobs/ holds its chunk objects.
+    await Deno.mkdir(`${tmp}/old/blobs`, { recursive: true });
+    const old = embeddedAddrs(`${tmp}/old`);
+    assertEquals(old.blobServiceAddr, `objectstore+file://${tmp}/old/blobs`);
+    const services = await constructServices(old);
+    try {
+      const w = services.blob.openWrite();
+      await w.write(F.HELLOWORLD_BLOB_CONTENTS);
+      assertEquals(await w.close(), F.HELLOWORLD_BLOB_DIGEST);
+    } finally {
+      await services.close();
+    }
+    assert((await Deno.stat(`${tmp}/old/blobs/chunks`)).isDirectory, "written where it was");
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
 Deno.test("the embedded layout keeps directories and path infos in one sqlite file", async () => {
   const tmp = await Deno.makeTempDir();
   try {

@@ -57,12 +57,27 @@ export function decodeInline(compressed: Uint8Array, size: number | undefined): 
   return (size ?? compressed.length) <= INLINE_LIMIT;
 }
 
-/** A chunk ready to store: its digest and its zstd frame. */
+/** A chunk ready to store: its digest and the bytes to store. */
 export interface EncodedChunk {
   /** BLAKE3 of the uncompressed chunk. */
   digest: Digest;
-  /** The chunk object's contents. */
-  compressed: Uint8Array;
+  /** What to store: a zstd frame, or with `raw` the chunk itself. */
+  stored: Uint8Array;
+  /**
+   * The chunk is stored uncompressed: zstd did not save a 32nd of it (only
+   * when the caller allowed raw chunks; the object-store layout is zstd only).
+   */
+  raw: boolean;
+}
+
+/**
+ * Whether a frame of `frameLength` bytes saves too little over `size`
+ * raw bytes to be worth decompressing on every read: less than 1/32.
+ * Random and already-compressed data (most of a store's large files) land
+ * here, and reading them back then costs a copy instead of zstd.
+ */
+export function compressionPays(size: number, frameLength: number): boolean {
+  return frameLength < size - (size >> 5);
 }
 
 const ZSTD_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: ZSTD_LEVEL } };
@@ -90,16 +105,32 @@ export function release(buf: ArrayBuffer): void {
   if (!buf.detached) buf.transfer(0);
 }
 
-/** Hashes and compresses a chunk on this thread, synchronously (for Workers). */
-export function encodeChunkSync(chunk: Uint8Array): EncodedChunk {
-  return { digest: blake3(chunk), compressed: owned(zstdCompressSync(chunk, ZSTD_PARAMS)) };
+/** The encoding of `chunk` given its digest and zstd frame. */
+function encoded(
+  chunk: Uint8Array,
+  digest: Digest,
+  frame: Uint8Array,
+  allowRaw: boolean,
+): EncodedChunk {
+  if (allowRaw && !compressionPays(chunk.length, frame.length)) {
+    return { digest, stored: owned(chunk), raw: true };
+  }
+  return { digest, stored: owned(frame), raw: false };
+}
+
+/**
+ * Hashes and compresses a chunk on this thread, synchronously (for Workers).
+ * With `allowRaw`, a chunk zstd does not shrink enough is kept as it is.
+ */
+export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChunk {
+  return encoded(chunk, blake3(chunk), zstdCompressSync(chunk, ZSTD_PARAMS), allowRaw);
 }
 
 /** Hashes a chunk here and compresses it on the libuv threadpool (small ones inline). */
-export async function encodeChunk(chunk: Uint8Array): Promise<EncodedChunk> {
-  if (chunk.length <= INLINE_LIMIT) return encodeChunkSync(chunk);
+export async function encodeChunk(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
+  if (chunk.length <= INLINE_LIMIT) return encodeChunkSync(chunk, allowRaw);
   const digest = blake3(chunk);
-  return { digest, compressed: owned(await compressAsync(chunk, ZSTD_PARAMS)) };
+  return encoded(chunk, digest, await compressAsync(chunk, ZSTD_PARAMS), allowRaw);
 }
 
 function decompressError(digest: Digest, err: unknown): StorageError {
@@ -108,7 +139,7 @@ function decompressError(digest: Digest, err: unknown): StorageError {
   );
 }
 
-function verify(data: Uint8Array, digest: Digest, size: number | undefined): Uint8Array {
+function verify<T extends Uint8Array>(data: T, digest: Digest, size: number | undefined): T {
   if (size !== undefined && data.length !== size) {
     throw new StorageError(
       `chunk ${b3Display(digest)} has ${data.length} bytes, index says ${size}`,
@@ -132,15 +163,18 @@ function limit(size: number | undefined) {
 }
 
 /**
- * Decompresses a chunk object and checks it against its digest (and its
- * listed size, if known), synchronously (for Workers). Throws
- * {@linkcode StorageError} for anything that is not exactly the chunk.
+ * Decompresses a chunk object (unless `raw`: stored as it is) and checks it
+ * against its digest (and its listed size, if known), synchronously (for
+ * Workers). Throws {@linkcode StorageError} for anything that is not
+ * exactly the chunk.
  */
 export function decodeChunkSync(
   compressed: Uint8Array,
   digest: Digest,
   size: number | undefined,
+  raw = false,
 ): Uint8Array<ArrayBuffer> {
+  if (raw) return verify(owned(compressed), digest, size);
   let data: Uint8Array<ArrayBuffer>;
   try {
     data = owned(zstdDecompressSync(compressed, limit(size)));
@@ -164,8 +198,9 @@ export async function decodeChunk(
   compressed: Uint8Array,
   digest: Digest,
   size: number | undefined,
+  raw = false,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  if (decodeInline(compressed, size)) return decodeChunkSync(compressed, digest, size);
+  if (raw || decodeInline(compressed, size)) return decodeChunkSync(compressed, digest, size, raw);
   let data: Uint8Array<ArrayBuffer>;
   try {
     data = owned(await decompressAsync(compressed, limit(size)));

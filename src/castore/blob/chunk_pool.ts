@@ -30,22 +30,23 @@ import type { ChunkRequest, ChunkResponse, WorkerReady } from "./chunk_worker.ts
 /** Runs the per-chunk work of the object-store blob service. */
 export interface ChunkCodec {
   /**
-   * Hashes and compresses a chunk. Takes ownership of `chunk`: its buffer
+   * Hashes and compresses a chunk (with `allowRaw`, keeps it uncompressed
+   * where zstd saves too little). Takes ownership of `chunk`: its buffer
    * may be handed to another thread, so the caller must not use it again.
    */
-  encode(chunk: Uint8Array): Promise<EncodedChunk>;
+  encode(chunk: Uint8Array, allowRaw?: boolean): Promise<EncodedChunk>;
   /**
-   * Decompresses a chunk object and verifies it against `digest` (and
-   * `size`, if known); {@linkcode StorageError} if it is not exactly that
-   * chunk. Takes ownership of `compressed`.
+   * Decompresses a stored chunk (unless `raw`) and verifies it against
+   * `digest` (and `size`, if known); {@linkcode StorageError} if it is not
+   * exactly that chunk. Takes ownership of `compressed`.
    */
-  decode(compressed: Uint8Array, digest: Digest, size?: number): Promise<Uint8Array>;
+  decode(compressed: Uint8Array, digest: Digest, size?: number, raw?: boolean): Promise<Uint8Array>;
 }
 
 /** The codec on the calling thread (zstd itself runs on the libuv threadpool). */
 export const inThreadCodec: ChunkCodec = {
-  encode: (chunk) => encodeChunk(chunk),
-  decode: (compressed, digest, size) => decodeChunk(compressed, digest, size),
+  encode: (chunk, allowRaw) => encodeChunk(chunk, allowRaw),
+  decode: (compressed, digest, size, raw) => decodeChunk(compressed, digest, size, raw),
 };
 
 /**
@@ -56,10 +57,10 @@ export const inThreadCodec: ChunkCodec = {
  * 450-494 to ~560 MB/s and from ~3.7 to ~3.1 s of CPU with decoding inline.
  */
 export const workerThreadCodec: ChunkCodec = {
-  encode: (chunk) => encodeChunk(chunk),
-  decode: (compressed, digest, size) => {
+  encode: (chunk, allowRaw) => encodeChunk(chunk, allowRaw),
+  decode: (compressed, digest, size, raw) => {
     try {
-      return Promise.resolve(decodeChunkSync(compressed, digest, size));
+      return Promise.resolve(decodeChunkSync(compressed, digest, size, raw));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -155,30 +156,38 @@ export class ChunkWorkerPool implements ChunkCodec {
     this.#size = Math.max(this.#size, size);
   }
 
-  async encode(chunk: Uint8Array): Promise<EncodedChunk> {
-    if (this.#disabled || chunk.length <= INLINE_LIMIT) return await inThreadCodec.encode(chunk);
+  async encode(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
+    if (this.#disabled || chunk.length <= INLINE_LIMIT) {
+      return await inThreadCodec.encode(chunk, allowRaw);
+    }
     const buf = owned(chunk).buffer;
     const res = await this.#run(
       Math.max(1, this.#size - 1),
-      (id) => ({ id, op: "encode", chunk: buf }),
+      (id) => ({ id, op: "encode", chunk: buf, allowRaw }),
       [buf],
-      () => inThreadCodec.encode(new Uint8Array(buf)),
+      () => inThreadCodec.encode(new Uint8Array(buf), allowRaw),
     );
-    return "compressed" in res
+    return "stored" in res
       ? res
-      : { digest: res.digest!, compressed: new Uint8Array(res.data) };
+      : { digest: res.digest!, stored: new Uint8Array(res.data), raw: res.raw ?? false };
   }
 
-  async decode(compressed: Uint8Array, digest: Digest, size?: number): Promise<Uint8Array> {
-    if (this.#disabled || decodeInline(compressed, size)) {
-      return await inThreadCodec.decode(compressed, digest, size);
+  async decode(
+    compressed: Uint8Array,
+    digest: Digest,
+    size?: number,
+    raw = false,
+  ): Promise<Uint8Array> {
+    // A raw chunk only needs hashing: no reason to move it to another thread.
+    if (this.#disabled || raw || decodeInline(compressed, size)) {
+      return await inThreadCodec.decode(compressed, digest, size, raw);
     }
     const buf = owned(compressed).buffer;
     const res = await this.#run(
       this.#size,
       // A copy of the digest: it may be a view into a larger buffer (a
       // decoded index), which structured cloning would copy whole.
-      (id) => ({ id, op: "decode", compressed: buf, digest: digest.slice(), size }),
+      (id) => ({ id, op: "decode", compressed: buf, digest: digest.slice(), size, raw }),
       [buf],
       () => inThreadCodec.decode(new Uint8Array(buf), digest, size),
     );

@@ -14,18 +14,19 @@ import { errorMessage, StorageError } from "../../errors.ts";
 
 /** A request to a chunk Worker. */
 export type ChunkRequest =
-  | { id: number; op: "encode"; chunk: ArrayBuffer }
+  | { id: number; op: "encode"; chunk: ArrayBuffer; allowRaw: boolean }
   | {
     id: number;
     op: "decode";
     compressed: ArrayBuffer;
     digest: Uint8Array;
     size: number | undefined;
+    raw: boolean;
   };
 
 /** A chunk Worker's answer to the request with the same `id`. */
 export type ChunkResponse =
-  | { id: number; digest?: Uint8Array; data: ArrayBuffer }
+  | { id: number; digest?: Uint8Array; raw?: boolean; data: ArrayBuffer }
   | { id: number; error: string; storage: boolean };
 
 /** The first message of a chunk Worker, once it can take requests. */
@@ -34,20 +35,24 @@ export interface WorkerReady {
 }
 
 function answer(req: ChunkRequest): [ChunkResponse, ArrayBuffer[]] {
+  const input = req.op === "encode" ? req.chunk : req.compressed;
+  let output: ArrayBuffer | undefined;
   try {
     if (req.op === "encode") {
-      const { digest, compressed } = encodeChunkSync(new Uint8Array(req.chunk));
-      const data = compressed.buffer as ArrayBuffer;
-      return [{ id: req.id, digest, data }, [data]];
+      const { digest, stored, raw } = encodeChunkSync(new Uint8Array(req.chunk), req.allowRaw);
+      output = stored.buffer as ArrayBuffer;
+      return [{ id: req.id, digest, raw, data: output }, [output]];
     }
-    const plain = decodeChunkSync(new Uint8Array(req.compressed), req.digest, req.size);
-    return [{ id: req.id, data: plain.buffer }, [plain.buffer]];
+    const plain = decodeChunkSync(new Uint8Array(req.compressed), req.digest, req.size, req.raw);
+    output = plain.buffer;
+    return [{ id: req.id, data: output }, [output]];
   } catch (err) {
     return [{ id: req.id, error: errorMessage(err), storage: err instanceof StorageError }, []];
   } finally {
     // Frees the input now rather than at this Worker's next garbage
     // collection, which comes late: its heap holds little besides these.
-    release(req.op === "encode" ? req.chunk : req.compressed);
+    // A raw chunk's input is also its answer, still to be sent.
+    if (input !== output) release(input);
   }
 }
 

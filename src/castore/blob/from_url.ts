@@ -1,6 +1,6 @@
 /**
  * Builds a BlobService from its URL (docs/architecture.md#service-urls): `memory://`,
- * `objectstore+<url>`, `grpc+unix|http|https://…`.
+ * `pack:///dir`, `objectstore+<url>`, `grpc+unix|http|https://…`.
  *
  * @module
  */
@@ -8,6 +8,7 @@ import { checkMemoryUrl, parseServiceUrl, unknownScheme, urlScheme } from "../se
 import { GrpcBlobService } from "./grpc.ts";
 import { MemoryBlobService } from "./memory.ts";
 import { objectStoreBlobServiceFromUrl } from "./objectstore.ts";
+import { packBlobServiceFromUrl } from "./pack.ts";
 import type { BlobService } from "./service.ts";
 
 /** Constructs the blob service `url` names. Throws `StorageError` for a bad URL. */
@@ -18,6 +19,8 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
       case "memory":
         checkMemoryUrl(parsed);
         return Promise.resolve(new MemoryBlobService());
+      case "pack":
+        return Promise.resolve(packBlobServiceFromUrl(parsed));
       case "grpc+unix":
       case "grpc+http":
       case "grpc+https":

@@ -6,12 +6,10 @@
  *   `StatBlobResponse` listing the chunks in order;
  * - `chunks/b3/<hex c[0..2]>/<hex c>`: one chunk, zstd-compressed (level 3).
  *
- * Blobs are split with FastCDC (128/256/512 KiB) while streaming; the
- * whole-blob BLAKE3 and the chunking run on the calling thread, and each
- * chunk's BLAKE3 and compression run in the shared chunk Worker pool
- * (`chunk_pool.ts`; in-thread if Workers are unavailable). Chunks are
- * uploaded concurrently with a bounded number in flight; the index is
- * written last, after every chunk's `put` has completed, so a blob becomes
+ * Blobs are split with FastCDC (128/256/512 KiB) while streaming
+ * (`chunked_writer.ts`); each chunk's BLAKE3 and compression run in the
+ * shared chunk Worker pool (`chunk_pool.ts`; in-thread if Workers are
+ * unavailable). The index is written last, after every chunk's `put` has completed, so a blob becomes
  * visible only once all of its chunks are (and durable with them at the
  * next commit point, see `objectstore/flush.ts`). Upstream's
  * quirk (docs/compatibility.md#q4-single-chunk-blobs-in-the-object-store) is
@@ -29,13 +27,10 @@ import { StatBlobResponse } from "../../proto/tvix/castore/protos/rpc_blobstore.
 import {
   B3_LEN,
   b3Display,
-  type Blake3Hasher,
   bytesEqual,
   checkDigestLength,
   type Digest,
-  digestKey,
   EMPTY_DIGEST,
-  newBlake3Hasher,
   toHex,
 } from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
@@ -43,8 +38,7 @@ import { objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
-import { FastCdcChunker, OBJECTSTORE_CHUNKING } from "./fastcdc.ts";
-import { JobSet } from "../../concurrency.ts";
+import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 
 /** Tuning knobs; the defaults suit a 2-core machine. */
@@ -221,9 +215,13 @@ export class ObjectStoreBlobService implements BlobService {
     return index.chunks.map((c) => ({ digest: c.digest, size: c.size }));
   }
 
-  /** Starts an upload; see {@linkcode ObjectStoreBlobWriter}. */
+  /** Starts an upload (see `chunked_writer.ts`). */
   openWrite(): BlobWriter {
-    return new ObjectStoreBlobWriter(this.#store, this.#codec, this.#maxInflight);
+    return new ChunkedBlobWriter(
+      new ObjectStoreChunkSink(this.#store),
+      this.#codec,
+      this.#maxInflight,
+    );
   }
 
   /** Closes the object store and releases this service's use of the chunk Worker pool. */
@@ -234,154 +232,34 @@ export class ObjectStoreBlobService implements BlobService {
 }
 
 /**
- * Chunks the stream as it arrives; each chunk is encoded (hashed and
- * compressed) and uploaded in the background, at most `maxInflight` at a
- * time (`write()` waits for a slot). The first chunk is held back, encoded,
- * until a second one exists: a single-chunk blob's chunk object carries the
- * blob digest, so it must not appear before `close()` decides the blob is
- * complete.
+ * Stores a writer's chunks as chunk objects and, for a blob of several
+ * chunks, its index last. A blob of exactly one chunk is that chunk: has(),
+ * chunks() and openRead() all find it through its chunk object, so an index
+ * would only cost another file (creating inodes dominates small-file
+ * writes). The empty blob has no chunk and keeps its (empty) index.
  */
-class ObjectStoreBlobWriter implements BlobWriter {
-  readonly #store: ObjectStore;
-  readonly #codec: ChunkCodec;
-  /**
-   * Chunks being encoded or stored; the first failure, as a StorageError,
-   * is thrown by the next `write` or `close`.
-   */
-  readonly #jobs: JobSet;
-  readonly #hasher: Promise<Blake3Hasher> = newBlake3Hasher();
-  readonly #chunker = new FastCdcChunker(OBJECTSTORE_CHUNKING);
-  /** Each chunk's digest once encoded, in stream order. */
-  readonly #digests: Promise<Digest>[] = [];
-  readonly #sizes: number[] = [];
-  readonly #scheduled = new Set<string>();
-  /** The first chunk, encoded, until it is known whether the blob has more. */
-  #held: Promise<EncodedChunk> | undefined;
-  #state: "open" | "closed" | "aborted" = "open";
-  /** Serialises writes so chunks are listed in stream order. */
-  #queue: Promise<void> = Promise.resolve();
-  #closing: Promise<Digest> | undefined;
+class ObjectStoreChunkSink implements ChunkSink {
+  readonly allowRaw = false;
+  constructor(private readonly store: ObjectStore) {}
 
-  constructor(store: ObjectStore, codec: ChunkCodec, maxInflight: number) {
-    this.#store = store;
-    this.#codec = codec;
-    this.#jobs = new JobSet({
-      maxJobs: maxInflight,
-      mapError: (err) =>
-        err instanceof StorageError
-          ? err
-          : new StorageError(`storing a chunk: ${errorMessage(err)}`),
-    });
-  }
-
-  write(data: Uint8Array): Promise<void> {
-    if (this.#state !== "open") {
-      return Promise.reject(new InvalidRequestError(`blob writer already ${this.#state}`));
-    }
-    const run = this.#queue.then(async () => {
-      (await this.#hasher).update(data);
-      for (const chunk of this.#chunker.push(data)) await this.#accept(chunk);
-    });
-    this.#queue = run;
-    return run;
-  }
-
-  close(): Promise<Digest> {
-    if (this.#state === "aborted") {
-      return Promise.reject(new InvalidRequestError("blob writer already aborted"));
-    }
-    this.#state = "closed";
-    this.#closing ??= this.#finish();
-    return this.#closing;
-  }
-
-  async abort(): Promise<void> {
-    if (this.#state !== "open") return;
-    this.#state = "aborted";
-    await this.#queue.catch(() => {});
-    // Waits for every chunk job; their failure no longer matters.
-    await this.#jobs.drain().catch(() => {});
-    this.#held = undefined;
-  }
-
-  async #finish(): Promise<Digest> {
-    await this.#queue;
-    for (const chunk of this.#chunker.finish()) await this.#accept(chunk);
-    await this.#releaseHeld();
-    await this.#jobs.drain();
-
-    const digest = (await this.#hasher).digest();
-    // A blob of exactly one chunk is that chunk: has(), chunks() and
-    // openRead() all find it through its chunk object, so an index would
-    // only cost another file (creating inodes dominates small-file writes).
-    // The empty blob has no chunk and keeps its (empty) index.
-    if (this.#digests.length === 1) return digest;
-    const indexPath = blobIndexPath(digest);
-    const chunks: ChunkMeta[] = [];
-    if (this.#digests.length >= 2) {
-      const digests = await Promise.all(this.#digests);
-      digests.forEach((d, i) => chunks.push({ digest: d, size: BigInt(this.#sizes[i]) }));
-    }
-    const index = StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
-    // An index of another length is not this one: empty after a power loss
-    // before it was flushed. Rewrite it.
-    if (await this.#store.size(indexPath) !== index.length) {
-      await this.#store.put(indexPath, index);
-    }
-    return digest;
-  }
-
-  async #accept(chunk: Uint8Array): Promise<void> {
-    // An aborted upload stops scheduling work for data still being chunked.
-    if (this.#state === "aborted") return;
-    this.#jobs.check();
-    this.#sizes.push(chunk.length);
-    if (this.#digests.length === 0) {
-      // Encoded now (in a slot, like any chunk) but stored only later. The
-      // set calls the job before `add` resolves, so `encoded` is assigned.
-      let encoded!: Promise<EncodedChunk>;
-      await this.#jobs.add(() => (encoded = this.#codec.encode(chunk)));
-      this.#held = encoded;
-      this.#digests.push(digestOf(encoded));
-      return;
-    }
-    await this.#releaseHeld();
-    let encoded!: Promise<EncodedChunk>;
-    await this.#jobs.add(() => (encoded = this.#codec.encode(chunk)).then((e) => this.#upload(e)));
-    this.#digests.push(digestOf(encoded));
-  }
-
-  /** Schedules the upload of the held first chunk. */
-  async #releaseHeld(): Promise<void> {
-    const held = this.#held;
-    if (!held) return;
-    this.#held = undefined;
-    await this.#jobs.add(() => held.then((e) => this.#upload(e)));
-  }
-
-  /** Stores an encoded chunk unless this writer or the store already has it. */
-  async #upload({ digest, compressed }: EncodedChunk): Promise<void> {
-    const key = digestKey(digest);
-    if (this.#scheduled.has(key)) return;
-    this.#scheduled.add(key);
+  async storeChunk({ digest, stored }: EncodedChunk): Promise<void> {
     const path = chunkPath(digest);
     // One of another size is not this one: what a power loss before the
     // flush leaves (empty or short), or another encoder's frame. Rewrite it.
-    if (await this.#store.size(path) === compressed.length) return;
-    await this.#store.put(path, compressed);
+    if (await this.store.size(path) === stored.length) return;
+    await this.store.put(path, stored);
   }
-}
 
-/**
- * The digest of an encoded chunk. A failed encoding is recorded (and thrown)
- * by the writer; this promise is awaited only on success, so its rejection
- * is marked handled.
- */
-function digestOf(encoded: Promise<EncodedChunk>): Promise<Digest> {
-  encoded.catch(() => {});
-  const digest = encoded.then((e) => e.digest);
-  digest.catch(() => {});
-  return digest;
+  async finishBlob(digest: Digest, chunks: ChunkMeta[]): Promise<void> {
+    if (chunks.length === 1) return;
+    const indexPath = blobIndexPath(digest);
+    const index = StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
+    // An index of another length is not this one: empty after a power loss
+    // before it was flushed. Rewrite it.
+    if (await this.store.size(indexPath) !== index.length) {
+      await this.store.put(indexPath, index);
+    }
+  }
 }
 
 /**

@@ -1,37 +1,33 @@
 /**
- * Ingests a local filesystem tree into castore
- * (docs/architecture.md#data-flow-import): file contents become blobs,
- * directories go (children first) to one DirectoryService multi-put, and the
- * result is the root node named after the path's last component.
+ * Ingests a local filesystem tree into castore in one pass
+ * (docs/architecture.md#data-flow-import): the tree is walked depth-first
+ * in name order, each file read once; its bytes go to the blob upload and,
+ * in the same order, to an optional {@linkcode TreeObserver} (the store
+ * layer hashes the NAR there). Directories are assembled once every file
+ * digest is known and go, children first, to one DirectoryService
+ * multi-put; the result is the root node named after the path's last
+ * component.
  *
  * Symlinks are never followed, not even at the root. Sockets, FIFOs and
- * devices are refused with an error naming the path. Files are read and
- * uploaded concurrently (bounded), large ones streamed in fixed-size pieces,
- * so memory does not grow with file sizes.
+ * devices are refused with an error naming the path. The walk itself is
+ * sequential; uploads run behind it, bounded in count and bytes, so a
+ * remote store sees many files in flight while memory stays bounded.
  *
  * @module
  */
 import { basename, join } from "node:path";
 import type { BlobService } from "../blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "../directory/service.ts";
-import { bytesEqual, compareBytes, type Digest, digestKey, newBlake3Hasher } from "../digest.ts";
+import { compareBytes, type Digest } from "../digest.ts";
 import { type Directory, directoryDigest, directorySize } from "../directory.ts";
 import { errorMessage, InvalidRequestError } from "../../errors.ts";
-import { Semaphore } from "../../concurrency.ts";
+import { JobSet } from "../../concurrency.ts";
 import type { NodeVariant } from "../node.ts";
 
-/** How many file reads/uploads and directory listings run at once. */
-export const DEFAULT_CONCURRENCY = 32;
-/**
- * How many of those may be streamed (larger than {@linkcode SMALL_FILE}) at
- * once. Each streaming upload holds a read piece, the chunker's buffer and
- * its writer's in-flight chunks (objectstore: up to 8 × 512 KiB plus their
- * compressed copies), several MiB; 32 of them at once made the importer's
- * peak RSS grow with the number of large files in the tree (542 MiB for a
- * 509 MiB tree). Two already keep both cores busy with hashing, chunking and
- * compression; small files still run alongside.
- */
-export const DEFAULT_LARGE_CONCURRENCY = 2;
+/** Uploads in flight at once (files read, not yet stored). */
+export const DEFAULT_MAX_INFLIGHT = 64;
+/** Bytes of file contents in flight at once. */
+export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** Piece size for streaming large files. */
 export const READ_PIECE = 1024 * 1024;
 /** Files up to this size are read with one call; larger ones are streamed. */
@@ -51,93 +47,41 @@ export interface IngestProgress {
   bytes?(n: number): void;
 }
 
+/**
+ * Sees the tree as the walk reads it, in NAR order: a node is a file
+ * (`file`, its `contents` in pieces, `endFile`), a symlink, or a directory
+ * (`beginDirectory`, then each child between `beginEntry` and `endEntry`,
+ * then `endDirectory`). The pieces are exactly the bytes uploaded.
+ */
+export interface TreeObserver {
+  file(size: number, executable: boolean): void;
+  contents(piece: Uint8Array): void;
+  endFile(): void;
+  symlink(target: Uint8Array): void;
+  beginDirectory(): void;
+  beginEntry(name: Uint8Array): void;
+  endEntry(): void;
+  endDirectory(): void;
+}
+
 /** Options of {@linkcode ingestPath}. */
 export interface IngestOptions {
-  /** Parallel file uploads (default {@linkcode DEFAULT_CONCURRENCY}). */
-  concurrency?: number;
-  /**
-   * Of those, parallel uploads of files larger than {@linkcode SMALL_FILE}
-   * (default {@linkcode DEFAULT_LARGE_CONCURRENCY}); bounds the bytes in flight.
-   */
-  largeConcurrency?: number;
-  /**
-   * Uploads a file of `size` bytes and returns its digest, instead of
-   * {@linkcode uploadFile} in this thread (e.g. a `WorkerUploadPool`).
-   */
-  upload?: (path: string, size: number) => Promise<Digest>;
+  /** Uploads in flight at once (default {@linkcode DEFAULT_MAX_INFLIGHT}). */
+  maxInflight?: number;
+  /** Bytes in flight at once (default {@linkcode DEFAULT_MAX_INFLIGHT_BYTES}). */
+  maxInflightBytes?: number;
   progress?: IngestProgress;
+  /** Sees every node and every byte read, in NAR order. */
+  observer?: TreeObserver;
   /**
    * Called for every regular file once its contents are stored: what lstat
    * said of it (before reading), including when lstat ran (for a stat
    * cache's "changed too recently" rule), and the digest of what was read.
    */
   onFile?: (file: FileIdentity & { examinedAt: number }, digest: Digest) => void;
-  /**
-   * Records, for each blob digest, one local file with that content, and
-   * every directory produced, so the caller can render the NAR from the
-   * local tree without reading blobs back (see `store/import.ts`).
-   */
-  record?: IngestRecord;
-}
-
-/** What {@linkcode IngestOptions.record} collects. */
-export interface IngestRecord {
-  /** digestKey(blob digest) → a local file with that content, and its size. */
-  files: Map<string, { path: string; size: number }>;
-  /** digestKey(directory digest) → Directory. */
-  directories: Map<string, Directory>;
-}
-
-/** A fresh, empty {@linkcode IngestRecord}. */
-export function newIngestRecord(): IngestRecord {
-  return { files: new Map(), directories: new Map() };
 }
 
 const te = new TextEncoder();
-
-/**
- * Uploads one file's contents; returns the digest. Fails with
- * {@linkcode IngestError} if the file's length differs from `size` (it
- * changed while being read).
- */
-export async function uploadFile(
-  blob: BlobService,
-  path: string,
-  size: number,
-  progress?: IngestProgress,
-): Promise<Digest> {
-  const w = blob.openWrite();
-  let got = 0;
-  try {
-    if (size <= SMALL_FILE) {
-      // Synchronous for the same reason as the metadata calls.
-      const data = Deno.readFileSync(path);
-      got = data.length;
-      if (got > 0) await w.write(data);
-    } else {
-      using f = await Deno.open(path, { read: true });
-      while (true) {
-        // A fresh buffer per piece: the writer may still hold the last one.
-        const buf = new Uint8Array(READ_PIECE);
-        const n = await f.read(buf);
-        if (n === null) break;
-        got += n;
-        if (got > size) break;
-        await w.write(buf.subarray(0, n));
-        progress?.bytes?.(n);
-      }
-    }
-  } catch (err) {
-    await w.abort().catch(() => {});
-    throw new IngestError(path, `upload failed: ${errorMessage(err)}`);
-  }
-  if (got !== size) {
-    await w.abort().catch(() => {});
-    throw new IngestError(path, `file changed while reading (size ${size}, read ${got} bytes)`);
-  }
-  if (size <= SMALL_FILE) progress?.bytes?.(size);
-  return await w.close();
-}
 
 /**
  * What identifies a regular file's contents without reading them, as far
@@ -270,12 +214,30 @@ export function nodeFromStats(
   }
 }
 
+/** A file whose upload may still be running. */
+interface WalkedFile {
+  kind: "file";
+  name: Uint8Array;
+  info: Stat;
+  /** Set once the upload is done. */
+  digest?: Digest;
+}
+
+/** A directory whose files' digests may not all be known yet. */
+interface WalkedDirectory {
+  kind: "directory";
+  name: Uint8Array;
+  children: Walked[];
+}
+
+type Walked = WalkedFile | WalkedDirectory | { kind: "symlink"; node: NodeVariant };
+
 /**
  * Ingests `path` (docs/compatibility.md#the-import-algorithm, step 2) and
- * returns its root node, named after the
- * last path component. Throws {@linkcode IngestError} naming the offending
- * path; blob/directory service errors pass through. On failure the
- * directory upload is not closed, so no partial tree becomes reachable.
+ * returns its root node, named after the last path component. Throws
+ * {@linkcode IngestError} naming the offending path; blob/directory service
+ * errors pass through. On failure no directory is stored, so no partial
+ * tree becomes reachable.
  */
 export async function ingestPath(
   path: string,
@@ -283,134 +245,148 @@ export async function ingestPath(
   dir: DirectoryService,
   options: IngestOptions = {},
 ): Promise<NodeVariant> {
-  const limit = new Semaphore(options.concurrency ?? DEFAULT_CONCURRENCY);
-  const largeLimit = new Semaphore(options.largeConcurrency ?? DEFAULT_LARGE_CONCURRENCY);
-  // A large file waits for its own slot before taking a general one, so
-  // waiting large files never keep small ones from running.
-  const runUpload = <T>(size: number, fn: () => Promise<T>): Promise<T> =>
-    size > SMALL_FILE ? largeLimit.run(() => limit.run(fn)) : limit.run(fn);
-  const record = options.record;
-  let putter: DirectoryPutter | undefined;
-  // Puts are serialised: the putter sees each directory after its children.
-  let putChain: Promise<unknown> = Promise.resolve();
-  const putDirectory = (d: Directory): Promise<unknown> => {
-    putter ??= dir.putMultiple();
-    const p = putter;
-    putChain = putChain.then(() => p.put(d));
-    return putChain;
-  };
+  const uploads = new JobSet({
+    maxJobs: options.maxInflight ?? DEFAULT_MAX_INFLIGHT,
+    maxWeight: options.maxInflightBytes ?? DEFAULT_MAX_INFLIGHT_BYTES,
+  });
+  const observer = options.observer;
+  const progress = options.progress;
 
-  async function entry(
-    hostPath: string,
-    name: Uint8Array,
-    info: Stat,
-  ): Promise<NodeVariant> {
+  /** Reads a file once, feeding the observer and an upload. */
+  async function file(hostPath: string, walked: WalkedFile): Promise<void> {
+    const { size, executable } = walked.info;
+    observer?.file(size, executable);
+    if (size <= SMALL_FILE) {
+      let data: Uint8Array;
+      try {
+        // Synchronous: against the page cache one call takes microseconds,
+        // far less than a round trip through the threadpool.
+        data = Deno.readFileSync(hostPath);
+      } catch (err) {
+        throw new IngestError(hostPath, `reading failed: ${errorMessage(err)}`);
+      }
+      if (data.length !== size) throw changed(hostPath, size, data.length);
+      observer?.contents(data);
+      observer?.endFile();
+      await uploads.add(async () => {
+        const writer = blob.openWrite();
+        try {
+          if (data.length > 0) await writer.write(data);
+          walked.digest = await writer.close();
+        } catch (err) {
+          await writer.abort().catch(() => {});
+          throw new IngestError(hostPath, `upload failed: ${errorMessage(err)}`);
+        }
+        progress?.bytes?.(size);
+      }, size);
+      return;
+    }
+    // Large files stream through one writer; the walk waits for each piece
+    // to be taken (the writer's own bound), and the upload's end runs behind.
+    const writer = blob.openWrite();
+    try {
+      using f = Deno.openSync(hostPath, { read: true });
+      let got = 0;
+      while (true) {
+        // A fresh buffer per piece: the writer may still hold the last one.
+        const buf = new Uint8Array(READ_PIECE);
+        const n = f.readSync(buf);
+        if (n === null) break;
+        got += n;
+        if (got > size) break;
+        const piece = buf.subarray(0, n);
+        observer?.contents(piece);
+        await writer.write(piece);
+        progress?.bytes?.(n);
+      }
+      if (got !== size) throw changed(hostPath, size, got);
+      observer?.endFile();
+    } catch (err) {
+      await writer.abort().catch(() => {});
+      if (err instanceof IngestError) throw err;
+      throw new IngestError(hostPath, `upload failed: ${errorMessage(err)}`);
+    }
+    await uploads.add(async () => {
+      try {
+        walked.digest = await writer.close();
+      } catch (err) {
+        throw new IngestError(hostPath, `upload failed: ${errorMessage(err)}`);
+      }
+    }, READ_PIECE);
+  }
+
+  async function walk(hostPath: string, name: Uint8Array, info: Stat): Promise<Walked> {
     if (info.kind === "symlink") {
-      return { $case: "symlink", value: { name, target: readLink(hostPath) } };
+      const target = readLink(hostPath);
+      observer?.symlink(target);
+      return { kind: "symlink", node: { $case: "symlink", value: { name, target } } };
     }
     if (info.kind === "file") {
-      const size = info.size;
-      const upload = options.upload;
-      const digest = await runUpload(size, async () => {
-        if (!upload) return await uploadFile(blob, hostPath, size, options.progress);
-        const d = await upload(hostPath, size);
-        options.progress?.bytes?.(size);
-        return d;
-      });
-      if (record && !record.files.has(digestKey(digest))) {
-        record.files.set(digestKey(digest), { path: hostPath, size });
-      }
-      options.onFile?.(info, digest);
-      const executable = info.executable;
-      return { $case: "file", value: { name, digest, size: BigInt(size), executable } };
+      const walked: WalkedFile = { kind: "file", name, info };
+      await file(hostPath, walked);
+      return walked;
     }
     if (info.kind === "directory") {
       // Continue in a fresh microtask, so deep trees do not grow the call stack.
       await Promise.resolve();
       const children = listDirectory(hostPath);
-      const nodes = await Promise.all(children.map((c) => entry(c.hostPath, c.name, c.info)));
-      const d = assembleDirectory(nodes);
-      await putDirectory(d);
-      const digest = directoryDigest(d);
-      record?.directories.set(digestKey(digest), d);
-      return { $case: "directory", value: { name, digest, size: directorySize(d) } };
+      children.sort((a, b) => compareBytes(a.name, b.name));
+      observer?.beginDirectory();
+      const walked: WalkedDirectory = { kind: "directory", name, children: [] };
+      for (const c of children) {
+        observer?.beginEntry(c.name);
+        walked.children.push(await walk(c.hostPath, c.name, c.info));
+        observer?.endEntry();
+      }
+      observer?.endDirectory();
+      return walked;
     }
     throw new IngestError(hostPath, `unsupported file type (${info.kind})`);
   }
 
   let info: Stat;
   try {
-    info = statOf(await Deno.lstat(path));
+    info = statOf(Deno.lstatSync(path));
   } catch (err) {
     throw new IngestError(path, errorMessage(err));
   }
-  const root = await entry(path, te.encode(basename(path)), info);
+  const root = await walk(path, te.encode(basename(path)), info);
+  await uploads.drain();
+
+  // Every digest is known: assemble the directories, children first.
+  let putter: DirectoryPutter | undefined;
+  const finish = async (w: Walked): Promise<NodeVariant> => {
+    if (w.kind === "symlink") return w.node;
+    if (w.kind === "file") {
+      const digest = w.digest!;
+      options.onFile?.(w.info, digest);
+      const value = {
+        name: w.name,
+        digest,
+        size: BigInt(w.info.size),
+        executable: w.info.executable,
+      };
+      return { $case: "file", value };
+    }
+    await Promise.resolve();
+    const nodes: NodeVariant[] = [];
+    for (const c of w.children) nodes.push(await finish(c));
+    const d = assembleDirectory(nodes);
+    putter ??= dir.putMultiple();
+    await putter.put(d);
+    return {
+      $case: "directory",
+      value: { name: w.name, digest: directoryDigest(d), size: directorySize(d) },
+    };
+  };
+  const node = await finish(root);
   if (putter) await putter.close();
-  return root;
+  return node;
 }
 
-/**
- * Blob and directory sources over what an ingestion recorded: blobs are read
- * from the local files they came from, directories from memory. They let
- * the NAR renderer hash the tree without reading anything back from the
- * (possibly remote) services. Every file read here is hashed with BLAKE3
- * as it streams and must match the digest that was stored: a file rewritten
- * since ingestion (even at the same length) makes the rendering fail, so a
- * NAR hash always describes exactly the stored bytes.
- */
-export function recordedSources(record: IngestRecord): {
-  blob: { openRead(digest: Digest): Promise<AsyncIterable<Uint8Array> | undefined> };
-  dir: {
-    get(digest: Digest): Promise<Directory | undefined>;
-    getRecursive(digest: Digest): AsyncIterable<Directory>;
-  };
-} {
-  return {
-    blob: {
-      openRead(digest) {
-        const file = record.files.get(digestKey(digest));
-        return Promise.resolve(file && verifiedPieces(file.path, file.size, digest));
-      },
-    },
-    dir: {
-      get: (digest) => Promise.resolve(record.directories.get(digestKey(digest))),
-      // The renderer falls back to get() for every directory: nothing to prefetch.
-      getRecursive: async function* () {},
-    },
-  };
-}
-
-/** The pieces of `path`, failing at the end unless their BLAKE3 is `digest`. */
-async function* verifiedPieces(
-  path: string,
-  size: number,
-  digest: Digest,
-): AsyncGenerator<Uint8Array> {
-  const hasher = await newBlake3Hasher();
-  for await (const piece of readPieces(path, size)) {
-    hasher.update(piece);
-    yield piece;
-  }
-  if (!bytesEqual(hasher.digest(), digest)) {
-    throw new IngestError(
-      path,
-      "file changed while importing (its contents differ from what was stored)",
-    );
-  }
-}
-
-async function* readPieces(path: string, size: number): AsyncGenerator<Uint8Array> {
-  if (size <= READ_PIECE) {
-    // One call for the common small file. A changed length shows up as a
-    // size mismatch in the renderer.
-    yield await Deno.readFile(path);
-    return;
-  }
-  using f = await Deno.open(path, { read: true });
-  while (true) {
-    const buf = new Uint8Array(READ_PIECE);
-    const n = await f.read(buf);
-    if (n === null) return;
-    yield buf.subarray(0, n);
-  }
+function changed(path: string, size: number, got: number): IngestError {
+  return new IngestError(
+    path,
+    `file changed while reading (size ${size}, read ${got}${got > size ? "+" : ""} bytes)`,
+  );
 }

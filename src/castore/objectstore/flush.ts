@@ -46,16 +46,60 @@ function loadLibc(): Libc | null {
   return libc;
 }
 
+/**
+ * A flush failure after which data written since the last commit may be
+ * gone: every later flush of the same {@linkcode GroupFlush} fails with it.
+ */
+export class DataLossError extends StorageError {
+  override name = "DataLossError";
+}
+
+/**
+ * Runs a flush function for many callers at once. A flush already running
+ * when `flush()` is called may have missed the caller's writes, so callers
+ * arriving meanwhile share the round after it. A {@linkcode DataLossError}
+ * from a round is sticky: Linux reports a lost write-back only once, so a
+ * retry would succeed without the data being there.
+ */
+export class GroupFlush {
+  readonly #round: () => Promise<void>;
+  /** The round in progress. */
+  #running: Promise<void> | undefined;
+  /** The round that callers arriving during `#running` share. */
+  #next: Promise<void> | undefined;
+  /** Set by the first data loss; every later flush throws it. */
+  #failure: DataLossError | undefined;
+
+  /** `round` makes everything written before it started durable. */
+  constructor(round: () => Promise<void>) {
+    this.#round = round;
+  }
+
+  /** Makes everything written before this call durable. */
+  flush(): Promise<void> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (!this.#running) {
+      this.#running = this.#round()
+        .catch((err) => {
+          if (err instanceof DataLossError) this.#failure ??= err;
+          throw err;
+        })
+        .finally(() => (this.#running = undefined));
+      return this.#running;
+    }
+    this.#next ??= this.#running.catch(() => {}).then(() => {
+      this.#next = undefined;
+      return this.flush();
+    });
+    return this.#next;
+  }
+}
+
 /** Flushes the filesystem holding a directory, sharing flushes between callers. */
 export class FileFlusher {
   readonly #c: Libc;
   readonly #dir: string;
-  /** The flush in progress. */
-  #running: Promise<void> | undefined;
-  /** The flush that callers arriving during `#running` share. */
-  #next: Promise<void> | undefined;
-  /** Set by the first failure; every later flush throws it. */
-  #failure: StorageError | undefined;
+  readonly #group = new GroupFlush(() => this.#syncfs());
 
   private constructor(c: Libc, dir: string) {
     this.#c = c;
@@ -68,22 +112,9 @@ export class FileFlusher {
     return c ? new FileFlusher(c, dir) : undefined;
   }
 
-  /**
-   * Makes everything written to the filesystem before this call durable.
-   * A flush already running when it is called may have missed those
-   * writes, so callers arriving meanwhile share the flush after it.
-   */
+  /** Makes everything written to the filesystem before this call durable. */
   flush(): Promise<void> {
-    if (this.#failure) return Promise.reject(this.#failure);
-    if (!this.#running) {
-      this.#running = this.#syncfs().finally(() => (this.#running = undefined));
-      return this.#running;
-    }
-    this.#next ??= this.#running.catch(() => {}).then(() => {
-      this.#next = undefined;
-      return this.flush();
-    });
-    return this.#next;
+    return this.#group.flush();
   }
 
   async #syncfs(): Promise<void> {
@@ -97,11 +128,10 @@ export class FileFlusher {
     if (fd < 0) throw new StorageError(`cannot open ${this.#dir} to flush it to disk`);
     try {
       if (await c.syncfs(fd) !== 0) {
-        this.#failure = new StorageError(
+        throw new DataLossError(
           `flushing ${this.#dir} to disk failed (syncfs): data written since the last commit ` +
             "may be lost; restart to write it again",
         );
-        throw this.#failure;
       }
     } finally {
       c.close(fd);

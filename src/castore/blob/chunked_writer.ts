@@ -1,0 +1,167 @@
+/**
+ * The write side shared by the chunking blob backends (object store, pack
+ * store): the stream is hashed whole and cut with FastCDC as it arrives;
+ * each chunk is encoded (hashed and compressed, see `chunk_pool.ts`) and
+ * handed to the backend's {@linkcode ChunkSink} in the background, at most
+ * `maxInflight` at a time (`write()` waits for a slot). Once every chunk is
+ * stored, the sink records the blob; only then does `close()` resolve.
+ *
+ * The first chunk is held back, encoded, until a second one exists: a blob
+ * of one chunk is stored as that chunk, under the blob's own digest, so it
+ * must not be stored before `close()` knows the blob has ended.
+ *
+ * @module
+ */
+import { type Blake3Hasher, type Digest, digestKey, newBlake3Hasher } from "../digest.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { JobSet } from "../../concurrency.ts";
+import type { EncodedChunk } from "./chunk_codec.ts";
+import type { ChunkCodec } from "./chunk_pool.ts";
+import { FastCdcChunker, OBJECTSTORE_CHUNKING } from "./fastcdc.ts";
+import type { BlobWriter, ChunkMeta } from "./service.ts";
+
+/** Where a {@linkcode ChunkedBlobWriter} puts what it produces; one per upload. */
+export interface ChunkSink {
+  /** Whether chunks zstd does not shrink may be stored uncompressed. */
+  readonly allowRaw: boolean;
+  /** Stores one encoded chunk of `size` bytes (a chunk it already has may be skipped). */
+  storeChunk(chunk: EncodedChunk, size: number): Promise<void>;
+  /**
+   * Records the blob once all its chunks are stored: `chunks` lists them in
+   * order; a single entry means the blob is that chunk, none the empty blob.
+   */
+  finishBlob(digest: Digest, chunks: ChunkMeta[]): Promise<void>;
+  /** The upload was abandoned: nothing of it may become visible. */
+  abortBlob?(): void;
+}
+
+/** A {@linkcode BlobWriter} that chunks, encodes and hands chunks to a sink. */
+export class ChunkedBlobWriter implements BlobWriter {
+  readonly #sink: ChunkSink;
+  readonly #codec: ChunkCodec;
+  /**
+   * Chunks being encoded or stored; the first failure, as a StorageError,
+   * is thrown by the next `write` or `close`.
+   */
+  readonly #jobs: JobSet;
+  readonly #hasher: Promise<Blake3Hasher> = newBlake3Hasher();
+  readonly #chunker = new FastCdcChunker(OBJECTSTORE_CHUNKING);
+  /** Each chunk's digest once encoded, in stream order. */
+  readonly #digests: Promise<Digest>[] = [];
+  readonly #sizes: number[] = [];
+  readonly #scheduled = new Set<string>();
+  /** The first chunk, encoded, until it is known whether the blob has more. */
+  #held: Promise<EncodedChunk> | undefined;
+  #state: "open" | "closed" | "aborted" = "open";
+  /** Serialises writes so chunks are listed in stream order. */
+  #queue: Promise<void> = Promise.resolve();
+  #closing: Promise<Digest> | undefined;
+
+  constructor(sink: ChunkSink, codec: ChunkCodec, maxInflight: number) {
+    this.#sink = sink;
+    this.#codec = codec;
+    this.#jobs = new JobSet({
+      maxJobs: maxInflight,
+      mapError: (err) =>
+        err instanceof StorageError
+          ? err
+          : new StorageError(`storing a chunk: ${errorMessage(err)}`),
+    });
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    if (this.#state !== "open") {
+      return Promise.reject(new InvalidRequestError(`blob writer already ${this.#state}`));
+    }
+    const run = this.#queue.then(async () => {
+      (await this.#hasher).update(data);
+      for (const chunk of this.#chunker.push(data)) await this.#accept(chunk);
+    });
+    this.#queue = run;
+    return run;
+  }
+
+  close(): Promise<Digest> {
+    if (this.#state === "aborted") {
+      return Promise.reject(new InvalidRequestError("blob writer already aborted"));
+    }
+    this.#state = "closed";
+    this.#closing ??= this.#finish();
+    return this.#closing;
+  }
+
+  async abort(): Promise<void> {
+    if (this.#state !== "open") return;
+    this.#state = "aborted";
+    await this.#queue.catch(() => {});
+    // Waits for every chunk job; their failure no longer matters.
+    await this.#jobs.drain().catch(() => {});
+    this.#held = undefined;
+    this.#sink.abortBlob?.();
+  }
+
+  async #finish(): Promise<Digest> {
+    await this.#queue;
+    for (const chunk of this.#chunker.finish()) await this.#accept(chunk);
+    await this.#releaseHeld();
+    await this.#jobs.drain();
+    const digest = (await this.#hasher).digest();
+    const digests = await Promise.all(this.#digests);
+    const chunks = digests.map((d, i) => ({ digest: d, size: BigInt(this.#sizes[i]) }));
+    await this.#sink.finishBlob(digest, chunks);
+    return digest;
+  }
+
+  async #accept(chunk: Uint8Array): Promise<void> {
+    // An aborted upload stops scheduling work for data still being chunked.
+    if (this.#state === "aborted") return;
+    this.#jobs.check();
+    this.#sizes.push(chunk.length);
+    const size = chunk.length;
+    const allowRaw = this.#sink.allowRaw;
+    if (this.#digests.length === 0) {
+      // Encoded now (in a slot, like any chunk) but stored only later. The
+      // set calls the job before `add` resolves, so `encoded` is assigned.
+      let encoded!: Promise<EncodedChunk>;
+      await this.#jobs.add(() => (encoded = this.#codec.encode(chunk, allowRaw)));
+      this.#held = encoded;
+      this.#digests.push(digestOf(encoded));
+      return;
+    }
+    await this.#releaseHeld();
+    let encoded!: Promise<EncodedChunk>;
+    await this.#jobs.add(() =>
+      (encoded = this.#codec.encode(chunk, allowRaw)).then((e) => this.#store(e, size))
+    );
+    this.#digests.push(digestOf(encoded));
+  }
+
+  /** Schedules storing the held first chunk. */
+  async #releaseHeld(): Promise<void> {
+    const held = this.#held;
+    if (!held) return;
+    this.#held = undefined;
+    const size = this.#sizes[0];
+    await this.#jobs.add(() => held.then((e) => this.#store(e, size)));
+  }
+
+  /** Stores an encoded chunk unless this writer already did. */
+  async #store(chunk: EncodedChunk, size: number): Promise<void> {
+    const key = digestKey(chunk.digest);
+    if (this.#scheduled.has(key)) return;
+    this.#scheduled.add(key);
+    await this.#sink.storeChunk(chunk, size);
+  }
+}
+
+/**
+ * The digest of an encoded chunk. A failed encoding is recorded (and thrown)
+ * by the writer; this promise is awaited only on success, so its rejection
+ * is marked handled.
+ */
+function digestOf(encoded: Promise<EncodedChunk>): Promise<Digest> {
+  encoded.catch(() => {});
+  const digest = encoded.then((e) => e.digest);
+  digest.catch(() => {});
+  return digest;
+}
