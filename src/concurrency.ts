@@ -76,6 +76,8 @@ export interface JobSetOptions {
  */
 export class JobSet {
   readonly #running = new Set<Promise<void>>();
+  /** Woken whenever a job ends (one promise for all waiters, not a race over every job). */
+  #jobEnded: { promise: Promise<void>; resolve: () => void } | undefined;
   readonly #maxJobs: number;
   readonly #maxWeight: number;
   readonly #mapError: (err: unknown) => unknown;
@@ -102,7 +104,7 @@ export class JobSet {
       this.#running.size > 0 &&
       (this.#running.size >= this.#maxJobs || this.#weight + weight > this.#maxWeight)
     ) {
-      await Promise.race(this.#running);
+      await this.#nextEnd();
       this.check();
     }
     this.#weight += weight;
@@ -116,6 +118,9 @@ export class JobSet {
       .finally(() => {
         this.#weight -= weight;
         this.#running.delete(run);
+        const ended = this.#jobEnded;
+        this.#jobEnded = undefined;
+        ended?.resolve();
       });
     this.#running.add(run);
   }
@@ -132,8 +137,18 @@ export class JobSet {
 
   /** Waits for every job; then throws the first failure, if any. */
   async drain(): Promise<void> {
-    while (this.#running.size > 0) await Promise.race(this.#running);
+    while (this.#running.size > 0) await this.#nextEnd();
     this.check();
+  }
+
+  /** Resolves when the next job ends. */
+  #nextEnd(): Promise<void> {
+    if (!this.#jobEnded) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.#jobEnded = { promise, resolve };
+    }
+    return this.#jobEnded.promise;
   }
 
   /** Jobs running now. */

@@ -7,6 +7,7 @@
  * @module
  */
 import "./h2_goaway_workaround.ts";
+import "./h2_quiet_end.ts";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";

@@ -7,6 +7,7 @@
  */
 // Must run before grpc-js creates its HTTP/2 server (denoland/deno#36788).
 import "../grpc/h2_goaway_workaround.ts";
+import "../grpc/h2_quiet_end.ts";
 import "../grpc/h2_server_window.ts";
 import * as grpc from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
