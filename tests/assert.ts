@@ -18,6 +18,11 @@ export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
   else deepStrictEqual(actual, expected, msg);
 }
 
+/** Throws unless `text` matches `pattern`. */
+export function assertMatch(text: string, pattern: RegExp, msg?: string): void {
+  if (!pattern.test(text)) throw new Error(msg ?? `expected ${pattern} to match: ${text}`);
+}
+
 /** Deep strict inequality. */
 export function assertNotEquals<T>(actual: T, expected: T, msg?: string): void {
   if (msg === undefined) notDeepStrictEqual(actual, expected);

@@ -49,6 +49,15 @@ export const MAX_UNLISTED_CHUNK = 16 * 1024 * 1024;
 export const INLINE_LIMIT = 64 * 1024;
 
 /**
+ * Chunks up to this size are encoded on the calling thread even when a
+ * chunk Worker exists. Smaller than {@linkcode INLINE_LIMIT}: uploads of
+ * small files run many at once (the import keeps dozens in flight), so a
+ * Worker's latency is hidden, while compressing them inline made zstd the
+ * largest cost on the writer's thread.
+ */
+export const ENCODE_INLINE_LIMIT = 4 * 1024;
+
+/**
  * Whether decoding a chunk of `size` bytes is best done inline. Without a
  * size (a chunk looked up by digest alone) the frame's length decides; its
  * output is still bounded by {@linkcode MAX_UNLISTED_CHUNK}.

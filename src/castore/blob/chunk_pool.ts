@@ -20,9 +20,9 @@ import {
   decodeChunk,
   decodeChunkSync,
   decodeInline,
+  ENCODE_INLINE_LIMIT,
   encodeChunk,
   type EncodedChunk,
-  INLINE_LIMIT,
   owned,
 } from "./chunk_codec.ts";
 import type { ChunkRequest, ChunkResponse, WorkerReady } from "./chunk_worker.ts";
@@ -157,7 +157,7 @@ export class ChunkWorkerPool implements ChunkCodec {
   }
 
   async encode(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
-    if (this.#disabled || chunk.length <= INLINE_LIMIT) {
+    if (this.#disabled || chunk.length <= ENCODE_INLINE_LIMIT) {
       return await inThreadCodec.encode(chunk, allowRaw);
     }
     const buf = owned(chunk).buffer;

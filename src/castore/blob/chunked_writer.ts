@@ -10,9 +10,19 @@
  * of one chunk is stored as that chunk, under the blob's own digest, so it
  * must not be stored before `close()` knows the blob has ended.
  *
+ * A blob no longer than the smallest chunk is one chunk, whose digest the
+ * codec computes anyway; the whole-blob hash starts only once more than
+ * that has been written (most files of a store are this small).
+ *
  * @module
  */
-import { type Blake3Hasher, type Digest, digestKey, newBlake3Hasher } from "../digest.ts";
+import {
+  type Blake3Hasher,
+  type Digest,
+  digestKey,
+  EMPTY_DIGEST,
+  newBlake3Hasher,
+} from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { JobSet } from "../../concurrency.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
@@ -50,6 +60,9 @@ export class ChunkedBlobWriter implements BlobWriter {
   readonly #digests: Promise<Digest>[] = [];
   readonly #sizes: number[] = [];
   readonly #scheduled = new Set<string>();
+  /** Copies of what was written while the blob could still be a single chunk. */
+  #unhashed: Uint8Array[] | undefined = [];
+  #written = 0;
   /** The first chunk, encoded, until it is known whether the blob has more. */
   #held: Promise<EncodedChunk> | undefined;
   #state: "open" | "closed" | "aborted" = "open";
@@ -74,7 +87,15 @@ export class ChunkedBlobWriter implements BlobWriter {
       return Promise.reject(new InvalidRequestError(`blob writer already ${this.#state}`));
     }
     const run = this.#queue.then(async () => {
-      (await this.#hasher).update(data);
+      this.#written += data.length;
+      if (this.#unhashed && this.#written <= OBJECTSTORE_CHUNKING.minSize) {
+        this.#unhashed.push(data.slice());
+      } else {
+        const hasher = await this.#hasher;
+        for (const piece of this.#unhashed ?? []) hasher.update(piece);
+        this.#unhashed = undefined;
+        hasher.update(data);
+      }
       for (const chunk of this.#chunker.push(data)) await this.#accept(chunk);
     });
     this.#queue = run;
@@ -105,8 +126,8 @@ export class ChunkedBlobWriter implements BlobWriter {
     for (const chunk of this.#chunker.finish()) await this.#accept(chunk);
     await this.#releaseHeld();
     await this.#jobs.drain();
-    const digest = (await this.#hasher).digest();
     const digests = await Promise.all(this.#digests);
+    const digest = this.#unhashed ? (digests[0] ?? EMPTY_DIGEST) : (await this.#hasher).digest();
     const chunks = digests.map((d, i) => ({ digest: d, size: BigInt(this.#sizes[i]) }));
     await this.#sink.finishBlob(digest, chunks);
     return digest;

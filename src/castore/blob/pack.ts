@@ -19,8 +19,8 @@
  *   sharing a store never append to the same file).
  *
  * Each service writes its own pack (a new one per process, and whenever
- * one reaches {@linkcode PACK_TARGET_SIZE}), one `write` per chunk, without
- * flushing. A blob's chunks become visible to this process once its upload
+ * one reaches {@linkcode PACK_TARGET_SIZE}), one positioned `write` per
+ * chunk, without flushing. A blob's chunks become visible to this process once its upload
  * closes; they are made durable and entered into the index at the commit
  * point, {@linkcode PackBlobService.sync}: `fdatasync` of the packs written
  * since the last one, then one SQLite transaction (synchronous=FULL). An
@@ -353,49 +353,73 @@ export class PackBlobService implements BlobService {
 
   /**
    * Appends one encoded chunk to the current pack and returns where it is.
-   * Synchronous, so appends never interleave; a failure retires the pack.
+   * The space is reserved at once, so appends never overlap; the write runs
+   * on the threadpool (copying into the page cache is a good part of an
+   * import's work). A failure retires the pack: its tail is now unknown.
    */
-  append(chunk: EncodedChunk, size: number): ChunkLocation {
+  async append(chunk: EncodedChunk, size: number): Promise<ChunkLocation> {
     if (this.#closed) throw new StorageError("pack store is closed");
     const pack = this.#current ?? this.#openPack();
     const header = recordHeader(chunk, size);
-    const offset = pack.size + RECORD_HEADER;
-    try {
-      const n = fs.writevSync(pack.fd, [header, chunk.stored], pack.size);
-      if (n !== RECORD_HEADER + chunk.stored.length) throw new Error(`short write (${n} bytes)`);
-    } catch (err) {
-      this.#retire(pack);
-      // Still flushed (and its descriptor closed) at the next commit, for
-      // the chunks appended before this one.
-      this.#dirty.set(pack.id, pack.fd);
-      throw new StorageError(`writing pack ${pack.id}: ${errorMessage(err)}`);
-    }
-    pack.size += RECORD_HEADER + chunk.stored.length;
+    const position = pack.size;
+    const length = RECORD_HEADER + chunk.stored.length;
+    pack.size += length;
+    // Flushed (and its descriptor closed) at the next commit even if this
+    // write fails: chunks appended before it are still published.
     this.#dirty.set(pack.id, pack.fd);
     if (pack.size >= this.#packTarget) this.#retire(pack);
+    try {
+      const n = await new Promise<number>((resolve, reject) =>
+        fs.writev(
+          pack.fd,
+          [header, chunk.stored],
+          position,
+          (err, written) => err ? reject(err) : resolve(written),
+        )
+      );
+      if (n !== length) throw new Error(`short write (${n} of ${length} bytes)`);
+    } catch (err) {
+      this.#retire(pack);
+      throw new StorageError(`writing pack ${pack.id}: ${errorMessage(err)}`);
+    }
     return {
       digest: chunk.digest,
       pack: pack.id,
-      offset,
+      offset: position + RECORD_HEADER,
       length: chunk.stored.length,
       size,
       raw: chunk.raw,
     };
   }
 
+  /**
+   * Creates a pack under a fresh id. An id whose file exists (its row was
+   * lost: a full disk or a crash rolled the insert back after the file was
+   * made) is skipped, and a file that could not be set up is removed.
+   */
   #openPack(): OpenPack {
-    const id = storageCall("new pack", () => Number(this.#stmt.newPack.get(Date.now())!.id));
-    let fd: number;
-    try {
-      Deno.mkdirSync(this.#dir, { recursive: true });
-      fd = fs.openSync(this.#packPath(id), "wx");
-      fs.writeSync(fd, PACK_MAGIC, 0, PACK_MAGIC.length, 0);
-    } catch (err) {
-      throw new StorageError(`creating pack ${id}: ${errorMessage(err)}`);
+    Deno.mkdirSync(this.#dir, { recursive: true });
+    for (let attempt = 0;; attempt++) {
+      const id = storageCall("new pack", () => Number(this.#stmt.newPack.get(Date.now())!.id));
+      const path = this.#packPath(id);
+      let fd: number;
+      try {
+        fd = fs.openSync(path, "wx");
+      } catch (err) {
+        if ((err as { code?: string }).code === "EEXIST" && attempt < 100) continue;
+        throw new StorageError(`creating pack ${id}: ${errorMessage(err)}`);
+      }
+      try {
+        fs.writeSync(fd, PACK_MAGIC, 0, PACK_MAGIC.length, 0);
+      } catch (err) {
+        fs.closeSync(fd);
+        fs.rmSync(path, { force: true });
+        throw new StorageError(`creating pack ${id}: ${errorMessage(err)}`);
+      }
+      this.#current = { id, fd, size: PACK_MAGIC.length };
+      this.#dirty.set(id, fd);
+      return this.#current;
     }
-    this.#current = { id, fd, size: PACK_MAGIC.length };
-    this.#dirty.set(id, fd);
-    return this.#current;
   }
 
   /**
@@ -495,14 +519,9 @@ class PackChunkSink implements ChunkSink {
     this.#service = service;
   }
 
-  storeChunk(chunk: EncodedChunk, size: number): Promise<void> {
-    try {
-      if (!this.#service.locate(chunk.digest)) {
-        this.#written.push(this.#service.append(chunk, size));
-      }
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
+  async storeChunk(chunk: EncodedChunk, size: number): Promise<void> {
+    if (!this.#service.locate(chunk.digest)) {
+      this.#written.push(await this.#service.append(chunk, size));
     }
   }
 

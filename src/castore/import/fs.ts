@@ -27,7 +27,7 @@ import type { NodeVariant } from "../node.ts";
 /** Uploads in flight at once (files read, not yet stored). */
 export const DEFAULT_MAX_INFLIGHT = 64;
 /** Bytes of file contents in flight at once. */
-export const DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_MAX_INFLIGHT_BYTES = 16 * 1024 * 1024;
 /** Piece size for streaming large files. */
 export const READ_PIECE = 1024 * 1024;
 /** Files up to this size are read with one call; larger ones are streamed. */
