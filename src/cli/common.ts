@@ -5,7 +5,12 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import type { ServiceAddrs } from "../store/services.ts";
+import {
+  constructServices,
+  DEFAULT_REMOTE_ADDR,
+  type ServiceAddrs,
+  type Services,
+} from "../store/services.ts";
 
 /**
  * The command-line flags selecting `addrs` (those {@linkcode addServiceOptions}
@@ -84,4 +89,52 @@ export function parseByteSize(text: string, rule: ByteSizeRule): number {
     throw new Error(`invalid ${rule.what} ${JSON.stringify(text)} (use e.g. ${rule.examples})`);
   }
   return value;
+}
+
+const DURATION_UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/**
+ * Parses a duration for a command-line flag: a number with an optional unit
+ * `ms`, `s` (the default), `m`, `h` or `d`, e.g. `90s`, `30m`, `1.5h`;
+ * returns milliseconds. Throws one clear line naming `what`.
+ */
+export function parseDuration(text: string, what: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
+  const value = m ? Number(m[1]) * DURATION_UNITS[(m[2] ?? "s").toLowerCase()] : NaN;
+  if (!Number.isFinite(value)) {
+    throw new Error(`invalid ${what} ${JSON.stringify(text)} (use e.g. 90s, 30m, 1h, 2d)`);
+  }
+  return Math.round(value);
+}
+
+/** The service flags pointing at a daemon by default, as the client subcommands take them. */
+export function addClientServiceOptions(cmd: Command): Command {
+  return addServiceOptions(cmd, {
+    blobServiceAddr: DEFAULT_REMOTE_ADDR,
+    directoryServiceAddr: DEFAULT_REMOTE_ADDR,
+    pathInfoServiceAddr: DEFAULT_REMOTE_ADDR,
+  });
+}
+
+/** Builds the services `flags` name, runs `fn` on them and closes them. */
+export async function withServices<T>(
+  flags: ServiceAddrs,
+  fn: (services: Services) => Promise<T>,
+): Promise<T> {
+  const services = await constructServices({
+    blobServiceAddr: flags.blobServiceAddr,
+    directoryServiceAddr: flags.directoryServiceAddr,
+    pathInfoServiceAddr: flags.pathInfoServiceAddr,
+  });
+  try {
+    return await fn(services);
+  } finally {
+    await services.close();
+  }
 }

@@ -20,8 +20,9 @@
  *
  * Each service writes its own pack (a new one per process, and whenever
  * one reaches {@linkcode PACK_TARGET_SIZE}), one positioned `write` per
- * chunk, without flushing. A blob's chunks become visible to this process once its upload
- * closes; they are made durable and entered into the index at the commit
+ * chunk, without flushing. A chunk is visible to this process once it is
+ * written, a blob once its upload closes; both are made durable and entered
+ * into the index at the commit
  * point, {@linkcode PackBlobService.sync}: `fdatasync` of the packs written
  * since the last one, then one SQLite transaction (synchronous=FULL). An
  * index row therefore never points at bytes a crash could lose; bytes a
@@ -55,6 +56,7 @@ import type { EncodedChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
+import type { SweepOptions, SweepReport } from "../sweep.ts";
 
 /** A pack is closed and a new one started once it has grown past this. */
 export const PACK_TARGET_SIZE = 256 * 1024 * 1024;
@@ -66,6 +68,18 @@ export const RECORD_MAGIC = new TextEncoder().encode("TVXC");
 export const RECORD_HEADER = 48;
 /** Open pack files kept for reading. */
 const READ_HANDLES = 64;
+/**
+ * A blob a client found with `has()` (and may now refer to without
+ * uploading it) is marked as used in the index unless that happened less
+ * than this long ago: such clients need a garbage collection grace period
+ * longer than this (docs/gc.md).
+ */
+export const TOUCH_INTERVAL_MS = 60 * 1000;
+/**
+ * Garbage collection rewrites a pack once less than this share of it is
+ * live; below it, copying the live rest costs less than the space it frees.
+ */
+export const COMPACT_BELOW = 0.5;
 /** Chunks up to this many stored bytes are read synchronously (page cache: microseconds). */
 const SYNC_READ_LIMIT = 64 * 1024;
 
@@ -80,6 +94,8 @@ export interface ChunkLocation {
   /** Chunk size, uncompressed. */
   size: number;
   raw: boolean;
+  /** When the index last saw it written or reused (ms); absent while only published. */
+  touched?: number;
 }
 
 /** Options of {@linkcode PackBlobService}. */
@@ -142,11 +158,19 @@ export class PackBlobService implements BlobService {
   readonly #readAhead: number;
   readonly #packTarget: number;
   readonly #stmt: Record<
-    "chunk" | "blob" | "putChunk" | "putBlob" | "newPack",
+    "chunk" | "blob" | "putChunk" | "putBlob" | "touchChunk" | "touchBlob" | "newPack",
     StatementSync
   >;
-  /** Published chunks (their upload closed) not yet in the index. */
+  /** Chunks being written, by digest key. */
+  readonly #writing = new Map<string, Promise<ChunkLocation>>();
+  /** Written chunks not yet in the index. */
   readonly #pendingChunks = new Map<string, ChunkLocation>();
+  /**
+   * Committed chunks that published uploads reused instead of writing:
+   * marked as used at the next commit, which fails if one has been
+   * collected meanwhile.
+   */
+  readonly #pendingReused = new Map<string, Digest>();
   /** Published blobs of several chunks (encoded chunk lists) not yet in the index. */
   readonly #pendingBlobs = new Map<string, { digest: Digest; chunks: Uint8Array }>();
   /** Packs appended to since the last commit: they need an fdatasync. */
@@ -172,19 +196,29 @@ export class PackBlobService implements BlobService {
           id INTEGER PRIMARY KEY AUTOINCREMENT, created INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS chunks (
           digest BLOB PRIMARY KEY, pack INTEGER NOT NULL, offset INTEGER NOT NULL,
-          length INTEGER NOT NULL, size INTEGER NOT NULL, raw INTEGER NOT NULL) WITHOUT ROWID;
+          length INTEGER NOT NULL, size INTEGER NOT NULL, raw INTEGER NOT NULL,
+          touched INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack);
         CREATE TABLE IF NOT EXISTS blobs (
-          digest BLOB PRIMARY KEY, chunks BLOB NOT NULL) WITHOUT ROWID;`);
+          digest BLOB PRIMARY KEY, chunks BLOB NOT NULL, touched INTEGER NOT NULL) WITHOUT ROWID;`);
       this.#stmt = {
         chunk: this.#db.prepare(
-          "SELECT pack, offset, length, size, raw FROM chunks WHERE digest = ?",
+          "SELECT pack, offset, length, size, raw, touched FROM chunks WHERE digest = ?",
         ),
-        blob: this.#db.prepare("SELECT chunks FROM blobs WHERE digest = ?"),
+        blob: this.#db.prepare("SELECT chunks, touched FROM blobs WHERE digest = ?"),
+        // A chunk or blob stored again keeps its place and is marked as used
+        // now (see #touch).
         putChunk: this.#db.prepare(
-          "INSERT OR IGNORE INTO chunks (digest, pack, offset, length, size, raw) " +
-            "VALUES (?, ?, ?, ?, ?, ?)",
+          "INSERT INTO chunks (digest, pack, offset, length, size, raw, touched) " +
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET touched = " +
+            "max(touched, excluded.touched)",
         ),
-        putBlob: this.#db.prepare("INSERT OR IGNORE INTO blobs (digest, chunks) VALUES (?, ?)"),
+        putBlob: this.#db.prepare(
+          "INSERT INTO blobs (digest, chunks, touched) VALUES (?, ?, ?) ON CONFLICT (digest) " +
+            "DO UPDATE SET touched = max(touched, excluded.touched)",
+        ),
+        touchChunk: this.#db.prepare("UPDATE chunks SET touched = ? WHERE digest = ?"),
+        touchBlob: this.#db.prepare("UPDATE blobs SET touched = ? WHERE digest = ?"),
         newPack: this.#db.prepare("INSERT INTO packs (created) VALUES (?) RETURNING id"),
       };
     } catch (err) {
@@ -213,24 +247,64 @@ export class PackBlobService implements BlobService {
       length: Number(row.length),
       size: Number(row.size),
       raw: Number(row.raw) === 1,
+      touched: Number(row.touched),
     };
+  }
+
+  /**
+   * Marks a committed chunk as used now (for `has()`), so a garbage
+   * collection keeps it (docs/gc.md). Only updates rows not touched within
+   * {@linkcode TOUCH_INTERVAL_MS}. False if the row is gone.
+   */
+  #touch(digest: Digest, touched: number | undefined): boolean {
+    if (touched === undefined) return true; // published here, not yet committed
+    const now = Date.now();
+    if (touched >= now - TOUCH_INTERVAL_MS) return true;
+    return storageCall("touch", () => Number(this.#stmt.touchChunk.run(now, digest).changes) === 1);
+  }
+
+  /** {@linkcode touch} for a blob of several chunks: the blob row and every chunk. */
+  #touchBlob(digest: Digest, row: { touched: number; chunks: ChunkMeta[] }): boolean {
+    const now = Date.now();
+    if (row.touched >= now - TOUCH_INTERVAL_MS) return true;
+    return storageCall("touch", () =>
+      inTransaction(this.#db, () => {
+        if (Number(this.#stmt.touchBlob.run(now, digest).changes) !== 1) return false;
+        for (const c of row.chunks) this.#stmt.touchChunk.run(now, c.digest);
+        return true;
+      }));
   }
 
   /** The chunk list of a blob of several chunks (or the empty blob), if stored. */
   #blobChunks(digest: Digest): ChunkMeta[] | undefined {
-    const pending = this.#pendingBlobs.get(digestKey(digest));
-    const raw = pending?.chunks ??
-      storageCall("blob lookup", () => this.#stmt.blob.get(digest))?.chunks as
-        | Uint8Array
-        | undefined;
-    return raw && decodeChunkList(digest, raw);
+    return this.#blobRow(digest)?.chunks;
   }
 
+  #blobRow(digest: Digest): { chunks: ChunkMeta[]; touched?: number } | undefined {
+    const pending = this.#pendingBlobs.get(digestKey(digest));
+    if (pending) return { chunks: decodeChunkList(digest, pending.chunks) };
+    const row = storageCall("blob lookup", () => this.#stmt.blob.get(digest));
+    if (!row) return undefined;
+    return {
+      chunks: decodeChunkList(digest, row.chunks as Uint8Array),
+      touched: Number(row.touched),
+    };
+  }
+
+  /**
+   * Whether the blob is stored. A client that finds it may skip uploading
+   * it and refer to it, so it counts as reused (see {@linkcode touch}).
+   */
   has(digest: Digest): Promise<boolean> {
     try {
       checkDigestLength(digest);
+      const chunk = this.locate(digest);
+      if (chunk && this.#touch(digest, chunk.touched)) return Promise.resolve(true);
+      const blob = this.#blobRow(digest);
+      if (!blob) return Promise.resolve(false);
       return Promise.resolve(
-        this.locate(digest) !== undefined || this.#blobChunks(digest) !== undefined,
+        blob.touched === undefined ||
+          this.#touchBlob(digest, { touched: blob.touched, chunks: blob.chunks }),
       );
     } catch (err) {
       return Promise.reject(err);
@@ -302,9 +376,20 @@ export class PackBlobService implements BlobService {
     }
   }
 
-  /** Reads, decompresses and verifies one chunk. */
-  async #readChunk(at: ChunkLocation): Promise<Uint8Array> {
-    const fd = this.#readFd(at.pack);
+  /**
+   * Reads, decompresses and verifies one chunk. A pack that is gone was
+   * rewritten by garbage collection after the chunk was located: the chunk
+   * is located again and read from where it is now.
+   */
+  async #readChunk(at: ChunkLocation, relocated = false): Promise<Uint8Array> {
+    let fd: number;
+    try {
+      fd = this.#readFd(at.pack);
+    } catch (err) {
+      const now = relocated ? undefined : this.locate(at.digest);
+      if (now && now.pack !== at.pack) return await this.#readChunk(now, true);
+      throw err;
+    }
     const stored = new Uint8Array(at.length);
     let n: number;
     try {
@@ -357,7 +442,23 @@ export class PackBlobService implements BlobService {
    * on the threadpool (copying into the page cache is a good part of an
    * import's work). A failure retires the pack: its tail is now unknown.
    */
-  async append(chunk: EncodedChunk, size: number): Promise<ChunkLocation> {
+  append(chunk: EncodedChunk, size: number): Promise<ChunkLocation> {
+    // Two uploads of the same data at once write it once.
+    const key = digestKey(chunk.digest);
+    const writing = this.#writing.get(key);
+    if (writing) return writing;
+    const write = this.#write(chunk, size).then((at) => {
+      // Visible (for reads and deduplication) once its bytes are written,
+      // committed at the next sync even if its upload is abandoned: it is
+      // whole, and garbage collection reclaims it if nothing refers to it.
+      this.#pendingChunks.set(key, at);
+      return at;
+    }).finally(() => this.#writing.delete(key));
+    this.#writing.set(key, write);
+    return write;
+  }
+
+  async #write(chunk: EncodedChunk, size: number): Promise<ChunkLocation> {
     if (this.#closed) throw new StorageError("pack store is closed");
     const pack = this.#current ?? this.#openPack();
     const header = recordHeader(chunk, size);
@@ -430,9 +531,12 @@ export class PackBlobService implements BlobService {
     if (this.#current === pack) this.#current = undefined;
   }
 
-  /** Makes a closed upload's chunks and blob visible (committed at the next sync). */
-  publish(chunks: ChunkLocation[], blob?: { digest: Digest; chunks: ChunkMeta[] }): void {
-    for (const c of chunks) this.#pendingChunks.set(digestKey(c.digest), c);
+  /**
+   * Makes a closed upload's blob visible (committed at the next sync);
+   * `reused` are committed chunks it relies on without writing them.
+   */
+  publish(blob?: { digest: Digest; chunks: ChunkMeta[] }, reused: Digest[] = []): void {
+    for (const d of reused) this.#pendingReused.set(digestKey(d), d);
     if (blob) {
       this.#pendingBlobs.set(digestKey(blob.digest), {
         digest: blob.digest,
@@ -457,9 +561,29 @@ export class PackBlobService implements BlobService {
   async #commitRound(): Promise<void> {
     const chunks = [...this.#pendingChunks.values()];
     const blobs = [...this.#pendingBlobs.values()];
+    const reused = [...this.#pendingReused.values()];
     const dirty = [...this.#dirty];
     this.#dirty.clear();
     const current = this.#current?.fd;
+    // A pack garbage collection deleted (its uploads were older than the
+    // grace period) must not get rows: they would point at nothing.
+    const removed = dirty.filter(([, fd]) => fs.fstatSync(fd).nlink === 0).map(([id]) => id);
+    if (removed.length > 0) {
+      // Never append to it again: the next upload starts a new pack.
+      if (this.#current && removed.includes(this.#current.id)) this.#current = undefined;
+      for (const [id, fd] of dirty) {
+        if (removed.includes(id)) fs.closeSync(fd);
+        else this.#dirty.set(id, fd); // still to be flushed by a later commit
+      }
+      for (const c of chunks) {
+        if (removed.includes(c.pack)) this.#pendingChunks.delete(digestKey(c.digest));
+      }
+      this.#pendingBlobs.clear();
+      throw new StorageError(
+        `pack ${removed.join(", ")} was removed by garbage collection before its blobs were ` +
+          "committed (an upload took longer than the grace period); upload them again",
+      );
+    }
     await Promise.all(
       dirty.map(([id, fd]) =>
         new Promise<void>((resolve, reject) =>
@@ -476,17 +600,178 @@ export class PackBlobService implements BlobService {
         )
       ),
     );
-    if (chunks.length === 0 && blobs.length === 0) return;
-    storageCall("commit", () =>
-      inTransaction(this.#db, () => {
-        for (const c of chunks) {
-          this.#stmt.putChunk.run(c.digest, c.pack, c.offset, c.length, c.size, c.raw ? 1 : 0);
-        }
-        for (const b of blobs) this.#stmt.putBlob.run(b.digest, b.chunks);
-      }));
+    if (chunks.length === 0 && blobs.length === 0 && reused.length === 0) return;
+    let collected: Digest | undefined;
+    try {
+      storageCall("commit", () =>
+        inTransaction(this.#db, () => {
+          const now = Date.now();
+          // Reused chunks first: one collected since it was found means the
+          // uploads published since the last commit may refer to nothing.
+          for (const d of reused) {
+            if (Number(this.#stmt.touchChunk.run(now, d).changes) !== 1) {
+              collected = d;
+              throw new StorageError("collected");
+            }
+          }
+          for (const c of chunks) {
+            this.#stmt.putChunk.run(
+              c.digest,
+              c.pack,
+              c.offset,
+              c.length,
+              c.size,
+              c.raw ? 1 : 0,
+              now,
+            );
+          }
+          for (const b of blobs) this.#stmt.putBlob.run(b.digest, b.chunks, now);
+        }));
+    } catch (err) {
+      if (!collected) throw err;
+      // Those uploads are lost; their directories and path infos, which
+      // wait for this commit, fail instead of referring to nothing.
+      this.#pendingChunks.clear();
+      this.#pendingBlobs.clear();
+      this.#pendingReused.clear();
+      throw new StorageError(
+        `chunk ${b3Display(collected)} was garbage collected while an upload reused it; ` +
+          "upload again",
+      );
+    }
     // Published again meanwhile (same digest, same bytes) is harmless to drop.
     for (const c of chunks) this.#pendingChunks.delete(digestKey(c.digest));
     for (const b of blobs) this.#pendingBlobs.delete(digestKey(b.digest));
+    for (const d of reused) this.#pendingReused.delete(digestKey(d));
+  }
+
+  /**
+   * Garbage collection's sweep (docs/gc.md): drops the index rows of blobs
+   * and chunks that are neither live nor used since `cutoff`, then gives
+   * the space back: packs with nothing live are deleted, packs whose live
+   * share fell below {@linkcode COMPACT_BELOW} are rewritten. Only packs
+   * untouched since `cutoff` are deleted or rewritten, so packs other
+   * processes are still appending to are left alone.
+   */
+  async sweep(isLive: (digest: Digest) => boolean, options: SweepOptions): Promise<SweepReport> {
+    const { cutoff, dryRun } = options;
+    // What this service published goes into the index first.
+    await this.sync();
+    const liveChunks = new Set<string>();
+    const deadBlobs: Digest[] = [];
+    let kept = 0;
+    for (const row of this.#db.prepare("SELECT digest, chunks, touched FROM blobs").iterate()) {
+      const digest = row.digest as Uint8Array;
+      if (isLive(digest) || Number(row.touched) >= cutoff) {
+        kept++;
+        for (const c of decodeChunkList(digest, row.chunks as Uint8Array)) {
+          liveChunks.add(digestKey(c.digest));
+        }
+      } else {
+        deadBlobs.push(digest);
+      }
+    }
+    const deadChunks: Digest[] = [];
+    let removedBytes = 0;
+    for (
+      const row of this.#db.prepare("SELECT digest, length, touched FROM chunks").iterate()
+    ) {
+      const digest = row.digest as Uint8Array;
+      if (isLive(digest) || liveChunks.has(digestKey(digest)) || Number(row.touched) >= cutoff) {
+        kept++;
+      } else {
+        deadChunks.push(digest);
+        removedBytes += RECORD_HEADER + Number(row.length);
+      }
+    }
+    const removed = deadBlobs.length + deadChunks.length;
+    if (dryRun) return { removed, removedBytes, kept, reclaimedBytes: 0 };
+    // The touched check runs again inside the transaction: a writer that
+    // reused a row since it was read above keeps it.
+    storageCall("sweep", () =>
+      inTransaction(this.#db, () => {
+        const dropBlob = this.#db.prepare("DELETE FROM blobs WHERE digest = ? AND touched < ?");
+        const dropChunk = this.#db.prepare("DELETE FROM chunks WHERE digest = ? AND touched < ?");
+        for (const d of deadBlobs) dropBlob.run(d, cutoff);
+        for (const d of deadChunks) dropChunk.run(d, cutoff);
+      }));
+    return { removed, removedBytes, kept, reclaimedBytes: await this.#compact(cutoff) };
+  }
+
+  /** Deletes or rewrites packs that are mostly garbage; returns the bytes freed. */
+  async #compact(cutoff: number): Promise<number> {
+    const live = new Map<number, number>();
+    const rows = this.#db.prepare(
+      `SELECT pack, sum(length) + count(*) * ${RECORD_HEADER} AS bytes FROM chunks GROUP BY pack`,
+    ).all();
+    for (const row of rows) live.set(Number(row.pack), Number(row.bytes));
+    let reclaimed = 0;
+    for (const entry of Deno.readDirSync(this.#dir)) {
+      const m = /^(\d+)\.pack$/.exec(entry.name);
+      if (!m) continue;
+      const id = Number(m[1]);
+      if (id === this.#current?.id || this.#dirty.has(id)) continue;
+      const path = this.#packPath(id);
+      const stat = Deno.statSync(path);
+      // Still being appended to (here or by another process), or too new.
+      if ((stat.mtime?.getTime() ?? Date.now()) >= cutoff) continue;
+      const liveBytes = live.get(id) ?? 0;
+      if (liveBytes === 0) {
+        this.#forgetReadFd(id);
+        Deno.removeSync(path);
+        reclaimed += stat.size;
+      } else if (liveBytes < (stat.size - PACK_MAGIC.length) * COMPACT_BELOW) {
+        reclaimed += await this.#rewrite(id, stat.size);
+      }
+    }
+    return reclaimed;
+  }
+
+  /**
+   * Copies the live records of pack `id` into this service's current pack,
+   * verifying each, points the index at the copies, then deletes the pack.
+   * Returns the bytes freed (old size minus what was copied).
+   */
+  async #rewrite(id: number, oldSize: number): Promise<number> {
+    const rows = this.#db.prepare(
+      "SELECT digest, offset, length, size, raw FROM chunks WHERE pack = ?",
+    ).all(id);
+    const moved: ChunkLocation[] = [];
+    let copied = 0;
+    for (const row of rows) {
+      const at: ChunkLocation = {
+        digest: row.digest as Uint8Array,
+        pack: id,
+        offset: Number(row.offset),
+        length: Number(row.length),
+        size: Number(row.size),
+        raw: Number(row.raw) === 1,
+      };
+      const stored = new Uint8Array(at.length);
+      fs.readSync(this.#readFd(id), stored, 0, at.length, at.offset);
+      // A damaged record is not copied (verify reports it); the pack stays.
+      await this.#codec.decode(stored.slice(), at.digest, at.size, at.raw);
+      moved.push(await this.append({ digest: at.digest, stored, raw: at.raw }, at.size));
+      copied += RECORD_HEADER + at.length;
+    }
+    await this.sync(); // the copies are durable before the index points at them
+    storageCall("compact", () =>
+      inTransaction(this.#db, () => {
+        const move = this.#db.prepare(
+          "UPDATE chunks SET pack = ?, offset = ? WHERE digest = ? AND pack = ?",
+        );
+        for (const m of moved) move.run(m.pack, m.offset, m.digest, id);
+      }));
+    this.#forgetReadFd(id);
+    Deno.removeSync(this.#packPath(id));
+    return oldSize - copied;
+  }
+
+  #forgetReadFd(id: number): void {
+    const fd = this.#readFds.get(id);
+    if (fd === undefined) return;
+    this.#readFds.delete(id);
+    fs.closeSync(fd);
   }
 
   /** Commits what is published, then closes the packs and the index. */
@@ -513,20 +798,24 @@ export class PackBlobService implements BlobService {
 class PackChunkSink implements ChunkSink {
   readonly allowRaw = true;
   readonly #service: PackBlobService;
-  readonly #written: ChunkLocation[] = [];
+  readonly #reused: Digest[] = [];
 
   constructor(service: PackBlobService) {
     this.#service = service;
   }
 
   async storeChunk(chunk: EncodedChunk, size: number): Promise<void> {
-    if (!this.#service.locate(chunk.digest)) {
-      this.#written.push(await this.#service.append(chunk, size));
+    const stored = this.#service.locate(chunk.digest);
+    if (!stored) {
+      await this.#service.append(chunk, size);
+    } else if (stored.touched !== undefined) {
+      // Committed: reused, and marked as used at the commit (docs/gc.md).
+      this.#reused.push(chunk.digest);
     }
   }
 
   finishBlob(digest: Digest, chunks: ChunkMeta[]): Promise<void> {
-    this.#service.publish(this.#written, chunks.length === 1 ? undefined : { digest, chunks });
+    this.#service.publish(chunks.length === 1 ? undefined : { digest, chunks }, this.#reused);
     return Promise.resolve();
   }
 }

@@ -10,6 +10,7 @@ import type { Digest } from "../digest.ts";
 import type { Directory } from "../directory.ts";
 import type { BlobService } from "../blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "./service.ts";
+import { isSweepable, type Sweepable } from "../sweep.ts";
 
 /** `inner`, with `blobs.sync()` awaited before every store. */
 export class BlobsFirstDirectoryService implements DirectoryService {
@@ -53,6 +54,12 @@ export class BlobsFirstDirectoryService implements DirectoryService {
         return await putter.close();
       },
     };
+  }
+
+  /** As the wrapped service (absent if it cannot be swept). */
+  get sweep(): Sweepable["sweep"] | undefined {
+    const inner = this.#inner;
+    return isSweepable(inner) ? (isLive, options) => inner.sweep(isLive, options) : undefined;
   }
 
   /** As the wrapped service. */

@@ -41,6 +41,16 @@ export class MemoryPathInfoService implements PathInfoService {
     }
   }
 
+  /** Removes the PathInfo with this digest; false if there was none. */
+  delete(digest: Uint8Array): Promise<boolean> {
+    try {
+      checkPathInfoDigest(digest);
+      return Promise.resolve(this.#infos.delete(digestKey(digest)));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
   /** Nothing to release. */
   close(): Promise<void> {
     return Promise.resolve();

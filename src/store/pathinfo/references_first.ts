@@ -42,6 +42,12 @@ export class ReferencesFirstPathInfoService implements PathInfoService {
     return this.#inner.list();
   }
 
+  /** As the wrapped service (absent if it cannot delete). */
+  get delete(): ((digest: Uint8Array) => Promise<boolean>) | undefined {
+    const inner = this.#inner;
+    return inner.delete && ((digest) => inner.delete!(digest));
+  }
+
   /** As the wrapped service. */
   get narCalculation(): NarCalculationService | undefined {
     return this.#inner.narCalculation;

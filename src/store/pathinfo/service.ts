@@ -24,6 +24,13 @@ export interface PathInfoService {
   list(): AsyncIterable<PathInfo>;
 
   /**
+   * Removes the PathInfo of the store path with this 20-byte digest; false
+   * if there was none. Absent where the backend cannot delete (a remote
+   * daemon: the upstream protocol has no delete).
+   */
+  delete?(digest: Uint8Array): Promise<boolean>;
+
+  /**
    * Set when the backend calculates NARs itself, next to its data (a
    * daemon renders from its own storage, so no blob travels back to the
    * caller). Absent: NARs are calculated locally from the blob and

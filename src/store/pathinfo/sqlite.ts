@@ -96,6 +96,20 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
+  /** Removes the PathInfo with this digest; false if there was none. */
+  delete(digest: Uint8Array): Promise<boolean> {
+    try {
+      checkPathInfoDigest(digest);
+      const changes = storageCall(
+        "delete",
+        () => this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?").run(digest).changes,
+      );
+      return Promise.resolve(Number(changes) > 0);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
   /** Closes the database connection. */
   close(): Promise<void> {
     if (!this.#closed) {

@@ -1,0 +1,36 @@
+/**
+ * `tvix-store delete STORE_PATH...`: removes store paths, refusing one
+ * that a remaining path refers to unless `--recursive` (docs/gc.md). The
+ * data goes at the next `gc`.
+ *
+ * @module
+ */
+import type { Command } from "commander";
+import { addClientServiceOptions, withServices } from "./common.ts";
+import type { ServiceAddrs } from "../store/services.ts";
+import { deletePaths } from "../store/gc.ts";
+import { StorePath } from "../store/store_path.ts";
+
+async function runDelete(
+  paths: string[],
+  flags: ServiceAddrs & { recursive?: boolean },
+): Promise<void> {
+  const targets = paths.map((p) => StorePath.parseAbsolute(p));
+  await withServices(flags, async ({ pathInfo }) => {
+    const deleted = await deletePaths(pathInfo, targets, flags);
+    for (const p of deleted.map((d) => d.absolute()).sort()) console.log(`deleted ${p}`);
+  });
+}
+
+/** Adds the `delete` subcommand to `program`. */
+export function register(program: Command): void {
+  const cmd = program
+    .command("delete")
+    .description("remove store paths (their data goes at the next gc)")
+    .argument("<paths...>", "absolute store paths")
+    .option("--recursive", "also delete every path that refers to them");
+  addClientServiceOptions(cmd);
+  cmd.action((paths: string[], opts: ServiceAddrs & { recursive?: boolean }) =>
+    runDelete(paths, opts)
+  );
+}

@@ -1,0 +1,338 @@
+/**
+ * Store management with real processes on the embedded store's layout
+ * (pack blobs, SQLite metadata): `list`, `info`, `delete`, `gc` and
+ * `verify`, including gc running while imports stream in (in-process and
+ * through a daemon) and gc killed with SIGKILL. Every kept path is checked
+ * against `nix-store --dump`.
+ */
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { assert, assertEquals, assertMatch } from "../assert.ts";
+import { childEnv, localStoreArgs, MAIN, startServer, tvixStore } from "./helpers.ts";
+import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
+import { renderNar } from "../../src/nar/render.ts";
+import { caNarSha256StorePath, StorePath } from "../../src/store/store_path.ts";
+import { nixOracle } from "../store/tree_gen.ts";
+import { collectBytes } from "../conformance/harness.ts";
+import { pseudoRandom } from "../fixtures.ts";
+import { blake3, bytesEqual } from "../../src/castore/digest.ts";
+import { renameNode, toNode } from "../../src/castore/node.ts";
+
+const te = new TextEncoder();
+
+/** Writes a tree of `files` (name → contents); returns its path. */
+async function tree(root: string, files: Record<string, Uint8Array>): Promise<string> {
+  for (const [name, data] of Object.entries(files)) {
+    const path = join(root, name);
+    await Deno.mkdir(join(path, ".."), { recursive: true });
+    await Deno.writeFile(path, data);
+  }
+  return root;
+}
+
+/** The store path `nix-store --add` gives `path`, and its NAR. */
+async function expected(path: string): Promise<{ storePath: string; nar: Uint8Array }> {
+  const nix = await nixOracle(path);
+  const name = path.split("/").pop()!;
+  return { storePath: caNarSha256StorePath(nix.narSha256, name).absolute(), nar: nix.nar };
+}
+
+async function ok(args: string[]): Promise<string> {
+  const r = await tvixStore(args);
+  assertEquals(r.code, 0, `tvix-store ${args.join(" ")}:\n${r.stderr}`);
+  return r.stdout;
+}
+
+/** Bytes of all pack files of the embedded store at `store`. */
+function packBytes(store: string): number {
+  let n = 0;
+  for (const e of Deno.readDirSync(join(store, "packs"))) {
+    if (e.name.endsWith(".pack")) n += Deno.statSync(join(store, "packs", e.name)).size;
+  }
+  return n;
+}
+
+/** Every stored path renders to exactly `nars[path]`; returns how many paths there are. */
+async function checkNars(store: string, nars: Map<string, Uint8Array>): Promise<number> {
+  const s = await constructServices(embeddedAddrs(store));
+  try {
+    let n = 0;
+    for await (const info of s.pathInfo.list()) {
+      n++;
+      const path = StorePath.parseBasenameBytes(info.node!.node!.value.name).absolute();
+      const want = nars.get(path);
+      assert(want, `unexpected path ${path}`);
+      const got = await collectBytes(renderNar(info.node!.node!, s.blob, s.directory));
+      assert(bytesEqual(got, want), `${path} renders differently from nix-store --dump`);
+    }
+    return n;
+  } finally {
+    await s.close();
+  }
+}
+
+Deno.test("gc: delete then gc reclaims a path's own bytes, keeps what another path shares", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-" });
+  try {
+    const shared = pseudoRandom(2 << 20, 1);
+    const a = await tree(join(work, "a"), {
+      "shared.bin": shared,
+      "own.bin": pseudoRandom(4 << 20, 2),
+    });
+    const b = await tree(join(work, "b"), { "copy.bin": shared, "x.txt": te.encode("hi\n") });
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const pa = (await ok(["import", ...S, a])).trim();
+    const pb = (await ok(["import", ...S, b])).trim();
+    const ea = await expected(a), eb = await expected(b);
+    assertEquals([pa, pb], [ea.storePath, eb.storePath]);
+    assertEquals((await ok(["list", ...S])).trim().split("\n"), [pa, pb].sort());
+    const listed = JSON.parse(await ok(["list", "--json", ...S]));
+    assertEquals(listed.find((p: { path: string }) => p.path === pa).narSize, ea.nar.length);
+
+    const info = await ok(["info", ...S, pa]);
+    assertMatch(info, /shared: +2097152 bytes/);
+
+    const before = packBytes(store);
+    assertMatch(await ok(["delete", ...S, pa]), new RegExp(`deleted ${pa}`));
+    // A dry run reports and changes nothing.
+    assertMatch(await ok(["gc", "--dry-run", "--grace", "0", ...S]), /would remove/);
+    assertEquals(packBytes(store), before);
+    assertMatch(await ok(["gc", "--grace", "0", ...S]), /reclaimed \d+ bytes on disk/);
+    const freed = before - packBytes(store);
+    // a's own file (random, stored raw) is gone, its pack rewritten (under
+    // half of it was live); the shared file is kept.
+    assert(freed >= 4 << 20 && freed < (4 << 20) + 100_000, `freed ${freed} bytes`);
+    assertEquals(await checkNars(store, new Map([[pb, eb.nar]])), 1);
+    assertMatch(await ok(["verify", ...S]), /1 store paths checked, 0 damaged/);
+    // Deleting what is not (or no longer) there is an error naming it.
+    const gone = await tvixStore(["delete", ...S, pa]);
+    assert(gone.code !== 0);
+    assertMatch(gone.stderr, new RegExp(`${pa} is not in the store`));
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("gc: deleting a path another path refers to is refused unless --recursive", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-" });
+  try {
+    const a = await tree(join(work, "a"), { "f": te.encode("dependency\n") });
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const pa = (await ok(["import", ...S, a])).trim();
+    // c refers to a (as a build output referring to its dependency would).
+    const pc = StorePath.fromParts(pseudoRandom(20, 7), "c");
+    const s = await constructServices(embeddedAddrs(store));
+    try {
+      const infoA = (await s.pathInfo.get(StorePath.parseAbsolute(pa).digest))!;
+      await s.pathInfo.put({
+        ...infoA,
+        node: toNode(renameNode(infoA.node!.node!, te.encode(pc.basename()))),
+        references: [StorePath.parseAbsolute(pa).digest],
+        narinfo: { ...infoA.narinfo!, referenceNames: [StorePath.parseAbsolute(pa).basename()] },
+      });
+    } finally {
+      await s.close();
+    }
+    const refused = await tvixStore(["delete", ...S, pa]);
+    assert(refused.code !== 0, "delete of a referenced path must fail");
+    assertMatch(refused.stderr, new RegExp(`still referenced by ${pc.absolute()}`));
+    assertEquals((await ok(["list", ...S])).trim().split("\n").length, 2);
+    const info = await ok(["info", ...S, pa]);
+    assertMatch(info, new RegExp(`referrers: +${pc.absolute()}`));
+    const out = await ok(["delete", "--recursive", ...S, pa]);
+    assertEquals(
+      out.trim().split("\n").sort(),
+      [`deleted ${pa}`, `deleted ${pc.absolute()}`].sort(),
+    );
+    assertEquals((await ok(["list", ...S])).trim(), "");
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("verify: catches a flipped byte, a missing chunk and a missing directory; --repair removes exactly those", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-verify-" });
+  try {
+    // Below the smallest chunk: each file is one chunk, its blob digest.
+    const data = [0, 1, 2, 3].map((i) => pseudoRandom(100_000 + i, 10 + i));
+    const trees = await Promise.all(
+      data.map((d, i) => tree(join(work, `p${i}`), { [`sub/f${i}`]: d, "top": te.encode(`${i}`) })),
+    );
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const paths = (await ok(["import", ...S, ...trees])).trim().split("\n");
+    assertMatch(await ok(["verify", ...S]), /4 store paths checked, 0 damaged/);
+
+    const db = new DatabaseSync(join(store, "packs", "index.sqlite"));
+    // p0: flip a byte inside its file's chunk record.
+    const row = db.prepare("SELECT pack, offset FROM chunks WHERE digest = ?").get(
+      blake3(data[0]),
+    )!;
+    const pack = join(store, "packs", `${row.pack}.pack`);
+    const bytes = Deno.readFileSync(pack);
+    bytes[Number(row.offset) + 1000] ^= 0x01;
+    Deno.writeFileSync(pack, bytes);
+    // p1: its file's chunk is missing from the index.
+    db.prepare("DELETE FROM chunks WHERE digest = ?").run(blake3(data[1]));
+    db.close();
+    // p2: its sub-directory is missing.
+    const s = await constructServices(embeddedAddrs(store));
+    const root = (await s.pathInfo.get(StorePath.parseAbsolute(paths[2]).digest))!.node!.node!;
+    assert(root.$case === "directory");
+    const top = (await s.directory.get(root.value.digest))!;
+    await s.close();
+    const meta = new DatabaseSync(join(store, "store.sqlite"));
+    meta.prepare("DELETE FROM directories WHERE digest = ?").run(top.directories[0].digest);
+    meta.close();
+
+    const r = await tvixStore(["verify", ...S]);
+    assert(r.code !== 0, "verify must fail on damage");
+    const damaged = r.stdout.split("\n").filter((l) => l.startsWith("damaged: "));
+    assertEquals(damaged.length, 3, r.stdout);
+    for (const p of paths.slice(0, 3)) assert(r.stdout.includes(`damaged: ${p}:`), p);
+    const repaired = await tvixStore(["verify", "--repair", ...S]);
+    assert(repaired.code !== 0);
+    assertMatch(repaired.stdout, /removed 3 damaged store paths/);
+    assertEquals((await ok(["list", ...S])).trim(), paths[3]);
+    assertMatch(await ok(["verify", ...S]), /1 store paths checked, 0 damaged/);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+/**
+ * Imports trees one after another while gc runs in a loop with a short
+ * grace period. Half of the data was stored before by a path that was
+ * deleted and has aged past the grace period: unreferenced chunks that the
+ * new imports reuse while gc may be deleting them. An import that loses
+ * that race must fail and succeed when retried; no path may lose data.
+ */
+async function importWhileCollecting(work: string, storeArgs: string[], gcArgs: string[]) {
+  const garbage = pseudoRandom(1 << 20, 99);
+  const g = await tree(join(work, "g"), { "old.bin": garbage });
+  const pg = (await ok(["import", "--no-stat-cache", ...storeArgs, g])).trim();
+  await ok(["delete", ...gcArgs, pg]);
+  await new Promise((r) => setTimeout(r, 1500)); // older than the grace period below
+  let stop = false;
+  let rounds = 0;
+  const loop = (async () => {
+    while (!stop) {
+      await ok(["gc", "--grace", "1s", ...gcArgs]);
+      rounds++;
+    }
+  })();
+  const nars = new Map<string, Uint8Array>();
+  let retries = 0;
+  try {
+    for (let i = 0; i < 6; i++) {
+      const t = await tree(join(work, `t${i}`), {
+        "reused.bin": garbage,
+        [`own${i}.bin`]: pseudoRandom(400_000, 200 + i),
+        "small/a.txt": te.encode(`tree ${i}\n`),
+      });
+      const want = await expected(t);
+      for (let attempt = 0;; attempt++) {
+        const r = await tvixStore(["import", "--no-stat-cache", ...storeArgs, t]);
+        if (r.code === 0) {
+          assertEquals(r.stdout.trim(), want.storePath);
+          break;
+        }
+        assertMatch(r.stderr, /garbage collected|removed by garbage collection/);
+        assert(attempt < 3, `import kept failing:\n${r.stderr}`);
+        retries++;
+      }
+      nars.set(want.storePath, want.nar);
+    }
+  } finally {
+    stop = true;
+    await loop;
+  }
+  console.log(`gc rounds during the imports: ${rounds}, imports retried: ${retries}`);
+  assert(rounds >= 2, `gc ran only ${rounds} times`);
+  return nars;
+}
+
+Deno.test("gc in a loop while imports stream in, in-process: nothing is lost", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-loop-" });
+  try {
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const nars = await importWhileCollecting(work, S, S);
+    await ok(["gc", "--grace", "0", ...S]);
+    assertEquals(await checkNars(store, nars), nars.size);
+    assertMatch(await ok(["verify", ...S]), /0 damaged/);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("gc in a loop on a daemon's store while imports go through the daemon: nothing is lost", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-daemon-" });
+  const home = join(work, "home");
+  const daemon = await startServer(["daemon", "--listen-address", "127.0.0.1:0"], {
+    name: "daemon",
+    env: { TVIX_STORE_HOME: home },
+  });
+  try {
+    const url = `grpc+http://${daemon.address}`;
+    const remote = [
+      "--blob-service-addr",
+      url,
+      "--directory-service-addr",
+      url,
+      "--path-info-service-addr",
+      url,
+    ];
+    const nars = await importWhileCollecting(work, remote, localStoreArgs(home));
+    assertEquals(daemon.exitStatus(), undefined, "the daemon keeps serving");
+    const { status } = await daemon.stop();
+    assertEquals(status.code, 0, daemon.log());
+    assertEquals(await checkNars(home, nars), nars.size);
+    assertMatch(await ok(["verify", ...localStoreArgs(home)]), /0 damaged/);
+  } finally {
+    await daemon.stop();
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("gc killed with SIGKILL at any moment leaves a store verify finds clean", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-kill-" });
+  try {
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const nars = new Map<string, Uint8Array>();
+    const doomed: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const t = await tree(join(work, `t${i}`), {
+        "big.bin": pseudoRandom(3 << 20, 300 + i),
+        "common.bin": pseudoRandom(1 << 20, 7),
+      });
+      const p = (await ok(["import", ...S, t])).trim();
+      if (i % 2 === 0) doomed.push(p);
+      else nars.set(p, (await expected(t)).nar);
+    }
+    await ok(["delete", ...S, ...doomed]);
+    for (const delayMs of [150, 300, 450, 600, 800]) {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", MAIN, "gc", "--grace", "0", ...S],
+        env: childEnv(),
+        clearEnv: true,
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await new Promise((r) => setTimeout(r, delayMs));
+      try {
+        child.kill("SIGKILL");
+      } catch { /* finished first */ }
+      await child.status;
+      assertMatch(await ok(["verify", ...S]), /4 store paths checked, 0 damaged/);
+    }
+    await ok(["gc", "--grace", "0", ...S]);
+    assertMatch(await ok(["verify", ...S]), /orphans: 0 directories, 0 blobs/);
+    assertEquals(await checkNars(store, nars), 4);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
