@@ -1,17 +1,17 @@
 /**
- * The NAR size and SHA-256 of a tree as it is walked, without building the
- * NAR: a {@linkcode TreeObserver} for the one-pass import
- * (`castore/import/fs.ts`), so file contents are read once, for both the
- * blobs and the NAR hash (docs/compatibility.md#nar-encoding).
+ * NAR size and SHA-256 without building the NAR: {@linkcode StreamHasher}
+ * hashes a NAR fed in pieces of any size (the renderer's `calculateNar`),
+ * and {@linkcode NarHasher} is a {@linkcode TreeObserver} for the one-pass
+ * import (`castore/import/fs.ts`), so file contents are read once, for both
+ * the blobs and the NAR hash (docs/compatibility.md#nar-encoding).
  *
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
 import type { TreeObserver } from "../castore/import/fs.ts";
-import { padLen, str, TOK, u64 } from "./wire.ts";
+import { padLen, str, TOK, u64, ZEROS } from "./wire.ts";
 import type { NarSummary } from "./calculation.ts";
 
-const ZEROS = new Uint8Array(8);
 /**
  * Byte strings shorter than this are gathered before hashing: a NAR of
  * small files is mostly tokens of 8 to 64 bytes, and one `update` per token
@@ -20,17 +20,15 @@ const ZEROS = new Uint8Array(8);
 const GATHER_BELOW = 4096;
 const GATHER_BUFFER = 64 * 1024;
 
-/** Hashes the NAR of the tree it observes; {@linkcode NarHasher.summary} once done. */
-export class NarHasher implements TreeObserver {
+/** SHA-256 and length of a byte stream fed in pieces of any size. */
+export class StreamHasher {
   readonly #hash: Hash = createHash("sha256");
   #size = 0;
-  /** Size of the file being read, for its padding. */
-  #fileSize = 0;
-  #started = false;
   readonly #gathered = new Uint8Array(GATHER_BUFFER);
   #gatheredLength = 0;
 
-  #update(bytes: Uint8Array): void {
+  /** Adds `bytes` (small ones are gathered first). */
+  update(bytes: Uint8Array): void {
     this.#size += bytes.length;
     if (bytes.length >= GATHER_BELOW) {
       this.#flush();
@@ -46,6 +44,24 @@ export class NarHasher implements TreeObserver {
     if (this.#gatheredLength === 0) return;
     this.#hash.update(this.#gathered.subarray(0, this.#gatheredLength));
     this.#gatheredLength = 0;
+  }
+
+  /** Size and SHA-256 of everything added (call once, at the end). */
+  summary(): NarSummary {
+    this.#flush();
+    return { narSize: BigInt(this.#size), narSha256: new Uint8Array(this.#hash.digest()) };
+  }
+}
+
+/** Hashes the NAR of the tree it observes; {@linkcode NarHasher.summary} once done. */
+export class NarHasher implements TreeObserver {
+  readonly #hash = new StreamHasher();
+  /** Size of the file being read, for its padding. */
+  #fileSize = 0;
+  #started = false;
+
+  #update(bytes: Uint8Array): void {
+    this.#hash.update(bytes);
   }
 
   /** The root node follows the archive header; every other one an entry's `node (`. */
@@ -98,7 +114,6 @@ export class NarHasher implements TreeObserver {
 
   /** Size and SHA-256 of everything observed (call once, at the end). */
   summary(): NarSummary {
-    this.#flush();
-    return { narSize: BigInt(this.#size), narSha256: new Uint8Array(this.#hash.digest()) };
+    return this.#hash.summary();
   }
 }

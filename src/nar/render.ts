@@ -13,7 +13,6 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import { B3_LEN, b3Display, type Digest, digestKey } from "../castore/digest.ts";
@@ -21,6 +20,7 @@ import { type Directory, directoryDigest, directoryNodes } from "../castore/dire
 import { StorageError } from "../errors.ts";
 import type { FileNode, NodeVariant } from "../castore/node.ts";
 import type { NarSummary } from "./calculation.ts";
+import { StreamHasher } from "./hasher.ts";
 import { concat, padLen, str, TOK, u64, ZEROS } from "./wire.ts";
 
 /** Upper bound of the pieces the renderer yields (except blob pieces passed through). */
@@ -217,11 +217,11 @@ async function readSmall(blob: BlobSource, f: FileNode): Promise<Uint8Array[]> {
 }
 
 /**
- * The NAR of `node`, in pieces. The root node's name is ignored. Fails with
- * {@linkcode NarRenderError} on missing blobs/directories or a blob whose
- * length differs from its node's `size`; backend errors pass through.
+ * The NAR of `node` as it is produced: tokens (often a few bytes each) and
+ * blob pieces, unbatched. What {@linkcode renderNar} batches and
+ * {@linkcode calculateNar} hashes.
  */
-export async function* renderNar(
+async function* narParts(
   node: NodeVariant,
   blob: BlobSource,
   dir: DirectorySource,
@@ -263,25 +263,38 @@ export async function* renderNar(
     }
   };
 
-  const out = new Batcher();
   while (true) {
     if (queue.length === 0 || queuedFiles === 0) await fill();
     const head = queue.shift();
     if (!head) break;
     const { item, data } = head;
     if (item instanceof Uint8Array) {
-      yield* out.push(item);
+      yield item;
       continue;
     }
     queuedFiles--;
     if (data) {
       queuedBytes -= Number(item.size);
-      for (const piece of await data) yield* out.push(piece);
+      yield* await data;
     } else {
-      for await (const piece of blobContents(blob, item)) yield* out.push(piece);
+      yield* blobContents(blob, item);
     }
     await fill();
   }
+}
+
+/**
+ * The NAR of `node`, in pieces. The root node's name is ignored. Fails with
+ * {@linkcode NarRenderError} on missing blobs/directories or a blob whose
+ * length differs from its node's `size`; backend errors pass through.
+ */
+export async function* renderNar(
+  node: NodeVariant,
+  blob: BlobSource,
+  dir: DirectorySource,
+): AsyncGenerator<Uint8Array> {
+  const out = new Batcher();
+  for await (const part of narParts(node, blob, dir)) yield* out.push(part);
   if (out.pending) yield out.take();
 }
 
@@ -294,18 +307,8 @@ export async function calculateNar(
   blob: BlobSource,
   dir: DirectorySource,
 ): Promise<NarSummary> {
-  const hash = createHash("sha256");
-  let narSize = 0n;
-  let pending = 0;
-  for await (const piece of renderNar(node, blob, dir)) {
-    hash.update(piece);
-    pending += piece.length;
-    // Number additions are cheaper than bigint ones; fold in well before 2^53.
-    if (pending > 1 << 40) {
-      narSize += BigInt(pending);
-      pending = 0;
-    }
-  }
-  narSize += BigInt(pending);
-  return { narSize, narSha256: new Uint8Array(hash.digest()) };
+  // Hashed as produced: batching into pieces first would copy every byte.
+  const hash = new StreamHasher();
+  for await (const part of narParts(node, blob, dir)) hash.update(part);
+  return hash.summary();
 }

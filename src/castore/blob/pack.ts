@@ -201,6 +201,13 @@ export class PackBlobService implements BlobService {
         CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack);
         CREATE TABLE IF NOT EXISTS blobs (
           digest BLOB PRIMARY KEY, chunks BLOB NOT NULL, touched INTEGER NOT NULL) WITHOUT ROWID;`);
+      // Packs written before garbage collection existed lack the marks.
+      for (const table of ["chunks", "blobs"]) {
+        const columns = this.#db.prepare(`PRAGMA table_info(${table})`).all().map((c) => c.name);
+        if (!columns.includes("touched")) {
+          this.#db.exec(`ALTER TABLE ${table} ADD COLUMN touched INTEGER NOT NULL DEFAULT 0`);
+        }
+      }
       this.#stmt = {
         chunk: this.#db.prepare(
           "SELECT pack, offset, length, size, raw, touched FROM chunks WHERE digest = ?",
