@@ -13,6 +13,11 @@
  * sequential; uploads run behind it, bounded in count and bytes, so a
  * remote store sees many files in flight while memory stays bounded.
  *
+ * Names are bytes. The walk uses Deno's string paths, which cannot spell a
+ * name that is not valid UTF-8: a directory whose listing holds such a name
+ * is listed again through `dir_ffi.ts`, and that entry (with everything
+ * below it) is reached relative to the directory's descriptor.
+ *
  * @module
  */
 import { basename, join } from "node:path";
@@ -23,6 +28,7 @@ import { type Directory, directoryDigest, directorySize } from "../directory.ts"
 import { errorMessage, InvalidRequestError } from "../../errors.ts";
 import { JobSet } from "../../concurrency.ts";
 import type { NodeVariant } from "../node.ts";
+import { displayName, RawDir, rawFsUnavailable, type RawStat, utf8Name } from "./dir_ffi.ts";
 
 /** Uploads in flight at once (files read, not yet stored). */
 export const DEFAULT_MAX_INFLIGHT = 64;
@@ -137,6 +143,68 @@ function statOf(info: Deno.FileInfo): Stat {
   };
 }
 
+/** `st_mode` file types, as {@linkcode Stat.kind} names them. */
+const KIND_OF_TYPE: Record<number, string> = {
+  0o100000: "file",
+  0o040000: "directory",
+  0o120000: "symlink",
+  0o060000: "block device",
+  0o020000: "character device",
+  0o010000: "FIFO",
+  0o140000: "socket",
+};
+
+function rawStatOf(info: RawStat): Stat {
+  return {
+    kind: KIND_OF_TYPE[info.mode & 0o170000] ?? "unknown file type",
+    size: info.size,
+    executable: (info.mode & 0o100) !== 0,
+    dev: info.dev,
+    ino: info.ino,
+    mtimeMs: info.mtimeMs,
+    ctimeMs: info.ctimeMs,
+    examinedAt: Date.now(),
+  };
+}
+
+/**
+ * Where an entry of the walk is: a path, or (for a name that is not valid
+ * UTF-8, and everything below it) a name inside a directory open by
+ * descriptor, which no string path can reach.
+ */
+type Location = string | RawLocation;
+
+interface RawLocation {
+  dir: RawDir;
+  name: Uint8Array;
+  /** The path with undecodable bytes escaped, for messages only. */
+  path: string;
+}
+
+/** `loc` for messages. */
+function shown(loc: Location): string {
+  return typeof loc === "string" ? loc : loc.path;
+}
+
+/** An entry of a directory listing, lstat'ed. */
+interface Child {
+  loc: Location;
+  name: Uint8Array;
+  info: Stat;
+}
+
+/**
+ * A directory's children. `close()` once they have all been walked: a
+ * listing may hold the directory's descriptor, through which children with
+ * byte names are reached.
+ */
+interface Listing {
+  children: Child[];
+  close(): void;
+}
+
+const noClose = () => {};
+
 /** A Directory of `nodes` (unique names from one listing), in name order. */
 function assembleDirectory(nodes: NodeVariant[]): Directory {
   nodes.sort((a, b) => compareBytes(a.value.name, b.value.name));
@@ -149,28 +217,145 @@ function assembleDirectory(nodes: NodeVariant[]): Directory {
   return d;
 }
 
-/** The children of the directory at `hostPath`, lstat'ed. */
-function listDirectory(hostPath: string): { hostPath: string; name: Uint8Array; info: Stat }[] {
+/** The children of the directory at `loc`, lstat'ed. */
+function listDirectory(loc: Location): Listing {
+  if (typeof loc !== "string") return listRawDirectory(loc);
   // Metadata calls are synchronous: against the page cache they take
   // microseconds, far less than an async round trip through the threadpool.
-  const children: { hostPath: string; name: Uint8Array; info: Stat }[] = [];
+  const children: Child[] = [];
+  // Names with U+FFFD may stand for bytes that are not UTF-8. If so, either
+  // their path misses (NotFound) or it reaches the file that really has that
+  // name, which the listing then holds twice.
+  let replaced = false;
   try {
-    for (const e of Deno.readDirSync(hostPath)) {
-      const p = join(hostPath, e.name);
-      children.push({ hostPath: p, name: te.encode(e.name), info: statOf(Deno.lstatSync(p)) });
+    for (const e of Deno.readDirSync(loc)) {
+      const p = join(loc, e.name);
+      if (e.name.includes("\uFFFD")) replaced = true;
+      let info: Deno.FileInfo;
+      try {
+        info = Deno.lstatSync(p);
+      } catch (err) {
+        if (replaced && err instanceof Deno.errors.NotFound) return listBytewise(loc);
+        throw err;
+      }
+      children.push({ loc: p, name: te.encode(e.name), info: statOf(info) });
     }
   } catch (err) {
-    throw new IngestError(hostPath, `listing failed: ${errorMessage(err)}`);
+    if (err instanceof IngestError) throw err;
+    throw new IngestError(loc, `listing failed: ${errorMessage(err)}`);
   }
-  return children;
+  if (replaced && new Set(children.map((c) => c.loc)).size !== children.length) {
+    return listBytewise(loc);
+  }
+  return { children, close: noClose };
 }
 
-function readLink(hostPath: string): Uint8Array {
-  try {
-    return te.encode(Deno.readLinkSync(hostPath));
-  } catch (err) {
-    throw new IngestError(hostPath, `readlink failed: ${errorMessage(err)}`);
+/**
+ * The children of the directory at `path` (which holds a name that is not
+ * valid UTF-8), listed by bytes: names that are valid UTF-8 keep their
+ * string paths, the others are reached through the directory's descriptor.
+ */
+function listBytewise(path: string): Listing {
+  const why = rawFsUnavailable();
+  if (why !== undefined) {
+    throw new IngestError(
+      path,
+      `holds a file name that is not valid UTF-8, which only byte-level file access can read: ${why}`,
+    );
   }
+  let dir: RawDir | undefined;
+  try {
+    dir = RawDir.open(path);
+    const children: Child[] = [];
+    let raw = false;
+    for (const name of dir.names()) {
+      const text = utf8Name(name);
+      if (text !== undefined) {
+        const p = join(path, text);
+        children.push({ loc: p, name, info: statOf(Deno.lstatSync(p)) });
+      } else {
+        const loc = { dir, name, path: join(path, displayName(name)) };
+        children.push({ loc, name, info: rawStatOf(dir.lstat(name)) });
+        raw = true;
+      }
+    }
+    if (!raw) dir.close();
+    return { children, close: raw ? () => dir!.close() : noClose };
+  } catch (err) {
+    dir?.close();
+    throw new IngestError(path, `listing failed: ${errorMessage(err)}`);
+  }
+}
+
+/** The children of a directory that only its parent's descriptor reaches. */
+function listRawDirectory(loc: RawLocation): Listing {
+  let dir: RawDir | undefined;
+  try {
+    dir = loc.dir.openDir(loc.name);
+    const children: Child[] = [];
+    for (const name of dir.names()) {
+      const child = { dir, name, path: join(loc.path, displayName(name)) };
+      children.push({ loc: child, name, info: rawStatOf(dir.lstat(name)) });
+    }
+    return { children, close: () => dir!.close() };
+  } catch (err) {
+    dir?.close();
+    throw new IngestError(loc.path, `listing failed: ${errorMessage(err)}`);
+  }
+}
+
+/** The target of the symlink at `loc`, as bytes. */
+function readLink(loc: Location): Uint8Array {
+  try {
+    if (typeof loc !== "string") return loc.dir.readLink(loc.name);
+    try {
+      return te.encode(Deno.readLinkSync(loc));
+    } catch (err) {
+      // Deno refuses a target that is not valid UTF-8.
+      if (!(err instanceof Deno.errors.InvalidData)) throw err;
+      const why = rawFsUnavailable();
+      if (why === undefined) return RawDir.readLink(loc);
+      throw new Error(
+        `the target is not valid UTF-8, which only byte-level file access can read: ${why}`,
+      );
+    }
+  } catch (err) {
+    throw new IngestError(shown(loc), `readlink failed: ${errorMessage(err)}`);
+  }
+}
+
+/** A reader of a file's contents in pieces (`Deno.FsFile` or `RawFile`). */
+interface PieceReader extends Disposable {
+  readSync(buf: Uint8Array): number | null;
+}
+
+/** Opens the regular file at `loc` for reading. */
+function openFile(loc: Location): PieceReader {
+  return typeof loc === "string" ? Deno.openSync(loc, { read: true }) : loc.dir.openFile(loc.name);
+}
+
+/**
+ * The whole contents of the (small) file at `loc`, which lstat said has
+ * `size` bytes; longer or shorter if it changed since.
+ */
+function readSmallFile(loc: Location, size: number): Uint8Array {
+  // Synchronous: against the page cache one call takes microseconds,
+  // far less than a round trip through the threadpool.
+  if (typeof loc === "string") return Deno.readFileSync(loc);
+  using f = openFile(loc);
+  const data = new Uint8Array(size);
+  let got = 0;
+  while (got < size) {
+    const n = f.readSync(data.subarray(got));
+    if (n === null) return data.subarray(0, got);
+    got += n;
+  }
+  // One byte more means the file grew.
+  const more = f.readSync(new Uint8Array(1));
+  if (more === null) return data;
+  const grown = new Uint8Array(size + 1);
+  grown.set(data);
+  return grown;
 }
 
 /**
@@ -184,9 +369,9 @@ export function nodeFromStats(
   path: string,
   knownDigest: (file: FileIdentity) => Digest | undefined,
 ): NodeVariant | undefined {
-  const visit = (hostPath: string, name: Uint8Array, info: Stat): NodeVariant | undefined => {
+  const visit = (loc: Location, name: Uint8Array, info: Stat): NodeVariant | undefined => {
     if (info.kind === "symlink") {
-      return { $case: "symlink", value: { name, target: readLink(hostPath) } };
+      return { $case: "symlink", value: { name, target: readLink(loc) } };
     }
     if (info.kind === "file") {
       const digest = knownDigest(info);
@@ -196,10 +381,15 @@ export function nodeFromStats(
     }
     if (info.kind !== "directory") return undefined;
     const nodes: NodeVariant[] = [];
-    for (const c of listDirectory(hostPath)) {
-      const n = visit(c.hostPath, c.name, c.info);
-      if (!n) return undefined;
-      nodes.push(n);
+    const listing = listDirectory(loc);
+    try {
+      for (const c of listing.children) {
+        const n = visit(c.loc, c.name, c.info);
+        if (!n) return undefined;
+        nodes.push(n);
+      }
+    } finally {
+      listing.close();
     }
     const d = assembleDirectory(nodes);
     return {
@@ -253,19 +443,17 @@ export async function ingestPath(
   const progress = options.progress;
 
   /** Reads a file once, feeding the observer and an upload. */
-  async function file(hostPath: string, walked: WalkedFile): Promise<void> {
+  async function file(loc: Location, walked: WalkedFile): Promise<void> {
     const { size, executable } = walked.info;
     observer?.file(size, executable);
     if (size <= SMALL_FILE) {
       let data: Uint8Array;
       try {
-        // Synchronous: against the page cache one call takes microseconds,
-        // far less than a round trip through the threadpool.
-        data = Deno.readFileSync(hostPath);
+        data = readSmallFile(loc, size);
       } catch (err) {
-        throw new IngestError(hostPath, `reading failed: ${errorMessage(err)}`);
+        throw new IngestError(shown(loc), `reading failed: ${errorMessage(err)}`);
       }
-      if (data.length !== size) throw changed(hostPath, size, data.length);
+      if (data.length !== size) throw changed(shown(loc), size, data.length);
       observer?.contents(data);
       observer?.endFile();
       await uploads.add(async () => {
@@ -275,7 +463,7 @@ export async function ingestPath(
           walked.digest = await writer.close();
         } catch (err) {
           await writer.abort().catch(() => {});
-          throw new IngestError(hostPath, `upload failed: ${errorMessage(err)}`);
+          throw new IngestError(shown(loc), `upload failed: ${errorMessage(err)}`);
         }
         progress?.bytes?.(size);
       }, size);
@@ -285,7 +473,7 @@ export async function ingestPath(
     // to be taken (the writer's own bound), and the upload's end runs behind.
     const writer = blob.openWrite();
     try {
-      using f = Deno.openSync(hostPath, { read: true });
+      using f = openFile(loc);
       let got = 0;
       while (true) {
         // A fresh buffer per piece: the writer may still hold the last one.
@@ -299,49 +487,54 @@ export async function ingestPath(
         await writer.write(piece);
         progress?.bytes?.(n);
       }
-      if (got !== size) throw changed(hostPath, size, got);
+      if (got !== size) throw changed(shown(loc), size, got);
       observer?.endFile();
     } catch (err) {
       await writer.abort().catch(() => {});
       if (err instanceof IngestError) throw err;
-      throw new IngestError(hostPath, `upload failed: ${errorMessage(err)}`);
+      throw new IngestError(shown(loc), `upload failed: ${errorMessage(err)}`);
     }
     await uploads.add(async () => {
       try {
         walked.digest = await writer.close();
       } catch (err) {
-        throw new IngestError(hostPath, `upload failed: ${errorMessage(err)}`);
+        throw new IngestError(shown(loc), `upload failed: ${errorMessage(err)}`);
       }
     }, READ_PIECE);
   }
 
-  async function walk(hostPath: string, name: Uint8Array, info: Stat): Promise<Walked> {
+  async function walk(loc: Location, name: Uint8Array, info: Stat): Promise<Walked> {
     if (info.kind === "symlink") {
-      const target = readLink(hostPath);
+      const target = readLink(loc);
       observer?.symlink(target);
       return { kind: "symlink", node: { $case: "symlink", value: { name, target } } };
     }
     if (info.kind === "file") {
       const walked: WalkedFile = { kind: "file", name, info };
-      await file(hostPath, walked);
+      await file(loc, walked);
       return walked;
     }
     if (info.kind === "directory") {
       // Continue in a fresh microtask, so deep trees do not grow the call stack.
       await Promise.resolve();
-      const children = listDirectory(hostPath);
-      children.sort((a, b) => compareBytes(a.name, b.name));
-      observer?.beginDirectory();
-      const walked: WalkedDirectory = { kind: "directory", name, children: [] };
-      for (const c of children) {
-        observer?.beginEntry(c.name);
-        walked.children.push(await walk(c.hostPath, c.name, c.info));
-        observer?.endEntry();
+      const listing = listDirectory(loc);
+      try {
+        const children = listing.children;
+        children.sort((a, b) => compareBytes(a.name, b.name));
+        observer?.beginDirectory();
+        const walked: WalkedDirectory = { kind: "directory", name, children: [] };
+        for (const c of children) {
+          observer?.beginEntry(c.name);
+          walked.children.push(await walk(c.loc, c.name, c.info));
+          observer?.endEntry();
+        }
+        observer?.endDirectory();
+        return walked;
+      } finally {
+        listing.close();
       }
-      observer?.endDirectory();
-      return walked;
     }
-    throw new IngestError(hostPath, `unsupported file type (${info.kind})`);
+    throw new IngestError(shown(loc), `unsupported file type (${info.kind})`);
   }
 
   let info: Stat;
