@@ -6,7 +6,10 @@
  * `put` writes a temporary file beside the target and renames it over the
  * target, so the object appears complete or not at all, even to a process
  * that reads after this one was killed. Temporary files are named `.tmp-…`
- * and never listed; one left behind by a crash is inert. Directories known
+ * and never listed; one left behind by a crash is inert, and removed by the
+ * next store opened on the same directory once it is older than
+ * {@linkcode STALE_TEMP_MS} (a live put holds its temporary file for
+ * moments, so no live writer's file is touched). Directories known
  * to exist are remembered, so a put is open, write, close and rename; if
  * one was removed behind the store's back, the put recreates it and retries.
  *
@@ -27,6 +30,8 @@ import { checkObjectPath, type ObjectStore } from "./store.ts";
 import { FileFlusher } from "./flush.ts";
 
 const TEMP_PREFIX = ".tmp-";
+/** Temporary files older than this were left by a crash or a failed write. */
+export const STALE_TEMP_MS = 60 * 60 * 1000;
 
 function storageError(op: string, path: string, err: unknown): StorageError {
   return new StorageError(`object store ${op} ${path}: ${errorMessage(err)}`);
@@ -44,6 +49,11 @@ export class FileObjectStore implements ObjectStore {
   /** Flushes the store's filesystem; absent without FFI, when puts flush themselves. */
   readonly #flusher: FileFlusher | undefined;
   readonly description: string;
+  /**
+   * The removal of stale temporary files this store started, in the
+   * background, when it was opened; resolves to how many it removed.
+   */
+  readonly staleTempsRemoved: Promise<number>;
 
   /** `base`: absolute directory path; created on the first write if missing. */
   constructor(base: string) {
@@ -53,6 +63,7 @@ export class FileObjectStore implements ObjectStore {
     this.#base = base;
     this.#flusher = FileFlusher.forDirectory(base);
     this.description = `file://${base}`;
+    this.staleTempsRemoved = removeStaleTemps(base, Date.now() - STALE_TEMP_MS).catch(() => 0);
   }
 
   #resolve(path: string): string {
@@ -170,4 +181,38 @@ export class FileObjectStore implements ObjectStore {
   close(): Promise<void> {
     return Promise.resolve();
   }
+}
+
+/**
+ * Removes `.tmp-*` files below `dir` last modified before `cutoff`. Walks
+ * one directory at a time with async calls, so a large store's walk never
+ * holds up the event loop.
+ */
+async function removeStaleTemps(dir: string, cutoff: number): Promise<number> {
+  let removed = 0;
+  const pending = [dir];
+  while (pending.length > 0) {
+    const current = pending.pop()!;
+    let entries: Deno.DirEntry[];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(current));
+    } catch {
+      continue; // not created yet, or removed meanwhile
+    }
+    for (const e of entries) {
+      const path = join(current, e.name);
+      if (e.isDirectory) {
+        pending.push(path);
+      } else if (e.isFile && e.name.startsWith(TEMP_PREFIX)) {
+        try {
+          const info = await Deno.stat(path);
+          if ((info.mtime?.getTime() ?? Infinity) < cutoff) {
+            await Deno.remove(path);
+            removed++;
+          }
+        } catch { /* already gone */ }
+      }
+    }
+  }
+  return removed;
 }

@@ -1,0 +1,48 @@
+/**
+ * Temporary files a crashed writer left in a file object store are removed
+ * by the next process that opens the store (here a real daemon), once they
+ * are old enough; a live writer's fresh one is left alone.
+ */
+import { join } from "node:path";
+import { assert, assertEquals } from "../assert.ts";
+import { startServer } from "../cli/helpers.ts";
+import { STALE_TEMP_MS } from "../../src/castore/objectstore/file.ts";
+
+const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
+
+Deno.test("file object store: stale .tmp- files go when a daemon opens the store", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-stale-temps-" });
+  const blobs = join(work, "blobs");
+  const shard = join(blobs, "chunks", "b3", "abcd");
+  await Deno.mkdir(shard, { recursive: true });
+  const old = join(shard, ".tmp-left-by-a-crash");
+  const fresh = join(shard, ".tmp-being-written");
+  const object = join(shard, "abcd".padEnd(64, "0"));
+  await Deno.writeTextFile(old, "partial");
+  await Deno.writeTextFile(fresh, "partial");
+  await Deno.writeTextFile(object, "an object, not a temporary file");
+  const longAgo = new Date(Date.now() - STALE_TEMP_MS - 60_000);
+  await Deno.utime(old, longAgo, longAgo);
+  const daemon = await startServer([
+    "daemon",
+    "--listen-address",
+    "127.0.0.1:0",
+    "--blob-service-addr",
+    `objectstore+file://${blobs}`,
+    "--directory-service-addr",
+    `sqlite://${join(work, "store.sqlite")}`,
+    "--path-info-service-addr",
+    `sqlite://${join(work, "store.sqlite")}`,
+  ], { name: "daemon" });
+  try {
+    for (let i = 0; i < 100 && await exists(old); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assertEquals(await exists(old), false, "the stale temporary file is removed");
+    assert(await exists(fresh), "a fresh one (a live writer's) stays");
+    assert(await exists(object), "objects stay");
+  } finally {
+    await daemon.stop();
+    await Deno.remove(work, { recursive: true });
+  }
+});
