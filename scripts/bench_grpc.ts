@@ -1,6 +1,6 @@
 /**
  * gRPC blob streaming benchmark: one large blob (default 1 GiB) through a
- * `tvix-store daemon` process (objectstore+file blobs in a temp dir), with
+ * `tvix-store daemon` process (pack blobs in a temp dir, the embedded default), with
  * `Put` and then `Read` as single streams from a client process, beside
  * grpc-js on Node doing the same transfer with nothing behind it (so the
  * ratio is our whole stack against the bare transport). Also measures the
@@ -180,7 +180,7 @@ async function benchDaemon(size: number): Promise<Phase[]> {
       "--listen-address",
       "127.0.0.1:0",
       "--blob-service-addr",
-      `objectstore+file://${join(dir, "blobs")}`,
+      `pack://${join(dir, "packs")}`,
       "--directory-service-addr",
       "memory://",
       "--path-info-service-addr",
@@ -270,7 +270,7 @@ async function main(): Promise<void> {
       (p.name.startsWith("openRead") ? node.find((n) => n.name === "Read") : undefined);
 
   console.log(
-    "\nWhole stack: our client + daemon (objectstore+file) vs grpc-js Node client + server",
+    "\nWhole stack: our client + daemon (pack store) vs grpc-js Node client + server",
   );
   console.log(
     "phase                          tvix-store        Node baseline   ratio   " +

@@ -3,7 +3,7 @@
  *
  * 1. NAR download: a tree of `--size-mib` (default 512) MiB (a few large
  *    random files plus some small ones) is imported into a fresh embedded
- *    store (objectstore+file blobs, SQLite metadata); `tvix-store nar-bridge`
+ *    store (pack blobs, SQLite metadata); `tvix-store nar-bridge`
  *    serves it on loopback; the NAR is fetched over HTTP (uncompressed) with
  *    curl (Nix's own HTTP client; Deno's fetch would be the bottleneck) into
  *    /dev/null, vs `nix-store --dump` of the same tree through a pipe into
