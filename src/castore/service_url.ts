@@ -1,6 +1,8 @@
 /**
  * URL helpers for building services from their addresses
- * (docs/architecture.md#service-urls).
+ * (docs/architecture.md#service-urls), and the URL forms each service
+ * accepts, so that errors can list them. Nothing here loads a backend: the
+ * command line checks flags with it before any backend module is loaded.
  *
  * @module
  */
@@ -26,11 +28,71 @@ export function urlScheme(url: URL): string {
  */
 export function checkMemoryUrl(url: URL): void {
   if (url.host !== "" || url.pathname !== "") {
-    throw new StorageError(`invalid url: ${url.href}`);
+    throw new StorageError(`invalid url: ${url.href} (memory:// takes no host or path)`);
   }
 }
 
-/** The error for a scheme no backend handles. */
-export function unknownScheme(url: URL): StorageError {
-  return new StorageError(`unknown scheme: ${urlScheme(url)}`);
+/** The three services, as error messages name them. */
+export type ServiceKind = "blob" | "directory" | "path info";
+
+const GRPC_FORMS = ["grpc+http://HOST:PORT", "grpc+https://HOST:PORT", "grpc+unix:///SOCKET"];
+const OBJECT_STORE_FORMS = [
+  "objectstore+file:///DIR",
+  "objectstore+memory://",
+  "objectstore+s3://BUCKET/PREFIX",
+];
+
+/**
+ * The URL forms each service accepts, in the order the docs list them
+ * (docs/architecture.md#service-urls). Keep in step with the `from_url.ts`
+ * of each service; `tests/cli/first_day_test.ts` checks that every form
+ * listed here is accepted there.
+ */
+export const SERVICE_URL_FORMS: Readonly<Record<ServiceKind, readonly string[]>> = {
+  blob: ["memory://", "pack:///DIR", ...OBJECT_STORE_FORMS, ...GRPC_FORMS],
+  directory: [
+    "memory://",
+    "sqlite:///FILE",
+    "postgres://HOST/DB",
+    ...OBJECT_STORE_FORMS,
+    ...GRPC_FORMS,
+  ],
+  "path info": ["memory://", "sqlite:///FILE", "postgres://HOST/DB", ...GRPC_FORMS],
+};
+
+/** Schemes accepted under another name than the one {@linkcode SERVICE_URL_FORMS} shows. */
+const SCHEME_ALIASES: Readonly<Record<string, string>> = { postgresql: "postgres" };
+
+/** The error for a scheme no backend of `kind` handles; it lists the forms that are. */
+export function unknownScheme(url: URL, kind?: ServiceKind): StorageError {
+  const text = `unknown scheme: ${urlScheme(url)}`;
+  if (!kind) return new StorageError(text);
+  return new StorageError(
+    `${text} (a ${kind} service URL is one of ${SERVICE_URL_FORMS[kind].join(", ")})`,
+  );
+}
+
+/**
+ * Checks what can be checked of a `kind` service URL without building the
+ * service: that it parses, that its scheme is one `kind` accepts, and that
+ * `memory:` has no host or path. Throws `StorageError` naming the valid
+ * forms; the backend checks the rest when the service is built.
+ */
+export function checkServiceUrl(kind: ServiceKind, text: string): void {
+  const url = parseServiceUrl(text);
+  const scheme = SCHEME_ALIASES[urlScheme(url)] ?? urlScheme(url);
+  const accepted = SERVICE_URL_FORMS[kind].some((form) => form.startsWith(`${scheme}:`));
+  if (!accepted) throw unknownScheme(url, kind);
+  if (scheme === "memory") checkMemoryUrl(url);
+}
+
+/**
+ * Prefixes an error raised while building a service from `url` with the
+ * service and the URL (unless the message names the URL already), so that
+ * whoever set the URL can tell which one is wrong. Keeps the error's class.
+ */
+export function inServiceUrl(err: unknown, kind: ServiceKind, url: string): unknown {
+  if (!(err instanceof Error) || err.message.includes(url)) return err;
+  err.message = `${kind} service URL ${url}: ${err.message}`;
+  return err;
 }

@@ -8,18 +8,21 @@
 import type { Command } from "commander";
 import { addClientServiceOptions, withServices } from "./common.ts";
 import type { ServiceAddrs } from "../store/services.ts";
-import { deletePaths } from "../store/gc.ts";
-import { StorePath } from "../store/store_path.ts";
 
 async function runDelete(
   paths: string[],
   flags: ServiceAddrs & { recursive?: boolean },
+  cmd: Command,
 ): Promise<void> {
+  const [{ deletePaths }, { StorePath }] = await Promise.all([
+    import("../store/gc.ts"),
+    import("../store/store_path.ts"),
+  ]);
   const targets = paths.map((p) => StorePath.parseAbsolute(p));
   await withServices(flags, async ({ pathInfo }) => {
     const deleted = await deletePaths(pathInfo, targets, flags);
     for (const p of deleted.map((d) => d.absolute()).sort()) console.log(`deleted ${p}`);
-  });
+  }, cmd);
 }
 
 /** Adds the `delete` subcommand to `program`. */
@@ -30,7 +33,7 @@ export function register(program: Command): void {
     .argument("<paths...>", "absolute store paths")
     .option("--recursive", "also delete every path that refers to them");
   addClientServiceOptions(cmd);
-  cmd.action((paths: string[], opts: ServiceAddrs & { recursive?: boolean }) =>
-    runDelete(paths, opts)
+  cmd.action((paths: string[], opts: ServiceAddrs & { recursive?: boolean }, self: Command) =>
+    runDelete(paths, opts, self)
   );
 }

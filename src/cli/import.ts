@@ -14,103 +14,100 @@
  * off) lets a re-import of an unchanged tree skip reading its files: the
  * store is then only asked whether it holds the resulting path.
  *
+ * On a terminal, a progress line counts the bytes read, of how many, with
+ * rate and time left (`--quiet` turns it off). The store and import modules
+ * are loaded when the command runs, not when it is registered.
+ *
  * @module
  */
 import type { Command } from "commander";
-import { addServiceOptions } from "./common.ts";
-import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
-import { errorMessage } from "../errors.ts";
+import {
+  addClientServiceOptions,
+  addQuietOption,
+  causeFor,
+  closingAfter,
+  openServices,
+} from "./common.ts";
+import type { ServiceAddrs } from "../store/services.ts";
+import type { StatCache } from "../store/stat_cache.ts";
 import { mapLimit } from "../concurrency.ts";
-import { constructServices } from "../store/services.ts";
-import { importPath } from "../store/import.ts";
-import { StatCache, statCacheDir, statCachePath } from "../store/stat_cache.ts";
-import { log } from "../log.ts";
+import { log, Progress } from "../log.ts";
+import { exitOnInterrupt } from "./shutdown.ts";
 
 /** Paths imported at once; each import is itself concurrent inside. */
 const PATH_CONCURRENCY = 4;
 const te = new TextEncoder();
 
-function formatBytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
-
-/**
- * One progress line on stderr: items done of total, bytes done, throughput.
- * Draws only when stderr is a terminal, at most ten times a second; stdout
- * is never touched.
- */
-export class ProgressBar {
-  readonly #enabled = Deno.stderr.isTerminal();
-  readonly #start = performance.now();
-  #done = 0;
-  #bytes = 0;
-  #lastDraw = 0;
-  #drawn = false;
-
-  constructor(private readonly label: string, private readonly total: number) {}
-
-  /** Adds uploaded bytes. */
-  addBytes(n: number): void {
-    this.#bytes += n;
-    this.#draw(false);
-  }
-
-  /** Counts one finished item. */
-  itemDone(): void {
-    this.#done++;
-    this.#draw(true);
-  }
-
-  /** Erases the line (call before printing anything else to stderr, and at the end). */
-  clear(): void {
-    if (this.#enabled && this.#drawn) Deno.stderr.writeSync(te.encode("\r\x1b[2K"));
-    this.#drawn = false;
-  }
-
-  #draw(force: boolean): void {
-    if (!this.#enabled) return;
-    const now = performance.now();
-    if (!force && now - this.#lastDraw < 100) return;
-    this.#lastDraw = now;
-    const secs = Math.max((now - this.#start) / 1000, 0.001);
-    const width = 30;
-    const filled = this.total > 0 ? Math.round((this.#done / this.total) * width) : width;
-    const bar = "#".repeat(filled) + "-".repeat(width - filled);
-    const line = `${this.label} [${bar}] ${this.#done}/${this.total} paths, ` +
-      `${formatBytes(this.#bytes)} (${formatBytes(this.#bytes / secs)}/s)`;
-    Deno.stderr.writeSync(te.encode(`\r\x1b[2K${line}`));
-    this.#drawn = true;
-  }
-}
-
 interface ImportFlags extends ServiceAddrs {
   /** False with `--no-stat-cache`. */
   statCache: boolean;
+  quiet?: boolean;
 }
 
-/** The stat cache for the store at `addrs`, unless turned off or unusable. */
-function openStatCache(flags: ImportFlags): StatCache | undefined {
-  if (!flags.statCache) return undefined;
-  const dir = statCacheDir();
-  return dir ? StatCache.open(statCachePath(dir, flags)) : undefined;
+/**
+ * Bytes in the regular files under `path` (not following symlinks), to
+ * tell how much an import has left; `undefined` if the tree cannot be
+ * walked (the import itself then says why) or `stop()` turned true (the
+ * import is over, and the walk must not keep the process alive).
+ */
+async function treeBytes(path: string, stop: () => boolean): Promise<number | undefined> {
+  try {
+    const info = await Deno.lstat(path);
+    if (info.isFile) return info.size;
+    if (!info.isDirectory) return 0;
+    let total = 0;
+    for await (const entry of Deno.readDir(path)) {
+      if (stop()) return undefined;
+      const sub = await treeBytes(`${path}/${entry.name}`, stop);
+      if (sub === undefined) return undefined;
+      total += sub;
+    }
+    return total;
+  } catch {
+    return undefined;
+  }
 }
 
-async function runImport(paths: string[], flags: ImportFlags): Promise<void> {
-  if (paths.length === 0) return;
-  const addrs: ServiceAddrs = {
-    blobServiceAddr: flags.blobServiceAddr,
-    directoryServiceAddr: flags.directoryServiceAddr,
-    pathInfoServiceAddr: flags.pathInfoServiceAddr,
-  };
-  const services = await constructServices(addrs);
-  const statCache = openStatCache(flags);
-  const bar = new ProgressBar("importing", paths.length);
+async function runImport(paths: string[], flags: ImportFlags, cmd: Command): Promise<void> {
+  const progress = new Progress({
+    label: "importing",
+    totalItems: paths.length > 1 ? paths.length : undefined,
+    quiet: flags.quiet,
+  });
+  const stopListening = exitOnInterrupt(() => progress.finish());
+  try {
+    await importAll(paths, flags, cmd, progress);
+  } finally {
+    progress.finish();
+    stopListening();
+  }
+}
+
+async function importAll(
+  paths: string[],
+  flags: ImportFlags,
+  cmd: Command,
+  progress: Progress,
+): Promise<void> {
+  const [{ importPath }, { StatCache, statCacheDir, statCachePath }] = await Promise.all([
+    import("../store/import.ts"),
+    import("../store/stat_cache.ts"),
+  ]);
+  const services = await openServices(flags, cmd);
+  let statCache: StatCache | undefined;
+  if (flags.statCache) {
+    const dir = statCacheDir();
+    if (dir) statCache = StatCache.open(statCachePath(dir, flags));
+  }
+  // The total is only for the progress line: it is summed while the import runs.
+  let done = false;
+  if (!flags.quiet && Deno.stderr.isTerminal()) {
+    Promise.all(paths.map((p) => treeBytes(p, () => done))).then((sizes) => {
+      if (sizes.every((s) => s !== undefined)) {
+        progress.setTotalBytes(sizes.reduce((a, b) => a + b, 0));
+      }
+    });
+  }
   // Store paths are printed in argument order, each as soon as all before it are settled.
   const outcomes: (string | null | undefined)[] = new Array(paths.length);
   let printed = 0;
@@ -118,33 +115,36 @@ async function runImport(paths: string[], flags: ImportFlags): Promise<void> {
     while (printed < paths.length && outcomes[printed] !== undefined) {
       const line = outcomes[printed++];
       if (line === null) continue;
-      bar.clear(); // stdout and stderr may share the terminal
+      progress.hide(); // stdout and stderr may share the terminal
       Deno.stdout.writeSync(te.encode(line + "\n"));
+      progress.redraw();
     }
   };
   let failed = 0;
   try {
-    await mapLimit(paths, PATH_CONCURRENCY, async (path, i) => {
-      try {
-        const { storePath } = await importPath(path, services, {
-          progress: { bytes: (n) => bar.addBytes(n) },
-          statCache,
-        });
-        outcomes[i] = storePath.absolute();
-        log.debug("imported", { path, store_path: storePath.absolute() });
-      } catch (err) {
-        failed++;
-        outcomes[i] = null;
-        bar.clear();
-        log.error(`failed to import ${path}: ${errorMessage(err)}`);
-      }
-      bar.itemDone();
-      flush();
-    });
+    await closingAfter(services, () =>
+      mapLimit(paths, PATH_CONCURRENCY, async (path, i) => {
+        try {
+          const { storePath } = await importPath(path, services, {
+            progress: { bytes: (n) => progress.addBytes(n) },
+            statCache,
+          });
+          outcomes[i] = storePath.absolute();
+          log.debug("imported", { path, store_path: storePath.absolute() });
+        } catch (err) {
+          const message = `cannot import ${path}: ${causeFor(path, err)}`;
+          // A single path's failure is the command's error: one line.
+          if (paths.length === 1) throw new Error(message);
+          failed++;
+          outcomes[i] = null;
+          log.error(message);
+        }
+        progress.itemDone();
+        flush();
+      }));
   } finally {
-    bar.clear();
+    done = true;
     statCache?.close();
-    await services.close();
   }
   if (failed > 0) {
     throw new Error(`${failed} of ${paths.length} paths could not be imported`);
@@ -156,15 +156,12 @@ export function register(program: Command): void {
   const cmd = program
     .command("import")
     .description("import local paths as content-addressed store paths (like nix-store --add)")
-    .argument("[paths...]", "local files, directories or symlinks to import")
+    .argument("<paths...>", "local files, directories or symlinks to import")
     .option(
       "--no-stat-cache",
       "read every file, without the cache of what earlier imports into this store read",
     );
-  addServiceOptions(cmd, {
-    blobServiceAddr: DEFAULT_REMOTE_ADDR,
-    directoryServiceAddr: DEFAULT_REMOTE_ADDR,
-    pathInfoServiceAddr: DEFAULT_REMOTE_ADDR,
-  });
-  cmd.action((paths: string[], opts: ImportFlags) => runImport(paths, opts));
+  addQuietOption(cmd);
+  addClientServiceOptions(cmd);
+  cmd.action((paths: string[], opts: ImportFlags, self: Command) => runImport(paths, opts, self));
 }

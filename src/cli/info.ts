@@ -10,14 +10,15 @@ import { addClientServiceOptions, withServices } from "./common.ts";
 import type { ServiceAddrs } from "../store/services.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import type { NodeVariant } from "../castore/node.ts";
-import { digestKey } from "../castore/digest.ts";
-import { storePathOf } from "../store/gc.ts";
-import { StorePath } from "../store/store_path.ts";
 import type { PathInfo } from "../store/pathinfo/service.ts";
-import { summarize } from "./list.ts";
+import { loadSummarize } from "./list.ts";
 
 /** Blob digest key → file size, for every file under `node`. */
-async function filesOf(node: NodeVariant, dirs: DirectoryService): Promise<Map<string, number>> {
+async function filesOf(
+  node: NodeVariant,
+  dirs: DirectoryService,
+  digestKey: (digest: Uint8Array) => string,
+): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   if (node.$case === "file") out.set(digestKey(node.value.digest), Number(node.value.size));
   if (node.$case === "directory") {
@@ -28,7 +29,13 @@ async function filesOf(node: NodeVariant, dirs: DirectoryService): Promise<Map<s
   return out;
 }
 
-async function runInfo(paths: string[], flags: ServiceAddrs): Promise<void> {
+async function runInfo(paths: string[], flags: ServiceAddrs, cmd: Command): Promise<void> {
+  const [{ digestKey }, { storePathOf }, { StorePath }, summarize] = await Promise.all([
+    import("../castore/digest.ts"),
+    import("../store/gc.ts"),
+    import("../store/store_path.ts"),
+    loadSummarize(),
+  ]);
   const targets = paths.map((p) => StorePath.parseAbsolute(p));
   await withServices(flags, async ({ pathInfo, directory }) => {
     const all: PathInfo[] = [];
@@ -42,11 +49,13 @@ async function runInfo(paths: string[], flags: ServiceAddrs): Promise<void> {
         .filter((i) => i !== info && i.references.some((r) => digestKey(r) === key))
         .map((i) => storePathOf(i).absolute())
         .sort();
-      const own = await filesOf(info.node!.node!, directory);
+      const own = await filesOf(info.node!.node!, directory, digestKey);
       const elsewhere = new Set<string>();
       for (const other of all) {
         if (other === info || !other.node?.node) continue;
-        for (const k of (await filesOf(other.node.node, directory)).keys()) elsewhere.add(k);
+        for (const k of (await filesOf(other.node.node, directory, digestKey)).keys()) {
+          elsewhere.add(k);
+        }
       }
       let bytes = 0, shared = 0;
       for (const [k, size] of own) {
@@ -65,7 +74,7 @@ async function runInfo(paths: string[], flags: ServiceAddrs): Promise<void> {
           " also held by other paths",
       );
     }
-  });
+  }, cmd);
 }
 
 /** Adds the `info` subcommand to `program`. */
@@ -75,5 +84,5 @@ export function register(program: Command): void {
     .description("show NAR size and hash, references, referrers and deduplication of store paths")
     .argument("<paths...>", "absolute store paths");
   addClientServiceOptions(cmd);
-  cmd.action((paths: string[], opts: ServiceAddrs) => runInfo(paths, opts));
+  cmd.action((paths: string[], opts: ServiceAddrs, self: Command) => runInfo(paths, opts, self));
 }

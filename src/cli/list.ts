@@ -9,9 +9,6 @@ import type { Command } from "commander";
 import { addClientServiceOptions, withServices } from "./common.ts";
 import type { ServiceAddrs } from "../store/services.ts";
 import type { PathInfo } from "../store/pathinfo/service.ts";
-import { storePathOf } from "../store/gc.ts";
-import { formatContentAddress, pathInfoToNarInfo } from "../narbridge/narinfo.ts";
-import * as nixbase32 from "../store/nixbase32.ts";
 
 /** What `--json` prints for one path. */
 export interface PathSummary {
@@ -22,19 +19,33 @@ export interface PathSummary {
   ca?: string;
 }
 
-/** The JSON summary of a PathInfo (as its narinfo states it). */
-export function summarize(info: PathInfo): PathSummary {
-  const ni = pathInfoToNarInfo(info);
-  return {
-    path: ni.storePath.absolute(),
-    narSize: Number(ni.narSize),
-    narHash: `sha256:${nixbase32.encode(ni.narHash)}`,
-    references: ni.references.map((r) => r.absolute()).sort(),
-    ...(ni.ca ? { ca: formatContentAddress(ni.ca) } : {}),
+/**
+ * Loads what summaries need and returns the summarizer: the JSON summary
+ * of a PathInfo, as its narinfo states it. (Loaded on use, so that
+ * registering `list` and `info` loads no store module.)
+ */
+export async function loadSummarize(): Promise<(info: PathInfo) => PathSummary> {
+  const [{ formatContentAddress, pathInfoToNarInfo }, nixbase32] = await Promise.all([
+    import("../narbridge/narinfo.ts"),
+    import("../store/nixbase32.ts"),
+  ]);
+  return (info) => {
+    const ni = pathInfoToNarInfo(info);
+    return {
+      path: ni.storePath.absolute(),
+      narSize: Number(ni.narSize),
+      narHash: `sha256:${nixbase32.encode(ni.narHash)}`,
+      references: ni.references.map((r) => r.absolute()).sort(),
+      ...(ni.ca ? { ca: formatContentAddress(ni.ca) } : {}),
+    };
   };
 }
 
-async function runList(flags: ServiceAddrs & { json?: boolean }): Promise<void> {
+async function runList(flags: ServiceAddrs & { json?: boolean }, cmd: Command): Promise<void> {
+  const [{ storePathOf }, summarize] = await Promise.all([
+    import("../store/gc.ts"),
+    loadSummarize(),
+  ]);
   await withServices(flags, async ({ pathInfo }) => {
     const infos: PathInfo[] = [];
     for await (const info of pathInfo.list()) infos.push(info);
@@ -42,7 +53,7 @@ async function runList(flags: ServiceAddrs & { json?: boolean }): Promise<void> 
       ? [JSON.stringify(infos.map(summarize).sort((a, b) => a.path < b.path ? -1 : 1))]
       : infos.map((i) => storePathOf(i).absolute()).sort();
     if (lines.length > 0) console.log(lines.join("\n"));
-  });
+  }, cmd);
 }
 
 /** Adds the `list` subcommand to `program`. */
@@ -52,5 +63,5 @@ export function register(program: Command): void {
     .description("list every store path in the store")
     .option("--json", "print path, NAR size and hash, references and content address as JSON");
   addClientServiceOptions(cmd);
-  cmd.action((opts: ServiceAddrs & { json?: boolean }) => runList(opts));
+  cmd.action((opts: ServiceAddrs & { json?: boolean }, self: Command) => runList(opts, self));
 }

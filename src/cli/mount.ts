@@ -1,13 +1,16 @@
 /**
  * `tvix-store mount <PATH>` (docs/compatibility.md#mount): the store as a read-only FUSE
- * filesystem.
+ * filesystem. It serves in the foreground until Ctrl-C, SIGTERM or an
+ * `umount PATH`. Before mounting it checks that the daemons it reads from
+ * answer, so that a missing daemon is an error here rather than EIO on
+ * every read later. The FUSE modules load when the command runs.
  *
  * @module
  */
 import { type Command, Option } from "commander";
-import { addServiceOptions, parseByteSize } from "./common.ts";
-import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
-import { runMount } from "../fuse/mount.ts";
+import { addClientServiceOptions, checkDaemonsReachable, parseByteSize } from "./common.ts";
+import type { ServiceAddrs } from "../store/services.ts";
+import { log, logEnabled } from "../log.ts";
 
 function positiveInt(text: string): number {
   const n = Number(text);
@@ -41,11 +44,7 @@ export function register(program: Command): void {
   const cmd = program.command("mount")
     .description("mount the store as a read-only FUSE filesystem at PATH")
     .argument("<path>", "mountpoint");
-  addServiceOptions(cmd, {
-    blobServiceAddr: DEFAULT_REMOTE_ADDR,
-    directoryServiceAddr: DEFAULT_REMOTE_ADDR,
-    pathInfoServiceAddr: DEFAULT_REMOTE_ADDR,
-  });
+  addClientServiceOptions(cmd);
   cmd
     .addOption(
       new Option("--threads <n>", "FUSE worker threads (one channel each)")
@@ -64,12 +63,19 @@ export function register(program: Command): void {
           "default: 1/8 of RAM, 256M-4G)",
       ).argParser(parseCacheSize),
     )
-    .option("-l, --list-root", "allow listing the mount root")
+    .option(
+      "-l, --list-root",
+      "let `ls` list the store paths at the mount root (without it, paths open only by name)",
+    )
     .option("--show-xattr", "expose blob and directory digests as extended attributes", true)
     .option("--no-show-xattr", "do not expose digests as extended attributes")
     .option(
       "--no-pin-threads",
       "let the scheduler move the FUSE threads between CPUs (by default each is bound to one)",
+    )
+    .addHelpText(
+      "after",
+      "\nThe mount stays in the foreground; stop it with Ctrl-C or `umount PATH`.",
     )
     .action(async (
       path: string,
@@ -81,7 +87,22 @@ export function register(program: Command): void {
         showXattr: boolean;
         pinThreads: boolean;
       },
+      self: Command,
     ) => {
+      await checkDaemonsReachable(opts, self);
+      // The Workers load their own grpc-js, which would write its log lines
+      // straight to stderr: its own verbosity setting keeps them quiet.
+      if (
+        !logEnabled("debug") && !Deno.env.get("GRPC_VERBOSITY") &&
+        !Deno.env.get("GRPC_NODE_VERBOSITY")
+      ) {
+        Deno.env.set("GRPC_NODE_VERBOSITY", "NONE");
+      }
+      const { runMount } = await import("../fuse/mount.ts");
+      log.info(
+        `mounting ${path}; it stays in the foreground until Ctrl-C or \`umount ${path}\`` +
+          (opts.listRoot ? "" : "; the root lists nothing without --list-root"),
+      );
       const status = await runMount({
         mountpoint: path,
         addrs: {

@@ -10,10 +10,12 @@
  * @module
  */
 import { type Command, Option } from "commander";
-import { addServiceOptions } from "./common.ts";
+import { addServiceOptions, parseDuration } from "./common.ts";
 import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { constructServices } from "../store/services.ts";
 import { type NarBridgeOptions, startNarBridge } from "../narbridge/server.ts";
+import { DEFAULT_HTTP_LIMITS } from "../narbridge/http.ts";
+import { DEFAULT_UPLOAD_LEASE_MS } from "../narbridge/staging.ts";
 import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";
 import { log } from "../log.ts";
 import { onStopSignal } from "./shutdown.ts";
@@ -21,16 +23,47 @@ import { onStopSignal } from "./shutdown.ts";
 /** Where nar-bridge listens unless told otherwise (as upstream: loopback, port 9000). */
 export const DEFAULT_NAR_BRIDGE_LISTEN_ADDRESS = "[::1]:9000";
 
-/** The signing/verification/compression flags, as commander parses them. */
+/** The bridge's flags (keys, compression, limits), as commander parses them. */
 export interface NarBridgeFlags {
   signingKeyFile?: string;
   trustedPublicKeys?: string;
   narCompression?: "none" | "zstd";
+  /** Milliseconds (parsed from a duration). */
+  headerTimeout?: number;
+  /** Milliseconds (parsed from a duration). */
+  bodyTimeout?: number;
+  maxConnections?: number;
+  /** Milliseconds (parsed from a duration). */
+  uploadLease?: number;
 }
 
+/** A duration flag's parser: positive, in milliseconds. */
+function durationFlag(flag: string): (text: string) => number {
+  return (text) => {
+    const ms = parseDuration(text, flag);
+    if (ms <= 0) throw new Error(`invalid ${flag} ${JSON.stringify(text)} (must be more than 0)`);
+    return ms;
+  };
+}
+
+function parseConnectionCount(text: string): number {
+  const n = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new Error(
+      `invalid --max-connections ${JSON.stringify(text)} (a whole number, at least 1)`,
+    );
+  }
+  return n;
+}
+
+/** A default duration as the help shows it (`30s`, `15m`). */
+const duration = (ms: number) => ms % 60_000 === 0 ? `${ms / 60_000}m` : `${ms / 1000}s`;
+
 /**
- * Adds `--signing-key-file`, `--trusted-public-keys` and `--nar-compression`
- * to `cmd` (shared by `nar-bridge` and, if wired, `daemon`).
+ * Adds the bridge's flags to `cmd` (shared by `nar-bridge` and `daemon`):
+ * `--signing-key-file`, `--trusted-public-keys`, `--nar-compression`, and
+ * the limits `--header-timeout`, `--body-timeout`, `--max-connections`,
+ * `--upload-lease`.
  */
 export function addNarBridgeOptions(cmd: Command): Command {
   return cmd
@@ -51,12 +84,62 @@ export function addNarBridgeOptions(cmd: Command): Command {
       new Option("--nar-compression <codec>", "compression of the NARs narinfos point at")
         .choices(["none", "zstd"])
         .default("none"),
+    )
+    .addOption(
+      new Option(
+        "--header-timeout <duration>",
+        "binary cache: close a connection that takes longer to send a request's headers " +
+          "(or stays idle that long between requests)",
+      )
+        .env("NAR_BRIDGE_HEADER_TIMEOUT")
+        .argParser(durationFlag("--header-timeout"))
+        .default(
+          DEFAULT_HTTP_LIMITS.headerTimeoutMs,
+          duration(DEFAULT_HTTP_LIMITS.headerTimeoutMs),
+        ),
+    )
+    .addOption(
+      new Option(
+        "--body-timeout <duration>",
+        "binary cache: answer 408 to an upload that sends nothing for this long; " +
+          "cut a download whose client reads nothing for this long",
+      )
+        .env("NAR_BRIDGE_BODY_TIMEOUT")
+        .argParser(durationFlag("--body-timeout"))
+        .default(DEFAULT_HTTP_LIMITS.bodyTimeoutMs, duration(DEFAULT_HTTP_LIMITS.bodyTimeoutMs)),
+    )
+    .addOption(
+      new Option(
+        "--max-connections <n>",
+        "binary cache: open connections at most; further ones are closed at once",
+      )
+        .env("NAR_BRIDGE_MAX_CONNECTIONS")
+        .argParser(parseConnectionCount)
+        .default(DEFAULT_HTTP_LIMITS.maxConnections),
+    )
+    .addOption(
+      new Option(
+        "--upload-lease <duration>",
+        "binary cache: how long an uploaded NAR waits for its narinfo; keep it, plus the " +
+          "longest upload, below the grace period of tvix-store gc",
+      )
+        .env("NAR_BRIDGE_UPLOAD_LEASE")
+        .argParser(durationFlag("--upload-lease"))
+        .default(DEFAULT_UPLOAD_LEASE_MS, duration(DEFAULT_UPLOAD_LEASE_MS)),
     );
 }
 
 /** Loads the key file and parses the trusted keys named by the flags. */
 export async function loadNarBridgeOptions(flags: NarBridgeFlags): Promise<NarBridgeOptions> {
-  const opts: NarBridgeOptions = { compression: flags.narCompression ?? "none" };
+  const opts: NarBridgeOptions = {
+    compression: flags.narCompression ?? "none",
+    uploadLeaseMs: flags.uploadLease,
+    limits: {
+      headerTimeoutMs: flags.headerTimeout,
+      bodyTimeoutMs: flags.bodyTimeout,
+      maxConnections: flags.maxConnections,
+    },
+  };
   if (flags.signingKeyFile) opts.signingKey = await SecretKey.fromFile(flags.signingKeyFile);
   if (flags.trustedPublicKeys !== undefined) {
     const keys = parsePublicKeys(flags.trustedPublicKeys);

@@ -1,6 +1,8 @@
 /**
- * How long-running subcommands (`daemon`, `nar-bridge`) learn that they
- * should stop: the first SIGINT or SIGTERM asks for an orderly shutdown.
+ * How subcommands react to SIGINT and SIGTERM. Long-running ones
+ * (`daemon`, `nar-bridge`) take the first as a request for an orderly
+ * shutdown; one-shot ones (`import`, `copy`) end at once, with a clean
+ * line and the shell's exit status for the signal.
  *
  * @module
  */
@@ -47,4 +49,30 @@ export function onStopSignal(onRepeat?: (signal: Deno.Signal) => void): StopSign
     for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
   }
   return { signal: promise, dispose };
+}
+
+/** Signal numbers, for the exit status a shell reports (128 + n). */
+const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = { SIGINT: 2, SIGTERM: 15 };
+
+/**
+ * For one-shot commands (`import`, `copy`): the first SIGINT or SIGTERM
+ * erases any progress line, prints one line `interrupted` on stderr and
+ * ends the process with the status a shell gives a killed command (130
+ * for Ctrl-C, 143 for SIGTERM). What was stored so far stays: each path
+ * becomes valid only once complete. Returns a function that removes the
+ * listeners (the command is done).
+ */
+export function exitOnInterrupt(beforeExit: () => void): () => void {
+  const handlers = STOP_SIGNALS.map((signal) => {
+    const handler = () => {
+      beforeExit();
+      Deno.stderr.writeSync(new TextEncoder().encode("interrupted\n"));
+      Deno.exit(128 + (SIGNAL_NUMBERS[signal] ?? 0));
+    };
+    Deno.addSignalListener(signal, handler);
+    return [signal, handler] as const;
+  });
+  return () => {
+    for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
+  };
 }

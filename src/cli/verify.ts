@@ -9,10 +9,10 @@
 import type { Command } from "commander";
 import { addClientServiceOptions, withServices } from "./common.ts";
 import type { ServiceAddrs } from "../store/services.ts";
-import { verifyStore } from "../store/gc.ts";
 
-async function runVerify(flags: ServiceAddrs & { repair?: boolean }): Promise<void> {
-  const r = await withServices(flags, (services) => verifyStore(services, flags));
+async function runVerify(flags: ServiceAddrs & { repair?: boolean }, cmd: Command): Promise<void> {
+  const { verifyStore } = await import("../store/gc.ts");
+  const r = await withServices(flags, (services) => verifyStore(services, flags), cmd);
   for (const d of r.damaged) console.log(`damaged: ${d.storePath}: ${d.error}`);
   if (flags.repair && r.repaired > 0) console.log(`removed ${r.repaired} damaged store paths`);
   if (r.orphans) {
@@ -34,5 +34,5 @@ export function register(program: Command): void {
     .description("check every store path against its stored data; exit non-zero on damage")
     .option("--repair", "remove the store paths whose data is damaged or missing");
   addClientServiceOptions(cmd);
-  cmd.action((opts: ServiceAddrs & { repair?: boolean }) => runVerify(opts));
+  cmd.action((opts: ServiceAddrs & { repair?: boolean }, self: Command) => runVerify(opts, self));
 }

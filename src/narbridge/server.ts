@@ -14,18 +14,18 @@
  *   sends: the NAR is decompressed and ingested into castore at once, and the
  *   PathInfo is written only when its narinfo arrives and agrees with it.
  *
- * Built on `Deno.serve` rather than node:http: request and response bodies
- * are web streams, so a response is pulled from the NAR renderer only as
- * fast as the client reads (one piece in flight per response; a slow client
- * holds only its own renderer), cancellation reaches the renderer when a
- * client goes away, and `Expect: 100-continue` (which Nix sends with every
- * upload) is answered by the runtime.
+ * The HTTP side (connections, timeouts, streaming with backpressure and
+ * cancellation) is `http.ts`; this module only maps requests to the store.
+ * Uploads that never become a path (no narinfo, a refused narinfo, an
+ * interrupted or stalled body) leave blobs and directories that no PathInfo
+ * refers to; the bridge forgets them when their lease ends (`staging.ts`)
+ * and `tvix-store gc` reclaims the space.
  *
  * @module
  */
 import { createHash } from "node:crypto";
 import { bytesEqual, concatBytes } from "../castore/digest.ts";
-import { InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
 import { type NodeVariant, renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
@@ -38,7 +38,6 @@ import { renderNar } from "../nar/render.ts";
 import { ingestNar } from "../nar/ingest.ts";
 import { log } from "../log.ts";
 import { parseListenAddress } from "../listen_address.ts";
-import { errorMessage } from "../errors.ts";
 import {
   NarInfoError,
   narInfoFingerprint,
@@ -49,7 +48,16 @@ import {
 } from "./narinfo.ts";
 import { type PublicKey, type SecretKey, verifyAny } from "./signing.ts";
 import { compressZstd, DecompressError, decompressUpload } from "./compression.ts";
-import { Staging } from "./staging.ts";
+import { type ReleaseReason, Staging } from "./staging.ts";
+import {
+  BodyStalled,
+  ClientGone,
+  type HttpLimits,
+  type HttpRequest,
+  type HttpResponse,
+  resolveLimits,
+  serveHttp,
+} from "./http.ts";
 
 /** The services the bridge reads from and writes to (a subset of `Services`). */
 export interface NarBridgeServices {
@@ -69,43 +77,45 @@ export interface NarBridgeOptions {
   compression?: "none" | "zstd";
   /** `Priority` in `/nix-cache-info` (lower is preferred by Nix); default 39. */
   priority?: number;
-  /** Where uploaded NARs wait for their narinfo (a fresh one by default). */
-  staging?: Staging;
+  /** How long an uploaded NAR waits for its narinfo (default `DEFAULT_UPLOAD_LEASE_MS`). */
+  uploadLeaseMs?: number;
+  /** Header and body timeouts and the connection limit (unset: `DEFAULT_HTTP_LIMITS`). */
+  limits?: Partial<HttpLimits>;
 }
 
 /** A request that fails with a specific HTTP status. */
 class HttpError extends Error {
-  constructor(readonly status: number, message: string) {
+  /**
+   * @param clientGone the client hung up or stalled: normal, logged at debug
+   */
+  constructor(readonly status: number, message: string, readonly clientGone = false) {
     super(message);
   }
 }
-
-/** Cuts a response body short for a reason already logged (or expected: shutdown). */
-class ResponseCut extends Error {}
 
 const NB32 = "[0-9a-df-np-sv-z]";
 const NARINFO_RE = new RegExp(`^/(${NB32}{32})\\.narinfo$`);
 const NAR_RE = new RegExp(`^/nar/(${NB32}{32})-(${NB32}{52})\\.nar(\\.zst)?$`);
 const UPLOAD_RE = /^\/nar\/[A-Za-z0-9._-]+$/;
 const MAX_NARINFO_BYTES = 1 << 20;
-/**
- * Bytes a response body may hold ready beyond what the connection took:
- * enough for the renderer to work while the socket writes (pull-only, with
- * nothing queued, halves throughput), small enough that a slow client
- * costs little memory.
- */
-const STREAM_BUFFER_BYTES = 1 << 20;
+const encoder = new TextEncoder();
 
-function text(status: number, body: string, headers: Record<string, string> = {}): Response {
-  return new Response(body, {
+function text(status: number, body: string, headers: Record<string, string> = {}): HttpResponse {
+  const bytes = encoder.encode(body);
+  return {
     status,
-    headers: { "content-type": "text/plain; charset=utf-8", ...headers },
-  });
+    headers: {
+      "content-type": "text/plain; charset=utf-8",
+      "content-length": String(bytes.length),
+      ...headers,
+    },
+    body: bytes,
+  };
 }
 
 /** Parses a single-range `Range` header against a body of `size` bytes. */
 function parseRange(
-  header: string | null,
+  header: string | undefined,
   size: number,
 ): { start: number; end: number } | "unsatisfiable" | undefined {
   if (!header) return undefined;
@@ -158,12 +168,29 @@ async function* sliceStream(
   throw new StorageError(`NAR ended ${left} bytes before its recorded size`);
 }
 
-/** Reads a request body of at most `limit` bytes. */
-async function readLimited(req: Request, limit: number): Promise<Uint8Array> {
-  if (!req.body) return new Uint8Array(0);
+/** The request's body, failing with the right status when the client stalls or goes away. */
+async function* uploadBody(req: HttpRequest): AsyncGenerator<Uint8Array> {
+  try {
+    yield* req.body;
+  } catch (err) {
+    if (err instanceof BodyStalled) throw new HttpError(408, err.message, true);
+    if (err instanceof ClientGone) throw new HttpError(400, err.message, true);
+    throw err;
+  }
+}
+
+/**
+ * Reads a request body of at most `limit` bytes; a larger Content-Length
+ * is refused before anything is read.
+ */
+async function readLimited(req: HttpRequest, limit: number): Promise<Uint8Array> {
+  const declared = req.header("content-length");
+  if (declared !== undefined && Number(declared) > limit) {
+    throw new HttpError(413, `body larger than ${limit} bytes`);
+  }
   const parts: Uint8Array[] = [];
   let total = 0;
-  for await (const part of req.body) {
+  for await (const part of uploadBody(req)) {
     total += part.length;
     if (total > limit) throw new HttpError(413, `body larger than ${limit} bytes`);
     parts.push(part);
@@ -176,50 +203,47 @@ export class NarBridge {
   readonly #services: NarBridgeServices;
   readonly #opts: NarBridgeOptions;
   readonly #staging: Staging;
-  // Controllers of response bodies still streaming, so close() can end them.
-  readonly #streams = new Set<ReadableStreamDefaultController<Uint8Array>>();
 
   constructor(services: NarBridgeServices, opts: NarBridgeOptions = {}) {
     this.#services = services;
     this.#opts = opts;
-    this.#staging = opts.staging ?? new Staging();
+    this.#staging = new Staging({
+      leaseMs: opts.uploadLeaseMs,
+      onRelease: (path: string, reason: ReleaseReason) => {
+        // Its blobs stay until `tvix-store gc`: nothing refers to them.
+        if (reason !== "closed") log.info("nar-bridge: staged NAR released", { path, reason });
+      },
+    });
   }
 
   /** Answers one request; never throws (failures become 4xx/5xx responses). */
-  async handle(req: Request): Promise<Response> {
-    const path = new URL(req.url).pathname;
+  async handle(req: HttpRequest): Promise<HttpResponse> {
+    const { method, path } = req;
     try {
-      return await this.#route(req, path);
+      return await this.#route(req);
     } catch (err) {
       if (err instanceof HttpError) {
-        const fields = { method: req.method, path, status: err.status, error: err.message };
-        // Nix asks for absent paths all the time; refused uploads are worth a line.
+        const fields = { method, path, status: err.status, error: err.message };
+        // Nix asks for absent paths all the time, and clients hang up;
+        // refused uploads are worth a line.
         if (err.status >= 500) log.error("nar-bridge request failed", fields);
-        else if (err.status === 404) log.debug("nar-bridge: not found", fields);
-        else log.info("nar-bridge request refused", fields);
+        else if (err.status === 404 || err.clientGone) {
+          log.debug("nar-bridge: " + err.message, fields);
+        } else log.info("nar-bridge request refused", fields);
         return text(err.status, err.message + "\n");
       }
-      log.error("nar-bridge request failed", {
-        method: req.method,
-        path,
-        error: errorMessage(err),
-      });
+      log.error("nar-bridge request failed", { method, path, error: errorMessage(err) });
       return text(500, `internal error: ${errorMessage(err)}\n`);
     }
   }
 
-  /** Ends every response still streaming (used on shutdown). */
-  abortStreams(): void {
-    for (const ctrl of this.#streams) {
-      try {
-        ctrl.error(new ResponseCut("server shutting down"));
-      } catch { /* already closed */ }
-    }
-    this.#streams.clear();
+  /** Releases what the bridge holds (staged uploads and their timer). */
+  close(): void {
+    this.#staging.close();
   }
 
-  #route(req: Request, path: string): Promise<Response> {
-    const method = req.method;
+  #route(req: HttpRequest): Promise<HttpResponse> {
+    const { method, path } = req;
     const read = method === "GET" || method === "HEAD";
     if (path === "/nix-cache-info" && read) return Promise.resolve(this.#cacheInfo(method));
     let m = NARINFO_RE.exec(path);
@@ -232,13 +256,15 @@ export class NarBridge {
     throw new HttpError(405, `method ${method} not allowed`);
   }
 
-  #cacheInfo(method: string): Response {
-    const body = `StoreDir: ${STORE_DIR}\nWantMassQuery: 1\nPriority: ${
-      this.#opts.priority ?? 39
-    }\n`;
-    return new Response(method === "HEAD" ? null : body, {
+  #cacheInfo(method: string): HttpResponse {
+    const body = encoder.encode(
+      `StoreDir: ${STORE_DIR}\nWantMassQuery: 1\nPriority: ${this.#opts.priority ?? 39}\n`,
+    );
+    return {
+      status: 200,
       headers: { "content-type": "text/x-nix-cache-info", "content-length": String(body.length) },
-    });
+      body: method === "HEAD" ? undefined : body,
+    };
   }
 
   /** NAR metadata of a PathInfo, computing size/hash if it was stored without. */
@@ -268,7 +294,7 @@ export class NarBridge {
     return { info, node, meta: await this.#narMeta(info, node) };
   }
 
-  async #getNarInfo(method: string, digestText: string): Promise<Response> {
+  async #getNarInfo(method: string, digestText: string): Promise<HttpResponse> {
     const found = await this.#lookup(digestText);
     if (!found) throw new HttpError(404, `${digestText}.narinfo not found`);
     const compression = this.#opts.compression ?? "none";
@@ -285,114 +311,65 @@ export class NarBridge {
         key.sign(narInfoFingerprint(ni)),
       ];
     }
-    const body = new TextEncoder().encode(renderNarInfo(ni));
-    return new Response(method === "HEAD" ? null : body, {
-      headers: {
-        "content-type": "text/x-nix-narinfo",
-        "content-length": String(body.length),
-      },
-    });
+    const body = encoder.encode(renderNarInfo(ni));
+    return {
+      status: 200,
+      headers: { "content-type": "text/x-nix-narinfo", "content-length": String(body.length) },
+      body: method === "HEAD" ? undefined : body,
+    };
   }
 
   async #getNar(
-    req: Request,
+    req: HttpRequest,
     digestText: string,
     narHashText: string,
     zstd: boolean,
-  ): Promise<Response> {
+  ): Promise<HttpResponse> {
     const found = await this.#lookup(digestText);
     if (!found || nixbase32.encode(found.meta.narSha256) !== narHashText) {
       throw new HttpError(404, `NAR ${digestText}-${narHashText} not found`);
     }
     const { blob, directory } = this.#services;
     const headers: Record<string, string> = { "content-type": "application/x-nix-nar" };
+    const head = req.method === "HEAD";
     if (zstd) {
       // Compressed size is unknown up front: no length, no ranges.
-      const body = req.method === "HEAD" ? null : this.#stream(
-        compressZstd(renderNar(found.node, blob, directory)),
-        digestText,
-      );
-      return new Response(body, { headers });
+      const body = head ? undefined : compressZstd(renderNar(found.node, blob, directory));
+      return { status: 200, headers, body };
     }
     const size = Number(found.meta.narSize);
     headers["accept-ranges"] = "bytes";
-    const range = parseRange(req.headers.get("range"), size);
+    const range = parseRange(req.header("range"), size);
     if (range === "unsatisfiable") {
-      return new Response(null, { status: 416, headers: { "content-range": `bytes */${size}` } });
+      return {
+        status: 416,
+        headers: { "content-range": `bytes */${size}`, "content-length": "0" },
+      };
     }
     const start = range?.start ?? 0;
     const length = range ? range.end - range.start + 1 : size;
     headers["content-length"] = String(length);
     if (range) headers["content-range"] = `bytes ${range.start}-${range.end}/${size}`;
     const status = range ? 206 : 200;
-    if (req.method === "HEAD") return new Response(null, { status, headers });
+    if (head) return { status, headers };
     // Ranges are served by rendering from the start and skipping: the
     // renderer is sequential, and memory stays constant either way.
-    const body = this.#stream(
-      sliceStream(renderNar(found.node, blob, directory), start, length),
-      digestText,
-    );
-    return new Response(body, { status, headers });
+    return {
+      status,
+      headers,
+      body: sliceStream(renderNar(found.node, blob, directory), start, length),
+    };
   }
 
-  /**
-   * A response body pulled from `gen` one piece at a time, at most
-   * {@linkcode STREAM_BUFFER_BYTES} (plus one piece) ahead of the client.
-   */
-  #stream(gen: AsyncGenerator<Uint8Array>, what: string): ReadableStream<Uint8Array> {
-    let controller!: ReadableStreamDefaultController<Uint8Array>;
-    const streams = this.#streams;
-    return new ReadableStream<Uint8Array>({
-      start(ctrl) {
-        controller = ctrl;
-        streams.add(ctrl);
-      },
-      async pull(ctrl) {
-        try {
-          const r = await gen.next();
-          if (r.done) {
-            streams.delete(controller);
-            ctrl.close();
-          } else {
-            ctrl.enqueue(r.value);
-          }
-        } catch (err) {
-          // Headers are out already: all we can do is cut the connection short.
-          log.error("nar-bridge: rendering NAR failed", { path: what, error: errorMessage(err) });
-          streams.delete(controller);
-          ctrl.error(new ResponseCut(errorMessage(err)));
-        }
-      },
-      async cancel() {
-        streams.delete(controller);
-        await gen.return(undefined);
-      },
-    }, new ByteLengthQueuingStrategy({ highWaterMark: STREAM_BUFFER_BYTES }));
-  }
-
-  async #putNar(req: Request, path: string): Promise<Response> {
-    if (!req.body) throw new HttpError(400, "empty NAR upload");
+  async #putNar(req: HttpRequest, path: string): Promise<HttpResponse> {
+    if (req.header("content-length") === "0") throw new HttpError(400, "empty NAR upload");
     const fileHash = createHash("sha256");
     let fileSize = 0;
-    const body = req.body;
     const counted = async function* () {
-      const reader = body.getReader();
-      try {
-        while (true) {
-          let r;
-          try {
-            r = await reader.read();
-          } catch (err) {
-            // The client went away mid-upload: its fault, not the store's.
-            throw new HttpError(400, `upload interrupted: ${errorMessage(err)}`);
-          }
-          if (r.done) return;
-          fileHash.update(r.value);
-          fileSize += r.value.length;
-          yield r.value;
-        }
-      } finally {
-        reader.releaseLock();
+      for await (const piece of uploadBody(req)) {
+        fileHash.update(piece);
+        fileSize += piece.length;
+        yield piece;
       }
     };
     let ingested;
@@ -417,10 +394,10 @@ export class NarBridge {
       path,
       narSize: ingested.narSize,
     });
-    return new Response(null, { status: 200 });
+    return { status: 200, headers: { "content-length": "0" } };
   }
 
-  async #putNarInfo(req: Request, digestText: string): Promise<Response> {
+  async #putNarInfo(req: HttpRequest, digestText: string): Promise<HttpResponse> {
     const raw = await readLimited(req, MAX_NARINFO_BYTES);
     let ni;
     try {
@@ -431,25 +408,28 @@ export class NarBridge {
     if (nixbase32.encode(ni.storePath.digest) !== digestText) {
       throw new HttpError(400, `narinfo for ${ni.storePath} uploaded as ${digestText}.narinfo`);
     }
-    const trusted = this.#opts.trustedKeys;
-    if (trusted && !verifyAny(narInfoFingerprint(ni), ni.signatures, trusted)) {
-      throw new HttpError(403, `no valid signature by a trusted key on ${ni.storePath}`);
-    }
     let narPath: string;
     try {
       narPath = new URL(ni.url, "http://cache/").pathname;
     } catch {
       throw new HttpError(400, `invalid URL ${ni.url}`);
     }
+    const trusted = this.#opts.trustedKeys;
+    if (trusted && !verifyAny(narInfoFingerprint(ni), ni.signatures, trusted)) {
+      // The whole upload is refused: its NAR is not kept waiting for another try.
+      this.#staging.release(narPath);
+      throw new HttpError(403, `no valid signature by a trusted key on ${ni.storePath}`);
+    }
     const staged = this.#staging.get(narPath);
     if (!staged) {
       throw new HttpError(
         400,
-        `the NAR at ${ni.url} was not uploaded (upload it before the narinfo)`,
+        `the NAR at ${ni.url} was not uploaded or its lease ended (upload it before the narinfo)`,
       );
     }
-    // The staged NAR stays (until it expires) whatever happens here: paths
-    // with identical contents share one NAR URL, and nix copies in parallel.
+    // Otherwise the staged NAR stays (until its lease ends) whatever happens
+    // here: paths with identical contents share one NAR URL, and nix copies
+    // in parallel.
     const mismatch = (what: string) =>
       new HttpError(400, `${what} mismatch between narinfo and uploaded NAR ${ni.url}`);
     if (staged.narSize !== ni.narSize) throw mismatch("NarSize");
@@ -464,9 +444,7 @@ export class NarBridge {
       if (err instanceof NarInfoError) throw new HttpError(400, err.message);
       throw err;
     }
-    info.node = {
-      node: renameNode(staged.node, new TextEncoder().encode(ni.storePath.basename())),
-    };
+    info.node = { node: renameNode(staged.node, encoder.encode(ni.storePath.basename())) };
     try {
       await this.#services.pathInfo.put(info);
     } catch (err) {
@@ -474,7 +452,7 @@ export class NarBridge {
       throw err;
     }
     log.info("nar-bridge: path uploaded", { path: ni.storePath.absolute(), narSize: ni.narSize });
-    return new Response(null, { status: 200 });
+    return { status: 200, headers: { "content-length": "0" } };
   }
 }
 
@@ -491,7 +469,7 @@ export interface NarBridgeHandle {
  * (`host:port`, `[v6]:port`). Used by the `nar-bridge` subcommand and by
  * the daemon's `--nar-bridge-listen-address`.
  */
-export function startNarBridge(
+export async function startNarBridge(
   services: NarBridgeServices,
   opts: NarBridgeOptions & { listenAddress: string },
 ): Promise<NarBridgeHandle> {
@@ -503,35 +481,24 @@ export function startNarBridge(
       }: nar-bridge listens on host:port or [v6]:port`,
     );
   }
-  // Deno.serve wants an IPv6 host without its brackets.
-  const hostname = addr.host.replace(/^\[(.*)\]$/, "$1");
-  const port = addr.port;
   const bridge = new NarBridge(services, opts);
-  return new Promise((resolve, reject) => {
-    let server: Deno.HttpServer<Deno.NetAddr>;
-    try {
-      server = Deno.serve({
-        hostname,
-        port,
-        onListen: (addr) => {
-          log.info("nar-bridge listening", { address: `${addr.hostname}:${addr.port}` });
-          resolve({
-            port: addr.port,
-            close: async () => {
-              bridge.abortStreams();
-              await server.shutdown();
-            },
-          });
-        },
-        onError: (err) => {
-          if (err instanceof ResponseCut) {
-            log.debug("nar-bridge: response cut", { reason: err.message });
-          } else log.error("nar-bridge: unhandled error", { error: errorMessage(err) });
-          return text(500, "internal error\n");
-        },
-      }, (req) => bridge.handle(req));
-    } catch (err) {
-      reject(err);
-    }
-  });
+  let server;
+  try {
+    server = await serveHttp(
+      addr,
+      (req) => bridge.handle(req),
+      resolveLimits(opts.limits),
+    );
+  } catch (err) {
+    bridge.close();
+    throw err;
+  }
+  log.info("nar-bridge listening", { address: server.address });
+  return {
+    port: server.port,
+    close: async () => {
+      await server.close();
+      bridge.close();
+    },
+  };
 }

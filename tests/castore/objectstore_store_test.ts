@@ -73,7 +73,7 @@ Deno.test("object store URLs: file and memory parse; others are clear errors", (
   assertEquals(file.description, "file:///var/lib/tvix store/blobs");
   for (
     const scheme of [
-      "s3://bucket/path",
+      "s3a://bucket/path",
       "gs://bucket/p",
       "az://c/p",
       "azure://c/p",
@@ -104,7 +104,7 @@ Deno.test("service URLs route objectstore+ to the object-store backends", async 
   assertEquals(dirs.constructor.name, "ObjectStoreDirectoryService");
   await dirs.close();
   await assertRejects(
-    () => blobServiceFromUrl("objectstore+s3://bucket/x"),
+    () => blobServiceFromUrl("objectstore+gs://bucket/x"),
     StorageError,
     "not supported",
   );

@@ -10,16 +10,19 @@ const nar = (size: number): StagedNar => ({
   fileSha256: new Uint8Array(32),
 });
 
-Deno.test("staged uploads expire after the TTL", () => {
-  const s = new Staging(1000, 10);
+// Explicit clocks far in the past: the lease timer (real time) is closed before it could fire.
+
+Deno.test("staged uploads expire after the lease", () => {
+  const s = new Staging({ leaseMs: 1000, maxEntries: 10 });
   s.put("/nar/a.nar", nar(1), 0);
   assertEquals(s.get("/nar/a.nar", 999)?.narSize, 1n);
   assertEquals(s.get("/nar/a.nar", 1000), undefined);
   assertEquals(s.size, 0);
+  s.close();
 });
 
 Deno.test("re-uploading replaces and refreshes; the oldest go first past the bound", () => {
-  const s = new Staging(1000, 2);
+  const s = new Staging({ leaseMs: 1000, maxEntries: 2 });
   s.put("/a", nar(1), 0);
   s.put("/b", nar(2), 1);
   s.put("/a", nar(3), 2); // refreshed: now the newest
@@ -33,4 +36,5 @@ Deno.test("re-uploading replaces and refreshes; the oldest go first past the bou
   assertEquals(s.size, 2);
   assertEquals(s.get("/a", 1002)?.narSize, undefined);
   assertEquals(s.get("/c", 1002)?.narSize, 4n);
+  s.close();
 });

@@ -4,7 +4,13 @@
  *
  * @module
  */
-import { checkMemoryUrl, parseServiceUrl, unknownScheme, urlScheme } from "../service_url.ts";
+import {
+  checkMemoryUrl,
+  inServiceUrl,
+  parseServiceUrl,
+  unknownScheme,
+  urlScheme,
+} from "../service_url.ts";
 import { GrpcBlobService } from "./grpc.ts";
 import { MemoryBlobService } from "./memory.ts";
 import { objectStoreBlobServiceFromUrl } from "./objectstore.ts";
@@ -29,9 +35,9 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
         if (urlScheme(parsed).startsWith("objectstore+")) {
           return Promise.resolve(objectStoreBlobServiceFromUrl(parsed));
         }
-        throw unknownScheme(parsed);
+        throw unknownScheme(parsed, "blob");
     }
   } catch (err) {
-    return Promise.reject(err);
+    return Promise.reject(inServiceUrl(err, "blob", url));
   }
 }

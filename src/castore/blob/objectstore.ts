@@ -34,14 +34,18 @@ import {
   toHex,
 } from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
-import { objectStoreFromUrl } from "../objectstore/from_url.ts";
+import { checkObjectStore, objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
+import { tuningOf } from "../objectstore/tuning.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 
-/** Tuning knobs; the defaults suit a 2-core machine. */
+/**
+ * Tuning knobs; the defaults suit a local store on a 2-core machine, and a
+ * store's own hints (`objectstore/tuning.ts`, e.g. S3's) replace them.
+ */
 export interface ObjectStoreBlobServiceOptions {
   /** Chunks being hashed, compressed or uploaded at once per writer; `write()` waits beyond it. */
   maxInflightChunks?: number;
@@ -81,10 +85,11 @@ export class ObjectStoreBlobService implements BlobService {
 
   constructor(store: ObjectStore, options: ObjectStoreBlobServiceOptions = {}) {
     this.#store = store;
-    this.#maxInflight = Math.max(1, options.maxInflightChunks ?? 8);
+    const hints = tuningOf(store);
+    this.#maxInflight = Math.max(1, options.maxInflightChunks ?? hints.maxInflightChunks ?? 8);
     // Enough to keep the pool busy while the consumer takes the current
     // chunk; more (8) gained ~5 % only with two Workers, for 2 MiB more per reader.
-    this.#readAhead = Math.max(1, options.readAhead ?? 4);
+    this.#readAhead = Math.max(1, options.readAhead ?? hints.readAhead ?? 4);
     if (options.codec) {
       this.#codec = options.codec;
     } else {
@@ -263,9 +268,13 @@ class ObjectStoreChunkSink implements ChunkSink {
 }
 
 /**
- * Builds the service from an `objectstore+file:///…` or `objectstore+memory://`
- * URL; other object stores are rejected as unsupported by this build.
+ * Builds the service from an `objectstore+file:///…`, `objectstore+memory://`
+ * or `objectstore+s3://…` URL; other object stores are rejected as
+ * unsupported by this build. A bad URL throws at once; the promise checks a
+ * remote store first (`checkObjectStore`).
  */
-export function objectStoreBlobServiceFromUrl(url: URL): ObjectStoreBlobService {
-  return new ObjectStoreBlobService(objectStoreFromUrl(url));
+export function objectStoreBlobServiceFromUrl(url: URL): Promise<ObjectStoreBlobService> {
+  return checkObjectStore(objectStoreFromUrl(url)).then((store) =>
+    new ObjectStoreBlobService(store)
+  );
 }

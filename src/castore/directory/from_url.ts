@@ -1,15 +1,23 @@
 /**
  * Builds a DirectoryService from its URL (docs/architecture.md#service-urls;
  * SQLite in place of upstream's sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
- * `objectstore+<url>`, `grpc+unix|http|https://…`.
+ * `postgres://…` (or `postgresql://…`), `objectstore+<url>`, `grpc+unix|http|https://…`.
  *
  * @module
  */
+import { postgresConfigFromUrl } from "../postgres_url.ts";
 import { sqlitePathFromUrl } from "../sqlite_db.ts";
-import { checkMemoryUrl, parseServiceUrl, unknownScheme, urlScheme } from "../service_url.ts";
+import {
+  checkMemoryUrl,
+  inServiceUrl,
+  parseServiceUrl,
+  unknownScheme,
+  urlScheme,
+} from "../service_url.ts";
 import { GrpcDirectoryService } from "./grpc.ts";
 import { MemoryDirectoryService } from "./memory.ts";
 import { objectStoreDirectoryServiceFromUrl } from "./objectstore.ts";
+import { PostgresDirectoryService } from "./postgres.ts";
 import type { DirectoryService } from "./service.ts";
 import { SqliteDirectoryService } from "./sqlite.ts";
 
@@ -27,13 +35,16 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
         return GrpcDirectoryService.fromUrl(url);
       case "sqlite":
         return Promise.resolve(new SqliteDirectoryService(sqlitePathFromUrl(parsed)));
+      case "postgres":
+      case "postgresql":
+        return PostgresDirectoryService.open(postgresConfigFromUrl(parsed));
       default:
         if (urlScheme(parsed).startsWith("objectstore+")) {
           return Promise.resolve(objectStoreDirectoryServiceFromUrl(parsed));
         }
-        throw unknownScheme(parsed);
+        throw unknownScheme(parsed, "directory");
     }
   } catch (err) {
-    return Promise.reject(err);
+    return Promise.reject(inServiceUrl(err, "directory", url));
   }
 }

@@ -17,7 +17,7 @@ import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, checkDigestLength, type Digest, toHex } from "../digest.ts";
 import { decodeDirectory, type Directory, directoryDigest, encodeDirectory } from "../directory.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
-import { objectStoreFromUrl } from "../objectstore/from_url.ts";
+import { checkObjectStore, objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import { type Closure, DownloadValidator } from "./closure.ts";
 import { ClosurePutter } from "./closure_putter.ts";
@@ -186,9 +186,13 @@ export class ObjectStoreDirectoryService implements DirectoryService {
 }
 
 /**
- * Builds the service from an `objectstore+file:///…` or `objectstore+memory://`
- * URL; other object stores are rejected as unsupported by this build.
+ * Builds the service from an `objectstore+file:///…`, `objectstore+memory://`
+ * or `objectstore+s3://…` URL; other object stores are rejected as
+ * unsupported by this build. A bad URL throws at once; the promise checks a
+ * remote store first (`checkObjectStore`).
  */
-export function objectStoreDirectoryServiceFromUrl(url: URL): ObjectStoreDirectoryService {
-  return new ObjectStoreDirectoryService(objectStoreFromUrl(url));
+export function objectStoreDirectoryServiceFromUrl(url: URL): Promise<ObjectStoreDirectoryService> {
+  return checkObjectStore(objectStoreFromUrl(url)).then((store) =>
+    new ObjectStoreDirectoryService(store)
+  );
 }

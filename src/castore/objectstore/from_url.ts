@@ -1,18 +1,18 @@
 /**
  * Builds an {@linkcode ObjectStore} from the part of an `objectstore+…` URL
  * after the prefix (docs/architecture.md#service-urls). This build supports
- * the local filesystem and memory; the cloud and HTTP stores of the
- * reference are rejected clearly.
+ * the local filesystem, memory and S3; the other cloud and HTTP stores of
+ * the reference are rejected clearly.
  *
  * @module
  */
 import { StorageError } from "../../errors.ts";
 import { FileObjectStore } from "./file.ts";
 import { MemoryObjectStore } from "./memory.ts";
+import { S3ObjectStore, s3ObjectStoreFromUrl } from "./s3.ts";
 import type { ObjectStore } from "./store.ts";
 
 const UNSUPPORTED = new Set([
-  "s3:",
   "s3a:",
   "gs:",
   "az:",
@@ -25,8 +25,9 @@ const UNSUPPORTED = new Set([
 ]);
 
 /**
- * Parses `objectstore+file:///abs/path`, `objectstore+memory://` or
- * `objectstore+memory:///` (the `objectstore+` prefix is optional here).
+ * Parses `objectstore+file:///abs/path`, `objectstore+memory://`,
+ * `objectstore+memory:///` or `objectstore+s3://bucket/prefix?…` (the
+ * `objectstore+` prefix is optional here) without contacting anything.
  * Throws {@linkcode StorageError} for anything else.
  */
 export function objectStoreFromUrl(url: URL | string): ObjectStore {
@@ -37,6 +38,7 @@ export function objectStoreFromUrl(url: URL | string): ObjectStore {
   } catch {
     throw new StorageError(`invalid object store URL: ${url}`);
   }
+  if (inner.protocol === "s3:") return s3ObjectStoreFromUrl(inner, String(url));
   if (inner.search !== "") {
     throw new StorageError(`object store options (URL query) are not supported: ${url}`);
   }
@@ -65,9 +67,29 @@ export function objectStoreFromUrl(url: URL | string): ObjectStore {
       if (UNSUPPORTED.has(inner.protocol)) {
         throw new StorageError(
           `object store scheme ${inner.protocol.slice(0, -1)} is not supported by this build ` +
-            `(supported: objectstore+file, objectstore+memory)`,
+            `(supported: objectstore+file, objectstore+memory, objectstore+s3)`,
         );
       }
-      throw new StorageError(`unknown object store URL scheme: ${url}`);
+      throw new StorageError(
+        `unknown object store URL scheme: ${url} (supported: objectstore+file, objectstore+memory)`,
+      );
   }
+}
+
+/**
+ * Checks that a store built by {@linkcode objectStoreFromUrl} is usable
+ * before it is handed out (S3: one HEAD of the bucket), so a wrong bucket or
+ * wrong credentials fail when the service is built, in one clear line, not
+ * at the first request. Closes the store if not.
+ */
+export async function checkObjectStore<S extends ObjectStore>(store: S): Promise<S> {
+  if (store instanceof S3ObjectStore) {
+    try {
+      await store.check();
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+  }
+  return store;
 }

@@ -1,19 +1,22 @@
 /**
  * Builds a PathInfoService from its URL (docs/architecture.md#service-urls;
  * SQLite in place of upstream's sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
- * `grpc+unix|http|https://…`.
+ * `postgres://…` (or `postgresql://…`), `grpc+unix|http|https://…`.
  *
  * @module
  */
+import { postgresConfigFromUrl } from "../../castore/postgres_url.ts";
 import { sqlitePathFromUrl } from "../../castore/sqlite_db.ts";
 import {
   checkMemoryUrl,
+  inServiceUrl,
   parseServiceUrl,
   unknownScheme,
   urlScheme,
 } from "../../castore/service_url.ts";
 import { GrpcPathInfoService } from "./grpc.ts";
 import { MemoryPathInfoService } from "./memory.ts";
+import { PostgresPathInfoService } from "./postgres.ts";
 import type { PathInfoService } from "./service.ts";
 import { SqlitePathInfoService } from "./sqlite.ts";
 
@@ -31,10 +34,13 @@ export function pathInfoServiceFromUrl(url: string): Promise<PathInfoService> {
         return GrpcPathInfoService.fromUrl(url);
       case "sqlite":
         return Promise.resolve(new SqlitePathInfoService(sqlitePathFromUrl(parsed)));
+      case "postgres":
+      case "postgresql":
+        return PostgresPathInfoService.open(postgresConfigFromUrl(parsed));
       default:
-        throw unknownScheme(parsed);
+        throw unknownScheme(parsed, "path info");
     }
   } catch (err) {
-    return Promise.reject(err);
+    return Promise.reject(inServiceUrl(err, "path info", url));
   }
 }

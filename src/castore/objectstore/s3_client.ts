@@ -1,0 +1,367 @@
+/**
+ * A small S3 client on `fetch` with SigV4 (`sigv4.ts`): the handful of
+ * requests an object store needs on one bucket (HEAD, GET, conditional PUT,
+ * DELETE, ListObjectsV2; bucket HEAD and create for start-up checks and
+ * tests). Measured against `@aws-sdk/client-s3` on radosgw, it PUT 256 KiB
+ * objects 15 % and GET them 44 % faster, at half the client CPU, without
+ * the SDK's 25 packages (docs/storage.md#s3).
+ *
+ * Every request is idempotent (objects are content-addressed), so network
+ * errors, timeouts, 5xx answers and 409 (two conditional PUTs racing) are
+ * retried a few times with backoff. What still fails becomes a
+ * {@linkcode StorageError} with one clear sentence: the server is
+ * unreachable or failed, the credentials were refused, or the bucket does
+ * not exist. Requests in flight are bounded per client.
+ *
+ * @module
+ */
+import { errorMessage, StorageError } from "../../errors.ts";
+import { Semaphore } from "../../concurrency.ts";
+import {
+  canonicalQuery,
+  type Credentials,
+  EMPTY_SHA256,
+  sha256Hex,
+  SigV4Signer,
+  uriEncode,
+} from "./sigv4.ts";
+
+/** Where and how to reach one bucket. */
+export interface S3Config {
+  /** `http(s)://host[:port][/base]`; plain HTTP only if it says `http:`. */
+  endpoint: URL;
+  bucket: string;
+  region: string;
+  credentials: Credentials;
+  /** Bucket in the host name (`bucket.host`) instead of the path (`host/bucket`). */
+  virtualHosted?: boolean;
+  /** How long one attempt may take, body included (default 30 s). */
+  timeoutMs?: number;
+  /** Requests in flight at once (default 64). */
+  maxRequests?: number;
+  /** Tries per request before giving up (default 3). */
+  attempts?: number;
+}
+
+/**
+ * The S3 server could not be reached or failed (network error, timeout,
+ * 5xx), after retries. The data may well be intact: a retry later can
+ * succeed.
+ */
+export class S3UnavailableError extends StorageError {
+  override name = "S3UnavailableError";
+}
+
+/** What an attempt returned: the status, the headers, the whole body. */
+interface Answer {
+  status: number;
+  headers: Headers;
+  body: Uint8Array;
+}
+
+interface S3Request {
+  method: "GET" | "HEAD" | "PUT" | "DELETE";
+  /** Object key; absent for requests on the bucket itself. */
+  key?: string;
+  query?: Record<string, string>;
+  body?: Uint8Array;
+  headers?: Record<string, string>;
+}
+
+/**
+ * An answer worth another try: the server's trouble, or two conditional PUTs
+ * of one object overlapping (409 on an object; on the bucket it means
+ * something else, such as "already exists").
+ */
+function retryable(status: number, req: S3Request): boolean {
+  return status >= 500 || (status === 409 && req.key !== undefined);
+}
+
+const xmlEntities: Record<string, string> = {
+  amp: "&",
+  lt: "<",
+  gt: ">",
+  quot: '"',
+  apos: "'",
+};
+
+function xmlDecode(text: string): string {
+  return text.replace(/&(#x[0-9a-fA-F]+|#[0-9]+|[a-z]+);/g, (all, name: string) => {
+    if (name.startsWith("#x")) return String.fromCodePoint(parseInt(name.slice(2), 16));
+    if (name.startsWith("#")) return String.fromCodePoint(parseInt(name.slice(1), 10));
+    return xmlEntities[name] ?? all;
+  });
+}
+
+/** The decoded text of every `<tag>…</tag>` in `xml` (no nesting within `tag`). */
+function xmlAll(xml: string, tag: string): string[] {
+  const out: string[] = [];
+  for (const m of xml.matchAll(new RegExp(`<${tag}>([^<]*)</${tag}>`, "g"))) {
+    out.push(xmlDecode(m[1]));
+  }
+  return out;
+}
+
+function xmlFirst(xml: string, tag: string): string | undefined {
+  return xmlAll(xml, tag)[0];
+}
+
+/** `data` as fetch takes a body: a view of a plain ArrayBuffer (copied if shared). */
+function sendable(data: Uint8Array): Uint8Array<ArrayBuffer> {
+  return data.buffer instanceof ArrayBuffer ? data as Uint8Array<ArrayBuffer> : data.slice();
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Requests on one bucket of one S3 server. */
+export class S3Client {
+  readonly #config: S3Config;
+  readonly #signer: SigV4Signer;
+  readonly #limit: Semaphore;
+  readonly #timeoutMs: number;
+  readonly #attempts: number;
+  /** Origin and base path every request URL starts with. */
+  readonly #origin: string;
+  readonly #basePath: string;
+  /** `bucket at endpoint`, for messages. */
+  readonly #where: string;
+
+  /** A client for `config.bucket`; nothing is sent until the first request. */
+  constructor(config: S3Config) {
+    this.#config = config;
+    this.#signer = new SigV4Signer(config.credentials);
+    this.#limit = new Semaphore(config.maxRequests ?? 64);
+    this.#timeoutMs = config.timeoutMs ?? 30_000;
+    this.#attempts = Math.max(1, config.attempts ?? 3);
+    const ep = config.endpoint;
+    const base = ep.pathname.replace(/\/+$/, "");
+    if (config.virtualHosted) {
+      this.#origin = `${ep.protocol}//${config.bucket}.${ep.host}`;
+      this.#basePath = base;
+    } else {
+      this.#origin = ep.origin;
+      this.#basePath = `${base}/${uriEncode(config.bucket)}`;
+    }
+    this.#where = `bucket ${config.bucket} at ${ep.origin}${base}`;
+  }
+
+  /** The bucket's name. */
+  get bucket(): string {
+    return this.#config.bucket;
+  }
+
+  /** The endpoint, e.g. `http://127.0.0.1:7480`. */
+  get endpoint(): URL {
+    return this.#config.endpoint;
+  }
+
+  /**
+   * Checks that the bucket exists and the credentials are accepted (one
+   * HEAD). Throws a {@linkcode StorageError} saying which is wrong.
+   */
+  async headBucket(): Promise<void> {
+    const a = await this.#send({ method: "HEAD" }, "check");
+    if (a.status === 404) throw this.#noBucket();
+    if (a.status === 403) {
+      // A HEAD answer has no body to say why; a one-key listing does
+      // (InvalidAccessKeyId, SignatureDoesNotMatch, RequestTimeTooSkewed, …).
+      const query = { "list-type": "2", "max-keys": "1" };
+      const why = await this.#send({ method: "GET", query }, "check");
+      if (why.status === 403) throw this.#failure("check", undefined, why);
+    }
+    if (a.status !== 200) throw this.#failure("check", undefined, a);
+  }
+
+  /** Creates the bucket (tests and benchmarks); an existing bucket of ours is fine. */
+  async createBucket(): Promise<void> {
+    const a = await this.#send({ method: "PUT" }, "create");
+    if (a.status === 200) return;
+    const code = xmlFirst(new TextDecoder().decode(a.body), "Code");
+    if (a.status === 409 && code === "BucketAlreadyOwnedByYou") return;
+    throw this.#failure("create", undefined, a);
+  }
+
+  /** Deletes the (empty) bucket. */
+  async deleteBucket(): Promise<void> {
+    const a = await this.#send({ method: "DELETE" }, "delete");
+    if (a.status !== 204 && a.status !== 200 && a.status !== 404) {
+      throw this.#failure("delete", undefined, a);
+    }
+  }
+
+  /** The object's size, `undefined` if there is none. */
+  async headObject(key: string): Promise<number | undefined> {
+    const a = await this.#send({ method: "HEAD", key }, "stat");
+    if (a.status === 404) return undefined;
+    if (a.status !== 200) throw this.#failure("stat", key, a);
+    const length = Number(a.headers.get("content-length"));
+    if (!Number.isSafeInteger(length) || length < 0) {
+      throw new StorageError(`S3 ${this.#where}: stat ${key}: no valid Content-Length`);
+    }
+    return length;
+  }
+
+  /** The object's bytes, `undefined` if there is none. */
+  async getObject(key: string): Promise<Uint8Array | undefined> {
+    const a = await this.#send({ method: "GET", key }, "read");
+    if (a.status === 404) {
+      if (this.#code(a) === "NoSuchBucket") throw this.#noBucket();
+      return undefined;
+    }
+    if (a.status !== 200) throw this.#failure("read", key, a);
+    return a.body;
+  }
+
+  /**
+   * Stores the object. With `ifAbsent`, the PUT is conditional
+   * (`If-None-Match: *`) and returns false instead of replacing an object
+   * that exists; otherwise, and when it stored the object, true.
+   */
+  async putObject(key: string, data: Uint8Array, ifAbsent = false): Promise<boolean> {
+    const headers: Record<string, string> = {};
+    if (ifAbsent) headers["if-none-match"] = "*";
+    const a = await this.#send({ method: "PUT", key, body: data, headers }, "write");
+    if (a.status === 200) return true;
+    if (ifAbsent && a.status === 412) return false;
+    if (a.status === 404 && this.#code(a) === "NoSuchBucket") throw this.#noBucket();
+    throw this.#failure("write", key, a);
+  }
+
+  /** Removes the object; one that does not exist is not an error. */
+  async deleteObject(key: string): Promise<void> {
+    const a = await this.#send({ method: "DELETE", key }, "delete");
+    if (a.status === 204 || a.status === 200) return;
+    if (a.status === 404 && this.#code(a) !== "NoSuchBucket") return;
+    if (a.status === 404) throw this.#noBucket();
+    throw this.#failure("delete", key, a);
+  }
+
+  /**
+   * Every key starting with `prefix`, in the server's (byte) order: ListObjectsV2,
+   * `pageSize` keys per request (S3's own limit is 1000), following continuation tokens.
+   */
+  async listKeys(prefix: string, pageSize = 1000): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      const query: Record<string, string> = {
+        "list-type": "2",
+        "max-keys": String(pageSize),
+        prefix,
+      };
+      if (token !== undefined) query["continuation-token"] = token;
+      const a = await this.#send({ method: "GET", query }, "list");
+      if (a.status === 404) throw this.#noBucket();
+      if (a.status !== 200) throw this.#failure("list", prefix, a);
+      const xml = new TextDecoder().decode(a.body);
+      keys.push(...xmlAll(xml, "Key"));
+      token = xmlFirst(xml, "IsTruncated") === "true"
+        ? xmlFirst(xml, "NextContinuationToken")
+        : undefined;
+    } while (token !== undefined);
+    return keys;
+  }
+
+  /**
+   * Sends a request, retrying network errors, timeouts and retryable
+   * statuses; returns the last answer, or throws
+   * {@linkcode S3UnavailableError} if none came.
+   */
+  async #send(req: S3Request, op: string): Promise<Answer> {
+    for (let attempt = 1;; attempt++) {
+      let answer: Answer | undefined;
+      let failure: unknown;
+      try {
+        answer = await this.#limit.run(() => this.#attempt(req));
+      } catch (err) {
+        failure = err;
+      }
+      if (answer && !retryable(answer.status, req)) return answer;
+      if (attempt >= this.#attempts) {
+        if (answer) return answer;
+        throw new S3UnavailableError(
+          `S3 server ${this.#config.endpoint.origin} is unreachable (${op} ${
+            req.key ?? this.#config.bucket
+          }): ${this.#describe(failure)}`,
+        );
+      }
+      // 0.1 s, 0.3 s, …, with jitter so that racing writers spread out.
+      await sleep(100 * 3 ** (attempt - 1) * (0.5 + Math.random()));
+    }
+  }
+
+  async #attempt(req: S3Request): Promise<Answer> {
+    const path = this.#basePath + (req.key === undefined ? "" : `/${uriEncode(req.key, true)}`);
+    const query = req.query ? canonicalQuery(req.query) : "";
+    const url = `${this.#origin}${path || "/"}${query ? `?${query}` : ""}`;
+    const host = new URL(url).host;
+    const signed = this.#signer.sign({
+      method: req.method,
+      path: path || "/",
+      query,
+      headers: { host, ...req.headers },
+      payloadHash: req.body ? sha256Hex(req.body) : EMPTY_SHA256,
+      region: this.#config.region,
+    });
+    // fetch sets Host itself, from the same URL.
+    delete signed.host;
+    const res = await fetch(url, {
+      method: req.method,
+      headers: signed,
+      body: req.body && sendable(req.body),
+      redirect: "manual",
+      signal: AbortSignal.timeout(this.#timeoutMs),
+    });
+    const body = req.method === "HEAD"
+      ? new Uint8Array(0)
+      : new Uint8Array(await res.arrayBuffer());
+    return { status: res.status, headers: res.headers, body };
+  }
+
+  #describe(err: unknown): string {
+    if (err instanceof DOMException && err.name === "TimeoutError") {
+      return `no answer within ${this.#timeoutMs / 1000} s`;
+    }
+    // fetch says "fetch failed"; what failed is in the innermost cause.
+    while (err instanceof Error && err.cause !== undefined) err = err.cause;
+    return errorMessage(err).replace(/^error sending request for url \([^)]*\): /, "");
+  }
+
+  #code(a: Answer): string | undefined {
+    return xmlFirst(new TextDecoder().decode(a.body), "Code");
+  }
+
+  #noBucket(): StorageError {
+    return new StorageError(
+      `S3 bucket ${this.#config.bucket} does not exist at ${this.#config.endpoint.origin}`,
+    );
+  }
+
+  /** The error for an unexpected answer, worded by what it means. */
+  #failure(op: string, key: string | undefined, a: Answer): StorageError {
+    const xml = new TextDecoder().decode(a.body);
+    const code = xmlFirst(xml, "Code");
+    const message = xmlFirst(xml, "Message");
+    const detail = [code, message].filter(Boolean).join(": ") || `HTTP ${a.status}`;
+    const target = key === undefined ? "" : ` ${key}`;
+    if (a.status === 403 || a.status === 401) {
+      return new StorageError(
+        `S3 refused the credentials for ${this.#where} (${detail}): check AWS_ACCESS_KEY_ID ` +
+          "and AWS_SECRET_ACCESS_KEY",
+      );
+    }
+    const region = a.headers.get("x-amz-bucket-region");
+    if (region && region !== this.#config.region) {
+      return new StorageError(
+        `S3 ${this.#where} is in region ${region}, not ${this.#config.region}: set AWS_REGION ` +
+          `or ?region=${region}`,
+      );
+    }
+    if (a.status >= 500) {
+      return new S3UnavailableError(
+        `S3 server ${this.#config.endpoint.origin} failed (${op}${target}): ${detail}`,
+      );
+    }
+    return new StorageError(`S3 ${this.#where}: ${op}${target} failed: ${detail}`);
+  }
+}

@@ -1,0 +1,24 @@
+/**
+ * How hard the services on top of an object store should drive it. A local
+ * filesystem answers in microseconds and a few chunks in flight saturate
+ * it; a store across the network answers each request after a round trip,
+ * and only many requests at once fill the pipe. A store says so through an
+ * optional `tuning` property; the blob service reads it with
+ * {@linkcode tuningOf} for the defaults it was not given explicitly.
+ *
+ * @module
+ */
+import type { ObjectStore } from "./store.ts";
+
+/** Concurrency hints of an object store (any may be absent: the service's own default). */
+export interface ObjectStoreTuning {
+  /** Chunks being encoded or uploaded at once per blob writer. */
+  maxInflightChunks?: number;
+  /** Chunks fetched ahead of the one a blob reader is yielding. */
+  readAhead?: number;
+}
+
+/** The store's hints, `{}` if it has none. */
+export function tuningOf(store: ObjectStore): ObjectStoreTuning {
+  return (store as { tuning?: ObjectStoreTuning }).tuning ?? {};
+}

@@ -1,0 +1,128 @@
+/**
+ * PathInfoService on PostgreSQL (`postgres://…`, docs/storage.md#postgresql).
+ *
+ * Table `pathinfos`: the protobuf encoding of each PathInfo under the raw
+ * 20-byte digest of its store path, as the SQLite backend keeps it. Put
+ * validates and overwrites; list walks the keys in pages (keyset
+ * pagination: no cursor or transaction stays open while the caller
+ * consumes them); delete serves `delete` and `verify --repair`. Reads
+ * check that a row decodes, validates and belongs to its key.
+ *
+ * @module
+ */
+import { bytesEqual, toHex } from "../../castore/digest.ts";
+import { StorageError } from "../../errors.ts";
+import { PostgresDb, type Schema } from "../../castore/postgres_db.ts";
+import type { PostgresConfig } from "../../castore/postgres_url.ts";
+import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
+import { checkPathInfoDigest, validateForPut } from "./put_check.ts";
+import type { PathInfoService } from "./service.ts";
+import { validatePathInfo } from "./validate.ts";
+
+/** The `pathinfos` table, version by version (docs/storage.md#postgresql). */
+export const PATHINFO_SCHEMA: Schema = {
+  component: "pathinfos",
+  migrations: [[
+    `CREATE TABLE pathinfos (
+      digest bytea PRIMARY KEY CHECK (length(digest) = 20),
+      data bytea NOT NULL
+    )`,
+  ]],
+};
+
+/** Rows fetched per query while listing. */
+export const LIST_PAGE = 256;
+
+/** A PathInfoService storing rows in a PostgreSQL database. */
+export class PostgresPathInfoService implements PathInfoService {
+  readonly #db: PostgresDb;
+
+  private constructor(db: PostgresDb) {
+    this.#db = db;
+  }
+
+  /**
+   * Connects and migrates the schema. Throws `StorageError` "unable to
+   * open postgres database …" when the server cannot be reached, refuses
+   * the login, or holds a newer schema.
+   */
+  static async open(config: PostgresConfig): Promise<PostgresPathInfoService> {
+    return new PostgresPathInfoService(await PostgresDb.open(config, PATHINFO_SCHEMA));
+  }
+
+  /** The PathInfo stored under this 20-byte digest, or `undefined`. */
+  async get(digest: Uint8Array): Promise<PathInfo | undefined> {
+    checkPathInfoDigest(digest);
+    const rows = await this.#db.run("read", "SELECT data FROM pathinfos WHERE digest = $1", [
+      digest,
+    ]);
+    return rows.length === 0 ? undefined : decodeRow(digest, rows[0].data);
+  }
+
+  /** Validates and stores (replacing an entry for the same store path). */
+  async put(info: PathInfo): Promise<PathInfo> {
+    const path = validateForPut(info);
+    await this.#db.run(
+      "write",
+      "INSERT INTO pathinfos (digest, data) VALUES ($1, $2) " +
+        "ON CONFLICT (digest) DO UPDATE SET data = excluded.data",
+      [path.digest, PathInfo.encode(info).finish()],
+    );
+    return info;
+  }
+
+  /** Every stored PathInfo, ascending by digest, {@linkcode LIST_PAGE} rows per query. */
+  async *list(): AsyncGenerator<PathInfo> {
+    let after: Uint8Array = new Uint8Array(0);
+    while (true) {
+      const rows = await this.#db.run(
+        "list",
+        `SELECT digest, data FROM pathinfos WHERE digest > $1 ORDER BY digest LIMIT ${LIST_PAGE}`,
+        [after],
+      );
+      for (const row of rows) {
+        after = row.digest as Uint8Array;
+        yield decodeRow(after, row.data);
+      }
+      if (rows.length < LIST_PAGE) return;
+    }
+  }
+
+  /** Removes the PathInfo with this digest; false if there was none. */
+  async delete(digest: Uint8Array): Promise<boolean> {
+    checkPathInfoDigest(digest);
+    const gone = await this.#db.run(
+      "delete",
+      "DELETE FROM pathinfos WHERE digest = $1 RETURNING digest",
+      [digest],
+    );
+    return gone.length > 0;
+  }
+
+  /** Gives the connection pool back. */
+  close(): Promise<void> {
+    return this.#db.close();
+  }
+}
+
+/** Decodes and checks a stored row. Throws `StorageError`. */
+function decodeRow(key: Uint8Array, data: unknown): PathInfo {
+  const where = `pathinfo ${toHex(key)}`;
+  if (!(data instanceof Uint8Array)) throw new StorageError(`${where}: stored value is not bytes`);
+  let info: PathInfo;
+  try {
+    info = PathInfo.decode(data);
+  } catch (err) {
+    throw new StorageError(`${where}: unable to decode: ${err}`);
+  }
+  let digest: Uint8Array;
+  try {
+    digest = validatePathInfo(info).digest;
+  } catch (err) {
+    throw new StorageError(`${where}: stored PathInfo is invalid: ${err}`);
+  }
+  if (!bytesEqual(digest, key)) {
+    throw new StorageError(`${where}: stored PathInfo belongs to ${toHex(digest)}`);
+  }
+  return info;
+}
