@@ -133,7 +133,7 @@ export function register(program: Command): void {
     .addOption(
       new Option(
         "--max-request-size <bytes>",
-        "largest request message accepted (responses never exceed 4 MiB)",
+        "largest BlobChunk or PathInfo request message accepted (directories may take up to 64 MiB either way)",
       )
         .argParser(parseRequestSize)
         .default(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, "4MiB"),

@@ -84,12 +84,24 @@ export function parseGrpcUrl(url: string): GrpcEndpoint {
 }
 
 /**
- * The largest message we accept. Servers keep messages at or below 4 MiB
- * (docs/compatibility.md#message-size-limits), which grpc-js's default
- * limit of exactly 4 MiB would reject once the protobuf framing is added; a
- * bound still protects us from a runaway peer.
+ * The largest encoded Directory message either end sends or accepts
+ * (docs/compatibility.md#message-size-limits). A directory travels as one
+ * message, and Nix sets no limit on the number of entries, so the 4 MiB
+ * every other message keeps to would refuse directories Nix handles (a
+ * file entry with a 40-byte name takes ~80 bytes: 4 MiB is ~50,000 of
+ * them). 64 MiB admits ~800,000 such entries, or ~220,000 with names of
+ * the longest kind (255 bytes), while keeping what one message can make a
+ * server buffer bounded. The server refuses larger directories with
+ * RESOURCE_EXHAUSTED; our client refuses to send them.
  */
-export const MAX_RECEIVE_MESSAGE_LENGTH = 16 * 1024 * 1024;
+export const MAX_DIRECTORY_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The largest message our clients accept: a Directory of up to
+ * {@linkcode MAX_DIRECTORY_MESSAGE_BYTES}. Every other response stays at or
+ * below 4 MiB; a bound still protects us from a runaway peer.
+ */
+export const MAX_RECEIVE_MESSAGE_LENGTH = MAX_DIRECTORY_MESSAGE_BYTES;
 
 /**
  * The HTTP/2 receive window we grant each stream (the default is 64 KiB).

@@ -69,6 +69,10 @@ const RECEIVE_QUEUE = 16;
  * client cancels or the stream breaks before its half-close, so a body
  * never mistakes a truncated stream for a complete one.
  *
+ * `check` runs on each message as it arrives; if it throws, the stream is
+ * paused, what was queued is dropped and the error is thrown at once, so
+ * a client cannot have more refused messages queued behind a slow body.
+ *
  * Events, not the stream's async iterator: the iterator destroys the
  * stream when it finishes, and in Deno that destruction (an AbortError,
  * then grpc-js ending a destroyed stream, each a Node error with its stack)
@@ -76,11 +80,13 @@ const RECEIVE_QUEUE = 16;
  */
 export async function* receiveAll<Req>(
   call: ServerReadableStream<Req, unknown>,
+  check?: (message: Req) => void,
 ): AsyncGenerator<Req> {
   const queue: Req[] = [];
   let ended = false;
   let broken = false;
   let failure: unknown;
+  let refused: { error: unknown } | undefined;
   let wake: (() => void) | undefined;
   const notify = () => {
     const w = wake;
@@ -88,6 +94,16 @@ export async function* receiveAll<Req>(
     w?.();
   };
   const onData = (message: Req) => {
+    if (refused) return;
+    try {
+      check?.(message);
+    } catch (error) {
+      refused = { error };
+      queue.length = 0;
+      call.pause();
+      notify();
+      return;
+    }
     queue.push(message);
     if (queue.length >= RECEIVE_QUEUE) call.pause();
     notify();
@@ -111,6 +127,7 @@ export async function* receiveAll<Req>(
   call.on("error", onError);
   try {
     while (true) {
+      if (refused) throw refused.error;
       const message = queue.shift();
       if (message !== undefined) {
         if (call.isPaused() && queue.length < RECEIVE_QUEUE / 2) call.resume();
@@ -134,18 +151,25 @@ export async function* receiveAll<Req>(
 }
 
 /**
- * Sends one response message; resolves once the stream can take more.
- * Returns false if the call is gone (cancelled, failed), in which case the
- * body should stop producing.
+ * Sends one response message. Resolves true once HTTP/2 has taken it
+ * (grpc-js has serialized it; the client's window had room for it), false
+ * as soon as the call is gone (cancelled, failed), in which case the body
+ * should stop producing.
  */
 export type Send<Res> = (message: Res) => Promise<boolean>;
 
 /**
  * A server-streaming handler. `body` produces messages through `send`,
- * which honours HTTP/2 flow control: it waits for `'drain'` whenever
- * grpc-js's buffer is full, so a slow reader slows the producer instead of
- * growing the heap. Returning ends the stream with OK; throwing ends it with
- * the mapped status after the messages already sent.
+ * which honours the client's HTTP/2 flow control: the next message is
+ * produced only once HTTP/2 has taken the previous one, so a slow reader
+ * slows the producer down and a reader that stops pins just the one
+ * message its window holds back. (grpc-js alone queues 16 messages per
+ * stream before it asks a producer to wait; 100 stalled reads of a large
+ * blob held ~7 MiB each that way, with the blob reader's read-ahead.)
+ * Waiting costs a fast reader nothing measurable: the producer has its
+ * next message ready when the previous one is taken. Returning ends the
+ * stream with OK; throwing ends it with the mapped status after the
+ * messages already sent.
  */
 export function serverStreamHandler<Req, Res>(
   method: string,
@@ -170,27 +194,31 @@ export function serverStreamHandler<Req, Res>(
 
 function backpressuredSender<Res>(call: ServerWritableStream<unknown, Res>): Send<Res> {
   let gone = false;
-  const markGone = () => (gone = true);
+  let wake: (() => void) | undefined;
+  const notify = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  const markGone = () => {
+    gone = true;
+    notify();
+  };
   call.once("cancelled", markGone);
   call.once("close", markGone);
+  call.once("error", markGone);
+  const isGone = () => gone || call.cancelled || call.destroyed || call.writableEnded;
   return async (message) => {
-    if (gone || call.cancelled || call.destroyed || call.writableEnded) return false;
-    if (call.write(message)) return true;
-    // Buffer full: wait until grpc-js has handed the queue to HTTP/2, or the
-    // call is gone (then 'drain' would never come).
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        call.off("drain", done);
-        call.off("cancelled", done);
-        call.off("close", done);
-        call.off("error", done);
-        resolve();
-      };
-      call.on("drain", done);
-      call.on("cancelled", done);
-      call.on("close", done);
-      call.on("error", done);
+    if (isGone()) return false;
+    let taken = false;
+    // grpc-js calls back once HTTP/2 took the message, which it does only
+    // as far as the client's window allows; if the call goes first, the
+    // callback never comes.
+    call.write(message, () => {
+      taken = true;
+      notify();
     });
-    return !(gone || call.cancelled || call.destroyed);
+    while (!taken && !isGone()) await new Promise<void>((resolve) => (wake = resolve));
+    return taken && !isGone();
   };
 }

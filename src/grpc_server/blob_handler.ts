@@ -4,17 +4,20 @@
  *
  * @module
  */
-import type {
-  BlobChunk,
-  BlobServiceServer,
-  PutBlobResponse,
-  ReadBlobRequest,
-  StatBlobRequest,
-  StatBlobResponse,
+import { Buffer } from "node:buffer";
+import {
+  type BlobChunk,
+  type BlobServiceServer,
+  BlobServiceService,
+  type PutBlobResponse,
+  type ReadBlobRequest,
+  type StatBlobRequest,
+  type StatBlobResponse,
 } from "../proto/tvix/castore/protos/rpc_blobstore.ts";
-import type { BlobReader, BlobService } from "../castore/blob/service.ts";
-import { B3_LEN, b3Display, type Digest } from "../castore/digest.ts";
-import { errorMessage } from "../errors.ts";
+import type { BlobService, ChunkMeta } from "../castore/blob/service.ts";
+import { B3_LEN, b3Display, concatBytes, type Digest } from "../castore/digest.ts";
+import { release } from "../castore/blob/chunk_codec.ts";
+import { errorMessage, StorageError } from "../errors.ts";
 import {
   clientStreamHandler,
   receiveAll,
@@ -35,6 +38,24 @@ export const READ_MESSAGE_BYTES = 1024 * 1024;
  * small reads are merged up to this, not sent as many tiny messages.
  */
 const COALESCE_BYTES = 64 * 1024;
+
+/**
+ * How long a Read may wait for the client to take a message before the
+ * blob's reader, with its read-ahead, is closed (and reopened once the
+ * client reads on). A stalled client then pins only the messages HTTP/2
+ * holds for it.
+ */
+export const STALL_MS = 1000;
+
+/**
+ * Chunks a Read fetches ahead of the one being sent. One overlaps fetching
+ * (reading and verifying a chunk takes well under the time to send it)
+ * with sending, and keeps what a stalled client pins to a few chunks.
+ */
+const CHUNKS_AHEAD = 1;
+
+/** Chunks a Read sends before it starts fetching ahead (see {@linkcode listedChunks}). */
+const WARM_UP_CHUNKS = 2;
 
 function checkDigest(digest: Uint8Array): Digest {
   if (digest.length !== B3_LEN) throw new RpcError(Code.INVALID_ARGUMENT, "invalid digest length");
@@ -84,8 +105,238 @@ export async function* rechunk(
   if (pendingBytes > 0) yield take(pendingBytes);
 }
 
+/** Reads one listed chunk whole, checking its length against the list. */
+async function readListedChunk(blob: BlobService, chunk: ChunkMeta): Promise<Uint8Array> {
+  const reader = await blob.openRead(chunk.digest);
+  if (!reader) throw new StorageError(`chunk ${b3Display(chunk.digest)} is listed but missing`);
+  const pieces: Uint8Array[] = [];
+  for await (const piece of reader) pieces.push(piece);
+  const data = pieces.length === 1 ? pieces[0] : concatBytes(pieces);
+  if (BigInt(data.length) !== chunk.size) {
+    throw new StorageError(
+      `chunk ${b3Display(chunk.digest)} has ${data.length} bytes, listed with ${chunk.size}`,
+    );
+  }
+  return data;
+}
+
+/**
+ * The bytes of a chunked blob from `offset` on, chunk by chunk. The first
+ * {@linkcode WARM_UP_CHUNKS} are fetched when asked for; after that, when
+ * the client has shown that it reads, {@linkcode CHUNKS_AHEAD} are fetched
+ * ahead of the one yielded. A client that takes a message or two and then
+ * stops thus never costs a chunk that was read for nothing.
+ */
+async function* listedChunks(
+  blob: BlobService,
+  list: ChunkMeta[],
+  offset: number,
+  own: (chunk: Uint8Array) => void,
+): AsyncGenerator<Uint8Array> {
+  let index = 0;
+  let start = 0;
+  while (index < list.length && start + Number(list[index].size) <= offset) {
+    start += Number(list[index].size);
+    index++;
+  }
+  let skip = offset - start;
+  const pending: Promise<Uint8Array>[] = [];
+  const fetchNext = () => {
+    const fetch = readListedChunk(blob, list[index++]);
+    // Rejections surface when awaited; a read dropped early must not leave
+    // them unhandled.
+    fetch.catch(() => {});
+    pending.push(fetch);
+  };
+  for (let yielded = 0; pending.length > 0 || index < list.length; yielded++) {
+    if (pending.length === 0) fetchNext();
+    const data = await pending.shift()!;
+    own(data);
+    if (yielded >= WARM_UP_CHUNKS) {
+      while (pending.length < CHUNKS_AHEAD && index < list.length) fetchNext();
+    }
+    yield skip > 0 ? data.subarray(skip) : data;
+    skip = 0;
+  }
+}
+
+/**
+ * The messages of one Read: a blob's bytes front to back, re-cut by
+ * {@linkcode rechunk}. A chunked blob is read chunk by chunk with
+ * {@linkcode CHUNKS_AHEAD} fetched ahead, instead of through the backend's
+ * whole-blob reader, whose read-ahead (four chunks for the pack store)
+ * a client that stops reading would pin. {@linkcode park} lets go of what
+ * was read ahead; the next message then comes from a read reopened at the
+ * offset reached, which yields the same bytes since blobs never change.
+ *
+ * Chunk buffers of such a read are released ({@linkcode sent}) as soon as
+ * their last byte has gone out, not at some later collection: a read
+ * passes every byte of a blob through them, and 100 reads starting at
+ * once left ~30 MiB of them for the collector.
+ */
+class BlobMessages {
+  #pieces: AsyncIterator<Uint8Array> | undefined;
+  #offset = 0;
+  /** Whole chunk buffers this read fetched and nothing else refers to. */
+  readonly #owned = new WeakSet<ArrayBufferLike>();
+
+  private constructor(
+    private readonly blob: BlobService,
+    private readonly digest: Digest,
+    /** The blob's chunk list; fewer than two chunks mean one whole-blob read. */
+    private readonly list: ChunkMeta[],
+  ) {}
+
+  /** Starts reading `digest`; undefined if the backend does not have it. */
+  static async open(blob: BlobService, digest: Digest): Promise<BlobMessages | undefined> {
+    const list = await blob.chunks(digest);
+    if (!list) return undefined;
+    const messages = new BlobMessages(blob, digest, list);
+    if (list.length < 2) {
+      const reader = await blob.openRead(digest);
+      if (!reader) return undefined;
+      messages.#pieces = rechunk(reader)[Symbol.asyncIterator]();
+    }
+    return messages;
+  }
+
+  /** The next message's data, or undefined at the end of the blob. */
+  async next(): Promise<Uint8Array | undefined> {
+    this.#pieces ??= rechunk(await this.#openAt(this.#offset))[Symbol.asyncIterator]();
+    const { done, value } = await this.#pieces.next();
+    if (done) return undefined;
+    this.#offset += value.length;
+    return value;
+  }
+
+  async #openAt(offset: number): Promise<AsyncIterable<Uint8Array>> {
+    if (this.list.length >= 2) {
+      // A backend's pieces belong to the reader (see BlobService.openRead),
+      // and readListedChunk returns one of them or a fresh concatenation.
+      const own = (chunk: Uint8Array) => {
+        const buffer = chunk.buffer;
+        if (chunk.byteOffset === 0 && chunk.byteLength === buffer.byteLength) {
+          this.#owned.add(buffer);
+        }
+      };
+      return listedChunks(this.blob, this.list, offset, own);
+    }
+    const reader = await this.blob.openRead(this.digest, offset);
+    if (!reader) {
+      throw new StorageError(`blob ${b3Display(this.digest)} vanished while being read`);
+    }
+    return reader;
+  }
+
+  /**
+   * Tells that `data`, returned by {@linkcode next}, has been serialized
+   * into a response. If it ends a chunk buffer of this read, the buffer is
+   * released: messages are sent in order, so all of it has gone out, and
+   * {@linkcode rechunk} holds on only to pieces of buffers it has not
+   * passed to the end yet.
+   */
+  sent(data: Uint8Array): void {
+    const buffer = data.buffer;
+    if (
+      this.#owned.has(buffer) && buffer instanceof ArrayBuffer &&
+      data.byteOffset + data.byteLength === buffer.byteLength
+    ) {
+      this.#owned.delete(buffer);
+      release(buffer);
+    }
+  }
+
+  /** Drops the current read and what it read ahead; {@linkcode next} reopens it. Never throws. */
+  async park(): Promise<void> {
+    const pieces = this.#pieces;
+    this.#pieces = undefined;
+    await pieces?.return?.()?.catch(() => {});
+  }
+}
+
+/** Bytes of the field header (tag and length) before `length` bytes of `BlobChunk.data`. */
+function dataHeaderBytes(length: number): number {
+  let varint = 1;
+  for (let rest = length; rest >= 0x80; rest = Math.floor(rest / 0x80)) varint++;
+  return 1 + varint;
+}
+
+/** Length of a `BlobChunk` message whose `data` has `length` bytes. */
+function blobChunkMessageBytes(length: number): number {
+  return length === 0 ? 0 : dataHeaderBytes(length) + length;
+}
+
+/** Room for the largest Read response: its data and the field header. */
+const SCRATCH_BYTES = READ_MESSAGE_BYTES + 8;
+
+/** Where Read responses are encoded (see {@linkcode serializeBlobChunk}). */
+const scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
+
+/**
+ * `BlobChunk` encoded as the generated encoder does (field 1, omitted when
+ * empty), into one reused buffer. grpc-js (1.14, pinned in deno.json)
+ * calls a method's serializer only while framing a response, and copies
+ * the result into the frame before it returns, so the buffer is free again
+ * at once. The generated serializer copied the data twice (encoder, then
+ * `Buffer.from`) into buffers that were garbage right away: a Read sends
+ * every byte of a blob through here, and 100 reads starting together left
+ * ~60 MiB of that for the collector.
+ */
+function serializeBlobChunk(message: BlobChunk): Buffer {
+  const data = message.data;
+  const size = blobChunkMessageBytes(data.length);
+  const out = size <= SCRATCH_BYTES ? scratch.subarray(0, size) : Buffer.allocUnsafe(size);
+  if (data.length === 0) return out;
+  let at = 0;
+  out[at++] = 0x0a; // field 1, length-delimited
+  for (let rest = data.length;; rest = Math.floor(rest / 0x80)) {
+    if (rest < 0x80) {
+      out[at++] = rest;
+      break;
+    }
+    out[at++] = (rest & 0x7f) | 0x80;
+  }
+  out.set(data, at);
+  return out;
+}
+
+/**
+ * The BlobService definition the server registers: the generated one,
+ * with Read responses serialized by {@linkcode serializeBlobChunk}.
+ */
+export const blobServiceDefinition: typeof BlobServiceService = {
+  ...BlobServiceService,
+  read: { ...BlobServiceService.read, responseSerialize: serializeBlobChunk },
+};
+
+/**
+ * Refuses an uploaded `BlobChunk` larger than the request limit. The
+ * server's own message limit has to admit large directories
+ * (`MAX_DIRECTORY_MESSAGE_BYTES`), so blob messages are held to the
+ * smaller limit here, before anything of them is written.
+ */
+function checkChunkSize(length: number, max: number): void {
+  const size = blobChunkMessageBytes(length);
+  if (size > max) {
+    throw new RpcError(
+      Code.RESOURCE_EXHAUSTED,
+      `BlobChunk message of ${size} bytes is larger than the ${max}-byte limit for blob data`,
+    );
+  }
+}
+
+/** Options of {@linkcode blobHandler}. */
+export interface BlobHandlerOptions {
+  /** Largest `BlobChunk` message accepted by Put, in bytes (default {@linkcode MAX_PUT_MESSAGE_BYTES}). */
+  maxMessageBytes?: number;
+}
+
+/** Default largest `BlobChunk` accepted: the 4 MiB every gRPC stack accepts by default. */
+export const MAX_PUT_MESSAGE_BYTES = 4 * 1024 * 1024;
+
 /** Builds the BlobService handlers. */
-export function blobHandler(blob: BlobService): BlobServiceServer {
+export function blobHandler(blob: BlobService, opts: BlobHandlerOptions = {}): BlobServiceServer {
+  const maxMessageBytes = opts.maxMessageBytes ?? MAX_PUT_MESSAGE_BYTES;
   return {
     stat: unaryHandler<StatBlobRequest, StatBlobResponse>("BlobService/Stat", async (req) => {
       const digest = checkDigest(req.digest);
@@ -101,11 +352,22 @@ export function blobHandler(blob: BlobService): BlobServiceServer {
       "BlobService/Read",
       async (req, send) => {
         const digest = checkDigest(req.digest);
-        const reader: BlobReader | undefined = await blob.openRead(digest);
-        if (!reader) throw notFound(digest);
-        // Leaving the loop early (client gone) releases the reader.
-        for await (const data of rechunk(reader)) {
-          if (!await send({ data })) return;
+        const source = await BlobMessages.open(blob, digest);
+        if (!source) throw notFound(digest);
+        try {
+          while (true) {
+            const data = await source.next();
+            if (!data) return;
+            // A reader that takes nothing for a while should not pin the
+            // backend's read-ahead: let go of it until this message is out.
+            const stall = setTimeout(() => source.park(), STALL_MS);
+            const open = await send({ data }).finally(() => clearTimeout(stall));
+            if (!open) return;
+            source.sent(data);
+          }
+        } finally {
+          // Done, failed or cancelled: the reader and its read-ahead go now.
+          await source.park();
         }
       },
     ),
@@ -113,7 +375,8 @@ export function blobHandler(blob: BlobService): BlobServiceServer {
     put: clientStreamHandler<BlobChunk, PutBlobResponse>("BlobService/Put", async (call) => {
       const writer = blob.openWrite();
       try {
-        for await (const chunk of receiveAll(call)) {
+        const check = (chunk: BlobChunk) => checkChunkSize(chunk.data.length, maxMessageBytes);
+        for await (const chunk of receiveAll(call, check)) {
           try {
             await writer.write(chunk.data);
           } catch (err) {

@@ -15,25 +15,22 @@ import { ClosureError, UploadClosure } from "../castore/directory/closure.ts";
 import { B3_LEN, b3Display } from "../castore/digest.ts";
 import { InvalidRequestError } from "../errors.ts";
 import { clientStreamHandler, receiveAll, serverStreamHandler } from "../grpc/server_call.ts";
-import {
-  Code,
-  internalStatus,
-  MAX_RESPONSE_MESSAGE_BYTES,
-  RpcError,
-  type RpcStatus,
-  statusFromError,
-} from "../grpc/status.ts";
+import { Code, internalStatus, RpcError, type RpcStatus, statusFromError } from "../grpc/status.ts";
+import { MAX_DIRECTORY_MESSAGE_BYTES } from "../grpc/channel.ts";
 
 /**
- * A directory must fit in one response message, or it could be stored but
- * never served back to a client that keeps the reference's 4 MiB limit.
+ * A directory must fit in one message of at most
+ * {@linkcode MAX_DIRECTORY_MESSAGE_BYTES}, or it could be stored but never
+ * served back to our clients. The limit is well above the 4 MiB of every
+ * other message, so that directories Nix accepts fit
+ * (docs/compatibility.md#message-size-limits).
  */
 function checkServable(directory: Directory, what: string): void {
   const size = Directory.encode(directory).finish().length;
-  if (size > MAX_RESPONSE_MESSAGE_BYTES) {
+  if (size > MAX_DIRECTORY_MESSAGE_BYTES) {
     throw new RpcError(
       what === "received" ? Code.INVALID_ARGUMENT : Code.RESOURCE_EXHAUSTED,
-      `${what} directory is ${size} bytes, more than the ${MAX_RESPONSE_MESSAGE_BYTES}-byte message limit`,
+      `${what} directory is ${size} bytes, more than the ${MAX_DIRECTORY_MESSAGE_BYTES}-byte message limit`,
     );
   }
 }

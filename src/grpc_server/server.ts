@@ -12,17 +12,17 @@ import "../grpc/h2_server_window.ts";
 import * as grpc from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
-import { BlobServiceService } from "../proto/tvix/castore/protos/rpc_blobstore.ts";
 import { DirectoryServiceService } from "../proto/tvix/castore/protos/rpc_directory.ts";
 import { PathInfoServiceService } from "../proto/tvix/store/protos/rpc_pathinfo.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import type { PathInfoService } from "../store/pathinfo/service.ts";
 import type { NarCalculationService } from "../nar/calculation.ts";
-import { blobHandler } from "./blob_handler.ts";
+import { blobHandler, blobServiceDefinition } from "./blob_handler.ts";
 import { directoryHandler } from "./directory_handler.ts";
 import { pathInfoHandler } from "./pathinfo_handler.ts";
 import { MAX_RESPONSE_MESSAGE_BYTES } from "../grpc/status.ts";
+import { MAX_DIRECTORY_MESSAGE_BYTES } from "../grpc/channel.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ListenAddress, parseListenAddress } from "../listen_address.ts";
@@ -36,18 +36,37 @@ export interface ServedServices {
 }
 
 /**
- * Default limit for one received message: 4 MiB, the reference's limit, so
- * every client that works against the reference works here. Raise it with
- * care: grpc-js holds each message whole and reads up to 16 messages ahead
- * of a client stream's consumer, so one upload may buffer 16 times the
- * limit. Directories and PathInfos above 4 MiB are refused whatever the
- * limit, since they could never be sent back.
+ * Default limit for one received message other than a Directory: 4 MiB,
+ * the reference's limit, so every client that works against the
+ * reference works here. Raise it with care: grpc-js holds each message
+ * whole and reads up to 16 messages ahead of a client stream's consumer,
+ * so one upload may buffer 16 times the limit. Blob data is held to it by
+ * the Put handler as each message arrives, since the transport must
+ * admit Directories of up to {@linkcode MAX_DIRECTORY_MESSAGE_BYTES}.
+ * PathInfos above 4 MiB are refused whatever the limit, since they could
+ * never be sent back.
  */
 export const DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
 
+/**
+ * HTTP/2 streams (calls) one client connection may have open at once,
+ * announced in SETTINGS_MAX_CONCURRENT_STREAMS; clients queue further
+ * calls until one ends. Every open stream may pin memory in the daemon
+ * (a stalled Read a message and a chunk or two, an upload the message
+ * being received), so
+ * the limit bounds what one connection can hold; without it grpc-js
+ * allows ~4 billion. 100 is the least the HTTP/2 specification recommends
+ * a server to allow; our clients, whose imports run more uploads than that
+ * at once, queue the rest.
+ */
+export const MAX_CONCURRENT_STREAMS = 100;
+
 /** Options of {@linkcode createGrpcServer}. */
 export interface GrpcServerOptions {
-  /** Largest request message accepted, in bytes (default {@linkcode DEFAULT_MAX_RECEIVE_MESSAGE_BYTES}). */
+  /**
+   * Largest request message accepted other than a Directory, in bytes
+   * (default {@linkcode DEFAULT_MAX_RECEIVE_MESSAGE_BYTES}).
+   */
   maxReceiveMessageBytes?: number;
   /** Serve gRPC server reflection (default true). */
   reflection?: boolean;
@@ -95,7 +114,8 @@ function addReflection(server: grpc.Server): void {
 /**
  * A grpc-js server with the three tvix services (and reflection) over
  * `services`; not yet listening (see {@linkcode listen}). Responses are
- * capped at 4 MiB per message, the limit the reference's clients enforce.
+ * capped at 4 MiB per message, the limit the reference's clients enforce,
+ * except directories (docs/compatibility.md#message-size-limits).
  */
 export function createGrpcServer(
   services: ServedServices,
@@ -107,12 +127,22 @@ export function createGrpcServer(
   }
   const calls = new CallTracker();
   const server = new grpc.Server({
-    "grpc.max_receive_message_length": maxReceive,
-    "grpc.max_send_message_length": MAX_RESPONSE_MESSAGE_BYTES,
+    // grpc-js has one limit for all methods: the largest message any of
+    // them takes. Handlers hold the others to theirs (blob data to
+    // `maxReceive`, PathInfos to 4 MiB).
+    "grpc.max_receive_message_length": Math.max(maxReceive, MAX_DIRECTORY_MESSAGE_BYTES),
+    "grpc.max_send_message_length": Math.max(
+      MAX_RESPONSE_MESSAGE_BYTES,
+      MAX_DIRECTORY_MESSAGE_BYTES,
+    ),
+    "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
     interceptors: [calls.interceptor],
   });
   trackers.set(server, calls);
-  server.addService(BlobServiceService, blobHandler(services.blob));
+  server.addService(
+    blobServiceDefinition,
+    blobHandler(services.blob, { maxMessageBytes: maxReceive }),
+  );
   server.addService(DirectoryServiceService, directoryHandler(services.directory));
   server.addService(
     PathInfoServiceService,
@@ -187,8 +217,13 @@ export async function listen(server: grpc.Server, address: string): Promise<List
   const target = parsed.kind === "unix" ? `unix:${parsed.path}` : address;
   const port = await new Promise<number>((resolve, reject) => {
     server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, port) => {
-      if (err) reject(new Error(`cannot listen on ${address}: ${errorMessage(err)}`));
-      else resolve(port);
+      if (err) {
+        // grpc-js words a taken port as a long resolver message.
+        const why = /EADDRINUSE|address already in use/i.test(errorMessage(err))
+          ? "address already in use (another daemon? pick another address with -l)"
+          : errorMessage(err);
+        reject(new Error(`cannot listen on ${address}: ${why}`));
+      } else resolve(port);
     });
   });
   return parsed.kind === "unix" ? parsed : { ...parsed, port };

@@ -16,7 +16,7 @@ import {
   DirectoryServiceClient,
   type PutDirectoryResponse,
 } from "../../proto/tvix/castore/protos/rpc_directory.ts";
-import { B3_LEN, b3Display, bytesEqual, type Digest } from "../digest.ts";
+import { B3_LEN, b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import {
   type Directory,
   directoryDigest,
@@ -29,6 +29,7 @@ import {
   type ChannelLease,
   clientOn,
   ClientUpload,
+  MAX_DIRECTORY_MESSAGE_BYTES,
   serverStream,
 } from "../../grpc/channel.ts";
 import { checkStored, ClosureError, DownloadValidator, UploadClosure } from "./closure.ts";
@@ -99,8 +100,9 @@ export class GrpcDirectoryService implements DirectoryService {
     } catch (err) {
       throw new InvalidRequestError(`directory failed validation: ${errorMessage(err)}`);
     }
+    const encoded = encodeSendable(directory);
     const upload = new ClientUpload<PutDirectoryResponse>((cb) => this.#client.put(cb));
-    await upload.write(encodeDirectory(directory));
+    await upload.write(encoded);
     return checkRoot(await upload.finish(), directoryDigest(directory));
   }
 
@@ -140,9 +142,10 @@ export class GrpcDirectoryPutter implements DirectoryPutter {
     if (this.#failure) throw this.#failure;
     try {
       this.#closure.add(directory);
-      this.#upload ??= new ClientUpload((cb) => this.#client.put(cb));
       // Encoded now: what was validated is what is sent.
-      await this.#upload.write(encodeDirectory(directory));
+      const encoded = encodeSendable(directory);
+      this.#upload ??= new ClientUpload((cb) => this.#client.put(cb));
+      await this.#upload.write(encoded);
     } catch (err) {
       this.#fail(err as Error);
       throw err;
@@ -172,6 +175,22 @@ export class GrpcDirectoryPutter implements DirectoryPutter {
     this.#failure ??= err;
     this.#upload?.cancel();
   }
+}
+
+/**
+ * A directory's encoding, if it fits in one message
+ * (docs/compatibility.md#message-size-limits); a larger one is refused
+ * here rather than by the server.
+ */
+function encodeSendable(directory: Directory): Uint8Array {
+  const encoded = encodeDirectory(directory);
+  if (encoded.length > MAX_DIRECTORY_MESSAGE_BYTES) {
+    throw new InvalidRequestError(
+      `directory ${b3Display(blake3(encoded))} is ${encoded.length} bytes, more than ` +
+        `the ${MAX_DIRECTORY_MESSAGE_BYTES}-byte message limit`,
+    );
+  }
+  return encoded;
 }
 
 /** The server's root digest must be the one we computed. */
