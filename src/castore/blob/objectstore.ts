@@ -40,6 +40,7 @@ import { tuningOf } from "../objectstore/tuning.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
+import { readChunksFrom } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 
 /**
@@ -156,39 +157,11 @@ export class ObjectStoreBlobService implements BlobService {
     if (list.length === 0) {
       throw new StorageError(`blob ${b3Display(digest)} is indexed but its chunk is missing`);
     }
-    let start = 0;
-    let startOffset = 0;
-    while (start < list.length && startOffset + Number(list[start].size) <= offset) {
-      startOffset += Number(list[start].size);
-      start++;
-    }
-    return this.#readChunks(list, start, offset - startOffset);
-  }
-
-  async *#readChunks(list: ChunkMeta[], start: number, skip: number): AsyncGenerator<Uint8Array> {
-    const pending: Promise<Uint8Array>[] = [];
-    let next = start;
-    const fill = () => {
-      while (pending.length < this.#readAhead && next < list.length) {
-        const { digest, size } = list[next++];
-        const fetch = this.#readChunk(digest, Number(size)).then((data) => {
-          if (!data) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
-          return data;
-        });
-        // Rejections surface when awaited below; a reader dropped early
-        // must not leave them unhandled.
-        fetch.catch(() => {});
-        pending.push(fetch);
-      }
-    };
-    for (fill(); pending.length > 0; fill()) {
-      const data = await pending.shift()!;
-      // Refill before handing the chunk out, so the next fetches run while
-      // the consumer works on this one.
-      fill();
-      yield skip > 0 ? data.subarray(skip) : data;
-      skip = 0;
-    }
+    return readChunksFrom(list, offset, this.#readAhead, async ({ digest, size }) => {
+      const data = await this.#readChunk(digest, Number(size));
+      if (!data) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
+      return data;
+    });
   }
 
   /** Fetches, decompresses and verifies one chunk; `undefined` if absent. */

@@ -55,6 +55,7 @@ import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
+import { readChunksFrom } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 
@@ -344,43 +345,16 @@ export class PackBlobService implements BlobService {
     }
     const list = this.#blobChunks(digest);
     if (!list) return undefined;
-    let start = 0;
-    let startOffset = 0;
-    while (start < list.length && startOffset + Number(list[start].size) <= offset) {
-      startOffset += Number(list[start].size);
-      start++;
-    }
-    return this.#readChunks(list, start, offset - startOffset);
-  }
-
-  async *#readChunks(list: ChunkMeta[], start: number, skip: number): AsyncGenerator<Uint8Array> {
-    const pending: Promise<Uint8Array>[] = [];
-    let next = start;
-    const fill = () => {
-      while (pending.length < this.#readAhead && next < list.length) {
-        const { digest, size } = list[next++];
-        const fetch = Promise.resolve().then(() => {
-          const at = this.locate(digest);
-          if (!at) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
-          if (at.size !== Number(size)) {
-            throw new StorageError(
-              `chunk ${b3Display(digest)} has ${at.size} bytes, index says ${size}`,
-            );
-          }
-          return this.#readChunk(at);
-        });
-        // Rejections surface when awaited below; a reader dropped early
-        // must not leave them unhandled.
-        fetch.catch(() => {});
-        pending.push(fetch);
+    return readChunksFrom(list, offset, this.#readAhead, async ({ digest, size }) => {
+      const at = this.locate(digest);
+      if (!at) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
+      if (at.size !== Number(size)) {
+        throw new StorageError(
+          `chunk ${b3Display(digest)} has ${at.size} bytes, index says ${size}`,
+        );
       }
-    };
-    for (fill(); pending.length > 0; fill()) {
-      const data = await pending.shift()!;
-      fill();
-      yield skip > 0 ? data.subarray(skip) : data;
-      skip = 0;
-    }
+      return await this.#readChunk(at);
+    });
   }
 
   /**
