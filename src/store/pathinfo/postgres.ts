@@ -10,14 +10,11 @@
  *
  * @module
  */
-import { bytesEqual, toHex } from "../../castore/digest.ts";
-import { StorageError } from "../../errors.ts";
 import { PostgresDb, type Schema } from "../../castore/postgres_db.ts";
 import type { PostgresConfig } from "../../castore/postgres_url.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
-import { checkPathInfoDigest, validateForPut } from "./put_check.ts";
+import { checkPathInfoDigest, decodeStoredPathInfo, validateForPut } from "./put_check.ts";
 import type { PathInfoService } from "./service.ts";
-import { validatePathInfo } from "./validate.ts";
 
 /** The `pathinfos` table, version by version (docs/storage.md#postgresql). */
 export const PATHINFO_SCHEMA: Schema = {
@@ -56,7 +53,7 @@ export class PostgresPathInfoService implements PathInfoService {
     const rows = await this.#db.run("read", "SELECT data FROM pathinfos WHERE digest = $1", [
       digest,
     ]);
-    return rows.length === 0 ? undefined : decodeRow(digest, rows[0].data);
+    return rows.length === 0 ? undefined : decodeStoredPathInfo(digest, rows[0].data);
   }
 
   /** Validates and stores (replacing an entry for the same store path). */
@@ -82,7 +79,7 @@ export class PostgresPathInfoService implements PathInfoService {
       );
       for (const row of rows) {
         after = row.digest as Uint8Array;
-        yield decodeRow(after, row.data);
+        yield decodeStoredPathInfo(after, row.data);
       }
       if (rows.length < LIST_PAGE) return;
     }
@@ -103,26 +100,4 @@ export class PostgresPathInfoService implements PathInfoService {
   close(): Promise<void> {
     return this.#db.close();
   }
-}
-
-/** Decodes and checks a stored row. Throws `StorageError`. */
-function decodeRow(key: Uint8Array, data: unknown): PathInfo {
-  const where = `pathinfo ${toHex(key)}`;
-  if (!(data instanceof Uint8Array)) throw new StorageError(`${where}: stored value is not bytes`);
-  let info: PathInfo;
-  try {
-    info = PathInfo.decode(data);
-  } catch (err) {
-    throw new StorageError(`${where}: unable to decode: ${err}`);
-  }
-  let digest: Uint8Array;
-  try {
-    digest = validatePathInfo(info).digest;
-  } catch (err) {
-    throw new StorageError(`${where}: stored PathInfo is invalid: ${err}`);
-  }
-  if (!bytesEqual(digest, key)) {
-    throw new StorageError(`${where}: stored PathInfo belongs to ${toHex(digest)}`);
-  }
-  return info;
 }

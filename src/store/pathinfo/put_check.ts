@@ -3,8 +3,9 @@
  *
  * @module
  */
-import { InvalidRequestError } from "../../errors.ts";
-import type { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
+import { bytesEqual, toHex } from "../../castore/digest.ts";
+import { InvalidRequestError, StorageError } from "../../errors.ts";
+import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { STORE_PATH_DIGEST_LEN, type StorePath } from "../store_path.ts";
 import { validatePathInfo, ValidatePathInfoError } from "./validate.ts";
 
@@ -26,4 +27,30 @@ export function validateForPut(info: PathInfo): StorePath {
     if (!(err instanceof ValidatePathInfoError)) throw err;
     throw new InvalidRequestError(`failed to validate PathInfo: ${err.message}`, { cause: err });
   }
+}
+
+/**
+ * Decodes a PathInfo a backend read back under `key` and checks it: bytes
+ * that decode, a valid PathInfo, and one that belongs to that key. Throws
+ * `StorageError`, so damaged rows never pass for data.
+ */
+export function decodeStoredPathInfo(key: Uint8Array, data: unknown): PathInfo {
+  const where = `pathinfo ${toHex(key)}`;
+  if (!(data instanceof Uint8Array)) throw new StorageError(`${where}: stored value is not bytes`);
+  let info: PathInfo;
+  try {
+    info = PathInfo.decode(data);
+  } catch (err) {
+    throw new StorageError(`${where}: unable to decode: ${err}`);
+  }
+  let digest: Uint8Array;
+  try {
+    digest = validatePathInfo(info).digest;
+  } catch (err) {
+    throw new StorageError(`${where}: stored PathInfo is invalid: ${err}`);
+  }
+  if (!bytesEqual(digest, key)) {
+    throw new StorageError(`${where}: stored PathInfo belongs to ${toHex(digest)}`);
+  }
+  return info;
 }

@@ -9,13 +9,11 @@
  * @module
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { bytesEqual, toHex } from "../../castore/digest.ts";
 import { StorageError } from "../../errors.ts";
 import { openDatabase, storageCall } from "../../castore/sqlite_db.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
-import { checkPathInfoDigest, validateForPut } from "./put_check.ts";
+import { checkPathInfoDigest, decodeStoredPathInfo, validateForPut } from "./put_check.ts";
 import type { PathInfoService } from "./service.ts";
-import { validatePathInfo } from "./validate.ts";
 
 const SCHEMA = `CREATE TABLE IF NOT EXISTS pathinfos (
   digest BLOB PRIMARY KEY NOT NULL,
@@ -61,7 +59,7 @@ export class SqlitePathInfoService implements PathInfoService {
     try {
       checkPathInfoDigest(digest);
       const row = storageCall("read", () => this.#select.get(digest));
-      return Promise.resolve(row ? decodeRow(digest, row.data) : undefined);
+      return Promise.resolve(row ? decodeStoredPathInfo(digest, row.data) : undefined);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -89,7 +87,7 @@ export class SqlitePathInfoService implements PathInfoService {
       );
       for (const row of rows) {
         const key = row.digest as Uint8Array;
-        yield decodeRow(key, row.data);
+        yield decodeStoredPathInfo(key, row.data);
         after = key;
       }
       if (rows.length < LIST_PAGE) return;
@@ -118,26 +116,4 @@ export class SqlitePathInfoService implements PathInfoService {
     }
     return Promise.resolve();
   }
-}
-
-/** Decodes and checks a stored row. Throws `StorageError`. */
-function decodeRow(key: Uint8Array, data: unknown): PathInfo {
-  const where = `pathinfo ${toHex(key)}`;
-  if (!(data instanceof Uint8Array)) throw new StorageError(`${where}: stored value is not a blob`);
-  let info: PathInfo;
-  try {
-    info = PathInfo.decode(data);
-  } catch (err) {
-    throw new StorageError(`${where}: unable to decode: ${err}`);
-  }
-  let digest: Uint8Array;
-  try {
-    digest = validatePathInfo(info).digest;
-  } catch (err) {
-    throw new StorageError(`${where}: stored PathInfo is invalid: ${err}`);
-  }
-  if (!bytesEqual(digest, key)) {
-    throw new StorageError(`${where}: stored PathInfo belongs to ${toHex(digest)}`);
-  }
-  return info;
 }
