@@ -8,7 +8,14 @@
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertMatch } from "../assert.ts";
-import { childEnv, localStoreArgs, MAIN, startServer, tvixStore } from "./helpers.ts";
+import {
+  childEnv,
+  localStoreArgs,
+  MAIN,
+  remoteStoreArgs,
+  startServer,
+  tvixStore,
+} from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
 import { renderNar } from "../../src/nar/render.ts";
 import { caNarSha256StorePath, StorePath } from "../../src/store/store_path.ts";
@@ -277,14 +284,7 @@ Deno.test("gc in a loop on a daemon's store while imports go through the daemon:
   });
   try {
     const url = `grpc+http://${daemon.address}`;
-    const remote = [
-      "--blob-service-addr",
-      url,
-      "--directory-service-addr",
-      url,
-      "--path-info-service-addr",
-      url,
-    ];
+    const remote = remoteStoreArgs(url);
     const nars = await importWhileCollecting(work, remote, localStoreArgs(home));
     assertEquals(daemon.exitStatus(), undefined, "the daemon keeps serving");
     const { status } = await daemon.stop();

@@ -172,3 +172,12 @@ export async function startServer(args: string[], opts: ServerOptions): Promise<
 export function localStoreArgs(dir: string): string[] {
   return serviceAddrArgs(embeddedAddrs(dir));
 }
+
+/** Service flags pointing all three services at the daemon at `url` (`grpc+http://…`). */
+export function remoteStoreArgs(url: string): string[] {
+  return serviceAddrArgs({
+    blobServiceAddr: url,
+    directoryServiceAddr: url,
+    pathInfoServiceAddr: url,
+  });
+}

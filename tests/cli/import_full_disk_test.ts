@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../assert.ts";
-import { localStoreArgs, startServer, tvixStore } from "./helpers.ts";
+import { localStoreArgs, remoteStoreArgs, startServer, tvixStore } from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
 import { nixOracle } from "../store/tree_gen.ts";
 import { pseudoRandom } from "../fixtures.ts";
@@ -93,14 +93,7 @@ Deno.test({
       });
       try {
         const url = `grpc+http://${daemon.address}`;
-        const remote = [
-          "--blob-service-addr",
-          url,
-          "--directory-service-addr",
-          url,
-          "--path-info-service-addr",
-          url,
-        ];
+        const remote = remoteStoreArgs(url);
         const r = await tvixStore(["import", "--no-stat-cache", ...remote, tree]);
         assert(r.code !== 0, "the import must fail");
         assertMatch(r.stderr, /no space left on device|ENOSPC/i);
