@@ -3,7 +3,9 @@
  *
  * `InvalidRequestError` is the caller's fault (maps to gRPC INVALID_ARGUMENT);
  * `StorageError` is the backend's (maps to gRPC DATA_LOSS, or INTERNAL where
- * the wire contract says so). Absence is not an error: services return
+ * the wire contract says so); its subclass `UnavailableError` says the
+ * backend could not be reached at all, so the caller may retry (gRPC
+ * UNAVAILABLE, HTTP 502/503). Absence is not an error: services return
  * `undefined` for unknown digests.
  *
  * @module
@@ -17,6 +19,15 @@ export class InvalidRequestError extends Error {
 /** The backend failed, or holds data that fails verification. */
 export class StorageError extends Error {
   override name = "StorageError";
+}
+
+/**
+ * A backend (database, object store, remote daemon) could not be reached
+ * or refused service for now: nothing is known to be wrong with the data,
+ * and the same call may succeed later.
+ */
+export class UnavailableError extends StorageError {
+  override name = "UnavailableError";
 }
 
 /** The error's message, whatever was thrown. */

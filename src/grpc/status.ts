@@ -11,7 +11,7 @@
  * @module
  */
 import { status as Code } from "@grpc/grpc-js";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
 import { log } from "../log.ts";
 
 export { Code };
@@ -38,7 +38,8 @@ export class RpcError extends Error {
 /**
  * The generic mapping (docs/compatibility.md#status-codes): an
  * {@linkcode RpcError} keeps its status,
- * `InvalidRequestError` → INVALID_ARGUMENT with its message, `StorageError`
+ * `InvalidRequestError` → INVALID_ARGUMENT with its message,
+ * `UnavailableError` → UNAVAILABLE (the client may retry), `StorageError`
  * → DATA_LOSS "storage error: <msg>", anything else (a bug, an unexpected
  * exception) → INTERNAL with its message.
  */
@@ -46,6 +47,9 @@ export function statusFromError(err: unknown): RpcStatus {
   if (err instanceof RpcError) return err.status;
   if (err instanceof InvalidRequestError) {
     return { code: Code.INVALID_ARGUMENT, details: err.message };
+  }
+  if (err instanceof UnavailableError) {
+    return { code: Code.UNAVAILABLE, details: `storage unavailable: ${err.message}` };
   }
   if (err instanceof StorageError) {
     return { code: Code.DATA_LOSS, details: `storage error: ${err.message}` };
@@ -67,10 +71,12 @@ export function errorDisplay(err: unknown): string {
 /**
  * INTERNAL with the error's display text, for the RPCs whose backend errors
  * the contract reports that way (Directory Get, PathInfo List); an
- * {@linkcode RpcError} keeps its own status.
+ * {@linkcode RpcError} keeps its own status, and an unreachable backend
+ * is UNAVAILABLE there too, so clients know to retry.
  */
 export function internalStatus(err: unknown): RpcStatus {
   if (err instanceof RpcError) return err.status;
+  if (err instanceof UnavailableError) return statusFromError(err);
   return { code: Code.INTERNAL, details: errorDisplay(err) };
 }
 
