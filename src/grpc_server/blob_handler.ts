@@ -315,7 +315,7 @@ export const blobServiceDefinition: typeof BlobServiceService = {
  * (`MAX_DIRECTORY_MESSAGE_BYTES`), so blob messages are held to the
  * smaller limit here, before anything of them is written.
  */
-function checkChunkSize(length: number, max: number): void {
+export function checkChunkSize(length: number, max: number): void {
   const size = blobChunkMessageBytes(length);
   if (size > max) {
     throw new RpcError(
