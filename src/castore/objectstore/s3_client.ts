@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { errorMessage, StorageError } from "../../errors.ts";
+import { errorMessage, StorageError, UnavailableError } from "../../errors.ts";
 import { Semaphore } from "../../concurrency.ts";
 import {
   canonicalQuery,
@@ -45,10 +45,11 @@ export interface S3Config {
 
 /**
  * The S3 server could not be reached or failed (network error, timeout,
- * 5xx), after retries. The data may well be intact: a retry later can
- * succeed.
+ * 5xx such as 503 SlowDown), after retries. The data may well be intact: a
+ * retry later can succeed, so it is an {@linkcode UnavailableError} (gRPC
+ * UNAVAILABLE).
  */
-export class S3UnavailableError extends StorageError {
+export class S3UnavailableError extends UnavailableError {
   override name = "S3UnavailableError";
 }
 
