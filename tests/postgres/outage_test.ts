@@ -47,6 +47,10 @@ pgTest(
       directoryServiceAddr: grpcUrl,
       pathInfoServiceAddr: grpcUrl,
     };
+    const bridge = await startServer(
+      ["nar-bridge", "-l", "127.0.0.1:0", ...serviceAddrArgs(addrs)],
+      { name: "nar-bridge" },
+    );
     const dirs = new DirectoryServiceClient(`unix:${sock}`, credentials.createInsecure());
     const infos = new PathInfoServiceClient(`unix:${sock}`, credentials.createInsecure());
     let pgRunning = true;
@@ -138,6 +142,12 @@ pgTest(
       const refused = await tvixStore(["import", ...serviceAddrArgs(addrs), other]);
       assert(refused.code !== 0, "an import without the database fails");
       assert(/UNAVAILABLE.*postgres/.test(refused.stderr), refused.stderr);
+      // A binary cache over the daemon answers 503 (Nix retries), not 500 or 404.
+      const hash = imported.stdout.trim().slice("/nix/store/".length, "/nix/store/".length + 32);
+      const narinfo = await fetch(`http://${bridge.address}/${hash}.narinfo`);
+      const body = await narinfo.text();
+      assertEquals(narinfo.status, 503, body);
+      assert(/storage unavailable: .*postgres/.test(body), body);
 
       await pg.start();
       pgRunning = true;
@@ -157,9 +167,12 @@ pgTest(
         [["2"]],
         "the refused import stored nothing, the retried one its path",
       );
+      const served = await fetch(`http://${bridge.address}/${hash}.narinfo`);
+      assertEquals(served.status, 200, await served.text());
       const stopped = await daemon.stop();
       assertEquals(stopped.status.code, 0, daemon.log());
     } finally {
+      await bridge.stop();
       dirs.close();
       infos.close();
       await daemon.stop();
