@@ -25,7 +25,7 @@
  */
 import { createHash } from "node:crypto";
 import { bytesEqual, concatBytes } from "../castore/digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
 import { type NodeVariant, renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
@@ -233,6 +233,10 @@ export class NarBridge {
         return text(err.status, err.message + "\n");
       }
       log.error("nar-bridge request failed", { method, path, error: errorMessage(err) });
+      // A store out of reach is 503, which Nix retries; anything else is our failure.
+      if (err instanceof UnavailableError) {
+        return text(503, `storage unavailable: ${errorMessage(err)}\n`);
+      }
       return text(500, `internal error: ${errorMessage(err)}\n`);
     }
   }
