@@ -282,6 +282,7 @@ export class NarBridge {
       referenceNames: [],
       deriver: undefined,
       ca: undefined,
+      upload: undefined,
     };
   }
 

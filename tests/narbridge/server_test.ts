@@ -427,6 +427,7 @@ Deno.test("a NAR that cannot be rendered (missing blob) is cut short, the server
         referenceNames: [],
         deriver: undefined,
         ca: undefined,
+        upload: undefined,
       },
     });
     const ni = parseNarInfo(await (await fetch(`${url}/${"0".repeat(32)}.narinfo`)).text());
