@@ -56,6 +56,7 @@ import {
   isCodec,
 } from "./compression.ts";
 import { UploadUrlIndex } from "./upload_urls.ts";
+import { narListing } from "./listing.ts";
 import { AccessControl, type AccessTokens } from "./auth.ts";
 import { validatePathInfo } from "../store/pathinfo/validate.ts";
 import { type ReleaseReason, Staging } from "./staging.ts";
@@ -118,6 +119,7 @@ class HttpError extends Error {
 
 const NB32 = "[0-9a-df-np-sv-z]";
 const NARINFO_RE = new RegExp(`^/(${NB32}{32})\\.narinfo$`);
+const LISTING_RE = new RegExp(`^/(${NB32}{32})\\.ls$`);
 const NAR_RE = new RegExp(`^/nar/(${NB32}{32})-(${NB32}{52})\\.nar(\\.zst)?$`);
 const UPLOAD_RE = /^\/nar\/[A-Za-z0-9._-]+$/;
 const MAX_NARINFO_BYTES = 1 << 20;
@@ -303,6 +305,8 @@ export class NarBridge {
     let m = NARINFO_RE.exec(path);
     if (m && read) return this.#getNarInfo(method, m[1]);
     if (m && method === "PUT") return this.#putNarInfo(req, m[1]);
+    m = LISTING_RE.exec(path);
+    if (m && read) return this.#getListing(method, m[1]);
     m = NAR_RE.exec(path);
     if (m && read) return this.#getNar(req, m[1], m[2], m[3] !== undefined);
     if (UPLOAD_RE.test(path) && read) return this.#getUploadedNar(req, path);
@@ -419,6 +423,19 @@ export class NarBridge {
       status,
       headers,
       body: sliceStream(renderNar(found.node, blob, directory), start, length),
+    };
+  }
+
+  /** The path's NAR listing (`listing.ts`). */
+  async #getListing(method: string, digestText: string): Promise<HttpResponse> {
+    const info = await this.#services.pathInfo.get(nixbase32.decode(digestText));
+    const node = info?.node?.node;
+    if (!node) throw new HttpError(404, `${digestText}.ls not found`);
+    const body = await narListing(node, this.#services.directory);
+    return {
+      status: 200,
+      headers: { "content-type": "application/json", "content-length": String(body.length) },
+      body: method === "HEAD" ? undefined : body,
     };
   }
 
