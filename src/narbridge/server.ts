@@ -12,7 +12,12 @@
  *   carry a Content-Length and honour single `Range`s;
  * - `PUT /nar/<anything>` then `PUT /<digest>.narinfo`, what `nix copy --to`
  *   sends: the NAR is decompressed and ingested into castore at once, and the
- *   PathInfo is written only when its narinfo arrives and agrees with it.
+ *   PathInfo is written only when its narinfo arrives and agrees with it;
+ *   `GET`/`HEAD` of that upload URL keep answering (`upload_urls.ts`);
+ * - `GET`/`HEAD /<digest>.ls`, the NAR listing (`listing.ts`).
+ *
+ * Tokens (`auth.ts`) guard uploads and optionally reads; a store out of
+ * reach answers 503.
  *
  * The HTTP side (connections, timeouts, streaming with backpressure and
  * cancellation) is `http.ts`; this module only maps requests to the store.
