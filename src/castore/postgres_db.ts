@@ -12,7 +12,7 @@
  * @module
  */
 import postgres from "postgres";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
 import { log } from "../log.ts";
 import { describePostgres, type PostgresConfig } from "./postgres_url.ts";
 
@@ -68,10 +68,41 @@ export function postgresErrorText(err: unknown): string {
   return errorMessage(err);
 }
 
-/** `err` as a `StorageError` "postgres WHAT: …" (our own errors pass through). */
+/**
+ * Socket and driver error codes of a server out of reach (not running, a
+ * connection cut or not made in time): retrying later may work.
+ */
+const UNREACHABLE_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ENOENT", // no Unix socket: the server is not running
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EPIPE",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+]);
+
+/** Whether `err` says the server could not be reached (SQLSTATE class 08, shutdown 57P0x). */
+function isUnreachable(err: unknown): boolean {
+  if (err instanceof postgres.PostgresError) {
+    return err.code.startsWith("08") || ["57P01", "57P02", "57P03"].includes(err.code);
+  }
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && UNREACHABLE_CODES.has(code);
+}
+
+/**
+ * `err` as a `StorageError` "postgres WHAT: …" (our own errors pass
+ * through), an `UnavailableError` when the server is out of reach.
+ */
 function storageError(what: string, err: unknown): Error {
   if (err instanceof StorageError || err instanceof InvalidRequestError) return err;
-  return new StorageError(`postgres ${what}: ${postgresErrorText(err)}`);
+  const text = `postgres ${what}: ${postgresErrorText(err)}`;
+  return isUnreachable(err) ? new UnavailableError(text) : new StorageError(text);
 }
 
 function isRetryable(err: unknown): boolean {
