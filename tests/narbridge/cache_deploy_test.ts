@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { setLogLevel } from "../../src/log.ts";
 import { NixEnv } from "./nix_env.ts";
-import { type Server, startServer, tvixStore } from "./harness.ts";
+import { type Server, startServer, tvixStore, waitFor } from "./harness.ts";
 import { localStoreArgs, remoteStoreArgs } from "../cli/helpers.ts";
 
 setLogLevel("warn");
@@ -236,6 +236,85 @@ Deno.test("nar-bridge as deployed: tokens, uploaded URLs, listings, headers, out
     });
   } finally {
     await bridge?.stop();
+    await daemon?.stop();
+    await nix.cleanup();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("daemon's bridge with read tokens: reads and uploads each need their token", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "narbridge-tokens-" });
+  const nix = await NixEnv.create();
+  let daemon: Server | undefined;
+  try {
+    await Deno.writeTextFile(join(tmp, "upload"), "up-token\n");
+    await Deno.writeTextFile(join(tmp, "read"), "read-token\n");
+    daemon = await startServer([
+      "daemon",
+      "--listen-address=127.0.0.1:0",
+      "--nar-bridge-listen-address=127.0.0.1:0",
+      `--upload-token-file=${join(tmp, "upload")}`,
+      `--read-token-file=${join(tmp, "read")}`,
+      ...localStoreArgs(join(tmp, "tvix")),
+    ]);
+    const d = daemon;
+    const url = "http://" + await waitFor(
+      () => /nar-bridge listening address=(\S+)/.exec(d.log())?.[1],
+      "the nar-bridge address",
+    );
+    const basic = (password: string) => `Basic ${btoa(`nix:${password}`)}`;
+    const status = async (path: string, authorization?: string, method = "GET") =>
+      (await request(`${url}${path}`, {
+        method,
+        headers: authorization ? { authorization } : {},
+        body: method === "PUT" ? "x" : undefined,
+      })).status;
+    assertEquals(await status("/nix-cache-info"), 401);
+    assertEquals(await status("/nix-cache-info", "Bearer wrong"), 401);
+    assertEquals(await status("/nix-cache-info", basic("wrong")), 401);
+    assertEquals(await status("/nix-cache-info", "Bearer read-token"), 200);
+    assertEquals(await status("/nix-cache-info", basic("read-token")), 200);
+    assertEquals(await status("/nix-cache-info", "Bearer up-token"), 200);
+    // A read token does not allow uploading.
+    assertEquals(await status("/nar/x.nar", "Bearer read-token", "PUT"), 401);
+
+    // nix uploads with the upload token and reads with the read token, from netrc files.
+    const src = join(tmp, "src");
+    await makeTree(src, "tokens");
+    const path = (await nix.ok("nix-store", ["--store", nix.store, "--add", src])).trim();
+    const netrc = async (token: string) => {
+      const file = join(tmp, `netrc-${token}`);
+      await Deno.writeTextFile(file, `machine 127.0.0.1 password ${token}\n`);
+      return ["--option", "netrc-file", file];
+    };
+    await nix.ok("nix", [
+      "copy",
+      ...await netrc("up-token"),
+      "--store",
+      nix.store,
+      "--to",
+      url,
+      path,
+    ]);
+    const reader = await NixEnv.create();
+    try {
+      const denied = await reader.run("nix", ["path-info", "--store", url, path]);
+      // nix reads the 401 on /nix-cache-info as "not a binary cache".
+      assert(denied.code !== 0, "a read without a token must fail");
+      assert(/401|does not appear to be a binary cache/.test(denied.stderr), denied.stderr);
+      const read = await reader.ok("nix", [
+        "store",
+        "cat",
+        ...await netrc("read-token"),
+        "--store",
+        url,
+        `${path}/hello.txt`,
+      ]);
+      assertEquals(read, "Hello tokens!\n");
+    } finally {
+      await reader.cleanup();
+    }
+  } finally {
     await daemon?.stop();
     await nix.cleanup();
     await Deno.remove(tmp, { recursive: true });
