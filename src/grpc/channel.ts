@@ -280,7 +280,7 @@ export async function channelFor(url: string): Promise<ChannelLease> {
       await waitReady(held.channel);
     } catch (err) {
       lease.release();
-      throw new StorageError(`unable to connect to ${url}: ${errorMessage(err)}`);
+      throw new UnavailableError(`unable to connect to ${url}: ${errorMessage(err)}`);
     }
   }
   return lease;
@@ -314,10 +314,11 @@ export function isNotFound(err: unknown): boolean {
 /**
  * Converts a failed call into the castore error model: INVALID_ARGUMENT
  * stays the caller's fault (so a daemon proxying to another daemon keeps
- * returning INVALID_ARGUMENT), UNAVAILABLE an `UnavailableError` (so a
- * daemon in front of a daemon that cannot reach its store says so too),
- * everything else is a `StorageError` carrying the status name and text.
- * NOT_FOUND is handled by callers as absence.
+ * returning INVALID_ARGUMENT), UNAVAILABLE and DEADLINE_EXCEEDED (the
+ * server is down, unreachable or too slow: a retry may work) are an
+ * `UnavailableError`, everything else is an {@linkcode UpstreamError}
+ * carrying the status name and text. NOT_FOUND is handled by callers as
+ * absence.
  */
 export function callError(err: unknown): Error {
   const e = err as Partial<grpc.ServiceError> | undefined;
@@ -326,8 +327,15 @@ export function callError(err: unknown): Error {
   }
   const text = `${grpc.status[e.code] ?? e.code}: ${e.details ?? e.message ?? ""}`;
   if (e.code === grpc.status.INVALID_ARGUMENT) return new InvalidRequestError(text);
-  if (e.code === grpc.status.UNAVAILABLE) return new UnavailableError(text);
-  return new StorageError(text);
+  if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
+    return new UnavailableError(text);
+  }
+  return new UpstreamError(text);
+}
+
+/** The remote server answered a call with a failure (other than absence or unavailability). */
+export class UpstreamError extends StorageError {
+  override name = "UpstreamError";
 }
 
 /** Runs a unary call; resolves `undefined` on NOT_FOUND, rejects with {@linkcode callError}. */

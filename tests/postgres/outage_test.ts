@@ -147,7 +147,7 @@ pgTest(
       const narinfo = await fetch(`http://${bridge.address}/${hash}.narinfo`);
       const body = await narinfo.text();
       assertEquals(narinfo.status, 503, body);
-      assert(/storage unavailable: .*postgres/.test(body), body);
+      assert(/store unavailable: .*postgres/.test(body), body);
 
       await pg.start();
       pgRunning = true;
