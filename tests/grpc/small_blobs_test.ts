@@ -6,7 +6,7 @@
  * blob against a server without the extension.
  */
 import * as grpc from "@grpc/grpc-js";
-import { blake3, toHex } from "../../src/castore/digest.ts";
+import { blake3, concatBytes, toHex } from "../../src/castore/digest.ts";
 import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
 import {
   type PutSmallBlobsResponse,
@@ -14,6 +14,7 @@ import {
   smallBlobServiceDefinition,
 } from "../../src/grpc/small_blobs.ts";
 import { assert, assertEquals } from "../assert.ts";
+import { pseudoRandom } from "../fixtures.ts";
 import { startDaemon } from "./daemon_harness.ts";
 import { memoryServices, startServer } from "./client_harness.ts";
 
@@ -30,30 +31,14 @@ interface RawClient {
 }
 
 /** Deterministic bytes: blob `i` of `size` bytes. */
-function blobBytes(i: number, size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let x = (i + 1) * 2654435761;
-  for (let k = 0; k < size; k++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[k] = x & 0xff;
-  }
-  return out;
-}
+const blobBytes = (i: number, size: number): Uint8Array => pseudoRandom(size, i + 1);
 
 async function readAll(service: GrpcBlobService, digest: Uint8Array): Promise<Uint8Array> {
   const reader = await service.openRead(digest);
   assert(reader, `blob ${toHex(digest)} not found`);
   const parts: Uint8Array[] = [];
   for await (const piece of reader) parts.push(piece);
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /** Uploads `blobs` concurrently through `service` and checks every digest and read-back. */
