@@ -21,6 +21,8 @@ import {
 import { readTokenFile } from "../narbridge/auth.ts";
 import { DEFAULT_HTTP_LIMITS } from "../narbridge/http.ts";
 import { DEFAULT_UPLOAD_LEASE_MS } from "../narbridge/staging.ts";
+import { DEFAULT_NEGATIVE_TTL_MS, parseUpstreamUrl } from "../narbridge/upstream.ts";
+import { serveMetrics } from "../metrics.ts";
 import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";
 import { log } from "../log.ts";
 import { onStopSignal } from "./shutdown.ts";
@@ -40,6 +42,11 @@ export interface NarBridgeFlags {
   maxConnections?: number;
   /** Milliseconds (parsed from a duration). */
   uploadLease?: number;
+  /** Upstream cache URLs, in the order given. */
+  upstream?: string[];
+  upstreamTrustedPublicKeys?: string;
+  /** Milliseconds (parsed from a duration; 0 allowed). */
+  upstreamNegativeTtl?: number;
   /** Milliseconds (parsed from a duration); may be 0. */
   narinfoTtl?: number;
   priority?: number;
@@ -72,6 +79,11 @@ function parseConnectionCount(text: string): number {
     );
   }
   return n;
+}
+
+/** Collects a repeatable `--upstream` into a list of normalised URLs. */
+function collectUpstream(text: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), parseUpstreamUrl(text)];
 }
 
 /** A default duration as the help shows it (`30s`, `15m`). */
@@ -177,6 +189,27 @@ export function addNarBridgeOptions(cmd: Command): Command {
         "--read-token-file <path>",
         "binary cache: reads need one of these tokens or an upload token",
       ).env("NAR_BRIDGE_READ_TOKEN_FILE"),
+    )
+    .addOption(
+      new Option(
+        "--upstream <url>",
+        "binary cache: on a narinfo miss, copy the path from this http(s) cache " +
+          "(repeatable, tried in order; needs --upstream-trusted-public-keys)",
+      ).argParser(collectUpstream),
+    )
+    .addOption(
+      new Option(
+        "--upstream-trusted-public-keys <keys>",
+        "space- or comma-separated name:base64 keys; only upstream paths signed by one are copied",
+      ).env("NAR_BRIDGE_UPSTREAM_TRUSTED_PUBLIC_KEYS"),
+    )
+    .addOption(
+      new Option(
+        "--upstream-negative-ttl <duration>",
+        "binary cache: how long a path no upstream has is remembered as absent (0: not at all)",
+      )
+        .argParser((text) => parseDuration(text, "--upstream-negative-ttl"))
+        .default(DEFAULT_NEGATIVE_TTL_MS, duration(DEFAULT_NEGATIVE_TTL_MS)),
     );
 }
 
@@ -211,16 +244,35 @@ export async function loadNarBridgeOptions(flags: NarBridgeFlags): Promise<NarBr
     if (keys.length === 0) throw new Error("--trusted-public-keys lists no key");
     opts.trustedKeys = keys;
   }
+  if (flags.upstream?.length) {
+    const keys = parsePublicKeys((flags.upstreamTrustedPublicKeys ?? "").replaceAll(",", " "));
+    if (keys.length === 0) {
+      throw new Error(
+        "--upstream needs --upstream-trusted-public-keys (nothing unsigned is copied)",
+      );
+    }
+    opts.upstream = {
+      urls: flags.upstream,
+      trustedKeys: keys,
+      negativeTtlMs: flags.upstreamNegativeTtl,
+    };
+  } else if (flags.upstreamTrustedPublicKeys !== undefined) {
+    throw new Error("--upstream-trusted-public-keys without --upstream");
+  }
   return opts;
 }
 
 interface CliOptions extends ServiceAddrs, NarBridgeFlags {
   listenAddress: string;
+  metricsListenAddress?: string;
 }
 
 async function run(opts: CliOptions): Promise<void> {
   const bridgeOpts = await loadNarBridgeOptions(opts);
   const services = await constructServices(opts);
+  const metricsServer = opts.metricsListenAddress
+    ? await serveMetrics(opts.metricsListenAddress)
+    : undefined;
   try {
     const bridge = await startNarBridge(services, {
       ...bridgeOpts,
@@ -231,6 +283,7 @@ async function run(opts: CliOptions): Promise<void> {
     log.info("nar-bridge shutting down", { signal });
     await bridge.close();
   } finally {
+    await metricsServer?.close();
     await services.close();
   }
   // Backends (grpc-js channels) may keep handles referenced; we are done.
@@ -246,6 +299,10 @@ export function register(program: Command): void {
       new Option("-l, --listen-address <addr>", "host:port or [v6]:port")
         .env("NAR_BRIDGE_LISTEN_ADDRESS")
         .default(DEFAULT_NAR_BRIDGE_LISTEN_ADDRESS),
+    )
+    .addOption(
+      new Option("--metrics-listen-address <addr>", "serve Prometheus metrics at /metrics here")
+        .env("METRICS_LISTEN_ADDRESS"),
     );
   addNarBridgeOptions(cmd);
   addServiceOptions(cmd, {

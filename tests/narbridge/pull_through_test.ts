@@ -1,0 +1,238 @@
+/**
+ * Pull-through against real upstreams: nix's own `file://` binary cache
+ * (written by `nix copy --to`, signed or not), served over HTTP by Python's
+ * http.server, behind a dead upstream listed first. Signed paths are copied
+ * in once (also under concurrent requests) and served to real nix byte for
+ * byte; unsigned ones are refused; after the upstream stops, pulled paths
+ * are still served and unknown ones get 502. The metrics count the pulls.
+ */
+import { join } from "node:path";
+import { assert, assertEquals } from "../assert.ts";
+import { parseNarInfo } from "../../src/narbridge/narinfo.ts";
+import { StorePath } from "../../src/store/store_path.ts";
+import * as nixbase32 from "../../src/store/nixbase32.ts";
+import { setLogLevel } from "../../src/log.ts";
+import { NixEnv } from "./nix_env.ts";
+import { startServer } from "./harness.ts";
+import { sampleValue, scrape } from "../prometheus.ts";
+
+setLogLevel("warn");
+
+const MEMORY = [
+  "--blob-service-addr=memory://",
+  "--directory-service-addr=memory://",
+  "--path-info-service-addr=memory://",
+];
+
+/** A loopback port nobody listens on (bound, then released). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** `python3 -m http.server` over `dir`, once it answers. */
+async function staticServer(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
+  const port = freePort();
+  const child = new Deno.Command("/usr/bin/python3", {
+    args: ["-m", "http.server", String(port), "--bind", "127.0.0.1", "--directory", dir],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0;; i++) {
+    try {
+      await (await fetch(`${url}/nix-cache-info`)).body?.cancel();
+      break;
+    } catch (err) {
+      if (i > 200) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    url,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+const digestOf = (path: string) => nixbase32.encode(StorePath.parseAbsolute(path).digest);
+
+Deno.test("pull-through from a signed nix binary cache", async (t) => {
+  const nix = await NixEnv.create();
+  const tmp = await Deno.makeTempDir({ prefix: "narbridge-pull-" });
+  let upstream: { url: string; stop(): Promise<void> } | undefined;
+  let bridge: Awaited<ReturnType<typeof startServer>> | undefined;
+  try {
+    const sec = join(tmp, "up.sec"), pub = join(tmp, "up.pub");
+    await nix.ok("nix-store", ["--generate-binary-cache-key", "up-1", sec, pub]);
+    const add = async (name: string, text: string) => {
+      const src = join(tmp, name);
+      await Deno.mkdir(join(src, "sub"), { recursive: true });
+      await Deno.writeTextFile(join(src, "sub", "file.txt"), text);
+      await Deno.writeFile(
+        join(src, "big.bin"),
+        new Uint8Array(300_000).map((_, i) => (i * 131 + text.length) % 251),
+      );
+      const path = (await nix.ok("nix-store", ["--store", nix.store, "--add", src])).trim();
+      return { path, dump: (await nix.run("nix-store", ["--dump", src])).raw };
+    };
+    const signed = await add("signed", "signed\n");
+    const unsigned = await add("unsigned", "unsigned\n");
+    const withRef = await nix.addPathWithReference();
+    const damaged = await add("damaged", "damaged\n");
+    const cache = join(tmp, "cache");
+    // xz (nix's default) for one, zstd for the closure, and an unsigned path.
+    await nix.ok("nix", [
+      "copy",
+      "--store",
+      nix.store,
+      "--to",
+      `file://${cache}?secret-key=${sec}`,
+      signed.path,
+    ]);
+    await nix.ok("nix", [
+      "copy",
+      "--store",
+      nix.store,
+      "--to",
+      `file://${cache}?secret-key=${sec}&compression=zstd`,
+      withRef,
+    ]);
+    await nix.ok("nix", ["copy", "--store", nix.store, "--to", `file://${cache}`, unsigned.path]);
+    await nix.ok("nix", [
+      "copy",
+      "--store",
+      nix.store,
+      "--to",
+      `file://${cache}?secret-key=${sec}&compression=none`,
+      damaged.path,
+    ]);
+    // Its signed narinfo stays; one byte of its NAR changes.
+    const damagedInfo = await Deno.readTextFile(join(cache, `${digestOf(damaged.path)}.narinfo`));
+    const damagedNar = join(cache, parseNarInfo(damagedInfo).url);
+    const bytes = await Deno.readFile(damagedNar);
+    bytes[bytes.length >> 1] ^= 1; // inside big.bin
+    await Deno.writeFile(damagedNar, bytes);
+
+    upstream = await staticServer(cache);
+    bridge = await startServer([
+      "nar-bridge",
+      "--listen-address=127.0.0.1:0",
+      "--metrics-listen-address=127.0.0.1:0",
+      `--upstream=http://127.0.0.1:${freePort()}`, // nobody there: skipped
+      `--upstream=${upstream.url}`,
+      `--upstream-trusted-public-keys=${(await Deno.readTextFile(pub)).trim()}`,
+      ...MEMORY,
+    ]);
+    const url = `http://${bridge.address}`;
+    const metricsAddress = / serving metrics address=(\S+)/.exec(bridge.log())![1];
+
+    await t.step("a signed path is pulled once, under concurrent requests", async () => {
+      const narinfoUrl = `${url}/${digestOf(signed.path)}.narinfo`;
+      const answers = await Promise.all(
+        Array.from({ length: 6 }, async () => {
+          const res = await fetch(narinfoUrl);
+          return { status: res.status, text: await res.text() };
+        }),
+      );
+      for (const a of answers) assertEquals(a.status, 200, a.text);
+      const ni = parseNarInfo(answers[0].text);
+      assertEquals(ni.storePath.absolute(), signed.path);
+      assert(ni.url.startsWith("nar/"), `served from our store: ${ni.url}`);
+      assertEquals(ni.narSize, BigInt(signed.dump.length));
+      assert(ni.signatures.some((s) => s.name === "up-1"), "the upstream's signature is kept");
+      assert(ni.ca !== undefined, "and its CA");
+      const pulls = bridge!.log().split("\n").filter((l) =>
+        l.includes("pulled from upstream") && l.includes(signed.path)
+      );
+      assertEquals(pulls.length, 1, bridge!.log());
+      assert(/ narSize="?\d+"? ms="?\d+"? /.test(pulls[0]), pulls[0]);
+    });
+
+    const copyFromBridge = async (path: string, dest: string) => {
+      await nix.ok("nix", [
+        "copy",
+        "--from",
+        url,
+        "--to",
+        `file://${dest}?compression=none`,
+        path,
+      ]);
+      const ni = parseNarInfo(await Deno.readTextFile(join(dest, `${digestOf(path)}.narinfo`)));
+      return Deno.readFile(join(dest, ni.url));
+    };
+
+    await t.step("nix copy --from the bridge: byte-equal to nix-store --dump", async () => {
+      assertEquals(await copyFromBridge(signed.path, join(tmp, "dest1")), signed.dump);
+    });
+
+    await t.step("a path with a reference comes with its closure (zstd upstream)", async () => {
+      const res = await fetch(`${url}/${digestOf(withRef)}.narinfo`);
+      const ni = parseNarInfo(await res.text());
+      assertEquals(res.status, 200);
+      assertEquals(ni.references.length, 1);
+      const dep = ni.references[0].absolute();
+      const dest = join(tmp, "dest2");
+      const nar = await copyFromBridge(withRef, dest);
+      // The chroot store's file itself (nix-store --dump ignores --store).
+      const want = (await nix.run("nix-store", ["--dump", join(nix.store, withRef)])).raw;
+      assertEquals(nar, want);
+      assert((await Deno.stat(join(dest, `${digestOf(dep)}.narinfo`))).isFile, "dep copied");
+    });
+
+    await t.step("an unsigned upstream path is never served", async () => {
+      const res = await fetch(`${url}/${digestOf(unsigned.path)}.narinfo`);
+      await res.body?.cancel();
+      assertEquals(res.status, 404);
+    });
+
+    await t.step("a NAR that does not match its narinfo is not stored: 502", async () => {
+      for (let i = 0; i < 2; i++) {
+        const res = await fetch(`${url}/${digestOf(damaged.path)}.narinfo`);
+        const body = await res.text();
+        assertEquals(res.status, 502, body);
+        assert(body.includes("NarHash"), body);
+      }
+    });
+
+    await t.step("metrics count the pulls", async () => {
+      const m = await scrape(metricsAddress);
+      assertEquals(sampleValue(m, "tvix_narbridge_pulled_paths_total"), 3);
+      const narBytes = signed.dump.length + (await Deno.stat(join(nix.store, withRef))).size;
+      assert(sampleValue(m, "tvix_narbridge_pulled_nar_bytes_total") > narBytes);
+      // Six requests waited for the first pull, one each for the other two.
+      assertEquals(sampleValue(m, "tvix_narbridge_narinfo_lookups_total", { result: "pulled" }), 8);
+      assertEquals(sampleValue(m, "tvix_narbridge_narinfo_lookups_total", { result: "miss" }), 1);
+      assert(sampleValue(m, "tvix_narbridge_narinfo_lookups_total", { result: "hit" }) >= 5);
+    });
+
+    await upstream.stop();
+    upstream = undefined;
+
+    await t.step("with the upstream gone, pulled paths are still served", async () => {
+      assertEquals(await copyFromBridge(signed.path, join(tmp, "dest3")), signed.dump);
+      const res = await fetch(`${url}/${digestOf(unsigned.path)}.narinfo`);
+      await res.body?.cancel();
+      assertEquals(res.status, 404, "the recent miss is remembered");
+    });
+
+    await t.step("a path nobody can answer for: 502", async () => {
+      const res = await fetch(`${url}/${"0".repeat(32)}.narinfo`);
+      const body = await res.text();
+      assertEquals(res.status, 502, body);
+      assert(body.includes("no upstream answered"), body);
+    });
+  } catch (err) {
+    if (bridge) console.error(bridge.log());
+    throw err;
+  } finally {
+    await upstream?.stop();
+    if (bridge) assertEquals((await bridge.stop()).code, 0);
+    await nix.cleanup();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
