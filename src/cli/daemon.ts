@@ -74,6 +74,11 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
   let bridge: { close(): Promise<void> } | undefined;
   let metricsServer: { close(): Promise<void> } | undefined;
   try {
+    // Flags first: a mistake is reported before anything starts.
+    const bridgeOpts = await loadNarBridgeOptions(opts);
+    if (opts.upstream?.length && !opts.narBridgeListenAddress) {
+      throw new Error("--upstream needs --nar-bridge-listen-address");
+    }
     const addrs = await resolveAddrs(opts);
     log.info("starting daemon", {
       listen_address: opts.listenAddress,
@@ -97,7 +102,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
     if (opts.narBridgeListenAddress) {
       // The same store, also as a Nix binary cache over HTTP.
       bridge = await startNarBridge(services, {
-        ...(await loadNarBridgeOptions(opts)),
+        ...bridgeOpts,
         listenAddress: opts.narBridgeListenAddress,
       });
     }

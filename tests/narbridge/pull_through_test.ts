@@ -210,6 +210,29 @@ Deno.test("pull-through from a signed nix binary cache", async (t) => {
       assert(sampleValue(m, "tvix_narbridge_narinfo_lookups_total", { result: "hit" }) >= 5);
     });
 
+    await t.step("the daemon's binary cache pulls through too", async () => {
+      const daemon = await startServer([
+        "daemon",
+        "--listen-address=127.0.0.1:0",
+        "--nar-bridge-listen-address=127.0.0.1:0",
+        `--upstream=${upstream!.url}`,
+        `--upstream-trusted-public-keys=${(await Deno.readTextFile(pub)).trim()}`,
+        ...MEMORY,
+      ]);
+      try {
+        let http: string | undefined;
+        for (let i = 0; !http && i < 200; i++) {
+          http = /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1];
+          if (!http) await new Promise((r) => setTimeout(r, 50));
+        }
+        const res = await fetch(`http://${http}/${digestOf(signed.path)}.narinfo`);
+        assertEquals(res.status, 200, await res.text());
+        assert(daemon.log().includes(`pulled from upstream path=${signed.path}`), daemon.log());
+      } finally {
+        assertEquals((await daemon.stop()).code, 0);
+      }
+    });
+
     await upstream.stop();
     upstream = undefined;
 
