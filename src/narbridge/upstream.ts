@@ -257,9 +257,12 @@ export class Upstreams {
     const codec = CODECS[compression];
     if (!codec) throw new UpstreamFailure(`unsupported Compression: ${compression}`);
     const url = new URL(ni.url, base + "/").href;
-    const res = await fetch(url).catch((err) => {
+    // The headers within the timeout; then each wait for body bytes (withStallTimeout).
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), UPSTREAM_TIMEOUT_MS);
+    const res = await fetch(url, { signal: abort.signal }).catch((err) => {
       throw new UpstreamFailure(`GET ${url}: ${errorMessage(err)}`);
-    });
+    }).finally(() => clearTimeout(timer));
     if (!res.ok || !res.body) {
       await res.body?.cancel();
       throw new UpstreamFailure(`GET ${url}: HTTP ${res.status}`);
