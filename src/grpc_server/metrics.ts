@@ -7,6 +7,7 @@
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
+import type { Buffer } from "node:buffer";
 import { metrics } from "../metrics.ts";
 
 const calls = metrics.counter(
@@ -43,3 +44,40 @@ export const metricsInterceptor: grpc.ServerInterceptor = (descriptor, call) => 
     },
   });
 };
+
+const receivedBytes = metrics.counter(
+  "tvix_grpc_server_received_bytes_total",
+  "bytes of gRPC request messages received (before decoding), by method",
+  ["grpc_method"],
+);
+const sentBytes = metrics.counter(
+  "tvix_grpc_server_sent_bytes_total",
+  "bytes of gRPC response messages sent (after encoding), by method",
+  ["grpc_method"],
+);
+
+/**
+ * `definition` with every method's message (de)serializers wrapped to add
+ * up the bytes received and sent, by method: the only place that sees the
+ * encoded messages of every call.
+ */
+export function withByteCounts<D extends grpc.ServiceDefinition>(definition: D): D {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(definition)) {
+    const received = receivedBytes.labels(method.path);
+    const sent = sentBytes.labels(method.path);
+    out[name] = {
+      ...method,
+      requestDeserialize: (buf: Buffer) => {
+        received.inc(buf.length);
+        return method.requestDeserialize(buf);
+      },
+      responseSerialize: (value: unknown) => {
+        const buf = method.responseSerialize(value);
+        sent.inc(buf.length);
+        return buf;
+      },
+    };
+  }
+  return out as D;
+}

@@ -29,7 +29,7 @@ import { MAX_DIRECTORY_MESSAGE_BYTES } from "../grpc/channel.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ListenAddress, parseListenAddress } from "../listen_address.ts";
-import { metricsInterceptor } from "./metrics.ts";
+import { metricsInterceptor, withByteCounts } from "./metrics.ts";
 import { HealthService, healthServiceDefinition } from "./health.ts";
 
 /** The backends the server exposes (a subset of `Services` from `src/store/services.ts`). */
@@ -150,26 +150,28 @@ export function createGrpcServer(
   });
   trackers.set(server, calls);
   // SERVING for "" and each service below, until shutdown() (health.ts).
-  const health = new HealthService(
-    [blobServiceDefinition, DirectoryServiceService, PathInfoServiceService].map((d) =>
-      Object.values(d)[0].path.split("/")[1]
-    ),
-  );
+  const healthy: grpc.ServiceDefinition[] = [
+    blobServiceDefinition,
+    DirectoryServiceService,
+    PathInfoServiceService,
+    ...(opts.smallBlobs ?? true ? [smallBlobServiceDefinition] : []),
+  ];
+  const health = new HealthService(healthy.map((d) => Object.values(d)[0].path.split("/")[1]));
   healthServices.set(server, health);
   server.addService(healthServiceDefinition, health.handlers);
   server.addService(
-    blobServiceDefinition,
+    withByteCounts(blobServiceDefinition),
     blobHandler(services.blob, { maxMessageBytes: maxReceive }),
   );
   if (opts.smallBlobs ?? true) {
     server.addService(
-      smallBlobServiceDefinition,
+      withByteCounts(smallBlobServiceDefinition),
       smallBlobHandler(services.blob, { maxMessageBytes: maxReceive }),
     );
   }
-  server.addService(DirectoryServiceService, directoryHandler(services.directory));
+  server.addService(withByteCounts(DirectoryServiceService), directoryHandler(services.directory));
   server.addService(
-    PathInfoServiceService,
+    withByteCounts(PathInfoServiceService),
     pathInfoHandler(services.pathInfo, services.narCalculation),
   );
   if (opts.reflection ?? true) addReflection(server);

@@ -94,6 +94,15 @@ Deno.test("daemon metrics: gRPC calls, HTTP requests, bytes, lookups and chunks"
       d("tvix_grpc_server_handling_seconds_count", put),
       d("tvix_grpc_server_handled_total", put),
     );
+    const blobBytes = d("tvix_grpc_server_received_bytes_total", {
+      grpc_method: "/tvix.castore.v1.BlobService/Put",
+    });
+    assert(blobBytes >= 3 << 20, `BlobService/Put received ${blobBytes} bytes`);
+    assert(
+      d("tvix_grpc_server_sent_bytes_total", {
+        grpc_method: "/tvix.store.v1.PathInfoService/Put",
+      }) > 0,
+    );
     const pathInfoPut = { grpc_method: "/tvix.store.v1.PathInfoService/Put", grpc_code: "OK" };
     assertEquals(d("tvix_grpc_server_handled_total", pathInfoPut), 1);
     assert(d("tvix_castore_chunks_written_total") >= 2, "the big file is several chunks");
