@@ -21,7 +21,11 @@ import {
 import { readTokenFile } from "../narbridge/auth.ts";
 import { DEFAULT_HTTP_LIMITS } from "../narbridge/http.ts";
 import { DEFAULT_UPLOAD_LEASE_MS } from "../narbridge/staging.ts";
-import { DEFAULT_NEGATIVE_TTL_MS, parseUpstreamUrl } from "../narbridge/upstream.ts";
+import {
+  DEFAULT_NEGATIVE_TTL_MS,
+  DEFAULT_UPSTREAM_TIMEOUT_MS,
+  parseUpstreamUrl,
+} from "../narbridge/upstream.ts";
 import { serveMetrics } from "../metrics.ts";
 import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";
 import { log } from "../log.ts";
@@ -47,6 +51,8 @@ export interface NarBridgeFlags {
   upstreamTrustedPublicKeys?: string;
   /** Milliseconds (parsed from a duration; 0 allowed). */
   upstreamNegativeTtl?: number;
+  /** Milliseconds (parsed from a duration). */
+  upstreamTimeout?: number;
   /** Milliseconds (parsed from a duration); may be 0. */
   narinfoTtl?: number;
   priority?: number;
@@ -210,6 +216,15 @@ export function addNarBridgeOptions(cmd: Command): Command {
       )
         .argParser((text) => parseDuration(text, "--upstream-negative-ttl"))
         .default(DEFAULT_NEGATIVE_TTL_MS, duration(DEFAULT_NEGATIVE_TTL_MS)),
+    )
+    .addOption(
+      new Option(
+        "--upstream-timeout <duration>",
+        "binary cache: an upstream that takes longer to answer, or to send more of a NAR, " +
+          "counts as failed",
+      )
+        .argParser(durationFlag("--upstream-timeout"))
+        .default(DEFAULT_UPSTREAM_TIMEOUT_MS, duration(DEFAULT_UPSTREAM_TIMEOUT_MS)),
     );
 }
 
@@ -255,6 +270,7 @@ export async function loadNarBridgeOptions(flags: NarBridgeFlags): Promise<NarBr
       urls: flags.upstream,
       trustedKeys: keys,
       negativeTtlMs: flags.upstreamNegativeTtl,
+      timeoutMs: flags.upstreamTimeout,
     };
   } else if (flags.upstreamTrustedPublicKeys !== undefined) {
     throw new Error("--upstream-trusted-public-keys without --upstream");

@@ -37,8 +37,11 @@ import { type Codec, decompressUpload } from "./compression.ts";
 /** How long "no upstream has this path" is remembered unless configured otherwise. */
 export const DEFAULT_NEGATIVE_TTL_MS = 60_000;
 
-/** How long an upstream may take to answer a narinfo request, or to send the next NAR bytes. */
-export const UPSTREAM_TIMEOUT_MS = 30_000;
+/**
+ * How long an upstream may take to answer a request, or to send the next
+ * bytes of a NAR, unless configured otherwise.
+ */
+export const DEFAULT_UPSTREAM_TIMEOUT_MS = 30_000;
 
 /** Paths remembered as absent at most (each entry is a few dozen bytes). */
 const NEGATIVE_ENTRIES = 100_000;
@@ -71,6 +74,8 @@ export interface UpstreamOptions {
   trustedKeys: readonly PublicKey[];
   /** How long a miss is remembered (default {@linkcode DEFAULT_NEGATIVE_TTL_MS}; 0: not at all). */
   negativeTtlMs?: number;
+  /** See {@linkcode DEFAULT_UPSTREAM_TIMEOUT_MS}. */
+  timeoutMs?: number;
   /** Called once per path pulled (metrics). */
   onPulled?: (narSize: bigint) => void;
 }
@@ -153,6 +158,7 @@ async function* withStallTimeout(
 export class Upstreams {
   readonly #services: UpstreamServices;
   readonly #opts: UpstreamOptions;
+  readonly #timeoutMs: number;
   /**
    * Misses (value: when they expire), and the pulls in progress: a pull
    * that copied the path resolves to `undefined`, so only misses are cached.
@@ -166,6 +172,7 @@ export class Upstreams {
     }
     this.#services = services;
     this.#opts = opts;
+    this.#timeoutMs = opts.timeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS;
   }
 
   /**
@@ -216,12 +223,21 @@ export class Upstreams {
     return { expires: Date.now() + ttl };
   }
 
+  /** Why a request failed, in words: a timeout says how long was waited. */
+  #fetchError(err: unknown): string {
+    const name = (err as Error)?.name;
+    if (name === "TimeoutError" || name === "AbortError") {
+      return `no answer within ${this.#timeoutMs / 1000} s`;
+    }
+    return errorMessage(err);
+  }
+
   /** The upstream's narinfo for the digest, if it has one signed by a trusted key. */
   async #narInfo(base: string, digestText: string): Promise<NarInfo | undefined> {
     const url = `${base}/${digestText}.narinfo`;
-    const res = await fetch(url, { signal: AbortSignal.timeout(UPSTREAM_TIMEOUT_MS) })
+    const res = await fetch(url, { signal: AbortSignal.timeout(this.#timeoutMs) })
       .catch((err) => {
-        throw new UpstreamFailure(`GET ${url}: ${errorMessage(err)}`);
+        throw new UpstreamFailure(`GET ${url}: ${this.#fetchError(err)}`);
       });
     if (res.status === 404 || res.status === 403) {
       // S3-backed caches answer 403 for absent keys.
@@ -259,9 +275,9 @@ export class Upstreams {
     const url = new URL(ni.url, base + "/").href;
     // The headers within the timeout; then each wait for body bytes (withStallTimeout).
     const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), UPSTREAM_TIMEOUT_MS);
+    const timer = setTimeout(() => abort.abort(), this.#timeoutMs);
     const res = await fetch(url, { signal: abort.signal }).catch((err) => {
-      throw new UpstreamFailure(`GET ${url}: ${errorMessage(err)}`);
+      throw new UpstreamFailure(`GET ${url}: ${this.#fetchError(err)}`);
     }).finally(() => clearTimeout(timer));
     if (!res.ok || !res.body) {
       await res.body?.cancel();
@@ -269,7 +285,7 @@ export class Upstreams {
     }
     const fileHash = createHash("sha256");
     let fileSize = 0n;
-    const body = withStallTimeout(res.body, UPSTREAM_TIMEOUT_MS, `NAR ${url}`);
+    const body = withStallTimeout(res.body, this.#timeoutMs, `NAR ${url}`);
     const counted = async function* () {
       for await (const piece of body) {
         fileHash.update(piece);

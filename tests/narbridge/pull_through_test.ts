@@ -5,10 +5,13 @@
  * in once (also under concurrent requests) and served to real nix byte for
  * byte; unsigned ones are refused; after the upstream stops, pulled paths
  * are still served and unknown ones get 502. The metrics count the pulls.
+ * An upstream that stalls (no answer, or a NAR that stops) fails the pull.
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
-import { parseNarInfo } from "../../src/narbridge/narinfo.ts";
+import { createHash } from "node:crypto";
+import { narInfoFingerprint, parseNarInfo, renderNarInfo } from "../../src/narbridge/narinfo.ts";
+import { type NamedSignature, SecretKey } from "../../src/narbridge/signing.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import * as nixbase32 from "../../src/store/nixbase32.ts";
 import { setLogLevel } from "../../src/log.ts";
@@ -256,6 +259,86 @@ Deno.test("pull-through from a signed nix binary cache", async (t) => {
     await upstream?.stop();
     if (bridge) assertEquals((await bridge.stop()).code, 0);
     await nix.cleanup();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("pull-through: an upstream that stalls fails the pull (502), nothing is stored", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "narbridge-stall-" });
+  const sec = join(tmp, "k.sec"), pub = join(tmp, "k.pub");
+  const keygen = await new Deno.Command("nix-store", {
+    args: ["--generate-binary-cache-key", "stall-1", sec, pub],
+  }).output();
+  assert(keygen.success);
+  const key = await SecretKey.fromFile(sec);
+  await Deno.writeTextFile(join(tmp, "file"), "x".repeat(10_000));
+  const nar = (await new Deno.Command("nix-store", { args: ["--dump", join(tmp, "file")] })
+    .output()).stdout;
+  const narHash = new Uint8Array(createHash("sha256").update(nar).digest());
+  const narinfoFor = (name: string) => {
+    const ni = {
+      storePath: StorePath.fromParts(crypto.getRandomValues(new Uint8Array(20)), name),
+      url: `nar/${name}.nar`,
+      compression: "none",
+      narHash,
+      narSize: BigInt(nar.length),
+      references: [],
+      signatures: [] as NamedSignature[],
+      flags: {},
+    };
+    ni.signatures.push(key.sign(narInfoFingerprint(ni)));
+    return ni;
+  };
+  // One narinfo whose NAR stops after 100 bytes, one request never answered.
+  const slowNar = narinfoFor("slow-nar");
+  const silent = narinfoFor("silent");
+  const { promise: released, resolve: release } = Promise.withResolvers<void>();
+  const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === `/${digestOf(slowNar.storePath.absolute())}.narinfo`) {
+      return new Response(renderNarInfo(slowNar));
+    }
+    if (path === "/nar/slow-nar.nar") {
+      return new Response(
+        new ReadableStream({
+          start: (c) => c.enqueue(nar.slice(0, 100)),
+          pull: () => released,
+        }),
+      );
+    }
+    if (path === `/${digestOf(silent.storePath.absolute())}.narinfo`) {
+      return released.then(() => new Response("late\n", { status: 500 }));
+    }
+    return new Response("not found\n", { status: 404 });
+  });
+  const bridge = await startServer([
+    "nar-bridge",
+    "--listen-address=127.0.0.1:0",
+    `--upstream=http://127.0.0.1:${upstream.addr.port}`,
+    `--upstream-trusted-public-keys=${(await Deno.readTextFile(pub)).trim()}`,
+    "--upstream-timeout=1s",
+    ...MEMORY,
+  ]);
+  try {
+    const url = `http://${bridge.address}`;
+    for (const [ni, says] of [[slowNar, "stalled"], [silent, "no answer within 1 s"]] as const) {
+      for (let i = 0; i < 2; i++) {
+        const res = await fetch(`${url}/${digestOf(ni.storePath.absolute())}.narinfo`);
+        const body = await res.text();
+        assertEquals(res.status, 502, body);
+        assert(body.toLowerCase().includes(says), body);
+      }
+    }
+    const info = await fetch(`${url}/nix-cache-info`);
+    assertEquals(info.status, 200, "still serving");
+    await info.body?.cancel();
+  } catch (err) {
+    console.error(bridge.log());
+    throw err;
+  } finally {
+    release();
+    assertEquals((await bridge.stop()).code, 0);
+    await upstream.shutdown();
     await Deno.remove(tmp, { recursive: true });
   }
 });
