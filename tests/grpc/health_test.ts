@@ -58,6 +58,7 @@ Deno.test("health: SERVING, then NOT_SERVING on Watch streams when the daemon sh
         "tvix.castore.v1.BlobService",
         "tvix.castore.v1.DirectoryService",
         "tvix.store.v1.PathInfoService",
+        "tvix_ts.castore.v1.SmallBlobService",
       ]
     ) {
       assertEquals(await check(target, service), "SERVING", service);

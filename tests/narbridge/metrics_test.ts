@@ -10,15 +10,7 @@ import { assert, assertEquals } from "../assert.ts";
 import { startDaemon } from "../grpc/daemon_harness.ts";
 import { localStoreArgs, remoteStoreArgs, tvixStore } from "../cli/helpers.ts";
 import { type Family, sampleValue, scrape } from "../prometheus.ts";
-
-async function waitFor<T>(probe: () => T | undefined, what: string): Promise<T> {
-  for (let i = 0; i < 200; i++) {
-    const v = probe();
-    if (v !== undefined) return v;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { waitFor } from "./harness.ts";
 
 /** How much each named sample (by labels) grew between two scrapes. */
 function delta(

@@ -16,7 +16,7 @@ import { StorePath } from "../../src/store/store_path.ts";
 import * as nixbase32 from "../../src/store/nixbase32.ts";
 import { setLogLevel } from "../../src/log.ts";
 import { NixEnv } from "./nix_env.ts";
-import { startServer } from "./harness.ts";
+import { startServer, waitFor } from "./harness.ts";
 import { sampleValue, scrape } from "../prometheus.ts";
 
 setLogLevel("warn");
@@ -223,11 +223,10 @@ Deno.test("pull-through from a signed nix binary cache", async (t) => {
         ...MEMORY,
       ]);
       try {
-        let http: string | undefined;
-        for (let i = 0; !http && i < 200; i++) {
-          http = /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1];
-          if (!http) await new Promise((r) => setTimeout(r, 50));
-        }
+        const http = await waitFor(
+          () => /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1],
+          "the daemon's nar-bridge address",
+        );
         const res = await fetch(`http://${http}/${digestOf(signed.path)}.narinfo`);
         assertEquals(res.status, 200, await res.text());
         assert(daemon.log().includes(`pulled from upstream path=${signed.path}`), daemon.log());
