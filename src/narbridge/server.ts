@@ -295,8 +295,14 @@ export class NarBridge {
     }
   }
 
+  /** Fails pulls from upstreams in progress, so that closing does not wait for them. */
+  stopPulling(): void {
+    this.#upstreams?.stop();
+  }
+
   /** Releases what the bridge holds (staged uploads and their timer). */
   close(): void {
+    this.#upstreams?.stop();
     this.#staging.close();
   }
 
@@ -633,6 +639,7 @@ export async function startNarBridge(
   return {
     port: server.port,
     close: async () => {
+      bridge.stopPulling();
       await server.close();
       bridge.close();
     },

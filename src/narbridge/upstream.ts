@@ -159,6 +159,8 @@ export class Upstreams {
   readonly #services: UpstreamServices;
   readonly #opts: UpstreamOptions;
   readonly #timeoutMs: number;
+  /** Aborted by {@linkcode Upstreams.stop}: ends every upstream request in progress. */
+  readonly #stopping = new AbortController();
   /**
    * Misses (value: when they expire), and the pulls in progress: a pull
    * that copied the path resolves to `undefined`, so only misses are cached.
@@ -173,6 +175,15 @@ export class Upstreams {
     this.#services = services;
     this.#opts = opts;
     this.#timeoutMs = opts.timeoutMs ?? DEFAULT_UPSTREAM_TIMEOUT_MS;
+  }
+
+  /**
+   * Fails the pulls in progress and any later one (502), so that a bridge
+   * shutting down does not wait for upstream downloads. Nothing of them is
+   * stored as a path.
+   */
+  stop(): void {
+    this.#stopping.abort();
   }
 
   /**
@@ -225,6 +236,7 @@ export class Upstreams {
 
   /** Why a request failed, in words: a timeout says how long was waited. */
   #fetchError(err: unknown): string {
+    if (this.#stopping.signal.aborted) return "the bridge is shutting down";
     const name = (err as Error)?.name;
     if (name === "TimeoutError" || name === "AbortError") {
       return `no answer within ${this.#timeoutMs / 1000} s`;
@@ -235,7 +247,8 @@ export class Upstreams {
   /** The upstream's narinfo for the digest, if it has one signed by a trusted key. */
   async #narInfo(base: string, digestText: string): Promise<NarInfo | undefined> {
     const url = `${base}/${digestText}.narinfo`;
-    const res = await fetch(url, { signal: AbortSignal.timeout(this.#timeoutMs) })
+    const signal = AbortSignal.any([AbortSignal.timeout(this.#timeoutMs), this.#stopping.signal]);
+    const res = await fetch(url, { signal })
       .catch((err) => {
         throw new UpstreamFailure(`GET ${url}: ${this.#fetchError(err)}`);
       });
@@ -276,7 +289,8 @@ export class Upstreams {
     // The headers within the timeout; then each wait for body bytes (withStallTimeout).
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), this.#timeoutMs);
-    const res = await fetch(url, { signal: abort.signal }).catch((err) => {
+    const signal = AbortSignal.any([abort.signal, this.#stopping.signal]);
+    const res = await fetch(url, { signal }).catch((err) => {
       throw new UpstreamFailure(`GET ${url}: ${this.#fetchError(err)}`);
     }).finally(() => clearTimeout(timer));
     if (!res.ok || !res.body) {
@@ -305,7 +319,8 @@ export class Upstreams {
       if (err instanceof UpstreamFailure) throw err;
       // Corrupt or truncated data, a missing decompressor, a refused NAR:
       // this upstream's copy is unusable. (Blobs stored so far are left to gc.)
-      throw new UpstreamFailure(`NAR ${url} (${sniffed ?? compression}): ${errorMessage(err)}`);
+      const why = this.#stopping.signal.aborted ? "the bridge is shutting down" : errorMessage(err);
+      throw new UpstreamFailure(`NAR ${url} (${sniffed ?? compression}): ${why}`);
     }
     const mismatch = (what: string) =>
       new UpstreamFailure(`${what} of ${url} differs from narinfo`);

@@ -292,6 +292,7 @@ Deno.test("pull-through: an upstream that stalls fails the pull (502), nothing i
   const slowNar = narinfoFor("slow-nar");
   const silent = narinfoFor("silent");
   const { promise: released, resolve: release } = Promise.withResolvers<void>();
+  let silentAsked = Promise.withResolvers<void>();
   const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     const path = new URL(req.url).pathname;
     if (path === `/${digestOf(slowNar.storePath.absolute())}.narinfo`) {
@@ -306,6 +307,7 @@ Deno.test("pull-through: an upstream that stalls fails the pull (502), nothing i
       );
     }
     if (path === `/${digestOf(silent.storePath.absolute())}.narinfo`) {
+      silentAsked.resolve();
       return released.then(() => new Response("late\n", { status: 500 }));
     }
     return new Response("not found\n", { status: 404 });
@@ -331,6 +333,31 @@ Deno.test("pull-through: an upstream that stalls fails the pull (502), nothing i
     const info = await fetch(`${url}/nix-cache-info`);
     assertEquals(info.status, 200, "still serving");
     await info.body?.cancel();
+
+    // A pull waiting for an upstream does not hold a shutdown up.
+    const patient = await startServer([
+      "nar-bridge",
+      "--listen-address=127.0.0.1:0",
+      `--upstream=http://127.0.0.1:${upstream.addr.port}`,
+      `--upstream-trusted-public-keys=${(await Deno.readTextFile(pub)).trim()}`,
+      "--upstream-timeout=1h",
+      ...MEMORY,
+    ]);
+    silentAsked = Promise.withResolvers<void>();
+    const waiting = fetch(
+      `http://${patient.address}/${digestOf(silent.storePath.absolute())}.narinfo`,
+    )
+      .then(async (res) => ({ status: res.status, body: await res.text() }));
+    await silentAsked.promise;
+    const stopped = patient.stop();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const hung = new Promise<"hung">((r) => (timer = setTimeout(() => r("hung"), 20_000)));
+    const outcome = await Promise.race([stopped, hung]).finally(() => clearTimeout(timer));
+    assert(outcome !== "hung", `nar-bridge did not exit:\n${patient.log()}`);
+    assertEquals(outcome.code, 0, patient.log());
+    const answer = await waiting;
+    assertEquals(answer.status, 502, answer.body);
+    assert(answer.body.includes("shutting down"), answer.body);
   } catch (err) {
     console.error(bridge.log());
     throw err;
