@@ -20,7 +20,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { bytesEqual } from "../castore/digest.ts";
+import { bytesEqual, concatBytes } from "../castore/digest.ts";
 import { renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
@@ -105,18 +105,24 @@ export function parseUpstreamUrl(text: string): string {
   return url.href.replace(/\/+$/, "");
 }
 
-/** Reads a response body of at most `limit` bytes as text. */
+/** Reads a response body of at most `limit` bytes as text, stopping as soon as it is more. */
 async function readText(res: Response, limit: number, what: string): Promise<string> {
-  const declared = Number(res.headers.get("content-length") ?? "0");
-  if (declared > limit) {
+  const tooLarge = () => new UpstreamFailure(`${what} larger than ${limit} bytes`);
+  if (Number(res.headers.get("content-length") ?? "0") > limit) {
     await res.body?.cancel();
-    throw new UpstreamFailure(`${what} larger than ${limit} bytes`);
+    throw tooLarge();
   }
+  const parts: Uint8Array[] = [];
+  let size = 0;
   try {
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    if (bytes.length > limit) throw new UpstreamFailure(`${what} larger than ${limit} bytes`);
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    for await (const part of res.body ?? []) {
+      size += part.length;
+      if (size > limit) throw tooLarge();
+      parts.push(part);
+    }
+    return new TextDecoder("utf-8", { fatal: true }).decode(concatBytes(parts));
   } catch (err) {
+    await res.body?.cancel().catch(() => {});
     if (err instanceof UpstreamFailure) throw err;
     throw new UpstreamFailure(`${what}: ${errorMessage(err)}`);
   }
@@ -286,6 +292,8 @@ export class Upstreams {
     const codec = CODECS[compression];
     if (!codec) throw new UpstreamFailure(`unsupported Compression: ${compression}`);
     const url = new URL(ni.url, base + "/").href;
+    // Relative to the cache, as Nix reads it: a narinfo cannot send us elsewhere.
+    if (!url.startsWith(base + "/")) throw new UpstreamFailure(`URL ${ni.url} leaves ${base}`);
     // The headers within the timeout; then each wait for body bytes (withStallTimeout).
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), this.#timeoutMs);

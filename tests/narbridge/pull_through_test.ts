@@ -262,7 +262,7 @@ Deno.test("pull-through from a signed nix binary cache", async (t) => {
   }
 });
 
-Deno.test("pull-through: an upstream that stalls fails the pull (502), nothing is stored", async () => {
+Deno.test("pull-through: an upstream that stalls or points elsewhere fails the pull (502), nothing is stored", async () => {
   const tmp = await Deno.makeTempDir({ prefix: "narbridge-stall-" });
   const sec = join(tmp, "k.sec"), pub = join(tmp, "k.pub");
   const keygen = await new Deno.Command("nix-store", {
@@ -291,12 +291,16 @@ Deno.test("pull-through: an upstream that stalls fails the pull (502), nothing i
   // One narinfo whose NAR stops after 100 bytes, one request never answered.
   const slowNar = narinfoFor("slow-nar");
   const silent = narinfoFor("silent");
+  const elsewhere = { ...narinfoFor("elsewhere"), url: "http://127.0.0.1:1/nar/elsewhere.nar" };
   const { promise: released, resolve: release } = Promise.withResolvers<void>();
   let silentAsked = Promise.withResolvers<void>();
   const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     const path = new URL(req.url).pathname;
     if (path === `/${digestOf(slowNar.storePath.absolute())}.narinfo`) {
       return new Response(renderNarInfo(slowNar));
+    }
+    if (path === `/${digestOf(elsewhere.storePath.absolute())}.narinfo`) {
+      return new Response(renderNarInfo(elsewhere));
     }
     if (path === "/nar/slow-nar.nar") {
       return new Response(
@@ -322,7 +326,12 @@ Deno.test("pull-through: an upstream that stalls fails the pull (502), nothing i
   ]);
   try {
     const url = `http://${bridge.address}`;
-    for (const [ni, says] of [[slowNar, "stalled"], [silent, "no answer within 1 s"]] as const) {
+    const cases = [
+      [slowNar, "stalled"],
+      [silent, "no answer within 1 s"],
+      [elsewhere, "leaves http://127.0.0.1:"],
+    ] as const;
+    for (const [ni, says] of cases) {
       for (let i = 0; i < 2; i++) {
         const res = await fetch(`${url}/${digestOf(ni.storePath.absolute())}.narinfo`);
         const body = await res.text();
