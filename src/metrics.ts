@@ -168,6 +168,7 @@ export class HistogramChild {
   /** Number of observations. */
   count = 0;
 
+  /** An empty series over these bucket bounds. */
   constructor(bounds: readonly number[]) {
     this.#bounds = bounds;
     this.counts = new Float64Array(bounds.length + 1);
@@ -187,6 +188,7 @@ export class HistogramChild {
 /** A distribution of observations (latencies in seconds) over fixed buckets. */
 export class Histogram extends Family<HistogramChild> {
   readonly type = "histogram";
+  /** Upper bounds of the buckets, increasing (`+Inf` is implied). */
   readonly buckets: readonly number[];
 
   constructor(

@@ -173,6 +173,7 @@ export class Upstreams {
    */
   readonly #pulls = new LoadingCache<string, { expires: number }>(NEGATIVE_ENTRIES);
 
+  /** Pulls into `services`; needs at least one URL and one trusted key. */
   constructor(services: UpstreamServices, opts: UpstreamOptions) {
     if (opts.urls.length === 0) throw new Error("pull-through needs at least one upstream");
     if (opts.trustedKeys.length === 0) {
