@@ -203,3 +203,24 @@ export async function mapLimit<T, R>(
   if (failed) throw error;
   return results;
 }
+
+/** Something that releases what it holds. */
+export interface Closable {
+  close(): Promise<void>;
+}
+
+/**
+ * Closes every item, in order, even when one fails; then throws the first
+ * failure, if any, so one broken backend never keeps the others open.
+ */
+export async function closeAll(items: Closable[]): Promise<void> {
+  let first: unknown;
+  for (const item of items) {
+    try {
+      await item.close();
+    } catch (err) {
+      first ??= err;
+    }
+  }
+  if (first !== undefined) throw first;
+}

@@ -338,7 +338,7 @@ export const MAX_PUT_MESSAGE_BYTES = 4 * 1024 * 1024;
  * A failed upload: INTERNAL as in the reference, but UNAVAILABLE when the
  * store is out of reach, so the client knows a retry may succeed.
  */
-function uploadError(what: string, err: unknown): RpcError {
+export function uploadError(what: string, err: unknown): RpcError {
   const code = err instanceof UnavailableError ? Code.UNAVAILABLE : Code.INTERNAL;
   return new RpcError(code, `${what}: ${errorMessage(err)}`);
 }

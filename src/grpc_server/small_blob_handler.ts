@@ -9,7 +9,6 @@ import type { handleClientStreamingCall } from "@grpc/grpc-js";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { Digest } from "../castore/digest.ts";
 import { JobSet } from "../concurrency.ts";
-import { errorMessage } from "../errors.ts";
 import { clientStreamHandler, receiveAll } from "../grpc/server_call.ts";
 import {
   MAX_SMALL_BLOBS_PER_CALL,
@@ -17,7 +16,7 @@ import {
   type SmallBlob,
 } from "../grpc/small_blobs.ts";
 import { Code, RpcError } from "../grpc/status.ts";
-import { checkChunkSize, MAX_PUT_MESSAGE_BYTES } from "./blob_handler.ts";
+import { checkChunkSize, MAX_PUT_MESSAGE_BYTES, uploadError } from "./blob_handler.ts";
 
 /**
  * Blobs of one call stored at once. Enough to keep the backend's chunk
@@ -45,10 +44,9 @@ export function smallBlobHandler(
         const digests: Digest[] = [];
         const stores = new JobSet({
           maxJobs: STORES_IN_FLIGHT,
+          // As `Put` reports it: UNAVAILABLE for a store out of reach.
           mapError: (err) =>
-            err instanceof RpcError
-              ? err
-              : new RpcError(Code.INTERNAL, `error storing a blob: ${errorMessage(err)}`),
+            err instanceof RpcError ? err : uploadError("error storing a blob", err),
         });
         let count = 0;
         const check = (m: SmallBlob) => {

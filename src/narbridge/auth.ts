@@ -54,6 +54,7 @@ export class AccessControl {
   readonly #upload: Buffer[];
   readonly #read: Buffer[] | undefined;
 
+  /** Checks against `tokens` (hashed here, so only digests stay in memory). */
   constructor(tokens: AccessTokens) {
     this.#upload = (tokens.upload ?? []).map(digest);
     this.#read = tokens.read ? [...tokens.read.map(digest), ...this.#upload] : undefined;
@@ -64,10 +65,15 @@ export class AccessControl {
     return this.#upload.length > 0 || this.#read !== undefined;
   }
 
-  /** Decides whether a request with this method and `Authorization` header may go on. */
+  /**
+   * Decides whether a request with this method and `Authorization` header
+   * may go on. Writes need an upload token; where only read tokens are
+   * configured (a private cache), they need a read token, never nothing:
+   * an anonymous upload would be served, and signed, like any other path.
+   */
   check(method: string, authorization: string | undefined): AccessDecision {
     const write = method !== "GET" && method !== "HEAD";
-    const needed = write ? (this.#upload.length > 0 ? this.#upload : undefined) : this.#read;
+    const needed = write && this.#upload.length > 0 ? this.#upload : this.#read;
     if (!needed) return "allowed";
     const token = presentedToken(authorization);
     if (token === undefined) return "unauthorized";

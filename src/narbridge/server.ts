@@ -308,13 +308,21 @@ export class NarBridge {
 
   async #route(req: HttpRequest): Promise<HttpResponse> {
     const res = await this.#routeRequest(req);
-    // NAR and listing URLs name their contents: whatever they answer stays true.
-    if ((res.status === 200 || res.status === 206) && req.path !== "/nix-cache-info") {
-      if (req.path.startsWith("/nar/") || req.path.endsWith(".ls")) {
-        res.headers["cache-control"] = IMMUTABLE;
+    if (res.status === 200 || res.status === 206) {
+      // NAR URLs name their contents: whatever they answer stays true. A
+      // listing is named by its store path, which a delete and a new upload
+      // may give other contents: it gets the narinfo's lifetime.
+      if (req.path.startsWith("/nar/")) res.headers["cache-control"] = IMMUTABLE;
+      else if (LISTING_RE.test(req.path)) {
+        res.headers["cache-control"] = this.#narinfoCacheControl();
       }
     }
     return res;
+  }
+
+  /** `Cache-Control` of what describes a store path (its narinfo, its listing). */
+  #narinfoCacheControl(): string {
+    return `public, max-age=${this.#opts.narinfoTtlSeconds ?? DEFAULT_NARINFO_TTL_SECONDS}`;
   }
 
   #routeRequest(req: HttpRequest): Promise<HttpResponse> {
@@ -402,13 +410,12 @@ export class NarBridge {
       ];
     }
     const body = encoder.encode(renderNarInfo(ni));
-    const ttl = this.#opts.narinfoTtlSeconds ?? DEFAULT_NARINFO_TTL_SECONDS;
     return {
       status: 200,
       headers: {
         "content-type": "text/x-nix-narinfo",
         "content-length": String(body.length),
-        "cache-control": `public, max-age=${ttl}`,
+        "cache-control": this.#narinfoCacheControl(),
       },
       body: method === "HEAD" ? undefined : body,
     };

@@ -96,11 +96,12 @@ export class UploadUrlIndex {
         }
       }
     } catch (err) {
-      // The lookup answers "not found"; the next scan may succeed.
+      // The lookup fails; a scan after the usual interval may succeed (not
+      // at once: any client could otherwise have the store listed on every
+      // request while it is failing).
       log.warn("nar-bridge: scanning path infos for upload URLs failed", {
         error: errorMessage(err),
       });
-      this.#lastScanStart = -Infinity;
       throw err;
     }
     log.debug("nar-bridge: scanned path infos for upload URLs", {

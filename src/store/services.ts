@@ -14,6 +14,7 @@ import { LocalNarCalculationService, type NarCalculationService } from "../nar/c
 import { pathInfoServiceFromUrl } from "./pathinfo/from_url.ts";
 import { ReferencesFirstPathInfoService } from "./pathinfo/references_first.ts";
 import { BlobsFirstDirectoryService } from "../castore/directory/blobs_first.ts";
+import { type Closable, closeAll } from "../concurrency.ts";
 import type { PathInfoService } from "./pathinfo/service.ts";
 
 /** The URLs of the three services (see docs/architecture.md#service-urls). */
@@ -81,22 +82,6 @@ export interface Services {
   narCalculation: NarCalculationService;
   /** Closes every service (once); rejects with the first failure after trying all. */
   close(): Promise<void>;
-}
-
-interface Closable {
-  close(): Promise<void>;
-}
-
-async function closeAll(items: Closable[]): Promise<void> {
-  let first: unknown;
-  for (const item of items) {
-    try {
-      await item.close();
-    } catch (err) {
-      first ??= err;
-    }
-  }
-  if (first !== undefined) throw first;
 }
 
 /**

@@ -15,6 +15,7 @@ import {
 } from "../../src/grpc/small_blobs.ts";
 import { assert, assertEquals } from "../assert.ts";
 import { pseudoRandom } from "../fixtures.ts";
+import { sampleValue, scrape } from "../prometheus.ts";
 import { startDaemon } from "./daemon_harness.ts";
 import { memoryServices, startServer } from "./client_harness.ts";
 
@@ -72,14 +73,28 @@ Deno.test({
   sanitizeOps: false,
 }, async () => {
   const home = await Deno.makeTempDir();
-  const daemon = await startDaemon({ home });
+  const daemon = await startDaemon({ home, args: ["--metrics-listen-address=127.0.0.1:0"] });
   try {
     const service = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
+    const blobs = mixedBlobs();
     try {
-      await uploadAndCheck(service, mixedBlobs());
+      await uploadAndCheck(service, blobs);
     } finally {
       await service.close();
     }
+    // The daemon's own call counts: the 200 small blobs came in a few batch
+    // calls, only the two large ones as Put streams of their own.
+    const metricsAddress = /serving metrics address=(\S+)/.exec(daemon.log())?.[1];
+    assert(metricsAddress, "the daemon serves metrics");
+    const families = await scrape(metricsAddress);
+    const calls = (method: string) =>
+      sampleValue(families, "tvix_grpc_server_handled_total", {
+        grpc_method: method,
+        grpc_code: "OK",
+      });
+    const batches = calls("/tvix_ts.castore.v1.SmallBlobService/Put");
+    assert(batches >= 200 / 16 && batches < 200, `${batches} batch calls for 200 small blobs`);
+    assertEquals(calls("/tvix.castore.v1.BlobService/Put"), 2);
   } finally {
     await daemon.stop();
     await Deno.remove(home, { recursive: true });

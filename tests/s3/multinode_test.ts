@@ -79,6 +79,11 @@ s3Test(
       // Within the default grace period nothing is collected.
       assertMatch(await ok(t, ["gc", ...S]), /removed 0 directories .* 0 blobs and chunks/);
       assertEquals(await blobKeys(t), all);
+      // A grace period too short for the writers' touch rule is refused, with the reason.
+      const short = await tvixStore(["gc", "--grace", "5m", ...S], t.env);
+      assert(short.code !== 0, "gc --grace 5m on S3 must fail");
+      assertMatch(short.stderr, /grace period under 15 minutes is unsafe on an object store/);
+      assertEquals(await blobKeys(t), all);
       // A dry run reports a's objects and changes nothing.
       const dry = await ok(t, ["gc", "--dry-run", "--grace", "0", ...S]);
       assertMatch(

@@ -18,6 +18,7 @@
 import { bytesEqual, concatBytes, type Digest } from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { log } from "../../log.ts";
+import { closeAll } from "../../concurrency.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 
@@ -93,15 +94,7 @@ export class CacheBlobService implements BlobService {
   async close(): Promise<void> {
     clearTimeout(this.#syncTimer);
     await this.#syncing;
-    let first: unknown;
-    for (const s of [this.#far, this.#near]) {
-      try {
-        await s.close();
-      } catch (err) {
-        first ??= err;
-      }
-    }
-    if (first !== undefined) throw first;
+    await closeAll([this.#far, this.#near]);
   }
 
   /** One whole chunk, through the cache. */

@@ -10,7 +10,7 @@
 import { StatBlobResponse } from "../../proto/tvix/castore/protos/rpc_blobstore.ts";
 import { mapLimit } from "../../concurrency.ts";
 import { type Digest, digestKey, fromHex } from "../digest.ts";
-import { errorMessage, StorageError } from "../../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 import {
   type CollectableObjectStore,
@@ -24,6 +24,13 @@ import {
  * the grace period minus this (50 minutes with gc's default hour).
  */
 export const TOUCH_AFTER_MS = 10 * 60 * 1000;
+
+/**
+ * Shortest grace period (other than 0) gc accepts on an object store:
+ * {@linkcode TOUCH_AFTER_MS} plus 5 minutes for clock skew between the
+ * store and its clients.
+ */
+export const MIN_GRACE_MS = TOUCH_AFTER_MS + 5 * 60 * 1000;
 /** Requests at once for the index reads and the re-checks before deleting. */
 const PARALLEL = 16;
 
@@ -69,6 +76,17 @@ export async function sweepObjectStoreBlobs(
   isLive: (digest: Digest) => boolean,
   options: SweepOptions,
 ): Promise<SweepReport> {
+  // Writers refresh a reused object only once it is TOUCH_AFTER_MS old, so
+  // a shorter grace could collect one an upload in flight just reused.
+  // Grace 0 stays allowed: it is for a store nothing writes to.
+  const grace = Date.now() - options.cutoff;
+  if (grace > 1000 && grace < MIN_GRACE_MS) {
+    throw new InvalidRequestError(
+      `a grace period under ${MIN_GRACE_MS / 60_000} minutes is unsafe on an object store ` +
+        `(uploads refresh the objects they reuse only after ${TOUCH_AFTER_MS / 60_000} ` +
+        "minutes); use a longer one, or 0 when nothing writes to the store",
+    );
+  }
   const indexes = await store.listInfo("blobs/b3/");
   const chunks = await store.listInfo("chunks/b3/");
   const neededChunks = new Set<string>();

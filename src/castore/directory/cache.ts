@@ -12,6 +12,7 @@ import { type Digest, digestKey } from "../digest.ts";
 import { type Directory, directoryDigest } from "../directory.ts";
 import { errorMessage, InvalidRequestError } from "../../errors.ts";
 import { log } from "../../log.ts";
+import { closeAll } from "../../concurrency.ts";
 import type { DirectoryPutter, DirectoryService } from "./service.ts";
 
 /** Directories read from `near` where it has them, else from `far`, filling `near`. */
@@ -37,8 +38,11 @@ export class CacheDirectoryService implements DirectoryService {
   async get(digest: Digest): Promise<Directory | undefined> {
     const near = await this.#nearOr(() => this.#near.get(digest));
     if (near) return near;
-    for await (const d of this.getRecursive(digest)) return d;
-    return undefined;
+    // The whole closure, not just its first directory: leaving the stream
+    // early would skip filling the near store.
+    let root: Directory | undefined;
+    for await (const d of this.getRecursive(digest)) root ??= d;
+    return root;
   }
 
   /**
@@ -82,15 +86,7 @@ export class CacheDirectoryService implements DirectoryService {
 
   /** Closes both stores. */
   async close(): Promise<void> {
-    let first: unknown;
-    for (const s of [this.#far, this.#near]) {
-      try {
-        await s.close();
-      } catch (err) {
-        first ??= err;
-      }
-    }
-    if (first !== undefined) throw first;
+    await closeAll([this.#far, this.#near]);
   }
 
   async #nearOr(fn: () => Promise<Directory | undefined>): Promise<Directory | undefined> {
