@@ -53,8 +53,14 @@ export type BlobSource = Pick<BlobService, "openRead">;
 /** The parts of the DirectoryService the renderer uses. */
 export type DirectorySource = Pick<DirectoryService, "get" | "getRecursive">;
 
+/** File contents to copy, from byte `from` of the blob on (non-zero only where a range starts). */
+interface FilePart {
+  file: FileNode;
+  from: number;
+}
+
 // The renderer's plan: token bytes, interleaved with file contents to copy.
-type Item = Uint8Array | FileNode;
+type Item = Uint8Array | FilePart;
 
 const CLOSE_ENTRY = concat([TOK.close, TOK.close]);
 
@@ -111,7 +117,7 @@ async function* plan(root: NodeVariant, dirs: DirectoryCache): AsyncGenerator<It
         checkDigest(f.digest);
         yield f.executable ? TOK.executable : TOK.regular;
         yield u64(f.size);
-        yield f;
+        yield { file: f, from: 0 };
         yield ZEROS.subarray(0, padLen(Number(f.size % 8n)));
         yield leafEnd;
         return;
@@ -177,8 +183,12 @@ class Batcher {
   }
 }
 
-async function openBlob(blob: BlobSource, f: FileNode): Promise<AsyncIterable<Uint8Array>> {
-  const reader = await blob.openRead(f.digest);
+async function openBlob(
+  blob: BlobSource,
+  f: FileNode,
+  from: number,
+): Promise<AsyncIterable<Uint8Array>> {
+  const reader = await blob.openRead(f.digest, from);
   if (!reader) {
     throw new NarRenderError("NotFound", `blob with digest ${b3Display(f.digest)} not found`);
   }
@@ -186,13 +196,17 @@ async function openBlob(blob: BlobSource, f: FileNode): Promise<AsyncIterable<Ui
 }
 
 /**
- * Yields exactly `f.size` bytes of the blob, failing if it is shorter or
- * longer than that.
+ * Yields exactly `f.size - from` bytes of the blob from byte `from` on,
+ * failing if it is shorter or longer than that.
  */
-async function* blobContents(blob: BlobSource, f: FileNode): AsyncGenerator<Uint8Array> {
-  const want = f.size;
+async function* blobContents(
+  blob: BlobSource,
+  f: FileNode,
+  from = 0,
+): AsyncGenerator<Uint8Array> {
+  const want = f.size - BigInt(from);
   let got = 0n;
-  for await (const piece of await openBlob(blob, f)) {
+  for await (const piece of await openBlob(blob, f, from)) {
     got += BigInt(piece.length);
     if (got > want) {
       throw new NarRenderError(
@@ -205,33 +219,59 @@ async function* blobContents(blob: BlobSource, f: FileNode): AsyncGenerator<Uint
   if (got < want) {
     throw new NarRenderError(
       "UnexpectedEof",
-      `unexpected EOF: blob ${b3Display(f.digest)} has ${got} bytes, node says ${want}`,
+      `unexpected EOF: blob ${b3Display(f.digest)} has ${
+        got + BigInt(from)
+      } bytes, node says ${f.size}`,
     );
   }
 }
 
-async function readSmall(blob: BlobSource, f: FileNode): Promise<Uint8Array[]> {
+async function readSmall(blob: BlobSource, part: FilePart): Promise<Uint8Array[]> {
   const pieces: Uint8Array[] = [];
-  for await (const piece of blobContents(blob, f)) pieces.push(piece);
+  for await (const piece of blobContents(blob, part.file, part.from)) pieces.push(piece);
   return pieces;
 }
 
 /**
+ * The plan from NAR byte `start` on: what lies before it is dropped by
+ * layout arithmetic (token lengths, file sizes from the nodes) without
+ * reading any blob, the token that straddles `start` is cut, and the file
+ * that straddles it is read from the right offset in its blob, so the
+ * backend starts at the chunk that holds it.
+ */
+async function* seekPlan(items: AsyncGenerator<Item>, start: number): AsyncGenerator<Item> {
+  let pos = 0;
+  for await (const item of items) {
+    if (pos >= start) {
+      yield item;
+      continue;
+    }
+    const len = item instanceof Uint8Array ? item.length : Number(item.file.size);
+    if (pos + len > start) {
+      const cut = start - pos;
+      yield item instanceof Uint8Array ? item.subarray(cut) : { file: item.file, from: cut };
+    }
+    pos += len;
+  }
+}
+
+/**
  * The NAR of `node` as it is produced: tokens (often a few bytes each) and
- * blob pieces, unbatched. What {@linkcode renderNar} batches and
- * {@linkcode calculateNar} hashes.
+ * blob pieces, unbatched, from NAR byte `start` on. What
+ * {@linkcode renderNar} batches and {@linkcode calculateNar} hashes.
  */
 async function* narParts(
   node: NodeVariant,
   blob: BlobSource,
   dir: DirectorySource,
+  start = 0,
 ): AsyncGenerator<Uint8Array> {
   const dirs = new DirectoryCache(dir);
   if (node.$case === "directory") {
     checkDigest(node.value.digest);
     await dirs.prefetch(node.value.digest);
   }
-  const items = plan(node, dirs);
+  const items = start > 0 ? seekPlan(plan(node, dirs), start) : plan(node, dirs);
   // Read-ahead queue: plan items, small files with their contents loading.
   const queue: { item: Item; data?: Promise<Uint8Array[]> }[] = [];
   let queuedBytes = 0;
@@ -251,8 +291,9 @@ async function* narParts(
         continue;
       }
       queuedFiles++;
-      if (item.size <= BigInt(PREFETCH_FILE_MAX)) {
-        queuedBytes += Number(item.size);
+      const left = item.file.size - BigInt(item.from);
+      if (left <= BigInt(PREFETCH_FILE_MAX)) {
+        queuedBytes += Number(left);
         const data = readSmall(blob, item);
         data.catch(() => {}); // surfaced when its turn comes
         queue.push({ item, data });
@@ -263,39 +304,71 @@ async function* narParts(
     }
   };
 
-  while (true) {
-    if (queue.length === 0 || queuedFiles === 0) await fill();
-    const head = queue.shift();
-    if (!head) break;
-    const { item, data } = head;
-    if (item instanceof Uint8Array) {
-      yield item;
-      continue;
+  try {
+    while (true) {
+      if (queue.length === 0 || queuedFiles === 0) await fill();
+      const head = queue.shift();
+      if (!head) break;
+      const { item, data } = head;
+      if (item instanceof Uint8Array) {
+        yield item;
+        continue;
+      }
+      queuedFiles--;
+      if (data) {
+        queuedBytes -= Number(item.file.size - BigInt(item.from));
+        yield* await data;
+      } else {
+        yield* blobContents(blob, item.file, item.from);
+      }
+      await fill();
     }
-    queuedFiles--;
-    if (data) {
-      queuedBytes -= Number(item.size);
-      yield* await data;
-    } else {
-      yield* blobContents(blob, item);
-    }
-    await fill();
+  } finally {
+    await items.return(undefined);
   }
 }
 
+/** A byte range of a NAR: `length` bytes from byte `start` on. */
+export interface NarRange {
+  start: number;
+  length: number;
+}
+
 /**
- * The NAR of `node`, in pieces. The root node's name is ignored. Fails with
- * {@linkcode NarRenderError} on missing blobs/directories or a blob whose
- * length differs from its node's `size`; backend errors pass through.
+ * The NAR of `node`, in pieces; with `range`, only those bytes, starting
+ * at the file and chunk that hold `range.start` rather than rendering from
+ * the beginning. The root node's name is ignored. Fails with
+ * {@linkcode NarRenderError} on missing blobs/directories, a blob whose
+ * length differs from its node's `size`, or a NAR that ends before the
+ * range does; backend errors pass through.
  */
 export async function* renderNar(
   node: NodeVariant,
   blob: BlobSource,
   dir: DirectorySource,
+  range?: NarRange,
 ): AsyncGenerator<Uint8Array> {
   const out = new Batcher();
-  for await (const part of narParts(node, blob, dir)) yield* out.push(part);
+  if (!range) {
+    for await (const part of narParts(node, blob, dir)) yield* out.push(part);
+    if (out.pending) yield out.take();
+    return;
+  }
+  let left = range.length;
+  if (left <= 0) return;
+  for await (const part of narParts(node, blob, dir, range.start)) {
+    if (part.length >= left) {
+      yield* out.push(part.subarray(0, left));
+      left = 0;
+      break; // ends the renderer, closing its blob readers
+    }
+    yield* out.push(part);
+    left -= part.length;
+  }
   if (out.pending) yield out.take();
+  if (left > 0) {
+    throw new NarRenderError("UnexpectedEof", `NAR ended ${left} bytes before the range did`);
+  }
 }
 
 /**

@@ -25,7 +25,7 @@
  */
 import { createHash } from "node:crypto";
 import { bytesEqual, concatBytes } from "../castore/digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError } from "../errors.ts";
 import { type NodeVariant, renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
@@ -135,37 +135,6 @@ function parseRange(
   }
   if (start >= size) return "unsatisfiable";
   return { start, end };
-}
-
-/**
- * Yields bytes `[start, start + length)` of `src`, then stops reading it;
- * fails if `src` ends early (the PathInfo's NarSize disagrees with the tree).
- */
-async function* sliceStream(
-  src: AsyncIterable<Uint8Array>,
-  start: number,
-  length: number,
-): AsyncGenerator<Uint8Array> {
-  let skip = start;
-  let left = length;
-  if (left === 0) return;
-  for await (let piece of src) {
-    if (skip >= piece.length) {
-      skip -= piece.length;
-      continue;
-    }
-    if (skip > 0) {
-      piece = piece.subarray(skip);
-      skip = 0;
-    }
-    if (piece.length >= left) {
-      yield piece.subarray(0, left);
-      return;
-    }
-    yield piece;
-    left -= piece.length;
-  }
-  throw new StorageError(`NAR ended ${left} bytes before its recorded size`);
 }
 
 /** The request's body, failing with the right status when the client stalls or goes away. */
@@ -352,13 +321,9 @@ export class NarBridge {
     if (range) headers["content-range"] = `bytes ${range.start}-${range.end}/${size}`;
     const status = range ? 206 : 200;
     if (head) return { status, headers };
-    // Ranges are served by rendering from the start and skipping: the
-    // renderer is sequential, and memory stays constant either way.
-    return {
-      status,
-      headers,
-      body: sliceStream(renderNar(found.node, blob, directory), start, length),
-    };
+    // A range starts at the file and chunk holding its first byte (layout
+    // arithmetic in renderNar); exactly `length` bytes or an error.
+    return { status, headers, body: renderNar(found.node, blob, directory, { start, length }) };
   }
 
   async #putNar(req: HttpRequest, path: string): Promise<HttpResponse> {
