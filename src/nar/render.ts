@@ -188,7 +188,7 @@ async function openBlob(
   f: FileNode,
   from: number,
 ): Promise<AsyncIterable<Uint8Array>> {
-  const reader = await blob.openRead(f.digest, from);
+  const reader = await blob.openRead(f.digest, from, Number(f.size));
   if (!reader) {
     throw new NarRenderError("NotFound", `blob with digest ${b3Display(f.digest)} not found`);
   }
