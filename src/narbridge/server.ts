@@ -304,7 +304,7 @@ export class NarBridge {
     if (zstd) {
       // Compressed size is unknown up front: no length, no ranges.
       const body = head ? undefined : compressZstd(renderNar(found.node, blob, directory));
-      return { status: 200, headers, body };
+      return { status: 200, headers, body, piecesOwned: true };
     }
     const size = Number(found.meta.narSize);
     headers["accept-ranges"] = "bytes";
@@ -323,7 +323,8 @@ export class NarBridge {
     if (head) return { status, headers };
     // A range starts at the file and chunk holding its first byte (layout
     // arithmetic in renderNar); exactly `length` bytes or an error.
-    return { status, headers, body: renderNar(found.node, blob, directory, { start, length }) };
+    const body = renderNar(found.node, blob, directory, { start, length });
+    return { status, headers, body, piecesOwned: true };
   }
 
   async #putNar(req: HttpRequest, path: string): Promise<HttpResponse> {
