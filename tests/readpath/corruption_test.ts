@@ -12,7 +12,7 @@ import { assert, assertEquals } from "../assert.ts";
 import { blake3 } from "../../src/castore/digest.ts";
 import { Code } from "../../src/grpc/status.ts";
 import { BlobChunk } from "../../src/proto/tvix/castore/protos/rpc_blobstore.ts";
-import { embeddedAddrs } from "../../src/store/services.ts";
+import { embeddedAddrs, type ServiceAddrs } from "../../src/store/services.ts";
 import { remoteStoreArgs } from "../cli/helpers.ts";
 import { generatePythonStubs, PyClient, startDaemon } from "../grpc/daemon_harness.ts";
 import { Calls } from "../grpc/requests.ts";
@@ -151,36 +151,56 @@ Deno.test("a damaged chunk fails the daemon's binary cache, the bridge over it a
   }
 });
 
+/** Reads the damaged tree through a mount of `addrs` and checks what fails and what does not. */
+async function checkMount(addrs: ServiceAddrs, t: ReadPathTree, what: string): Promise<void> {
+  const mount = await startMount({ addrs });
+  try {
+    const base = join(mount.mountpoint, t.storePath.slice("/nix/store/".length));
+    const readFile = async (name: string): Promise<Uint8Array | Error> => {
+      try {
+        return await Deno.readFile(join(base, name));
+      } catch (err) {
+        return err as Error;
+      }
+    };
+    const isEio = (r: Uint8Array | Error) =>
+      r instanceof Error && /EIO|Input\/output error/.test(String(r));
+    // Sequential read of big.bin: the damaged chunk 8 is met by readahead.
+    const big = await readFile("big.bin");
+    assert(isEio(big), `${what}: big.bin must fail with EIO, got ${big}`);
+    // Its undamaged start still reads (a range before chunk 8).
+    const f = await Deno.open(join(base, "big.bin"));
+    const head = new Uint8Array(100_000);
+    assertEquals(await f.read(head), head.length);
+    f.close();
+    assertEquals(head, t.big.subarray(0, head.length), what);
+    const bad = await readFile(`small/f${BAD_SMALL}`);
+    assert(isEio(bad), `${what}: small/f${BAD_SMALL} must fail with EIO, got ${bad}`);
+    assertEquals(await readFile(`small/f${BAD_SMALL - 1}`), t.small[BAD_SMALL - 1], what);
+  } finally {
+    await mount.stop();
+  }
+}
+
 Deno.test({
-  name: "a damaged chunk is EIO on the mount, read ahead or not",
+  name: "a damaged chunk is EIO on the mount, local or over a daemon, read ahead or not",
   ignore: FUSE_SKIP,
   fn: async () => {
     const t = await damagedTree();
-    const mount = await startMount({ addrs: embeddedAddrs(t.store) });
     try {
-      const base = join(mount.mountpoint, t.storePath.slice("/nix/store/".length));
-      const readFile = async (name: string): Promise<Uint8Array | Error> => {
-        try {
-          return await Deno.readFile(join(base, name));
-        } catch (err) {
-          return err as Error;
-        }
-      };
-      // Sequential read of big.bin: the damaged chunk 8 is met by readahead.
-      const big = await readFile("big.bin");
-      assert(big instanceof Error, "big.bin must not read");
-      assert(/EIO|Input\/output error/.test(String(big)), String(big));
-      // Its undamaged start still reads (a range before chunk 8).
-      const f = await Deno.open(join(base, "big.bin"));
-      const head = new Uint8Array(100_000);
-      assertEquals(await f.read(head), head.length);
-      f.close();
-      assertEquals(head, t.big.subarray(0, head.length));
-      const bad = await readFile(`small/f${BAD_SMALL}`);
-      assert(bad instanceof Error && /EIO|Input\/output error/.test(String(bad)), String(bad));
-      assertEquals(await readFile(`small/f${BAD_SMALL - 1}`), t.small[BAD_SMALL - 1]);
+      await checkMount(embeddedAddrs(t.store), t, "local mount");
+      const daemon = await startDaemon({ home: t.store, listen: "127.0.0.1:0" });
+      try {
+        const url = `grpc+http://${daemon.address}`;
+        await checkMount(
+          { blobServiceAddr: url, directoryServiceAddr: url, pathInfoServiceAddr: url },
+          t,
+          "mount over a daemon",
+        );
+      } finally {
+        await daemon.stop();
+      }
     } finally {
-      await mount.stop();
       await t.remove();
     }
   },
