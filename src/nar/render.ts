@@ -14,6 +14,7 @@
  * @module
  */
 import type { BlobService } from "../castore/blob/service.ts";
+import { releaseWhole } from "../castore/blob/chunk_reader.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import { B3_LEN, b3Display, type Digest, digestKey } from "../castore/digest.ts";
 import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
@@ -349,6 +350,8 @@ async function* narParts(
     }
   } finally {
     items.return(undefined);
+    // Stopped early: small files read ahead were never handed out; free them now.
+    for (const { data } of queue) data?.then((pieces) => pieces.forEach(releaseWhole), () => {});
   }
 }
 
