@@ -24,6 +24,7 @@ import { formatListenAddress } from "../listen_address.ts";
 import { addNarBridgeOptions, loadNarBridgeOptions, type NarBridgeFlags } from "./nar_bridge.ts";
 import { startNarBridge } from "../narbridge/server.ts";
 import { onStopSignal } from "./shutdown.ts";
+import { serveMetrics } from "../metrics.ts";
 
 /** Where the daemon listens unless told otherwise. */
 export const DEFAULT_LISTEN_ADDRESS = "[::1]:8000";
@@ -43,6 +44,7 @@ interface DaemonOptions extends Partial<ServiceAddrs>, NarBridgeFlags {
   listenAddress: string;
   maxRequestSize: number;
   narBridgeListenAddress?: string;
+  metricsListenAddress?: string;
 }
 
 /** Fills unset service addresses with the embedded store, creating its directory if used. */
@@ -70,7 +72,13 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
   });
   let services: Services | undefined;
   let bridge: { close(): Promise<void> } | undefined;
+  let metricsServer: { close(): Promise<void> } | undefined;
   try {
+    // Flags first: a mistake is reported before anything starts.
+    const bridgeOpts = await loadNarBridgeOptions(opts);
+    if (opts.upstream?.length && !opts.narBridgeListenAddress) {
+      throw new Error("--upstream needs --nar-bridge-listen-address");
+    }
     const addrs = await resolveAddrs(opts);
     log.info("starting daemon", {
       listen_address: opts.listenAddress,
@@ -87,12 +95,14 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
       narCalculation: new LocalNarCalculationService(services.blob, services.directory),
     };
     server = createGrpcServer(served, { maxReceiveMessageBytes: opts.maxRequestSize });
+    // Before the gRPC listener, whose log line tells that the daemon is up.
+    if (opts.metricsListenAddress) metricsServer = await serveMetrics(opts.metricsListenAddress);
     const bound = await listen(server, opts.listenAddress);
     log.info("listening", { address: formatListenAddress(bound) });
     if (opts.narBridgeListenAddress) {
       // The same store, also as a Nix binary cache over HTTP.
       bridge = await startNarBridge(services, {
-        ...(await loadNarBridgeOptions(opts)),
+        ...bridgeOpts,
         listenAddress: opts.narBridgeListenAddress,
       });
     }
@@ -112,6 +122,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
     throw err;
   } finally {
     stop.dispose();
+    await metricsServer?.close();
     await services?.close();
   }
   log.info("daemon stopped");
@@ -146,6 +157,10 @@ export function register(program: Command): void {
     ).env("NAR_BRIDGE_LISTEN_ADDRESS"),
   );
   addNarBridgeOptions(cmd);
+  cmd.addOption(
+    new Option("--metrics-listen-address <addr>", "serve Prometheus metrics at /metrics here")
+      .env("METRICS_LISTEN_ADDRESS"),
+  );
   cmd.addHelpText(
     "after",
     "\nUnset service addresses default to the embedded store under $TVIX_STORE_HOME\n" +

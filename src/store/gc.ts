@@ -98,7 +98,8 @@ export async function collectGarbage(
   if (!isSweepable(blob) || !isSweepable(directory)) {
     throw new InvalidRequestError(
       "these services cannot be garbage collected: gc needs local backends that can " +
-        "enumerate and delete (pack:// blobs, sqlite:// or postgres:// directories); point " +
+        "enumerate and delete (pack:// or objectstore+s3:// blobs, sqlite:// or postgres:// " +
+        "directories); point " +
         "it at the " +
         "daemon's store files, not at the daemon",
     );
