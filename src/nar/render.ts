@@ -114,27 +114,36 @@ type PlanStep = Item | NeedDirectory;
  * explicit stack keeps deep trees off the call stack.
  */
 function* plan(root: NodeVariant, dirs: DirectoryCache): Generator<PlanStep> {
-  let tokens: Uint8Array[] = [TOK.header];
+  let tokens: Uint8Array[] = [];
+  let tokenBytes = 0;
+  const push = (...parts: Uint8Array[]) => {
+    for (const p of parts) {
+      tokens.push(p);
+      tokenBytes += p.length;
+    }
+  };
   const take = (): Uint8Array => {
     const out = tokens.length === 1 ? tokens[0] : concat(tokens);
     tokens = [];
+    tokenBytes = 0;
     return out;
   };
+  push(TOK.header);
   const stack: { children: NodeVariant[]; next: number }[] = [];
 
   function* visit(node: NodeVariant): Generator<PlanStep> {
     const leafEnd = stack.length > 0 ? CLOSE_ENTRY : TOK.close;
     switch (node.$case) {
       case "symlink":
-        tokens.push(TOK.symlink, str(node.value.target), leafEnd);
+        push(TOK.symlink, str(node.value.target), leafEnd);
         return;
       case "file": {
         const f = node.value;
         checkDigest(f.digest);
-        tokens.push(f.executable ? TOK.executable : TOK.regular, u64(f.size));
+        push(f.executable ? TOK.executable : TOK.regular, u64(f.size));
         yield take();
         yield { file: f, from: 0 };
-        tokens.push(ZEROS.subarray(0, padLen(Number(f.size % 8n))), leafEnd);
+        push(ZEROS.subarray(0, padLen(Number(f.size % 8n))), leafEnd);
         return;
       }
       case "directory": {
@@ -144,7 +153,7 @@ function* plan(root: NodeVariant, dirs: DirectoryCache): Generator<PlanStep> {
           yield { need: node.value.digest };
           d = dirs.cached(node.value.digest);
         }
-        tokens.push(TOK.directory);
+        push(TOK.directory);
         stack.push({ children: [...directoryNodes(d)], next: 0 });
         return;
       }
@@ -156,12 +165,16 @@ function* plan(root: NodeVariant, dirs: DirectoryCache): Generator<PlanStep> {
     const top = stack[stack.length - 1];
     if (top.next < top.children.length) {
       const child = top.children[top.next++];
-      tokens.push(TOK.entryOpen, str(child.value.name), TOK.nodeOpen);
+      push(TOK.entryOpen, str(child.value.name), TOK.nodeOpen);
       yield* visit(child);
     } else {
       stack.pop();
-      tokens.push(stack.length > 0 ? CLOSE_ENTRY : TOK.close);
+      push(stack.length > 0 ? CLOSE_ENTRY : TOK.close);
     }
+    // Long runs without files (a directory of symlinks) go out in pieces,
+    // below PIECE_SIZE even with the largest entry (names and targets are
+    // limited to a few KiB).
+    if (tokenBytes >= PIECE_SIZE / 2) yield take();
   }
   yield take();
 }
