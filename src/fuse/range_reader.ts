@@ -332,7 +332,9 @@ export class BlobRangeReader {
 
   /** Reads a whole blob or chunk of known size (as one array, not copied if it arrives whole). */
   async #readWhole(digest: Digest, size: number): Promise<Uint8Array> {
-    const reader = await this.#blob.openRead(digest);
+    // The size lets a remote service read a small blob with one call,
+    // without asking for its chunk list again.
+    const reader = await this.#blob.openRead(digest, 0, size);
     if (!reader) throw new StorageError(`chunk ${digestKey(digest)} not found`);
     const pieces: Uint8Array[] = [];
     let pos = 0;

@@ -35,6 +35,7 @@
  */
 import http from "node:http";
 import type { Socket } from "node:net";
+import { release } from "../castore/blob/chunk_codec.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 
@@ -88,6 +89,14 @@ export interface HttpResponse {
   headers: Record<string, string>;
   /** Nothing (HEAD, empty bodies), all bytes, or pieces rendered as the client reads. */
   body?: Uint8Array | AsyncGenerator<Uint8Array>;
+  /**
+   * The body's pieces are handed over (no one else refers to their
+   * buffers): a buffer that a piece spans whole is freed as soon as the
+   * socket has taken it. A NAR passes every byte through such buffers, and
+   * left to the collector they piled up: a 256 MiB download raised the
+   * bridge's resident memory by ~270 MiB, with this by ~16 MiB.
+   */
+  piecesOwned?: boolean;
 }
 
 /** Answers one request; must not throw. */
@@ -182,6 +191,12 @@ function requestBody(req: http.IncomingMessage, stallMs: number): AsyncIterable<
   };
 }
 
+/** Whether `piece` covers all of its (non-shared) ArrayBuffer. */
+function spansBuffer(piece: Uint8Array): piece is Uint8Array<ArrayBuffer> {
+  return piece.buffer instanceof ArrayBuffer && piece.byteOffset === 0 &&
+    piece.byteLength === piece.buffer.byteLength;
+}
+
 /** Waits until `res` can take more, fails to within `stallMs`, or closes. */
 function drained(res: http.ServerResponse, stallMs: number): Promise<"drain" | "stall" | "close"> {
   return new Promise((resolve) => {
@@ -210,6 +225,7 @@ async function streamBody(
   conn: Connection | undefined,
   stallMs: number,
   path: string,
+  owned: boolean,
 ): Promise<number> {
   let onClose!: () => void;
   let written = 0;
@@ -227,8 +243,10 @@ async function streamBody(
         res.end();
         break;
       }
-      res.write(step.value);
-      written += step.value.length;
+      const piece = step.value;
+      written += piece.length;
+      if (owned && spansBuffer(piece)) res.write(piece, () => release(piece.buffer));
+      else res.write(piece);
       next = gen.next(); // rendered while the socket writes
       if (res.writableLength >= SEND_QUEUE_BYTES) {
         const how = await drained(res, stallMs);
@@ -289,7 +307,8 @@ async function send(
   // Headers go out now, so a client sees the response start even if the
   // first piece takes a while (or fails, which then cuts the body).
   res.flushHeaders();
-  return await streamBody(res, body, conn, limits.bodyTimeoutMs, path);
+  const owned = response.piecesOwned === true;
+  return await streamBody(res, body, conn, limits.bodyTimeoutMs, path, owned);
 }
 
 /**

@@ -30,7 +30,7 @@
  */
 import { createHash } from "node:crypto";
 import { bytesEqual, concatBytes } from "../castore/digest.ts";
-import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, UnavailableError } from "../errors.ts";
 import { UpstreamError } from "../grpc/channel.ts";
 import { type NodeVariant, renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
@@ -169,37 +169,6 @@ function parseRange(
   }
   if (start >= size) return "unsatisfiable";
   return { start, end };
-}
-
-/**
- * Yields bytes `[start, start + length)` of `src`, then stops reading it;
- * fails if `src` ends early (the PathInfo's NarSize disagrees with the tree).
- */
-async function* sliceStream(
-  src: AsyncIterable<Uint8Array>,
-  start: number,
-  length: number,
-): AsyncGenerator<Uint8Array> {
-  let skip = start;
-  let left = length;
-  if (left === 0) return;
-  for await (let piece of src) {
-    if (skip >= piece.length) {
-      skip -= piece.length;
-      continue;
-    }
-    if (skip > 0) {
-      piece = piece.subarray(skip);
-      skip = 0;
-    }
-    if (piece.length >= left) {
-      yield piece.subarray(0, left);
-      return;
-    }
-    yield piece;
-    left -= piece.length;
-  }
-  throw new StorageError(`NAR ended ${left} bytes before its recorded size`);
 }
 
 /** The request's body, failing with the right status when the client stalls or goes away. */
@@ -437,7 +406,7 @@ export class NarBridge {
     if (zstd) {
       // Compressed size is unknown up front: no length, no ranges.
       const body = head ? undefined : compressZstd(renderNar(found.node, blob, directory));
-      return { status: 200, headers, body };
+      return { status: 200, headers, body, piecesOwned: true };
     }
     const size = Number(found.meta.narSize);
     headers["accept-ranges"] = "bytes";
@@ -454,13 +423,10 @@ export class NarBridge {
     if (range) headers["content-range"] = `bytes ${range.start}-${range.end}/${size}`;
     const status = range ? 206 : 200;
     if (head) return { status, headers };
-    // Ranges are served by rendering from the start and skipping: the
-    // renderer is sequential, and memory stays constant either way.
-    return {
-      status,
-      headers,
-      body: sliceStream(renderNar(found.node, blob, directory), start, length),
-    };
+    // A range starts at the file and chunk holding its first byte (layout
+    // arithmetic in renderNar); exactly `length` bytes or an error.
+    const body = renderNar(found.node, blob, directory, { start, length });
+    return { status, headers, body, piecesOwned: true };
   }
 
   /** The path's NAR listing (`listing.ts`). */

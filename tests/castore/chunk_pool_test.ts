@@ -226,3 +226,35 @@ Deno.test("chunk pool: idle Workers never keep a process alive", async () => {
   assertEquals(new TextDecoder().decode(out.stdout).trim(), "300000");
   assert(out.success, `exits on its own: ${new TextDecoder().decode(out.stderr)}`);
 });
+
+Deno.test("chunk pool: small chunks asked for together are split with a Worker; a bad one fails alone", async () => {
+  const pool = new ChunkWorkerPool(1);
+  try {
+    const plain = Array.from({ length: 40 }, (_, i) => textBytes(1000 + i * 500));
+    const encoded = await Promise.all(plain.map((p) => inThreadCodec.encode(p.slice())));
+    // Damaged: one early (decoded here) and one late (decoded by the Worker).
+    const bad = new Set([3, 33]);
+    const decodes = encoded.map(({ digest, stored }, i) => {
+      const frame = stored.slice();
+      if (bad.has(i)) frame[frame.length >> 1] ^= 0x40;
+      return pool.decode(frame, digest, plain[i].length);
+    });
+    const results = await Promise.allSettled(decodes);
+    for (const [i, r] of results.entries()) {
+      if (bad.has(i)) {
+        assert(r.status === "rejected" && r.reason instanceof StorageError, `chunk ${i} must fail`);
+      } else {
+        assert(r.status === "fulfilled" && bytesEqual(r.value, plain[i]), `chunk ${i} decodes`);
+      }
+    }
+    assertEquals(pool.workers, 1, "the later half went to a Worker");
+    // A lone small chunk is decoded in-thread: no Worker is needed for it.
+    const lone = new ChunkWorkerPool(1);
+    const { digest, stored } = await inThreadCodec.encode(plain[0].slice());
+    assert(bytesEqual(await lone.decode(stored, digest, plain[0].length), plain[0]));
+    assertEquals(lone.workers, 0);
+    await lone.terminate();
+  } finally {
+    await pool.terminate();
+  }
+});

@@ -16,7 +16,7 @@ parentPort!.on("message", (req: ChunkRequest) => {
     const { digest, stored } = encodeChunkSync(new Uint8Array(req.chunk));
     const data = stored.buffer as ArrayBuffer;
     parentPort!.postMessage({ id: req.id, digest, data }, [data]);
-  } else {
+  } else if (req.op === "decode") {
     const data = decodeChunkSync(new Uint8Array(req.compressed), req.digest, req.size).buffer;
     parentPort!.postMessage({ id: req.id, data }, [data]);
   }

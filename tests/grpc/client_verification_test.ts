@@ -233,7 +233,88 @@ Deno.test("blob: chunk size mismatch and malformed chunk lists fail", async () =
       StorageError,
       "Invalid digest length 31 for chunk #0",
     );
-    await assertRejects(() => readAll(blob, F.BLOB_B_DIGEST), StorageError, "listed with 999");
+    // From the start, one Read cut at the listed sizes: the first "chunk" is
+    // 999 bytes that do not hash to its digest.
+    await assertRejects(
+      () => readAll(blob, F.BLOB_B_DIGEST),
+      StorageError,
+      "arrived with wrong contents",
+    );
+    // From an offset, chunk by chunk: the chunk's Read has the wrong length.
+    await assertRejects(() => readAll(blob, F.BLOB_B_DIGEST, 1), StorageError, "listed with 999");
+    await blob.close();
+  });
+});
+
+Deno.test("blob: a whole listed blob is one Read, cut at chunk boundaries and verified", async () => {
+  const parts = [
+    F.BLOB_B.subarray(0, 300_000),
+    F.BLOB_B.subarray(300_000, 700_000),
+    F.BLOB_B.subarray(700_000),
+  ];
+  const chunks = parts.map((data) => ({ digest: blake3(data), size: BigInt(data.length) }));
+  const reads: Uint8Array[] = [];
+  // Messages cut anywhere: across chunk boundaries, and several chunks in one.
+  let messages = [F.BLOB_B.subarray(0, 250_000), F.BLOB_B.subarray(250_000)];
+  await withFakeServer({
+    stat: () => ({ chunks, bao: new Uint8Array() }),
+    read: (req) => {
+      reads.push(req.digest);
+      return messages;
+    },
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    assert(bytesEqual(await readAll(blob, F.BLOB_B_DIGEST), F.BLOB_B));
+    assertEquals(reads.length, 1, "one Read for the whole blob");
+    assert(bytesEqual(reads[0], F.BLOB_B_DIGEST));
+    // A damaged byte in the third chunk: the first two come out, the third never does.
+    const corrupt = new Uint8Array(F.BLOB_B);
+    corrupt[800_000] ^= 1;
+    messages = [corrupt];
+    const reader = await blob.openRead(F.BLOB_B_DIGEST);
+    assert(reader, "readable");
+    const got: Uint8Array[] = [];
+    await assertRejects(
+      async () => {
+        for await (const piece of reader) got.push(piece);
+      },
+      StorageError,
+      "wrong contents",
+    );
+    assert(bytesEqual(concat(got), F.BLOB_B.subarray(0, 700_000)), "good chunks intact");
+    // Short of the list: an error, not a short blob.
+    messages = [F.BLOB_B.subarray(0, 700_000)];
+    await assertRejects(() => readAll(blob, F.BLOB_B_DIGEST), StorageError, "2 of its 3 chunks");
+    await blob.close();
+  });
+});
+
+Deno.test("blob: a small blob of known size is one Read without a Stat, verified whole", async () => {
+  const data = F.BLOB_B.subarray(0, 5000);
+  const digest = blake3(data);
+  const stats: Uint8Array[] = [];
+  let reply = [data.subarray(0, 10), data.subarray(10)];
+  await withFakeServer({
+    stat: (req) => {
+      stats.push(req.digest);
+      return { chunks: [], bao: new Uint8Array() };
+    },
+    read: () => reply,
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    const read = async (offset = 0, size = data.length) =>
+      concat(await collect((await blob.openRead(digest, offset, size))!));
+    assert(bytesEqual(await read(), data));
+    assert(bytesEqual(await read(4000), data.subarray(4000)));
+    assertEquals(stats.length, 0, "no Stat for a small blob of known size");
+    const corrupt = new Uint8Array(data);
+    corrupt[4999] ^= 1;
+    reply = [corrupt];
+    await assertRejects(() => read(), StorageError, "wrong contents");
+    // A wrong size hint only costs the fallback: the blob is still read whole.
+    reply = [data];
+    assert(bytesEqual(await read(0, 100), data));
+    assertEquals(stats.length, 1, "the fallback asked Stat");
     await blob.close();
   });
 });

@@ -20,10 +20,12 @@ import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
 import { directoryDigest } from "../../src/castore/directory.ts";
 import { fromHex, toHex } from "../../src/castore/digest.ts";
 import { makeNode, type NodeVariant } from "../../src/castore/node.ts";
-import { calculateNar, NarRenderError, renderNar } from "../../src/nar/render.ts";
+import { calculateNar, NarRenderError, PIECE_SIZE, renderNar } from "../../src/nar/render.ts";
 import { concat, str } from "../../src/nar/wire.ts";
 import { NAR_CONTENTS_COMPLICATED } from "./nar_fixtures.ts";
 import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
+import { importPath } from "../../src/store/import.ts";
+import { MemoryPathInfoService } from "../../src/store/pathinfo/memory.ts";
 import type { BlobService } from "../../src/castore/blob/service.ts";
 import type { DirectoryService } from "../../src/castore/directory/service.ts";
 import { collectBytes } from "../conformance/harness.ts";
@@ -187,4 +189,30 @@ Deno.test("LocalNarCalculationService caches by node content, not name", async (
   await put(blob, BLOB_A);
   assertEquals((await svc.calculateNar(missing)).narSize, 120n);
   assertEquals(svc.cachedCount, 3);
+});
+
+Deno.test("a directory of many symlinks renders in bounded pieces, as nix-store --dump", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "render-links-" });
+  try {
+    const root = `${tmp}/links`;
+    await Deno.mkdir(root);
+    const target = "../".repeat(20) + "nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello/bin/hello";
+    for (let i = 0; i < 4000; i++) await Deno.symlink(`${target}${i}`, `${root}/l${i}`);
+    const blob = new MemoryBlobService();
+    const directory = new MemoryDirectoryService();
+    const pathInfo = new MemoryPathInfoService();
+    const { pathInfo: info } = await importPath(root, { blob, directory, pathInfo });
+    const node = info.node!.node!;
+    const pieces: Uint8Array[] = [];
+    for await (const piece of renderNar(node, blob, directory)) {
+      assert(piece.length <= PIECE_SIZE, `piece of ${piece.length} bytes`);
+      pieces.push(piece);
+    }
+    assert(pieces.length > 4, `${pieces.length} pieces`);
+    const dump = await new Deno.Command("nix-store", { args: ["--dump", root] }).output();
+    assert(dump.success);
+    assertEquals(concat(pieces), dump.stdout);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
 });

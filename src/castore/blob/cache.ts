@@ -63,11 +63,11 @@ export class CacheBlobService implements BlobService {
    * a read from an offset into a blob of several chunks fetches (and
    * caches) only the chunks it needs, each by its own digest.
    */
-  async openRead(digest: Digest, offset = 0): Promise<BlobReader | undefined> {
-    const near = await this.#nearOr(() => this.#near.openRead(digest, offset), undefined);
+  async openRead(digest: Digest, offset = 0, size?: number): Promise<BlobReader | undefined> {
+    const near = await this.#nearOr(() => this.#near.openRead(digest, offset, size), undefined);
     if (near) return this.#withFallback(near, digest, offset);
     if (offset === 0) {
-      const far = await this.#far.openRead(digest);
+      const far = await this.#far.openRead(digest, 0, size);
       return far && this.#filling(far, digest);
     }
     const list = await this.#far.chunks(digest);
@@ -76,7 +76,7 @@ export class CacheBlobService implements BlobService {
       return readChunksFrom(list, offset, READ_AHEAD, (c) => this.#readChunk(c.digest));
     }
     // A single chunk, or a far store without finer chunking: cache it whole.
-    const far = await this.#far.openRead(digest);
+    const far = await this.#far.openRead(digest, 0, size);
     return far && skipBytes(this.#filling(far, digest), offset);
   }
 

@@ -88,10 +88,35 @@ function isMainThread(): boolean {
   return !("WorkerGlobalScope" in globalThis);
 }
 
+/**
+ * Small chunks asked for together from this many on are split between
+ * this thread and a Worker (see {@linkcode ChunkWorkerPool.decode}).
+ */
+const SMALL_BATCH_SPLIT = 4;
+
+/** A small chunk waiting to be decoded, and its caller. */
+interface SmallDecode {
+  compressed: Uint8Array;
+  digest: Digest;
+  size: number | undefined;
+  resolve: (data: Uint8Array) => void;
+  reject: (err: Error) => void;
+}
+
+function decodeSmallHere(d: SmallDecode): void {
+  try {
+    d.resolve(decodeChunkSync(d.compressed, d.digest, d.size));
+  } catch (err) {
+    d.reject(err instanceof Error ? err : new Error(String(err)));
+  }
+}
+
 const WORKER_URL = new URL("./chunk_worker.ts", import.meta.url);
 
 /** A Worker's successful answer. */
-type ChunkResult = Extract<ChunkResponse, { data: ArrayBuffer }>;
+type ChunkResult = Exclude<ChunkResponse, { error: string }>;
+/** A Worker's successful answer to one `encode` or `decode`. */
+type DataResult = Extract<ChunkResponse, { data: ArrayBuffer }>;
 
 interface Task {
   req: ChunkRequest;
@@ -131,6 +156,8 @@ export class ChunkWorkerPool implements ChunkCodec {
   #nextId = 1;
   /** Set once a Worker failed to start: from then on the codec runs in-thread. */
   #disabled = false;
+  /** Small chunks to decode at the next microtask checkpoint (see {@linkcode #decodeSmall}). */
+  #small: SmallDecode[] | undefined;
 
   /**
    * `size`: most Workers to run; `workerUrl`: another module speaking the
@@ -167,9 +194,11 @@ export class ChunkWorkerPool implements ChunkCodec {
       [buf],
       () => inThreadCodec.encode(new Uint8Array(buf), allowRaw),
     );
-    return "stored" in res
-      ? res
-      : { digest: res.digest!, stored: new Uint8Array(res.data), raw: res.raw ?? false };
+    return "stored" in res ? res : {
+      digest: (res as DataResult).digest!,
+      stored: new Uint8Array((res as DataResult).data),
+      raw: (res as DataResult).raw ?? false,
+    };
   }
 
   async decode(
@@ -179,8 +208,15 @@ export class ChunkWorkerPool implements ChunkCodec {
     raw = false,
   ): Promise<Uint8Array> {
     // A raw chunk only needs hashing: no reason to move it to another thread.
-    if (this.#disabled || raw || decodeInline(compressed, size)) {
-      return await inThreadCodec.decode(compressed, digest, size, raw);
+    if (this.#disabled || raw) return await inThreadCodec.decode(compressed, digest, size, raw);
+    if (decodeInline(compressed, size)) {
+      return await new Promise((resolve, reject) => {
+        if (!this.#small) {
+          this.#small = [];
+          queueMicrotask(() => this.#decodeSmall());
+        }
+        this.#small.push({ compressed, digest, size, resolve, reject });
+      });
     }
     const buf = owned(compressed).buffer;
     const res = await this.#run(
@@ -191,7 +227,50 @@ export class ChunkWorkerPool implements ChunkCodec {
       [buf],
       () => inThreadCodec.decode(new Uint8Array(buf), digest, size),
     );
-    return res instanceof Uint8Array ? res : new Uint8Array(res.data);
+    return res instanceof Uint8Array ? res : new Uint8Array((res as DataResult).data);
+  }
+
+  /**
+   * Decodes the small chunks asked for since the last microtask checkpoint.
+   * One alone (a lone reader) is decoded here at once: a Worker would only
+   * add latency. Several (a reader prefetching many small files) are
+   * split: the first ones are decoded here, the later ones by a Worker in
+   * one message, so both threads work and the reader, which consumes them
+   * in order, finds the Worker's share done when it gets there.
+   */
+  #decodeSmall(): void {
+    const batch = this.#small ?? [];
+    this.#small = undefined;
+    const here = batch.length < SMALL_BATCH_SPLIT ? batch.length : Math.ceil(batch.length / 2);
+    const away = batch.slice(here);
+    if (away.length > 0) {
+      const chunks = away.map((d) => ({
+        compressed: owned(d.compressed).buffer,
+        digest: d.digest.slice(),
+        size: d.size,
+      }));
+      const inThread = () => {
+        for (const [i, d] of away.entries()) {
+          decodeSmallHere({ ...d, compressed: new Uint8Array(chunks[i].compressed) });
+        }
+        return Promise.resolve(undefined);
+      };
+      this.#run(
+        this.#size,
+        (id) => ({ id, op: "decodeBatch", chunks }),
+        chunks.map((c) => c.compressed),
+        inThread,
+      ).then((res) => {
+        if (!res || !("batch" in res)) return;
+        for (const [i, r] of res.batch.entries()) {
+          if ("data" in r) away[i].resolve(new Uint8Array(r.data));
+          else away[i].reject(r.storage ? new StorageError(r.error) : new Error(r.error));
+        }
+      }, (err) => {
+        for (const d of away) d.reject(err);
+      });
+    }
+    for (const d of batch.slice(0, here)) decodeSmallHere(d);
   }
 
   /**

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { release } from "./chunk_codec.ts";
 import type { ChunkMeta } from "./service.ts";
 
 /**
@@ -34,12 +35,29 @@ export async function* readChunksFrom(
       pending.push(fetching);
     }
   };
-  for (fill(); pending.length > 0; fill()) {
-    const data = await pending.shift()!;
-    // Refill before handing the chunk out, so the next fetches run while
-    // the consumer works on this one.
-    fill();
-    yield skip > 0 ? data.subarray(skip) : data;
-    skip = 0;
+  try {
+    for (fill(); pending.length > 0; fill()) {
+      const data = await pending.shift()!;
+      // Refill before handing the chunk out, so the next fetches run while
+      // the consumer works on this one.
+      fill();
+      yield skip > 0 ? data.subarray(skip) : data;
+      skip = 0;
+    }
+  } finally {
+    // A reader dropped early: what it fetched ahead was never handed out,
+    // so it is freed now rather than left to the garbage collector (an
+    // abandoned download would otherwise hold its read-ahead until then).
+    for (const fetching of pending) fetching.then(releaseWhole, () => {});
+  }
+}
+
+/** Frees the buffer of `data` if `data` spans all of it. */
+export function releaseWhole(data: Uint8Array): void {
+  const buffer = data.buffer;
+  if (
+    buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength
+  ) {
+    release(buffer);
   }
 }

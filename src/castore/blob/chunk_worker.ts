@@ -12,6 +12,16 @@ import { parentPort } from "node:worker_threads";
 import { decodeChunkSync, encodeChunkSync, release } from "./chunk_codec.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
 
+/** One stored chunk of a `decodeBatch` request. */
+export interface BatchedDecode {
+  compressed: ArrayBuffer;
+  digest: Uint8Array;
+  size: number | undefined;
+}
+
+/** One answer of a `decodeBatch`: the chunk, or why it is not. */
+export type BatchedResult = { data: ArrayBuffer } | { error: string; storage: boolean };
+
 /** A request to a chunk Worker. */
 export type ChunkRequest =
   | { id: number; op: "encode"; chunk: ArrayBuffer; allowRaw: boolean }
@@ -22,11 +32,13 @@ export type ChunkRequest =
     digest: Uint8Array;
     size: number | undefined;
     raw: boolean;
-  };
+  }
+  | { id: number; op: "decodeBatch"; chunks: BatchedDecode[] };
 
 /** A chunk Worker's answer to the request with the same `id`. */
 export type ChunkResponse =
   | { id: number; digest?: Uint8Array; raw?: boolean; data: ArrayBuffer }
+  | { id: number; batch: BatchedResult[] }
   | { id: number; error: string; storage: boolean };
 
 /** The first message of a chunk Worker, once it can take requests. */
@@ -34,7 +46,24 @@ export interface WorkerReady {
   ready: true;
 }
 
+/** Decodes every chunk of a batch; each fails or succeeds on its own. */
+function answerBatch(id: number, chunks: BatchedDecode[]): [ChunkResponse, ArrayBuffer[]] {
+  const transfer: ArrayBuffer[] = [];
+  const batch = chunks.map((c): BatchedResult => {
+    try {
+      const data = decodeChunkSync(new Uint8Array(c.compressed), c.digest, c.size).buffer;
+      transfer.push(data);
+      return { data };
+    } catch (err) {
+      release(c.compressed);
+      return { error: errorMessage(err), storage: err instanceof StorageError };
+    }
+  });
+  return [{ id, batch }, transfer];
+}
+
 function answer(req: ChunkRequest): [ChunkResponse, ArrayBuffer[]] {
+  if (req.op === "decodeBatch") return answerBatch(req.id, req.chunks);
   const input = req.op === "encode" ? req.chunk : req.compressed;
   let output: ArrayBuffer | undefined;
   try {

@@ -2,13 +2,15 @@
  * BlobService backed by a remote `tvix.castore.v1.BlobService` over gRPC
  * (`grpc+unix://…`, `grpc+http://…`, `grpc+https://…`).
  *
- * Reads of blobs the server lists in chunks go chunk by chunk (each chunk
- * verified against its own digest before any of it is returned, the next
- * ones prefetched); other blobs come as one `Read` stream whose digest is
- * checked at the end. Uploads are one `Put` stream that waits whenever
- * grpc-js asks it to, so memory stays bounded however large the blob;
- * blobs smaller than one gathered message go out in batches instead
- * (`small_blob_batcher.ts`).
+ * Reads of blobs the server lists in chunks from their start are one `Read`
+ * stream cut at the listed chunk boundaries, each chunk verified against
+ * its own digest before any of it is returned; reads from an offset go
+ * chunk by chunk (the next ones prefetched). A small blob whose size the
+ * caller knows is one `Read`, buffered and verified whole; other blobs come
+ * as one `Read` stream whose digest is checked at the end. Uploads are one
+ * `Put` stream that waits whenever grpc-js asks it to, so memory stays
+ * bounded however large the blob; blobs smaller than one gathered message
+ * go out in batches instead (`small_blob_batcher.ts`).
  *
  * @module
  */
@@ -52,6 +54,14 @@ export const COALESCE_BYTES = 256 * 1024;
 
 /** Chunks fetched ahead of the one being consumed. */
 const PREFETCH_CHUNKS = 2;
+
+/**
+ * Blobs up to this size (by the caller's hint) are read with one `Read`,
+ * without asking `Stat` for a chunk list first, and verified whole before
+ * any byte is returned: most files of a store path are this small, and the
+ * `Stat` round trip was half of what each cost.
+ */
+export const SMALL_BLOB_BYTES = 1024 * 1024;
 
 /** Chunks remembered from chunk lists (see {@linkcode GrpcBlobService.openRead}). */
 const KNOWN_CHUNKS = 1 << 16;
@@ -112,12 +122,14 @@ export class GrpcBlobService implements BlobService {
   }
 
   /**
-   * Reads from byte `offset` on. A blob listed in two or more chunks is
-   * fetched chunk by chunk from the one covering `offset`; otherwise one
-   * `Read` streams the whole blob. An offset past the end is an
-   * `InvalidRequestError`; exactly at the end yields nothing.
+   * Reads from byte `offset` on. A small blob of known `size` is one `Read`
+   * verified whole; a blob listed in two or more chunks is one `Read`
+   * verified chunk by chunk from offset 0, and otherwise fetched chunk by
+   * chunk from the one covering `offset`; any other blob is one `Read`
+   * stream. An offset past the end is an `InvalidRequestError`; exactly at
+   * the end yields nothing.
    */
-  async openRead(digest: Digest, offset = 0): Promise<BlobReader | undefined> {
+  async openRead(digest: Digest, offset = 0, size?: number): Promise<BlobReader | undefined> {
     if (!Number.isSafeInteger(offset) || offset < 0) {
       throw new InvalidRequestError(`invalid offset ${offset}`);
     }
@@ -127,10 +139,105 @@ export class GrpcBlobService implements BlobService {
     // time.
     const known = this.#knownChunks.get(digestKey(digest));
     if (known !== undefined) return this.#readKnownChunk({ digest, size: known }, offset);
+    if (size !== undefined && size <= SMALL_BLOB_BYTES) {
+      const data = await this.#readSmall(digest, size);
+      if (data === "absent") return undefined;
+      if (data !== "larger") {
+        if (offset > data.length) throw new InvalidRequestError("seeked beyond EOF");
+        return (async function* () {
+          if (offset < data.length) yield data.subarray(offset);
+        })();
+      }
+    }
     const chunks = await this.chunks(digest);
     if (!chunks) return undefined;
-    if (chunks.length >= 2) return this.#readChunked(chunks, BigInt(offset));
+    if (chunks.length >= 2) {
+      return offset === 0
+        ? this.#readListed(digest, chunks)
+        : this.#readChunked(chunks, BigInt(offset));
+    }
     return this.#readWhole(digest, offset);
+  }
+
+  /**
+   * One `Read` of a blob expected to have `size` bytes, verified against
+   * its digest before it is returned. "larger" (the call cancelled) if more
+   * than `size` bytes arrive: the caller reads it the general way.
+   */
+  async #readSmall(digest: Digest, size: number): Promise<Uint8Array | "absent" | "larger"> {
+    const call = this.#client.read({ digest });
+    const pieces: Uint8Array[] = [];
+    let length = 0;
+    try {
+      for await (const { data } of call as AsyncIterable<BlobChunk>) {
+        length += data.length;
+        if (length > size) {
+          cancelQuietly(call);
+          return "larger";
+        }
+        pieces.push(data);
+      }
+    } catch (err) {
+      if (isNotFound(err)) return "absent";
+      throw callError(err);
+    }
+    const bytes = pieces.length === 1 ? pieces[0] : concatBytes(pieces);
+    if (!bytesEqual(blake3(bytes), digest)) {
+      throw new StorageError(`blob ${b3Display(digest)} arrived with wrong contents`);
+    }
+    return bytes;
+  }
+
+  /**
+   * A blob of several listed chunks as one `Read` stream, re-cut at the
+   * chunk boundaries: each chunk is checked against its digest before it is
+   * yielded. One call per blob instead of one per chunk; grpc-js buffers a
+   * bounded number of messages when the consumer is slower.
+   */
+  async *#readListed(digest: Digest, chunks: ChunkMeta[]): AsyncGenerator<Uint8Array> {
+    const check = (bytes: Uint8Array, chunk: ChunkMeta) => {
+      if (!bytesEqual(blake3(bytes), chunk.digest)) {
+        throw new StorageError(`chunk ${b3Display(chunk.digest)} arrived with wrong contents`);
+      }
+      return bytes;
+    };
+    const call = this.#client.read({ digest });
+    let index = 0;
+    let buf: Uint8Array | undefined;
+    let filled = 0;
+    for await (const { data } of serverStream(call)) {
+      for (let at = 0; at < data.length;) {
+        if (index >= chunks.length) {
+          throw new StorageError(`blob ${b3Display(digest)} arrived longer than its chunk list`);
+        }
+        const chunk = chunks[index];
+        const size = Number(chunk.size);
+        if (filled === 0 && data.length - at >= size) {
+          // The whole chunk is inside this message: checked in place.
+          yield check(data.subarray(at, at + size), chunk);
+          at += size;
+          index++;
+          continue;
+        }
+        buf ??= new Uint8Array(size);
+        const n = Math.min(size - filled, data.length - at);
+        buf.set(data.subarray(at, at + n), filled);
+        filled += n;
+        at += n;
+        if (filled === size) {
+          const whole = buf;
+          buf = undefined;
+          filled = 0;
+          index++;
+          yield check(whole, chunk);
+        }
+      }
+    }
+    if (index < chunks.length) {
+      throw new StorageError(
+        `blob ${b3Display(digest)} ended after ${index} of its ${chunks.length} chunks`,
+      );
+    }
   }
 
   /**

@@ -55,9 +55,12 @@ export interface BlobService {
    * Opens a blob (or a chunk) for reading, starting at byte `offset`;
    * `undefined` if it is unknown. The yielded pieces belong to the reader:
    * no backend keeps or reuses them (the FUSE reader frees their memory
-   * as soon as it has copied them into its cache).
+   * as soon as it has copied them into its cache). `size` is the blob's
+   * size where the caller knows it (a file node's): only a hint, which lets
+   * a remote backend fetch a small blob in one round trip; a blob of
+   * another size is still read whole and correctly.
    */
-  openRead(digest: Digest, offset?: number): Promise<BlobReader | undefined>;
+  openRead(digest: Digest, offset?: number, size?: number): Promise<BlobReader | undefined>;
 
   /** Starts an upload. */
   openWrite(): BlobWriter;

@@ -1,0 +1,221 @@
+/**
+ * Read-path benchmark: NARs served by a daemon's built-in binary cache and
+ * by a standalone `nar-bridge` over that daemon, against baselines measured
+ * in the same run:
+ *
+ * 1. built-in cache vs `nix-store --dump | cat > /dev/null`, for a large
+ *    tree (`--size-mib`, default 512: random 64 MiB files) and a tree of
+ *    many small files (`--files`, default 20,000 of 100 B-8 KiB text, most
+ *    of a Nix store);
+ * 2. the standalone bridge over the daemon (`grpc+http://`) vs the built-in
+ *    cache, same trees;
+ * 3. a 1 MiB `Range` at the end of the large NAR vs one at its start (about
+ *    1 when ranges seek instead of rendering from the start);
+ * 4. the daemon's and the bridge's peak RSS (VmHWM) after the downloads.
+ *
+ * Downloads go through curl into /dev/null. Each number is the best of
+ * `--rounds` (default 3); the load average is printed before and after.
+ * Usage: `deno run -A scripts/bench_readpath.ts [--size-mib 512] [--files 20000] [--rounds 3]`.
+ *
+ * @module
+ */
+import { join } from "node:path";
+import { serviceAddrArgs } from "../src/cli/common.ts";
+import { embeddedAddrs } from "../src/store/services.ts";
+import { MAIN, numberArg, watchLines } from "./support.ts";
+
+const MiB = 1024 * 1024;
+const SIZE_MIB = numberArg("size-mib", 512);
+const FILES = numberArg("files", 20_000);
+const ROUNDS = numberArg("rounds", 3);
+
+function loadAverage(): string {
+  return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+}
+
+function memMiB(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+async function largeTree(root: string): Promise<void> {
+  await Deno.mkdir(root, { recursive: true });
+  const buf = new Uint8Array(MiB);
+  for (let left = SIZE_MIB, n = 0; left > 0; n++) {
+    const mib = Math.min(64, left);
+    const f = await Deno.open(join(root, `big${n}`), { write: true, create: true });
+    for (let m = 0; m < mib; m++) {
+      for (let o = 0; o < MiB; o += 65536) crypto.getRandomValues(buf.subarray(o, o + 65536));
+      await f.write(buf);
+    }
+    f.close();
+    left -= mib;
+  }
+}
+
+async function smallTree(root: string): Promise<void> {
+  const words = new TextEncoder().encode(
+    "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12.1/share/locale/de/LC_MESSAGES\n",
+  );
+  const text = new Uint8Array(8192).map((_, i) => words[i % words.length]);
+  for (let i = 0; i < FILES; i++) {
+    const dir = join(root, `d${i % 100}`);
+    if (i < 100) await Deno.mkdir(dir, { recursive: true });
+    const size = 100 + ((i * 7919) % 8000);
+    const data = text.slice(0, size);
+    data[0] = i & 0xff; // not all identical
+    data[1] = (i >> 8) & 0xff;
+    await Deno.writeFile(join(dir, `f${i}`), data);
+  }
+}
+
+async function run(args: string[]): Promise<string> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout);
+}
+
+function spawn(args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  return child;
+}
+
+/** Best time (ms) of fetching `url` with curl into /dev/null, checking the size. */
+async function curlBest(url: string, size: number, range?: string): Promise<number> {
+  const times: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    const t0 = performance.now();
+    const out = await new Deno.Command("curl", {
+      args: [
+        "-sf",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        ...(range ? ["-r", range] : []),
+        url,
+      ],
+      stdout: "piped",
+    }).output();
+    times.push(performance.now() - t0);
+    const got = Number(new TextDecoder().decode(out.stdout));
+    if (!out.success || got !== size) throw new Error(`curl ${url}: ${got} bytes, want ${size}`);
+  }
+  return Math.min(...times);
+}
+
+async function dumpBest(tree: string): Promise<number> {
+  const times: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    const t0 = performance.now();
+    const out = await new Deno.Command("sh", {
+      args: ["-c", 'nix-store --dump "$1" | cat > /dev/null', "sh", tree],
+    }).output();
+    times.push(performance.now() - t0);
+    if (!out.success) throw new Error("nix-store --dump failed");
+  }
+  return Math.min(...times);
+}
+
+/** The NAR URL and size of `storePath` at the cache `base`. */
+async function narOf(base: string, storePath: string): Promise<{ url: string; size: number }> {
+  const hash = storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
+  const narinfo = await (await fetch(`${base}/${hash}.narinfo`)).text();
+  return {
+    url: `${base}/${/^URL: (\S+)$/m.exec(narinfo)![1]}`,
+    size: Number(/^NarSize: (\d+)$/m.exec(narinfo)![1]),
+  };
+}
+
+console.log(`load average before: ${loadAverage()}`);
+const tmp = await Deno.makeTempDir({ prefix: "bench-readpath-" });
+const children: Deno.ChildProcess[] = [];
+try {
+  const store = join(tmp, "store");
+  const storeArgs = serviceAddrArgs(embeddedAddrs(store));
+  const trees = { large: join(tmp, "large"), small: join(tmp, "small") };
+  console.log(`generating a ${SIZE_MIB} MiB tree and ${FILES} small files ...`);
+  await largeTree(trees.large);
+  await smallTree(trees.small);
+  const paths = {
+    large: (await run(["import", ...storeArgs, trees.large])).trim(),
+    small: (await run(["import", ...storeArgs, trees.small])).trim(),
+  };
+
+  const daemon = spawn([
+    "daemon",
+    "--listen-address=127.0.0.1:0",
+    "--nar-bridge-listen-address=127.0.0.1:0",
+    ...storeArgs,
+  ]);
+  children.push(daemon);
+  // The daemon logs two addresses, in no fixed order: gRPC, then or before the cache.
+  const lines = watchLines(daemon.stderr, /nar-bridge listening address=/);
+  await lines.match;
+  const address = async (re: RegExp) => {
+    for (let i = 0; i < 200; i++) {
+      const m = lines.tail.map((l) => re.exec(l)).find((x) => x);
+      if (m) return m[1];
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`no ${re} in the daemon's log:\n${lines.tail.join("\n")}`);
+  };
+  const builtIn = `http://${await address(/nar-bridge listening address=(\S+)/)}`;
+  const grpcAddr = await address(/ INFO listening address=(\S+)/);
+  const url = `grpc+http://${grpcAddr}`;
+  const bridge = spawn([
+    "nar-bridge",
+    "-l",
+    "127.0.0.1:0",
+    ...serviceAddrArgs({
+      blobServiceAddr: url,
+      directoryServiceAddr: url,
+      pathInfoServiceAddr: url,
+    }),
+  ]);
+  children.push(bridge);
+  const over = `http://${(await watchLines(bridge.stderr, / listening address=(\S+)/).match)[1]}`;
+
+  for (const kind of ["large", "small"] as const) {
+    const nar = await narOf(builtIn, paths[kind]);
+    const narOver = await narOf(over, paths[kind]);
+    const mib = nar.size / MiB;
+    const tBuiltIn = await curlBest(nar.url, nar.size);
+    const tOver = await curlBest(narOver.url, nar.size);
+    const tDump = await dumpBest(trees[kind]);
+    console.log(`${kind} tree, NAR of ${mib.toFixed(1)} MiB:`);
+    console.log(`  built-in cache          ${(mib / (tBuiltIn / 1000)).toFixed(0)} MiB/s`);
+    console.log(`  bridge over the daemon  ${(mib / (tOver / 1000)).toFixed(0)} MiB/s`);
+    console.log(`  nix-store --dump | cat  ${(mib / (tDump / 1000)).toFixed(0)} MiB/s`);
+    console.log(`  ratio (built-in / dump)           ${(tDump / tBuiltIn).toFixed(2)}`);
+    console.log(`  ratio (over daemon / built-in)    ${(tBuiltIn / tOver).toFixed(2)}`);
+    if (kind === "large") {
+      const len = Math.min(MiB, nar.size >> 1);
+      const head = await curlBest(nar.url, len, `0-${len - 1}`);
+      const tail = await curlBest(nar.url, len, `${nar.size - len}-${nar.size - 1}`);
+      console.log(`  ratio (range at start / at end)   ${(head / tail).toFixed(2)}`);
+    }
+  }
+  console.log(
+    `peak RSS: daemon ${memMiB(daemon.pid).toFixed(0)} MiB, bridge ${
+      memMiB(bridge.pid).toFixed(0)
+    } MiB`,
+  );
+} finally {
+  for (const c of children) {
+    try {
+      c.kill("SIGTERM");
+    } catch { /* gone */ }
+    await c.status;
+  }
+  await Deno.remove(tmp, { recursive: true });
+  console.log(`load average after: ${loadAverage()}`);
+}
