@@ -21,9 +21,15 @@ import {
 } from "../grpc_server/server.ts";
 import { log } from "../log.ts";
 import { formatListenAddress } from "../listen_address.ts";
-import { addNarBridgeOptions, loadNarBridgeOptions, type NarBridgeFlags } from "./nar_bridge.ts";
+import {
+  addNarBridgeOptions,
+  durationFlag,
+  loadNarBridgeOptions,
+  type NarBridgeFlags,
+} from "./nar_bridge.ts";
 import { startNarBridge } from "../narbridge/server.ts";
 import { onStopSignal } from "./shutdown.ts";
+import { type DaemonAdmin, startDaemonAdmin } from "./daemon_admin.ts";
 
 /** Where the daemon listens unless told otherwise. */
 export const DEFAULT_LISTEN_ADDRESS = "[::1]:8000";
@@ -43,6 +49,7 @@ interface DaemonOptions extends Partial<ServiceAddrs>, NarBridgeFlags {
   listenAddress: string;
   maxRequestSize: number;
   narBridgeListenAddress?: string;
+  gcInterval?: number;
 }
 
 /** Fills unset service addresses with the embedded store, creating its directory if used. */
@@ -70,6 +77,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
   });
   let services: Services | undefined;
   let bridge: { close(): Promise<void> } | undefined;
+  let admin: DaemonAdmin | undefined;
   try {
     const addrs = await resolveAddrs(opts);
     log.info("starting daemon", {
@@ -79,19 +87,24 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
       path_info_service_addr: addrs.pathInfoServiceAddr,
     });
     services = await constructServices(addrs);
+    admin = startDaemonAdmin(services, { gcIntervalMs: opts.gcInterval });
     // CalculateNAR renders from the daemon's own blobs and directories
     // (docs/compatibility.md#daemon), even when its path infos live in
     // another daemon.
     const served = {
       ...services,
+      pathInfo: admin.pathInfo,
       narCalculation: new LocalNarCalculationService(services.blob, services.directory),
     };
-    server = createGrpcServer(served, { maxReceiveMessageBytes: opts.maxRequestSize });
+    server = createGrpcServer(served, {
+      maxReceiveMessageBytes: opts.maxRequestSize,
+      admin: admin.handler,
+    });
     const bound = await listen(server, opts.listenAddress);
     log.info("listening", { address: formatListenAddress(bound) });
     if (opts.narBridgeListenAddress) {
       // The same store, also as a Nix binary cache over HTTP.
-      bridge = await startNarBridge(services, {
+      bridge = await startNarBridge({ ...services, pathInfo: admin.pathInfo }, {
         ...(await loadNarBridgeOptions(opts)),
         listenAddress: opts.narBridgeListenAddress,
       });
@@ -112,6 +125,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
     throw err;
   } finally {
     stop.dispose();
+    await admin?.close().catch(() => {});
     await services?.close();
   }
   log.info("daemon stopped");
@@ -144,6 +158,12 @@ export function register(program: Command): void {
       "--nar-bridge-listen-address <addr>",
       "also serve the store as a Nix binary cache over HTTP here (host:port)",
     ).env("NAR_BRIDGE_LISTEN_ADDRESS"),
+  );
+  cmd.addOption(
+    new Option(
+      "--gc-interval <duration>",
+      "collect garbage this often (e.g. 6h), with the default grace period",
+    ).argParser(durationFlag("--gc-interval")),
   );
   addNarBridgeOptions(cmd);
   cmd.addHelpText(

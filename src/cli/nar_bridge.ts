@@ -38,7 +38,7 @@ export interface NarBridgeFlags {
 }
 
 /** A duration flag's parser: positive, in milliseconds. */
-function durationFlag(flag: string): (text: string) => number {
+export function durationFlag(flag: string): (text: string) => number {
   return (text) => {
     const ms = parseDuration(text, flag);
     if (ms <= 0) throw new Error(`invalid ${flag} ${JSON.stringify(text)} (must be more than 0)`);

@@ -2,17 +2,90 @@
  * `tvix-store verify`: renders every store path from the stored chunks and
  * directories, each verified as it is read, and compares it with the NAR
  * the path records; reports damage and orphans, and exits non-zero on
- * damage. `--repair` removes the damaged paths (docs/gc.md).
+ * damage. `--repair` removes the damaged paths (docs/gc.md). Against a
+ * daemon (the default) the daemon verifies, through its AdminService.
  *
  * @module
  */
 import type { Command } from "commander";
-import { addClientServiceOptions, withServices } from "./common.ts";
+import {
+  addClientServiceOptions,
+  addQuietOption,
+  checkDaemonsReachable,
+  withServices,
+} from "./common.ts";
 import type { ServiceAddrs } from "../store/services.ts";
+import type { VerifyReport } from "../store/gc.ts";
+import { adminError, adminUrlOf, ManageProgress } from "./manage.ts";
+import { exitOnInterrupt } from "./shutdown.ts";
 
-async function runVerify(flags: ServiceAddrs & { repair?: boolean }, cmd: Command): Promise<void> {
-  const { verifyStore } = await import("../store/gc.ts");
-  const r = await withServices(flags, (services) => verifyStore(services, flags), cmd);
+interface VerifyFlags extends ServiceAddrs {
+  repair?: boolean;
+  quiet?: boolean;
+}
+
+/** Has the daemon at `url` verify; resolves with its report. */
+async function verifyInDaemon(
+  url: string,
+  repair: boolean,
+  progress: ManageProgress,
+): Promise<VerifyReport> {
+  const { AdminClient } = await import("../store/admin_client.ts");
+  const client = await AdminClient.fromUrl(url);
+  try {
+    for await (const e of client.verify(repair)) {
+      if (e.event?.$case === "progress") {
+        const p = e.event.value;
+        progress.update({
+          phase: "verify",
+          pathsDone: Number(p.pathsDone),
+          pathsTotal: Number(p.pathsTotal),
+          bytesDone: Number(p.bytesDone),
+          bytesTotal: Number(p.bytesTotal),
+        });
+      } else if (e.event?.$case === "report") {
+        const r = e.event.value;
+        return {
+          paths: Number(r.paths),
+          damaged: r.damaged,
+          repaired: Number(r.repaired),
+          orphans: r.orphans && {
+            directories: Number(r.orphans.directories),
+            blobs: Number(r.orphans.blobs),
+            bytes: Number(r.orphans.bytes),
+          },
+        };
+      }
+    }
+    throw new Error(`the daemon at ${url} ended verify without a report`);
+  } catch (err) {
+    throw adminError(url, err);
+  } finally {
+    client.close();
+  }
+}
+
+async function runVerify(flags: VerifyFlags, cmd: Command): Promise<void> {
+  const url = adminUrlOf(flags, "verify");
+  const progress = new ManageProgress(flags.quiet);
+  const stopListening = exitOnInterrupt(() => progress.finish());
+  let r: VerifyReport;
+  try {
+    if (url) {
+      await checkDaemonsReachable(flags, cmd);
+      r = await verifyInDaemon(url, flags.repair ?? false, progress);
+    } else {
+      const { verifyStore } = await import("../store/gc.ts");
+      r = await withServices(
+        flags,
+        (services) => verifyStore(services, { repair: flags.repair, onProgress: progress.update }),
+        cmd,
+      );
+    }
+  } finally {
+    progress.finish();
+    stopListening();
+  }
   for (const d of r.damaged) console.log(`damaged: ${d.storePath}: ${d.error}`);
   if (flags.repair && r.repaired > 0) console.log(`removed ${r.repaired} damaged store paths`);
   if (r.orphans) {
@@ -33,6 +106,7 @@ export function register(program: Command): void {
     .command("verify")
     .description("check every store path against its stored data; exit non-zero on damage")
     .option("--repair", "remove the store paths whose data is damaged or missing");
+  addQuietOption(cmd);
   addClientServiceOptions(cmd);
-  cmd.action((opts: ServiceAddrs & { repair?: boolean }, self: Command) => runVerify(opts, self));
+  cmd.action((opts: VerifyFlags, self: Command) => runVerify(opts, self));
 }

@@ -1,0 +1,91 @@
+/**
+ * Garbage collection inside a long-running process (the daemon): one
+ * collection at a time, whether asked for through the admin service or
+ * run by the schedule (`daemon --gc-interval`), and one log line per run
+ * (docs/gc.md#the-daemon).
+ *
+ * @module
+ */
+import { errorMessage } from "../errors.ts";
+import { log } from "../log.ts";
+import { collectGarbage, type GcOptions, type GcReport, type ManagedServices } from "./gc.ts";
+
+/** A collection was asked for while another one runs. */
+export class GcBusyError extends Error {
+  override name = "GcBusyError";
+}
+
+/** Runs collections on `services`, never two at once. */
+export class GcRunner {
+  readonly #services: ManagedServices;
+  #running: Promise<unknown> | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+
+  /** A runner over `services`. */
+  constructor(services: ManagedServices) {
+    this.#services = services;
+  }
+
+  /** Whether a collection is running. */
+  get busy(): boolean {
+    return this.#running !== undefined;
+  }
+
+  /**
+   * Runs one collection; throws {@linkcode GcBusyError} at once if one is
+   * running. `source` names who asked, for the log line.
+   */
+  async run(options: GcOptions, source = "request"): Promise<GcReport> {
+    if (this.#running) throw new GcBusyError("a garbage collection is already running");
+    if (this.#closed) throw new GcBusyError("the daemon is shutting down");
+    const t0 = performance.now();
+    const running = collectGarbage(this.#services, options);
+    this.#running = running;
+    try {
+      const r = await running;
+      log.info(options.dryRun ? "gc dry run done" : "gc done", {
+        source,
+        paths: r.paths,
+        deleted_paths: r.deletedPaths.length,
+        removed_directories: r.directories.removed,
+        removed_blobs: r.blobs.removed,
+        reclaimed_bytes: r.blobs.reclaimedBytes + r.directories.reclaimedBytes,
+        ms: Math.round(performance.now() - t0),
+      });
+      return r;
+    } catch (err) {
+      log.warn("gc failed", { source, error: errorMessage(err) });
+      throw err;
+    } finally {
+      this.#running = undefined;
+    }
+  }
+
+  /**
+   * Collects every `intervalMs` (counted from the end of the previous run)
+   * with the default grace period, until {@linkcode close}. A run that
+   * finds another collection going is skipped.
+   */
+  schedule(intervalMs: number): void {
+    const next = () => {
+      if (this.#closed) return;
+      this.#timer = setTimeout(async () => {
+        try {
+          await this.run({}, "schedule");
+        } catch (err) {
+          if (err instanceof GcBusyError) log.info("scheduled gc skipped", { why: err.message });
+        }
+        next();
+      }, intervalMs);
+    };
+    next();
+  }
+
+  /** Stops the schedule and waits for a running collection to end. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    await this.#running?.catch(() => {});
+  }
+}
