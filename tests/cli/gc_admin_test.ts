@@ -1,0 +1,301 @@
+/**
+ * Store management through a running daemon (docs/gc.md): `delete`, `gc`
+ * and `verify` sent to its AdminService with no local URLs; the policies
+ * `--older-than` and `--max-size` over access times recorded as the daemon
+ * serves paths (gRPC PathInfo Get, the binary cache's narinfo); and
+ * `daemon --gc-interval` collecting an orphan by itself. Every path left is
+ * checked against `nix-store --dump`.
+ */
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { assert, assertEquals, assertMatch, assertRejects } from "../assert.ts";
+import {
+  localStoreArgs,
+  remoteStoreArgs,
+  type ServerProcess,
+  startServer,
+  tvixStore,
+} from "./helpers.ts";
+import { checkNars, expected, ok, packBytes, tree } from "./gc_helpers.ts";
+import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
+import { StorePath } from "../../src/store/store_path.ts";
+import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
+import { AdminClient } from "../../src/store/admin_client.ts";
+import { Code, RpcError } from "../../src/grpc/status.ts";
+import { pseudoRandom } from "../fixtures.ts";
+
+/** Re-stores `path`'s PathInfo with `refs` as its references (as a build output's would be). */
+async function setReferences(home: string, path: string, refs: string[]): Promise<void> {
+  const s = await constructServices(embeddedAddrs(home));
+  try {
+    const info = (await s.pathInfo.get(StorePath.parseAbsolute(path).digest))!;
+    const refPaths = refs.map((r) => StorePath.parseAbsolute(r));
+    await s.pathInfo.put({
+      ...info,
+      references: refPaths.map((r) => r.digest),
+      narinfo: { ...info.narinfo!, referenceNames: refPaths.map((r) => r.basename()) },
+    });
+  } finally {
+    await s.close();
+  }
+}
+
+/** Imports one tree per entry of `files` (name → one file's contents) into `home`; returns name → store path and NAR. */
+async function importTrees(
+  work: string,
+  home: string,
+  files: Record<string, Uint8Array>,
+): Promise<Map<string, { path: string; nar: Uint8Array }>> {
+  const out = new Map<string, { path: string; nar: Uint8Array }>();
+  const dirs: string[] = [];
+  for (const [name, data] of Object.entries(files)) {
+    dirs.push(await tree(join(work, name), { [`${name}.bin`]: data }));
+  }
+  const paths = (await ok(["import", "--no-stat-cache", ...localStoreArgs(home), ...dirs]))
+    .trim().split("\n");
+  for (const [i, name] of Object.keys(files).entries()) {
+    const want = await expected(dirs[i]);
+    assertEquals(paths[i], want.storePath);
+    out.set(name, { path: want.storePath, nar: want.nar });
+  }
+  return out;
+}
+
+/** The daemon on `home`, on a free loopback port, with `args`. */
+function daemonOn(home: string, args: string[] = []): Promise<ServerProcess> {
+  return startServer(["daemon", "--listen-address", "127.0.0.1:0", ...args], {
+    name: "daemon",
+    env: { TVIX_STORE_HOME: home },
+  });
+}
+
+/** Store paths the daemon lists. */
+async function listed(remote: string[]): Promise<string[]> {
+  return (await ok(["list", ...remote])).trim().split("\n").filter((l) => l !== "");
+}
+
+/** Lines of `gc` output that name deleted (or would-be deleted) paths. */
+function deletedLines(out: string, verb: string): string[] {
+  return out.split("\n").filter((l) => l.startsWith(`${verb} `)).map((l) =>
+    l.slice(verb.length + 1)
+  ).sort();
+}
+
+Deno.test("admin service: delete, gc and verify run in the daemon, with no local URLs", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-admin-" });
+  const home = join(work, "home");
+  const t = await importTrees(work, home, {
+    a: pseudoRandom(2 << 20, 1),
+    b: new TextEncoder().encode("b refers to a\n"),
+  });
+  const pa = t.get("a")!.path, pb = t.get("b")!.path;
+  await setReferences(home, pb, [pa]);
+  const daemon = await daemonOn(home);
+  const url = `grpc+http://${daemon.address}`;
+  const remote = remoteStoreArgs(url);
+  const client = await AdminClient.fromUrl(url);
+  try {
+    // A referenced path is refused, naming its referrer: FAILED_PRECONDITION,
+    // and one line from the CLI.
+    const refused = await tvixStore(["delete", ...remote, pa]);
+    assert(refused.code !== 0, "delete of a referenced path must fail");
+    assertEquals(refused.stderr.trim().split("\n").length, 1, refused.stderr);
+    assertMatch(refused.stderr, new RegExp(`^error: ${pa} is still referenced by ${pb}`));
+    const e1 = await assertRejects(() => client.delete([pa], false), RpcError);
+    assertEquals(e1.code, Code.FAILED_PRECONDITION);
+    assertMatch(e1.message, new RegExp(`still referenced by ${pb}`));
+    // An unknown path: NOT_FOUND.
+    const unknown = StorePath.fromParts(pseudoRandom(20, 5), "unknown").absolute();
+    const e2 = await assertRejects(() => client.delete([unknown], false), RpcError);
+    assertEquals(e2.code, Code.NOT_FOUND);
+    const missing = await tvixStore(["delete", ...remote, unknown]);
+    assert(missing.code !== 0);
+    assertEquals(missing.stderr.trim(), `error: ${unknown} is not in the store`);
+    // Nothing was deleted by the refusals.
+    assertEquals(await listed(remote), [pa, pb].sort());
+
+    assertMatch(
+      await ok(["verify", ...remote]),
+      /orphans: 0 directories, 0 blobs and chunks[^\n]*\n2 store paths checked, 0 damaged/,
+    );
+    const out = await ok(["delete", "--recursive", ...remote, pa]);
+    assertEquals(out.trim().split("\n"), [`deleted ${pa}`, `deleted ${pb}`].sort());
+    const before = packBytes(home);
+    assertMatch(await ok(["gc", "--grace", "0", ...remote]), /reclaimed \d+ bytes on disk/);
+    const freed = before - packBytes(home);
+    assert(freed >= 2 << 20, `freed only ${freed} bytes`);
+    assertEquals(await listed(remote), []);
+    assertMatch(await ok(["verify", ...remote]), /0 store paths checked, 0 damaged/);
+    assertEquals(daemon.exitStatus(), undefined, "the daemon keeps serving");
+  } finally {
+    client.close();
+    await daemon.stop();
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("gc --older-than deletes only paths not accessed within the time, keeping what kept paths refer to", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-older-" });
+  const home = join(work, "home");
+  const t = await importTrees(work, home, {
+    old: pseudoRandom(50_000, 1),
+    dep: pseudoRandom(50_000, 2),
+    recent: pseudoRandom(50_000, 3),
+    grpcRead: pseudoRandom(50_000, 4),
+  });
+  const p = (name: string) => t.get(name)!.path;
+  await setReferences(home, p("recent"), [p("dep")]);
+  const created = Date.now();
+  const daemon = await daemonOn(home, ["--nar-bridge-listen-address", "127.0.0.1:0"]);
+  const url = `grpc+http://${daemon.address}`;
+  const remote = remoteStoreArgs(url);
+  const grpc = await GrpcPathInfoService.fromUrl(url);
+  try {
+    let bridge: string | undefined;
+    for (let i = 0; i < 100 && !bridge; i++) {
+      bridge = /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1];
+      if (!bridge) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert(bridge, daemon.log());
+    // Age every path, then use two of them: one through the binary cache,
+    // one through PathInfo Get.
+    await new Promise((r) => setTimeout(r, Math.max(0, created + 10_000 - Date.now())));
+    const accessed = Date.now();
+    const hash = p("recent").slice("/nix/store/".length, "/nix/store/".length + 32);
+    const narinfo = await fetch(`http://${bridge}/${hash}.narinfo`);
+    assertEquals(narinfo.status, 200);
+    await narinfo.body?.cancel();
+    assert(await grpc.get(StorePath.parseAbsolute(p("grpcRead")).digest));
+    // A cutoff half-way between the creation and the accesses, wherever
+    // gc starts: slow start-ups on a busy machine keep it in between.
+    const olderThan = () => `${Math.round((accessed - created) / 2 + (Date.now() - accessed))}ms`;
+
+    const dry = await ok(["gc", "--dry-run", "--older-than", olderThan(), ...remote]);
+    assertEquals(deletedLines(dry, "would delete"), [p("old")]);
+    assertEquals((await listed(remote)).length, 4, "a dry run deletes nothing");
+
+    const out = await ok(["gc", "--older-than", olderThan(), ...remote]);
+    assertEquals(deletedLines(out, "deleted"), [p("old")]);
+    // dep was not accessed either, but recent, which was, refers to it.
+    assertEquals(await listed(remote), [p("dep"), p("recent"), p("grpcRead")].sort());
+  } finally {
+    await grpc.close();
+    await daemon.stop();
+  }
+  try {
+    const nars = new Map(["dep", "recent", "grpcRead"].map((n) => [p(n), t.get(n)!.nar]));
+    assertEquals(await checkNars(home, nars), 3);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("gc --max-size deletes least recently used paths until under the size, never one a kept path refers to", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-maxsize-" });
+  const home = join(work, "home");
+  const files: Record<string, Uint8Array> = {};
+  for (const [i, name] of ["d1", "d2", "app", "s1", "s2"].entries()) {
+    files[name] = pseudoRandom(100_000 + i * 1000, 10 + i);
+  }
+  const t = await importTrees(work, home, files);
+  const p = (name: string) => t.get(name)!.path;
+  const refs: Record<string, string[]> = { app: ["d1", "d2"] };
+  await setReferences(home, p("app"), refs.app.map(p));
+  const daemon = await daemonOn(home);
+  const url = `grpc+http://${daemon.address}`;
+  const remote = remoteStoreArgs(url);
+  const grpc = await GrpcPathInfoService.fromUrl(url);
+  const total = Object.values(files).reduce((n, f) => n + f.length, 0);
+  const limit = Math.floor(total / 2);
+  let kept: string[];
+  try {
+    // Used in this order: d1 least recently, s1 most.
+    for (const name of ["d1", "d2", "s2", "app", "s1"]) {
+      assert(await grpc.get(StorePath.parseAbsolute(p(name)).digest));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const dry = await ok(["gc", "--dry-run", "--max-size", String(limit), ...remote]);
+    assertEquals((await listed(remote)).length, 5, "a dry run deletes nothing");
+    const out = await ok(["gc", "--max-size", String(limit), ...remote]);
+    const deleted = deletedLines(out, "deleted");
+    assertEquals(deletedLines(dry, "would delete"), deleted);
+    kept = await listed(remote);
+    assertEquals([...kept, ...deleted].sort(), Object.keys(files).map(p).sort());
+    const nameOf = (path: string) => Object.keys(files).find((n) => p(n) === path)!;
+    const keptSize = kept.reduce((n, path) => n + files[nameOf(path)].length, 0);
+    assert(keptSize <= limit, `kept ${keptSize} bytes, over the limit of ${limit}`);
+    // No more than needed: one path more would have been over the limit.
+    const largest = Math.max(...Object.values(files).map((f) => f.length));
+    assert(keptSize > limit - largest, `kept only ${keptSize} bytes of ${limit}`);
+    assertMatch(out, new RegExp(`stored size ${total} bytes before, ${keptSize} bytes after`));
+    // Every kept path's references are kept.
+    for (const path of kept) {
+      for (const r of refs[nameOf(path)] ?? []) assert(kept.includes(p(r)), `${path} lost ${r}`);
+    }
+    assert(kept.includes(p("s1")), "the most recently used path is kept");
+    // d1 was used least recently, but went only after app, which refers to it.
+    assert(!kept.includes(p("app")) || kept.includes(p("d1")));
+    assertMatch(await ok(["verify", ...remote]), /0 damaged/);
+  } finally {
+    await grpc.close();
+    await daemon.stop();
+  }
+  try {
+    const nars = new Map(
+      kept.map((path) => [path, [...t.values()].find((v) => v.path === path)!.nar]),
+    );
+    assertEquals(await checkNars(home, nars), kept.length);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("daemon --gc-interval collects an orphan without being asked", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-interval-" });
+  const home = join(work, "home");
+  const t = await importTrees(work, home, {
+    orphan: pseudoRandom(1 << 20, 21),
+    kept: pseudoRandom(100_000, 22),
+  });
+  await ok(["delete", ...localStoreArgs(home), t.get("orphan")!.path]);
+  // Make everything look written two hours ago, beyond the default grace
+  // period of the scheduled collections.
+  const old = Date.now() - 2 * 3600_000;
+  const meta = new DatabaseSync(join(home, "store.sqlite"));
+  meta.prepare("UPDATE directories SET touched = ?").run(old);
+  meta.close();
+  const index = new DatabaseSync(join(home, "packs", "index.sqlite"));
+  index.prepare("UPDATE blobs SET touched = ?").run(old);
+  index.prepare("UPDATE chunks SET touched = ?").run(old);
+  const chunksBefore = Number(index.prepare("SELECT count(*) AS n FROM chunks").get()!.n);
+  index.close();
+  for (const e of Deno.readDirSync(join(home, "packs"))) {
+    if (e.name.endsWith(".pack")) {
+      Deno.utimeSync(join(home, "packs", e.name), old / 1000, old / 1000);
+    }
+  }
+  const daemon = await daemonOn(home, ["--gc-interval", "1s"]);
+  try {
+    const deadline = Date.now() + 60_000;
+    while (!/ gc done source=schedule .*removed_blobs="[1-9]/.test(daemon.log())) {
+      assert(Date.now() < deadline, `no scheduled gc removed anything:\n${daemon.log()}`);
+      assertEquals(daemon.exitStatus(), undefined, daemon.log());
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    await daemon.stop();
+  }
+  try {
+    const index = new DatabaseSync(join(home, "packs", "index.sqlite"));
+    const chunksAfter = Number(index.prepare("SELECT count(*) AS n FROM chunks").get()!.n);
+    index.close();
+    assert(chunksAfter < chunksBefore, `${chunksAfter} chunk rows, as before`);
+    assertMatch(
+      await ok(["verify", ...localStoreArgs(home)]),
+      /orphans: 0 directories, 0 blobs and chunks[^\n]*\n1 store paths checked, 0 damaged/,
+    );
+    assertEquals(await checkNars(home, new Map([[t.get("kept")!.path, t.get("kept")!.nar]])), 1);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
