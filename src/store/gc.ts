@@ -89,10 +89,31 @@ interface Root {
   references: string[];
 }
 
+/** How long gc may run without letting timers and other requests in. */
+const YIELD_MS = 50;
+
+/**
+ * A function to await in long loops: every {@linkcode YIELD_MS} it waits
+ * for one turn of the event loop. Local backends answer through microtasks
+ * only, so without it a gc would hold a daemon's other requests, and the
+ * timers that draw the progress line, until it is done.
+ */
+function yielder(): () => Promise<void> | undefined {
+  let last = performance.now();
+  return () => {
+    const now = performance.now();
+    if (now - last < YIELD_MS) return undefined;
+    last = now;
+    return new Promise((resolve) => setTimeout(resolve, 0));
+  };
+}
+
 /** Every stored PathInfo, reduced to what gc needs. */
 async function loadRoots(pathInfo: PathInfoService): Promise<Root[]> {
   const roots: Root[] = [];
+  const pause = yielder();
   for await (const info of pathInfo.list()) {
+    await pause();
     const path = storePathOf(info);
     roots.push({
       key: digestKey(path.digest),
@@ -105,12 +126,15 @@ async function loadRoots(pathInfo: PathInfoService): Promise<Root[]> {
   return roots;
 }
 
-/** Reports walking `roots` as `phase`, at most every 100 ms. */
+/**
+ * Reports walking `roots` as `phase`, at most every 100 ms; `done` returns
+ * what to await so the event loop gets a turn (see {@linkcode yielder}).
+ */
 function progressReporter(
   phase: GcProgress["phase"],
   roots: readonly { narSize: number }[],
   onProgress?: (p: GcProgress) => void,
-): { done(root: { narSize: number }): void; end(): void } {
+): { done(root: { narSize: number }): Promise<void> | undefined; end(): void } {
   const state: GcProgress = {
     phase,
     pathsDone: 0,
@@ -119,6 +143,7 @@ function progressReporter(
     bytesTotal: roots.reduce((n, r) => n + r.narSize, 0),
   };
   let last = 0;
+  const pause = yielder();
   onProgress?.({ ...state });
   return {
     done(root) {
@@ -129,6 +154,7 @@ function progressReporter(
         last = now;
         onProgress?.({ ...state });
       }
+      return pause();
     },
     end: () => onProgress?.({ ...state }),
   };
@@ -156,7 +182,7 @@ async function mark(
         for (const f of d.files) blobs.add(digestKey(f.digest));
       }
     }
-    progress.done(root);
+    await progress.done(root);
   }
   progress.end();
   return { directories, blobs };
@@ -210,7 +236,7 @@ async function applyPolicies(
         ? await blobsOf(services.directory, root.node)
         : undefined,
     });
-    progress.done(root);
+    await progress.done(root);
   }
   progress.end();
   const choice = choosePolicyVictims(policyPaths, {
@@ -355,7 +381,7 @@ export async function verifyStore(
         broken.push(storePathOf(info).digest);
       } catch { /* unnamed: nothing to remove by name */ }
     }
-    progress.done(item);
+    await progress.done(item);
   }
   progress.end();
   let repaired = 0;
