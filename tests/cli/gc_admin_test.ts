@@ -134,6 +134,47 @@ Deno.test("admin service: delete, gc and verify run in the daemon, with no local
   }
 });
 
+Deno.test("verify through the daemon reports a damaged path; --repair removes exactly it", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-admin-verify-" });
+  const home = join(work, "home");
+  const dirs = [];
+  for (const name of ["good", "bad"]) {
+    dirs.push(
+      await tree(join(work, name), {
+        [`sub/${name}.bin`]: pseudoRandom(10_000, name.length),
+        "top": new TextEncoder().encode(name),
+      }),
+    );
+  }
+  const [good, bad] = (await ok(["import", ...localStoreArgs(home), ...dirs])).trim().split("\n");
+  // The damaged path's sub-directory is missing.
+  const s = await constructServices(embeddedAddrs(home));
+  const root = (await s.pathInfo.get(StorePath.parseAbsolute(bad).digest))!.node!.node!;
+  assert(root.$case === "directory");
+  const top = (await s.directory.get(root.value.digest))!;
+  await s.close();
+  const meta = new DatabaseSync(join(home, "store.sqlite"));
+  meta.prepare("DELETE FROM directories WHERE digest = ?").run(top.directories[0].digest);
+  meta.close();
+  const daemon = await daemonOn(home);
+  try {
+    const remote = remoteStoreArgs(`grpc+http://${daemon.address}`);
+    const r = await tvixStore(["verify", ...remote]);
+    assert(r.code !== 0, "verify must fail on damage");
+    assertEquals(r.stdout.split("\n").filter((l) => l.startsWith("damaged: ")).length, 1);
+    assert(r.stdout.includes(`damaged: ${bad}:`), r.stdout);
+    assertEquals(r.stderr.trim(), "error: 1 damaged store paths");
+    const repaired = await tvixStore(["verify", "--repair", ...remote]);
+    assert(repaired.code !== 0);
+    assertMatch(repaired.stdout, /removed 1 damaged store paths/);
+    assertEquals(await listed(remote), [good]);
+    assertMatch(await ok(["verify", ...remote]), /1 store paths checked, 0 damaged/);
+  } finally {
+    await daemon.stop();
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
 Deno.test("gc --older-than deletes only paths not accessed within the time, keeping what kept paths refer to", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-older-" });
   const home = join(work, "home");

@@ -3,6 +3,8 @@
  * and through a daemon's AdminService: a progress line in NAR bytes and
  * paths, with rate and time left, erased at the end so the report alone
  * stays; nothing with `--quiet`, and nothing on stderr that is no terminal.
+ * Also: a daemon runs one collection at a time, refusing another with
+ * ABORTED while one runs.
  *
  * The workload is a store of many small paths, each its own directory:
  * marking walks every one of them.
@@ -16,6 +18,8 @@ import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { toNode } from "../../src/castore/node.ts";
 import { pseudoRandom } from "../fixtures.ts";
+import { AdminClient } from "../../src/store/admin_client.ts";
+import { Code, RpcError } from "../../src/grpc/status.ts";
 
 const PATHS = 20_000;
 const te = new TextEncoder();
@@ -93,6 +97,37 @@ Deno.test("gc on a terminal: progress in bytes and paths with rate and time left
       assertEquals(viaDaemon.code, 0, viaDaemon.output);
       assertMatch(viaDaemon.output, PROGRESS);
       assertEquals(screenLines(viaDaemon.output).filter((l) => l.trim() !== ""), report);
+
+      // Two collections asked for at once: one runs, the other is ABORTED.
+      const client = await AdminClient.fromUrl(`grpc+http://${daemon.address}`);
+      try {
+        const outcome = async () => {
+          try {
+            let reports = 0;
+            for await (
+              const e of client.collectGarbage({
+                dryRun: true,
+                olderThanMs: 0n,
+                maxSizeBytes: 0n,
+              })
+            ) {
+              if (e.event?.$case === "report") reports++;
+            }
+            return reports === 1 ? "report" : `${reports} reports`;
+          } catch (err) {
+            assert(err instanceof RpcError, String(err));
+            return `${Code[err.code]}: ${err.message}`;
+          }
+        };
+        const both = await Promise.all([outcome(), outcome()]);
+        assertEquals(both.sort(), [
+          "ABORTED: a garbage collection is already running",
+          "report",
+        ]);
+      } finally {
+        client.close();
+      }
+      assertMatch(daemon.log(), / gc dry run done source=request /);
     } finally {
       await daemon.stop();
     }
