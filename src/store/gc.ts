@@ -55,6 +55,11 @@ export interface GcOptions {
   maxSizeBytes?: number;
   /** Called as paths are walked. */
   onProgress?: (progress: GcProgress) => void;
+  /**
+   * Stops the collection between paths, and before the sweep (a sweep
+   * that started runs to its end; each of its steps is a transaction).
+   */
+  signal?: AbortSignal;
 }
 
 /** What {@linkcode collectGarbage} found and did. */
@@ -134,6 +139,7 @@ function progressReporter(
   phase: GcProgress["phase"],
   roots: readonly { narSize: number }[],
   onProgress?: (p: GcProgress) => void,
+  signal?: AbortSignal,
 ): { done(root: { narSize: number }): Promise<void> | undefined; end(): void } {
   const state: GcProgress = {
     phase,
@@ -147,6 +153,7 @@ function progressReporter(
   onProgress?.({ ...state });
   return {
     done(root) {
+      signal?.throwIfAborted();
       state.pathsDone++;
       state.bytesDone += root.narSize;
       const now = performance.now();
@@ -164,11 +171,11 @@ function progressReporter(
 async function mark(
   directory: DirectoryService,
   roots: readonly Root[],
-  onProgress?: (p: GcProgress) => void,
+  options: GcOptions,
 ): Promise<{ directories: Set<string>; blobs: Set<string> }> {
   const directories = new Set<string>();
   const blobs = new Set<string>();
-  const progress = progressReporter("mark", roots, onProgress);
+  const progress = progressReporter("mark", roots, options.onProgress, options.signal);
   for (const root of roots) {
     const node = root.node;
     if (node?.$case === "file") {
@@ -225,7 +232,7 @@ async function applyPolicies(
   const accessed = new Map<string, number>();
   for await (const a of pathInfo.listAccess()) accessed.set(digestKey(a.digest), a.accessedMs);
   const policyPaths: PolicyPath[] = [];
-  const progress = progressReporter("select", roots, options.onProgress);
+  const progress = progressReporter("select", roots, options.onProgress, options.signal);
   for (const root of roots) {
     policyPaths.push({
       key: root.key,
@@ -258,6 +265,7 @@ async function applyPolicies(
     }
   };
   for (const key of choice.victims) {
+    options.signal?.throwIfAborted();
     if (protectedKeys.has(key)) continue;
     if (options.dryRun || await pathInfo.deleteUnaccessed(byKey.get(key)!.path.digest, startedMs)) {
       gone.add(key);
@@ -300,7 +308,8 @@ export async function collectGarbage(
     policy = await applyPolicies(services, roots, startedMs, options);
     roots = policy.kept;
   }
-  const live = await mark(directory, roots, options.onProgress);
+  const live = await mark(directory, roots, options);
+  options.signal?.throwIfAborted();
   options.onProgress?.({
     phase: "sweep",
     pathsDone: 0,

@@ -21,6 +21,8 @@ export class GcRunner {
   #running: Promise<unknown> | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
+  /** Stops a running collection when the daemon shuts down. */
+  readonly #stopping = new AbortController();
 
   /** A runner over `services`. */
   constructor(services: ManagedServices) {
@@ -40,7 +42,7 @@ export class GcRunner {
     if (this.#running) throw new GcBusyError("a garbage collection is already running");
     if (this.#closed) throw new GcBusyError("the daemon is shutting down");
     const t0 = performance.now();
-    const running = collectGarbage(this.#services, options);
+    const running = collectGarbage(this.#services, { ...options, signal: this.#stopping.signal });
     this.#running = running;
     try {
       const r = await running;
@@ -82,10 +84,14 @@ export class GcRunner {
     next();
   }
 
-  /** Stops the schedule and waits for a running collection to end. */
+  /**
+   * Stops the schedule, asks a running collection to stop (at its next
+   * path, or after its sweep) and waits for it.
+   */
   async close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#timer);
+    this.#stopping.abort(new GcBusyError("the daemon is shutting down"));
     await this.#running?.catch(() => {});
   }
 }
