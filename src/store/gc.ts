@@ -1,8 +1,10 @@
 /**
  * Store management over the three services (docs/gc.md): garbage
- * collection (mark from every PathInfo, then each backend sweeps), verify
- * (every path renders to its recorded NAR), and deleting paths with the
- * reference check Nix does.
+ * collection (the policies `olderThanMs`/`maxSizeBytes` delete paths,
+ * then mark from every PathInfo, then each backend sweeps), verify (every
+ * path renders to its recorded NAR), and deleting paths with the reference
+ * check Nix does. Long walks report progress and give the event loop a
+ * turn now and then, so a daemon running them keeps serving.
  *
  * @module
  */
