@@ -115,13 +115,20 @@ async function collectInDaemon(
   }
 }
 
+/** `--older-than`: a duration above 0 (0 would delete every path not being read right now). */
+function parseOlderThan(text: string): number {
+  const ms = parseDuration(text, "--older-than");
+  if (ms <= 0) {
+    throw new Error(`invalid --older-than ${JSON.stringify(text)} (must be more than 0)`);
+  }
+  return ms;
+}
+
 async function runGc(flags: GcFlags, cmd: Command): Promise<void> {
   const options: GcOptions = {
     graceMs: parseDuration(flags.grace, "grace period"),
     dryRun: flags.dryRun,
-    olderThanMs: flags.olderThan === undefined
-      ? undefined
-      : parseDuration(flags.olderThan, "--older-than"),
+    olderThanMs: flags.olderThan === undefined ? undefined : parseOlderThan(flags.olderThan),
     maxSizeBytes: flags.maxSize === undefined
       ? undefined
       : parseByteSize(flags.maxSize, { what: "--max-size", examples: "10G or 512MiB" }),

@@ -340,3 +340,21 @@ Deno.test("daemon --gc-interval collects an orphan without being asked", async (
     await Deno.remove(work, { recursive: true });
   }
 });
+
+Deno.test("gc: a bad policy value, or addresses mixing a daemon and local backends, is one line and a failure", async () => {
+  const memory = ["--blob-service-addr", "memory://", "--directory-service-addr", "memory://"];
+  const cases: [string[], string][] = [
+    [["--older-than", "0", ...memory], 'error: invalid --older-than "0" (must be more than 0)'],
+    [["--max-size", "10X", ...memory], 'error: invalid --max-size "10X" (use e.g. 10G or 512MiB)'],
+    [
+      [...memory, "--path-info-service-addr", "grpc+http://127.0.0.1:1"],
+      "error: gc runs either in a daemon (all three service addresses the same grpc+… URL) or " +
+      "on the store's own backends (none at a daemon), not on a mix: memory://, memory://, " +
+      "grpc+http://127.0.0.1:1",
+    ],
+  ];
+  for (const [args, message] of cases) {
+    const r = await tvixStore(["gc", ...args]);
+    assertEquals([r.code, r.stderr.trim()], [1, message]);
+  }
+});
