@@ -7,7 +7,7 @@
  */
 import type { Services } from "../store/services.ts";
 import type { PathInfoService } from "../store/pathinfo/service.ts";
-import { AccessRecordingPathInfoService } from "../store/pathinfo/access_recording.ts";
+import { recordingAccesses } from "../store/pathinfo/access_recording.ts";
 import { GcRunner } from "../store/gc_runner.ts";
 import { adminHandler } from "../grpc_server/admin_handler.ts";
 import type { AdminServiceServer } from "../proto/tvix_ts/admin/v1/admin.ts";
@@ -28,11 +28,8 @@ export function startDaemonAdmin(
   services: Services,
   opts: { gcIntervalMs?: number },
 ): DaemonAdmin {
-  // Path infos in another daemon: that daemon records their accesses.
-  const recorder = services.pathInfo.recordAccess
-    ? new AccessRecordingPathInfoService(services.pathInfo)
-    : undefined;
-  const pathInfo = recorder ?? services.pathInfo;
+  const recording = recordingAccesses(services);
+  const pathInfo = recording.services.pathInfo;
   const managed = { blob: services.blob, directory: services.directory, pathInfo };
   const gc = new GcRunner(managed);
   if (opts.gcIntervalMs !== undefined) {
@@ -44,7 +41,7 @@ export function startDaemonAdmin(
     handler: adminHandler(managed, gc),
     async close() {
       await gc.close();
-      await recorder?.stop();
+      await recording.stop();
     },
   };
 }

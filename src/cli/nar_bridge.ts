@@ -13,6 +13,7 @@ import { type Command, Option } from "commander";
 import { addServiceOptions, parseDuration } from "./common.ts";
 import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { constructServices } from "../store/services.ts";
+import { recordingAccesses } from "../store/pathinfo/access_recording.ts";
 import { type NarBridgeOptions, startNarBridge } from "../narbridge/server.ts";
 import { DEFAULT_HTTP_LIMITS } from "../narbridge/http.ts";
 import { DEFAULT_UPLOAD_LEASE_MS } from "../narbridge/staging.ts";
@@ -156,8 +157,10 @@ interface CliOptions extends ServiceAddrs, NarBridgeFlags {
 async function run(opts: CliOptions): Promise<void> {
   const bridgeOpts = await loadNarBridgeOptions(opts);
   const services = await constructServices(opts);
+  // Served narinfos count as accesses (docs/gc.md#access-times).
+  const recording = recordingAccesses(services);
   try {
-    const bridge = await startNarBridge(services, {
+    const bridge = await startNarBridge(recording.services, {
       ...bridgeOpts,
       listenAddress: opts.listenAddress,
     });
@@ -166,6 +169,7 @@ async function run(opts: CliOptions): Promise<void> {
     log.info("nar-bridge shutting down", { signal });
     await bridge.close();
   } finally {
+    await recording.stop();
     await services.close();
   }
   // Backends (grpc-js channels) may keep handles referenced; we are done.

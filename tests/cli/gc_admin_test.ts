@@ -23,6 +23,7 @@ import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
 import { AdminClient } from "../../src/store/admin_client.ts";
 import { Code, RpcError } from "../../src/grpc/status.ts";
 import { pseudoRandom } from "../fixtures.ts";
+import { toHex } from "../../src/castore/digest.ts";
 
 /** Re-stores `path`'s PathInfo with `refs` as its references (as a build output's would be). */
 async function setReferences(home: string, path: string, refs: string[]): Promise<void> {
@@ -356,5 +357,51 @@ Deno.test("gc: a bad policy value, or addresses mixing a daemon and local backen
   for (const [args, message] of cases) {
     const r = await tvixStore(["gc", ...args]);
     assertEquals([r.code, r.stderr.trim()], [1, message]);
+  }
+});
+
+Deno.test("nar-bridge on the store's own backends records the narinfos it serves as accesses", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-bridge-access-" });
+  const home = join(work, "home");
+  const t = await importTrees(work, home, {
+    served: pseudoRandom(1000, 31),
+    unserved: pseudoRandom(1000, 32),
+  });
+  const accessTimes = async () => {
+    const s = await constructServices(embeddedAddrs(home));
+    try {
+      const times = new Map<string, number>();
+      for await (const a of s.pathInfo.listAccess!()) {
+        const name = [...t.keys()].find((n) =>
+          toHex(StorePath.parseAbsolute(t.get(n)!.path).digest) === toHex(a.digest)
+        )!;
+        times.set(name, a.accessedMs);
+      }
+      return times;
+    } finally {
+      await s.close();
+    }
+  };
+  try {
+    const created = await accessTimes();
+    await new Promise((r) => setTimeout(r, 20));
+    const bridge = await startServer(
+      ["nar-bridge", "--listen-address", "127.0.0.1:0", ...localStoreArgs(home)],
+      { name: "nar-bridge" },
+    );
+    try {
+      const hash = t.get("served")!.path.slice("/nix/store/".length, "/nix/store/".length + 32);
+      const r = await fetch(`http://${bridge.address}/${hash}.narinfo`);
+      assertEquals(r.status, 200);
+      await r.body?.cancel();
+    } finally {
+      // Stopping writes the pending accesses.
+      assertEquals((await bridge.stop()).status.code, 0, bridge.log());
+    }
+    const after = await accessTimes();
+    assert(after.get("served")! > created.get("served")!, "the served path's access moved");
+    assertEquals(after.get("unserved"), created.get("unserved"));
+  } finally {
+    await Deno.remove(work, { recursive: true });
   }
 });

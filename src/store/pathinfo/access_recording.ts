@@ -14,6 +14,7 @@ import { errorMessage } from "../../errors.ts";
 import { log } from "../../log.ts";
 import type { NarCalculationService } from "../../nar/calculation.ts";
 import type { PathAccess, PathInfo, PathInfoService } from "./service.ts";
+import type { Services } from "../services.ts";
 
 /** A path's access is written at most once per this long (default). */
 export const DEFAULT_ACCESS_RESOLUTION_MS = 5 * 60_000;
@@ -146,4 +147,17 @@ export class AccessRecordingPathInfoService implements PathInfoService {
     await this.stop();
     await this.#inner.close();
   }
+}
+
+/**
+ * `services` with their path infos recording accesses, where the backend
+ * keeps access times (path infos in another daemon: that daemon records
+ * them). `stop` writes what is pending; it does not close `services`.
+ */
+export function recordingAccesses(
+  services: Services,
+): { services: Services; stop(): Promise<void> } {
+  if (!services.pathInfo.recordAccess) return { services, stop: () => Promise.resolve() };
+  const recorder = new AccessRecordingPathInfoService(services.pathInfo);
+  return { services: { ...services, pathInfo: recorder }, stop: () => recorder.stop() };
 }
