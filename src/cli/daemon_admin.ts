@@ -33,7 +33,7 @@ export function startDaemonAdmin(
   const managed = { blob: services.blob, directory: services.directory, pathInfo };
   const gc = new GcRunner(managed);
   if (opts.gcIntervalMs !== undefined) {
-    log.info("gc scheduled", { every_ms: opts.gcIntervalMs });
+    log.info("gc scheduled", { every_ms: String(opts.gcIntervalMs) });
     gc.schedule(opts.gcIntervalMs);
   }
   return {

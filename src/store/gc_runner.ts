@@ -46,14 +46,15 @@ export class GcRunner {
     this.#running = running;
     try {
       const r = await running;
+      // Numbers as text: the log quotes other values, and these are grepped for.
       log.info(options.dryRun ? "gc dry run done" : "gc done", {
         source,
-        paths: r.paths,
-        deleted_paths: r.deletedPaths.length,
-        removed_directories: r.directories.removed,
-        removed_blobs: r.blobs.removed,
-        reclaimed_bytes: r.blobs.reclaimedBytes + r.directories.reclaimedBytes,
-        ms: Math.round(performance.now() - t0),
+        paths: String(r.paths),
+        deleted_paths: String(r.deletedPaths.length),
+        removed_directories: String(r.directories.removed),
+        removed_blobs: String(r.blobs.removed),
+        reclaimed_bytes: String(r.blobs.reclaimedBytes + r.directories.reclaimedBytes),
+        ms: String(Math.round(performance.now() - t0)),
       });
       return r;
     } catch (err) {

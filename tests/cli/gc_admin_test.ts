@@ -319,7 +319,7 @@ Deno.test("daemon --gc-interval collects an orphan without being asked", async (
   const daemon = await daemonOn(home, ["--gc-interval", "1s"]);
   try {
     const deadline = Date.now() + 60_000;
-    while (!/ gc done source=schedule .*removed_blobs="[1-9]/.test(daemon.log())) {
+    while (!/ gc done source=schedule .*removed_blobs=[1-9]/.test(daemon.log())) {
       assert(Date.now() < deadline, `no scheduled gc removed anything:\n${daemon.log()}`);
       assertEquals(daemon.exitStatus(), undefined, daemon.log());
       await new Promise((r) => setTimeout(r, 200));
