@@ -29,17 +29,25 @@ export function adminUrlOf(flags: ServiceAddrs, command: string): string | undef
   );
 }
 
-/** A failed admin call as one line: an older daemon without the service is named as such. */
+/**
+ * A failed admin call as one line: an older daemon without the service is
+ * named as such; other failures are prefixed with the daemon's address,
+ * except an unknown or referenced path, whose message names the path.
+ */
 export function adminError(url: string, err: unknown): Error {
-  // grpc-js's status 12 is UNIMPLEMENTED.
-  if ((err as { code?: number }).code === 12) {
+  // grpc-js's status codes: 5 NOT_FOUND, 9 FAILED_PRECONDITION, 12 UNIMPLEMENTED.
+  const code = (err as { code?: number }).code;
+  if (code === 12) {
     return new Error(
       `the daemon at ${url} has no AdminService (a tvix-store without store management, ` +
         `or upstream's): point --blob-service-addr, --directory-service-addr and ` +
         `--path-info-service-addr at the store's own backends instead`,
     );
   }
-  return err instanceof Error ? err : new Error(errorMessage(err));
+  if (code === undefined || code === 5 || code === 9) {
+    return err instanceof Error ? err : new Error(errorMessage(err));
+  }
+  return new Error(`the daemon at ${url}: ${errorMessage(err)}`);
 }
 
 const LABELS: Partial<Record<GcProgress["phase"], string>> = {

@@ -294,9 +294,8 @@ export async function collectGarbage(
   const { blob, directory } = services;
   if (!isSweepable(blob) || !isSweepable(directory)) {
     throw new InvalidRequestError(
-      "these services cannot be garbage collected: gc needs local backends that can " +
-        "enumerate and delete (pack:// blobs, sqlite:// or postgres:// directories), " +
-        "or a daemon (grpc+http://, grpc+unix://) that runs gc on its own backends",
+      "these services cannot be garbage collected: gc needs backends that can enumerate " +
+        "and delete (pack:// blobs, sqlite:// or postgres:// directories)",
     );
   }
   // The cutoff is taken before listing: whatever an upload writes or

@@ -109,6 +109,9 @@ Deno.test("admin service: delete, gc and verify run in the daemon, with no local
     const unknown = StorePath.fromParts(pseudoRandom(20, 5), "unknown").absolute();
     const e2 = await assertRejects(() => client.delete([unknown], false), RpcError);
     assertEquals(e2.code, Code.NOT_FOUND);
+    // Not a store path at all: INVALID_ARGUMENT.
+    const e3 = await assertRejects(() => client.delete(["/nix/store/x"], false), RpcError);
+    assertEquals(e3.code, Code.INVALID_ARGUMENT);
     const missing = await tvixStore(["delete", ...remote, unknown]);
     assert(missing.code !== 0);
     assertEquals(missing.stderr.trim(), `error: ${unknown} is not in the store`);
@@ -402,6 +405,39 @@ Deno.test("nar-bridge on the store's own backends records the narinfos it serves
     assert(after.get("served")! > created.get("served")!, "the served path's access moved");
     assertEquals(after.get("unserved"), created.get("unserved"));
   } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("gc through a daemon whose backends cannot be collected: one line, a failure, and the daemon serves on", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-admin-memory-" });
+  const daemon = await startServer([
+    "daemon",
+    "--listen-address",
+    "127.0.0.1:0",
+    "--blob-service-addr",
+    "memory://",
+    "--directory-service-addr",
+    "memory://",
+    "--path-info-service-addr",
+    "memory://",
+  ], { name: "daemon", env: { TVIX_STORE_HOME: join(work, "home") } });
+  try {
+    const remote = remoteStoreArgs(`grpc+http://${daemon.address}`);
+    const r = await tvixStore(["gc", ...remote]);
+    assertEquals(r.code, 1);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assertMatch(
+      r.stderr,
+      /^error: the daemon at grpc\+http:\/\/127\.0\.0\.1:\d+: these services cannot be garbage collected: gc needs backends that can enumerate and delete/,
+    );
+    // Deleting works on any backend that can delete.
+    const dir = await tree(join(work, "x"), { "x.txt": new TextEncoder().encode("x\n") });
+    const px = (await ok(["import", ...remote, dir])).trim();
+    assertEquals((await ok(["delete", ...remote, px])).trim(), `deleted ${px}`);
+    assertEquals(daemon.exitStatus(), undefined, "the daemon keeps serving");
+  } finally {
+    await daemon.stop();
     await Deno.remove(work, { recursive: true });
   }
 });
