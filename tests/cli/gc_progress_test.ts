@@ -6,8 +6,8 @@
  * Also: a daemon runs one collection at a time, refusing another with
  * ABORTED while one runs.
  *
- * The workload is a store of many small paths, each its own directory:
- * marking walks every one of them.
+ * The workload is a store of many small paths that share a subtree (see
+ * `manyPaths`).
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../assert.ts";
@@ -17,11 +17,15 @@ import { ok, tree } from "./gc_helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { toNode } from "../../src/castore/node.ts";
+import { directorySize } from "../../src/castore/directory.ts";
+import type { Directory } from "../../src/proto/tvix/castore/protos/castore.ts";
 import { pseudoRandom } from "../fixtures.ts";
 import { AdminClient } from "../../src/store/admin_client.ts";
 import { Code, RpcError } from "../../src/grpc/status.ts";
 
-const PATHS = 20_000;
+const PATHS = 1000;
+/** Directories below the subtree every path holds: marking walks it once per path. */
+const SHARED_DIRECTORIES = 60;
 const te = new TextEncoder();
 
 /** A drawn gc progress line: bytes of the total (percent), rate, time left, paths. */
@@ -30,7 +34,13 @@ const PROGRESS = new RegExp(
     String.raw`[\d.]+ (B|KiB|MiB|GiB|TiB)/s, \d+:\d\d left, \d+/${PATHS + 1} paths`,
 );
 
-/** Fills the embedded store at `home` with {@linkcode PATHS} paths, each a directory of its own. */
+/**
+ * Fills the embedded store at `home` with {@linkcode PATHS} paths, each a
+ * directory of its own holding one file and a subtree of
+ * {@linkcode SHARED_DIRECTORIES} directories that all of them share (gc
+ * reads a path's whole closure, so marking reads that subtree once per
+ * path: long enough to draw on any machine, quick to build).
+ */
 async function manyPaths(work: string, home: string): Promise<void> {
   const seed = await tree(join(work, "seed"), { "f": te.encode("one small file\n") });
   const seedPath = (await ok(["import", ...localStoreArgs(home), seed])).trim();
@@ -40,18 +50,40 @@ async function manyPaths(work: string, home: string): Promise<void> {
     const root = info.node!.node!;
     assert(root.$case === "directory");
     const file = (await s.directory.get(root.value.digest))!.files[0];
-    for (let i = 0; i < PATHS; i++) {
-      const digest = await s.directory.put({
+    const leaves: Directory[] = [];
+    for (let i = 0; i < SHARED_DIRECTORIES; i++) {
+      leaves.push({
         directories: [],
-        files: [{ ...file, name: te.encode(`f${i}`) }],
+        files: [{ ...file, name: te.encode(`l${i}`) }],
         symlinks: [],
       });
+    }
+    const shared: Directory = { directories: [], files: [], symlinks: [] };
+    for (const [i, leaf] of leaves.entries()) {
+      shared.directories.push({
+        name: te.encode(`d${String(i).padStart(4, "0")}`),
+        digest: await s.directory.put(leaf),
+        size: directorySize(leaf),
+      });
+    }
+    const sharedNode = {
+      name: te.encode("shared"),
+      digest: await s.directory.put(shared),
+      size: directorySize(shared),
+    };
+    for (let i = 0; i < PATHS; i++) {
+      const top: Directory = {
+        directories: [sharedNode],
+        files: [{ ...file, name: te.encode(`f${i}`) }],
+        symlinks: [],
+      };
+      const digest = await s.directory.put(top);
       const path = StorePath.fromParts(pseudoRandom(20, 1000 + i), `p${i}`);
       await s.pathInfo.put({
         ...info,
         node: toNode({
           $case: "directory",
-          value: { name: te.encode(path.basename()), digest, size: 1n },
+          value: { name: te.encode(path.basename()), digest, size: directorySize(top) },
         }),
         // Claimed NAR sizes: only the progress line reads them.
         narinfo: { ...info.narinfo!, narSize: 1n << 20n },
@@ -74,7 +106,10 @@ Deno.test("gc on a terminal: progress in bytes and paths with rate and time left
     const piped = await tvixStore(["gc", "--dry-run", ...local]);
     assertEquals([piped.code, piped.stderr], [0, ""]);
     const report = piped.stdout.trim().split("\n");
-    assertMatch(report[0], new RegExp(`^${PATHS + 1} store paths reach`));
+    assertMatch(
+      report[0],
+      new RegExp(`^${PATHS + 1} store paths reach ${PATHS + SHARED_DIRECTORIES + 2} directories`),
+    );
 
     const r = await runOnPty([...gc, ...local]);
     assertEquals(r.code, 0, r.output);
