@@ -1,42 +1,43 @@
 /**
- * Object-store blob backend throughput: one blob (default 512 MiB) written
- * and read through `ObjectStoreBlobService` on `objectstore+file://` in a
- * temp dir, beside the CLI tools doing the same work on the same bytes in
- * the same run:
+ * Blob backend throughput: one blob (default 512 MiB) written and read
+ * in-process through the embedded default store (`pack://`), through
+ * `objectstore+file://` (the upstream layout) and through
+ * `objectstore+memory://` (chunking, hashing and zstd without a
+ * filesystem), beside the CLI tools doing the same work on the same bytes:
  *
  * - write baseline: `b3sum` of the input and `zstd -3 -T2` of it into a
- *   file, run at the same time (the service hashes and compresses too; note
- *   the CLI does not fsync, while the service makes every chunk durable);
+ *   file, run at the same time (the services hash and compress too; note
+ *   the CLI does not fsync, while the services make the blob durable);
  * - read baseline: `zstd -d` of that file piped into `b3sum`.
  *
  * The data is half shared-library bytes from `/usr/lib` (a stand-in for
  * Nix store paths; compresses to ~40 %) and half random, interleaved in
- * 8 MiB runs. The service runs with the chunk Worker pool (default) and
- * with `workers: 0` (all on the main thread), on `objectstore+file` and,
- * to separate filesystem cost from chunking/hashing/zstd, on
- * `objectstore+memory`. Prints MB/s, ratios to the baseline, the process
- * CPU time per MB (all threads; less sensitive than MB/s to other load on
- * the machine), and the bytes on disk.
+ * 8 MiB runs. Each round runs every side in turn (interleaved, so drift
+ * in the machine's state hits every side alike); the medians and spreads
+ * (min–max) over the rounds are printed with the ratio of medians to the
+ * baseline, the process CPU time per MB (all threads; less sensitive than
+ * MB/s to other load), the bytes on disk, and the load average before and
+ * after.
  *
- * Usage: `deno run -A scripts/bench_blob.ts [--size-mib 512]`
+ * Usage: `deno run -A scripts/bench_blob.ts [--size-mib 512] [--rounds 3]`
  *
  * @module
  */
 import { join } from "node:path";
 import { cpuUsage } from "node:process";
+import type { BlobService } from "../src/castore/blob/service.ts";
 import { ObjectStoreBlobService } from "../src/castore/blob/objectstore.ts";
+import { PackBlobService } from "../src/castore/blob/pack.ts";
 import { FileObjectStore } from "../src/castore/objectstore/file.ts";
 import { MemoryObjectStore } from "../src/castore/objectstore/memory.ts";
 import { toHex } from "../src/castore/digest.ts";
+import { numberArg } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const RUN = 8 * MiB;
 const PIECE = MiB;
-
-function argSize(): number {
-  const i = Deno.args.indexOf("--size-mib");
-  return (i >= 0 ? Number(Deno.args[i + 1]) : 512) * MiB;
-}
+const SIZE = numberArg("size-mib", 512) * MiB;
+const ROUNDS = numberArg("rounds", 3);
 
 /** Up to `want` bytes of regular files below `dir`, in sorted path order. */
 function libraryBytes(dir: string, want: number): Uint8Array {
@@ -109,13 +110,31 @@ async function duBytes(dir: string): Promise<number> {
   return Number((await sh(`du -sb '${dir}' | cut -f1`)).trim());
 }
 
-async function measureService(
-  data: Uint8Array,
-  dir: string | undefined,
-  workers: number | undefined,
-) {
-  const store = dir ? new FileObjectStore(dir) : new MemoryObjectStore();
-  const service = new ObjectStoreBlobService(store, { workers });
+/** One side: a blob service on a directory (or in memory). */
+interface Side {
+  label: string;
+  open(dir: string): BlobService;
+  onDisk: boolean;
+}
+
+const SIDES: Side[] = [
+  { label: "pack (embedded default)", open: (dir) => new PackBlobService(dir), onDisk: true },
+  {
+    label: "objectstore+file",
+    open: (dir) => new ObjectStoreBlobService(new FileObjectStore(dir)),
+    onDisk: true,
+  },
+  {
+    label: "objectstore+memory",
+    open: () => new ObjectStoreBlobService(new MemoryObjectStore()),
+    onDisk: false,
+  },
+];
+
+/** Writes `data` as one blob into a fresh service, then reads it back. */
+async function measureService(data: Uint8Array, side: Side, dir: string) {
+  await Deno.mkdir(dir, { recursive: true });
+  const service = side.open(dir);
   try {
     let c = cpuUsage();
     let t = performance.now();
@@ -131,66 +150,91 @@ async function measureService(
     const read = mbps(data.length, performance.now() - t);
     const readCpu = cpuMs(c) / (data.length / 1e6);
     if (n !== data.length) throw new Error(`read ${n} bytes, wrote ${data.length}`);
-    const disk = dir ? await duBytes(dir) : undefined;
+    const disk = side.onDisk ? await duBytes(dir) : undefined;
     return { write, read, writeCpu, readCpu, digest: toHex(digest), disk };
   } finally {
     await service.close();
+    await Deno.remove(dir, { recursive: true });
   }
 }
 
-const size = argSize();
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+const spread = (xs: number[]) => `${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}`;
+
+const loadavg = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+
 const tmp = await Deno.makeTempDir({ prefix: "bench-blob-" });
 try {
-  const data = mixedData(size);
+  const data = mixedData(SIZE);
   const input = join(tmp, "input.bin");
   await Deno.writeFile(input, data);
+  console.log(
+    `${SIZE / MiB} MiB, half /usr/lib bytes, half random; ${ROUNDS} rounds, interleaved; ` +
+      `load average ${loadavg()}`,
+  );
 
-  // Baselines (input in the page cache, as the service's is in memory).
   const zst = join(tmp, "input.zst");
-  let t = performance.now();
-  const [b3] = await Promise.all([
-    sh(`b3sum --no-names '${input}'`),
-    sh(`zstd -3 -T2 -q -f -o '${zst}' '${input}'`),
-  ]);
-  const baseWrite = mbps(size, performance.now() - t);
-  t = performance.now();
-  const b3read = await sh(`zstd -d -q -c '${zst}' | b3sum --no-names`);
-  const baseRead = mbps(size, performance.now() - t);
-  if (b3read.trim() !== b3.trim()) throw new Error("baseline round trip mismatch");
-  const zstSize = (await Deno.stat(zst)).size;
+  const base = { write: [] as number[], read: [] as number[] };
+  const results = SIDES.map(() => ({
+    write: [] as number[],
+    read: [] as number[],
+    writeCpu: [] as number[],
+    readCpu: [] as number[],
+    disk: 0,
+  }));
+  let b3 = "";
+  for (let round = 0; round < ROUNDS; round++) {
+    // Baseline (input in the page cache, as the services' is in memory).
+    let t = performance.now();
+    const [sum] = await Promise.all([
+      sh(`b3sum --no-names '${input}'`),
+      sh(`zstd -3 -T2 -q -f -o '${zst}' '${input}'`),
+    ]);
+    base.write.push(mbps(SIZE, performance.now() - t));
+    b3 = sum.trim();
+    t = performance.now();
+    const b3read = await sh(`zstd -d -q -c '${zst}' | b3sum --no-names`);
+    base.read.push(mbps(SIZE, performance.now() - t));
+    if (b3read.trim() !== b3) throw new Error("baseline round trip mismatch");
 
+    for (const [i, side] of SIDES.entries()) {
+      const r = await measureService(data, side, join(tmp, `store-${i}`));
+      if (r.digest !== b3) throw new Error(`digest mismatch: ${r.digest} vs ${b3}`);
+      const acc = results[i];
+      acc.write.push(r.write);
+      acc.read.push(r.read);
+      acc.writeCpu.push(r.writeCpu);
+      acc.readCpu.push(r.readCpu);
+      acc.disk = r.disk ?? 0;
+    }
+  }
+  const zstSize = (await Deno.stat(zst)).size;
+  const baseWrite = median(base.write), baseRead = median(base.read);
   console.log(
-    `${size / MiB} MiB, half /usr/lib bytes, half random; load average ${
-      Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ")
-    }`,
+    `baseline b3sum + zstd -3 -T2     write ${baseWrite.toFixed(0)} MB/s (${
+      spread(base.write)
+    }), read ${baseRead.toFixed(0)} MB/s (${spread(base.read)}) (zstd -d | b3sum), ${
+      (zstSize / MiB).toFixed(0)
+    } MiB compressed`,
   );
-  console.log(
-    `baseline b3sum + zstd -3 -T2   write ${baseWrite.toFixed(0)} MB/s, read ${
-      baseRead.toFixed(0)
-    } MB/s (zstd -d | b3sum), ${(zstSize / MiB).toFixed(0)} MiB compressed`,
-  );
-  const runs = [
-    ["file", "workers (default)", undefined],
-    ["file", "main thread only", 0],
-    // Without the filesystem: what chunking, hashing and zstd alone reach.
-    ["memory", "workers (default)", undefined],
-    ["memory", "main thread only", 0],
-  ] as const;
-  for (const [kind, label, workers] of runs) {
-    const dir = kind === "file" ? join(tmp, `store-${workers ?? "default"}`) : undefined;
-    const r = await measureService(data, dir, workers);
-    if (r.digest !== b3.trim()) throw new Error(`digest mismatch: ${r.digest} vs ${b3.trim()}`);
+  for (const [i, side] of SIDES.entries()) {
+    const r = results[i];
     console.log(
-      `objectstore+${kind.padEnd(6)} ${label.padEnd(17)} write ${r.write.toFixed(0)} MB/s (${
-        (r.write / baseWrite).toFixed(2)
-      }x, ${r.writeCpu.toFixed(1)} ms CPU/MB), read ${r.read.toFixed(0)} MB/s (${
-        (r.read / baseRead).toFixed(2)
-      }x, ${r.readCpu.toFixed(1)} ms CPU/MB)${
-        r.disk === undefined ? "" : `, ${(r.disk / MiB).toFixed(0)} MiB on disk`
+      `${side.label.padEnd(24)} write ${median(r.write).toFixed(0)} MB/s (${spread(r.write)}; ${
+        (median(r.write) / baseWrite).toFixed(2)
+      }x, ${median(r.writeCpu).toFixed(1)} ms CPU/MB), read ${median(r.read).toFixed(0)} MB/s (${
+        spread(r.read)
+      }; ${(median(r.read) / baseRead).toFixed(2)}x, ${median(r.readCpu).toFixed(1)} ms CPU/MB)${
+        side.onDisk ? `, ${(r.disk / MiB).toFixed(0)} MiB on disk` : ""
       }`,
     );
-    if (dir) await Deno.remove(dir, { recursive: true });
   }
+  console.log(`load average after ${loadavg()}`);
 } finally {
   await Deno.remove(tmp, { recursive: true });
 }

@@ -7,8 +7,10 @@
  * For each tree, every round runs, in this order (interleaved, so drift in
  * the machine's state hits every side alike; each starts after `sync`):
  * - `nix-store --add` into a fresh local store (the baseline);
- * - `tvix-store import` straight into a fresh embedded layout
- *   (objectstore+file blobs, SQLite metadata);
+ * - `tvix-store import` straight into a fresh embedded store (pack
+ *   blobs, SQLite metadata);
+ * - `tvix-store import` straight into `objectstore+file://` blobs and
+ *   directories plus `sqlite://` path infos (the upstream object layout);
  * - `tvix-store import` through a fresh `tvix-store daemon` on its embedded
  *   store (the README's path), over TCP on loopback;
  * - the same import again through that daemon, the tree unchanged.
@@ -204,7 +206,13 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
   // Warm the page cache for every side alike.
   await new Deno.Command("sh", { args: ["-c", `find ${tree} -type f -exec cat {} + > /dev/null`] })
     .output();
-  const secs: Record<string, number[]> = { nix: [], direct: [], daemon: [], reimport: [] };
+  const secs: Record<string, number[]> = {
+    nix: [],
+    direct: [],
+    objectstore: [],
+    daemon: [],
+    reimport: [],
+  };
   let importerRss = 0, daemonRss = 0;
   let nixPath = "";
   let lastStore = "";
@@ -225,6 +233,17 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
     importerRss = Math.max(importerRss, d.rssKiB);
     if (lastStore) await Deno.remove(lastStore, { recursive: true });
     lastStore = store;
+
+    const objects = join(tmp, `objectstore-${round}`);
+    const o = await timed(importArgs(serviceAddrArgs({
+      blobServiceAddr: `objectstore+file://${objects}/blobs`,
+      directoryServiceAddr: `objectstore+file://${objects}/directories`,
+      pathInfoServiceAddr: `sqlite://${objects}/pathinfo.sqlite`,
+    })));
+    if (o.stdout !== nixPath) throw new Error(`store paths differ: ${o.stdout} vs ${nixPath}`);
+    secs.objectstore.push(o.secs);
+    importerRss = Math.max(importerRss, o.rssKiB);
+    await Deno.remove(objects, { recursive: true });
 
     const home = join(tmp, `daemon-${round}`);
     const daemon = await startDaemon(home);
@@ -274,7 +293,8 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
     );
   console.log(`  store path (all sides): ${nixPath}; ${ROUNDS} rounds, interleaved`);
   row("nix-store --add (baseline)", secs.nix, nix, "nix");
-  row("import, embedded layout", secs.direct, nix, "nix");
+  row("import, embedded store (pack)", secs.direct, nix, "nix");
+  row("import, objectstore+file + sqlite", secs.objectstore, nix, "nix");
   row("import through a daemon", secs.daemon, nix, "nix");
   row("re-import, unchanged, via daemon", secs.reimport, nix, "nix");
   row("NAR render from the store", render, median(dump), "dump");

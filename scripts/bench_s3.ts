@@ -1,6 +1,8 @@
 /**
  * S3 benchmark: how fast the store imports and serves NARs with its blobs
- * in S3 (`objectstore+s3://`, directories and path infos in SQLite), against
+ * in S3 (`objectstore+s3://`) and its directories and path infos in
+ * PostgreSQL (the scale-out deployment; SQLite where PostgreSQL is not
+ * installed, which the output then says), against
  * the same on the local embedded store (packs + SQLite), and against raw S3
  * PUT/GET of the same bytes in 256 KiB objects through the same client
  * (`src/castore/objectstore/s3_client.ts`, 64 requests in flight).
@@ -8,9 +10,11 @@
  * Each round runs every side in turn (the order rotates between rounds,
  * so drift in the machine's state hits every side alike), each into a
  * fresh bucket or directory:
- * - `tvix-store import` into the embedded layout, and into S3;
+ * - `tvix-store import` into the embedded layout, and into S3 + PostgreSQL
+ *   (a fresh database per round, from `scripts/postgres_test_server.sh`);
  * - raw PUT of the tree's files cut into 256 KiB objects;
- * - NAR rendering (in this process, services built fresh) from each store;
+ * - the NAR served over HTTP by a fresh `tvix-store nar-bridge` on each
+ *   store (what `nix copy --from` downloads);
  * - raw GET of the objects the raw PUT wrote.
  * Prints medians and spreads in MiB/s of tree (or NAR) bytes, the ratios
  * S3/local and S3/raw, and the load average before and after.
@@ -24,14 +28,9 @@
  * @module
  */
 import { join } from "node:path";
-import { blobServiceFromUrl } from "../src/castore/blob/from_url.ts";
-import { directoryServiceFromUrl } from "../src/castore/directory/from_url.ts";
 import { S3Client } from "../src/castore/objectstore/s3_client.ts";
 import { mapLimit } from "../src/concurrency.ts";
-import { renderNar } from "../src/nar/render.ts";
-import { pathInfoServiceFromUrl } from "../src/store/pathinfo/from_url.ts";
 import { embeddedAddrs, type ServiceAddrs } from "../src/store/services.ts";
-import { StorePath } from "../src/store/store_path.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { MAIN, numberArg } from "./support.ts";
 
@@ -41,6 +40,7 @@ const ROUNDS = numberArg("rounds", 3);
 const OBJECT = 256 * 1024;
 const INFLIGHT = 64;
 const SCRIPT = new URL("./s3_test_server.sh", import.meta.url).pathname;
+const PG_SCRIPT = new URL("./postgres_test_server.sh", import.meta.url).pathname;
 const td = new TextDecoder();
 
 interface Server {
@@ -94,6 +94,53 @@ async function s3Server(tmp: string): Promise<Server | undefined> {
     region: vars.S3_REGION,
     stop: async () => {
       await new Deno.Command("bash", { args: [SCRIPT, "stop"], env }).output();
+    },
+  };
+}
+
+/** A throw-away PostgreSQL cluster: a fresh database URL per call. */
+interface Postgres {
+  database(name: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** Starts the test script's cluster in a temp dir; `undefined` if PostgreSQL is not installed. */
+async function postgresServer(): Promise<Postgres | undefined> {
+  const sh = (...args: string[]) =>
+    new Deno.Command("sh", { args: [PG_SCRIPT, ...args], stdout: "piped", stderr: "piped" })
+      .output();
+  const bindir = await sh("bindir");
+  if (!bindir.success) return undefined;
+  // A directory of its own: as root, the script hands it to the postgres user.
+  const dir = await Deno.makeTempDir({ prefix: "bench-s3-pg-" });
+  const started = await sh("start", dir);
+  if (!started.success) {
+    throw new Error(`postgres_test_server.sh start failed:\n${td.decode(started.stderr)}`);
+  }
+  const socketDir = td.decode(started.stdout).trim();
+  const psql = `${td.decode(bindir.stdout).trim()}/psql`;
+  return {
+    database: async (name) => {
+      const out = await new Deno.Command(psql, {
+        args: [
+          "-h",
+          socketDir,
+          "-U",
+          "postgres",
+          "-d",
+          "postgres",
+          "-c",
+          `CREATE DATABASE ${name}`,
+        ],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      if (!out.success) throw new Error(`CREATE DATABASE failed: ${td.decode(out.stderr)}`);
+      return `postgres://postgres@${encodeURIComponent(socketDir)}/${name}`;
+    },
+    stop: async () => {
+      await sh("stop", dir);
+      await Deno.remove(dir, { recursive: true });
     },
   };
 }
@@ -154,20 +201,45 @@ async function importTree(
   return { secs, path: td.decode(out.stdout).trim() };
 }
 
-/** Renders the NAR of `path` from fresh services; returns seconds and NAR bytes. */
-async function renderFrom(addrs: ServiceAddrs, path: string): Promise<{ secs: number; n: number }> {
-  const blob = await blobServiceFromUrl(addrs.blobServiceAddr);
-  const dir = await directoryServiceFromUrl(addrs.directoryServiceAddr);
-  const pi = await pathInfoServiceFromUrl(addrs.pathInfoServiceAddr);
+/**
+ * Serves the NAR of `path` the way Nix fetches it: a `tvix-store nar-bridge`
+ * on `addrs` (started fresh, so nothing is cached), its narinfo, then the
+ * NAR over HTTP. Returns the seconds of the NAR download and its bytes.
+ */
+async function serveFrom(
+  addrs: ServiceAddrs,
+  path: string,
+  env: Record<string, string>,
+): Promise<{ secs: number; n: number }> {
+  const bridge = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "nar-bridge", "-l", "127.0.0.1:0", ...serviceAddrArgs(addrs)],
+    env,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
   try {
-    const node = (await pi.get(StorePath.parseAbsolute(path).digest))?.node?.node;
-    if (!node) throw new Error(`${path} not found`);
+    let log = "";
+    let address: string | undefined;
+    for await (const text of bridge.stderr.pipeThrough(new TextDecoderStream())) {
+      log += text;
+      address = / listening address=(\S+)/.exec(log)?.[1];
+      if (address) break;
+    }
+    if (!address) throw new Error(`nar-bridge did not start:\n${log}`);
+    const hash = path.slice("/nix/store/".length, "/nix/store/".length + 32);
+    const narinfo = await (await fetch(`http://${address}/${hash}.narinfo`)).text();
+    const url = /^URL: (\S+)$/m.exec(narinfo)?.[1];
+    if (!url) throw new Error(`no narinfo for ${path}: ${narinfo}`);
     const t0 = performance.now();
+    const res = await fetch(`http://${address}/${url}`);
+    if (res.status !== 200 || !res.body) throw new Error(`NAR: HTTP ${res.status}`);
     let n = 0;
-    for await (const piece of renderNar(node, blob, dir)) n += piece.length;
+    for await (const piece of res.body) n += piece.length;
     return { secs: (performance.now() - t0) / 1000, n };
   } finally {
-    await Promise.all([blob.close(), dir.close(), pi.close()]);
+    bridge.kill();
+    await bridge.status;
   }
 }
 
@@ -178,6 +250,12 @@ if (!server) {
   await Deno.remove(tmp, { recursive: true });
   Deno.exit(0);
 }
+const pg = await postgresServer().catch(async (err) => {
+  await server.stop();
+  throw err;
+});
+/** The S3 side's name: blobs in S3, the rest in PostgreSQL (or SQLite without it). */
+const S3_SIDE = pg ? "S3 + PostgreSQL" : "S3 + SQLite";
 try {
   const loadBefore = await loadavg();
   const tree = join(tmp, "tree");
@@ -194,8 +272,6 @@ try {
     AWS_REGION: server.region,
     AWS_ENDPOINT_URL: server.endpoint,
   };
-  // In-process services (NAR rendering) read the same variables.
-  for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
   const client = (bucket: string) =>
     new S3Client({
       endpoint: new URL(server.endpoint),
@@ -206,7 +282,8 @@ try {
     });
   console.log(
     `bench_s3: ${files.length} files, ${(bytes / MiB).toFixed(0)} MiB (${pieces.length} ` +
-      `objects of ≤256 KiB); S3 at ${server.endpoint}; ${ROUNDS} rounds; load ${loadBefore}`,
+      `objects of ≤256 KiB); S3 at ${server.endpoint}; ${S3_SIDE}; ${ROUNDS} rounds; ` +
+      `load ${loadBefore}`,
   );
 
   const mibs: Record<string, number[]> = {};
@@ -217,7 +294,9 @@ try {
     const bucket = `bench-${Date.now().toString(36)}-${round}`;
     await client(bucket).createBucket();
     const local = embeddedAddrs(join(tmp, `local-${round}`));
-    const db = `sqlite://${join(tmp, `s3-${round}.sqlite`)}`;
+    const db = pg
+      ? await pg.database(`bench_${round}`)
+      : `sqlite://${join(tmp, `s3-${round}.sqlite`)}`;
     const s3: ServiceAddrs = {
       blobServiceAddr: `objectstore+s3://${bucket}/store`,
       directoryServiceAddr: db,
@@ -229,16 +308,16 @@ try {
         const r = await importTree(tree, local, env);
         record("import, local store", bytes, r.secs);
         storePath = r.path;
-        const n = await renderFrom(local, r.path);
-        record("NAR render, local store", n.n, n.secs);
+        const n = await serveFrom(local, r.path, env);
+        record("NAR served, local store", n.n, n.secs);
       },
       s3: async () => {
         const r = await importTree(tree, s3, env);
-        record("import, S3 + SQLite", bytes, r.secs);
+        record(`import, ${S3_SIDE}`, bytes, r.secs);
         if (storePath && r.path !== storePath) throw new Error("store paths differ");
         storePath = r.path;
-        const n = await renderFrom(s3, r.path);
-        record("NAR render, S3 + SQLite", n.n, n.secs);
+        const n = await serveFrom(s3, r.path, env);
+        record(`NAR served, ${S3_SIDE}`, n.n, n.secs);
       },
       raw: async () => {
         let t0 = performance.now();
@@ -259,20 +338,21 @@ try {
   for (const [side, xs] of Object.entries(mibs)) {
     const lo = Math.min(...xs).toFixed(1), hi = Math.max(...xs).toFixed(1);
     console.log(
-      `  ${side.padEnd(26)} median ${m(side).toFixed(1).padStart(7)} MiB/s (${lo}–${hi})`,
+      `  ${side.padEnd(28)} median ${m(side).toFixed(1).padStart(7)} MiB/s (${lo}–${hi})`,
     );
   }
   const ratio = (a: string, b: string) => (m(a) / m(b)).toFixed(2);
   console.log(
-    `  import: S3/local ${ratio("import, S3 + SQLite", "import, local store")}, ` +
-      `S3/raw PUT ${ratio("import, S3 + SQLite", "raw S3 PUT, same bytes")}`,
+    `  import: S3/local ${ratio(`import, ${S3_SIDE}`, "import, local store")}, ` +
+      `S3/raw PUT ${ratio(`import, ${S3_SIDE}`, "raw S3 PUT, same bytes")}`,
   );
   console.log(
-    `  NAR:    S3/local ${ratio("NAR render, S3 + SQLite", "NAR render, local store")}, ` +
-      `S3/raw GET ${ratio("NAR render, S3 + SQLite", "raw S3 GET, same bytes")}`,
+    `  NAR:    S3/local ${ratio(`NAR served, ${S3_SIDE}`, "NAR served, local store")}, ` +
+      `S3/raw GET ${ratio(`NAR served, ${S3_SIDE}`, "raw S3 GET, same bytes")}`,
   );
   console.log(`  load average before ${loadBefore}, after ${await loadavg()}`);
 } finally {
+  await pg?.stop();
   await server.stop();
   await Deno.remove(tmp, { recursive: true });
 }

@@ -12,7 +12,7 @@
  * @module
  */
 import postgres from "postgres";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
 import { log } from "../log.ts";
 import { describePostgres, type PostgresConfig } from "./postgres_url.ts";
 
@@ -68,10 +68,39 @@ export function postgresErrorText(err: unknown): string {
   return errorMessage(err);
 }
 
-/** `err` as a `StorageError` "postgres WHAT: …" (our own errors pass through). */
+/** The driver's own codes for a connection that could not be made or was lost. */
+const CONNECTION_CODES = new Set([
+  "CONNECTION_CLOSED",
+  "CONNECTION_DESTROYED",
+  "CONNECTION_ENDED",
+  "CONNECT_TIMEOUT",
+]);
+/** SQLSTATEs saying the server is going away or cannot take a session now. */
+const UNAVAILABLE_STATES = new Set(["57P01", "57P02", "57P03", "53300"]);
+
+/**
+ * Whether `err` says the server is out of reach (refused, reset or lost
+ * connection, a timeout, a server shutting down) rather than that a
+ * statement failed: the first may succeed later, the second will not.
+ */
+export function isConnectionFailure(err: unknown): boolean {
+  if (err instanceof postgres.PostgresError) {
+    return err.code.startsWith("08") || UNAVAILABLE_STATES.has(err.code);
+  }
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (typeof code !== "string") return false;
+  // Socket errors: ECONNREFUSED, ECONNRESET, ENOENT (no Unix socket), EPIPE, ETIMEDOUT, …
+  return CONNECTION_CODES.has(code) || /^E[A-Z]+$/.test(code);
+}
+
+/**
+ * `err` as a `StorageError` "postgres WHAT: …", an `UnavailableError` if
+ * the server could not be reached (our own errors pass through).
+ */
 function storageError(what: string, err: unknown): Error {
   if (err instanceof StorageError || err instanceof InvalidRequestError) return err;
-  return new StorageError(`postgres ${what}: ${postgresErrorText(err)}`);
+  const text = `postgres ${what}: ${postgresErrorText(err)}`;
+  return isConnectionFailure(err) ? new UnavailableError(text) : new StorageError(text);
 }
 
 function isRetryable(err: unknown): boolean {
@@ -144,7 +173,10 @@ export class PostgresDb implements Queryable {
     } catch (err) {
       await db.close().catch(() => {});
       const text = err instanceof StorageError ? err.message : postgresErrorText(err);
-      throw new StorageError(`unable to open postgres ${db.#where}: ${text}`);
+      const unreachable = err instanceof UnavailableError || isConnectionFailure(err);
+      throw new (unreachable ? UnavailableError : StorageError)(
+        `unable to open postgres ${db.#where}: ${text}`,
+      );
     }
   }
 

@@ -42,6 +42,9 @@ const OBJECT_STORE_FORMS = [
   "objectstore+s3://BUCKET/PREFIX",
 ];
 
+/** The near/far composition (docs/storage.md#near-cache); both inner URLs percent-encoded. */
+const CACHE_FORM = "cache://?near=URL&far=URL";
+
 /**
  * The URL forms each service accepts, in the order the docs list them
  * (docs/architecture.md#service-urls). Keep in step with the `from_url.ts`
@@ -49,13 +52,14 @@ const OBJECT_STORE_FORMS = [
  * listed here is accepted there.
  */
 export const SERVICE_URL_FORMS: Readonly<Record<ServiceKind, readonly string[]>> = {
-  blob: ["memory://", "pack:///DIR", ...OBJECT_STORE_FORMS, ...GRPC_FORMS],
+  blob: ["memory://", "pack:///DIR", ...OBJECT_STORE_FORMS, ...GRPC_FORMS, CACHE_FORM],
   directory: [
     "memory://",
     "sqlite:///FILE",
     "postgres://HOST/DB",
     ...OBJECT_STORE_FORMS,
     ...GRPC_FORMS,
+    CACHE_FORM,
   ],
   "path info": ["memory://", "sqlite:///FILE", "postgres://HOST/DB", ...GRPC_FORMS],
 };
@@ -84,6 +88,54 @@ export function checkServiceUrl(kind: ServiceKind, text: string): void {
   const accepted = SERVICE_URL_FORMS[kind].some((form) => form.startsWith(`${scheme}:`));
   if (!accepted) throw unknownScheme(url, kind);
   if (scheme === "memory") checkMemoryUrl(url);
+  if (scheme === "cache") {
+    const { near, far } = parseCacheUrl(url);
+    checkServiceUrl(kind, near);
+    checkServiceUrl(kind, far);
+  }
+}
+
+/** The two services a `cache://` URL composes. */
+export interface CacheUrlParts {
+  /** The store tried first and filled with what was fetched (a local disk). */
+  near: string;
+  /** The store of record: writes go here, misses are fetched from here. */
+  far: string;
+}
+
+/**
+ * Splits `cache://?near=URL&far=URL`. Each inner URL is decoded with
+ * `decodeURIComponent` (a `+` stays a `+`, as in `objectstore+s3`), so an
+ * inner URL's own `&` and `?` must be percent-encoded. Throws
+ * `StorageError` for a host, a path, an unknown, repeated or missing
+ * parameter.
+ */
+export function parseCacheUrl(url: URL): CacheUrlParts {
+  const usage = `(expected ${CACHE_FORM}, each URL percent-encoded)`;
+  if (url.host !== "" || (url.pathname !== "" && url.pathname !== "/")) {
+    throw new StorageError(`invalid url: ${url.href}: cache:// takes no host or path ${usage}`);
+  }
+  const parts: Partial<CacheUrlParts> = {};
+  for (const pair of url.search.slice(1).split("&")) {
+    if (pair === "") continue;
+    const eq = pair.indexOf("=");
+    const name = eq < 0 ? pair : pair.slice(0, eq);
+    if (name !== "near" && name !== "far") {
+      throw new StorageError(`invalid url: ${url.href}: unknown cache parameter ${name} ${usage}`);
+    }
+    if (parts[name] !== undefined) {
+      throw new StorageError(`invalid url: ${url.href}: ${name} given twice ${usage}`);
+    }
+    try {
+      parts[name] = decodeURIComponent(pair.slice(eq + 1));
+    } catch {
+      throw new StorageError(`invalid url: ${url.href}: bad escape in ${name} ${usage}`);
+    }
+  }
+  if (!parts.near || !parts.far) {
+    throw new StorageError(`invalid url: ${url.href}: near and far are both required ${usage}`);
+  }
+  return { near: parts.near, far: parts.far };
 }
 
 /**

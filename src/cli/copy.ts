@@ -237,6 +237,7 @@ function copiedPathInfo(entry: ClosureEntry, tree: IngestedTree, m: CopyModules)
       referenceNames: refs.map((r) => r.basename()),
       deriver: undefined,
       ca: undefined,
+      upload: undefined,
     },
   };
 }

@@ -14,7 +14,12 @@ import { addServiceOptions, parseDuration } from "./common.ts";
 import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { constructServices } from "../store/services.ts";
 import { recordingAccesses } from "../store/pathinfo/access_recording.ts";
-import { type NarBridgeOptions, startNarBridge } from "../narbridge/server.ts";
+import {
+  DEFAULT_NARINFO_TTL_SECONDS,
+  type NarBridgeOptions,
+  startNarBridge,
+} from "../narbridge/server.ts";
+import { readTokenFile } from "../narbridge/auth.ts";
 import { DEFAULT_HTTP_LIMITS } from "../narbridge/http.ts";
 import { DEFAULT_UPLOAD_LEASE_MS } from "../narbridge/staging.ts";
 import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";
@@ -36,6 +41,19 @@ export interface NarBridgeFlags {
   maxConnections?: number;
   /** Milliseconds (parsed from a duration). */
   uploadLease?: number;
+  /** Milliseconds (parsed from a duration); may be 0. */
+  narinfoTtl?: number;
+  priority?: number;
+  uploadTokenFile?: string;
+  readTokenFile?: string;
+}
+
+function parsePriority(text: string): number {
+  const n = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n)) {
+    throw new Error(`invalid --priority ${JSON.stringify(text)} (a whole number, 0 or more)`);
+  }
+  return n;
 }
 
 /** A duration flag's parser: positive, in milliseconds. */
@@ -64,7 +82,8 @@ const duration = (ms: number) => ms % 60_000 === 0 ? `${ms / 60_000}m` : `${ms /
  * Adds the bridge's flags to `cmd` (shared by `nar-bridge` and `daemon`):
  * `--signing-key-file`, `--trusted-public-keys`, `--nar-compression`, and
  * the limits `--header-timeout`, `--body-timeout`, `--max-connections`,
- * `--upload-lease`.
+ * `--upload-lease`, and how the cache is deployed: `--priority`,
+ * `--narinfo-ttl`, `--upload-token-file`, `--read-token-file`.
  */
 export function addNarBridgeOptions(cmd: Command): Command {
   return cmd
@@ -127,6 +146,38 @@ export function addNarBridgeOptions(cmd: Command): Command {
         .env("NAR_BRIDGE_UPLOAD_LEASE")
         .argParser(durationFlag("--upload-lease"))
         .default(DEFAULT_UPLOAD_LEASE_MS, duration(DEFAULT_UPLOAD_LEASE_MS)),
+    )
+    .addOption(
+      new Option(
+        "--priority <n>",
+        "binary cache: Priority in nix-cache-info (Nix prefers lower numbers)",
+      )
+        .env("NAR_BRIDGE_PRIORITY")
+        .argParser(parsePriority)
+        .default(39),
+    )
+    .addOption(
+      new Option(
+        "--narinfo-ttl <duration>",
+        "binary cache: Cache-Control max-age of narinfos (how long a deleted path may " +
+          "still be handed out by HTTP caches)",
+      )
+        .env("NAR_BRIDGE_NARINFO_TTL")
+        .argParser((text: string) => parseDuration(text, "--narinfo-ttl"))
+        .default(DEFAULT_NARINFO_TTL_SECONDS * 1000, `${DEFAULT_NARINFO_TTL_SECONDS}s`),
+    )
+    .addOption(
+      new Option(
+        "--upload-token-file <path>",
+        "binary cache: uploads need one of these tokens (one per line), as Bearer token " +
+          "or Basic-auth password (nix: netrc-file)",
+      ).env("NAR_BRIDGE_UPLOAD_TOKEN_FILE"),
+    )
+    .addOption(
+      new Option(
+        "--read-token-file <path>",
+        "binary cache: reads need one of these tokens or an upload token",
+      ).env("NAR_BRIDGE_READ_TOKEN_FILE"),
     );
 }
 
@@ -135,6 +186,10 @@ export async function loadNarBridgeOptions(flags: NarBridgeFlags): Promise<NarBr
   const opts: NarBridgeOptions = {
     compression: flags.narCompression ?? "none",
     uploadLeaseMs: flags.uploadLease,
+    priority: flags.priority,
+    narinfoTtlSeconds: flags.narinfoTtl === undefined
+      ? undefined
+      : Math.floor(flags.narinfoTtl / 1000),
     limits: {
       headerTimeoutMs: flags.headerTimeout,
       bodyTimeoutMs: flags.bodyTimeout,
@@ -142,6 +197,16 @@ export async function loadNarBridgeOptions(flags: NarBridgeFlags): Promise<NarBr
     },
   };
   if (flags.signingKeyFile) opts.signingKey = await SecretKey.fromFile(flags.signingKeyFile);
+  if (flags.uploadTokenFile || flags.readTokenFile) {
+    opts.tokens = {
+      upload: flags.uploadTokenFile
+        ? await readTokenFile(flags.uploadTokenFile, "--upload-token-file")
+        : undefined,
+      read: flags.readTokenFile
+        ? await readTokenFile(flags.readTokenFile, "--read-token-file")
+        : undefined,
+    };
+  }
   if (flags.trustedPublicKeys !== undefined) {
     const keys = parsePublicKeys(flags.trustedPublicKeys);
     if (keys.length === 0) throw new Error("--trusted-public-keys lists no key");

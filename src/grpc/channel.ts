@@ -10,7 +10,7 @@ import "./h2_goaway_workaround.ts";
 import "./h2_quiet_end.ts";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
 
 /** Where a `grpc+…` URL points, in the form grpc-js wants. */
 export interface GrpcEndpoint {
@@ -280,7 +280,7 @@ export async function channelFor(url: string): Promise<ChannelLease> {
       await waitReady(held.channel);
     } catch (err) {
       lease.release();
-      throw new StorageError(`unable to connect to ${url}: ${errorMessage(err)}`);
+      throw new UnavailableError(`unable to connect to ${url}: ${errorMessage(err)}`);
     }
   }
   return lease;
@@ -314,8 +314,11 @@ export function isNotFound(err: unknown): boolean {
 /**
  * Converts a failed call into the castore error model: INVALID_ARGUMENT
  * stays the caller's fault (so a daemon proxying to another daemon keeps
- * returning INVALID_ARGUMENT), everything else is a `StorageError` carrying
- * the status name and text. NOT_FOUND is handled by callers as absence.
+ * returning INVALID_ARGUMENT), UNAVAILABLE and DEADLINE_EXCEEDED (the
+ * server is down, unreachable or too slow: a retry may work) are an
+ * `UnavailableError`, everything else is an {@linkcode UpstreamError}
+ * carrying the status name and text. NOT_FOUND is handled by callers as
+ * absence.
  */
 export function callError(err: unknown): Error {
   const e = err as Partial<grpc.ServiceError> | undefined;
@@ -323,9 +326,16 @@ export function callError(err: unknown): Error {
     return err instanceof Error ? err : new StorageError(String(err));
   }
   const text = `${grpc.status[e.code] ?? e.code}: ${e.details ?? e.message ?? ""}`;
-  return e.code === grpc.status.INVALID_ARGUMENT
-    ? new InvalidRequestError(text)
-    : new StorageError(text);
+  if (e.code === grpc.status.INVALID_ARGUMENT) return new InvalidRequestError(text);
+  if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
+    return new UnavailableError(text);
+  }
+  return new UpstreamError(text);
+}
+
+/** The remote server answered a call with a failure (other than absence or unavailability). */
+export class UpstreamError extends StorageError {
+  override name = "UpstreamError";
 }
 
 /** Runs a unary call; resolves `undefined` on NOT_FOUND, rejects with {@linkcode callError}. */

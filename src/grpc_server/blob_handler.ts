@@ -17,7 +17,7 @@ import {
 import type { BlobService, ChunkMeta } from "../castore/blob/service.ts";
 import { B3_LEN, b3Display, concatBytes, type Digest } from "../castore/digest.ts";
 import { release } from "../castore/blob/chunk_codec.ts";
-import { errorMessage, StorageError } from "../errors.ts";
+import { errorMessage, StorageError, UnavailableError } from "../errors.ts";
 import {
   clientStreamHandler,
   receiveAll,
@@ -315,7 +315,7 @@ export const blobServiceDefinition: typeof BlobServiceService = {
  * (`MAX_DIRECTORY_MESSAGE_BYTES`), so blob messages are held to the
  * smaller limit here, before anything of them is written.
  */
-function checkChunkSize(length: number, max: number): void {
+export function checkChunkSize(length: number, max: number): void {
   const size = blobChunkMessageBytes(length);
   if (size > max) {
     throw new RpcError(
@@ -333,6 +333,15 @@ export interface BlobHandlerOptions {
 
 /** Default largest `BlobChunk` accepted: the 4 MiB every gRPC stack accepts by default. */
 export const MAX_PUT_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * A failed upload: INTERNAL as in the reference, but UNAVAILABLE when the
+ * store is out of reach, so the client knows a retry may succeed.
+ */
+function uploadError(what: string, err: unknown): RpcError {
+  const code = err instanceof UnavailableError ? Code.UNAVAILABLE : Code.INTERNAL;
+  return new RpcError(code, `${what}: ${errorMessage(err)}`);
+}
 
 /** Builds the BlobService handlers. */
 export function blobHandler(blob: BlobService, opts: BlobHandlerOptions = {}): BlobServiceServer {
@@ -380,7 +389,7 @@ export function blobHandler(blob: BlobService, opts: BlobHandlerOptions = {}): B
           try {
             await writer.write(chunk.data);
           } catch (err) {
-            throw new RpcError(Code.INTERNAL, `error copying: ${errorMessage(err)}`);
+            throw uploadError("error copying", err);
           }
         }
       } catch (err) {
@@ -392,7 +401,7 @@ export function blobHandler(blob: BlobService, opts: BlobHandlerOptions = {}): B
         return { digest: await writer.close() };
       } catch (err) {
         await writer.abort().catch(() => {});
-        throw new RpcError(Code.INTERNAL, `error closing stream: ${errorMessage(err)}`);
+        throw uploadError("error closing stream", err);
       }
     }),
   };

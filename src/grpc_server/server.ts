@@ -23,6 +23,8 @@ import type { NarCalculationService } from "../nar/calculation.ts";
 import { blobHandler, blobServiceDefinition } from "./blob_handler.ts";
 import { directoryHandler } from "./directory_handler.ts";
 import { pathInfoHandler } from "./pathinfo_handler.ts";
+import { smallBlobHandler } from "./small_blob_handler.ts";
+import { smallBlobServiceDefinition } from "../grpc/small_blobs.ts";
 import { MAX_RESPONSE_MESSAGE_BYTES } from "../grpc/status.ts";
 import { MAX_DIRECTORY_MESSAGE_BYTES } from "../grpc/channel.ts";
 import { errorMessage } from "../errors.ts";
@@ -72,6 +74,11 @@ export interface GrpcServerOptions {
   maxReceiveMessageBytes?: number;
   /** Serve gRPC server reflection (default true). */
   reflection?: boolean;
+  /**
+   * Serve our `SmallBlobService` extension (default true); off, the
+   * server looks like an upstream one to clients.
+   */
+  smallBlobs?: boolean;
   /** Also serve our AdminService with these handlers (docs/gc.md#the-admin-service). */
   admin?: AdminServiceServer;
 }
@@ -147,6 +154,12 @@ export function createGrpcServer(
     blobServiceDefinition,
     blobHandler(services.blob, { maxMessageBytes: maxReceive }),
   );
+  if (opts.smallBlobs ?? true) {
+    server.addService(
+      smallBlobServiceDefinition,
+      smallBlobHandler(services.blob, { maxMessageBytes: maxReceive }),
+    );
+  }
   server.addService(DirectoryServiceService, directoryHandler(services.directory));
   server.addService(
     PathInfoServiceService,

@@ -16,7 +16,13 @@
  */
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { createBrotliDecompress, createGunzip, createZstdCompress } from "node:zlib";
+import {
+  createBrotliCompress,
+  createBrotliDecompress,
+  createGunzip,
+  createGzip,
+  createZstdCompress,
+} from "node:zlib";
 import type { Transform } from "node:stream";
 import { concatBytes } from "../castore/digest.ts";
 import { errorMessage } from "../errors.ts";
@@ -80,15 +86,16 @@ async function* throughTransform(
   }
 }
 
-/** Pipes a stream through an external decompressor (`<tool> -dc`). */
+/** Pipes a stream through an external tool (`<tool> -dc` decompresses). */
 async function* throughTool(
   input: AsyncIterable<Uint8Array>,
   tool: string,
+  args = ["-dc"],
 ): AsyncGenerator<Uint8Array> {
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(tool, {
-      args: ["-dc"],
+      args,
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -196,4 +203,35 @@ export async function* decompressUpload(
 /** zstd-compresses a stream (for `.nar.zst` downloads), with backpressure. */
 export function compressZstd(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   return throughTransform(input, createZstdCompress(), "zstd compression");
+}
+
+/** Whether {@linkcode compressAs} can produce Nix's compression `name`. */
+export function isCodec(name: string): name is Codec {
+  return ["none", "zstd", "xz", "bzip2", "gzip", "br"].includes(name);
+}
+
+/**
+ * Compresses a NAR stream with `codec` (Nix's names), to serve an uploaded
+ * NAR URL in the compression its narinfo names. xz and bzip2 go through
+ * their tools, at their default levels.
+ */
+export function compressAs(
+  codec: Codec,
+  input: AsyncIterable<Uint8Array>,
+): AsyncGenerator<Uint8Array> {
+  switch (codec) {
+    case "none":
+      return (async function* () {
+        yield* input;
+      })();
+    case "zstd":
+      return compressZstd(input);
+    case "gzip":
+      return throughTransform(input, createGzip(), "gzip compression");
+    case "br":
+      return throughTransform(input, createBrotliCompress(), "brotli compression");
+    case "xz":
+    case "bzip2":
+      return throughTool(input, codec, ["-c"]);
+  }
 }

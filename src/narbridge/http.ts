@@ -202,7 +202,7 @@ function drained(res: http.ServerResponse, stallMs: number): Promise<"drain" | "
 /**
  * Writes a streamed body: at most {@linkcode SEND_QUEUE_BYTES} (plus a
  * piece) queued for the socket, one more piece being rendered. Ends the
- * generator as soon as the client is gone.
+ * generator as soon as the client is gone. Returns the bytes written.
  */
 async function streamBody(
   res: http.ServerResponse,
@@ -210,8 +210,9 @@ async function streamBody(
   conn: Connection | undefined,
   stallMs: number,
   path: string,
-): Promise<void> {
+): Promise<number> {
   let onClose!: () => void;
+  let written = 0;
   const closed = new Promise<typeof CLOSED>((resolve) => (onClose = () => resolve(CLOSED)));
   res.once("close", onClose);
   if (conn) conn.cut = () => res.destroy();
@@ -227,6 +228,7 @@ async function streamBody(
         break;
       }
       res.write(step.value);
+      written += step.value.length;
       next = gen.next(); // rendered while the socket writes
       if (res.writableLength >= SEND_QUEUE_BYTES) {
         const how = await drained(res, stallMs);
@@ -252,7 +254,7 @@ async function streamBody(
     res.off("close", onClose);
     if (conn) conn.cut = undefined;
   }
-  if (outcome === "done") return;
+  if (outcome === "done") return written;
   // Releases the renderer and its blob readers (after the piece in progress).
   next.catch(() => {});
   await gen.return(undefined).catch(() => {});
@@ -260,9 +262,10 @@ async function streamBody(
   if (outcome === "stalled") {
     log.debug("nar-bridge: client stopped reading, response cut and released", { path });
   }
+  return written;
 }
 
-/** Sends `response` on `res`. */
+/** Sends `response` on `res`; returns the body bytes written. */
 async function send(
   req: http.IncomingMessage,
   res: http.ServerResponse,
@@ -270,7 +273,7 @@ async function send(
   conn: Connection | undefined,
   limits: HttpLimits,
   path: string,
-): Promise<void> {
+): Promise<number> {
   const headers = { ...response.headers };
   // An error answered before the body was read: the rest of it is not
   // wanted, and reading it just to keep the connection is not worth it.
@@ -278,14 +281,15 @@ async function send(
   res.writeHead(response.status, headers);
   const body = response.body;
   if (body === undefined || body instanceof Uint8Array || req.method === "HEAD") {
-    res.end(body instanceof Uint8Array && req.method !== "HEAD" ? body : undefined);
+    const sent = body instanceof Uint8Array && req.method !== "HEAD" ? body : undefined;
+    res.end(sent);
     if (body && !(body instanceof Uint8Array)) await body.return(undefined);
-    return;
+    return sent?.length ?? 0;
   }
   // Headers go out now, so a client sees the response start even if the
   // first piece takes a while (or fails, which then cuts the body).
   res.flushHeaders();
-  await streamBody(res, body, conn, limits.bodyTimeoutMs, path);
+  return await streamBody(res, body, conn, limits.bodyTimeoutMs, path);
 }
 
 /**
@@ -374,8 +378,18 @@ export function serveHttp(
       },
       body: requestBody(req, limits.bodyTimeoutMs),
     };
+    const started = performance.now();
     const task = handler(request)
-      .then((response) => send(req, res, response, conn, limits, path))
+      .then(async (response) => {
+        const bytes = await send(req, res, response, conn, limits, path);
+        log.debug("nar-bridge request", {
+          method: request.method,
+          path,
+          status: response.status,
+          bytes,
+          ms: Math.round(performance.now() - started),
+        });
+      })
       .catch((err) => {
         log.error("nar-bridge: request failed", { path, error: errorMessage(err) });
         res.destroy();

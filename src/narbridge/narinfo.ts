@@ -377,6 +377,7 @@ export function narInfoToPathInfo(ni: NarInfo): PathInfo {
         ? { name: ni.deriver.name, digest: ni.deriver.digest.slice() }
         : undefined,
       ca,
+      upload: undefined,
     },
   };
 }

@@ -12,7 +12,12 @@
  *   carry a Content-Length and honour single `Range`s;
  * - `PUT /nar/<anything>` then `PUT /<digest>.narinfo`, what `nix copy --to`
  *   sends: the NAR is decompressed and ingested into castore at once, and the
- *   PathInfo is written only when its narinfo arrives and agrees with it.
+ *   PathInfo is written only when its narinfo arrives and agrees with it;
+ *   `GET`/`HEAD` of that upload URL keep answering (`upload_urls.ts`);
+ * - `GET`/`HEAD /<digest>.ls`, the NAR listing (`listing.ts`).
+ *
+ * Tokens (`auth.ts`) guard uploads and optionally reads; a store out of
+ * reach answers 503.
  *
  * The HTTP side (connections, timeouts, streaming with backpressure and
  * cancellation) is `http.ts`; this module only maps requests to the store.
@@ -25,7 +30,8 @@
  */
 import { createHash } from "node:crypto";
 import { bytesEqual, concatBytes } from "../castore/digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
+import { UpstreamError } from "../grpc/channel.ts";
 import { type NodeVariant, renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
@@ -47,7 +53,17 @@ import {
   renderNarInfo,
 } from "./narinfo.ts";
 import { type PublicKey, type SecretKey, verifyAny } from "./signing.ts";
-import { compressZstd, DecompressError, decompressUpload } from "./compression.ts";
+import {
+  compressAs,
+  compressZstd,
+  DecompressError,
+  decompressUpload,
+  isCodec,
+} from "./compression.ts";
+import { UploadUrlIndex } from "./upload_urls.ts";
+import { narListing } from "./listing.ts";
+import { AccessControl, type AccessTokens } from "./auth.ts";
+import { validatePathInfo } from "../store/pathinfo/validate.ts";
 import { type ReleaseReason, Staging } from "./staging.ts";
 import {
   BodyStalled,
@@ -81,7 +97,20 @@ export interface NarBridgeOptions {
   uploadLeaseMs?: number;
   /** Header and body timeouts and the connection limit (unset: `DEFAULT_HTTP_LIMITS`). */
   limits?: Partial<HttpLimits>;
+  /** `max-age` of served narinfos, in seconds (default `DEFAULT_NARINFO_TTL_SECONDS`). */
+  narinfoTtlSeconds?: number;
+  /** Tokens needed to upload and (when read tokens are set) to read; unset: open. */
+  tokens?: AccessTokens;
 }
+
+/**
+ * How long clients and proxies may reuse a narinfo by default: short, so a
+ * path removed by `tvix-store delete` or gc stops being handed out soon.
+ */
+export const DEFAULT_NARINFO_TTL_SECONDS = 60;
+
+/** Cache-Control of NARs and listings: their URLs name their contents. */
+const IMMUTABLE = "public, max-age=31536000, immutable";
 
 /** A request that fails with a specific HTTP status. */
 class HttpError extends Error {
@@ -95,6 +124,7 @@ class HttpError extends Error {
 
 const NB32 = "[0-9a-df-np-sv-z]";
 const NARINFO_RE = new RegExp(`^/(${NB32}{32})\\.narinfo$`);
+const LISTING_RE = new RegExp(`^/(${NB32}{32})\\.ls$`);
 const NAR_RE = new RegExp(`^/nar/(${NB32}{32})-(${NB32}{52})\\.nar(\\.zst)?$`);
 const UPLOAD_RE = /^\/nar\/[A-Za-z0-9._-]+$/;
 const MAX_NARINFO_BYTES = 1 << 20;
@@ -203,10 +233,14 @@ export class NarBridge {
   readonly #services: NarBridgeServices;
   readonly #opts: NarBridgeOptions;
   readonly #staging: Staging;
+  readonly #uploads: UploadUrlIndex;
+  readonly #access: AccessControl;
 
   constructor(services: NarBridgeServices, opts: NarBridgeOptions = {}) {
     this.#services = services;
     this.#opts = opts;
+    this.#uploads = new UploadUrlIndex(services.pathInfo);
+    this.#access = new AccessControl(opts.tokens ?? {});
     this.#staging = new Staging({
       leaseMs: opts.uploadLeaseMs,
       onRelease: (path: string, reason: ReleaseReason) => {
@@ -219,6 +253,12 @@ export class NarBridge {
   /** Answers one request; never throws (failures become 4xx/5xx responses). */
   async handle(req: HttpRequest): Promise<HttpResponse> {
     const { method, path } = req;
+    if (this.#access.check(method, req.header("authorization")) === "unauthorized") {
+      log.info("nar-bridge request refused", { method, path, status: 401 });
+      return text(401, "a valid token is needed (Bearer, or the password of Basic auth)\n", {
+        "www-authenticate": 'Basic realm="nar-bridge"',
+      });
+    }
     try {
       return await this.#route(req);
     } catch (err) {
@@ -232,6 +272,16 @@ export class NarBridge {
         } else log.info("nar-bridge request refused", fields);
         return text(err.status, err.message + "\n");
       }
+      // A store out of reach (503) or one that answered with a failure (502)
+      // is not the bridge's fault; clients may retry later.
+      if (err instanceof UnavailableError) {
+        log.warn("nar-bridge: store unavailable", { method, path, error: errorMessage(err) });
+        return text(503, `store unavailable: ${errorMessage(err)}\n`, { "retry-after": "5" });
+      }
+      if (err instanceof UpstreamError) {
+        log.error("nar-bridge: store failed", { method, path, error: errorMessage(err) });
+        return text(502, `store failed: ${errorMessage(err)}\n`);
+      }
       log.error("nar-bridge request failed", { method, path, error: errorMessage(err) });
       return text(500, `internal error: ${errorMessage(err)}\n`);
     }
@@ -242,15 +292,29 @@ export class NarBridge {
     this.#staging.close();
   }
 
-  #route(req: HttpRequest): Promise<HttpResponse> {
+  async #route(req: HttpRequest): Promise<HttpResponse> {
+    const res = await this.#routeRequest(req);
+    // NAR and listing URLs name their contents: whatever they answer stays true.
+    if ((res.status === 200 || res.status === 206) && req.path !== "/nix-cache-info") {
+      if (req.path.startsWith("/nar/") || req.path.endsWith(".ls")) {
+        res.headers["cache-control"] = IMMUTABLE;
+      }
+    }
+    return res;
+  }
+
+  #routeRequest(req: HttpRequest): Promise<HttpResponse> {
     const { method, path } = req;
     const read = method === "GET" || method === "HEAD";
     if (path === "/nix-cache-info" && read) return Promise.resolve(this.#cacheInfo(method));
     let m = NARINFO_RE.exec(path);
     if (m && read) return this.#getNarInfo(method, m[1]);
     if (m && method === "PUT") return this.#putNarInfo(req, m[1]);
+    m = LISTING_RE.exec(path);
+    if (m && read) return this.#getListing(method, m[1]);
     m = NAR_RE.exec(path);
     if (m && read) return this.#getNar(req, m[1], m[2], m[3] !== undefined);
+    if (UPLOAD_RE.test(path) && read) return this.#getUploadedNar(req, path);
     if (UPLOAD_RE.test(path) && method === "PUT") return this.#putNar(req, path);
     if (read || method === "PUT") throw new HttpError(404, `not found: ${path}`);
     throw new HttpError(405, `method ${method} not allowed`);
@@ -282,6 +346,7 @@ export class NarBridge {
       referenceNames: [],
       deriver: undefined,
       ca: undefined,
+      upload: undefined,
     };
   }
 
@@ -312,9 +377,14 @@ export class NarBridge {
       ];
     }
     const body = encoder.encode(renderNarInfo(ni));
+    const ttl = this.#opts.narinfoTtlSeconds ?? DEFAULT_NARINFO_TTL_SECONDS;
     return {
       status: 200,
-      headers: { "content-type": "text/x-nix-narinfo", "content-length": String(body.length) },
+      headers: {
+        "content-type": "text/x-nix-narinfo",
+        "content-length": String(body.length),
+        "cache-control": `public, max-age=${ttl}`,
+      },
       body: method === "HEAD" ? undefined : body,
     };
   }
@@ -361,6 +431,42 @@ export class NarBridge {
     };
   }
 
+  /** The path's NAR listing (`listing.ts`). */
+  async #getListing(method: string, digestText: string): Promise<HttpResponse> {
+    const info = await this.#services.pathInfo.get(nixbase32.decode(digestText));
+    const node = info?.node?.node;
+    if (!node) throw new HttpError(404, `${digestText}.ls not found`);
+    const body = await narListing(node, this.#services.directory);
+    return {
+      status: 200,
+      headers: { "content-type": "application/json", "content-length": String(body.length) },
+      body: method === "HEAD" ? undefined : body,
+    };
+  }
+
+  /**
+   * A NAR at the URL `nix copy --to` uploaded it to (`upload_urls.ts`),
+   * rendered again in the compression its narinfo named.
+   */
+  async #getUploadedNar(req: HttpRequest, path: string): Promise<HttpResponse> {
+    const found = await this.#uploads.lookup(path.slice(1));
+    const node = found?.info.node?.node;
+    const narSha256 = found?.info.narinfo?.narSha256;
+    if (!found || !node || !narSha256 || !isCodec(found.upload.compression)) {
+      throw new HttpError(404, `not found: ${path}`);
+    }
+    const codec = found.upload.compression;
+    if (codec === "none" || codec === "zstd") {
+      // The same bytes as the bridge's own URL for this path (ranges included).
+      const digestText = nixbase32.encode(validatePathInfo(found.info).digest);
+      return this.#getNar(req, digestText, nixbase32.encode(narSha256), codec === "zstd");
+    }
+    const { blob, directory } = this.#services;
+    const headers = { "content-type": "application/x-nix-nar" };
+    if (req.method === "HEAD") return { status: 200, headers };
+    return { status: 200, headers, body: compressAs(codec, renderNar(node, blob, directory)) };
+  }
+
   async #putNar(req: HttpRequest, path: string): Promise<HttpResponse> {
     if (req.header("content-length") === "0") throw new HttpError(400, "empty NAR upload");
     const fileHash = createHash("sha256");
@@ -390,7 +496,7 @@ export class NarBridge {
       fileSize: BigInt(fileSize),
       fileSha256: new Uint8Array(fileHash.digest()),
     });
-    log.info("nar-bridge: NAR uploaded, waiting for its narinfo", {
+    log.debug("nar-bridge: NAR uploaded, waiting for its narinfo", {
       path,
       narSize: ingested.narSize,
     });
@@ -445,12 +551,23 @@ export class NarBridge {
       throw err;
     }
     info.node = { node: renameNode(staged.node, encoder.encode(ni.storePath.basename())) };
+    const uploadUrl = narPath.slice(1);
+    if (info.narinfo) {
+      info.narinfo.upload = {
+        url: uploadUrl,
+        // A narinfo without Compression means bzip2 to Nix.
+        compression: ni.compression ?? "bzip2",
+        fileSha256: staged.fileSha256,
+        fileSize: staged.fileSize,
+      };
+    }
     try {
       await this.#services.pathInfo.put(info);
     } catch (err) {
       if (err instanceof InvalidRequestError) throw new HttpError(400, err.message);
       throw err;
     }
+    this.#uploads.remember(uploadUrl, ni.storePath.digest);
     log.info("nar-bridge: path uploaded", { path: ni.storePath.absolute(), narSize: ni.narSize });
     return { status: 200, headers: { "content-length": "0" } };
   }

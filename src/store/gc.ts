@@ -295,7 +295,7 @@ export async function collectGarbage(
   if (!isSweepable(blob) || !isSweepable(directory)) {
     throw new InvalidRequestError(
       "these services cannot be garbage collected: gc needs backends that can enumerate " +
-        "and delete (pack:// blobs, sqlite:// or postgres:// directories)",
+        "and delete (pack:// or objectstore+s3:// blobs, sqlite:// or postgres:// directories)",
     );
   }
   // The cutoff is taken before listing: whatever an upload writes or

@@ -168,6 +168,7 @@ export async function importPath(
       referenceNames: [],
       deriver: undefined,
       ca: { type: NARInfo_CA_Hash.NAR_SHA256, digest: tree.narSha256 },
+      upload: undefined,
     },
   };
   await services.pathInfo.put(pathInfo);

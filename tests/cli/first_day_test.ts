@@ -135,7 +135,8 @@ Deno.test("every URL form the errors list is one its service accepts", async () 
         const url = form.replace("HOST:PORT", "[::1]:1")
           .replace("///DIR", `//${join(tmp, crypto.randomUUID())}`)
           .replace("///FILE", `//${join(tmp, `${crypto.randomUUID()}.sqlite`)}`)
-          .replace("///SOCKET", `//${join(tmp, "sock")}`);
+          .replace("///SOCKET", `//${join(tmp, "sock")}`)
+          .replace("near=URL&far=URL", "near=memory%3A%2F%2F&far=memory%3A%2F%2F");
         checkServiceUrl(kind as ServiceKind, url);
         // Backends on a server (PostgreSQL, S3) would connect: the check above must do.
         if (/^(postgres|objectstore\+s3):/.test(form)) continue;

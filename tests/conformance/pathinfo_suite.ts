@@ -66,6 +66,13 @@ export function pathInfoServiceConformance(
     info.narinfo!.narSize = 1n << 60n;
     info.narinfo!.signatures = [{ name: "cache.example-1", data: new Uint8Array(64).fill(7) }];
     info.narinfo!.deriver = { name: "foo", digest: new Uint8Array(20).fill(3) };
+    // Where nar-bridge received the NAR (our extension field): kept like the rest.
+    info.narinfo!.upload = {
+      url: "nar/1wa2b3c4d5e6f7g8h9i0j1k2l3m4n5p6q7r8s9v0w1x2y3z4a5b6.nar.xz",
+      compression: "xz",
+      fileSha256: new Uint8Array(32).fill(9),
+      fileSize: 12345n,
+    };
     assertEquals(await s.put(info), info);
     assertEquals(await s.get(F.DUMMY_PATH_DIGEST), info);
     const plain = pathInfoWithoutNarinfo();

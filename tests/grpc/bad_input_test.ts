@@ -188,6 +188,7 @@ function pathInfoCase(i: number, edit: (p: PathInfo, self: string) => void): {
       referenceNames: [self],
       deriver: undefined,
       ca: undefined,
+      upload: undefined,
     },
   };
   edit(info, self);

@@ -8,6 +8,7 @@
 import type * as grpc from "@grpc/grpc-js";
 import {
   createGrpcServer,
+  type GrpcServerOptions,
   listen,
   type ServedServices,
   shutdown,
@@ -43,13 +44,14 @@ export function memoryServices(): ServedServices {
 
 /**
  * Starts a server over `services` on `address`: a Unix socket path, or a
- * TCP `host:port` (port 0 picks a free one).
+ * TCP `host:port` (port 0 picks a free one), with the server `options`.
  */
 export async function startServer(
   services: ServedServices,
   address = "127.0.0.1:0",
+  options?: GrpcServerOptions,
 ): Promise<RunningServer> {
-  const server = createGrpcServer(services);
+  const server = createGrpcServer(services, options);
   const bound = await listen(server, address);
   const url = bound.kind === "unix"
     ? `grpc+unix://${bound.path}`

@@ -47,6 +47,7 @@ function complicatedPathInfo(): PathInfo {
       referenceNames: [self.name],
       deriver: { name: "complicated", digest: new Uint8Array(20).fill(0x33) },
       ca: { type: NARInfo_CA_Hash.NAR_SHA256, digest: new Uint8Array(32).fill(1) },
+      upload: undefined,
     },
   };
 }

@@ -5,15 +5,7 @@
 import { assert, assertEquals } from "../assert.ts";
 import { MEMORY_BACKENDS, startDaemon } from "../grpc/daemon_harness.ts";
 import { tvixStore } from "../cli/helpers.ts";
-
-async function waitFor<T>(probe: () => T | undefined, what: string): Promise<T> {
-  for (let i = 0; i < 200; i++) {
-    const v = probe();
-    if (v !== undefined) return v;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { waitFor } from "./harness.ts";
 
 Deno.test("daemon also serves a binary cache of its own store", async () => {
   const home = await Deno.makeTempDir();

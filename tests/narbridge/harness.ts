@@ -44,6 +44,19 @@ export async function tvixStore(args: string[]): Promise<string> {
   return out.stdout;
 }
 
+/**
+ * Polls `probe` every 50 ms until it returns a value (a log line appearing,
+ * say); fails after 10 s naming `what`.
+ */
+export async function waitFor<T>(probe: () => T | undefined, what: string): Promise<T> {
+  for (let i = 0; i < 200; i++) {
+    const v = probe();
+    if (v !== undefined) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
 function isMounted(path: string): boolean {
   return Deno.readTextFileSync("/proc/self/mounts").split("\n").some((l) =>
     l.split(" ")[1] === path

@@ -261,6 +261,7 @@ function pathInfoWithCa(type: NARInfo_CA_Hash, digest: Uint8Array): PathInfo {
       referenceNames: [],
       deriver: undefined,
       ca: { type, digest },
+      upload: undefined,
     },
   };
 }

@@ -9,10 +9,11 @@
  * - `NIX_CONFIG` with the `nix-command` feature, `sandbox = false` and no
  *   substituters (nothing is fetched from the internet), and an empty
  *   `NIX_CONF_DIR`/`NIX_USER_CONF_FILES` so no machine-wide config leaks in;
- * - its own `XDG_CACHE_HOME`/`HOME` and zero narinfo cache TTLs: Nix caches
- *   narinfo lookups per cache URL in `~/.cache/nix/binary-cache-v6.sqlite`,
- *   which would otherwise make a later run skip uploads ("copying 0 paths")
- *   or trust a stale "absent".
+ * - its own `XDG_CACHE_HOME`/`HOME`: Nix caches narinfo lookups per cache
+ *   URL in `~/.cache/nix/binary-cache-v6.sqlite`, so each environment starts
+ *   empty. The narinfo cache TTLs stay Nix's defaults (a month for a path
+ *   found or uploaded, an hour for an absent one), as on users' machines: the
+ *   bridge must keep working for a client that remembers what it uploaded.
  *
  * @module
  */
@@ -48,8 +49,6 @@ export class NixEnv {
         "sandbox = false",
         "substituters =",
         "require-sigs = false",
-        "narinfo-cache-negative-ttl = 0",
-        "narinfo-cache-positive-ttl = 0",
       ].join("\n"),
     };
   }

@@ -179,7 +179,8 @@ Deno.test("absent and malformed download requests get 4xx", async () => {
       const cases: Array<[string, string, number]> = [
         ["GET", `/${"1".repeat(32)}.narinfo`, 404],
         ["HEAD", `/${"1".repeat(32)}.narinfo`, 404],
-        ["GET", `/${digest}.ls`, 404],
+        ["GET", `/${"1".repeat(32)}.ls`, 404],
+        ["GET", "/nar/never-uploaded.nar.xz", 404],
         ["GET", `/nar/${digest}-${other}.nar`, 404], // stale NAR hash
         ["GET", `/nar/${"1".repeat(32)}-${other}.nar`, 404],
         ["GET", "/eeee.narinfo", 404],
@@ -427,6 +428,7 @@ Deno.test("a NAR that cannot be rendered (missing blob) is cut short, the server
         referenceNames: [],
         deriver: undefined,
         ca: undefined,
+        upload: undefined,
       },
     });
     const ni = parseNarInfo(await (await fetch(`${url}/${"0".repeat(32)}.narinfo`)).text());

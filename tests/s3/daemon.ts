@@ -50,11 +50,14 @@ export function s3DaemonAddrs(t: S3TestContext, dir: string, sqliteDirs = false)
   };
 }
 
-/** Starts the daemon on a Unix socket in `dir`, with the S3 credentials in its environment. */
+/**
+ * Starts the daemon on a Unix socket in `dir`, with the S3 credentials in
+ * its environment, on `opts.addrs` if given (else {@linkcode s3DaemonAddrs}).
+ */
 export async function startS3Daemon(
   t: S3TestContext,
   dir: string,
-  opts: { sqliteDirs?: boolean; env?: Record<string, string> } = {},
+  opts: { sqliteDirs?: boolean; env?: Record<string, string>; addrs?: ServiceAddrs } = {},
 ): Promise<S3Daemon> {
   const sock = join(dir, "daemon.sock");
   const daemon = await startDaemon({
@@ -62,7 +65,7 @@ export async function startS3Daemon(
     listen: sock,
     env: { ...t.env, ...opts.env },
     args: [
-      ...serviceAddrArgs(s3DaemonAddrs(t, dir, opts.sqliteDirs)),
+      ...serviceAddrArgs(opts.addrs ?? s3DaemonAddrs(t, dir, opts.sqliteDirs)),
       "--nar-bridge-listen-address=127.0.0.1:0",
     ],
   });
@@ -90,10 +93,13 @@ export function importThrough(
 }
 
 /**
- * The NAR of `storePath` as the daemon's binary cache serves it; throws if
+ * The NAR of `storePath` as the binary cache at `d.http` serves it; throws if
  * the body cannot be read whole.
  */
-export async function fetchNar(d: S3Daemon, storePath: string): Promise<Uint8Array> {
+export async function fetchNar(
+  d: Pick<S3Daemon, "http">,
+  storePath: string,
+): Promise<Uint8Array> {
   const hash = storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
   const res = await fetch(`http://${d.http}/${hash}.narinfo`);
   const narinfo = await res.text();

@@ -12,7 +12,11 @@ import { closurePath } from "../../src/castore/directory/objectstore.ts";
 import { blake3, bytesEqual } from "../../src/castore/digest.ts";
 import { constructServices, type Services } from "../../src/store/services.ts";
 import { StorePath } from "../../src/store/store_path.ts";
-import { StorageError } from "../../src/errors.ts";
+import { StorageError, UnavailableError } from "../../src/errors.ts";
+import { credentials, type ServiceError } from "@grpc/grpc-js";
+import { Code } from "../../src/grpc/status.ts";
+import { BlobServiceClient } from "../../src/proto/tvix/castore/protos/rpc_blobstore.ts";
+import { DirectoryServiceClient } from "../../src/proto/tvix/castore/protos/rpc_directory.ts";
 import { collect, concat } from "../conformance/harness.ts";
 import { readBlob } from "../conformance/blob_suite.ts";
 import { pseudoRandom } from "../fixtures.ts";
@@ -46,6 +50,35 @@ async function rootOf(services: Services, storePath: string) {
   return info.node.node;
 }
 
+/** Stat and Directory Get of `digest` through grpc-js's own clients: their final statuses. */
+async function rawStatuses(
+  d: S3Daemon,
+  digest: Uint8Array,
+): Promise<Record<string, { code: Code; details: string }>> {
+  const target = `unix:${d.grpc.blobServiceAddr.slice("grpc+unix://".length)}`;
+  const blobs = new BlobServiceClient(target, credentials.createInsecure());
+  const dirs = new DirectoryServiceClient(target, credentials.createInsecure());
+  try {
+    const stat = await new Promise<{ code: Code; details: string }>((resolve) =>
+      blobs.stat(
+        { digest, sendChunks: false, sendBao: false },
+        (err: ServiceError | null) =>
+          resolve(err ? { code: err.code, details: err.details } : { code: Code.OK, details: "" }),
+      )
+    );
+    const get = await new Promise<{ code: Code; details: string }>((resolve) => {
+      const call = dirs.get({ byWhat: { $case: "digest", value: digest }, recursive: true });
+      call.on("data", () => {});
+      call.on("error", () => {/* reported through "status" */});
+      call.on("status", (s) => resolve({ code: s.code, details: s.details }));
+    });
+    return { stat, get };
+  } finally {
+    blobs.close();
+    dirs.close();
+  }
+}
+
 s3Test(
   "the gateway goes away mid-import: an error, the daemon lives, serving resumes",
   async (t) => {
@@ -68,7 +101,7 @@ s3Test(
       const failed = await running;
       assert(failed.code !== 0, `the import succeeded without its store:\n${failed.stderr}`);
       assert(
-        /(DATA_LOSS|UNAVAILABLE|INTERNAL).*S3 server http:\/\/127\.0\.0\.1:\d+ (is unreachable|failed)/
+        /UNAVAILABLE.*S3 server http:\/\/127\.0\.0\.1:\d+ (is unreachable|failed)/
           .test(failed.stderr),
         failed.stderr,
       );
@@ -78,8 +111,14 @@ s3Test(
       const services = await constructServices(d.grpc);
       try {
         const probe = blake3(pseudoRandom(10, 1));
-        const err = await assertRejects(() => services.blob.has(probe), StorageError);
+        const err = await assertRejects(() => services.blob.has(probe), UnavailableError);
+        assert(err.message.startsWith("UNAVAILABLE"), err.message);
         assert(err.message.includes("is unreachable"), err.message);
+        // A plain grpc-js client sees the status itself, on every service.
+        const statuses = await rawStatuses(d, probe);
+        for (const [call, s] of Object.entries(statuses)) {
+          assertEquals(Code[s.code], "UNAVAILABLE", `${call}: ${s.details}`);
+        }
         assertEquals(d.daemon.exitStatus(), undefined, "the daemon is still running");
 
         await gatewayStart(t.server);

@@ -33,6 +33,7 @@ export function pathInfoWithNarinfo(): PathInfo {
       referenceNames: [DUMMY_PATH],
       deriver: undefined,
       ca: { type: NARInfo_CA_Hash.NAR_SHA256, digest: new Uint8Array(32) },
+      upload: undefined,
     },
   };
 }

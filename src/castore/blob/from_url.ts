@@ -1,16 +1,19 @@
 /**
  * Builds a BlobService from its URL (docs/architecture.md#service-urls): `memory://`,
- * `pack:///dir`, `objectstore+<url>`, `grpc+unix|http|https://…`.
+ * `pack:///dir`, `objectstore+<url>`, `grpc+unix|http|https://…`, and
+ * `cache://?near=URL&far=URL` composing two of them (docs/storage.md#near-cache).
  *
  * @module
  */
 import {
   checkMemoryUrl,
   inServiceUrl,
+  parseCacheUrl,
   parseServiceUrl,
   unknownScheme,
   urlScheme,
 } from "../service_url.ts";
+import { CacheBlobService } from "./cache.ts";
 import { GrpcBlobService } from "./grpc.ts";
 import { MemoryBlobService } from "./memory.ts";
 import { objectStoreBlobServiceFromUrl } from "./objectstore.ts";
@@ -31,6 +34,8 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
       case "grpc+http":
       case "grpc+https":
         return GrpcBlobService.fromUrl(url);
+      case "cache":
+        return cacheFromUrl(parsed);
       default:
         if (urlScheme(parsed).startsWith("objectstore+")) {
           return Promise.resolve(objectStoreBlobServiceFromUrl(parsed));
@@ -39,5 +44,17 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
     }
   } catch (err) {
     return Promise.reject(inServiceUrl(err, "blob", url));
+  }
+}
+
+/** Builds both stores of a `cache://` URL (the near one is closed if the far one fails). */
+async function cacheFromUrl(url: URL): Promise<BlobService> {
+  const { near, far } = parseCacheUrl(url);
+  const nearService = await blobServiceFromUrl(near);
+  try {
+    return new CacheBlobService(nearService, await blobServiceFromUrl(far));
+  } catch (err) {
+    await nearService.close().catch(() => {});
+    throw err;
   }
 }

@@ -6,7 +6,9 @@
  * verified against its own digest before any of it is returned, the next
  * ones prefetched); other blobs come as one `Read` stream whose digest is
  * checked at the end. Uploads are one `Put` stream that waits whenever
- * grpc-js asks it to, so memory stays bounded however large the blob.
+ * grpc-js asks it to, so memory stays bounded however large the blob;
+ * blobs smaller than one gathered message go out in batches instead
+ * (`small_blob_batcher.ts`).
  *
  * @module
  */
@@ -40,6 +42,7 @@ import {
 } from "../../grpc/channel.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import { LoadingCache } from "../../loading_cache.ts";
+import { checkServerDigest, SmallBlobBatcher } from "./small_blob_batcher.ts";
 
 /** Largest `BlobChunk` we send; well below the 4 MiB receivers accept. */
 export const MAX_PUT_MESSAGE = 1024 * 1024;
@@ -61,11 +64,20 @@ export class GrpcBlobService implements BlobService {
   readonly #client: BlobServiceClient;
   /** Size of each chunk seen in a chunk list, by digest key (the most recently used). */
   readonly #knownChunks = new LoadingCache<string, bigint>(KNOWN_CHUNKS);
+  readonly #batcher: SmallBlobBatcher;
 
   /** Wraps a leased channel; prefer {@linkcode GrpcBlobService.fromUrl}. */
   constructor(lease: ChannelLease) {
     this.#lease = lease;
     this.#client = clientOn(lease, BlobServiceClient);
+    this.#batcher = new SmallBlobBatcher(lease, (message) => this.#putOne(message));
+  }
+
+  /** Uploads one blob, given as one encoded `BlobChunk`, with its own `Put` call. */
+  async #putOne(message: Uint8Array): Promise<Digest> {
+    const upload = new ClientUpload<PutBlobResponse>((cb) => this.#client.put(cb));
+    if (message.length > 0) await upload.write(message);
+    return checkServerDigest((await upload.finish()).digest);
   }
 
   /** Connects to the server named by a `grpc+…` URL (docs/architecture.md#service-urls). */
@@ -121,13 +133,18 @@ export class GrpcBlobService implements BlobService {
     return this.#readWhole(digest, offset);
   }
 
-  /** Starts one `Put` stream; see {@linkcode GrpcBlobWriter}. */
+  /**
+   * An upload: small blobs go out in batches through our `SmallBlobService`
+   * (docs/compatibility.md#small-blob-uploads), larger ones as one `Put`
+   * stream each; see {@linkcode GrpcBlobWriter}.
+   */
   openWrite(): BlobWriter {
-    return new GrpcBlobWriter(this.#client);
+    return new GrpcBlobWriter(this.#client, this.#batcher);
   }
 
   /** Releases this backend's hold on the shared channel. */
   close(): Promise<void> {
+    this.#batcher.flush();
     this.#lease.release();
     return Promise.resolve();
   }
@@ -277,16 +294,28 @@ export function encodeBlobChunk(data: Uint8Array): Uint8Array {
  * garbage than reading them.
  */
 export class GrpcBlobWriter implements BlobWriter {
-  readonly #upload: ClientUpload<PutBlobResponse>;
+  readonly #client: BlobServiceClient;
+  readonly #batcher: SmallBlobBatcher | undefined;
+  /** The `Put` call, started once the blob outgrows one gathered message. */
+  #upload: ClientUpload<PutBlobResponse> | undefined;
   /** Gathered bytes from {@linkcode FIELD_HEADER_ROOM} on, allocated on demand. */
   #pending: Uint8Array | undefined;
   #pendingLength = 0;
   #closed: Promise<Digest> | undefined;
   #aborted = false;
 
-  /** Starts the `Put` call on `client`. */
-  constructor(client: BlobServiceClient) {
-    this.#upload = new ClientUpload((cb) => client.put(cb));
+  /**
+   * An upload through `client`. With a `batcher`, a blob that ends before
+   * filling one gathered message is handed to it whole instead of getting
+   * a `Put` call of its own.
+   */
+  constructor(client: BlobServiceClient, batcher?: SmallBlobBatcher) {
+    this.#client = client;
+    this.#batcher = batcher;
+  }
+
+  #call(): ClientUpload<PutBlobResponse> {
+    return this.#upload ??= new ClientUpload((cb) => this.#client.put(cb));
   }
 
   /** Queues `data` for sending; resolves when the caller may reuse it. */
@@ -295,7 +324,7 @@ export class GrpcBlobWriter implements BlobWriter {
     while (data.length > 0) {
       if (this.#pendingLength === 0 && data.length >= COALESCE_BYTES) {
         const n = Math.min(data.length, MAX_PUT_MESSAGE);
-        await this.#upload.write(encodeBlobChunk(data.subarray(0, n)));
+        await this.#call().write(encodeBlobChunk(data.subarray(0, n)));
         data = data.subarray(n);
         continue;
       }
@@ -310,12 +339,9 @@ export class GrpcBlobWriter implements BlobWriter {
   close(): Promise<Digest> {
     if (this.#aborted) return Promise.reject(new InvalidRequestError("blob writer was aborted"));
     this.#closed ??= (async () => {
+      if (!this.#upload && this.#batcher) return await this.#batcher.put(this.#take());
       await this.#flush();
-      const { digest } = await this.#upload.finish();
-      if (digest.length !== B3_LEN) {
-        throw new StorageError(`server returned a digest of ${digest.length} bytes`);
-      }
-      return digest;
+      return checkServerDigest((await this.#call().finish()).digest);
     })();
     return this.#closed;
   }
@@ -324,7 +350,7 @@ export class GrpcBlobWriter implements BlobWriter {
   abort(): Promise<void> {
     if (!this.#closed && !this.#aborted) {
       this.#aborted = true;
-      this.#upload.cancel();
+      this.#upload?.cancel();
     }
     return Promise.resolve();
   }
@@ -347,14 +373,23 @@ export class GrpcBlobWriter implements BlobWriter {
     this.#pendingLength += data.length;
   }
 
-  /** Sends the gathered bytes as one message, encoded in place. */
+  /** Sends the gathered bytes as one message. */
   #flush(): Promise<void> {
+    if (this.#pendingLength === 0) return Promise.resolve();
+    return this.#call().write(this.#take());
+  }
+
+  /**
+   * The gathered bytes as one `BlobChunk` message, encoded in place (an
+   * empty message for no bytes, as the generated encoder gives).
+   */
+  #take(): Uint8Array {
     const pending = this.#pending;
-    if (!pending || this.#pendingLength === 0) return Promise.resolve();
+    if (!pending || this.#pendingLength === 0) return new Uint8Array(0);
     const end = FIELD_HEADER_ROOM + this.#pendingLength;
     const start = writeDataHeader(pending, FIELD_HEADER_ROOM, this.#pendingLength);
     this.#pending = undefined;
     this.#pendingLength = 0;
-    return this.#upload.write(pending.subarray(start, end));
+    return pending.subarray(start, end);
   }
 }

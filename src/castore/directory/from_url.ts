@@ -1,7 +1,8 @@
 /**
  * Builds a DirectoryService from its URL (docs/architecture.md#service-urls;
  * SQLite in place of upstream's sled): `memory://`, `sqlite:///abs/path` or `sqlite://` (in memory),
- * `postgres://…` (or `postgresql://…`), `objectstore+<url>`, `grpc+unix|http|https://…`.
+ * `postgres://…` (or `postgresql://…`), `objectstore+<url>`, `grpc+unix|http|https://…`,
+ * and `cache://?near=URL&far=URL` composing two of them (docs/storage.md#near-cache).
  *
  * @module
  */
@@ -10,10 +11,12 @@ import { sqlitePathFromUrl } from "../sqlite_db.ts";
 import {
   checkMemoryUrl,
   inServiceUrl,
+  parseCacheUrl,
   parseServiceUrl,
   unknownScheme,
   urlScheme,
 } from "../service_url.ts";
+import { CacheDirectoryService } from "./cache.ts";
 import { GrpcDirectoryService } from "./grpc.ts";
 import { MemoryDirectoryService } from "./memory.ts";
 import { objectStoreDirectoryServiceFromUrl } from "./objectstore.ts";
@@ -38,6 +41,8 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
       case "postgres":
       case "postgresql":
         return PostgresDirectoryService.open(postgresConfigFromUrl(parsed));
+      case "cache":
+        return cacheFromUrl(parsed);
       default:
         if (urlScheme(parsed).startsWith("objectstore+")) {
           return Promise.resolve(objectStoreDirectoryServiceFromUrl(parsed));
@@ -46,5 +51,17 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
     }
   } catch (err) {
     return Promise.reject(inServiceUrl(err, "directory", url));
+  }
+}
+
+/** Builds both stores of a `cache://` URL (the near one is closed if the far one fails). */
+async function cacheFromUrl(url: URL): Promise<DirectoryService> {
+  const { near, far } = parseCacheUrl(url);
+  const nearService = await directoryServiceFromUrl(near);
+  try {
+    return new CacheDirectoryService(nearService, await directoryServiceFromUrl(far));
+  } catch (err) {
+    await nearService.close().catch(() => {});
+    throw err;
   }
 }

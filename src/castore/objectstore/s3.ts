@@ -16,7 +16,8 @@
  */
 import { StorageError } from "../../errors.ts";
 import { S3Client, type S3Config } from "./s3_client.ts";
-import { checkObjectPath, type ObjectStore } from "./store.ts";
+import { mapLimit } from "../../concurrency.ts";
+import { checkObjectPath, type CollectableObjectStore, type ObjectInfo } from "./store.ts";
 import type { ObjectStoreTuning } from "./tuning.ts";
 
 /**
@@ -27,7 +28,7 @@ import type { ObjectStoreTuning } from "./tuning.ts";
 const S3_TUNING: ObjectStoreTuning = { maxInflightChunks: 64, readAhead: 16 };
 
 /** Objects in one bucket, below an optional key prefix. */
-export class S3ObjectStore implements ObjectStore {
+export class S3ObjectStore implements CollectableObjectStore {
   readonly #client: S3Client;
   /** `""`, or the key prefix with a trailing `/`. */
   readonly #prefix: string;
@@ -86,6 +87,37 @@ export class S3ObjectStore implements ObjectStore {
   async list(prefix = ""): Promise<string[]> {
     const keys = await this.#client.listKeys(this.#prefix + prefix);
     return keys.map((k) => k.slice(this.#prefix.length)).sort();
+  }
+
+  /** One HEAD: size and LastModified. */
+  async stat(path: string): Promise<ObjectInfo | undefined> {
+    const o = await this.#client.statObject(this.#key(path));
+    return o && { path, size: o.size, modified: o.lastModified };
+  }
+
+  /** ListObjectsV2 with sizes and LastModified, sorted by path. */
+  async listInfo(prefix: string): Promise<ObjectInfo[]> {
+    const objects = await this.#client.listObjects(this.#prefix + prefix);
+    return objects
+      .map((o) => ({
+        path: o.key.slice(this.#prefix.length),
+        size: o.size,
+        modified: o.lastModified,
+      }))
+      .sort((a, b) => a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
+  }
+
+  /** A server-side copy onto itself: LastModified becomes now, no bytes are sent. */
+  touch(path: string): Promise<void> {
+    return this.#client.touchObject(this.#key(path));
+  }
+
+  /** DeleteObjects, 1000 keys per request, a few requests at once. */
+  async deleteMany(paths: string[]): Promise<void> {
+    const keys = paths.map((p) => this.#key(p));
+    const batches: string[][] = [];
+    for (let i = 0; i < keys.length; i += 1000) batches.push(keys.slice(i, i + 1000));
+    await mapLimit(batches, 4, (batch) => this.#client.deleteObjects(batch));
   }
 
   close(): Promise<void> {

@@ -61,3 +61,36 @@ export function checkObjectPath(path: string): void {
     }
   }
 }
+
+/** An object's size and modification time. */
+export interface ObjectInfo {
+  /** The object's path in the store. */
+  path: string;
+  /** Stored size in bytes. */
+  size: number;
+  /** Last written or touched, ms since the epoch (the server's clock). */
+  modified: number;
+}
+
+/**
+ * What an object store offers garbage collection (docs/gc.md#objects-on-s3):
+ * listing with modification times, touching an object to mark it reused,
+ * and deleting in batches.
+ */
+export interface CollectableObjectStore extends ObjectStore {
+  /** Size and modification time of one object, `undefined` if absent. */
+  stat(path: string): Promise<ObjectInfo | undefined>;
+  /** Every object below `prefix`, with size and modification time. */
+  listInfo(prefix: string): Promise<ObjectInfo[]>;
+  /** Sets the object's modification time to now, keeping its bytes. */
+  touch(path: string): Promise<void>;
+  /** Removes the objects (absent ones are not errors). */
+  deleteMany(paths: string[]): Promise<void>;
+}
+
+/** Whether `store` offers {@linkcode CollectableObjectStore}'s calls. */
+export function isCollectable(store: ObjectStore): store is CollectableObjectStore {
+  const s = store as Partial<CollectableObjectStore>;
+  return typeof s.stat === "function" && typeof s.listInfo === "function" &&
+    typeof s.touch === "function" && typeof s.deleteMany === "function";
+}

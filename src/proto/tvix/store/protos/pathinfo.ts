@@ -47,6 +47,7 @@ export interface NARInfo {
   /** The derivation that built this path, without its ".drv" suffix. */
   deriver: StorePath | undefined;
   ca: NARInfo_CA | undefined;
+  upload: NARInfo_Upload | undefined;
 }
 
 /** A signature over the path's fingerprint. */
@@ -76,6 +77,21 @@ export enum NARInfo_CA_Hash {
   FLAT_SHA256 = 7,
   FLAT_SHA512 = 8,
   UNRECOGNIZED = -1,
+}
+
+/**
+ * Where `nix copy --to` put this path's NAR file through nar-bridge, so
+ * that the URL Nix recorded keeps resolving (docs/compatibility.md,
+ * "Uploaded NAR URLs"). A tvix-store-ts extension: upstream ignores it.
+ */
+export interface NARInfo_Upload {
+  /** The NAR file's path as uploaded, relative to the cache root ("nar/<hash>.nar.xz"). */
+  url: string;
+  /** Nix's name of its compression ("none", "xz", "zstd", "bzip2", "br", "gzip"). */
+  compression: string;
+  /** SHA-256 and size of the file as uploaded. */
+  fileSha256: Uint8Array;
+  fileSize: bigint;
 }
 
 function createBasePathInfo(): PathInfo {
@@ -216,6 +232,7 @@ function createBaseNARInfo(): NARInfo {
     referenceNames: [],
     deriver: undefined,
     ca: undefined,
+    upload: undefined,
   };
 }
 
@@ -241,6 +258,9 @@ export const NARInfo: MessageFns<NARInfo> = {
     }
     if (message.ca !== undefined) {
       NARInfo_CA.encode(message.ca, writer.uint32(50).fork()).join();
+    }
+    if (message.upload !== undefined) {
+      NARInfo_Upload.encode(message.upload, writer.uint32(8010).fork()).join();
     }
     return writer;
   },
@@ -300,6 +320,14 @@ export const NARInfo: MessageFns<NARInfo> = {
           message.ca = NARInfo_CA.decode(reader, reader.uint32());
           continue;
         }
+        case 1001: {
+          if (tag !== 8010) {
+            break;
+          }
+
+          message.upload = NARInfo_Upload.decode(reader, reader.uint32());
+          continue;
+        }
       }
       if ((tag & 7) === 4 || tag === 0) {
         break;
@@ -322,6 +350,9 @@ export const NARInfo: MessageFns<NARInfo> = {
       ? StorePath.fromPartial(object.deriver)
       : undefined;
     message.ca = (object.ca !== undefined && object.ca !== null) ? NARInfo_CA.fromPartial(object.ca) : undefined;
+    message.upload = (object.upload !== undefined && object.upload !== null)
+      ? NARInfo_Upload.fromPartial(object.upload)
+      : undefined;
     return message;
   },
 };
@@ -438,6 +469,91 @@ export const NARInfo_CA: MessageFns<NARInfo_CA> = {
     const message = createBaseNARInfo_CA();
     message.type = object.type ?? 0;
     message.digest = object.digest ?? new Uint8Array(0);
+    return message;
+  },
+};
+
+function createBaseNARInfo_Upload(): NARInfo_Upload {
+  return { url: "", compression: "", fileSha256: new Uint8Array(0), fileSize: 0n };
+}
+
+export const NARInfo_Upload: MessageFns<NARInfo_Upload> = {
+  encode(message: NARInfo_Upload, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.url !== "") {
+      writer.uint32(10).string(message.url);
+    }
+    if (message.compression !== "") {
+      writer.uint32(18).string(message.compression);
+    }
+    if (message.fileSha256.length !== 0) {
+      writer.uint32(26).bytes(message.fileSha256);
+    }
+    if (message.fileSize !== 0n) {
+      if (BigInt.asUintN(64, message.fileSize) !== message.fileSize) {
+        throw new globalThis.Error("value provided for field message.fileSize of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.fileSize);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NARInfo_Upload {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const end = length === undefined ? reader.len : reader.pos + length;
+    const message = createBaseNARInfo_Upload();
+    while (reader.pos < end) {
+      const tag = reader.uint32();
+      switch (tag >>> 3) {
+        case 1: {
+          if (tag !== 10) {
+            break;
+          }
+
+          message.url = reader.string();
+          continue;
+        }
+        case 2: {
+          if (tag !== 18) {
+            break;
+          }
+
+          message.compression = reader.string();
+          continue;
+        }
+        case 3: {
+          if (tag !== 26) {
+            break;
+          }
+
+          message.fileSha256 = reader.bytes();
+          continue;
+        }
+        case 4: {
+          if (tag !== 32) {
+            break;
+          }
+
+          message.fileSize = reader.uint64() as bigint;
+          continue;
+        }
+      }
+      if ((tag & 7) === 4 || tag === 0) {
+        break;
+      }
+      reader.skip(tag & 7);
+    }
+    return message;
+  },
+
+  create(base?: DeepPartial<NARInfo_Upload>): NARInfo_Upload {
+    return NARInfo_Upload.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NARInfo_Upload>): NARInfo_Upload {
+    const message = createBaseNARInfo_Upload();
+    message.url = object.url ?? "";
+    message.compression = object.compression ?? "";
+    message.fileSha256 = object.fileSha256 ?? new Uint8Array(0);
+    message.fileSize = object.fileSize ?? 0n;
     return message;
   },
 };
