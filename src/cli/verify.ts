@@ -3,7 +3,9 @@
  * directories, each verified as it is read, and compares it with the NAR
  * the path records; reports damage and orphans, and exits non-zero on
  * damage. `--repair` removes the damaged paths (docs/gc.md). Against a
- * daemon (the default) the daemon verifies, through its AdminService.
+ * daemon (the default) the daemon verifies, through its AdminService; a
+ * daemon without it (upstream's) is verified from here, over the upstream
+ * services, as long as nothing is to be repaired.
  *
  * @module
  */
@@ -18,13 +20,14 @@ import type { ServiceAddrs } from "../store/services.ts";
 import type { VerifyReport } from "../store/gc.ts";
 import { adminError, adminUrlOf, ManageProgress } from "./manage.ts";
 import { exitOnInterrupt } from "./shutdown.ts";
+import { log } from "../log.ts";
 
 interface VerifyFlags extends ServiceAddrs {
   repair?: boolean;
   quiet?: boolean;
 }
 
-/** Has the daemon at `url` verify; resolves with its report. */
+/** Has the daemon at `url` verify; resolves with its report. Failed calls throw as they came. */
 async function verifyInDaemon(
   url: string,
   repair: boolean,
@@ -58,8 +61,6 @@ async function verifyInDaemon(
       }
     }
     throw new Error(`the daemon at ${url} ended verify without a report`);
-  } catch (err) {
-    throw adminError(url, err);
   } finally {
     client.close();
   }
@@ -71,16 +72,27 @@ async function runVerify(flags: VerifyFlags, cmd: Command): Promise<void> {
   const stopListening = exitOnInterrupt(() => progress.finish());
   let r: VerifyReport;
   try {
-    if (url) {
-      await checkDaemonsReachable(flags, cmd);
-      r = await verifyInDaemon(url, flags.repair ?? false, progress);
-    } else {
+    const here = async () => {
       const { verifyStore } = await import("../store/gc.ts");
-      r = await withServices(
+      return await withServices(
         flags,
         (services) => verifyStore(services, { repair: flags.repair, onProgress: progress.update }),
         cmd,
       );
+    };
+    if (url) {
+      await checkDaemonsReachable(flags, cmd);
+      try {
+        r = await verifyInDaemon(url, flags.repair ?? false, progress);
+      } catch (err) {
+        // grpc-js's status 12 is UNIMPLEMENTED: a daemon without our
+        // AdminService can still be read through the upstream services.
+        if ((err as { code?: number }).code !== 12 || flags.repair) throw adminError(url, err);
+        log.debug("the daemon has no AdminService; verifying from here", { url });
+        r = await here();
+      }
+    } else {
+      r = await here();
     }
   } finally {
     progress.finish();

@@ -23,6 +23,7 @@ import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
 import { AdminClient } from "../../src/store/admin_client.ts";
 import { Code, RpcError } from "../../src/grpc/status.ts";
 import { pseudoRandom } from "../fixtures.ts";
+import { memoryServices, startServer as startInProcessServer } from "../grpc/client_harness.ts";
 import { toHex } from "../../src/castore/digest.ts";
 
 /** Re-stores `path`'s PathInfo with `refs` as its references (as a build output's would be). */
@@ -438,6 +439,31 @@ Deno.test("gc through a daemon whose backends cannot be collected: one line, a f
     assertEquals(daemon.exitStatus(), undefined, "the daemon keeps serving");
   } finally {
     await daemon.stop();
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("against a daemon without the AdminService: verify reads through the upstream services, gc and verify --repair say what is missing", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-no-admin-" });
+  // Our gRPC server without the AdminService, as upstream's daemon is.
+  const server = await startInProcessServer(memoryServices());
+  try {
+    const remote = remoteStoreArgs(server.url);
+    const dir = await tree(join(work, "x"), { "x.bin": pseudoRandom(70_000, 41) });
+    const px = (await ok(["import", ...remote, dir])).trim();
+    assertMatch(await ok(["verify", ...remote]), /^1 store paths checked, 0 damaged$/m);
+    for (const args of [["verify", "--repair"], ["gc"], ["delete", px]]) {
+      const r = await tvixStore([...args, ...remote]);
+      assertEquals(r.code, 1, r.stderr);
+      assertEquals(
+        r.stderr.trim(),
+        `error: the daemon at ${server.url} has no AdminService (a tvix-store without store ` +
+          "management, or upstream's): point --blob-service-addr, --directory-service-addr and " +
+          "--path-info-service-addr at the store's own backends instead",
+      );
+    }
+  } finally {
+    await server.stop();
     await Deno.remove(work, { recursive: true });
   }
 });
