@@ -9,8 +9,8 @@
  *    /dev/null, vs `nix-store --dump` of the same tree through a pipe into
  *    `cat > /dev/null`.
  *    The bridge's peak RSS (VmHWM) shows that the NAR is streamed.
- * 2. narinfo requests per second from 16 concurrent clients (keep-alive),
- *    vs `/nix-cache-info` on the same server (HTTP overhead alone).
+ *
+ * narinfo requests per second are measured by `bench_narinfo.ts`.
  *
  * Each number is the best of `--rounds` (default 3). Usage:
  * `deno run -A scripts/bench_narbridge.ts [--size-mib 512] [--rounds 3]`.
@@ -28,8 +28,6 @@ import { MAIN, numberArg, watchLines } from "./support.ts";
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
 const ROUNDS = numberArg("rounds", 3);
-const CLIENTS = 16;
-const NARINFO_REQUESTS = numberArg("requests", 20_000);
 
 async function makeTree(root: string): Promise<void> {
   await Deno.mkdir(join(root, "small"), { recursive: true });
@@ -70,21 +68,6 @@ function best<T>(xs: T[], key: (x: T) => number): T {
 function memMiB(pid: number, field: "VmHWM" | "VmRSS"): number {
   const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(Deno.readTextFileSync(`/proc/${pid}/status`));
   return m ? Number(m[1]) / 1024 : NaN;
-}
-
-/** `n` GETs of `url` spread over `clients` sequential loops; returns requests/s. */
-async function hammer(url: string, n: number, clients: number): Promise<number> {
-  let next = 0;
-  const t0 = performance.now();
-  await Promise.all(Array.from({ length: clients }, async () => {
-    while (next < n) {
-      next++;
-      const res = await fetch(url);
-      await res.arrayBuffer();
-      if (res.status !== 200) throw new Error(`${url}: ${res.status}`);
-    }
-  }));
-  return n / ((performance.now() - t0) / 1000);
 }
 
 const tmp = await Deno.makeTempDir({ prefix: "bench-narbridge-" });
@@ -143,19 +126,6 @@ try {
     `  nar-bridge peak RSS     ${peakBefore.toFixed(0)} MiB before the downloads, ` +
       `${memMiB(bridge.pid, "VmHWM").toFixed(0)} MiB after`,
   );
-
-  const narinfoRps: number[] = [];
-  const infoRps: number[] = [];
-  for (let r = 0; r < ROUNDS; r++) {
-    narinfoRps.push(await hammer(narinfoUrl, NARINFO_REQUESTS, CLIENTS));
-    infoRps.push(await hammer(`${base}/nix-cache-info`, NARINFO_REQUESTS, CLIENTS));
-  }
-  const nrps = Math.max(...narinfoRps);
-  const irps = Math.max(...infoRps);
-  console.log(`${CLIENTS} concurrent clients, ${NARINFO_REQUESTS} requests each round:`);
-  console.log(`  narinfo                 ${nrps.toFixed(0)} req/s`);
-  console.log(`  nix-cache-info (static) ${irps.toFixed(0)} req/s`);
-  console.log(`  ratio (narinfo / static) ${(nrps / irps).toFixed(2)}`);
 } finally {
   if (bridge) {
     bridge.kill("SIGTERM");

@@ -3,8 +3,8 @@
  * being loaded, every other request for it waits for the same load.
  *
  * Used for decoded chunks in a FUSE Worker (bounded by bytes), directory
- * listings (bounded by entries), NAR summaries and the chunk sizes the gRPC
- * blob client learnt (bounded by count).
+ * listings (bounded by entries), NAR summaries, the chunk sizes the gRPC
+ * blob client learnt and the bridge's pull-through misses (bounded by count).
  *
  * @module
  */
@@ -72,6 +72,14 @@ export class LoadingCache<K, V> {
       this.#loading.set(key, p);
     }
     return p;
+  }
+
+  /** Forgets the cached value for `key` (a load in progress is not affected). */
+  delete(key: K): void {
+    const v = this.#entries.get(key);
+    if (v === undefined) return;
+    this.#entries.delete(key);
+    this.#weight -= this.#weigh(v);
   }
 
   /** Number of loads in progress. */

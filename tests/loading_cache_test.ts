@@ -34,3 +34,15 @@ Deno.test("loading cache: a load that yields undefined or fails caches nothing",
   assert(failed && !cache.has("k"));
   assertEquals(await cache.fetch("k", () => Promise.resolve(7)), 7);
 });
+
+Deno.test("loading cache: delete forgets a value and its weight", async () => {
+  const cache = new LoadingCache<string, Uint8Array>(8, (b) => b.length);
+  cache.set("a", new Uint8Array(4));
+  cache.set("b", new Uint8Array(4));
+  cache.delete("a");
+  cache.delete("missing");
+  assertEquals([cache.get("a"), cache.size], [undefined, 1]);
+  cache.set("c", new Uint8Array(4));
+  assert(cache.get("b") && cache.get("c"), "the freed weight is usable: nothing was dropped");
+  assertEquals((await cache.fetch("a", () => Promise.resolve(new Uint8Array(1)))).length, 1);
+});

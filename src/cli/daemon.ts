@@ -30,6 +30,7 @@ import {
 import { startNarBridge } from "../narbridge/server.ts";
 import { onStopSignal } from "./shutdown.ts";
 import { type DaemonAdmin, startDaemonAdmin } from "./daemon_admin.ts";
+import { serveMetrics } from "../metrics.ts";
 
 /** Where the daemon listens unless told otherwise. */
 export const DEFAULT_LISTEN_ADDRESS = "[::1]:8000";
@@ -50,6 +51,7 @@ interface DaemonOptions extends Partial<ServiceAddrs>, NarBridgeFlags {
   maxRequestSize: number;
   narBridgeListenAddress?: string;
   gcInterval?: number;
+  metricsListenAddress?: string;
 }
 
 /** Fills unset service addresses with the embedded store, creating its directory if used. */
@@ -78,7 +80,13 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
   let services: Services | undefined;
   let bridge: { close(): Promise<void> } | undefined;
   let admin: DaemonAdmin | undefined;
+  let metricsServer: { close(): Promise<void> } | undefined;
   try {
+    // Flags first: a mistake is reported before anything starts.
+    const bridgeOpts = await loadNarBridgeOptions(opts);
+    if (opts.upstream?.length && !opts.narBridgeListenAddress) {
+      throw new Error("--upstream needs --nar-bridge-listen-address");
+    }
     const addrs = await resolveAddrs(opts);
     log.info("starting daemon", {
       listen_address: opts.listenAddress,
@@ -100,12 +108,14 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
       maxReceiveMessageBytes: opts.maxRequestSize,
       admin: admin.handler,
     });
+    // Before the gRPC listener, whose log line tells that the daemon is up.
+    if (opts.metricsListenAddress) metricsServer = await serveMetrics(opts.metricsListenAddress);
     const bound = await listen(server, opts.listenAddress);
     log.info("listening", { address: formatListenAddress(bound) });
     if (opts.narBridgeListenAddress) {
       // The same store, also as a Nix binary cache over HTTP.
       bridge = await startNarBridge({ ...services, pathInfo: admin.pathInfo }, {
-        ...(await loadNarBridgeOptions(opts)),
+        ...bridgeOpts,
         listenAddress: opts.narBridgeListenAddress,
       });
     }
@@ -125,6 +135,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
     throw err;
   } finally {
     stop.dispose();
+    await metricsServer?.close();
     await admin?.close().catch(() => {});
     await services?.close();
   }
@@ -166,6 +177,10 @@ export function register(program: Command): void {
     ).argParser(durationFlag("--gc-interval")),
   );
   addNarBridgeOptions(cmd);
+  cmd.addOption(
+    new Option("--metrics-listen-address <addr>", "serve Prometheus metrics at /metrics here")
+      .env("METRICS_LISTEN_ADDRESS"),
+  );
   cmd.addHelpText(
     "after",
     "\nUnset service addresses default to the embedded store under $TVIX_STORE_HOME\n" +

@@ -22,6 +22,12 @@ import {
 import { readTokenFile } from "../narbridge/auth.ts";
 import { DEFAULT_HTTP_LIMITS } from "../narbridge/http.ts";
 import { DEFAULT_UPLOAD_LEASE_MS } from "../narbridge/staging.ts";
+import {
+  DEFAULT_NEGATIVE_TTL_MS,
+  DEFAULT_UPSTREAM_TIMEOUT_MS,
+  parseUpstreamUrl,
+} from "../narbridge/upstream.ts";
+import { serveMetrics } from "../metrics.ts";
 import { parsePublicKeys, SecretKey } from "../narbridge/signing.ts";
 import { log } from "../log.ts";
 import { onStopSignal } from "./shutdown.ts";
@@ -41,6 +47,13 @@ export interface NarBridgeFlags {
   maxConnections?: number;
   /** Milliseconds (parsed from a duration). */
   uploadLease?: number;
+  /** Upstream cache URLs, in the order given. */
+  upstream?: string[];
+  upstreamTrustedPublicKeys?: string;
+  /** Milliseconds (parsed from a duration; 0 allowed). */
+  upstreamNegativeTtl?: number;
+  /** Milliseconds (parsed from a duration). */
+  upstreamTimeout?: number;
   /** Milliseconds (parsed from a duration); may be 0. */
   narinfoTtl?: number;
   priority?: number;
@@ -73,6 +86,11 @@ function parseConnectionCount(text: string): number {
     );
   }
   return n;
+}
+
+/** Collects a repeatable `--upstream` into a list of normalised URLs. */
+function collectUpstream(text: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), parseUpstreamUrl(text)];
 }
 
 /** A default duration as the help shows it (`30s`, `15m`). */
@@ -178,6 +196,36 @@ export function addNarBridgeOptions(cmd: Command): Command {
         "--read-token-file <path>",
         "binary cache: reads need one of these tokens or an upload token",
       ).env("NAR_BRIDGE_READ_TOKEN_FILE"),
+    )
+    .addOption(
+      new Option(
+        "--upstream <url>",
+        "binary cache: on a narinfo miss, copy the path from this http(s) cache " +
+          "(repeatable, tried in order; needs --upstream-trusted-public-keys)",
+      ).argParser(collectUpstream),
+    )
+    .addOption(
+      new Option(
+        "--upstream-trusted-public-keys <keys>",
+        "space- or comma-separated name:base64 keys; only upstream paths signed by one are copied",
+      ).env("NAR_BRIDGE_UPSTREAM_TRUSTED_PUBLIC_KEYS"),
+    )
+    .addOption(
+      new Option(
+        "--upstream-negative-ttl <duration>",
+        "binary cache: how long a path no upstream has is remembered as absent (0: not at all)",
+      )
+        .argParser((text) => parseDuration(text, "--upstream-negative-ttl"))
+        .default(DEFAULT_NEGATIVE_TTL_MS, duration(DEFAULT_NEGATIVE_TTL_MS)),
+    )
+    .addOption(
+      new Option(
+        "--upstream-timeout <duration>",
+        "binary cache: an upstream that takes longer to answer, or to send more of a NAR, " +
+          "counts as failed",
+      )
+        .argParser(durationFlag("--upstream-timeout"))
+        .default(DEFAULT_UPSTREAM_TIMEOUT_MS, duration(DEFAULT_UPSTREAM_TIMEOUT_MS)),
     );
 }
 
@@ -212,11 +260,28 @@ export async function loadNarBridgeOptions(flags: NarBridgeFlags): Promise<NarBr
     if (keys.length === 0) throw new Error("--trusted-public-keys lists no key");
     opts.trustedKeys = keys;
   }
+  if (flags.upstream?.length) {
+    const keys = parsePublicKeys((flags.upstreamTrustedPublicKeys ?? "").replaceAll(",", " "));
+    if (keys.length === 0) {
+      throw new Error(
+        "--upstream needs --upstream-trusted-public-keys (nothing unsigned is copied)",
+      );
+    }
+    opts.upstream = {
+      urls: flags.upstream,
+      trustedKeys: keys,
+      negativeTtlMs: flags.upstreamNegativeTtl,
+      timeoutMs: flags.upstreamTimeout,
+    };
+  } else if (flags.upstreamTrustedPublicKeys !== undefined) {
+    throw new Error("--upstream-trusted-public-keys without --upstream");
+  }
   return opts;
 }
 
 interface CliOptions extends ServiceAddrs, NarBridgeFlags {
   listenAddress: string;
+  metricsListenAddress?: string;
 }
 
 async function run(opts: CliOptions): Promise<void> {
@@ -224,6 +289,9 @@ async function run(opts: CliOptions): Promise<void> {
   const services = await constructServices(opts);
   // Served narinfos count as accesses (docs/gc.md#access-times).
   const recording = recordingAccesses(services);
+  const metricsServer = opts.metricsListenAddress
+    ? await serveMetrics(opts.metricsListenAddress)
+    : undefined;
   try {
     const bridge = await startNarBridge(recording.services, {
       ...bridgeOpts,
@@ -234,6 +302,7 @@ async function run(opts: CliOptions): Promise<void> {
     log.info("nar-bridge shutting down", { signal });
     await bridge.close();
   } finally {
+    await metricsServer?.close();
     await recording.stop();
     await services.close();
   }
@@ -250,6 +319,10 @@ export function register(program: Command): void {
       new Option("-l, --listen-address <addr>", "host:port or [v6]:port")
         .env("NAR_BRIDGE_LISTEN_ADDRESS")
         .default(DEFAULT_NAR_BRIDGE_LISTEN_ADDRESS),
+    )
+    .addOption(
+      new Option("--metrics-listen-address <addr>", "serve Prometheus metrics at /metrics here")
+        .env("METRICS_LISTEN_ADDRESS"),
     );
   addNarBridgeOptions(cmd);
   addServiceOptions(cmd, {

@@ -1,7 +1,8 @@
 /**
  * The gRPC server: BlobService, DirectoryService and PathInfoService over
- * one set of backends, plus server reflection (v1 and v1alpha) and, when
- * given its handlers, our AdminService, on a TCP
+ * one set of backends, plus server reflection (v1 and v1alpha), health
+ * (`health.ts`; call metrics in `metrics.ts`) and, when given its
+ * handlers, our AdminService, on a TCP
  * address or a Unix socket.
  *
  * @module
@@ -30,6 +31,8 @@ import { MAX_DIRECTORY_MESSAGE_BYTES } from "../grpc/channel.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import { type ListenAddress, parseListenAddress } from "../listen_address.ts";
+import { metricsInterceptor, withByteCounts } from "./metrics.ts";
+import { HealthService, healthServiceDefinition } from "./health.ts";
 
 /** The backends the server exposes (a subset of `Services` from `src/store/services.ts`). */
 export interface ServedServices {
@@ -147,22 +150,32 @@ export function createGrpcServer(
       MAX_DIRECTORY_MESSAGE_BYTES,
     ),
     "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS,
-    interceptors: [calls.interceptor],
+    interceptors: [calls.interceptor, metricsInterceptor],
   });
   trackers.set(server, calls);
-  server.addService(
+  // SERVING for "" and each service below, until shutdown() (health.ts).
+  const healthy: grpc.ServiceDefinition[] = [
     blobServiceDefinition,
+    DirectoryServiceService,
+    PathInfoServiceService,
+    ...(opts.smallBlobs ?? true ? [smallBlobServiceDefinition] : []),
+  ];
+  const health = new HealthService(healthy.map((d) => Object.values(d)[0].path.split("/")[1]));
+  healthServices.set(server, health);
+  server.addService(healthServiceDefinition, health.handlers);
+  server.addService(
+    withByteCounts(blobServiceDefinition),
     blobHandler(services.blob, { maxMessageBytes: maxReceive }),
   );
   if (opts.smallBlobs ?? true) {
     server.addService(
-      smallBlobServiceDefinition,
+      withByteCounts(smallBlobServiceDefinition),
       smallBlobHandler(services.blob, { maxMessageBytes: maxReceive }),
     );
   }
-  server.addService(DirectoryServiceService, directoryHandler(services.directory));
+  server.addService(withByteCounts(DirectoryServiceService), directoryHandler(services.directory));
   server.addService(
-    PathInfoServiceService,
+    withByteCounts(PathInfoServiceService),
     pathInfoHandler(services.pathInfo, services.narCalculation),
   );
   if (opts.admin) server.addService(AdminServiceService, opts.admin);
@@ -205,6 +218,7 @@ class CallTracker {
 }
 
 const trackers = new WeakMap<grpc.Server, CallTracker>();
+const healthServices = new WeakMap<grpc.Server, HealthService>();
 
 /** Removes a Unix socket file nobody listens on any more (left by a killed daemon). */
 async function removeStaleSocket(path: string): Promise<void> {
@@ -256,6 +270,8 @@ const FLUSH_MS = 100;
  * call is in flight, without waiting for idle clients to hang up.
  */
 export async function shutdown(server: grpc.Server, graceMs = 2000): Promise<void> {
+  // Health turns NOT_SERVING (and Watch streams hear it) before the listener closes.
+  healthServices.get(server)?.shutDown();
   const calls = trackers.get(server);
   await new Promise<void>((resolve) => {
     let done = false;

@@ -65,6 +65,8 @@ import { narListing } from "./listing.ts";
 import { AccessControl, type AccessTokens } from "./auth.ts";
 import { validatePathInfo } from "../store/pathinfo/validate.ts";
 import { type ReleaseReason, Staging } from "./staging.ts";
+import { PullThroughError, type UpstreamOptions, Upstreams } from "./upstream.ts";
+import { instrumentHttp, recordNarInfoLookup, recordPulled } from "./metrics.ts";
 import {
   BodyStalled,
   ClientGone,
@@ -101,6 +103,8 @@ export interface NarBridgeOptions {
   narinfoTtlSeconds?: number;
   /** Tokens needed to upload and (when read tokens are set) to read; unset: open. */
   tokens?: AccessTokens;
+  /** Pull-through: narinfo misses are looked up in these caches (`upstream.ts`). */
+  upstream?: UpstreamOptions;
 }
 
 /**
@@ -235,12 +239,16 @@ export class NarBridge {
   readonly #staging: Staging;
   readonly #uploads: UploadUrlIndex;
   readonly #access: AccessControl;
+  readonly #upstreams?: Upstreams;
 
   constructor(services: NarBridgeServices, opts: NarBridgeOptions = {}) {
     this.#services = services;
     this.#opts = opts;
     this.#uploads = new UploadUrlIndex(services.pathInfo);
     this.#access = new AccessControl(opts.tokens ?? {});
+    if (opts.upstream) {
+      this.#upstreams = new Upstreams(services, { onPulled: recordPulled, ...opts.upstream });
+    }
     this.#staging = new Staging({
       leaseMs: opts.uploadLeaseMs,
       onRelease: (path: string, reason: ReleaseReason) => {
@@ -287,8 +295,14 @@ export class NarBridge {
     }
   }
 
+  /** Fails pulls from upstreams in progress, so that closing does not wait for them. */
+  stopPulling(): void {
+    this.#upstreams?.stop();
+  }
+
   /** Releases what the bridge holds (staged uploads and their timer). */
   close(): void {
+    this.#upstreams?.stop();
     this.#staging.close();
   }
 
@@ -360,7 +374,18 @@ export class NarBridge {
   }
 
   async #getNarInfo(method: string, digestText: string): Promise<HttpResponse> {
-    const found = await this.#lookup(digestText);
+    let found = await this.#lookup(digestText);
+    let pulled = false;
+    if (!found && this.#upstreams) {
+      try {
+        pulled = await this.#upstreams.pull(digestText);
+      } catch (err) {
+        if (err instanceof PullThroughError) throw new HttpError(502, err.message);
+        throw err;
+      }
+      if (pulled) found = await this.#lookup(digestText);
+    }
+    recordNarInfoLookup(found ? (pulled ? "pulled" : "hit") : "miss");
     if (!found) throw new HttpError(404, `${digestText}.narinfo not found`);
     const compression = this.#opts.compression ?? "none";
     const url = `nar/${digestText}-${nixbase32.encode(found.meta.narSha256)}.nar${
@@ -603,7 +628,7 @@ export async function startNarBridge(
   try {
     server = await serveHttp(
       addr,
-      (req) => bridge.handle(req),
+      instrumentHttp((req) => bridge.handle(req)),
       resolveLimits(opts.limits),
     );
   } catch (err) {
@@ -614,6 +639,7 @@ export async function startNarBridge(
   return {
     port: server.port,
     close: async () => {
+      bridge.stopPulling();
       await server.close();
       bridge.close();
     },

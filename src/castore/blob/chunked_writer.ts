@@ -25,6 +25,7 @@ import {
 } from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { JobSet } from "../../concurrency.ts";
+import { metrics } from "../../metrics.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
 import type { ChunkCodec } from "./chunk_pool.ts";
 import { FastCdcChunker, OBJECTSTORE_CHUNKING } from "./fastcdc.ts";
@@ -172,8 +173,19 @@ export class ChunkedBlobWriter implements BlobWriter {
     if (this.#scheduled.has(key)) return;
     this.#scheduled.add(key);
     await this.#sink.storeChunk(chunk, size);
+    CHUNKS_WRITTEN.inc();
+    CHUNK_BYTES_WRITTEN.inc(size);
   }
 }
+
+const CHUNKS_WRITTEN = metrics.counter(
+  "tvix_castore_chunks_written_total",
+  "chunks blob uploads handed to the chunk store (one it already holds is not stored twice)",
+).labels();
+const CHUNK_BYTES_WRITTEN = metrics.counter(
+  "tvix_castore_chunk_bytes_written_total",
+  "uncompressed bytes of the chunks counted by tvix_castore_chunks_written_total",
+).labels();
 
 /**
  * The digest of an encoded chunk. A failed encoding is recorded (and thrown)
