@@ -6,8 +6,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 out=src/proto
-files=$(cd protos && find tvix -name '*.proto' | sort)
-rm -rf "$out/tvix"
+files=$(cd protos && find tvix tvix_ts -name '*.proto' | sort)
+rm -rf "$out/tvix" "$out/tvix_ts"
 mkdir -p "$out"
 NO_COLOR=1 protoc -I protos \
   --plugin=protoc-gen-ts_proto=scripts/protoc-gen-ts_proto \
@@ -15,7 +15,7 @@ NO_COLOR=1 protoc -I protos \
   --ts_proto_opt=outputServices=grpc-js,env=browser,forceLong=bigint,oneof=unions-value,esModuleInterop=true,importSuffix=.ts,outputJsonMethods=false,useExactTypes=false \
   $files
 # The grpc-js service definitions use Buffer; import it explicitly for Deno.
-for f in $(grep -l 'Buffer.from' $(find "$out/tvix" -name '*.ts')); do
+for f in $(grep -l 'Buffer.from' $(find "$out/tvix" "$out/tvix_ts" -name '*.ts')); do
   sed -i '0,/^import /s//import { Buffer } from "node:buffer";\nimport /' "$f"
 done
 protoc -I protos --include_imports \

@@ -21,9 +21,15 @@ import {
 } from "../grpc_server/server.ts";
 import { log } from "../log.ts";
 import { formatListenAddress } from "../listen_address.ts";
-import { addNarBridgeOptions, loadNarBridgeOptions, type NarBridgeFlags } from "./nar_bridge.ts";
+import {
+  addNarBridgeOptions,
+  durationFlag,
+  loadNarBridgeOptions,
+  type NarBridgeFlags,
+} from "./nar_bridge.ts";
 import { startNarBridge } from "../narbridge/server.ts";
 import { onStopSignal } from "./shutdown.ts";
+import { type DaemonAdmin, startDaemonAdmin } from "./daemon_admin.ts";
 import { serveMetrics } from "../metrics.ts";
 
 /** Where the daemon listens unless told otherwise. */
@@ -44,6 +50,7 @@ interface DaemonOptions extends Partial<ServiceAddrs>, NarBridgeFlags {
   listenAddress: string;
   maxRequestSize: number;
   narBridgeListenAddress?: string;
+  gcInterval?: number;
   metricsListenAddress?: string;
 }
 
@@ -72,6 +79,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
   });
   let services: Services | undefined;
   let bridge: { close(): Promise<void> } | undefined;
+  let admin: DaemonAdmin | undefined;
   let metricsServer: { close(): Promise<void> } | undefined;
   try {
     // Flags first: a mistake is reported before anything starts.
@@ -87,21 +95,26 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
       path_info_service_addr: addrs.pathInfoServiceAddr,
     });
     services = await constructServices(addrs);
+    admin = startDaemonAdmin(services, { gcIntervalMs: opts.gcInterval });
     // CalculateNAR renders from the daemon's own blobs and directories
     // (docs/compatibility.md#daemon), even when its path infos live in
     // another daemon.
     const served = {
       ...services,
+      pathInfo: admin.pathInfo,
       narCalculation: new LocalNarCalculationService(services.blob, services.directory),
     };
-    server = createGrpcServer(served, { maxReceiveMessageBytes: opts.maxRequestSize });
+    server = createGrpcServer(served, {
+      maxReceiveMessageBytes: opts.maxRequestSize,
+      admin: admin.handler,
+    });
     // Before the gRPC listener, whose log line tells that the daemon is up.
     if (opts.metricsListenAddress) metricsServer = await serveMetrics(opts.metricsListenAddress);
     const bound = await listen(server, opts.listenAddress);
     log.info("listening", { address: formatListenAddress(bound) });
     if (opts.narBridgeListenAddress) {
       // The same store, also as a Nix binary cache over HTTP.
-      bridge = await startNarBridge(services, {
+      bridge = await startNarBridge({ ...services, pathInfo: admin.pathInfo }, {
         ...bridgeOpts,
         listenAddress: opts.narBridgeListenAddress,
       });
@@ -123,6 +136,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
   } finally {
     stop.dispose();
     await metricsServer?.close();
+    await admin?.close().catch(() => {});
     await services?.close();
   }
   log.info("daemon stopped");
@@ -155,6 +169,12 @@ export function register(program: Command): void {
       "--nar-bridge-listen-address <addr>",
       "also serve the store as a Nix binary cache over HTTP here (host:port)",
     ).env("NAR_BRIDGE_LISTEN_ADDRESS"),
+  );
+  cmd.addOption(
+    new Option(
+      "--gc-interval <duration>",
+      "collect garbage this often (e.g. 6h), with the default grace period",
+    ).argParser(durationFlag("--gc-interval")),
   );
   addNarBridgeOptions(cmd);
   cmd.addOption(

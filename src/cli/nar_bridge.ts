@@ -13,6 +13,7 @@ import { type Command, Option } from "commander";
 import { addServiceOptions, parseDuration } from "./common.ts";
 import { DEFAULT_REMOTE_ADDR, type ServiceAddrs } from "../store/services.ts";
 import { constructServices } from "../store/services.ts";
+import { recordingAccesses } from "../store/pathinfo/access_recording.ts";
 import {
   DEFAULT_NARINFO_TTL_SECONDS,
   type NarBridgeOptions,
@@ -69,7 +70,7 @@ function parsePriority(text: string): number {
 }
 
 /** A duration flag's parser: positive, in milliseconds. */
-function durationFlag(flag: string): (text: string) => number {
+export function durationFlag(flag: string): (text: string) => number {
   return (text) => {
     const ms = parseDuration(text, flag);
     if (ms <= 0) throw new Error(`invalid ${flag} ${JSON.stringify(text)} (must be more than 0)`);
@@ -286,11 +287,13 @@ interface CliOptions extends ServiceAddrs, NarBridgeFlags {
 async function run(opts: CliOptions): Promise<void> {
   const bridgeOpts = await loadNarBridgeOptions(opts);
   const services = await constructServices(opts);
+  // Served narinfos count as accesses (docs/gc.md#access-times).
+  const recording = recordingAccesses(services);
   const metricsServer = opts.metricsListenAddress
     ? await serveMetrics(opts.metricsListenAddress)
     : undefined;
   try {
-    const bridge = await startNarBridge(services, {
+    const bridge = await startNarBridge(recording.services, {
       ...bridgeOpts,
       listenAddress: opts.listenAddress,
     });
@@ -300,6 +303,7 @@ async function run(opts: CliOptions): Promise<void> {
     await bridge.close();
   } finally {
     await metricsServer?.close();
+    await recording.stop();
     await services.close();
   }
   // Backends (grpc-js channels) may keep handles referenced; we are done.

@@ -1,8 +1,10 @@
 /**
  * Store management over the three services (docs/gc.md): garbage
- * collection (mark from every PathInfo, then each backend sweeps), verify
- * (every path renders to its recorded NAR), and deleting paths with the
- * reference check Nix does.
+ * collection (the policies `olderThanMs`/`maxSizeBytes` delete paths,
+ * then mark from every PathInfo, then each backend sweeps), verify (every
+ * path renders to its recorded NAR), and deleting paths with the reference
+ * check Nix does. Long walks report progress and give the event loop a
+ * turn now and then, so a daemon running them keeps serving.
  *
  * @module
  */
@@ -15,6 +17,7 @@ import { isSweepable, type SweepReport } from "../castore/sweep.ts";
 import { errorMessage, InvalidRequestError } from "../errors.ts";
 import { calculateNar } from "../nar/render.ts";
 import type { PathInfo, PathInfoService } from "./pathinfo/service.ts";
+import { choosePolicyVictims, type PolicyPath } from "./gc_policy.ts";
 import { StorePath } from "./store_path.ts";
 
 /** The services management works on. */
@@ -31,23 +34,50 @@ export interface ManagedServices {
  */
 export const DEFAULT_GRACE_MS = 60 * 60 * 1000;
 
+/** How far a gc or verify has got (absolute counts of the current phase). */
+export interface GcProgress {
+  /** `select` (policies walking paths), `mark`, `sweep` or `verify`. */
+  phase: "select" | "mark" | "sweep" | "verify";
+  pathsDone: number;
+  pathsTotal: number;
+  /** NAR bytes of the paths done, of all. */
+  bytesDone: number;
+  bytesTotal: number;
+}
+
 /** Options of {@linkcode collectGarbage}. */
 export interface GcOptions {
   /** Grace period in ms (default {@linkcode DEFAULT_GRACE_MS}). */
   graceMs?: number;
   /** Report only. */
   dryRun?: boolean;
+  /** Delete paths not accessed within this many ms first (docs/gc.md#policies). */
+  olderThanMs?: number;
+  /** Delete least recently used paths until the stored size is at most this (docs/gc.md#policies). */
+  maxSizeBytes?: number;
+  /** Called as paths are walked. */
+  onProgress?: (progress: GcProgress) => void;
+  /**
+   * Stops the collection between paths, and before the sweep (a sweep
+   * that started runs to its end; each of its steps is a transaction).
+   */
+  signal?: AbortSignal;
 }
 
 /** What {@linkcode collectGarbage} found and did. */
 export interface GcReport {
-  /** Store paths (the roots). */
+  /** Store paths kept (the roots). */
   paths: number;
   /** Reachable directories and blobs. */
   liveDirectories: number;
   liveBlobs: number;
   directories: SweepReport;
   blobs: SweepReport;
+  /** Store paths the policies deleted (in a dry run: would delete), sorted. */
+  deletedPaths: string[];
+  /** With `maxSizeBytes`: the stored size the policy measured before and after. */
+  sizeBefore?: number;
+  sizeAfter?: number;
 }
 
 /** The store path a PathInfo describes (its root node's name). */
@@ -57,36 +87,203 @@ export function storePathOf(info: PathInfo): StorePath {
   return StorePath.parseBasenameBytes(node.value.name);
 }
 
-/** Everything reachable from the stored PathInfos. */
+/** What gc keeps of each PathInfo while it works. */
+interface Root {
+  key: string;
+  path: StorePath;
+  node?: NodeVariant;
+  narSize: number;
+  references: string[];
+}
+
+/** How long gc may run without letting timers and other requests in. */
+const YIELD_MS = 50;
+
+/**
+ * A function to await in long loops: every {@linkcode YIELD_MS} it waits
+ * for one turn of the event loop. Local backends answer through microtasks
+ * only, so without it a gc would hold a daemon's other requests, and the
+ * timers that draw the progress line, until it is done.
+ */
+function yielder(): () => Promise<void> | undefined {
+  let last = performance.now();
+  return () => {
+    const now = performance.now();
+    if (now - last < YIELD_MS) return undefined;
+    last = now;
+    return new Promise((resolve) => setTimeout(resolve, 0));
+  };
+}
+
+/** Every stored PathInfo, reduced to what gc needs. */
+async function loadRoots(pathInfo: PathInfoService): Promise<Root[]> {
+  const roots: Root[] = [];
+  const pause = yielder();
+  for await (const info of pathInfo.list()) {
+    await pause();
+    const path = storePathOf(info);
+    roots.push({
+      key: digestKey(path.digest),
+      path,
+      node: info.node?.node,
+      narSize: Number(info.narinfo?.narSize ?? 0n),
+      references: info.references.map(digestKey),
+    });
+  }
+  return roots;
+}
+
+/**
+ * Reports walking `roots` as `phase`, at most every 100 ms; `done` returns
+ * what to await so the event loop gets a turn (see {@linkcode yielder}).
+ */
+function progressReporter(
+  phase: GcProgress["phase"],
+  roots: readonly { narSize: number }[],
+  onProgress?: (p: GcProgress) => void,
+  signal?: AbortSignal,
+): { done(root: { narSize: number }): Promise<void> | undefined; end(): void } {
+  const state: GcProgress = {
+    phase,
+    pathsDone: 0,
+    pathsTotal: roots.length,
+    bytesDone: 0,
+    bytesTotal: roots.reduce((n, r) => n + r.narSize, 0),
+  };
+  let last = 0;
+  const pause = yielder();
+  onProgress?.({ ...state });
+  return {
+    done(root) {
+      signal?.throwIfAborted();
+      state.pathsDone++;
+      state.bytesDone += root.narSize;
+      const now = performance.now();
+      if (now - last >= 100) {
+        last = now;
+        onProgress?.({ ...state });
+      }
+      return pause();
+    },
+    end: () => onProgress?.({ ...state }),
+  };
+}
+
+/** Everything reachable from `roots`. */
 async function mark(
-  services: ManagedServices,
-): Promise<{ paths: number; directories: Set<string>; blobs: Set<string> }> {
+  directory: DirectoryService,
+  roots: readonly Root[],
+  options: GcOptions,
+): Promise<{ directories: Set<string>; blobs: Set<string> }> {
   const directories = new Set<string>();
   const blobs = new Set<string>();
-  let paths = 0;
-  const visit = async (node: NodeVariant) => {
-    if (node.$case === "file") {
+  const progress = progressReporter("mark", roots, options.onProgress, options.signal);
+  for (const root of roots) {
+    const node = root.node;
+    if (node?.$case === "file") {
       blobs.add(digestKey(node.value.digest));
-    } else if (node.$case === "directory" && !directories.has(digestKey(node.value.digest))) {
+    } else if (node?.$case === "directory" && !directories.has(digestKey(node.value.digest))) {
       // A missing directory fails the walk: a damaged store is not
       // collected (verify --repair first), since what its paths still
       // reference cannot be told apart from garbage.
-      for await (const d of services.directory.getRecursive(node.value.digest)) {
+      for await (const d of directory.getRecursive(node.value.digest)) {
         directories.add(digestKey(directoryDigest(d)));
         for (const f of d.files) blobs.add(digestKey(f.digest));
       }
     }
-  };
-  for await (const info of services.pathInfo.list()) {
-    paths++;
-    const node = info.node?.node;
-    if (node) await visit(node);
+    await progress.done(root);
   }
-  return { paths, directories, blobs };
+  progress.end();
+  return { directories, blobs };
+}
+
+/** The file blobs (key → size) of one path's tree. */
+async function blobsOf(
+  directory: DirectoryService,
+  node?: NodeVariant,
+): Promise<Map<string, number>> {
+  const blobs = new Map<string, number>();
+  if (node?.$case === "file") blobs.set(digestKey(node.value.digest), Number(node.value.size));
+  if (node?.$case === "directory") {
+    for await (const d of directory.getRecursive(node.value.digest)) {
+      for (const f of d.files) blobs.set(digestKey(f.digest), Number(f.size));
+    }
+  }
+  return blobs;
 }
 
 /**
- * Garbage collection: everything no PathInfo reaches and nobody wrote or
+ * Applies the policies of `options` (docs/gc.md#policies): chooses the
+ * victims and, unless a dry run, deletes them referrers first. A victim
+ * used since `startedMs` stays, and so does everything it refers to.
+ * Returns the roots left and what was deleted.
+ */
+async function applyPolicies(
+  services: ManagedServices,
+  roots: Root[],
+  startedMs: number,
+  options: GcOptions,
+): Promise<{ kept: Root[]; deleted: string[]; sizeBefore?: number; sizeAfter?: number }> {
+  const { pathInfo } = services;
+  if (!pathInfo.listAccess || !pathInfo.deleteUnaccessed) {
+    throw new InvalidRequestError(
+      "--older-than and --max-size need access times, which these path info services do not " +
+        "keep: run gc through the daemon, or point it at the store's sqlite:// or postgres:// path infos",
+    );
+  }
+  const accessed = new Map<string, number>();
+  for await (const a of pathInfo.listAccess()) accessed.set(digestKey(a.digest), a.accessedMs);
+  const policyPaths: PolicyPath[] = [];
+  const progress = progressReporter("select", roots, options.onProgress, options.signal);
+  for (const root of roots) {
+    policyPaths.push({
+      key: root.key,
+      references: root.references,
+      // A path stored after the listing above was accessed now.
+      accessedMs: accessed.get(root.key) ?? startedMs,
+      blobs: options.maxSizeBytes !== undefined
+        ? await blobsOf(services.directory, root.node)
+        : undefined,
+    });
+    await progress.done(root);
+  }
+  progress.end();
+  const choice = choosePolicyVictims(policyPaths, {
+    olderThanMs: options.olderThanMs,
+    maxSizeBytes: options.maxSizeBytes,
+    nowMs: startedMs,
+  });
+  const byKey = new Map(roots.map((r) => [r.key, r]));
+  const gone = new Set<string>();
+  // Paths that must stay because a victim that stayed refers to them.
+  const protectedKeys = new Set<string>();
+  const protect = (key: string) => {
+    const stack = [key];
+    while (stack.length > 0) {
+      const k = stack.pop()!;
+      if (protectedKeys.has(k)) continue;
+      protectedKeys.add(k);
+      stack.push(...(byKey.get(k)?.references ?? []));
+    }
+  };
+  for (const key of choice.victims) {
+    options.signal?.throwIfAborted();
+    if (protectedKeys.has(key)) continue;
+    if (options.dryRun || await pathInfo.deleteUnaccessed(byKey.get(key)!.path.digest, startedMs)) {
+      gone.add(key);
+    } else protect(key);
+  }
+  return {
+    kept: roots.filter((r) => !gone.has(r.key)),
+    deleted: [...gone].map((k) => byKey.get(k)!.path.absolute()).sort(),
+    sizeBefore: choice.sizeBefore,
+    sizeAfter: choice.sizeAfter,
+  };
+}
+
+/**
+ * Garbage collection: first the policies (`olderThanMs`, `maxSizeBytes`)
+ * delete paths, then everything no PathInfo reaches and nobody wrote or
  * reused within the grace period is removed, directories first, then
  * blobs and chunks, whose space the blob backend gives back.
  */
@@ -97,18 +294,30 @@ export async function collectGarbage(
   const { blob, directory } = services;
   if (!isSweepable(blob) || !isSweepable(directory)) {
     throw new InvalidRequestError(
-      "these services cannot be garbage collected: gc needs local backends that can " +
-        "enumerate and delete (pack:// or objectstore+s3:// blobs, sqlite:// or postgres:// " +
-        "directories); point " +
-        "it at the " +
-        "daemon's store files, not at the daemon",
+      "these services cannot be garbage collected: gc needs backends that can enumerate " +
+        "and delete (pack:// or objectstore+s3:// blobs, sqlite:// or postgres:// directories)",
     );
   }
-  // The cutoff is taken before marking: whatever an upload writes or
+  // The cutoff is taken before listing: whatever an upload writes or
   // reuses from now on is newer, so it is kept even though marking may not
   // see the PathInfo that will refer to it.
-  const cutoff = Date.now() - (options.graceMs ?? DEFAULT_GRACE_MS);
-  const live = await mark(services);
+  const startedMs = Date.now();
+  const cutoff = startedMs - (options.graceMs ?? DEFAULT_GRACE_MS);
+  let roots = await loadRoots(services.pathInfo);
+  let policy: Awaited<ReturnType<typeof applyPolicies>> | undefined;
+  if (options.olderThanMs !== undefined || options.maxSizeBytes !== undefined) {
+    policy = await applyPolicies(services, roots, startedMs, options);
+    roots = policy.kept;
+  }
+  const live = await mark(directory, roots, options);
+  options.signal?.throwIfAborted();
+  options.onProgress?.({
+    phase: "sweep",
+    pathsDone: 0,
+    pathsTotal: 0,
+    bytesDone: 0,
+    bytesTotal: 0,
+  });
   const sweepOptions = { cutoff, dryRun: options.dryRun ?? false };
   const directories = await directory.sweep(
     (d: Digest) => live.directories.has(digestKey(d)),
@@ -116,11 +325,14 @@ export async function collectGarbage(
   );
   const blobs = await blob.sweep((d: Digest) => live.blobs.has(digestKey(d)), sweepOptions);
   return {
-    paths: live.paths,
+    paths: roots.length,
     liveDirectories: live.directories.size,
     liveBlobs: live.blobs.size,
     directories,
     blobs,
+    deletedPaths: policy?.deleted ?? [],
+    sizeBefore: policy?.sizeBefore,
+    sizeAfter: policy?.sizeAfter,
   };
 }
 
@@ -148,13 +360,17 @@ export interface VerifyReport {
  */
 export async function verifyStore(
   services: ManagedServices,
-  options: { repair?: boolean } = {},
+  options: { repair?: boolean; onProgress?: (progress: GcProgress) => void } = {},
 ): Promise<VerifyReport> {
   const damaged: DamagedPath[] = [];
   const broken: Uint8Array[] = [];
-  let paths = 0;
-  for await (const info of services.pathInfo.list()) {
-    paths++;
+  const infos: PathInfo[] = [];
+  for await (const info of services.pathInfo.list()) infos.push(info);
+  const sized = infos.map((info) => ({ info, narSize: Number(info.narinfo?.narSize ?? 0n) }));
+  const progress = progressReporter("verify", sized, options.onProgress);
+  const paths = infos.length;
+  for (const item of sized) {
+    const info = item.info;
     let name = "(unnamed)";
     try {
       const storePath = storePathOf(info);
@@ -175,7 +391,9 @@ export async function verifyStore(
         broken.push(storePathOf(info).digest);
       } catch { /* unnamed: nothing to remove by name */ }
     }
+    await progress.done(item);
   }
+  progress.end();
   let repaired = 0;
   if (options.repair && broken.length > 0) {
     const remove = services.pathInfo.delete;
@@ -194,6 +412,22 @@ export async function verifyStore(
   return { paths, damaged, repaired, orphans };
 }
 
+/** A path given to {@linkcode deletePaths} is not in the store. */
+export class PathNotFoundError extends InvalidRequestError {
+  override name = "PathNotFoundError";
+}
+
+/** A path given to {@linkcode deletePaths} is referenced by paths not being deleted. */
+export class PathReferencedError extends InvalidRequestError {
+  override name = "PathReferencedError";
+  /** The absolute store path refused, and the paths that refer to it. */
+  constructor(readonly path: string, readonly referrers: string[]) {
+    super(
+      `${path} is still referenced by ${referrers.join(", ")} (use --recursive to delete them too)`,
+    );
+  }
+}
+
 /**
  * Removes the PathInfos of `targets`. A path another remaining path refers
  * to is refused (naming the referrers) unless `recursive`, which deletes
@@ -208,8 +442,8 @@ export async function deletePaths(
   const remove = pathInfo.delete;
   if (!remove) {
     throw new InvalidRequestError(
-      "these path info services cannot delete: point delete at the store's files " +
-        "(e.g. sqlite://…), not at a daemon",
+      "these path info services cannot delete: point delete at a daemon (grpc+http://, " +
+        "grpc+unix://) or at the store's files (e.g. sqlite://…)",
     );
   }
   // Who refers to whom, over the whole store.
@@ -229,7 +463,7 @@ export async function deletePaths(
   const doomed = new Set<string>();
   for (const t of targets) {
     const key = digestKey(t.digest);
-    if (!byKey.has(key)) throw new InvalidRequestError(`${t.absolute()} is not in the store`);
+    if (!byKey.has(key)) throw new PathNotFoundError(`${t.absolute()} is not in the store`);
     doomed.add(key);
   }
   if (options.recursive) {
@@ -246,10 +480,9 @@ export async function deletePaths(
     for (const key of doomed) {
       const alive = [...referrers.get(key) ?? []].filter((r) => !doomed.has(r));
       if (alive.length > 0) {
-        throw new InvalidRequestError(
-          `${byKey.get(key)!.absolute()} is still referenced by ${
-            alive.map((r) => byKey.get(r)!.absolute()).join(", ")
-          } (use --recursive to delete them too)`,
+        throw new PathReferencedError(
+          byKey.get(key)!.absolute(),
+          alive.map((r) => byKey.get(r)!.absolute()).sort(),
         );
       }
     }

@@ -1,8 +1,9 @@
 /**
  * Store management with real processes on the embedded store's layout
  * (pack blobs, SQLite metadata): `list`, `info`, `delete`, `gc` and
- * `verify`, including gc running while imports stream in (in-process and
- * through a daemon) and gc killed with SIGKILL. Every kept path is checked
+ * `verify`, including gc running while imports and copies stream in
+ * (in-process, and through a daemon with gc both through its AdminService
+ * and on its files) and gc killed with SIGKILL. Every kept path is checked
  * against `nix-store --dump`.
  */
 import { join } from "node:path";
@@ -17,66 +18,14 @@ import {
   tvixStore,
 } from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
-import { renderNar } from "../../src/nar/render.ts";
-import { caNarSha256StorePath, StorePath } from "../../src/store/store_path.ts";
-import { nixOracle } from "../store/tree_gen.ts";
-import { collectBytes } from "../conformance/harness.ts";
+import { StorePath } from "../../src/store/store_path.ts";
 import { pseudoRandom } from "../fixtures.ts";
-import { blake3, bytesEqual } from "../../src/castore/digest.ts";
+import { blake3 } from "../../src/castore/digest.ts";
+import { checkNars, expected, ok, packBytes, tree } from "./gc_helpers.ts";
+import { run } from "../store/tree_gen.ts";
 import { renameNode, toNode } from "../../src/castore/node.ts";
 
 const te = new TextEncoder();
-
-/** Writes a tree of `files` (name → contents); returns its path. */
-async function tree(root: string, files: Record<string, Uint8Array>): Promise<string> {
-  for (const [name, data] of Object.entries(files)) {
-    const path = join(root, name);
-    await Deno.mkdir(join(path, ".."), { recursive: true });
-    await Deno.writeFile(path, data);
-  }
-  return root;
-}
-
-/** The store path `nix-store --add` gives `path`, and its NAR. */
-async function expected(path: string): Promise<{ storePath: string; nar: Uint8Array }> {
-  const nix = await nixOracle(path);
-  const name = path.split("/").pop()!;
-  return { storePath: caNarSha256StorePath(nix.narSha256, name).absolute(), nar: nix.nar };
-}
-
-async function ok(args: string[]): Promise<string> {
-  const r = await tvixStore(args);
-  assertEquals(r.code, 0, `tvix-store ${args.join(" ")}:\n${r.stderr}`);
-  return r.stdout;
-}
-
-/** Bytes of all pack files of the embedded store at `store`. */
-function packBytes(store: string): number {
-  let n = 0;
-  for (const e of Deno.readDirSync(join(store, "packs"))) {
-    if (e.name.endsWith(".pack")) n += Deno.statSync(join(store, "packs", e.name)).size;
-  }
-  return n;
-}
-
-/** Every stored path renders to exactly `nars[path]`; returns how many paths there are. */
-async function checkNars(store: string, nars: Map<string, Uint8Array>): Promise<number> {
-  const s = await constructServices(embeddedAddrs(store));
-  try {
-    let n = 0;
-    for await (const info of s.pathInfo.list()) {
-      n++;
-      const path = StorePath.parseBasenameBytes(info.node!.node!.value.name).absolute();
-      const want = nars.get(path);
-      assert(want, `unexpected path ${path}`);
-      const got = await collectBytes(renderNar(info.node!.node!, s.blob, s.directory));
-      assert(bytesEqual(got, want), `${path} renders differently from nix-store --dump`);
-    }
-    return n;
-  } finally {
-    await s.close();
-  }
-}
 
 Deno.test("gc: delete then gc reclaims a path's own bytes, keeps what another path shares", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-gc-" });
@@ -209,30 +158,61 @@ Deno.test("verify: catches a flipped byte, a missing chunk and a missing directo
   }
 });
 
+/** Adds `path` to the local Nix store; returns its store path and a closure file for `copy`. */
+async function nixAdd(path: string, work: string): Promise<{ storePath: string; json: string }> {
+  const td = new TextDecoder();
+  const storePath = td.decode(await run("nix-store", ["--add", path])).trim();
+  const json = join(work, `${storePath.split("/").pop()}.json`);
+  await Deno.writeFile(
+    json,
+    await run("nix", [
+      "--extra-experimental-features",
+      "nix-command",
+      "path-info",
+      "--json",
+      storePath,
+    ]),
+  );
+  return { storePath, json };
+}
+
+/** Runs `tvix-store ARGS…` until it succeeds, retrying (a few times) what gc's races refuse. */
+async function retried(args: string[]): Promise<{ stdout: string; retries: number }> {
+  for (let attempt = 0;; attempt++) {
+    const r = await tvixStore(args);
+    if (r.code === 0) return { stdout: r.stdout, retries: attempt };
+    assertMatch(r.stderr, /garbage collected|removed by garbage collection/);
+    assert(attempt < 3, `tvix-store ${args[0]} kept failing:\n${r.stderr}`);
+  }
+}
+
 /**
- * Imports trees one after another while gc runs in a loop with a short
- * grace period. Half of the data was stored before by a path that was
- * deleted and has aged past the grace period: unreferenced chunks that the
- * new imports reuse while gc may be deleting them. An import that loses
- * that race must fail and succeed when retried; no path may lose data.
+ * Imports trees one after another, and copies closures from /nix/store at
+ * the same time, while gc runs in a loop with a short grace period (with
+ * `gcArgs` in turn, round after round). Half of the data was stored
+ * before by a path that was deleted and has aged past the grace period:
+ * unreferenced chunks that the new imports and copies reuse while gc may
+ * be deleting them. An import or copy that loses that race must fail and
+ * succeed when retried; no path may lose data.
  */
-async function importWhileCollecting(work: string, storeArgs: string[], gcArgs: string[]) {
+async function importWhileCollecting(work: string, storeArgs: string[], gcArgs: string[][]) {
   const garbage = pseudoRandom(1 << 20, 99);
   const g = await tree(join(work, "g"), { "old.bin": garbage });
   const pg = (await ok(["import", "--no-stat-cache", ...storeArgs, g])).trim();
-  await ok(["delete", ...gcArgs, pg]);
+  await ok(["delete", ...gcArgs[0], pg]);
   await new Promise((r) => setTimeout(r, 1500)); // older than the grace period below
   let stop = false;
   let rounds = 0;
   const loop = (async () => {
     while (!stop) {
-      await ok(["gc", "--grace", "1s", ...gcArgs]);
+      await ok(["gc", "--grace", "1s", ...gcArgs[rounds % gcArgs.length]]);
       rounds++;
     }
   })();
   const nars = new Map<string, Uint8Array>();
+  const nixPaths: string[] = [];
   let retries = 0;
-  try {
+  const imports = async () => {
     for (let i = 0; i < 6; i++) {
       const t = await tree(join(work, `t${i}`), {
         "reused.bin": garbage,
@@ -240,33 +220,46 @@ async function importWhileCollecting(work: string, storeArgs: string[], gcArgs: 
         "small/a.txt": te.encode(`tree ${i}\n`),
       });
       const want = await expected(t);
-      for (let attempt = 0;; attempt++) {
-        const r = await tvixStore(["import", "--no-stat-cache", ...storeArgs, t]);
-        if (r.code === 0) {
-          assertEquals(r.stdout.trim(), want.storePath);
-          break;
-        }
-        assertMatch(r.stderr, /garbage collected|removed by garbage collection/);
-        assert(attempt < 3, `import kept failing:\n${r.stderr}`);
-        retries++;
-      }
+      const r = await retried(["import", "--no-stat-cache", ...storeArgs, t]);
+      assertEquals(r.stdout.trim(), want.storePath);
+      retries += r.retries;
       nars.set(want.storePath, want.nar);
     }
+  };
+  const copies = async () => {
+    for (let i = 0; i < 3; i++) {
+      const t = await tree(join(work, `copied-${crypto.randomUUID()}`), {
+        "reused.bin": garbage,
+        [`copied${i}.bin`]: pseudoRandom(300_000, 400 + i),
+      });
+      const added = await nixAdd(t, work);
+      nixPaths.push(added.storePath);
+      const r = await retried(["copy", "--quiet", ...storeArgs, added.json]);
+      retries += r.retries;
+      nars.set(added.storePath, await run("nix-store", ["--dump", added.storePath]));
+    }
+  };
+  try {
+    await Promise.all([imports(), copies()]);
   } finally {
     stop = true;
     await loop;
+    for (const p of nixPaths) {
+      await new Deno.Command("nix-store", { args: ["--delete", p], stdout: "null", stderr: "null" })
+        .output();
+    }
   }
-  console.log(`gc rounds during the imports: ${rounds}, imports retried: ${retries}`);
+  console.log(`gc rounds during the imports and copies: ${rounds}, retried: ${retries}`);
   assert(rounds >= 2, `gc ran only ${rounds} times`);
   return nars;
 }
 
-Deno.test("gc in a loop while imports stream in, in-process: nothing is lost", async () => {
+Deno.test("gc in a loop while imports and copies stream in, in-process: nothing is lost", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-gc-loop-" });
   try {
     const store = join(work, "store");
     const S = localStoreArgs(store);
-    const nars = await importWhileCollecting(work, S, S);
+    const nars = await importWhileCollecting(work, S, [S]);
     await ok(["gc", "--grace", "0", ...S]);
     assertEquals(await checkNars(store, nars), nars.size);
     assertMatch(await ok(["verify", ...S]), /0 damaged/);
@@ -275,7 +268,7 @@ Deno.test("gc in a loop while imports stream in, in-process: nothing is lost", a
   }
 });
 
-Deno.test("gc in a loop on a daemon's store while imports go through the daemon: nothing is lost", async () => {
+Deno.test("gc in a loop on a daemon's store (through its AdminService and on its files) while imports and copies go through the daemon: nothing is lost", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-gc-daemon-" });
   const home = join(work, "home");
   const daemon = await startServer(["daemon", "--listen-address", "127.0.0.1:0"], {
@@ -285,8 +278,9 @@ Deno.test("gc in a loop on a daemon's store while imports go through the daemon:
   try {
     const url = `grpc+http://${daemon.address}`;
     const remote = remoteStoreArgs(url);
-    const nars = await importWhileCollecting(work, remote, localStoreArgs(home));
+    const nars = await importWhileCollecting(work, remote, [remote, localStoreArgs(home)]);
     assertEquals(daemon.exitStatus(), undefined, "the daemon keeps serving");
+    assertMatch(await ok(["verify", ...remote]), /0 damaged/);
     const { status } = await daemon.stop();
     assertEquals(status.code, 0, daemon.log());
     assertEquals(await checkNars(home, nars), nars.size);

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { assertEquals, assertRejects } from "../assert.ts";
+import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { digestKey } from "../../src/castore/digest.ts";
 import { InvalidRequestError } from "../../src/errors.ts";
 import type { PathInfo, PathInfoService } from "../../src/store/pathinfo/service.ts";
@@ -119,5 +119,33 @@ export function pathInfoServiceConformance(
     await s.put(good);
     await assertRejects(() => s.put(symlinkPathInfo(undefined, "a\0b")), invalidError);
     assertEquals(await s.get(new Uint8Array(20)), good);
+  });
+
+  // Backends that keep access times (docs/gc.md#access-times); a remote
+  // daemon keeps its own and offers none.
+  test("access times: a put is an access, recorded ones only move forward", async (s) => {
+    if (!s.recordAccess || !s.listAccess || !s.deleteUnaccessed) return;
+    const before = Date.now();
+    const info = symlinkPathInfo();
+    await s.put(info);
+    const digest = StorePath.parseBasenameBytes(info.node!.node!.value.name).digest;
+    const [first, ...rest] = await collect(s.listAccess());
+    assertEquals([first.digest, rest], [digest, []]);
+    assert(first.accessedMs >= before && first.accessedMs <= Date.now(), `${first.accessedMs}`);
+    const later = first.accessedMs + 60_000;
+    await s.recordAccess([{ digest, accessedMs: later }]);
+    await s.recordAccess([{ digest, accessedMs: first.accessedMs + 1000 }]);
+    // A path not in the store is not added.
+    await s.recordAccess([{ digest: F.DUMMY_PATH_DIGEST, accessedMs: later }]);
+    assertEquals(await collect(s.listAccess()), [{ digest, accessedMs: later }]);
+    // Putting the path again does not move its access time back.
+    await s.put(info);
+    assertEquals(await collect(s.listAccess()), [{ digest, accessedMs: later }]);
+    // Accessed at the cutoff: kept; before it: deleted.
+    assertEquals(await s.deleteUnaccessed(digest, later), false);
+    assertEquals(await s.get(digest), info);
+    assertEquals(await s.deleteUnaccessed(digest, later + 1), true);
+    assertEquals(await s.get(digest), undefined);
+    assertEquals(await collect(s.listAccess()), []);
   });
 }

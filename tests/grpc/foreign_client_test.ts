@@ -284,6 +284,8 @@ async function checkReflection(c: Calls): Promise<void> {
         "tvix.castore.v1.BlobService",
         "tvix.castore.v1.DirectoryService",
         "tvix.store.v1.PathInfoService",
+        // Ours, in a package of its own (docs/gc.md#the-admin-service).
+        "tvix_ts.admin.v1.AdminService",
       ]
     ) assert(names.includes(svc), `${version} lists ${svc}: ${names}`);
 

@@ -57,7 +57,7 @@ pgTest("postgres pathinfo rows hold the protobuf under the raw store path digest
     assertEquals(rows, [[toHex(path.digest), toHex(PathInfo.encode(info).finish())]]);
     assertEquals(await pg.psql(db, "SELECT component, version FROM schema_version"), [[
       "pathinfos",
-      "1",
+      "2",
     ]]);
   });
 });
@@ -117,3 +117,33 @@ pgTest("a corrupted postgres pathinfo row is a StorageError", async (pg) => {
     await assertRejects(() => collect(s.list()), StorageError);
   });
 });
+
+pgTest(
+  "a postgres pathinfos table from before access times gets them, counted from the migration",
+  async (pg) => {
+    const db = await pg.createDatabase();
+    const [{ path, info }] = manyInfos(1);
+    // Version 1 of the schema, with one path stored.
+    await pg.psql(
+      db,
+      "CREATE TABLE schema_version (component text PRIMARY KEY, version integer NOT NULL); " +
+        "INSERT INTO schema_version VALUES ('pathinfos', 1); " +
+        "CREATE TABLE pathinfos (digest bytea PRIMARY KEY CHECK (length(digest) = 20), " +
+        "data bytea NOT NULL); " +
+        `INSERT INTO pathinfos VALUES ('\\x${toHex(path.digest)}', ` +
+        `'\\x${toHex(PathInfo.encode(info).finish())}')`,
+    );
+    const before = Date.now();
+    const s = await pathInfoServiceFromUrl(pg.url(db));
+    try {
+      const [a, ...rest] = await collect(s.listAccess!());
+      assertEquals([a.digest, rest], [path.digest, []]);
+      // The server's clock and ours: allow a second either way.
+      assert(a.accessedMs >= before - 1000 && a.accessedMs <= Date.now() + 1000, `${a.accessedMs}`);
+      assertEquals(await s.get(path.digest), info);
+      assertEquals(await pg.psql(db, "SELECT version FROM schema_version"), [["2"]]);
+    } finally {
+      await s.close();
+    }
+  },
+);

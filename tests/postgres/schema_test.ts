@@ -112,7 +112,7 @@ pgTest("postgres: opening migrates a fresh database once; both backends share it
   try {
     assertEquals(
       await pg.psql(db, "SELECT component, version FROM schema_version ORDER BY component"),
-      [["directories", "1"], ["pathinfos", "1"]],
+      [["directories", "1"], ["pathinfos", "2"]],
     );
     assertEquals(
       await pg.psql(

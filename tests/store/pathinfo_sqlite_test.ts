@@ -110,3 +110,30 @@ Deno.test("directory and pathinfo services share one sqlite file", async () => {
     }
   });
 });
+
+Deno.test("sqlite path infos of a store from before access times get them when opened", async () => {
+  await withDbFile(async (path) => {
+    const old = new DatabaseSync(path);
+    old.exec(
+      "CREATE TABLE pathinfos (digest BLOB PRIMARY KEY NOT NULL, data BLOB NOT NULL) WITHOUT ROWID",
+    );
+    const info = symlinkPathInfo();
+    const digest = StorePath.parseBasenameBytes(info.node!.node!.value.name).digest;
+    old.prepare("INSERT INTO pathinfos (digest, data) VALUES (?, ?)").run(
+      digest,
+      PathInfo.encode(info).finish(),
+    );
+    old.close();
+    const before = Date.now();
+    const s = new SqlitePathInfoService(path);
+    try {
+      const [a, ...rest] = await collect(s.listAccess());
+      assertEquals([a.digest, rest], [digest, []]);
+      // Counted as accessed when migrated, not at the epoch.
+      assertEquals(a.accessedMs >= before && a.accessedMs <= Date.now(), true);
+      assertEquals(await s.get(digest), info);
+    } finally {
+      await s.close();
+    }
+  });
+});

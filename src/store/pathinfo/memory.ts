@@ -1,18 +1,20 @@
 /**
- * In-process PathInfoService (`memory://`): encoded PathInfos in a Map keyed
- * by store path digest, lost on exit.
+ * In-process PathInfoService (`memory://`): encoded PathInfos and their
+ * access times in a Map keyed by store path digest, lost on exit.
  *
  * @module
  */
-import { digestKey } from "../../castore/digest.ts";
+import { digestKey, fromHex } from "../../castore/digest.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
-import type { PathInfoService } from "./service.ts";
+import type { PathAccess, PathInfoService } from "./service.ts";
 import { checkPathInfoDigest, validateForPut } from "./put_check.ts";
 
 /** A PathInfoService keeping every PathInfo in memory. */
 export class MemoryPathInfoService implements PathInfoService {
   // Encoded bytes, so callers cannot mutate what is stored.
   readonly #infos = new Map<string, Uint8Array>();
+  /** Last access per key, in ms (docs/gc.md#access-times). */
+  readonly #accessed = new Map<string, number>();
 
   /** The PathInfo stored under this 20-byte digest, or `undefined`. */
   get(digest: Uint8Array): Promise<PathInfo | undefined> {
@@ -25,7 +27,9 @@ export class MemoryPathInfoService implements PathInfoService {
   put(info: PathInfo): Promise<PathInfo> {
     try {
       const path = validateForPut(info);
-      this.#infos.set(digestKey(path.digest), PathInfo.encode(info).finish());
+      const key = digestKey(path.digest);
+      this.#infos.set(key, PathInfo.encode(info).finish());
+      this.#accessed.set(key, Math.max(this.#accessed.get(key) ?? 0, Date.now()));
       return Promise.resolve(info);
     } catch (err) {
       return Promise.reject(err);
@@ -45,10 +49,35 @@ export class MemoryPathInfoService implements PathInfoService {
   delete(digest: Uint8Array): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
+      this.#accessed.delete(digestKey(digest));
       return Promise.resolve(this.#infos.delete(digestKey(digest)));
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /** Moves access times forward. */
+  recordAccess(entries: readonly PathAccess[]): Promise<void> {
+    for (const e of entries) {
+      const key = digestKey(e.digest);
+      const was = this.#accessed.get(key);
+      if (was !== undefined && was < e.accessedMs) this.#accessed.set(key, e.accessedMs);
+    }
+    return Promise.resolve();
+  }
+
+  /** Every stored path's last access time. */
+  async *listAccess(): AsyncGenerator<PathAccess> {
+    for (const [key, accessedMs] of [...this.#accessed]) {
+      yield { digest: fromHex(key), accessedMs };
+    }
+  }
+
+  /** Removes the PathInfo unless accessed at or after `cutoffMs`. */
+  deleteUnaccessed(digest: Uint8Array, cutoffMs: number): Promise<boolean> {
+    const accessed = this.#accessed.get(digestKey(digest));
+    if (accessed === undefined || accessed >= cutoffMs) return Promise.resolve(false);
+    return this.delete(digest);
   }
 
   /** Nothing to release. */

@@ -2,8 +2,9 @@
  * PathInfoService on PostgreSQL (`postgres://…`, docs/storage.md#postgresql).
  *
  * Table `pathinfos`: the protobuf encoding of each PathInfo under the raw
- * 20-byte digest of its store path, as the SQLite backend keeps it. Put
- * validates and overwrites; list walks the keys in pages (keyset
+ * 20-byte digest of its store path, as the SQLite backend keeps it, with
+ * its last access time in ms (`accessed`, docs/gc.md#access-times). Put
+ * validates and overwrites (and counts as an access); list walks the keys in pages (keyset
  * pagination: no cursor or transaction stays open while the caller
  * consumes them); delete serves `delete` and `verify --repair`. Reads
  * check that a row decodes, validates and belongs to its key.
@@ -14,17 +15,24 @@ import { PostgresDb, type Schema } from "../../castore/postgres_db.ts";
 import type { PostgresConfig } from "../../castore/postgres_url.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { checkPathInfoDigest, decodeStoredPathInfo, validateForPut } from "./put_check.ts";
-import type { PathInfoService } from "./service.ts";
+import type { PathAccess, PathInfoService } from "./service.ts";
 
 /** The `pathinfos` table, version by version (docs/storage.md#postgresql). */
 export const PATHINFO_SCHEMA: Schema = {
   component: "pathinfos",
-  migrations: [[
-    `CREATE TABLE pathinfos (
-      digest bytea PRIMARY KEY CHECK (length(digest) = 20),
-      data bytea NOT NULL
-    )`,
-  ]],
+  migrations: [
+    [
+      `CREATE TABLE pathinfos (
+        digest bytea PRIMARY KEY CHECK (length(digest) = 20),
+        data bytea NOT NULL
+      )`,
+    ],
+    // Access times; paths already stored count as accessed when migrated.
+    [
+      "ALTER TABLE pathinfos ADD COLUMN accessed bigint NOT NULL DEFAULT 0",
+      "UPDATE pathinfos SET accessed = (extract(epoch FROM now()) * 1000)::bigint",
+    ],
+  ],
 };
 
 /** Rows fetched per query while listing. */
@@ -61,9 +69,10 @@ export class PostgresPathInfoService implements PathInfoService {
     const path = validateForPut(info);
     await this.#db.run(
       "write",
-      "INSERT INTO pathinfos (digest, data) VALUES ($1, $2) " +
-        "ON CONFLICT (digest) DO UPDATE SET data = excluded.data",
-      [path.digest, PathInfo.encode(info).finish()],
+      "INSERT INTO pathinfos (digest, data, accessed) VALUES ($1, $2, $3) " +
+        "ON CONFLICT (digest) DO UPDATE SET data = excluded.data, " +
+        "accessed = greatest(pathinfos.accessed, excluded.accessed)",
+      [path.digest, PathInfo.encode(info).finish(), Date.now()],
     );
     return info;
   }
@@ -92,6 +101,48 @@ export class PostgresPathInfoService implements PathInfoService {
       "delete",
       "DELETE FROM pathinfos WHERE digest = $1 RETURNING digest",
       [digest],
+    );
+    return gone.length > 0;
+  }
+
+  /** Moves access times forward, all in one transaction. */
+  async recordAccess(entries: readonly PathAccess[]): Promise<void> {
+    if (entries.length === 0) return;
+    await this.#db.transaction("record access", async (tx) => {
+      for (const e of entries) {
+        await tx.query(
+          "UPDATE pathinfos SET accessed = $1 WHERE digest = $2 AND accessed < $1",
+          [e.accessedMs, e.digest],
+        );
+      }
+    });
+  }
+
+  /** Every stored path's last access time, {@linkcode LIST_PAGE} rows per query. */
+  async *listAccess(): AsyncGenerator<PathAccess> {
+    let after: Uint8Array = new Uint8Array(0);
+    while (true) {
+      const rows = await this.#db.run(
+        "list access",
+        "SELECT digest, accessed FROM pathinfos WHERE digest > $1 ORDER BY digest " +
+          `LIMIT ${LIST_PAGE}`,
+        [after],
+      );
+      for (const row of rows) {
+        after = row.digest as Uint8Array;
+        yield { digest: after, accessedMs: Number(row.accessed) };
+      }
+      if (rows.length < LIST_PAGE) return;
+    }
+  }
+
+  /** Removes the PathInfo unless accessed at or after `cutoffMs`. */
+  async deleteUnaccessed(digest: Uint8Array, cutoffMs: number): Promise<boolean> {
+    checkPathInfoDigest(digest);
+    const gone = await this.#db.run(
+      "delete",
+      "DELETE FROM pathinfos WHERE digest = $1 AND accessed < $2 RETURNING digest",
+      [digest, cutoffMs],
     );
     return gone.length > 0;
   }

@@ -10,7 +10,7 @@
 import type { BlobService } from "../../castore/blob/service.ts";
 import type { DirectoryService } from "../../castore/directory/service.ts";
 import type { NarCalculationService } from "../../nar/calculation.ts";
-import type { PathInfo, PathInfoService } from "./service.ts";
+import type { PathAccess, PathInfo, PathInfoService } from "./service.ts";
 
 /** What a PathInfo refers to: anything that can be made durable. */
 export type Referenced = Pick<BlobService | DirectoryService, "sync">;
@@ -46,6 +46,24 @@ export class ReferencesFirstPathInfoService implements PathInfoService {
   get delete(): ((digest: Uint8Array) => Promise<boolean>) | undefined {
     const inner = this.#inner;
     return inner.delete && ((digest) => inner.delete!(digest));
+  }
+
+  /** As the wrapped service (absent if it keeps no access times). */
+  get recordAccess(): ((entries: readonly PathAccess[]) => Promise<void>) | undefined {
+    const inner = this.#inner;
+    return inner.recordAccess && ((entries) => inner.recordAccess!(entries));
+  }
+
+  /** As the wrapped service (absent if it keeps no access times). */
+  get listAccess(): (() => AsyncIterable<PathAccess>) | undefined {
+    const inner = this.#inner;
+    return inner.listAccess && (() => inner.listAccess!());
+  }
+
+  /** As the wrapped service (absent if it keeps no access times). */
+  get deleteUnaccessed(): ((digest: Uint8Array, cutoffMs: number) => Promise<boolean>) | undefined {
+    const inner = this.#inner;
+    return inner.deleteUnaccessed && ((d, c) => inner.deleteUnaccessed!(d, c));
   }
 
   /** As the wrapped service. */

@@ -9,6 +9,14 @@ import type { NarCalculationService } from "../../nar/calculation.ts";
 
 export type { PathInfo };
 
+/** When a store path was last used (docs/gc.md#access-times). */
+export interface PathAccess {
+  /** The 20-byte store path digest. */
+  digest: Uint8Array;
+  /** Last access, in ms since the epoch. */
+  accessedMs: number;
+}
+
 /** A store of PathInfo messages. */
 export interface PathInfoService {
   /** The PathInfo of the store path with this 20-byte digest, or `undefined`. */
@@ -29,6 +37,23 @@ export interface PathInfoService {
    * daemon: the upstream protocol has no delete).
    */
   delete?(digest: Uint8Array): Promise<boolean>;
+
+  /**
+   * Moves the access times of these paths forward (never back); paths not
+   * in the store are ignored. Absent where the backend keeps no access
+   * times (a remote daemon keeps its own).
+   */
+  recordAccess?(entries: readonly PathAccess[]): Promise<void>;
+
+  /** Every stored path's last access time (absent as {@linkcode recordAccess} is). */
+  listAccess?(): AsyncIterable<PathAccess>;
+
+  /**
+   * Removes the PathInfo unless it was accessed at or after `cutoffMs`, in
+   * one step; false if it was kept or absent. Garbage collection's policies
+   * delete through it, so a path used while they run stays.
+   */
+  deleteUnaccessed?(digest: Uint8Array, cutoffMs: number): Promise<boolean>;
 
   /**
    * Set when the backend calculates NARs itself, next to its data (a

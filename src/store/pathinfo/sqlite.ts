@@ -2,23 +2,39 @@
  * PathInfoService on SQLite (`sqlite:///path`, `sqlite://` in memory).
  *
  * Table `pathinfos`: key = raw 20-byte store path digest, value = protobuf
- * encoding of the PathInfo. Put validates and overwrites; list walks the
- * keys in order. Reads check that a row still decodes, validates and
+ * encoding of the PathInfo, and `accessed`, the path's last access time in
+ * ms (docs/gc.md#access-times). Put validates and overwrites (and counts
+ * as an access); list walks the keys in order. Reads check that a row still decodes, validates and
  * belongs to its key, so corruption surfaces as `StorageError`.
  *
  * @module
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { StorageError } from "../../errors.ts";
-import { openDatabase, storageCall } from "../../castore/sqlite_db.ts";
+import { inTransaction, openDatabase, storageCall } from "../../castore/sqlite_db.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { checkPathInfoDigest, decodeStoredPathInfo, validateForPut } from "./put_check.ts";
-import type { PathInfoService } from "./service.ts";
+import type { PathAccess, PathInfoService } from "./service.ts";
 
 const SCHEMA = `CREATE TABLE IF NOT EXISTS pathinfos (
   digest BLOB PRIMARY KEY NOT NULL,
-  data BLOB NOT NULL
+  data BLOB NOT NULL,
+  accessed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID`;
+
+/**
+ * Adds `accessed` to a table created before access times existed. Paths
+ * already stored count as accessed now, so upgrading does not make them
+ * look unused to `gc --older-than`.
+ */
+function migrate(db: DatabaseSync): void {
+  const columns = db.prepare("PRAGMA table_info(pathinfos)").all().map((c) => c.name);
+  if (columns.includes("accessed")) return;
+  inTransaction(db, () => {
+    db.exec("ALTER TABLE pathinfos ADD COLUMN accessed INTEGER NOT NULL DEFAULT 0");
+    db.prepare("UPDATE pathinfos SET accessed = ?").run(Date.now());
+  });
+}
 
 /** Rows fetched per query while listing, so no statement stays open across awaits. */
 const LIST_PAGE = 256;
@@ -30,6 +46,7 @@ export class SqlitePathInfoService implements PathInfoService {
   readonly #upsert: StatementSync;
   readonly #firstPage: StatementSync;
   readonly #nextPage: StatementSync;
+  readonly #access: StatementSync;
   #closed = false;
 
   /** Opens (creating) the database file at `path`, or an in-memory one if undefined. */
@@ -37,10 +54,15 @@ export class SqlitePathInfoService implements PathInfoService {
     this.#db = openDatabase(path);
     try {
       this.#db.exec(SCHEMA);
+      migrate(this.#db);
       this.#select = this.#db.prepare("SELECT data FROM pathinfos WHERE digest = ?");
       this.#upsert = this.#db.prepare(
-        "INSERT INTO pathinfos (digest, data) VALUES (?, ?) " +
-          "ON CONFLICT (digest) DO UPDATE SET data = excluded.data",
+        "INSERT INTO pathinfos (digest, data, accessed) VALUES (?, ?, ?) " +
+          "ON CONFLICT (digest) DO UPDATE SET data = excluded.data, " +
+          "accessed = max(accessed, excluded.accessed)",
+      );
+      this.#access = this.#db.prepare(
+        "UPDATE pathinfos SET accessed = ? WHERE digest = ? AND accessed < ?",
       );
       this.#firstPage = this.#db.prepare(
         `SELECT digest, data FROM pathinfos ORDER BY digest LIMIT ${LIST_PAGE}`,
@@ -70,7 +92,7 @@ export class SqlitePathInfoService implements PathInfoService {
     try {
       const path = validateForPut(info);
       const bytes = PathInfo.encode(info).finish();
-      storageCall("write", () => this.#upsert.run(path.digest, bytes));
+      storageCall("write", () => this.#upsert.run(path.digest, bytes, Date.now()));
       return Promise.resolve(info);
     } catch (err) {
       return Promise.reject(err);
@@ -101,6 +123,46 @@ export class SqlitePathInfoService implements PathInfoService {
       const changes = storageCall(
         "delete",
         () => this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?").run(digest).changes,
+      );
+      return Promise.resolve(Number(changes) > 0);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Moves access times forward, all in one transaction. */
+  recordAccess(entries: readonly PathAccess[]): Promise<void> {
+    try {
+      storageCall("record access", () =>
+        inTransaction(this.#db, () => {
+          for (const e of entries) this.#access.run(e.accessedMs, e.digest, e.accessedMs);
+        }));
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Every stored path's last access time. */
+  async *listAccess(): AsyncGenerator<PathAccess> {
+    const rows = storageCall(
+      "list access",
+      () => this.#db.prepare("SELECT digest, accessed FROM pathinfos").all(),
+    );
+    for (const row of rows) {
+      yield { digest: row.digest as Uint8Array, accessedMs: Number(row.accessed) };
+    }
+  }
+
+  /** Removes the PathInfo unless accessed at or after `cutoffMs`. */
+  deleteUnaccessed(digest: Uint8Array, cutoffMs: number): Promise<boolean> {
+    try {
+      checkPathInfoDigest(digest);
+      const changes = storageCall(
+        "delete",
+        () =>
+          this.#db.prepare("DELETE FROM pathinfos WHERE digest = ? AND accessed < ?")
+            .run(digest, cutoffMs).changes,
       );
       return Promise.resolve(Number(changes) > 0);
     } catch (err) {
