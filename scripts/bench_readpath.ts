@@ -13,8 +13,9 @@
  *    1 when ranges seek instead of rendering from the start);
  * 4. the daemon's and the bridge's peak RSS (VmHWM) after the downloads.
  *
- * Downloads go through curl into /dev/null. Each number is the best of
- * `--rounds` (default 3); the load average is printed before and after.
+ * Downloads go through curl into /dev/null. The sides run in turn, round
+ * after round (`--rounds`, default 3), and each number is the median with
+ * the spread; the load average is printed before and after.
  * Usage: `deno run -A scripts/bench_readpath.ts [--size-mib 512] [--files 20000] [--rounds 3]`.
  *
  * @module
@@ -88,41 +89,56 @@ function spawn(args: string[]) {
   return child;
 }
 
-/** Best time (ms) of fetching `url` with curl into /dev/null, checking the size. */
-async function curlBest(url: string, size: number, range?: string): Promise<number> {
-  const times: number[] = [];
-  for (let r = 0; r < ROUNDS; r++) {
-    const t0 = performance.now();
-    const out = await new Deno.Command("curl", {
-      args: [
-        "-sf",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{size_download}",
-        ...(range ? ["-r", range] : []),
-        url,
-      ],
-      stdout: "piped",
-    }).output();
-    times.push(performance.now() - t0);
-    const got = Number(new TextDecoder().decode(out.stdout));
-    if (!out.success || got !== size) throw new Error(`curl ${url}: ${got} bytes, want ${size}`);
-  }
-  return Math.min(...times);
+/** Time (ms) of fetching `url` with curl into /dev/null, checking the size. */
+async function curlTime(url: string, size: number, range?: string): Promise<number> {
+  const t0 = performance.now();
+  const out = await new Deno.Command("curl", {
+    args: [
+      "-sf",
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{size_download}",
+      ...(range ? ["-r", range] : []),
+      url,
+    ],
+    stdout: "piped",
+  }).output();
+  const ms = performance.now() - t0;
+  const got = Number(new TextDecoder().decode(out.stdout));
+  if (!out.success || got !== size) throw new Error(`curl ${url}: ${got} bytes, want ${size}`);
+  return ms;
 }
 
-async function dumpBest(tree: string): Promise<number> {
-  const times: number[] = [];
+/** Time (ms) of `nix-store --dump TREE | cat > /dev/null`. */
+async function dumpTime(tree: string): Promise<number> {
+  const t0 = performance.now();
+  const out = await new Deno.Command("sh", {
+    args: ["-c", 'nix-store --dump "$1" | cat > /dev/null', "sh", tree],
+  }).output();
+  if (!out.success) throw new Error("nix-store --dump failed");
+  return performance.now() - t0;
+}
+
+/** Runs every side once per round, in turn (interleaved); the times of each side. */
+async function interleaved(sides: (() => Promise<number>)[]): Promise<number[][]> {
+  const times = sides.map(() => [] as number[]);
   for (let r = 0; r < ROUNDS; r++) {
-    const t0 = performance.now();
-    const out = await new Deno.Command("sh", {
-      args: ["-c", 'nix-store --dump "$1" | cat > /dev/null', "sh", tree],
-    }).output();
-    times.push(performance.now() - t0);
-    if (!out.success) throw new Error("nix-store --dump failed");
+    for (const [i, side] of sides.entries()) times[i].push(await side());
   }
-  return Math.min(...times);
+  return times;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** `median MiB/s (min–max)` of `mib` moved in each of `times` (ms). */
+function rate(mib: number, times: number[]): string {
+  const r = (ms: number) => (mib / (ms / 1000)).toFixed(0);
+  return `${r(median(times))} MiB/s (${r(Math.max(...times))}–${r(Math.min(...times))})`;
 }
 
 /** The NAR URL and size of `storePath` at the cache `base`. */
@@ -188,20 +204,27 @@ try {
     const nar = await narOf(builtIn, paths[kind]);
     const narOver = await narOf(over, paths[kind]);
     const mib = nar.size / MiB;
-    const tBuiltIn = await curlBest(nar.url, nar.size);
-    const tOver = await curlBest(narOver.url, nar.size);
-    const tDump = await dumpBest(trees[kind]);
-    console.log(`${kind} tree, NAR of ${mib.toFixed(1)} MiB:`);
-    console.log(`  built-in cache          ${(mib / (tBuiltIn / 1000)).toFixed(0)} MiB/s`);
-    console.log(`  bridge over the daemon  ${(mib / (tOver / 1000)).toFixed(0)} MiB/s`);
-    console.log(`  nix-store --dump | cat  ${(mib / (tDump / 1000)).toFixed(0)} MiB/s`);
+    const [builtInT, overT, dumpT] = await interleaved([
+      () => curlTime(nar.url, nar.size),
+      () => curlTime(narOver.url, nar.size),
+      () => dumpTime(trees[kind]),
+    ]);
+    const [tBuiltIn, tOver, tDump] = [median(builtInT), median(overT), median(dumpT)];
+    console.log(`${kind} tree, NAR of ${mib.toFixed(1)} MiB (median of ${ROUNDS}, min–max):`);
+    console.log(`  built-in cache          ${rate(mib, builtInT)}`);
+    console.log(`  bridge over the daemon  ${rate(mib, overT)}`);
+    console.log(`  nix-store --dump | cat  ${rate(mib, dumpT)}`);
     console.log(`  ratio (built-in / dump)           ${(tDump / tBuiltIn).toFixed(2)}`);
     console.log(`  ratio (over daemon / built-in)    ${(tBuiltIn / tOver).toFixed(2)}`);
     if (kind === "large") {
       const len = Math.min(MiB, nar.size >> 1);
-      const head = await curlBest(nar.url, len, `0-${len - 1}`);
-      const tail = await curlBest(nar.url, len, `${nar.size - len}-${nar.size - 1}`);
-      console.log(`  ratio (range at start / at end)   ${(head / tail).toFixed(2)}`);
+      const [head, tail] = await interleaved([
+        () => curlTime(nar.url, len, `0-${len - 1}`),
+        () => curlTime(nar.url, len, `${nar.size - len}-${nar.size - 1}`),
+      ]);
+      console.log(
+        `  ratio (range at start / at end)   ${(median(head) / median(tail)).toFixed(2)}`,
+      );
     }
   }
   console.log(
