@@ -45,6 +45,7 @@ import {
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import { LoadingCache } from "../../loading_cache.ts";
 import { checkServerDigest, SmallBlobBatcher } from "./small_blob_batcher.ts";
+import { release } from "./chunk_codec.ts";
 
 /** Largest `BlobChunk` we send; well below the 4 MiB receivers accept. */
 export const MAX_PUT_MESSAGE = 1024 * 1024;
@@ -206,19 +207,16 @@ export class GrpcBlobService implements BlobService {
     let buf: Uint8Array | undefined;
     let filled = 0;
     for await (const { data } of serverStream(call)) {
+      // Every chunk is copied into a buffer of its own, which a consumer may
+      // release once written (as the binary cache does), and the message is
+      // released once copied out. Left to the collector, these buffers piled
+      // up: a bridge over a daemon grew by hundreds of MiB per large NAR.
       for (let at = 0; at < data.length;) {
         if (index >= chunks.length) {
           throw new StorageError(`blob ${b3Display(digest)} arrived longer than its chunk list`);
         }
         const chunk = chunks[index];
         const size = Number(chunk.size);
-        if (filled === 0 && data.length - at >= size) {
-          // The whole chunk is inside this message: checked in place.
-          yield check(data.subarray(at, at + size), chunk);
-          at += size;
-          index++;
-          continue;
-        }
         buf ??= new Uint8Array(size);
         const n = Math.min(size - filled, data.length - at);
         buf.set(data.subarray(at, at + n), filled);
@@ -232,6 +230,7 @@ export class GrpcBlobService implements BlobService {
           yield check(whole, chunk);
         }
       }
+      releaseMessage(data);
     }
     if (index < chunks.length) {
       throw new StorageError(
@@ -379,6 +378,23 @@ function writeDataHeader(buf: Uint8Array, end: number, length: number): number {
   }
   buf[at] = v;
   return start;
+}
+
+/**
+ * Releases the memory of a received `BlobChunk` whose `data` has been
+ * copied out, if the message had a buffer of its own: grpc-js assembles
+ * each message larger than Node's buffer pool slot into a fresh buffer
+ * (gRPC frame header, field header, then the data), and keeps no reference
+ * once it has handed the message over.
+ */
+function releaseMessage(data: Uint8Array): void {
+  const buffer = data.buffer;
+  if (
+    buffer instanceof ArrayBuffer && buffer.byteLength > 8192 &&
+    data.byteOffset <= 16 && data.byteOffset + data.byteLength === buffer.byteLength
+  ) {
+    release(buffer);
+  }
 }
 
 /** A `BlobChunk` message holding a copy of `data` (one copy, exact size). */
