@@ -23,7 +23,7 @@ import { StorePath } from "../src/store/store_path.ts";
 import { parseNarInfo } from "../src/narbridge/narinfo.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg, watchLines } from "./support.ts";
+import { MAIN, numberArg, runTvix, watchLines, writeRandomFiles } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
@@ -37,27 +37,7 @@ async function makeTree(root: string): Promise<void> {
     crypto.getRandomValues(buf.subarray(0, 4096));
     await Deno.writeFile(join(root, "small", `f${i}`), buf.subarray(0, 4096));
   }
-  let left = SIZE_MIB - 8;
-  for (let n = 0; left > 0; n++) {
-    const mib = Math.min(64, left);
-    const f = await Deno.open(join(root, `big${n}`), { write: true, create: true });
-    for (let m = 0; m < mib; m++) {
-      for (let o = 0; o < MiB; o += 65536) crypto.getRandomValues(buf.subarray(o, o + 65536));
-      await f.write(buf);
-    }
-    f.close();
-    left -= mib;
-  }
-}
-
-async function run(args: string[]): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-  return new TextDecoder().decode(out.stdout);
+  await writeRandomFiles(root, SIZE_MIB - 8);
 }
 
 function best<T>(xs: T[], key: (x: T) => number): T {
@@ -78,7 +58,7 @@ try {
   await makeTree(tree);
   const storeArgs = serviceAddrArgs(embeddedAddrs(tmp));
   console.log("importing ...");
-  const storePath = StorePath.parseAbsolute((await run(["import", ...storeArgs, tree])).trim());
+  const storePath = StorePath.parseAbsolute((await runTvix(["import", ...storeArgs, tree])).trim());
 
   bridge = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "nar-bridge", "-l", "127.0.0.1:0", ...storeArgs],

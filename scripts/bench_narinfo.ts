@@ -31,7 +31,7 @@ import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
 import { parseNarInfo } from "../src/narbridge/narinfo.ts";
 import * as nixbase32 from "../src/store/nixbase32.ts";
-import { MAIN, numberArg, stringArg, watchLines } from "./support.ts";
+import { MAIN, numberArg, runTvix, stringArg, watchLines } from "./support.ts";
 
 const CLIENTS = 16;
 
@@ -87,16 +87,6 @@ async function spawnServer(
   return { child, base: `http://${m[1]}` };
 }
 
-async function run(args: string[]): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-  return new TextDecoder().decode(out.stdout);
-}
-
 /**
  * GETs `urls` round-robin from {@linkcode CLIENTS} sequential loops for
  * `seconds`; every answer must have status `want`. Returns requests/s.
@@ -146,7 +136,7 @@ async function main(): Promise<void> {
     }
     const storeArgs = serviceAddrArgs(embeddedAddrs(join(tmp, "store")));
     console.log(`importing ${PATHS} paths ...`);
-    const paths = (await run(["import", "--quiet", ...storeArgs, ...trees])).trim().split("\n");
+    const paths = (await runTvix(["import", "--quiet", ...storeArgs, ...trees])).trim().split("\n");
     const sec = join(tmp, "key.sec"), pub = join(tmp, "key.pub");
     const keygen = await new Deno.Command("nix-store", {
       args: ["--generate-binary-cache-key", "bench-1", sec, pub],

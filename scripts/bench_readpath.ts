@@ -23,7 +23,7 @@
 import { join } from "node:path";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg, watchLines } from "./support.ts";
+import { MAIN, numberArg, runTvix, watchLines, writeRandomFiles } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
@@ -37,21 +37,6 @@ function loadAverage(): string {
 function memMiB(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
   return m ? Number(m[1]) / 1024 : NaN;
-}
-
-async function largeTree(root: string): Promise<void> {
-  await Deno.mkdir(root, { recursive: true });
-  const buf = new Uint8Array(MiB);
-  for (let left = SIZE_MIB, n = 0; left > 0; n++) {
-    const mib = Math.min(64, left);
-    const f = await Deno.open(join(root, `big${n}`), { write: true, create: true });
-    for (let m = 0; m < mib; m++) {
-      for (let o = 0; o < MiB; o += 65536) crypto.getRandomValues(buf.subarray(o, o + 65536));
-      await f.write(buf);
-    }
-    f.close();
-    left -= mib;
-  }
 }
 
 async function smallTree(root: string): Promise<void> {
@@ -68,16 +53,6 @@ async function smallTree(root: string): Promise<void> {
     data[1] = (i >> 8) & 0xff;
     await Deno.writeFile(join(dir, `f${i}`), data);
   }
-}
-
-async function run(args: string[]): Promise<string> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-  return new TextDecoder().decode(out.stdout);
 }
 
 function spawn(args: string[]) {
@@ -159,11 +134,11 @@ try {
   const storeArgs = serviceAddrArgs(embeddedAddrs(store));
   const trees = { large: join(tmp, "large"), small: join(tmp, "small") };
   console.log(`generating a ${SIZE_MIB} MiB tree and ${FILES} small files ...`);
-  await largeTree(trees.large);
+  await writeRandomFiles(trees.large, SIZE_MIB);
   await smallTree(trees.small);
   const paths = {
-    large: (await run(["import", ...storeArgs, trees.large])).trim(),
-    small: (await run(["import", ...storeArgs, trees.small])).trim(),
+    large: (await runTvix(["import", ...storeArgs, trees.large])).trim(),
+    small: (await runTvix(["import", ...storeArgs, trees.small])).trim(),
   };
 
   const daemon = spawn([

@@ -1,6 +1,7 @@
 /**
  * Plumbing shared by the benchmark scripts: where main.ts is, numeric
- * command-line options, and waiting for a child process to print a line.
+ * command-line options, running `tvix-store` to completion, writing random
+ * files, and waiting for a child process to print a line.
  * (Not named `bench_*`, so `scripts/bench.ts` does not run it.)
  *
  * @module
@@ -8,6 +9,36 @@
 
 /** Absolute path of main.ts, for running `tvix-store` as a process. */
 export const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** Runs `tvix-store ARGS…` to completion; its stdout, or an error with its stderr. */
+export async function runTvix(args: string[]): Promise<string> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout);
+}
+
+/**
+ * Writes `mib` MiB of random (incompressible) bytes under `root`, in files
+ * of at most 64 MiB named `big0`, `big1`, …
+ */
+export async function writeRandomFiles(root: string, mib: number): Promise<void> {
+  const MiB = 1024 * 1024;
+  await Deno.mkdir(root, { recursive: true });
+  const buf = new Uint8Array(MiB);
+  for (let left = mib, n = 0; left > 0; n++) {
+    const size = Math.min(64, left);
+    using f = await Deno.open(`${root}/big${n}`, { write: true, create: true });
+    for (let m = 0; m < size; m++) {
+      for (let o = 0; o < MiB; o += 65536) crypto.getRandomValues(buf.subarray(o, o + 65536));
+      for (let at = 0; at < MiB;) at += await f.write(buf.subarray(at));
+    }
+    left -= size;
+  }
+}
 
 /** The number after `--<name>` on the command line, else `def`. */
 export function numberArg(name: string, def: number): number {

@@ -355,11 +355,13 @@ export function unary<Res>(
  * Iterates a server-streaming call. Consuming through the async iterator
  * honours backpressure (grpc-js reads the next message only when asked);
  * leaving the loop early cancels the call. NOT_FOUND ends the stream
- * quietly when `notFoundIsEmpty`, other failures throw {@linkcode callError}.
+ * quietly when `notFoundIsEmpty`, other failures throw `mapError` of them
+ * (default {@linkcode callError}).
  */
 export async function* serverStream<T>(
   call: grpc.ClientReadableStream<T>,
   notFoundIsEmpty = false,
+  mapError: (err: unknown) => unknown = callError,
 ): AsyncGenerator<T> {
   let done = false;
   try {
@@ -368,7 +370,7 @@ export async function* serverStream<T>(
   } catch (err) {
     done = true;
     if (notFoundIsEmpty && isNotFound(err)) return;
-    throw callError(err);
+    throw mapError(err);
   } finally {
     if (!done) cancelQuietly(call);
   }

@@ -14,27 +14,13 @@ import {
   type DeleteResponse,
   type VerifyEvent,
 } from "../proto/tvix_ts/admin/v1/admin.ts";
-import { cancelQuietly, channelFor, type ChannelLease, clientOn } from "../grpc/channel.ts";
+import { channelFor, type ChannelLease, clientOn, serverStream } from "../grpc/channel.ts";
 import { RpcError } from "../grpc/status.ts";
 
 /** A failed call as an `RpcError` carrying its status; anything else as it is. */
 function asRpcError(err: unknown): unknown {
   const e = err as Partial<grpc.ServiceError> | undefined;
   return typeof e?.code === "number" ? new RpcError(e.code, e.details ?? e.message ?? "") : err;
-}
-
-/** The messages of a server stream; a failed call throws `RpcError`. */
-async function* events<T>(call: grpc.ClientReadableStream<T>): AsyncGenerator<T> {
-  let done = false;
-  try {
-    for await (const message of call) yield message as T;
-    done = true;
-  } catch (err) {
-    done = true;
-    throw asRpcError(err);
-  } finally {
-    if (!done) cancelQuietly(call);
-  }
 }
 
 /** The AdminService of one daemon. */
@@ -68,12 +54,12 @@ export class AdminClient {
 
   /** Runs a garbage collection: progress events, then the report. */
   collectGarbage(request: CollectGarbageRequest): AsyncGenerator<CollectGarbageEvent> {
-    return events(this.#client.collectGarbage(request));
+    return serverStream(this.#client.collectGarbage(request), false, asRpcError);
   }
 
   /** Verifies every path: progress events, then the report. */
   verify(repair: boolean): AsyncGenerator<VerifyEvent> {
-    return events(this.#client.verify({ repair }));
+    return serverStream(this.#client.verify({ repair }), false, asRpcError);
   }
 
   /** Drops the connection. */
