@@ -61,6 +61,7 @@ import {
   isCodec,
 } from "./compression.ts";
 import { UploadUrlIndex } from "./upload_urls.ts";
+import { Semaphore } from "../concurrency.ts";
 import { narListing } from "./listing.ts";
 import { AccessControl, type AccessTokens } from "./auth.ts";
 import { validatePathInfo } from "../store/pathinfo/validate.ts";
@@ -115,6 +116,13 @@ export const DEFAULT_NARINFO_TTL_SECONDS = 60;
 
 /** Cache-Control of NARs and listings: their URLs name their contents. */
 const IMMUTABLE = "public, max-age=31536000, immutable";
+
+/**
+ * Uploaded NARs served in a compression the store does not keep (xz,
+ * bzip2, gzip, br) at once: each runs a compressor over the whole NAR, so
+ * more than a few would only share the cores; the rest get 503.
+ */
+const MAX_RECOMPRESSIONS = 4;
 
 /** A request that fails with a specific HTTP status. */
 class HttpError extends Error {
@@ -207,6 +215,8 @@ export class NarBridge {
   readonly #opts: NarBridgeOptions;
   readonly #staging: Staging;
   readonly #uploads: UploadUrlIndex;
+  /** Uploaded NARs being compressed again (xz, bzip2, gzip, br) at once. */
+  readonly #recompressions = new Semaphore(MAX_RECOMPRESSIONS);
   readonly #access: AccessControl;
   readonly #upstreams?: Upstreams;
 
@@ -462,7 +472,23 @@ export class NarBridge {
     const { blob, directory } = this.#services;
     const headers = { "content-type": "application/x-nix-nar" };
     if (req.method === "HEAD") return { status: 200, headers };
-    return { status: 200, headers, body: compressAs(codec, renderNar(node, blob, directory)) };
+    // Each of these runs a compressor for the whole NAR (a process for xz
+    // and bzip2): a few at once, and beyond that Nix is told to come back.
+    if (this.#recompressions.free === 0) {
+      throw new HttpError(503, "too many NARs being compressed at once; retry later");
+    }
+    const recompressions = this.#recompressions;
+    // The permit is taken when the body starts, so a response never sent
+    // holds none.
+    const body = async function* () {
+      const done = await recompressions.acquire();
+      try {
+        yield* compressAs(codec, renderNar(node, blob, directory));
+      } finally {
+        done();
+      }
+    };
+    return { status: 200, headers, body: body() };
   }
 
   async #putNar(req: HttpRequest, path: string): Promise<HttpResponse> {
