@@ -126,7 +126,7 @@ async function findUnchanged(
   services: ImportServices,
   cache: StatCache,
 ): Promise<ImportResult | undefined> {
-  const node = cache.use(() => nodeFromStats(hostPath(path), (file) => cache.fileDigest(file)));
+  const node = cache.use(() => nodeFromStats(hostPath(path), (files) => cache.fileDigests(files)));
   const summary = node && cache.use(() => cache.narSummary(narCacheKey(node)));
   if (!node || !summary) return undefined;
   const storePath = caNarSha256StorePath(summary.narSha256, name);

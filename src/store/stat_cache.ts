@@ -43,6 +43,19 @@ export const RACY_MS = 2000;
 
 const SCHEMA_VERSION = "1";
 
+/** Inodes asked for in one query (SQLite allows 32,766 parameters; far fewer keep it quick). */
+const LOOKUP_BATCH = 500;
+
+/** A row of the `files` table. */
+interface FileRow {
+  ino: number;
+  size: number;
+  mtime_ms: number;
+  ctime_ms: number;
+  executable: number;
+  digest: Uint8Array;
+}
+
 /** Where the caches live: `$XDG_CACHE_HOME/tvix-store`, else `~/.cache/tvix-store`. */
 export function statCacheDir(): string | undefined {
   const xdg = Deno.env.get("XDG_CACHE_HOME");
@@ -63,7 +76,8 @@ export function statCachePath(dir: string, addrs: ServiceAddrs): string {
 /** File digests and NAR summaries remembered from earlier imports into one store. */
 export class StatCache {
   readonly #db: DatabaseSync;
-  readonly #getFile: StatementSync;
+  /** File lookups by number of inodes asked for. */
+  readonly #lookups = new Map<number, StatementSync>();
   readonly #putFile: StatementSync;
   readonly #getNar: StatementSync;
   readonly #putNar: StatementSync;
@@ -72,9 +86,6 @@ export class StatCache {
 
   private constructor(db: DatabaseSync) {
     this.#db = db;
-    this.#getFile = db.prepare(
-      "SELECT size, mtime_ms, ctime_ms, executable, digest FROM files WHERE dev = ? AND ino = ?",
-    );
     this.#putFile = db.prepare(
       "INSERT OR REPLACE INTO files (dev, ino, size, mtime_ms, ctime_ms, executable, digest) " +
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -135,22 +146,55 @@ export class StatCache {
 
   /** The recorded digest of the file with this stat, if nothing about it changed. */
   fileDigest(stat: FileIdentity): Digest | undefined {
-    const row = this.#getFile.get(stat.dev, stat.ino) as
-      | {
-        size: number;
-        mtime_ms: number;
-        ctime_ms: number;
-        executable: number;
-        digest: Uint8Array;
-      }
-      | undefined;
-    if (
-      !row || row.size !== stat.size || row.mtime_ms !== stat.mtimeMs ||
-      row.ctime_ms !== stat.ctimeMs || Boolean(row.executable) !== stat.executable
-    ) {
-      return undefined;
+    return this.fileDigests([stat])[0];
+  }
+
+  /**
+   * {@linkcode StatCache.fileDigest} of each file, asked with one query per
+   * device and {@linkcode LOOKUP_BATCH} inodes: a re-import asks for every
+   * file of a directory at once, and one query per file was the largest
+   * cost of re-importing an unchanged tree.
+   */
+  fileDigests(stats: FileIdentity[]): (Digest | undefined)[] {
+    const rows = new Map<string, FileRow>();
+    const byDev = new Map<number, number[]>();
+    for (const s of stats) {
+      const inos = byDev.get(s.dev);
+      if (inos) inos.push(s.ino);
+      else byDev.set(s.dev, [s.ino]);
     }
-    return new Uint8Array(row.digest);
+    for (const [dev, inos] of byDev) {
+      for (let at = 0; at < inos.length; at += LOOKUP_BATCH) {
+        const batch = inos.slice(at, at + LOOKUP_BATCH);
+        const found = this.#lookup(batch.length).all(dev, ...batch) as unknown as FileRow[];
+        for (const row of found) {
+          rows.set(`${dev}:${row.ino}`, row);
+        }
+      }
+    }
+    return stats.map((stat) => {
+      const row = rows.get(`${stat.dev}:${stat.ino}`);
+      if (
+        !row || row.size !== stat.size || row.mtime_ms !== stat.mtimeMs ||
+        row.ctime_ms !== stat.ctimeMs || Boolean(row.executable) !== stat.executable
+      ) {
+        return undefined;
+      }
+      return new Uint8Array(row.digest);
+    });
+  }
+
+  /** The lookup of `n` inodes of one device (statements kept per `n`). */
+  #lookup(n: number): StatementSync {
+    let stmt = this.#lookups.get(n);
+    if (!stmt) {
+      stmt = this.#db.prepare(
+        "SELECT ino, size, mtime_ms, ctime_ms, executable, digest FROM files " +
+          `WHERE dev = ? AND ino IN (${new Array(n).fill("?").join(", ")})`,
+      );
+      this.#lookups.set(n, stmt);
+    }
+    return stmt;
   }
 
   /**

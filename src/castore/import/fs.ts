@@ -360,31 +360,38 @@ function readSmallFile(loc: Location, size: number): Uint8Array {
 
 /**
  * The root node `path` would be ingested as, computed from metadata alone:
- * file digests come from `knownDigest` (a stat cache), directories are
- * assembled and hashed locally, nothing is read or stored. `undefined` as
- * soon as one file's digest is not known (or the tree holds something that
- * cannot be ingested): then only a real ingestion can tell.
+ * file digests come from `knownDigests` (a stat cache, asked once per
+ * directory for all of its files), directories are assembled and hashed
+ * locally, nothing is read or stored. `undefined` as soon as one file's
+ * digest is not known (or the tree holds something that cannot be
+ * ingested): then only a real ingestion can tell.
  */
 export function nodeFromStats(
   path: string,
-  knownDigest: (file: FileIdentity) => Digest | undefined,
+  knownDigests: (files: FileIdentity[]) => (Digest | undefined)[],
 ): NodeVariant | undefined {
+  const fileNode = (name: Uint8Array, info: Stat, digest: Digest | undefined) =>
+    digest && {
+      $case: "file" as const,
+      value: { name, digest, size: BigInt(info.size), executable: info.executable },
+    };
   const visit = (loc: Location, name: Uint8Array, info: Stat): NodeVariant | undefined => {
     if (info.kind === "symlink") {
       return { $case: "symlink", value: { name, target: readLink(loc) } };
     }
-    if (info.kind === "file") {
-      const digest = knownDigest(info);
-      if (!digest) return undefined;
-      const value = { name, digest, size: BigInt(info.size), executable: info.executable };
-      return { $case: "file", value };
-    }
+    if (info.kind === "file") return fileNode(name, info, knownDigests([info])[0]);
     if (info.kind !== "directory") return undefined;
     const nodes: NodeVariant[] = [];
     const listing = listDirectory(loc);
     try {
-      for (const c of listing.children) {
-        const n = visit(c.loc, c.name, c.info);
+      const children = listing.children;
+      const files = children.filter((c) => c.info.kind === "file");
+      const digests = files.length > 0 ? knownDigests(files.map((c) => c.info)) : [];
+      const fileDigests = new Map(files.map((c, i) => [c, digests[i]]));
+      for (const c of children) {
+        const n = c.info.kind === "file"
+          ? fileNode(c.name, c.info, fileDigests.get(c))
+          : visit(c.loc, c.name, c.info);
         if (!n) return undefined;
         nodes.push(n);
       }
