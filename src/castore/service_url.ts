@@ -104,6 +104,25 @@ export interface CacheUrlParts {
 }
 
 /**
+ * Builds both stores of a `cache://` URL with `open` and composes them
+ * with `compose`; the near one is closed again if the far one fails.
+ */
+export async function cacheServiceFromUrl<S extends { close(): Promise<void> }>(
+  url: URL,
+  open: (url: string) => Promise<S>,
+  compose: (near: S, far: S) => S,
+): Promise<S> {
+  const { near, far } = parseCacheUrl(url);
+  const nearService = await open(near);
+  try {
+    return compose(nearService, await open(far));
+  } catch (err) {
+    await nearService.close().catch(() => {});
+    throw err;
+  }
+}
+
+/**
  * Splits `cache://?near=URL&far=URL`. Each inner URL is decoded with
  * `decodeURIComponent` (a `+` stays a `+`, as in `objectstore+s3`), so an
  * inner URL's own `&` and `?` must be percent-encoded. Throws

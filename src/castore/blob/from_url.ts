@@ -6,9 +6,9 @@
  * @module
  */
 import {
+  cacheServiceFromUrl,
   checkMemoryUrl,
   inServiceUrl,
-  parseCacheUrl,
   parseServiceUrl,
   unknownScheme,
   urlScheme,
@@ -35,7 +35,11 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
       case "grpc+https":
         return GrpcBlobService.fromUrl(url);
       case "cache":
-        return cacheFromUrl(parsed);
+        return cacheServiceFromUrl<BlobService>(
+          parsed,
+          blobServiceFromUrl,
+          (near, far) => new CacheBlobService(near, far),
+        );
       default:
         if (urlScheme(parsed).startsWith("objectstore+")) {
           return Promise.resolve(objectStoreBlobServiceFromUrl(parsed));
@@ -44,17 +48,5 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
     }
   } catch (err) {
     return Promise.reject(inServiceUrl(err, "blob", url));
-  }
-}
-
-/** Builds both stores of a `cache://` URL (the near one is closed if the far one fails). */
-async function cacheFromUrl(url: URL): Promise<BlobService> {
-  const { near, far } = parseCacheUrl(url);
-  const nearService = await blobServiceFromUrl(near);
-  try {
-    return new CacheBlobService(nearService, await blobServiceFromUrl(far));
-  } catch (err) {
-    await nearService.close().catch(() => {});
-    throw err;
   }
 }

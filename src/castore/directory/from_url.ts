@@ -9,9 +9,9 @@
 import { postgresConfigFromUrl } from "../postgres_url.ts";
 import { sqlitePathFromUrl } from "../sqlite_db.ts";
 import {
+  cacheServiceFromUrl,
   checkMemoryUrl,
   inServiceUrl,
-  parseCacheUrl,
   parseServiceUrl,
   unknownScheme,
   urlScheme,
@@ -42,7 +42,11 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
       case "postgresql":
         return PostgresDirectoryService.open(postgresConfigFromUrl(parsed));
       case "cache":
-        return cacheFromUrl(parsed);
+        return cacheServiceFromUrl<DirectoryService>(
+          parsed,
+          directoryServiceFromUrl,
+          (near, far) => new CacheDirectoryService(near, far),
+        );
       default:
         if (urlScheme(parsed).startsWith("objectstore+")) {
           return Promise.resolve(objectStoreDirectoryServiceFromUrl(parsed));
@@ -51,17 +55,5 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
     }
   } catch (err) {
     return Promise.reject(inServiceUrl(err, "directory", url));
-  }
-}
-
-/** Builds both stores of a `cache://` URL (the near one is closed if the far one fails). */
-async function cacheFromUrl(url: URL): Promise<DirectoryService> {
-  const { near, far } = parseCacheUrl(url);
-  const nearService = await directoryServiceFromUrl(near);
-  try {
-    return new CacheDirectoryService(nearService, await directoryServiceFromUrl(far));
-  } catch (err) {
-    await nearService.close().catch(() => {});
-    throw err;
   }
 }
