@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { loadAverage } from "./support.ts";
 const dir = new URL(".", import.meta.url).pathname;
 const wanted = new Set(Deno.args);
 
@@ -38,12 +39,4 @@ for (const name of benches) {
 if (failed.length > 0) {
   console.error(`\nfailed: ${failed.join(", ")}`);
   Deno.exit(1);
-}
-
-function loadAverage(): string {
-  try {
-    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
-  } catch {
-    return "unknown";
-  }
 }

@@ -31,7 +31,7 @@ import { PackBlobService } from "../src/castore/blob/pack.ts";
 import { FileObjectStore } from "../src/castore/objectstore/file.ts";
 import { MemoryObjectStore } from "../src/castore/objectstore/memory.ts";
 import { toHex } from "../src/castore/digest.ts";
-import { numberArg } from "./support.ts";
+import { loadAverage, median, numberArg } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const RUN = 8 * MiB;
@@ -158,15 +158,7 @@ async function measureService(data: Uint8Array, side: Side, dir: string) {
   }
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}`;
-
-const loadavg = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
 
 const tmp = await Deno.makeTempDir({ prefix: "bench-blob-" });
 try {
@@ -175,7 +167,7 @@ try {
   await Deno.writeFile(input, data);
   console.log(
     `${SIZE / MiB} MiB, half /usr/lib bytes, half random; ${ROUNDS} rounds, interleaved; ` +
-      `load average ${loadavg()}`,
+      `load average ${loadAverage()}`,
   );
 
   const zst = join(tmp, "input.zst");
@@ -234,7 +226,7 @@ try {
       }`,
     );
   }
-  console.log(`load average after ${loadavg()}`);
+  console.log(`load average after ${loadAverage()}`);
 } finally {
   await Deno.remove(tmp, { recursive: true });
 }

@@ -29,6 +29,7 @@ import { DatabaseSync } from "node:sqlite";
 import { decodeChunkSync } from "../src/castore/blob/chunk_codec.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
+import { loadAverage } from "./support.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const C_SOURCE = new URL("./fuse_memfs.c", import.meta.url).pathname;
@@ -327,7 +328,7 @@ try {
   const rOurs = mbps(results.readOurs), rC = mbps(results.readC);
   const wOurs = mbps(results.warmOurs), wC = mbps(results.warmC);
   const lOurs = ms(results.lsOurs), lC = ms(results.lsC);
-  const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  const load = loadAverage();
   console.log(
     `FUSE benchmark (${THREADS} threads, median of ${RUNS} runs, fresh mounts, load ${load}` +
       `${CACHE_FLAGS.length ? ", " + CACHE_FLAGS.join(" ") : ""}, ` +

@@ -15,21 +15,13 @@
 import { join } from "node:path";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg } from "./support.ts";
+import { loadAverage, MAIN, median, numberArg } from "./support.ts";
 
 const PATHS = numberArg("paths", 10);
 const FILES = numberArg("files", 10_000);
 const ROUNDS = numberArg("rounds", 3);
 /** Paths deleted: more than half, so the packs are rewritten as well. */
 const DELETED = Math.ceil(PATHS * 0.6);
-
-const loadavg = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 async function run(cmd: string[], env: Record<string, string> = {}): Promise<string> {
   const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), env, stderr: "piped" })
@@ -61,7 +53,7 @@ async function timed(cmd: string[]): Promise<{ secs: number; rssKiB: number; std
 
 const tmp = await Deno.makeTempDir({ prefix: "bench-gc-" });
 try {
-  console.log(`load ${loadavg()}, ${navigator.hardwareConcurrency} cores`);
+  console.log(`load ${loadAverage()}, ${navigator.hardwareConcurrency} cores`);
   // The trees: distinct 1–3 KiB files, one chunk each.
   const trees: string[] = [];
   let seed = 1;
@@ -76,7 +68,7 @@ try {
     }
     trees.push(root);
   }
-  console.log(`${PATHS} trees of ${FILES} files written; load ${loadavg()}`);
+  console.log(`${PATHS} trees of ${FILES} files written; load ${loadAverage()}`);
   const ours: number[] = [], nix: number[] = [];
   let rss = 0;
   let swept = 0;
@@ -132,7 +124,9 @@ try {
   );
   console.log(
     `  ${(swept / median(ours)).toFixed(0)} chunks removed per second ` +
-      `(${PATHS * FILES} examined); gc peak RSS ${(rss / 1024).toFixed(0)} MiB; load ${loadavg()}`,
+      `(${PATHS * FILES} examined); gc peak RSS ${
+        (rss / 1024).toFixed(0)
+      } MiB; load ${loadAverage()}`,
   );
 } finally {
   await Deno.remove(tmp, { recursive: true }).catch(() => {});

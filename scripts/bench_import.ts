@@ -34,7 +34,7 @@ import { pathInfoServiceFromUrl } from "../src/store/pathinfo/from_url.ts";
 import { StorePath } from "../src/store/store_path.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg, stringArg, watchLines } from "./support.ts";
+import { loadAverage, MAIN, median, numberArg, stringArg, watchLines } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
@@ -185,23 +185,13 @@ async function startDaemon(home: string): Promise<{ url: string; stop(): Promise
   };
 }
 
-const loadavg = async () =>
-  (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
-
-/** Median of a list of numbers. */
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 const fmt = (s: number) => `${s.toFixed(2)} s`;
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
 
 /** Times every side on `tree`, round by round; prints medians, spreads and ratios. */
 async function benchTree(label: string, tree: string, files: number, bytes: number, tmp: string) {
   console.log(
-    `\n${label}: ${files} files, ${(bytes / MiB).toFixed(0)} MiB; load ${await loadavg()}`,
+    `\n${label}: ${files} files, ${(bytes / MiB).toFixed(0)} MiB; load ${loadAverage()}`,
   );
   // Warm the page cache for every side alike.
   await new Deno.Command("sh", { args: ["-c", `find ${tree} -type f -exec cat {} + > /dev/null`] })
@@ -302,7 +292,7 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
   console.log(
     `  peak RSS: importer ${(importerRss / 1024).toFixed(0)} MiB, daemon ${
       (daemonRss / 1024).toFixed(0)
-    } MiB; load ${await loadavg()}`,
+    } MiB; load ${loadAverage()}`,
   );
   console.log("  (ratios > 1: faster than the baseline)");
 }
@@ -319,7 +309,7 @@ if (generateOnly) {
 
 const tmp = await Deno.makeTempDir({ prefix: "bench-import-" });
 try {
-  console.log(`load ${await loadavg()}, ${navigator.hardwareConcurrency} cores`);
+  console.log(`load ${loadAverage()}, ${navigator.hardwareConcurrency} cores`);
   const mixed = join(tmp, "tree");
   await Deno.mkdir(mixed);
   const m = await generate(mixed, SIZE_MIB);

@@ -31,7 +31,16 @@ import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
 import { parseNarInfo } from "../src/narbridge/narinfo.ts";
 import * as nixbase32 from "../src/store/nixbase32.ts";
-import { MAIN, numberArg, runTvix, stringArg, watchLines } from "./support.ts";
+import {
+  loadAverage,
+  MAIN,
+  median,
+  numberArg,
+  runTvix,
+  stopChildren,
+  stringArg,
+  watchLines,
+} from "./support.ts";
 
 const CLIENTS = 16;
 
@@ -60,10 +69,6 @@ if (staticDir !== undefined) {
   });
 } else {
   await main();
-}
-
-function loadAverage(): string {
-  return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
 }
 
 /** Starts a child (`deno run -A <args>`) and waits for its `listening address=` line. */
@@ -106,12 +111,6 @@ async function hammer(urls: string[], want: number, seconds: number): Promise<nu
     }
   }));
   return done / ((performance.now() - t0) / 1000);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
 function summary(xs: number[]): string {
@@ -225,12 +224,7 @@ async function main(): Promise<void> {
     console.log(`  ratio pull-through hit (bridge / static) ${ratio(r.pulled, r.staticPulled)}`);
     console.log(`load average after: ${loadAverage()}`);
   } finally {
-    for (const c of children) {
-      try {
-        c.kill("SIGTERM");
-      } catch { /* gone */ }
-      await c.status;
-    }
+    await stopChildren(children);
     await Deno.remove(tmp, { recursive: true });
   }
 }

@@ -23,16 +23,21 @@
 import { join } from "node:path";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg, runTvix, watchLines, writeRandomFiles } from "./support.ts";
+import {
+  loadAverage,
+  MAIN,
+  median,
+  numberArg,
+  runTvix,
+  stopChildren,
+  watchLines,
+  writeRandomFiles,
+} from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
 const FILES = numberArg("files", 20_000);
 const ROUNDS = numberArg("rounds", 3);
-
-function loadAverage(): string {
-  return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
-}
 
 function memMiB(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
@@ -102,12 +107,6 @@ async function interleaved(sides: (() => Promise<number>)[]): Promise<number[][]
     for (const [i, side] of sides.entries()) times[i].push(await side());
   }
   return times;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 /** `median MiB/s (min–max)` of `mib` moved in each of `times` (ms). */
@@ -208,12 +207,7 @@ try {
     } MiB`,
   );
 } finally {
-  for (const c of children) {
-    try {
-      c.kill("SIGTERM");
-    } catch { /* gone */ }
-    await c.status;
-  }
+  await stopChildren(children);
   await Deno.remove(tmp, { recursive: true });
   console.log(`load average after: ${loadAverage()}`);
 }

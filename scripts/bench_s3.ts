@@ -32,7 +32,7 @@ import { S3Client } from "../src/castore/objectstore/s3_client.ts";
 import { mapLimit } from "../src/concurrency.ts";
 import { embeddedAddrs, type ServiceAddrs } from "../src/store/services.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
-import { MAIN, numberArg } from "./support.ts";
+import { loadAverage, MAIN, median, numberArg } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 256);
@@ -174,15 +174,6 @@ async function generate(root: string, mib: number): Promise<{ files: string[]; b
   return { files, bytes };
 }
 
-const loadavg = async () =>
-  (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 /** Runs `tvix-store import` of `tree`; returns seconds and the printed store path. */
 async function importTree(
   tree: string,
@@ -257,7 +248,7 @@ const pg = await postgresServer().catch(async (err) => {
 /** The S3 side's name: blobs in S3, the rest in PostgreSQL (or SQLite without it). */
 const S3_SIDE = pg ? "S3 + PostgreSQL" : "S3 + SQLite";
 try {
-  const loadBefore = await loadavg();
+  const loadBefore = loadAverage();
   const tree = join(tmp, "tree");
   const { files, bytes } = await generate(tree, SIZE_MIB);
   // The raw side's objects: every file cut into 256 KiB pieces, read once now.
@@ -350,7 +341,7 @@ try {
     `  NAR:    S3/local ${ratio(`NAR served, ${S3_SIDE}`, "NAR served, local store")}, ` +
       `S3/raw GET ${ratio(`NAR served, ${S3_SIDE}`, "raw S3 GET, same bytes")}`,
   );
-  console.log(`  load average before ${loadBefore}, after ${await loadavg()}`);
+  console.log(`  load average before ${loadBefore}, after ${loadAverage()}`);
 } finally {
   await pg?.stop();
   await server.stop();

@@ -22,18 +22,10 @@
 import { join } from "node:path";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg, watchLines } from "./support.ts";
+import { loadAverage, MAIN, median, numberArg, watchLines } from "./support.ts";
 
 const ROUNDS = numberArg("rounds", 10);
 const CONFIG = new URL("../deno.json", import.meta.url).pathname;
-
-const loadavg = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
 
 const ms = (x: number) => `${x.toFixed(0)} ms`;
 const spread = (xs: number[]) => `${ms(Math.min(...xs))}–${ms(Math.max(...xs))}`;
@@ -105,7 +97,7 @@ try {
     },
   ];
 
-  const before = loadavg();
+  const before = loadAverage();
   console.log(
     `start-up: ${ROUNDS} interleaved rounds, ${navigator.hardwareConcurrency} cores, ` +
       `load ${before} before`,
@@ -124,7 +116,7 @@ try {
       `  ${side.name.padEnd(34)} median ${ms(m).padStart(7)} (${spread(times[i])})${ratio}`,
     );
   }
-  console.log(`load ${loadavg()} after`);
+  console.log(`load ${loadAverage()} after`);
 } finally {
   daemon.kill("SIGTERM");
   await daemon.status;

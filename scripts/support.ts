@@ -1,7 +1,8 @@
 /**
  * Plumbing shared by the benchmark scripts: where main.ts is, numeric
  * command-line options, running `tvix-store` to completion, writing random
- * files, and waiting for a child process to print a line.
+ * files, waiting for a child process to print a line, stopping children,
+ * medians and the load average.
  * (Not named `bench_*`, so `scripts/bench.ts` does not run it.)
  *
  * @module
@@ -86,4 +87,30 @@ export function watchLines(
     rejectMatch(new Error(`process ended before printing ${pattern}:\n${tail.join("\n")}`));
   })();
   return { match, tail };
+}
+
+/** The median of `xs` (the mean of the middle two for an even count). */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them. */
+export function loadAverage(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  } catch {
+    return "unknown";
+  }
+}
+
+/** Sends SIGTERM to each child still running and waits for all of them to end. */
+export async function stopChildren(children: Deno.ChildProcess[]): Promise<void> {
+  for (const c of children) {
+    try {
+      c.kill("SIGTERM");
+    } catch { /* gone */ }
+    await c.status;
+  }
 }
