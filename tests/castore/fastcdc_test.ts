@@ -98,6 +98,8 @@ Deno.test("all-zero input: crate vector (64/256/1024 → 1024-byte chunks, known
 Deno.test("fast cut points equal the 64-bit reference on pseudo-random data", () => {
   const cases: [FastCdcParams, number][] = [
     [{ minSize: 64, avgSize: 256, maxSize: 1024 }, 200_000],
+    // Odd sizes: pairs start at 2 * floor(min / 2), the masks switch at an odd average.
+    [{ minSize: 65, avgSize: 301, maxSize: 1025 }, 200_000],
     [{ minSize: 4096, avgSize: 16384, maxSize: 65535 }, 1_000_000],
     [{ minSize: 8192, avgSize: 32768, maxSize: 131072 }, 1_000_000],
     [OBJECTSTORE_CHUNKING, 4_000_000],
