@@ -121,7 +121,33 @@ interface OpenPack {
    * flushes the pack (and before it closes a retired pack's descriptor).
    */
   writes: Set<Promise<unknown>>;
+  /** Records appended and not yet handed to a write ({@linkcode StagedWrite}). */
+  staged?: StagedWrite;
 }
+
+/**
+ * Records appended to a pack in the same turn of the event loop, written
+ * together: consecutive small records as one buffer, each large one on its
+ * own. An import through the daemon appends thousands of small files, and
+ * two writes per record (each a threadpool round trip on the JavaScript
+ * thread) were the largest cost of storing them.
+ */
+interface StagedWrite {
+  /** Pack offset of the first record. */
+  readonly position: number;
+  /** Headers and stored bytes, in pack order. */
+  readonly parts: Uint8Array[];
+  length: number;
+  /** Settles once every part is written (rejects on any failure or short write). */
+  readonly done: Promise<void>;
+  readonly resolve: () => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/** Staged bytes that start a write at once instead of at the end of the turn. */
+const STAGE_FLUSH_AT = 1024 * 1024;
+/** Parts at least this large are written from their own buffer, not copied together. */
+const STAGE_COPY_BELOW = 64 * 1024;
 
 /** Writes `data` at `position` of `fd`; resolves with the bytes written. */
 function writeAt(fd: number, data: Uint8Array, position: number): Promise<number> {
@@ -459,36 +485,18 @@ export class PackBlobService implements BlobService {
     const length = RECORD_HEADER + chunk.stored.length;
     pack.size += length;
     if (pack.size >= this.#packTarget) this.#retire(pack);
-    // Two positioned writes, not one `writev`: in Deno 2.9.6 `node:fs`
-    // `writev` costs ~10 times what `write` does (300 MiB: ~420 ms against
-    // ~40 ms, on the JavaScript thread either way). Both settle before the
-    // outcome is known, so no write is left running on a descriptor.
-    const written = Promise.allSettled([
-      writeAt(pack.fd, header, position),
-      writeAt(pack.fd, chunk.stored, position + RECORD_HEADER),
-    ]);
-    pack.writes.add(written);
+    const written = this.#stage(pack, position, header, chunk.stored);
     this.#dirty.set(pack.id, pack);
-    let outcome: PromiseSettledResult<number>[];
     try {
-      outcome = await written;
+      await written;
+    } catch (err) {
+      this.#retire(pack);
+      throw new StorageError(`writing pack ${pack.id}: ${errorMessage(err)}`);
     } finally {
-      pack.writes.delete(written);
       // Flushed (and, retired, closed) by the next commit, even if this
       // write failed, since chunks appended before it are published; and
       // again if a commit flushed the pack while this write was running.
       this.#dirty.set(pack.id, pack);
-    }
-    try {
-      let n = 0;
-      for (const r of outcome) {
-        if (r.status === "rejected") throw r.reason;
-        n += r.value;
-      }
-      if (n !== length) throw new Error(`short write (${n} of ${length} bytes)`);
-    } catch (err) {
-      this.#retire(pack);
-      throw new StorageError(`writing pack ${pack.id}: ${errorMessage(err)}`);
     }
     return {
       digest: chunk.digest,
@@ -498,6 +506,82 @@ export class PackBlobService implements BlobService {
       size,
       raw: chunk.raw,
     };
+  }
+
+  /**
+   * Adds a record at `position` (the pack's reserved end) to the pack's
+   * staged write; resolves once it is written.
+   */
+  #stage(pack: OpenPack, position: number, header: Uint8Array, stored: Uint8Array): Promise<void> {
+    let batch = pack.staged;
+    if (!batch) {
+      let resolve!: () => void, reject!: (err: unknown) => void;
+      const done = new Promise<void>((res, rej) => (resolve = res, reject = rej));
+      batch = pack.staged = { position, parts: [], length: 0, done, resolve, reject };
+      pack.writes.add(done);
+      const settled = () => pack.writes.delete(done);
+      done.then(settled, settled);
+      const staged = batch;
+      setImmediate(() => this.#flushStaged(pack, staged));
+    }
+    batch.parts.push(header, stored);
+    batch.length += header.length + stored.length;
+    if (batch.length >= STAGE_FLUSH_AT) this.#flushStaged(pack, batch);
+    return batch.done;
+  }
+
+  /**
+   * Writes a staged batch: runs of small parts copied into one buffer,
+   * large parts as they are. Positioned writes, not `writev`: in Deno 2.9.6
+   * `node:fs` `writev` costs ~10 times what `write` does (300 MiB: ~420 ms
+   * against ~40 ms, on the JavaScript thread either way). All of them
+   * settle before the outcome is known, so none is left running on a
+   * descriptor.
+   */
+  #flushStaged(pack: OpenPack, batch: StagedWrite): void {
+    if (pack.staged !== batch) return; // already written
+    pack.staged = undefined;
+    const writes: Promise<number>[] = [];
+    let at = batch.position;
+    let run: Uint8Array[] = [];
+    let runLength = 0;
+    const writeRun = () => {
+      if (runLength === 0) return;
+      const buf = run.length === 1 ? run[0] : new Uint8Array(runLength);
+      if (run.length > 1) {
+        let o = 0;
+        for (const part of run) {
+          buf.set(part, o);
+          o += part.length;
+        }
+      }
+      writes.push(writeAt(pack.fd, buf, at));
+      at += runLength;
+      run = [];
+      runLength = 0;
+    };
+    for (const part of batch.parts) {
+      if (part.length >= STAGE_COPY_BELOW) {
+        writeRun();
+        writes.push(writeAt(pack.fd, part, at));
+        at += part.length;
+      } else {
+        run.push(part);
+        runLength += part.length;
+      }
+    }
+    writeRun();
+    Promise.allSettled(writes).then((outcome) => {
+      let n = 0;
+      for (const r of outcome) {
+        if (r.status === "rejected") return batch.reject(r.reason);
+        n += r.value;
+      }
+      if (n !== batch.length) {
+        return batch.reject(new Error(`short write (${n} of ${batch.length} bytes)`));
+      }
+      batch.resolve();
+    });
   }
 
   /**
