@@ -1,6 +1,8 @@
 /**
- * Byte-level access to directories through libc, for the import walk's
- * file names that are not valid UTF-8 (docs/architecture.md#names-are-bytes).
+ * Byte-level access to directories through libc, for the import walk
+ * (docs/architecture.md#names-are-bytes): it reaches file names that are
+ * not valid UTF-8, and lists and lstats a directory more cheaply than
+ * Deno's string APIs.
  *
  * Deno's path APIs take and return strings: a directory listing turns such
  * a name into U+FFFD, and no string path reaches the file again. Here
@@ -116,10 +118,16 @@ function cName(name: Uint8Array): Uint8Array<ArrayBuffer> {
   return out;
 }
 
+/** Longest name spelt without the decoder (an argument per byte). */
+const ASCII_FAST_PATH = 255;
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** `name` as a string if it is valid UTF-8 (so a string path can spell it), else `undefined`. */
 export function utf8Name(name: Uint8Array): string | undefined {
+  // Most names are ASCII, spelt here without a call into the decoder.
+  if (name.length <= ASCII_FAST_PATH && name.every((b) => b < 0x80)) {
+    return String.fromCharCode(...name);
+  }
   try {
     return strictUtf8.decode(name);
   } catch {
@@ -291,13 +299,16 @@ export class RawDir {
         fail(this.#c, "getdents64", this.path);
       }
       if (n === 0) break;
+      // The names are views into one copy of what this call returned: one
+      // buffer per call, not one per name.
+      const copy = buf.slice(0, n);
       // struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, char d_name[].
       for (let off = 0; off < n;) {
         const reclen = view.getUint16(off + 16, true);
         const start = off + 19;
         let end = start;
         while (end < off + reclen && buf[end] !== 0) end++;
-        const name = buf.slice(start, end);
+        const name = copy.subarray(start, end);
         if (!isDotOrDotDot(name)) names.push(name);
         off += reclen;
       }

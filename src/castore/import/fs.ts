@@ -13,10 +13,12 @@
  * sequential; uploads run behind it, bounded in count and bytes, so a
  * remote store sees many files in flight while memory stays bounded.
  *
- * Names are bytes. The walk uses Deno's string paths, which cannot spell a
- * name that is not valid UTF-8: a directory whose listing holds such a name
- * is listed again through `dir_ffi.ts`, and that entry (with everything
- * below it) is reached relative to the directory's descriptor.
+ * Names are bytes. Where FFI is allowed, every directory is listed through
+ * `dir_ffi.ts` (names as bytes, `statx` relative to the directory), which
+ * is also cheaper than Deno's lstat; an entry whose name is not valid
+ * UTF-8 (with everything below it) is reached relative to the directory's
+ * descriptor, the others by string path. Without FFI the walk uses Deno's
+ * string paths, which cannot spell such a name: the import then fails.
  *
  * @module
  */
