@@ -158,6 +158,23 @@ export function parseCacheUrl(url: URL): CacheUrlParts {
 }
 
 /**
+ * The service `build` makes from the backend module `load` brings in, which
+ * is loaded only now: a command talking to a daemon does not pay for
+ * loading (and initialising) every embedded backend. A failure is reported
+ * in the service URL, like one raised before loading ({@linkcode inServiceUrl}).
+ */
+export function fromBackend<M, T>(
+  load: () => Promise<M>,
+  build: (backend: M) => T | Promise<T>,
+  kind: ServiceKind,
+  url: string,
+): Promise<T> {
+  return load().then(build).catch((err) => {
+    throw inServiceUrl(err, kind, url);
+  });
+}
+
+/**
  * Prefixes an error raised while building a service from `url` with the
  * service and the URL (unless the message names the URL already), so that
  * whoever set the URL can tell which one is wrong. Keeps the error's class.

@@ -285,8 +285,11 @@ export async function checkDaemonsReachable(flags: ServiceAddrs, cmd?: Command):
  */
 export async function openServices(flags: ServiceAddrs, cmd?: Command): Promise<Services> {
   const addrs = addrsOf(flags);
-  await checkDaemonsReachable(addrs, cmd);
-  const { constructServices } = await import("../store/services.ts");
+  // The probe waits on the network, the import mostly on files: side by side.
+  const [, { constructServices }] = await Promise.all([
+    checkDaemonsReachable(addrs, cmd),
+    import("../store/services.ts"),
+  ]);
   try {
     return await constructServices(addrs);
   } catch (err) {

@@ -15,6 +15,7 @@
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import {
+  type DirectoryRecord,
   type FileIdentity,
   IngestError,
   ingestPath,
@@ -97,17 +98,20 @@ export async function ingestPathWithNar(
 ): Promise<IngestedTree> {
   const local = hostPath(path);
   const seen: { file: FileIdentity & { examinedAt: number }; digest: Uint8Array }[] = [];
+  const directories: DirectoryRecord[] = [];
   const cache = options.statCache;
   const nar = new NarHasher();
   const node = await ingestPath(local, blob, directory, {
     progress: options.progress,
     observer: nar,
     onFile: cache && ((file, digest) => seen.push({ file, digest })),
+    onDirectory: cache && ((record) => directories.push(record)),
   });
   const summary = nar.summary();
   cache?.use(() =>
     cache.batch(() => {
       for (const s of seen) cache.rememberFile(s.file, s.digest, s.file.examinedAt);
+      for (const d of directories) cache.rememberDirectory(d);
       cache.rememberNar(narCacheKey(node), summary);
     })
   );
@@ -126,7 +130,18 @@ async function findUnchanged(
   services: ImportServices,
   cache: StatCache,
 ): Promise<ImportResult | undefined> {
-  const node = cache.use(() => nodeFromStats(hostPath(path), (files) => cache.fileDigests(files)));
+  // Directories assembled from file records are recorded whole for next time.
+  const assembled: DirectoryRecord[] = [];
+  const node = cache.use(() =>
+    nodeFromStats(hostPath(path), {
+      fileDigests: (files) => cache.fileDigests(files),
+      directory: (key) => cache.directory(key),
+      onDirectory: (record) => assembled.push(record),
+    })
+  );
+  if (assembled.length > 0) {
+    cache.use(() => cache.batch(() => assembled.forEach((d) => cache.rememberDirectory(d))));
+  }
   const summary = node && cache.use(() => cache.narSummary(narCacheKey(node)));
   if (!node || !summary) return undefined;
   const storePath = caNarSha256StorePath(summary.narSha256, name);

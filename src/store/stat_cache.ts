@@ -7,13 +7,18 @@
  *   ctime and executable bit; while all of them are unchanged, its blob
  *   digest is the one recorded. Any write changes the ctime, and so does
  *   replacing the file (a new inode) or `chmod`.
+ * - A directory is known by its listing key (`castore/import/listing_key.ts`:
+ *   a hash over its entries' names, lstat identities and subdirectory
+ *   digests) with its digest and size, so an unchanged directory costs one
+ *   lookup, not one row per file and a rebuilt Directory message.
  * - A node (the root of an import) is known by its NAR cache key
  *   (`narCacheKey`): its NAR size and SHA-256, which give the store path.
  *
  * Timestamps here have millisecond precision, so a file changed twice
  * within one clock tick could keep its stat. Like git's "racy" rule, a file
  * whose ctime or mtime is within {@linkcode RACY_MS} of the moment it was
- * examined is not recorded, and is read again next time.
+ * examined is not recorded, and is read again next time; nor is a
+ * directory holding such a file or symlink.
  *
  * The cache is an SQLite file per store under
  * `$XDG_CACHE_HOME/tvix-store/` (else `~/.cache/tvix-store/`): what it
@@ -28,7 +33,7 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { Digest } from "../castore/digest.ts";
-import type { FileIdentity } from "../castore/import/fs.ts";
+import type { DirectoryRecord, FileIdentity } from "../castore/import/fs.ts";
 import type { NarSummary } from "../nar/calculation.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
@@ -79,6 +84,8 @@ export class StatCache {
   /** File lookups by number of inodes asked for. */
   readonly #lookups = new Map<number, StatementSync>();
   readonly #putFile: StatementSync;
+  readonly #getDirectory: StatementSync;
+  readonly #putDirectory: StatementSync;
   readonly #getNar: StatementSync;
   readonly #putNar: StatementSync;
   /** Set once a call failed; see {@linkcode StatCache.use}. */
@@ -89,6 +96,10 @@ export class StatCache {
     this.#putFile = db.prepare(
       "INSERT OR REPLACE INTO files (dev, ino, size, mtime_ms, ctime_ms, executable, digest) " +
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    );
+    this.#getDirectory = db.prepare("SELECT digest, size FROM directories WHERE listing_key = ?");
+    this.#putDirectory = db.prepare(
+      "INSERT OR REPLACE INTO directories (listing_key, digest, size) VALUES (?, ?, ?)",
     );
     this.#getNar = db.prepare("SELECT nar_size, nar_sha256 FROM nars WHERE node_key = ?");
     this.#putNar = db.prepare(
@@ -116,6 +127,9 @@ export class StatCache {
               dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
               mtime_ms INTEGER NOT NULL, ctime_ms INTEGER NOT NULL, executable INTEGER NOT NULL,
               digest BLOB NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS directories (
+              listing_key BLOB PRIMARY KEY, digest BLOB NOT NULL, size INTEGER NOT NULL
+            ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS nars (
               node_key TEXT PRIMARY KEY, nar_size INTEGER NOT NULL, nar_sha256 BLOB NOT NULL
             ) WITHOUT ROWID;
@@ -215,6 +229,26 @@ export class StatCache {
       stat.executable ? 1 : 0,
       digest,
     );
+    return true;
+  }
+
+  /** The digest and size recorded for a directory with this listing key. */
+  directory(listingKey: Digest): { digest: Digest; size: bigint } | undefined {
+    const row = this.#getDirectory.get(listingKey) as
+      | { digest: Uint8Array; size: number | bigint }
+      | undefined;
+    return row && { digest: new Uint8Array(row.digest), size: BigInt(row.size) };
+  }
+
+  /**
+   * Records a directory, unless one of its files or symlinks changed too
+   * recently to trust its stat ({@linkcode RACY_MS}) or its size does not
+   * fit an SQLite integer.
+   */
+  rememberDirectory(record: DirectoryRecord): boolean {
+    if (record.newestChange >= record.examinedAt - RACY_MS) return false;
+    if (record.size > BigInt(Number.MAX_SAFE_INTEGER)) return false;
+    this.#putDirectory.run(record.key, record.digest, record.size);
     return true;
   }
 

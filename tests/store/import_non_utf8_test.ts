@@ -86,11 +86,13 @@ Deno.test("the stat cache's metadata-only walk rebuilds the node of a tree with 
     assertEquals(digests.size, 10);
     const fdsBefore = openFds();
     const asked: string[] = [];
-    const rebuilt = nodeFromStats(tree, (files) =>
-      files.map((file) => {
-        asked.push(key(file));
-        return digests.get(key(file));
-      }));
+    const rebuilt = nodeFromStats(tree, {
+      fileDigests: (files) =>
+        files.map((file) => {
+          asked.push(key(file));
+          return digests.get(key(file));
+        }),
+    });
     assertEquals(openFds(), fdsBefore, "descriptors left open");
     assertEquals(new Set(asked).size, 10);
     assertEquals(rebuilt, node);
@@ -99,10 +101,9 @@ Deno.test("the stat cache's metadata-only walk rebuilds the node of a tree with 
     const big = [...digests.entries()].find(([k]) => k.split(":")[2] === String(BIG_FILE_BYTES));
     assert(big, "the streamed file was not seen");
     assertEquals(
-      nodeFromStats(
-        tree,
-        (fs) => fs.map((f) => key(f) === big[0] ? undefined : digests.get(key(f))),
-      ),
+      nodeFromStats(tree, {
+        fileDigests: (fs) => fs.map((f) => key(f) === big[0] ? undefined : digests.get(key(f))),
+      }),
       undefined,
     );
     assertEquals(openFds(), fdsBefore, "descriptors left open after a miss");

@@ -4,11 +4,23 @@
  * without reading a file (checked with strace), and every kind of change
  * is noticed (same-size rewrite, size change, replaced inode, symlink
  * target, executable bit), each re-import matching `nix-store --add`.
+ * Directory records: an unchanged directory is taken whole, and a change
+ * to a listing (a file added, removed or renamed, a change deep below, a
+ * directory swapped for a look-alike) is noticed with every directory of
+ * the old tree recorded.
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { RACY_MS, StatCache } from "../../src/store/stat_cache.ts";
-import type { FileIdentity } from "../../src/castore/import/fs.ts";
+import {
+  type DirectoryRecord,
+  type FileIdentity,
+  ingestPath,
+  nodeFromStats,
+} from "../../src/castore/import/fs.ts";
+import { toHex } from "../../src/castore/digest.ts";
+import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
+import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
 import { childEnv, DENO_DIR, localStoreArgs, MAIN } from "../cli/helpers.ts";
 import { nixOracle } from "./tree_gen.ts";
 
@@ -75,6 +87,73 @@ Deno.test("stat cache: a file changed within RACY_MS of being examined is not re
       cache.close();
     }
   }));
+
+Deno.test("stat cache: a directory record is known by its listing key, unless it was racy", () =>
+  withCacheFile((path) => {
+    const cache = StatCache.open(path)!;
+    try {
+      const record = (over: Partial<DirectoryRecord> = {}): DirectoryRecord => ({
+        key: digest(1),
+        newestChange: 1_000_000,
+        examinedAt: 1_000_000 + RACY_MS + 1,
+        digest: digest(2),
+        size: 17n,
+        ...over,
+      });
+      assert(cache.rememberDirectory(record()));
+      assertEquals(cache.directory(digest(1)), { digest: digest(2), size: 17n });
+      assertEquals(cache.directory(digest(3)), undefined);
+      // A file or symlink in it changed within the window, or has no identity.
+      assert(!cache.rememberDirectory(record({ key: digest(4), examinedAt: 1_000_000 + RACY_MS })));
+      assert(!cache.rememberDirectory(record({ key: digest(5), newestChange: Infinity })));
+      assertEquals(cache.directory(digest(4)), undefined);
+      assertEquals(cache.directory(digest(5)), undefined);
+      // An empty directory has nothing that could change unseen.
+      assert(cache.rememberDirectory(record({ key: digest(6), newestChange: -Infinity })));
+    } finally {
+      cache.close();
+    }
+  }));
+
+Deno.test("nodeFromStats takes unchanged directories whole and asks file digests only below a change", async () => {
+  const tree = await Deno.makeTempDir({ prefix: "tvix-statcache-dirs-" });
+  try {
+    for (const d of ["a/deep", "b"]) await Deno.mkdir(join(tree, d), { recursive: true });
+    for (const f of ["top", "a/one", "a/deep/two", "b/three"]) {
+      await Deno.writeTextFile(join(tree, f), `contents of ${f}\n`);
+    }
+    await Deno.symlink("a/one", join(tree, "link"));
+    const ingest = async () => {
+      const files = new Map<string, Uint8Array>();
+      const dirs = new Map<string, { digest: Uint8Array; size: bigint }>();
+      const node = await ingestPath(tree, new MemoryBlobService(), new MemoryDirectoryService(), {
+        onFile: (f, d) => files.set(`${f.dev}:${f.ino}:${f.ctimeMs}`, d),
+        onDirectory: (r) => dirs.set(toHex(r.key), { digest: r.digest, size: r.size }),
+      });
+      return { node, files, dirs };
+    };
+    const before = await ingest();
+    assertEquals(before.dirs.size, 4);
+    const asked: number[] = [];
+    const known = (files: Map<string, Uint8Array>) => ({
+      fileDigests: (fs: FileIdentity[]) => {
+        asked.push(fs.length);
+        return fs.map((f) => files.get(`${f.dev}:${f.ino}:${f.ctimeMs}`));
+      },
+      directory: (key: Uint8Array) => before.dirs.get(toHex(key)),
+    });
+    assertEquals(nodeFromStats(tree, known(before.files)), before.node);
+    assertEquals(asked, [], "file digests asked for an unchanged tree");
+
+    // A file added deep below: `a/deep`, `a` and the root miss, `b` is taken whole.
+    await Deno.writeTextFile(join(tree, "a/deep/new"), "new\n");
+    const after = await ingest();
+    assertEquals(nodeFromStats(tree, known(after.files)), after.node);
+    assertEquals(asked.sort(), [1, 1, 2], "files of a/deep, a and the root, not of b");
+  } finally {
+    await Deno.remove(tree, { recursive: true });
+  }
+});
 
 Deno.test("stat cache: a corrupt cache file is replaced, costing only speed", () =>
   withCacheFile(async (path) => {
@@ -180,6 +259,67 @@ Deno.test("import with the stat cache: unchanged trees read nothing, every chang
     for (const [what, change] of changes) {
       await change();
       await expectNix(await runImport(store, tree, cacheHome), what);
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("import with directory records: every listing change is noticed, matching nix-store --add", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-statcache-dirs-e2e-" });
+  try {
+    const tree = join(tmp, "tree");
+    const store = join(tmp, "store");
+    const cacheHome = join(tmp, "cache");
+    const write = async (dir: string, tag: string) => {
+      await Deno.mkdir(join(dir, "deep", "er"), { recursive: true });
+      await Deno.writeTextFile(join(dir, "x.txt"), `x ${tag}\n`);
+      await Deno.writeTextFile(join(dir, "deep", "er", "y.txt"), `y ${tag}\n`);
+      await Deno.symlink("x.txt", join(dir, "to-x"));
+      // Same names, sizes and mtimes whatever the tag.
+      for (const f of ["x.txt", "deep/er/y.txt"]) {
+        await Deno.utime(join(dir, f), 1_600_000_000, 1_600_000_000);
+      }
+    };
+    await Deno.mkdir(tree);
+    await Deno.writeTextFile(join(tree, "top.txt"), "top\n");
+    await write(join(tree, "sub"), "a");
+    await write(join(tmp, "look-alike"), "b");
+
+    let nixRound = 0;
+    const expectNix = async (got: string, what: string) => {
+      const want = await nixOracle(tree, join(tmp, `nix-${nixRound++}`));
+      assertEquals(got, want.storePath, what);
+    };
+    // Every entry older than the racy window, then imported: the whole
+    // tree is recorded, directories included.
+    const settleAndRecord = async (what: string) => {
+      await new Promise((r) => setTimeout(r, RACY_MS + 100));
+      await expectNix(await runImport(store, tree, cacheHome), `${what}, recorded`);
+    };
+    await settleAndRecord("first import");
+    const trace = join(tmp, "trace");
+    await expectNix(await runImport(store, tree, cacheHome, trace), "unchanged re-import");
+    assertEquals(await filesRead(trace, tree), [], "an unchanged re-import read files");
+
+    const changes: [string, () => Promise<void>][] = [
+      ["a file added", () => Deno.writeTextFile(join(tree, "sub", "added.txt"), "added\n")],
+      ["a file removed", () => Deno.remove(join(tree, "sub", "added.txt"))],
+      ["a file renamed", () => Deno.rename(join(tree, "top.txt"), join(tree, "top2.txt"))],
+      ["a change deep below", async () => {
+        const p = join(tree, "sub", "deep", "er", "y.txt");
+        await Deno.writeTextFile(p, "Y a\n");
+        await Deno.utime(p, 1_600_000_000, 1_600_000_000);
+      }],
+      ["a directory swapped for a look-alike", async () => {
+        await Deno.rename(join(tree, "sub"), join(tmp, "old-sub"));
+        await Deno.rename(join(tmp, "look-alike"), join(tree, "sub"));
+      }],
+    ];
+    for (const [what, change] of changes) {
+      await change();
+      await expectNix(await runImport(store, tree, cacheHome), what);
+      await settleAndRecord(what);
     }
   } finally {
     await Deno.remove(tmp, { recursive: true });

@@ -8,6 +8,7 @@
 import {
   cacheServiceFromUrl,
   checkMemoryUrl,
+  fromBackend,
   inServiceUrl,
   parseServiceUrl,
   unknownScheme,
@@ -16,8 +17,6 @@ import {
 import { CacheBlobService } from "./cache.ts";
 import { GrpcBlobService } from "./grpc.ts";
 import { MemoryBlobService } from "./memory.ts";
-import { objectStoreBlobServiceFromUrl } from "./objectstore.ts";
-import { packBlobServiceFromUrl } from "./pack.ts";
 import type { BlobService } from "./service.ts";
 
 /** Constructs the blob service `url` names. Throws `StorageError` for a bad URL. */
@@ -29,7 +28,12 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
         checkMemoryUrl(parsed);
         return Promise.resolve(new MemoryBlobService());
       case "pack":
-        return Promise.resolve(packBlobServiceFromUrl(parsed));
+        return fromBackend(
+          () => import("./pack.ts"),
+          (m) => m.packBlobServiceFromUrl(parsed),
+          "blob",
+          url,
+        );
       case "grpc+unix":
       case "grpc+http":
       case "grpc+https":
@@ -42,7 +46,12 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
         );
       default:
         if (urlScheme(parsed).startsWith("objectstore+")) {
-          return Promise.resolve(objectStoreBlobServiceFromUrl(parsed));
+          return fromBackend(
+            () => import("./objectstore.ts"),
+            (m) => m.objectStoreBlobServiceFromUrl(parsed),
+            "blob",
+            url,
+          );
         }
         throw unknownScheme(parsed, "blob");
     }

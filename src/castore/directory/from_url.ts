@@ -11,6 +11,7 @@ import { sqlitePathFromUrl } from "../sqlite_db.ts";
 import {
   cacheServiceFromUrl,
   checkMemoryUrl,
+  fromBackend,
   inServiceUrl,
   parseServiceUrl,
   unknownScheme,
@@ -19,10 +20,7 @@ import {
 import { CacheDirectoryService } from "./cache.ts";
 import { GrpcDirectoryService } from "./grpc.ts";
 import { MemoryDirectoryService } from "./memory.ts";
-import { objectStoreDirectoryServiceFromUrl } from "./objectstore.ts";
-import { PostgresDirectoryService } from "./postgres.ts";
 import type { DirectoryService } from "./service.ts";
-import { SqliteDirectoryService } from "./sqlite.ts";
 
 /** Constructs the directory service `url` names. Throws `StorageError` for a bad URL. */
 export function directoryServiceFromUrl(url: string): Promise<DirectoryService> {
@@ -37,10 +35,20 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
       case "grpc+https":
         return GrpcDirectoryService.fromUrl(url);
       case "sqlite":
-        return Promise.resolve(new SqliteDirectoryService(sqlitePathFromUrl(parsed)));
+        return fromBackend(
+          () => import("./sqlite.ts"),
+          (m) => new m.SqliteDirectoryService(sqlitePathFromUrl(parsed)),
+          "directory",
+          url,
+        );
       case "postgres":
       case "postgresql":
-        return PostgresDirectoryService.open(postgresConfigFromUrl(parsed));
+        return fromBackend(
+          () => import("./postgres.ts"),
+          (m) => m.PostgresDirectoryService.open(postgresConfigFromUrl(parsed)),
+          "directory",
+          url,
+        );
       case "cache":
         return cacheServiceFromUrl<DirectoryService>(
           parsed,
@@ -49,7 +57,12 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
         );
       default:
         if (urlScheme(parsed).startsWith("objectstore+")) {
-          return Promise.resolve(objectStoreDirectoryServiceFromUrl(parsed));
+          return fromBackend(
+            () => import("./objectstore.ts"),
+            (m) => m.objectStoreDirectoryServiceFromUrl(parsed),
+            "directory",
+            url,
+          );
         }
         throw unknownScheme(parsed, "directory");
     }

@@ -1,6 +1,8 @@
 /**
- * Byte-level access to directories through libc, for the import walk's
- * file names that are not valid UTF-8 (docs/architecture.md#names-are-bytes).
+ * Byte-level access to directories through libc, for the import walk
+ * (docs/architecture.md#names-are-bytes): it reaches file names that are
+ * not valid UTF-8, and lists and lstats a directory more cheaply than
+ * Deno's string APIs.
  *
  * Deno's path APIs take and return strings: a directory listing turns such
  * a name into U+FFFD, and no string path reaches the file again. Here
@@ -116,10 +118,16 @@ function cName(name: Uint8Array): Uint8Array<ArrayBuffer> {
   return out;
 }
 
+/** Longest name spelt without the decoder (an argument per byte). */
+const ASCII_FAST_PATH = 255;
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** `name` as a string if it is valid UTF-8 (so a string path can spell it), else `undefined`. */
 export function utf8Name(name: Uint8Array): string | undefined {
+  // Most names are ASCII, spelt here without a call into the decoder.
+  if (name.length <= ASCII_FAST_PATH && name.every((b) => b < 0x80)) {
+    return String.fromCharCode(...name);
+  }
   try {
     return strictUtf8.decode(name);
   } catch {
@@ -162,11 +170,45 @@ export interface RawStat {
 
 /** glibc's `makedev`: the `dev_t` that `stat` reports. */
 function makedev(major: number, minor: number): number {
+  // Without the major's high bits the result stays below 2^53: plain numbers
+  // give it exactly, and no BigInt is made per lstat.
+  if (major <= 0xfff) return (minor - (minor & 0xff)) * 4096 + major * 256 + (minor & 0xff);
   const ma = BigInt(major), mi = BigInt(minor);
   return Number(
     ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) |
       (mi & 0xffn),
   );
+}
+
+/** The u64 at `at` of `v` as a number (exact below 2^53), without a BigInt. */
+function u64(v: DataView, at: number): number {
+  return v.getUint32(at, true) + v.getUint32(at + 4, true) * 2 ** 32;
+}
+
+/** A statx timestamp at `at` of `v` in whole milliseconds since the epoch. */
+function statxMs(v: DataView, at: number): number {
+  const seconds = v.getUint32(at, true) + v.getInt32(at + 4, true) * 2 ** 32;
+  return seconds * 1000 + Math.floor(v.getUint32(at + 8, true) / 1e6);
+}
+
+/**
+ * One buffer for every `statx` result, one for the NUL-terminated name
+ * asked for and one for `getdents64`: a walk makes one call per entry, and fresh buffers per call
+ * were most of its garbage. Calls are synchronous, so nothing else uses
+ * them meanwhile.
+ */
+const statxBuffer = new Uint8Array(STATX_SIZE);
+const statxView = new DataView(statxBuffer.buffer);
+let nameBuffer = new Uint8Array(256);
+const dentsBuffer = new Uint8Array(DENTS_BUFFER);
+const dentsView = new DataView(dentsBuffer.buffer);
+
+/** `name` NUL-terminated in the shared name buffer. */
+function sharedCName(name: Uint8Array): Uint8Array<ArrayBuffer> {
+  if (name.length >= nameBuffer.length) nameBuffer = new Uint8Array(name.length + 1);
+  nameBuffer.set(name);
+  nameBuffer[name.length] = 0;
+  return nameBuffer;
 }
 
 /** A regular file opened for reading; reads like a `Deno.FsFile`. */
@@ -247,8 +289,8 @@ export class RawDir {
     const fd = this.#live();
     // From the start, even if the directory was listed before.
     if (this.#c.lseek(fd, 0n, SEEK_SET) < 0) fail(this.#c, "lseek", this.path);
-    const buf = new Uint8Array(DENTS_BUFFER);
-    const view = new DataView(buf.buffer);
+    const buf = dentsBuffer;
+    const view = dentsView;
     const names: Uint8Array[] = [];
     while (true) {
       const n = this.#c.getdents64(fd, buf, BigInt(buf.length));
@@ -257,13 +299,16 @@ export class RawDir {
         fail(this.#c, "getdents64", this.path);
       }
       if (n === 0) break;
+      // The names are views into one copy of what this call returned: one
+      // buffer per call, not one per name.
+      const copy = buf.slice(0, n);
       // struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, char d_name[].
       for (let off = 0; off < n;) {
         const reclen = view.getUint16(off + 16, true);
         const start = off + 19;
         let end = start;
         while (end < off + reclen && buf[end] !== 0) end++;
-        const name = buf.slice(start, end);
+        const name = copy.subarray(start, end);
         if (!isDotOrDotDot(name)) names.push(name);
         off += reclen;
       }
@@ -273,22 +318,27 @@ export class RawDir {
 
   /** What `lstat` says of the entry `name` (a symlink is not followed). */
   lstat(name: Uint8Array): RawStat {
-    const buf = new Uint8Array(STATX_SIZE);
+    const buf = statxBuffer;
     if (
-      this.#c.statx(this.#live(), cName(name), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, buf) !== 0
+      this.#c.statx(
+        this.#live(),
+        sharedCName(name),
+        AT_SYMLINK_NOFOLLOW,
+        STATX_BASIC_STATS,
+        buf,
+      ) !==
+        0
     ) {
       fail(this.#c, "lstat", () => this.#shown(name));
     }
     // struct statx: fixed layout on every architecture.
-    const v = new DataView(buf.buffer);
-    const ms = (at: number) =>
-      Number(v.getBigInt64(at, true)) * 1000 + Math.floor(v.getUint32(at + 8, true) / 1e6);
+    const v = statxView;
     return {
       mode: v.getUint16(28, true),
-      ino: Number(v.getBigUint64(32, true)),
-      size: Number(v.getBigUint64(40, true)),
-      ctimeMs: ms(96),
-      mtimeMs: ms(112),
+      ino: u64(v, 32),
+      size: u64(v, 40),
+      ctimeMs: statxMs(v, 96),
+      mtimeMs: statxMs(v, 112),
       dev: makedev(v.getUint32(136, true), v.getUint32(140, true)),
     };
   }

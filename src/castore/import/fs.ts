@@ -13,10 +13,12 @@
  * sequential; uploads run behind it, bounded in count and bytes, so a
  * remote store sees many files in flight while memory stays bounded.
  *
- * Names are bytes. The walk uses Deno's string paths, which cannot spell a
- * name that is not valid UTF-8: a directory whose listing holds such a name
- * is listed again through `dir_ffi.ts`, and that entry (with everything
- * below it) is reached relative to the directory's descriptor.
+ * Names are bytes. Where FFI is allowed, every directory is listed through
+ * `dir_ffi.ts` (names as bytes, `statx` relative to the directory), which
+ * is also cheaper than Deno's lstat; an entry whose name is not valid
+ * UTF-8 (with everything below it) is reached relative to the directory's
+ * descriptor, the others by string path. Without FFI the walk uses Deno's
+ * string paths, which cannot spell such a name: the import then fails.
  *
  * @module
  */
@@ -29,6 +31,7 @@ import { errorMessage, InvalidRequestError } from "../../errors.ts";
 import { JobSet } from "../../concurrency.ts";
 import type { NodeVariant } from "../node.ts";
 import { displayName, RawDir, rawFsUnavailable, type RawStat, utf8Name } from "./dir_ffi.ts";
+import { type ListingEntry, listingKey } from "./listing_key.ts";
 
 /** Uploads in flight at once (files read, not yet stored). */
 export const DEFAULT_MAX_INFLIGHT = 64;
@@ -85,6 +88,33 @@ export interface IngestOptions {
    * cache's "changed too recently" rule), and the digest of what was read.
    */
   onFile?: (file: FileIdentity & { examinedAt: number }, digest: Digest) => void;
+  /** Called for every directory once its digest is known (see {@linkcode DirectoryRecord}). */
+  onDirectory?: (record: DirectoryRecord) => void;
+}
+
+/**
+ * A directory as a stat cache records it: its listing key
+ * (`listing_key.ts`), the newest change among its files and symlinks, when
+ * the listing was lstat'ed, and the resulting digest and size.
+ */
+export interface DirectoryRecord {
+  key: Digest;
+  newestChange: number;
+  examinedAt: number;
+  digest: Digest;
+  size: bigint;
+}
+
+/**
+ * What a stat cache knows, for {@linkcode nodeFromStats}: file digests
+ * (asked once per directory, for all of its files) and directories by
+ * listing key.
+ */
+export interface KnownTree {
+  fileDigests(files: FileIdentity[]): (Digest | undefined)[];
+  directory?(key: Digest): { digest: Digest; size: bigint } | undefined;
+  /** Called for a directory assembled from file digests (a directory record missed). */
+  onDirectory?(record: DirectoryRecord): void;
 }
 
 const te = new TextEncoder();
@@ -154,7 +184,7 @@ const KIND_OF_TYPE: Record<number, string> = {
   0o140000: "socket",
 };
 
-function rawStatOf(info: RawStat): Stat {
+function rawStatOf(info: RawStat, examinedAt: number): Stat {
   return {
     kind: KIND_OF_TYPE[info.mode & 0o170000] ?? "unknown file type",
     size: info.size,
@@ -163,7 +193,7 @@ function rawStatOf(info: RawStat): Stat {
     ino: info.ino,
     mtimeMs: info.mtimeMs,
     ctimeMs: info.ctimeMs,
-    examinedAt: Date.now(),
+    examinedAt,
   };
 }
 
@@ -217,9 +247,22 @@ function assembleDirectory(nodes: NodeVariant[]): Directory {
   return d;
 }
 
+/**
+ * The path of `name` in the directory at `dir`, kept as given: `join`
+ * would normalise it once per entry, which showed in re-import profiles,
+ * and the walk's paths need no normalising (they are only listed names).
+ */
+function childPath(dir: string, name: string): string {
+  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
 /** The children of the directory at `loc`, lstat'ed. */
 function listDirectory(loc: Location): Listing {
   if (typeof loc !== "string") return listRawDirectory(loc);
+  // Where libc can be reached, every directory is listed through it:
+  // `statx` relative to the directory's descriptor, into a reused buffer,
+  // costs less than Deno's lstat by path with its `FileInfo` and Dates.
+  if (rawFsUnavailable() === undefined) return listBytewise(loc);
   // Metadata calls are synchronous: against the page cache they take
   // microseconds, far less than an async round trip through the threadpool.
   const children: Child[] = [];
@@ -229,7 +272,7 @@ function listDirectory(loc: Location): Listing {
   let replaced = false;
   try {
     for (const e of Deno.readDirSync(loc)) {
-      const p = join(loc, e.name);
+      const p = childPath(loc, e.name);
       if (e.name.includes("\uFFFD")) replaced = true;
       let info: Deno.FileInfo;
       try {
@@ -251,9 +294,9 @@ function listDirectory(loc: Location): Listing {
 }
 
 /**
- * The children of the directory at `path` (which holds a name that is not
- * valid UTF-8), listed by bytes: names that are valid UTF-8 keep their
- * string paths, the others are reached through the directory's descriptor.
+ * The children of the directory at `path`, listed by bytes (needed where a
+ * name is not valid UTF-8): names that are valid UTF-8 keep their string
+ * paths, the others are reached through the directory's descriptor.
  */
 function listBytewise(path: string): Listing {
   const why = rawFsUnavailable();
@@ -265,17 +308,18 @@ function listBytewise(path: string): Listing {
   }
   let dir: RawDir | undefined;
   try {
+    // Taken before any lstat, which is the safe side of the racy rule.
+    const examinedAt = Date.now();
     dir = RawDir.open(path);
     const children: Child[] = [];
     let raw = false;
     for (const name of dir.names()) {
+      const info = rawStatOf(dir.lstat(name), examinedAt);
       const text = utf8Name(name);
       if (text !== undefined) {
-        const p = join(path, text);
-        children.push({ loc: p, name, info: statOf(Deno.lstatSync(p)) });
+        children.push({ loc: childPath(path, text), name, info });
       } else {
-        const loc = { dir, name, path: join(path, displayName(name)) };
-        children.push({ loc, name, info: rawStatOf(dir.lstat(name)) });
+        children.push({ loc: { dir, name, path: join(path, displayName(name)) }, name, info });
         raw = true;
       }
     }
@@ -291,11 +335,12 @@ function listBytewise(path: string): Listing {
 function listRawDirectory(loc: RawLocation): Listing {
   let dir: RawDir | undefined;
   try {
+    const examinedAt = Date.now();
     dir = loc.dir.openDir(loc.name);
     const children: Child[] = [];
     for (const name of dir.names()) {
       const child = { dir, name, path: join(loc.path, displayName(name)) };
-      children.push({ loc: child, name, info: rawStatOf(dir.lstat(name)) });
+      children.push({ loc: child, name, info: rawStatOf(dir.lstat(name), examinedAt) });
     }
     return { children, close: () => dir!.close() };
   } catch (err) {
@@ -360,16 +405,15 @@ function readSmallFile(loc: Location, size: number): Uint8Array {
 
 /**
  * The root node `path` would be ingested as, computed from metadata alone:
- * file digests come from `knownDigests` (a stat cache, asked once per
- * directory for all of its files), directories are assembled and hashed
- * locally, nothing is read or stored. `undefined` as soon as one file's
- * digest is not known (or the tree holds something that cannot be
- * ingested): then only a real ingestion can tell.
+ * a directory whose listing key (`listing_key.ts`) `known` has recorded is
+ * taken whole; otherwise its file digests come from `known` (asked once
+ * per directory for all of its files) and it is assembled and hashed
+ * locally. Nothing is read but directory listings, lstat results and
+ * symlink targets of directories not known whole; nothing is stored.
+ * `undefined` as soon as one file's digest is not known (or the tree holds
+ * something that cannot be ingested): then only a real ingestion can tell.
  */
-export function nodeFromStats(
-  path: string,
-  knownDigests: (files: FileIdentity[]) => (Digest | undefined)[],
-): NodeVariant | undefined {
+export function nodeFromStats(path: string, known: KnownTree): NodeVariant | undefined {
   const fileNode = (name: Uint8Array, info: Stat, digest: Digest | undefined) =>
     digest && {
       $case: "file" as const,
@@ -379,30 +423,54 @@ export function nodeFromStats(
     if (info.kind === "symlink") {
       return { $case: "symlink", value: { name, target: readLink(loc) } };
     }
-    if (info.kind === "file") return fileNode(name, info, knownDigests([info])[0]);
+    if (info.kind === "file") return fileNode(name, info, known.fileDigests([info])[0]);
     if (info.kind !== "directory") return undefined;
-    const nodes: NodeVariant[] = [];
     const listing = listDirectory(loc);
     try {
       const children = listing.children;
-      const files = children.filter((c) => c.info.kind === "file");
-      const digests = files.length > 0 ? knownDigests(files.map((c) => c.info)) : [];
-      const fileDigests = new Map(files.map((c, i) => [c, digests[i]]));
+      children.sort((a, b) => compareBytes(a.name, b.name));
+      // Subdirectories first: their digests are part of this listing's key.
+      const entries: ListingEntry[] = [];
+      let examinedAt = Infinity;
       for (const c of children) {
+        examinedAt = Math.min(examinedAt, c.info.examinedAt);
+        if (c.info.kind === "directory") {
+          const sub = visit(c.loc, c.name, c.info);
+          if (sub?.$case !== "directory") return undefined;
+          entries.push({ name: c.name, kind: "directory", info: c.info, directory: sub.value });
+        } else if (c.info.kind === "file" || c.info.kind === "symlink") {
+          entries.push({ name: c.name, kind: c.info.kind, info: c.info });
+        } else {
+          return undefined;
+        }
+      }
+      const { key, newestChange } = listingKey(entries);
+      const whole = known.directory?.(key);
+      if (whole) return { $case: "directory", value: { name, ...whole } };
+
+      const files = children.filter((c) => c.info.kind === "file");
+      const digests = files.length > 0 ? known.fileDigests(files.map((c) => c.info)) : [];
+      const nodes: NodeVariant[] = [];
+      let f = 0;
+      for (let i = 0; i < children.length; i++) {
+        const c = children[i];
+        const e = entries[i];
         const n = c.info.kind === "file"
-          ? fileNode(c.name, c.info, fileDigests.get(c))
+          ? fileNode(c.name, c.info, digests[f++])
+          : e.directory
+          ? { $case: "directory" as const, value: { name: c.name, ...e.directory } }
           : visit(c.loc, c.name, c.info);
         if (!n) return undefined;
         nodes.push(n);
       }
+      const d = assembleDirectory(nodes);
+      const digest = directoryDigest(d);
+      const size = directorySize(d);
+      known.onDirectory?.({ key, newestChange, examinedAt, digest, size });
+      return { $case: "directory", value: { name, digest, size } };
     } finally {
       listing.close();
     }
-    const d = assembleDirectory(nodes);
-    return {
-      $case: "directory",
-      value: { name, digest: directoryDigest(d), size: directorySize(d) },
-    };
   };
   try {
     return visit(path, te.encode(basename(path)), statOf(Deno.lstatSync(path)));
@@ -424,10 +492,17 @@ interface WalkedFile {
 interface WalkedDirectory {
   kind: "directory";
   name: Uint8Array;
+  info: Stat;
+  /** In name order. */
   children: Walked[];
 }
 
-type Walked = WalkedFile | WalkedDirectory | { kind: "symlink"; node: NodeVariant };
+type Walked = WalkedFile | WalkedDirectory | {
+  kind: "symlink";
+  name: Uint8Array;
+  info: Stat;
+  node: NodeVariant;
+};
 
 /**
  * Ingests `path` (docs/compatibility.md#the-import-algorithm, step 2) and
@@ -514,7 +589,7 @@ export async function ingestPath(
     if (info.kind === "symlink") {
       const target = readLink(loc);
       observer?.symlink(target);
-      return { kind: "symlink", node: { $case: "symlink", value: { name, target } } };
+      return { kind: "symlink", name, info, node: { $case: "symlink", value: { name, target } } };
     }
     if (info.kind === "file") {
       const walked: WalkedFile = { kind: "file", name, info };
@@ -529,7 +604,7 @@ export async function ingestPath(
         const children = listing.children;
         children.sort((a, b) => compareBytes(a.name, b.name));
         observer?.beginDirectory();
-        const walked: WalkedDirectory = { kind: "directory", name, children: [] };
+        const walked: WalkedDirectory = { kind: "directory", name, info, children: [] };
         for (const c of children) {
           observer?.beginEntry(c.name);
           walked.children.push(await walk(c.loc, c.name, c.info));
@@ -574,14 +649,36 @@ export async function ingestPath(
     const d = assembleDirectory(nodes);
     putter ??= dir.putMultiple();
     await putter.put(d);
-    return {
-      $case: "directory",
-      value: { name: w.name, digest: directoryDigest(d), size: directorySize(d) },
-    };
+    const value = { name: w.name, digest: directoryDigest(d), size: directorySize(d) };
+    if (options.onDirectory) recordDirectory(w, nodes, value, options.onDirectory);
+    return { $case: "directory", value };
   };
   const node = await finish(root);
   if (putter) await putter.close();
   return node;
+}
+
+/**
+ * Reports directory `w`, whose children (in name order) became `nodes`, as
+ * `value`, with its listing key.
+ */
+function recordDirectory(
+  w: WalkedDirectory,
+  nodes: NodeVariant[],
+  value: { digest: Digest; size: bigint },
+  onDirectory: (record: DirectoryRecord) => void,
+): void {
+  let examinedAt = Infinity;
+  const entries: ListingEntry[] = [];
+  for (let i = 0; i < w.children.length; i++) {
+    const c = w.children[i];
+    const n = nodes[i];
+    examinedAt = Math.min(examinedAt, c.info.examinedAt);
+    const directory = n.$case === "directory" ? n.value : undefined;
+    entries.push({ name: c.name, kind: c.kind, info: c.info, directory });
+  }
+  const { key, newestChange } = listingKey(entries);
+  onDirectory({ key, newestChange, examinedAt, digest: value.digest, size: value.size });
 }
 
 function changed(path: string, size: number, got: number): IngestError {

@@ -9,6 +9,7 @@ import { postgresConfigFromUrl } from "../../castore/postgres_url.ts";
 import { sqlitePathFromUrl } from "../../castore/sqlite_db.ts";
 import {
   checkMemoryUrl,
+  fromBackend,
   inServiceUrl,
   parseServiceUrl,
   unknownScheme,
@@ -16,9 +17,7 @@ import {
 } from "../../castore/service_url.ts";
 import { GrpcPathInfoService } from "./grpc.ts";
 import { MemoryPathInfoService } from "./memory.ts";
-import { PostgresPathInfoService } from "./postgres.ts";
 import type { PathInfoService } from "./service.ts";
-import { SqlitePathInfoService } from "./sqlite.ts";
 
 /** Constructs the path info service `url` names. Throws `StorageError` for a bad URL. */
 export function pathInfoServiceFromUrl(url: string): Promise<PathInfoService> {
@@ -33,10 +32,20 @@ export function pathInfoServiceFromUrl(url: string): Promise<PathInfoService> {
       case "grpc+https":
         return GrpcPathInfoService.fromUrl(url);
       case "sqlite":
-        return Promise.resolve(new SqlitePathInfoService(sqlitePathFromUrl(parsed)));
+        return fromBackend(
+          () => import("./sqlite.ts"),
+          (m) => new m.SqlitePathInfoService(sqlitePathFromUrl(parsed)),
+          "path info",
+          url,
+        );
       case "postgres":
       case "postgresql":
-        return PostgresPathInfoService.open(postgresConfigFromUrl(parsed));
+        return fromBackend(
+          () => import("./postgres.ts"),
+          (m) => m.PostgresPathInfoService.open(postgresConfigFromUrl(parsed)),
+          "path info",
+          url,
+        );
       default:
         throw unknownScheme(parsed, "path info");
     }
