@@ -188,6 +188,10 @@ export class SharedChunkCache {
       Atomics.store(m, victim + M_VERSION, v + 2);
       Atomics.notify(m, victim + M_VERSION);
     };
+    const abandon = () => {
+      for (let i = 0; i < 8; i++) Atomics.store(m, victim + M_TAG + i, 0);
+      publish();
+    };
     const start = this.#slotStart(victim);
     const slot = this.#data.subarray(start, start + size);
     const commit = (length: number) => {
@@ -198,15 +202,13 @@ export class SharedChunkCache {
     return {
       slot,
       fill: (bytes) => {
-        if (bytes.length > slot.length) throw new RangeError("chunk larger than its claimed slot");
+        // Longer than claimed would spill into the next slot: not shared then.
+        if (bytes.length > slot.length) return abandon();
         slot.set(bytes);
         commit(bytes.length);
       },
       commit: () => commit(slot.length),
-      abandon: () => {
-        for (let i = 0; i < 8; i++) Atomics.store(m, victim + M_TAG + i, 0);
-        publish();
-      },
+      abandon,
     };
   }
 

@@ -55,7 +55,7 @@ import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
 import { type EncodedChunk, verifyChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
-import { readChunksFrom } from "./chunk_reader.ts";
+import { readChunksFrom, releaseWhole } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 
@@ -386,7 +386,9 @@ export class PackBlobService implements BlobService {
       );
     }
     if (!at.raw) {
-      target.set(await this.#readChunk(at));
+      const decoded = await this.#readChunk(at);
+      target.set(decoded);
+      releaseWhole(decoded);
       return;
     }
     await this.#readStored(at, target);
