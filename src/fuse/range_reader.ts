@@ -315,6 +315,18 @@ export class BlobRangeReader {
       await found;
     }
     const claim = shared.claim(digest, size);
+    if (claim && this.#blob.readChunkInto) {
+      // Straight into the slot, verified there before anyone sees it: no
+      // buffer of our own to allocate, copy from and free per chunk.
+      try {
+        await this.#blob.readChunkInto(digest, claim.slot);
+      } catch (err) {
+        claim.abandon();
+        throw err;
+      }
+      claim.commit();
+      return undefined;
+    }
     let bytes;
     try {
       bytes = await this.#readWhole(digest, size);

@@ -4,7 +4,8 @@
  * The kernel spreads one reader's sequential READs over all channels, so
  * without sharing every Worker would fetch, decompress and verify every
  * chunk itself. Here the first Worker to need a chunk claims a slot, and
- * the others wait for it and copy the bytes out.
+ * the others wait for it and borrow the bytes in place. A claimed slot can
+ * be read into directly (a chunk is never assembled elsewhere first).
  *
  * Slots are fixed-size (chunks larger than a slot are not shared) and
  * grouped in small sets by digest. Each slot has a version word, odd while
@@ -37,9 +38,18 @@ export interface Borrowed {
   release(): void;
 }
 
-/** A claimed slot: fill it with the chunk's bytes or abandon it. */
-interface SlotClaim {
+/**
+ * A claimed slot: fill it with the chunk's bytes (`fill` copies them in;
+ * or write them into `slot` and `commit`), or abandon it. Nobody else sees
+ * the slot's bytes before then, so a chunk may be read into `slot` and
+ * verified there before it is published.
+ */
+export interface SlotClaim {
+  /** The slot's memory, exactly the claimed size. */
+  readonly slot: Uint8Array;
   fill(bytes: Uint8Array): void;
+  /** Publishes the `slot.length` bytes already written into `slot`. */
+  commit(): void;
   abandon(): void;
 }
 
@@ -178,17 +188,27 @@ export class SharedChunkCache {
       Atomics.store(m, victim + M_VERSION, v + 2);
       Atomics.notify(m, victim + M_VERSION);
     };
+    const abandon = () => {
+      for (let i = 0; i < 8; i++) Atomics.store(m, victim + M_TAG + i, 0);
+      publish();
+    };
+    const start = this.#slotStart(victim);
+    const slot = this.#data.subarray(start, start + size);
+    const commit = (length: number) => {
+      m[victim + M_LENGTH] = length;
+      m[victim + M_USED] = Atomics.add(m, H_CLOCK, 1);
+      publish();
+    };
     return {
+      slot,
       fill: (bytes) => {
-        this.#data.set(bytes, this.#slotStart(victim));
-        m[victim + M_LENGTH] = bytes.length;
-        m[victim + M_USED] = Atomics.add(m, H_CLOCK, 1);
-        publish();
+        // Longer than claimed would spill into the next slot: not shared then.
+        if (bytes.length > slot.length) return abandon();
+        slot.set(bytes);
+        commit(bytes.length);
       },
-      abandon: () => {
-        for (let i = 0; i < 8; i++) Atomics.store(m, victim + M_TAG + i, 0);
-        publish();
-      },
+      commit: () => commit(slot.length),
+      abandon,
     };
   }
 

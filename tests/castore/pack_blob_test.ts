@@ -70,6 +70,62 @@ Deno.test("pack: a corrupted record is a StorageError, never wrong bytes", async
   }
 });
 
+Deno.test("pack: readChunkInto fills a shared buffer with verified chunks, or rejects", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-into-" });
+  try {
+    const s = new PackBlobService(dir);
+    const digest = await putBlob(s, MIXED);
+    await s.sync();
+    const chunks = (await s.chunks(digest))!;
+    assert(chunks.length >= 4, `${chunks.length} chunks`);
+    // Where the FUSE reader puts them: a slot of a SharedArrayBuffer.
+    const shared = new Uint8Array(new SharedArrayBuffer(MIXED.length + 4096));
+    let at = 0;
+    for (const c of chunks) {
+      const slot = shared.subarray(4096 + at, 4096 + at + Number(c.size));
+      await s.readChunkInto(c.digest, slot);
+      at += slot.length;
+    }
+    assert(bytesEqual(shared.subarray(4096), MIXED), "raw and compressed chunks read back");
+    const first = chunks[0], last = chunks[chunks.length - 1];
+    const wrong = new Uint8Array(Number(first.size) + 1);
+    await assertRejects(() => s.readChunkInto(first.digest, wrong), StorageError, "expected");
+    const unknown = blake3(new Uint8Array([1]));
+    await assertRejects(() => s.readChunkInto(unknown, new Uint8Array(1)), StorageError, "missing");
+    await s.close();
+
+    // One byte flipped in the first (random: raw) and the last (text: zstd) chunk.
+    const [pack] = await packFiles(dir);
+    const bytes = await Deno.readFile(`${dir}/${pack}`);
+    for (const c of [first, last]) {
+      let i = bytes.indexOf(c.digest[0]);
+      while (i >= 0 && !bytesEqual(bytes.subarray(i, i + 32), c.digest)) {
+        i = bytes.indexOf(c.digest[0], i + 1);
+      }
+      assert(i > 0, "record found");
+      // The digest ends the record header; the stored length precedes it.
+      const stored = new DataView(bytes.buffer, i - 4, 4).getUint32(0, true);
+      bytes[i + 32 + (stored >> 1)] ^= 0x55;
+    }
+    await Deno.writeFile(`${dir}/${pack}`, bytes);
+    const t = new PackBlobService(dir);
+    for (const c of [first, last]) {
+      await assertRejects(
+        () => t.readChunkInto(c.digest, new Uint8Array(Number(c.size))),
+        StorageError,
+      );
+    }
+    // An undamaged chunk still reads.
+    const mid = chunks[1];
+    const into = new Uint8Array(Number(mid.size));
+    await t.readChunkInto(mid.digest, into);
+    assertEquals(blake3(into), mid.digest);
+    await t.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("pack: packs roll over at the target size; every blob stays readable", async () => {
   const dir = await Deno.makeTempDir({ prefix: "pack-roll-" });
   try {

@@ -7,6 +7,7 @@
  * none itself) and on the chunking object store (`objectstore+memory://`),
  * both behind a wrapper that counts what the reader asks for.
  */
+import { join } from "node:path";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { putBlob } from "../conformance/blob_suite.ts";
 import { pseudoRandom } from "../fixtures.ts";
@@ -14,6 +15,7 @@ import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { chunkPath, ObjectStoreBlobService } from "../../src/castore/blob/objectstore.ts";
 import { encodeChunkSync } from "../../src/castore/blob/chunk_codec.ts";
+import { PackBlobService } from "../../src/castore/blob/pack.ts";
 import type {
   BlobReader,
   BlobService,
@@ -44,7 +46,19 @@ class Observed implements BlobService {
   readonly listed = new Map<string, ChunkMeta[]>();
   readonly damaged = new Map<string, Uint8Array>();
 
-  constructor(readonly inner: BlobService) {}
+  /** Present when `inner` has it, recorded as an open at offset 0. */
+  readonly readChunkInto?: (digest: Digest, target: Uint8Array) => Promise<void>;
+
+  constructor(readonly inner: BlobService) {
+    const into = inner.readChunkInto?.bind(inner);
+    if (into) {
+      this.readChunkInto = (digest, target) => {
+        const key = digestKey(digest);
+        this.opened.set(key, [...this.opened.get(key) ?? [], 0]);
+        return into(digest, target);
+      };
+    }
+  }
 
   /** How often `digest` was opened for reading. */
   opens(digest: Digest): number {
@@ -98,6 +112,8 @@ interface Backend {
   put(data: Uint8Array): Promise<{ digest: Digest; chunks: ChunkMeta[] }>;
   /** Makes the service hand out wrong bytes for `chunk`, as a damaged store would. */
   damage(chunk: ChunkMeta, original: Uint8Array): Promise<void>;
+  /** Removes what the backend left on disk, after the service was closed. */
+  cleanup?(): Promise<void>;
 }
 
 /** Chunk sizes the memory backend cuts blobs into, cycled (a 1-byte chunk included). */
@@ -155,6 +171,40 @@ const BACKENDS: { name: string; open(): Promise<Backend> }[] = [
           other[other.length >> 1] ^= 0x20;
           await inner.store.put(chunkPath(chunk.digest), encodeChunkSync(other).stored);
         },
+      };
+    },
+  },
+  {
+    // Reads chunks straight into the shared cache (`readChunkInto`).
+    name: "pack",
+    async open() {
+      const dir = await Deno.makeTempDir({ prefix: "range-pack-" });
+      const inner = new PackBlobService(dir);
+      const service = new Observed(inner);
+      return {
+        service,
+        async put(data: Uint8Array) {
+          const digest = await putBlob(inner, data);
+          return { digest, chunks: (await inner.chunks(digest))! };
+        },
+        // One byte flipped in the middle of the chunk's record in its pack
+        // (random data: stored raw, so only verification can tell).
+        async damage(chunk: ChunkMeta) {
+          const at = inner.locate(chunk.digest)!;
+          const f = await Deno.open(join(dir, `${at.pack}.pack`), { read: true, write: true });
+          try {
+            const pos = at.offset + (at.length >> 1);
+            const b = new Uint8Array(1);
+            await f.seek(pos, Deno.SeekMode.Start);
+            await f.read(b);
+            b[0] ^= 0x20;
+            await f.seek(pos, Deno.SeekMode.Start);
+            await f.write(b);
+          } finally {
+            f.close();
+          }
+        },
+        cleanup: () => Deno.remove(dir, { recursive: true }),
       };
     },
   },
@@ -232,6 +282,7 @@ for (const backend of BACKENDS) {
         await body(b, digest, chunks);
       } finally {
         await b.service.close();
+        await b.cleanup?.();
       }
     });
 
@@ -299,6 +350,7 @@ for (const backend of BACKENDS) {
       assertEquals(b.service.opened.size, 0);
     } finally {
       await b.service.close();
+      await b.cleanup?.();
     }
   });
 
@@ -471,6 +523,7 @@ for (const backend of BACKENDS) {
       assert(!(reader.read(digest, data.length, 123, 456) instanceof Promise));
     } finally {
       await b.service.close();
+      await b.cleanup?.();
     }
   });
 

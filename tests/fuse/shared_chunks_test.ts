@@ -32,6 +32,29 @@ Deno.test("shared chunks: a lookup during a fill waits for it", async () => {
   assertEquals(cache.lookup(digest), data);
 });
 
+Deno.test("shared chunks: a slot filled in place is invisible until committed", async () => {
+  const cache = SharedChunkCache.create(1 << 20, 4096);
+  const data = bytes(3000, 5);
+  const digest = blake3(data);
+  const claim = cache.claim(digest, data.length)!;
+  assertEquals(claim.slot.length, data.length);
+  assert(claim.slot.buffer === cache.buffer, "the slot is the shared memory itself");
+  claim.slot.set(data.subarray(0, 1000)); // half written: others must wait, not see it
+  const pending = cache.borrow(digest);
+  assert(pending instanceof Promise);
+  claim.slot.set(data.subarray(1000), 1000);
+  claim.commit();
+  await pending;
+  assertEquals(cache.lookup(digest), data);
+
+  // Written, then found bad and abandoned: a miss, never the written bytes.
+  const other = bytes(2000, 9);
+  const bad = cache.claim(blake3(other), other.length)!;
+  bad.slot.set(other);
+  bad.abandon();
+  assertEquals(cache.lookup(blake3(other)), undefined);
+});
+
 Deno.test("shared chunks: abandoned fills and oversized chunks are misses", () => {
   const cache = SharedChunkCache.create(1 << 20, 4096);
   const digest = blake3(bytes(10, 1));

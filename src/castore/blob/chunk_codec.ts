@@ -182,7 +182,15 @@ function decompressError(digest: Digest, err: unknown): StorageError {
   );
 }
 
-function verify<T extends Uint8Array>(data: T, digest: Digest, size: number | undefined): T {
+/**
+ * Checks `data` against its digest (and listed `size`, if known), in place:
+ * {@linkcode StorageError} if it is not exactly the chunk.
+ */
+export function verifyChunk<T extends Uint8Array>(
+  data: T,
+  digest: Digest,
+  size: number | undefined,
+): T {
   if (size !== undefined && data.length !== size) {
     throw new StorageError(
       `chunk ${b3Display(digest)} has ${data.length} bytes, index says ${size}`,
@@ -217,7 +225,7 @@ export function decodeChunkSync(
   size: number | undefined,
   raw = false,
 ): Uint8Array<ArrayBuffer> {
-  if (raw) return verify(owned(compressed), digest, size);
+  if (raw) return verifyChunk(owned(compressed), digest, size);
   let data: Uint8Array<ArrayBuffer>;
   try {
     data = owned(zstdDecompressSync(compressed, limit(size)));
@@ -232,7 +240,7 @@ export function decodeChunkSync(
   ) {
     release(compressed.buffer);
   }
-  verify(data, digest, size);
+  verifyChunk(data, digest, size);
   return data;
 }
 
@@ -250,6 +258,6 @@ export async function decodeChunk(
   } catch (err) {
     throw decompressError(digest, err);
   }
-  verify(data, digest, size);
+  verifyChunk(data, digest, size);
   return data;
 }

@@ -52,10 +52,10 @@ import {
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
 import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
-import type { EncodedChunk } from "./chunk_codec.ts";
+import { type EncodedChunk, verifyChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
-import { readChunksFrom } from "./chunk_reader.ts";
+import { readChunksFrom, releaseWhole } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 
@@ -396,27 +396,54 @@ export class PackBlobService implements BlobService {
   }
 
   /**
-   * Reads, decompresses and verifies one chunk. A pack that is gone was
-   * rewritten by garbage collection after the chunk was located: the chunk
-   * is located again and read from where it is now.
+   * Reads one chunk into `target` and verifies it there: a raw chunk (what
+   * incompressible data is stored as) goes from the pack into `target`
+   * with one `pread` and is hashed in place, so a streaming read through
+   * FUSE allocates and copies nothing per chunk; a compressed one is
+   * decoded as in {@linkcode openRead} and copied in.
    */
-  async #readChunk(at: ChunkLocation, relocated = false): Promise<Uint8Array> {
+  async readChunkInto(digest: Digest, target: Uint8Array): Promise<void> {
+    checkDigestLength(digest);
+    const at = this.locate(digest);
+    if (!at) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
+    if (at.size !== target.length) {
+      throw new StorageError(
+        `chunk ${b3Display(digest)} has ${at.size} bytes, ${target.length} expected`,
+      );
+    }
+    if (!at.raw) {
+      const decoded = await this.#readChunk(at);
+      target.set(decoded);
+      releaseWhole(decoded);
+      return;
+    }
+    await this.#readStored(at, target);
+    verifyChunk(target, digest, at.size);
+  }
+
+  /**
+   * Reads `at`'s stored bytes into `into` (of `at.length` bytes). A pack
+   * that is gone was rewritten by garbage collection after the chunk was
+   * located: the chunk is located again and read from where it is now.
+   */
+  async #readStored(at: ChunkLocation, into: Uint8Array, relocated = false): Promise<void> {
     let fd: number;
     try {
       fd = this.#readFd(at.pack);
     } catch (err) {
       const now = relocated ? undefined : this.locate(at.digest);
-      if (now && now.pack !== at.pack) return await this.#readChunk(now, true);
+      // Rewriting copies records as they are: same length, same encoding.
+      if (now && now.pack !== at.pack && now.length === at.length && now.raw === at.raw) {
+        return await this.#readStored(now, into, true);
+      }
       throw err;
     }
-    const stored = new Uint8Array(at.length);
     let n: number;
     try {
       n = at.length <= SYNC_READ_LIMIT
-        ? fs.readSync(fd, stored, 0, at.length, at.offset)
+        ? fs.readSync(fd, into, 0, at.length, at.offset)
         : await new Promise<number>((resolve, reject) =>
-          fs.read(fd, stored, 0, at.length, at.offset, (err, got) =>
-            err ? reject(err) : resolve(got))
+          fs.read(fd, into, 0, at.length, at.offset, (err, got) => err ? reject(err) : resolve(got))
         );
     } catch (err) {
       throw new StorageError(`reading pack ${at.pack}: ${errorMessage(err)}`);
@@ -424,6 +451,12 @@ export class PackBlobService implements BlobService {
     if (n !== at.length) {
       throw new StorageError(`chunk ${b3Display(at.digest)} is truncated in pack ${at.pack}`);
     }
+  }
+
+  /** Reads, decompresses and verifies one chunk (see {@linkcode #readStored}). */
+  async #readChunk(at: ChunkLocation): Promise<Uint8Array> {
+    const stored = new Uint8Array(at.length);
+    await this.#readStored(at, stored);
     return await this.#codec.decode(stored, at.digest, at.size, at.raw);
   }
 

@@ -62,6 +62,16 @@ export interface BlobService {
    */
   openRead(digest: Digest, offset?: number, size?: number): Promise<BlobReader | undefined>;
 
+  /**
+   * Reads one chunk of `target.length` bytes (listed by `chunks()`)
+   * straight into `target` and verifies it there; resolves only once
+   * `target` holds exactly the chunk, else rejects with a `StorageError`
+   * (then `target` holds garbage and must not be used). Lets the FUSE reader
+   * fill its shared cache without an intermediate buffer per chunk. Only
+   * backends that read chunks from local storage have it.
+   */
+  readChunkInto?(digest: Digest, target: Uint8Array): Promise<void>;
+
   /** Starts an upload. */
   openWrite(): BlobWriter;
 
