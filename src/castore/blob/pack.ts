@@ -138,8 +138,20 @@ interface StagedWrite {
   /** Headers and stored bytes, in pack order. */
   readonly parts: Uint8Array[];
   length: number;
-  /** Settles once every part is written (rejects on any failure or short write). */
-  readonly done: Promise<void>;
+  /** Each record's byte range and its upload's continuation. */
+  readonly records: StagedRecord[];
+  /**
+   * Settles (never rejects) once every write of the batch has: what a
+   * commit and a descriptor's close wait for.
+   */
+  readonly settled: Promise<void>;
+  readonly settle: () => void;
+}
+
+/** One record of a {@linkcode StagedWrite}. */
+interface StagedRecord {
+  readonly start: number;
+  readonly end: number;
   readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
 }
@@ -411,33 +423,36 @@ export class PackBlobService implements BlobService {
         `chunk ${b3Display(digest)} has ${at.size} bytes, ${target.length} expected`,
       );
     }
-    if (!at.raw) {
-      const decoded = await this.#readChunk(at);
+    const where = this.#where(at);
+    if (!where.at.raw) {
+      const decoded = await this.#decodeStored(where);
       target.set(decoded);
       releaseWhole(decoded);
       return;
     }
-    await this.#readStored(at, target);
+    await this.#readStored(where, target);
     verifyChunk(target, digest, at.size);
   }
 
   /**
-   * Reads `at`'s stored bytes into `into` (of `at.length` bytes). A pack
-   * that is gone was rewritten by garbage collection after the chunk was
-   * located: the chunk is located again and read from where it is now.
+   * A descriptor to read `at` from. A pack that is gone was rewritten by
+   * garbage collection after the chunk was located: the chunk is located
+   * again and read from where it is now, whose length and encoding may
+   * differ (a chunk swept and uploaded again is encoded afresh).
    */
-  async #readStored(at: ChunkLocation, into: Uint8Array, relocated = false): Promise<void> {
-    let fd: number;
+  #where(at: ChunkLocation): { fd: number; at: ChunkLocation } {
     try {
-      fd = this.#readFd(at.pack);
+      return { fd: this.#readFd(at.pack), at };
     } catch (err) {
-      const now = relocated ? undefined : this.locate(at.digest);
-      // Rewriting copies records as they are: same length, same encoding.
-      if (now && now.pack !== at.pack && now.length === at.length && now.raw === at.raw) {
-        return await this.#readStored(now, into, true);
-      }
-      throw err;
+      const now = this.locate(at.digest);
+      if (!now || now.pack === at.pack || now.size !== at.size) throw err;
+      return { fd: this.#readFd(now.pack), at: now };
     }
+  }
+
+  /** Reads the stored bytes of `where.at` into `into` (of `at.length` bytes). */
+  async #readStored(where: { fd: number; at: ChunkLocation }, into: Uint8Array): Promise<void> {
+    const { fd, at } = where;
     let n: number;
     try {
       n = at.length <= SYNC_READ_LIMIT
@@ -453,11 +468,21 @@ export class PackBlobService implements BlobService {
     }
   }
 
-  /** Reads, decompresses and verifies one chunk (see {@linkcode #readStored}). */
-  async #readChunk(at: ChunkLocation): Promise<Uint8Array> {
+  /** Reads, decompresses and verifies the chunk at `where`. */
+  async #decodeStored(where: { fd: number; at: ChunkLocation }): Promise<Uint8Array> {
+    const { at } = where;
     const stored = new Uint8Array(at.length);
-    await this.#readStored(at, stored);
+    await this.#readStored(where, stored);
     return await this.#codec.decode(stored, at.digest, at.size, at.raw);
+  }
+
+  /** Reads, decompresses and verifies one chunk (see {@linkcode #where}). */
+  #readChunk(at: ChunkLocation): Promise<Uint8Array> {
+    try {
+      return this.#decodeStored(this.#where(at));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   /** A file descriptor for reading pack `id` (kept open, a bounded number of them). */
@@ -543,24 +568,27 @@ export class PackBlobService implements BlobService {
 
   /**
    * Adds a record at `position` (the pack's reserved end) to the pack's
-   * staged write; resolves once it is written.
+   * staged write; resolves once its bytes are written, rejects if a write
+   * covering any of them failed.
    */
   #stage(pack: OpenPack, position: number, header: Uint8Array, stored: Uint8Array): Promise<void> {
     let batch = pack.staged;
     if (!batch) {
-      let resolve!: () => void, reject!: (err: unknown) => void;
-      const done = new Promise<void>((res, rej) => (resolve = res, reject = rej));
-      batch = pack.staged = { position, parts: [], length: 0, done, resolve, reject };
-      pack.writes.add(done);
-      const settled = () => pack.writes.delete(done);
-      done.then(settled, settled);
+      const { promise: settled, resolve: settle } = Promise.withResolvers<void>();
+      batch = pack.staged = { position, parts: [], length: 0, records: [], settled, settle };
+      pack.writes.add(settled);
+      void settled.then(() => pack.writes.delete(settled));
       const staged = batch;
       setImmediate(() => this.#flushStaged(pack, staged));
     }
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    const start = position;
+    const end = position + header.length + stored.length;
+    batch.records.push({ start, end, resolve, reject });
     batch.parts.push(header, stored);
-    batch.length += header.length + stored.length;
+    batch.length += end - start;
     if (batch.length >= STAGE_FLUSH_AT) this.#flushStaged(pack, batch);
-    return batch.done;
+    return promise;
   }
 
   /**
@@ -568,16 +596,20 @@ export class PackBlobService implements BlobService {
    * large parts as they are. Positioned writes, not `writev`: in Deno 2.9.6
    * `node:fs` `writev` costs ~10 times what `write` does (300 MiB: ~420 ms
    * against ~40 ms, on the JavaScript thread either way). All of them
-   * settle before the outcome is known, so none is left running on a
-   * descriptor.
+   * settle before any record's outcome is known, so none is left running
+   * on a descriptor; a record fails only if a write covering its bytes did.
    */
   #flushStaged(pack: OpenPack, batch: StagedWrite): void {
     if (pack.staged !== batch) return; // already written
     pack.staged = undefined;
-    const writes: Promise<number>[] = [];
+    const writes: { start: number; end: number; written: Promise<number> }[] = [];
     let at = batch.position;
     let run: Uint8Array[] = [];
     let runLength = 0;
+    const write = (buf: Uint8Array) => {
+      writes.push({ start: at, end: at + buf.length, written: writeAt(pack.fd, buf, at) });
+      at += buf.length;
+    };
     const writeRun = () => {
       if (runLength === 0) return;
       const buf = run.length === 1 ? run[0] : new Uint8Array(runLength);
@@ -588,32 +620,35 @@ export class PackBlobService implements BlobService {
           o += part.length;
         }
       }
-      writes.push(writeAt(pack.fd, buf, at));
-      at += runLength;
+      write(buf);
       run = [];
       runLength = 0;
     };
     for (const part of batch.parts) {
       if (part.length >= STAGE_COPY_BELOW) {
         writeRun();
-        writes.push(writeAt(pack.fd, part, at));
-        at += part.length;
+        write(part);
       } else {
         run.push(part);
         runLength += part.length;
       }
     }
     writeRun();
-    Promise.allSettled(writes).then((outcome) => {
-      let n = 0;
-      for (const r of outcome) {
-        if (r.status === "rejected") return batch.reject(r.reason);
-        n += r.value;
+    void Promise.allSettled(writes.map((w) => w.written)).then((outcome) => {
+      const failures = writes.flatMap((w, i) => {
+        const r = outcome[i];
+        if (r.status === "rejected") return [{ ...w, reason: r.reason }];
+        const expected = w.end - w.start;
+        return r.value === expected
+          ? []
+          : [{ ...w, reason: new Error(`short write (${r.value} of ${expected} bytes)`) }];
+      });
+      for (const record of batch.records) {
+        const failed = failures.find((f) => f.start < record.end && record.start < f.end);
+        if (failed) record.reject(failed.reason);
+        else record.resolve();
       }
-      if (n !== batch.length) {
-        return batch.reject(new Error(`short write (${n} of ${batch.length} bytes)`));
-      }
-      batch.resolve();
+      batch.settle();
     });
   }
 
