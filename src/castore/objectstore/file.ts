@@ -10,8 +10,10 @@
  * next store opened on the same directory once it is older than
  * {@linkcode STALE_TEMP_MS} (a live put holds its temporary file for
  * moments, so no live writer's file is touched). Directories known
- * to exist are remembered, so a put is open, write, close and rename; if
- * one was removed behind the store's back, the put recreates it and retries.
+ * to exist are remembered, so a put is two calls into the blocking pool:
+ * one `Deno.writeFile` of the temporary file (open, write and close) and
+ * one rename; if a directory was removed behind the store's back, the put
+ * recreates it and retries.
  *
  * Puts do not flush: `sync()` makes everything on the store's filesystem
  * durable in one go (group commit, see `flush.ts`), and the services call
