@@ -47,8 +47,10 @@ function storageError(op: string, path: string, err: unknown): StorageError {
  * writes did.
  */
 async function writeTemp(temp: string, data: Uint8Array, syncData: boolean): Promise<void> {
-  if (!syncData) return await Deno.writeFile(temp, data, { createNew: true, mode: 0o644 });
-  using f = await Deno.open(temp, { write: true, createNew: true, mode: 0o644 });
+  // No `mode`: Deno.writeFile would chmod after creating (one more call per
+  // object); the default, 0o666 less the umask, is what the open below gives.
+  if (!syncData) return await Deno.writeFile(temp, data, { createNew: true });
+  using f = await Deno.open(temp, { write: true, createNew: true });
   for (let off = 0; off < data.length;) off += await f.write(data.subarray(off));
   // Without a commit-time flush, data and size must be on disk before
   // the rename makes the object visible (fdatasync skips timestamps).
