@@ -65,6 +65,26 @@ Deno.test("file object store: get/size/put/list/delete, atomic writes leave no t
   }
 });
 
+Deno.test("file object store: a directory removed behind its back is made again; large objects are whole", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "objectstore-file-" });
+  try {
+    const store = new FileObjectStore(`${dir}/base`);
+    await store.put("s/1/a", b("first"));
+    await Deno.remove(`${dir}/base/s`, { recursive: true });
+    await store.put("s/1/b", b("second"));
+    assertEquals(await store.list(), ["s/1/b"]);
+    const large = new Uint8Array(3 * 1024 * 1024 + 17).map((_, i) => i * 7);
+    await store.put("s/2/large", large);
+    assertEquals(await store.size("s/2/large"), large.length);
+    assertEquals(await store.get("s/2/large"), large);
+    const names: string[] = [];
+    for await (const e of Deno.readDir(`${dir}/base/s/2`)) names.push(e.name);
+    assertEquals(names, ["large"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("object store URLs: file and memory parse; others are clear errors", () => {
   assert(objectStoreFromUrl("objectstore+memory://") instanceof MemoryObjectStore);
   assert(objectStoreFromUrl("objectstore+memory:///") instanceof MemoryObjectStore);
