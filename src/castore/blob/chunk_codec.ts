@@ -114,6 +114,20 @@ export function release(buf: ArrayBuffer): void {
   if (!buf.detached) buf.transfer(0);
 }
 
+/**
+ * Releases the memory of `bytes` at once if they cover their whole
+ * ArrayBuffer, which the caller owns and no longer uses; a view into a
+ * larger (possibly shared) buffer is left alone. Uploads allocate a buffer
+ * per file and per chunk; left to the collector, those piled up in the
+ * allocator's heap faster than garbage collection handed them back.
+ */
+export function releaseWhole(bytes: Uint8Array): void {
+  const buf = bytes.buffer;
+  if (buf instanceof ArrayBuffer && bytes.byteOffset === 0 && bytes.byteLength === buf.byteLength) {
+    release(buf);
+  }
+}
+
 /** The encoding of `chunk` given its digest and zstd frame. */
 function encoded(
   chunk: Uint8Array,
