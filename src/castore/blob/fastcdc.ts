@@ -240,7 +240,9 @@ export class FastCdcChunker {
         // A whole window is available in the input: cut it without copying
         // it into the buffer first.
         const n = cutLength(data, pos, max, this.#p);
-        yield data.slice(pos, pos + n);
+        // A copy even of a Node Buffer, whose `slice` is a view: the
+        // caller may free or reuse `data` (a received gRPC message) at once.
+        yield new Uint8Array(data.subarray(pos, pos + n));
         pos += n;
         continue;
       }
