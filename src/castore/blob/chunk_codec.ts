@@ -15,6 +15,7 @@ import {
   zstdDecompress,
   zstdDecompressSync,
 } from "node:zlib";
+import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
@@ -90,6 +91,29 @@ export function compressionPays(size: number, frameLength: number): boolean {
 }
 
 const ZSTD_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: ZSTD_LEVEL } };
+
+/**
+ * zstd options for compressing `n` bytes: an output buffer that holds any
+ * frame of them (zstd's bound is below `n + n/128 + 1 KiB`), so the frame
+ * comes out in one piece instead of being gathered from 16 KiB pieces and
+ * concatenated (each piece garbage at once).
+ */
+function compressOptions(n: number) {
+  return { ...ZSTD_PARAMS, chunkSize: Math.max(64, n + (n >> 7) + 1024) };
+}
+
+/**
+ * Frees the buffer of a zstd frame no longer needed. node:zlib gives each
+ * one-shot call an output buffer of its own, which nothing else uses; a
+ * buffer no larger than Node's shared allocation pool may be that pool,
+ * which other Buffers share, and is left to the collector. In a chunk
+ * Worker nothing else prompts a collection, and these buffers (one per
+ * chunk, as large as the chunk for data zstd cannot shrink) piled up.
+ */
+function dropFrame(frame: Uint8Array): void {
+  const buf = frame.buffer;
+  if (buf instanceof ArrayBuffer && buf.byteLength > Buffer.poolSize) release(buf);
+}
 const compressAsync = promisify(zstdCompress);
 const decompressAsync = promisify(zstdDecompress);
 
@@ -136,9 +160,12 @@ function encoded(
   allowRaw: boolean,
 ): EncodedChunk {
   if (allowRaw && !compressionPays(chunk.length, frame.length)) {
+    dropFrame(frame);
     return { digest, stored: owned(chunk), raw: true };
   }
-  return { digest, stored: owned(frame), raw: false };
+  const stored = owned(frame);
+  if (stored.buffer !== frame.buffer) dropFrame(frame);
+  return { digest, stored, raw: false };
 }
 
 /**
@@ -146,14 +173,14 @@ function encoded(
  * With `allowRaw`, a chunk zstd does not shrink enough is kept as it is.
  */
 export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChunk {
-  return encoded(chunk, blake3(chunk), zstdCompressSync(chunk, ZSTD_PARAMS), allowRaw);
+  return encoded(chunk, blake3(chunk), zstdCompressSync(chunk, compressOptions(chunk.length)), allowRaw);
 }
 
 /** Hashes a chunk here and compresses it on the libuv threadpool (small ones inline). */
 export async function encodeChunk(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
   if (chunk.length <= INLINE_LIMIT) return encodeChunkSync(chunk, allowRaw);
   const digest = blake3(chunk);
-  return encoded(chunk, digest, await compressAsync(chunk, ZSTD_PARAMS), allowRaw);
+  return encoded(chunk, digest, await compressAsync(chunk, compressOptions(chunk.length)), allowRaw);
 }
 
 function decompressError(digest: Digest, err: unknown): StorageError {
