@@ -173,14 +173,24 @@ function encoded(
  * With `allowRaw`, a chunk zstd does not shrink enough is kept as it is.
  */
 export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChunk {
-  return encoded(chunk, blake3(chunk), zstdCompressSync(chunk, compressOptions(chunk.length)), allowRaw);
+  return encoded(
+    chunk,
+    blake3(chunk),
+    zstdCompressSync(chunk, compressOptions(chunk.length)),
+    allowRaw,
+  );
 }
 
 /** Hashes a chunk here and compresses it on the libuv threadpool (small ones inline). */
 export async function encodeChunk(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
   if (chunk.length <= INLINE_LIMIT) return encodeChunkSync(chunk, allowRaw);
   const digest = blake3(chunk);
-  return encoded(chunk, digest, await compressAsync(chunk, compressOptions(chunk.length)), allowRaw);
+  return encoded(
+    chunk,
+    digest,
+    await compressAsync(chunk, compressOptions(chunk.length)),
+    allowRaw,
+  );
 }
 
 function decompressError(digest: Digest, err: unknown): StorageError {
