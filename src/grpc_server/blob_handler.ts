@@ -17,6 +17,7 @@ import {
 import type { BlobService, ChunkMeta } from "../castore/blob/service.ts";
 import { B3_LEN, b3Display, concatBytes, type Digest } from "../castore/digest.ts";
 import { release } from "../castore/blob/chunk_codec.ts";
+import { releaseReceivedMessage } from "../grpc/received_message.ts";
 import { errorMessage, StorageError, UnavailableError } from "../errors.ts";
 import {
   clientStreamHandler,
@@ -392,6 +393,8 @@ export function blobHandler(blob: BlobService, opts: BlobHandlerOptions = {}): B
         for await (const chunk of receiveAll(call, check)) {
           try {
             await writer.write(chunk.data);
+            // The writer has its copy (see BlobWriter.write).
+            releaseReceivedMessage(chunk.data);
           } catch (err) {
             throw uploadError("error copying", err);
           }

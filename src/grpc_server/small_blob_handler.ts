@@ -16,6 +16,7 @@ import {
   type SmallBlob,
 } from "../grpc/small_blobs.ts";
 import { Code, RpcError } from "../grpc/status.ts";
+import { releaseReceivedMessage } from "../grpc/received_message.ts";
 import { checkChunkSize, MAX_PUT_MESSAGE_BYTES, uploadError } from "./blob_handler.ts";
 
 /**
@@ -66,6 +67,8 @@ export function smallBlobHandler(
               const writer = blob.openWrite();
               try {
                 if (data.length > 0) await writer.write(data);
+                // The writer has its copy (see BlobWriter.write).
+                releaseReceivedMessage(data);
                 digests[at] = await writer.close();
               } catch (err) {
                 await writer.abort().catch(() => {});

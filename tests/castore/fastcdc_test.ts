@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import { pseudoRandom } from "../fixtures.ts";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import {
@@ -165,4 +166,27 @@ Deno.test("parameters outside the crate's bounds are rejected", () => {
   assertThrows(() => new FastCdcChunker({ minSize: 63, avgSize: 256, maxSize: 1024 }), RangeError);
   assertThrows(() => new FastCdcChunker({ minSize: 64, avgSize: 255, maxSize: 1024 }), RangeError);
   assertThrows(() => new FastCdcChunker({ minSize: 64, avgSize: 256, maxSize: 1023 }), RangeError);
+});
+
+Deno.test("chunks are the caller's own, even cut from a Node Buffer or the whole buffered input", () => {
+  // A Buffer's `slice` is a view: a chunk cut that way would change (or
+  // be detached) when the caller reuses or releases its input.
+  const data = Buffer.from(pseudoRandom(1_500_000, 11));
+  const original = new Uint8Array(data);
+  const chunker = new FastCdcChunker();
+  const chunks = [...chunker.push(data), ...chunker.finish()];
+  data.fill(0);
+  assertEquals(chunks.reduce((n, c) => n + c.length, 0), original.length);
+  let at = 0;
+  for (const c of chunks) {
+    assert(c.buffer !== data.buffer, "a chunk shares the input's memory");
+    assertEquals(c, original.subarray(at, at + c.length));
+    at += c.length;
+  }
+  // A small blob written at once comes back as the chunker's own buffer.
+  const small = new FastCdcChunker();
+  const input = pseudoRandom(5000, 12);
+  const [only] = [...small.push(input), ...small.finish()];
+  input.fill(0);
+  assertEquals(only, pseudoRandom(5000, 12));
 });

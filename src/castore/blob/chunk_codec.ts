@@ -15,6 +15,7 @@ import {
   zstdDecompress,
   zstdDecompressSync,
 } from "node:zlib";
+import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
@@ -119,6 +120,29 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
     return !compressionPays(SAMPLE_SIZE, zstdCompressSync(sample, SAMPLE_PARAMS).length);
   });
 }
+
+/**
+ * zstd options for compressing `n` bytes: an output buffer that holds any
+ * frame of them (zstd's bound is below `n + n/128 + 1 KiB`), so the frame
+ * comes out in one piece instead of being gathered from 16 KiB pieces and
+ * concatenated (each piece garbage at once).
+ */
+function compressOptions(n: number) {
+  return { ...ZSTD_PARAMS, chunkSize: Math.max(64, n + (n >> 7) + 1024) };
+}
+
+/**
+ * Frees the buffer of a zstd frame no longer needed. node:zlib gives each
+ * one-shot call an output buffer of its own, which nothing else uses; a
+ * buffer no larger than Node's shared allocation pool may be that pool,
+ * which other Buffers share, and is left to the collector. In a chunk
+ * Worker nothing else prompts a collection, and these buffers (one per
+ * chunk, as large as the chunk for data zstd cannot shrink) piled up.
+ */
+function dropFrame(frame: Uint8Array): void {
+  const buf = frame.buffer;
+  if (buf instanceof ArrayBuffer && buf.byteLength > Buffer.poolSize) release(buf);
+}
 const compressAsync = promisify(zstdCompress);
 const decompressAsync = promisify(zstdDecompress);
 
@@ -143,6 +167,20 @@ export function release(buf: ArrayBuffer): void {
   if (!buf.detached) buf.transfer(0);
 }
 
+/**
+ * Releases the memory of `bytes` at once if they cover their whole
+ * ArrayBuffer, which the caller owns and no longer uses; a view into a
+ * larger (possibly shared) buffer is left alone. Uploads allocate a buffer
+ * per file and per chunk; left to the collector, those piled up in the
+ * allocator's heap faster than garbage collection handed them back.
+ */
+export function releaseWhole(bytes: Uint8Array): void {
+  const buf = bytes.buffer;
+  if (buf instanceof ArrayBuffer && bytes.byteOffset === 0 && bytes.byteLength === buf.byteLength) {
+    release(buf);
+  }
+}
+
 /** The encoding of `chunk` given its digest and zstd frame. */
 function encoded(
   chunk: Uint8Array,
@@ -151,9 +189,12 @@ function encoded(
   allowRaw: boolean,
 ): EncodedChunk {
   if (allowRaw && !compressionPays(chunk.length, frame.length)) {
+    dropFrame(frame);
     return { digest, stored: owned(chunk), raw: true };
   }
-  return { digest, stored: owned(frame), raw: false };
+  const stored = owned(frame);
+  if (stored.buffer !== frame.buffer) dropFrame(frame);
+  return { digest, stored, raw: false };
 }
 
 /**
@@ -165,7 +206,12 @@ export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChu
   if (allowRaw && looksIncompressible(chunk)) {
     return { digest: blake3(chunk), stored: owned(chunk), raw: true };
   }
-  return encoded(chunk, blake3(chunk), zstdCompressSync(chunk, ZSTD_PARAMS), allowRaw);
+  return encoded(
+    chunk,
+    blake3(chunk),
+    zstdCompressSync(chunk, compressOptions(chunk.length)),
+    allowRaw,
+  );
 }
 
 /** Hashes a chunk here and compresses it on the libuv threadpool (small ones inline). */
@@ -173,7 +219,12 @@ export async function encodeChunk(chunk: Uint8Array, allowRaw = false): Promise<
   if (chunk.length <= INLINE_LIMIT) return encodeChunkSync(chunk, allowRaw);
   const digest = blake3(chunk);
   if (allowRaw && looksIncompressible(chunk)) return { digest, stored: owned(chunk), raw: true };
-  return encoded(chunk, digest, await compressAsync(chunk, ZSTD_PARAMS), allowRaw);
+  return encoded(
+    chunk,
+    digest,
+    await compressAsync(chunk, compressOptions(chunk.length)),
+    allowRaw,
+  );
 }
 
 function decompressError(digest: Digest, err: unknown): StorageError {

@@ -12,7 +12,9 @@
  *
  * A blob no longer than the smallest chunk is one chunk, whose digest the
  * codec computes anyway; the whole-blob hash starts only once more than
- * that has been written (most files of a store are this small).
+ * that has been written (most files of a store are this small). Until
+ * then the chunker holds every byte written (it cuts nothing shorter than
+ * the smallest chunk), so nothing else keeps a copy.
  *
  * @module
  */
@@ -35,7 +37,11 @@ import type { BlobWriter, ChunkMeta } from "./service.ts";
 export interface ChunkSink {
   /** Whether chunks zstd does not shrink may be stored uncompressed. */
   readonly allowRaw: boolean;
-  /** Stores one encoded chunk of `size` bytes (a chunk it already has may be skipped). */
+  /**
+   * Stores one encoded chunk of `size` bytes (a chunk it already has may be
+   * skipped). `chunk.stored` is the sink's from then on: the writer never
+   * uses it again, so a sink that does not keep it may free it.
+   */
   storeChunk(chunk: EncodedChunk, size: number): Promise<void>;
   /**
    * Records the blob once all its chunks are stored: `chunks` lists them in
@@ -61,8 +67,8 @@ export class ChunkedBlobWriter implements BlobWriter {
   readonly #digests: Promise<Digest>[] = [];
   readonly #sizes: number[] = [];
   readonly #scheduled = new Set<string>();
-  /** Copies of what was written while the blob could still be a single chunk. */
-  #unhashed: Uint8Array[] | undefined = [];
+  /** Whether the whole-blob hash has started (the blob is longer than one chunk). */
+  #hashing = false;
   #written = 0;
   /** The first chunk, encoded, until it is known whether the blob has more. */
   #held: Promise<EncodedChunk> | undefined;
@@ -89,12 +95,11 @@ export class ChunkedBlobWriter implements BlobWriter {
     }
     const run = this.#queue.then(async () => {
       this.#written += data.length;
-      if (this.#unhashed && this.#written <= OBJECTSTORE_CHUNKING.minSize) {
-        this.#unhashed.push(data.slice());
-      } else {
+      if (this.#hashing || this.#written > OBJECTSTORE_CHUNKING.minSize) {
         const hasher = await this.#hasher;
-        for (const piece of this.#unhashed ?? []) hasher.update(piece);
-        this.#unhashed = undefined;
+        // What came before is still in the chunker, all of it, uncut.
+        if (!this.#hashing) hasher.update(this.#chunker.buffered());
+        this.#hashing = true;
         hasher.update(data);
       }
       for (const chunk of this.#chunker.push(data)) await this.#accept(chunk);
@@ -128,7 +133,7 @@ export class ChunkedBlobWriter implements BlobWriter {
     await this.#releaseHeld();
     await this.#jobs.drain();
     const digests = await Promise.all(this.#digests);
-    const digest = this.#unhashed ? (digests[0] ?? EMPTY_DIGEST) : (await this.#hasher).digest();
+    const digest = this.#hashing ? (await this.#hasher).digest() : (digests[0] ?? EMPTY_DIGEST);
     const chunks = digests.map((d, i) => ({ digest: d, size: BigInt(this.#sizes[i]) }));
     await this.#sink.finishBlob(digest, chunks);
     return digest;

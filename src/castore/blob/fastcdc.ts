@@ -211,9 +211,10 @@ const PREPARED = new WeakMap<FastCdcParams, PreparedParams>();
 
 /**
  * Streaming chunker: feed pieces of any size with {@linkcode push}, then call
- * {@linkcode finish}. Both yield the chunks completed so far as fresh copies
- * the caller owns. Memory stays at most one `maxSize` buffer however the
- * input is split, and the cut points are the same for every split.
+ * {@linkcode finish}. Both yield the chunks completed so far in buffers the
+ * caller owns (never views of the input or of a buffer still in use here).
+ * Memory stays at most one `maxSize` buffer however the input is split, and
+ * the cut points are the same for every split.
  */
 export class FastCdcChunker {
   readonly #p: PreparedParams;
@@ -250,7 +251,9 @@ export class FastCdcChunker {
         // A whole window is available in the input: cut it without copying
         // it into the buffer first.
         const n = cutLength(data, pos, max, this.#p);
-        yield data.slice(pos, pos + n);
+        // A copy even of a Node Buffer, whose `slice` is a view: the
+        // caller may free or reuse `data` (a received gRPC message) at once.
+        yield new Uint8Array(data.subarray(pos, pos + n));
         pos += n;
         continue;
       }
@@ -263,6 +266,14 @@ export class FastCdcChunker {
     }
   }
 
+  /**
+   * The input pushed but not cut yet, as a view that is valid until the
+   * next `push` or `finish`.
+   */
+  buffered(): Uint8Array {
+    return this.#buf.subarray(0, this.#len);
+  }
+
   /** Ends the input; yields the remaining chunks. */
   *finish(): Generator<Uint8Array> {
     while (this.#len > 0) yield this.#cutBuffered();
@@ -270,6 +281,14 @@ export class FastCdcChunker {
 
   #cutBuffered(): Uint8Array {
     const n = cutLength(this.#buf, 0, this.#len, this.#p);
+    if (n === this.#buf.length) {
+      // The buffer is exactly this chunk (a small blob written at once):
+      // hand it over instead of copying it.
+      const whole = this.#buf;
+      this.#buf = new Uint8Array(0);
+      this.#len = 0;
+      return whole;
+    }
     const chunk = this.#buf.slice(0, n);
     this.#buf.copyWithin(0, n, this.#len);
     this.#len -= n;

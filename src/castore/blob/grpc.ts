@@ -42,10 +42,10 @@ import {
   serverStream,
   unary,
 } from "../../grpc/channel.ts";
+import { releaseReceivedMessage } from "../../grpc/received_message.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import { LoadingCache } from "../../loading_cache.ts";
 import { checkServerDigest, SmallBlobBatcher } from "./small_blob_batcher.ts";
-import { release } from "./chunk_codec.ts";
 
 /** Largest `BlobChunk` we send; well below the 4 MiB receivers accept. */
 export const MAX_PUT_MESSAGE = 1024 * 1024;
@@ -230,7 +230,7 @@ export class GrpcBlobService implements BlobService {
           yield check(whole, chunk);
         }
       }
-      releaseMessage(data);
+      releaseReceivedMessage(data);
     }
     if (index < chunks.length) {
       throw new StorageError(
@@ -378,23 +378,6 @@ function writeDataHeader(buf: Uint8Array, end: number, length: number): number {
   }
   buf[at] = v;
   return start;
-}
-
-/**
- * Releases the memory of a received `BlobChunk` whose `data` has been
- * copied out, if the message had a buffer of its own: grpc-js assembles
- * each message larger than Node's buffer pool slot into a fresh buffer
- * (gRPC frame header, field header, then the data), and keeps no reference
- * once it has handed the message over.
- */
-function releaseMessage(data: Uint8Array): void {
-  const buffer = data.buffer;
-  if (
-    buffer instanceof ArrayBuffer && buffer.byteLength > 8192 &&
-    data.byteOffset <= 16 && data.byteOffset + data.byteLength === buffer.byteLength
-  ) {
-    release(buffer);
-  }
 }
 
 /** A `BlobChunk` message holding a copy of `data` (one copy, exact size). */

@@ -54,8 +54,9 @@ export class MemoryBlobService implements BlobService {
     return {
       async write(data: Uint8Array): Promise<void> {
         if (state !== "open") throw new InvalidRequestError(`blob writer already ${state}`);
-        // Copy: the caller may reuse its buffer once the write resolved.
-        const copy = data.slice();
+        // Copy (not `slice`, a view for a Node Buffer): the caller may
+        // reuse or free its buffer once the write resolved.
+        const copy = new Uint8Array(data);
         (await hasher).update(copy);
         pieces.push(copy);
       },

@@ -52,7 +52,7 @@ import {
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
 import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
-import { type EncodedChunk, verifyChunk } from "./chunk_codec.ts";
+import { type EncodedChunk, releaseWhole, verifyChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
 import { readChunksFrom, releaseWhole } from "./chunk_reader.ts";
@@ -974,7 +974,13 @@ class PackChunkSink implements ChunkSink {
   async storeChunk(chunk: EncodedChunk, size: number): Promise<void> {
     const stored = this.#service.locate(chunk.digest);
     if (!stored) {
-      await this.#service.append(chunk, size);
+      try {
+        await this.#service.append(chunk, size);
+      } finally {
+        // Written (or failed): the bytes are in the page cache or lost, and
+        // nothing reads this buffer again. Freed now, not at a collection.
+        releaseWhole(chunk.stored);
+      }
     } else if (stored.touched !== undefined) {
       // Committed: reused, and marked as used at the commit (docs/gc.md).
       this.#reused.push(chunk.digest);

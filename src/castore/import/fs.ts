@@ -32,6 +32,7 @@ import { JobSet } from "../../concurrency.ts";
 import type { NodeVariant } from "../node.ts";
 import { displayName, RawDir, rawFsUnavailable, type RawStat, utf8Name } from "./dir_ffi.ts";
 import { type ListingEntry, listingKey } from "./listing_key.ts";
+import { releaseWhole } from "../blob/chunk_codec.ts";
 
 /** Uploads in flight at once (files read, not yet stored). */
 export const DEFAULT_MAX_INFLIGHT = 64;
@@ -60,7 +61,8 @@ export interface IngestProgress {
  * Sees the tree as the walk reads it, in NAR order: a node is a file
  * (`file`, its `contents` in pieces, `endFile`), a symlink, or a directory
  * (`beginDirectory`, then each child between `beginEntry` and `endEntry`,
- * then `endDirectory`). The pieces are exactly the bytes uploaded.
+ * then `endDirectory`). The pieces are exactly the bytes uploaded; each is
+ * valid only during its `contents` call (its buffer is then reused or freed).
  */
 export interface TreeObserver {
   file(size: number, executable: boolean): void;
@@ -523,6 +525,11 @@ export async function ingestPath(
   });
   const observer = options.observer;
   const progress = options.progress;
+  // Large files are read piece by piece into this one buffer: the walk
+  // streams one file at a time, and a writer is done with a piece once its
+  // `write` resolves (see BlobWriter). A fresh buffer per piece left a
+  // MiB of garbage per piece for the collector.
+  let pieceBuffer: Uint8Array | undefined;
 
   /** Reads a file once, feeding the observer and an upload. */
   async function file(loc: Location, walked: WalkedFile): Promise<void> {
@@ -542,6 +549,9 @@ export async function ingestPath(
         const writer = blob.openWrite();
         try {
           if (data.length > 0) await writer.write(data);
+          // The writer has taken its copy and the observer saw the bytes
+          // already: free them now rather than at a later collection.
+          releaseWhole(data);
           walked.digest = await writer.close();
         } catch (err) {
           await writer.abort().catch(() => {});
@@ -556,10 +566,9 @@ export async function ingestPath(
     const writer = blob.openWrite();
     try {
       using f = openFile(loc);
+      const buf = pieceBuffer ??= new Uint8Array(READ_PIECE);
       let got = 0;
       while (true) {
-        // A fresh buffer per piece: the writer may still hold the last one.
-        const buf = new Uint8Array(READ_PIECE);
         const n = f.readSync(buf);
         if (n === null) break;
         got += n;
