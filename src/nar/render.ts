@@ -14,7 +14,7 @@
  * @module
  */
 import type { BlobService } from "../castore/blob/service.ts";
-import { releaseWhole } from "../castore/blob/chunk_reader.ts";
+import { releaseWhole } from "../castore/blob/chunk_codec.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import { B3_LEN, b3Display, type Digest, digestKey } from "../castore/digest.ts";
 import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";

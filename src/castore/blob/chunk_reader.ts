@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { release } from "./chunk_codec.ts";
+import { releaseWhole } from "./chunk_codec.ts";
 import type { ChunkMeta } from "./service.ts";
 
 /**
@@ -49,15 +49,5 @@ export async function* readChunksFrom(
     // so it is freed now rather than left to the garbage collector (an
     // abandoned download would otherwise hold its read-ahead until then).
     for (const fetching of pending) fetching.then(releaseWhole, () => {});
-  }
-}
-
-/** Frees the buffer of `data` if `data` spans all of it. */
-export function releaseWhole(data: Uint8Array): void {
-  const buffer = data.buffer;
-  if (
-    buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength
-  ) {
-    release(buffer);
   }
 }

@@ -55,7 +55,7 @@ import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
 import { type EncodedChunk, releaseWhole, verifyChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
-import { readChunksFrom, releaseWhole } from "./chunk_reader.ts";
+import { readChunksFrom } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 
