@@ -61,37 +61,59 @@ export class SmallFrameError extends Error {
 }
 
 /**
- * Decodes the single zstd frame `frame`, which must hold exactly `size`
- * bytes (at most {@linkcode SMALL_FRAME_MAX}), into a fresh buffer;
- * throws {@linkcode SmallFrameError} otherwise (a frame that is damaged,
- * truncated, longer, or followed by other bytes). Returns `undefined`
- * when the reusable context is unavailable (then nothing was tried).
+ * Decodes the zstd frame `frame` (or frames, one after the other, as
+ * `zstdDecompressSync` does), which must hold exactly `size`
+ * bytes (1 to {@linkcode SMALL_FRAME_MAX}), into a fresh buffer; throws
+ * {@linkcode SmallFrameError} if it does not (a frame that is damaged,
+ * truncated, longer or shorter). Returns `undefined` where the caller
+ * must decode it the ordinary way: the reusable context is unavailable,
+ * the size is out of range, or input is left over after the frame.
  */
 export function decodeSmallFrame(
   frame: Uint8Array,
   size: number,
 ): Uint8Array<ArrayBuffer> | undefined {
-  if (!available || size > SMALL_FRAME_MAX) return undefined;
+  if (!available || size === 0 || size > SMALL_FRAME_MAX) return undefined;
   context ??= newContext();
   if (!context) return undefined;
   const { handle, state } = context;
   const room = size + 1;
+  let read = 0;
+  let written = 0;
   try {
     handle.reset();
-    handle.writeSync(zc.ZSTD_e_end, frame, 0, frame.length, scratch, 0, room);
+    // A call may stop early (after a block of incompressible data): go on
+    // from there as long as it makes progress, like node:zlib's own loop.
+    for (let calls = 0; read < frame.length && calls < 64; calls++) {
+      handle.writeSync(
+        zc.ZSTD_e_end,
+        frame,
+        read,
+        frame.length - read,
+        scratch,
+        written,
+        room - written,
+      );
+      const consumed = frame.length - read - state[1];
+      const produced = room - written - state[0];
+      read += consumed;
+      written += produced;
+      if ((consumed === 0 && produced === 0) || written === room) break;
+    }
   } catch (err) {
     // A context that failed may keep its error: the next call gets a fresh one.
     context = undefined;
     throw new SmallFrameError(err instanceof Error ? err.message : String(err));
   }
-  const produced = room - state[0];
-  if (state[1] !== 0) {
-    context = undefined; // stopped inside the input: do not carry it over
-    throw new SmallFrameError(`${state[1]} bytes of the frame were not consumed`);
-  }
-  if (produced !== size) {
+  if (read !== frame.length) {
+    // Input left over (bytes after the frame, more than listed, or a
+    // context that stopped): zstdDecompressSync gives the answer instead.
     context = undefined;
-    throw new SmallFrameError(`frame holds ${produced} bytes or more, expected ${size}`);
+    return undefined;
+  }
+  if (written !== size) {
+    context = undefined;
+    throw new SmallFrameError(`frame holds ${written} bytes or more, expected ${size}`);
   }
   return scratch.slice(0, size);
 }
