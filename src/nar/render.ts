@@ -184,16 +184,19 @@ class Batcher {
   #buf = new Uint8Array(0);
   #len = 0;
 
-  /** Yields full pieces; large inputs pass through after what is pending. */
-  *push(bytes: Uint8Array): Generator<Uint8Array> {
+  /**
+   * Adds `bytes`, appending the pieces that are full to `done`; large
+   * inputs pass through after what is pending.
+   */
+  push(bytes: Uint8Array, done: Uint8Array[]): void {
     if (bytes.length === 0) return;
     if (bytes.length >= PASS_THROUGH) {
-      if (this.#len > 0) yield this.take();
-      yield bytes;
+      if (this.#len > 0) done.push(this.take());
+      done.push(bytes);
       return;
     }
     if (this.#len + bytes.length > this.#buf.length) {
-      if (this.#len > 0) yield this.take();
+      if (this.#len > 0) done.push(this.take());
       if (this.#buf.length < PIECE_SIZE) this.#buf = new Uint8Array(PIECE_SIZE);
     }
     this.#buf.set(bytes, this.#len);
@@ -239,27 +242,42 @@ async function* blobContents(
   let got = 0n;
   for await (const piece of await openBlob(blob, f, from)) {
     got += BigInt(piece.length);
-    if (got > want) {
-      throw new NarRenderError(
-        "InvalidInput",
-        `reader contained more data than specified size (${want}) for blob ${b3Display(f.digest)}`,
-      );
-    }
+    if (got > want) throw lengthError(f, from, got);
     if (piece.length > 0) yield piece;
   }
-  if (got < want) {
-    throw new NarRenderError(
+  if (got < want) throw lengthError(f, from, got);
+}
+
+/** The blob of `f` read from `from` on gave `got` bytes, not `f.size - from`. */
+function lengthError(f: FileNode, from: number, got: bigint): NarRenderError {
+  const want = f.size - BigInt(from);
+  return got > want
+    ? new NarRenderError(
+      "InvalidInput",
+      `reader contained more data than specified size (${want}) for blob ${b3Display(f.digest)}`,
+    )
+    : new NarRenderError(
       "UnexpectedEof",
       `unexpected EOF: blob ${b3Display(f.digest)} has ${
         got + BigInt(from)
       } bytes, node says ${f.size}`,
     );
-  }
 }
 
+/**
+ * A small file's contents, whole: {@linkcode blobContents} without its
+ * generator, which cost more than the read itself for files of a few KiB.
+ */
 async function readSmall(blob: BlobSource, part: FilePart): Promise<Uint8Array[]> {
   const pieces: Uint8Array[] = [];
-  for await (const piece of blobContents(blob, part.file, part.from)) pieces.push(piece);
+  const want = Number(part.file.size) - part.from;
+  let got = 0;
+  for await (const piece of await openBlob(blob, part.file, part.from)) {
+    got += piece.length;
+    if (got > want) break;
+    if (piece.length > 0) pieces.push(piece);
+  }
+  if (got !== want) throw lengthError(part.file, part.from, BigInt(got));
   return pieces;
 }
 
@@ -288,15 +306,21 @@ function* seekPlan(items: Generator<PlanStep>, start: number): Generator<PlanSte
 
 /**
  * The NAR of `node` as it is produced: tokens (often a few bytes each) and
- * blob pieces, unbatched, from NAR byte `start` on. What
- * {@linkcode renderNar} batches and {@linkcode calculateNar} hashes.
+ * blob pieces, unbatched, from NAR byte `start` on and at most `length`
+ * bytes of it. What {@linkcode renderNar} batches and
+ * {@linkcode calculateNar} hashes. They come in groups of about
+ * {@linkcode PIECE_SIZE} bytes: a step of an async generator costs a few
+ * promises, which for a tree of small files was more than their contents
+ * cost to read. A group ends where `length` does, so files read ahead past
+ * the end are never waited for (nor their errors reported).
  */
 async function* narParts(
   node: NodeVariant,
   blob: BlobSource,
   dir: DirectorySource,
   start = 0,
-): AsyncGenerator<Uint8Array> {
+  length = Infinity,
+): AsyncGenerator<Uint8Array[]> {
   const dirs = new DirectoryCache(dir);
   if (node.$case === "directory") {
     checkDigest(node.value.digest);
@@ -339,28 +363,50 @@ async function* narParts(
     }
   };
 
+  let group: Uint8Array[] = [];
+  let groupBytes = 0;
+  let left = length;
+  const add = (part: Uint8Array) => {
+    if (part.length > left) part = part.subarray(0, left);
+    group.push(part);
+    groupBytes += part.length;
+    left -= part.length;
+  };
+  const takeGroup = () => {
+    const out = group;
+    group = [];
+    groupBytes = 0;
+    return out;
+  };
   try {
-    while (true) {
+    while (left > 0) {
       if (queue.length === 0 || queuedFiles === 0) await fill();
       const head = queue.shift();
       if (!head) break;
       const { item, data } = head;
       if (item instanceof Uint8Array) {
-        yield item;
-        continue;
-      }
-      queuedFiles--;
-      if (data) {
-        queuedBytes -= Number(item.file.size - BigInt(item.from));
-        yield* await data;
+        add(item);
       } else {
-        yield* blobContents(blob, item.file, item.from);
+        queuedFiles--;
+        if (data) {
+          queuedBytes -= Number(item.file.size - BigInt(item.from));
+          for (const piece of await data) add(piece);
+        } else {
+          if (groupBytes > 0) yield takeGroup();
+          for await (const piece of blobContents(blob, item.file, item.from)) {
+            add(piece);
+            yield takeGroup();
+            if (left === 0) break; // closes the blob reader
+          }
+        }
       }
+      if (groupBytes >= PIECE_SIZE || (left === 0 && groupBytes > 0)) yield takeGroup();
       // Refilled in bursts, once half of the read-ahead is consumed: the
-      // small files then reach the blob service together, which decodes
-      // them on both threads (see ChunkWorkerPool.decode).
+      // small files then reach the blob service together, which can look
+      // them up and read them together (see PackBlobService.#readSingles).
       if (queuedFiles <= PREFETCH_COUNT / 2 && queuedBytes <= PREFETCH_BYTES / 2) await fill();
     }
+    if (groupBytes > 0) yield takeGroup();
   } finally {
     items.return(undefined);
     // Stopped early: small files read ahead were never handed out; free them now.
@@ -389,24 +435,20 @@ export async function* renderNar(
   range?: NarRange,
 ): AsyncGenerator<Uint8Array> {
   const out = new Batcher();
-  if (!range) {
-    for await (const part of narParts(node, blob, dir)) yield* out.push(part);
-    if (out.pending) yield out.take();
-    return;
-  }
-  let left = range.length;
+  const done: Uint8Array[] = [];
+  // Bytes still to yield: all of them without a range.
+  let left = range ? range.length : Infinity;
   if (left <= 0) return;
-  for await (const part of narParts(node, blob, dir, range.start)) {
-    if (part.length >= left) {
-      yield* out.push(part.subarray(0, left));
-      left = 0;
-      break; // ends the renderer, closing its blob readers
+  for await (const group of narParts(node, blob, dir, range?.start, left)) {
+    for (const part of group) {
+      out.push(part, done);
+      left -= part.length;
     }
-    yield* out.push(part);
-    left -= part.length;
+    yield* done;
+    done.length = 0;
   }
   if (out.pending) yield out.take();
-  if (left > 0) {
+  if (range && left > 0) {
     throw new NarRenderError("UnexpectedEof", `NAR ended ${left} bytes before the range did`);
   }
 }
@@ -422,6 +464,8 @@ export async function calculateNar(
 ): Promise<NarSummary> {
   // Hashed as produced: batching into pieces first would copy every byte.
   const hash = new StreamHasher();
-  for await (const part of narParts(node, blob, dir)) hash.update(part);
+  for await (const group of narParts(node, blob, dir)) {
+    for (const part of group) hash.update(part);
+  }
   return hash.summary();
 }

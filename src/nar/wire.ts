@@ -15,10 +15,27 @@ export function padLen(len: number): number {
   return (8 - (len % 8)) % 8;
 }
 
+/**
+ * Writes `n` as 8 bytes little-endian at `out[0..8]`. Lengths below 2^32
+ * (all names, most file sizes) skip BigInt and DataView: the renderer
+ * encodes two or three per file, and those were a visible part of a
+ * many-small-files NAR.
+ */
+function putU64(out: Uint8Array, n: number | bigint): void {
+  if (typeof n === "number" && n >= 0 && n <= 0xffffffff) {
+    out[0] = n & 0xff;
+    out[1] = (n >>> 8) & 0xff;
+    out[2] = (n >>> 16) & 0xff;
+    out[3] = n >>> 24;
+    return;
+  }
+  new DataView(out.buffer, out.byteOffset, 8).setBigUint64(0, BigInt(n), true);
+}
+
 /** `u64(n)`: 8 bytes little-endian. */
 export function u64(n: number | bigint): Uint8Array {
   const out = new Uint8Array(8);
-  new DataView(out.buffer).setBigUint64(0, BigInt(n), true);
+  putU64(out, typeof n === "bigint" && n <= 0xffffffffn ? Number(n) : n);
   return out;
 }
 
@@ -26,7 +43,7 @@ export function u64(n: number | bigint): Uint8Array {
 export function str(bytes: Uint8Array | string): Uint8Array {
   const b = typeof bytes === "string" ? te.encode(bytes) : bytes;
   const out = new Uint8Array(8 + b.length + padLen(b.length));
-  new DataView(out.buffer).setBigUint64(0, BigInt(b.length), true);
+  putU64(out, b.length);
   out.set(b, 8);
   return out;
 }

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { PACK_MAGIC, PackBlobService, RECORD_HEADER } from "../../src/castore/blob/pack.ts";
-import { blake3, bytesEqual } from "../../src/castore/digest.ts";
+import { blake3, bytesEqual, concatBytes } from "../../src/castore/digest.ts";
 import { StorageError } from "../../src/errors.ts";
 import { blobServiceConformance, putBlob, readBlob } from "../conformance/blob_suite.ts";
 import { tempDirFactory } from "../conformance/harness.ts";
@@ -139,6 +139,92 @@ Deno.test("pack: packs roll over at the target size; every blob stays readable",
     for (let i = 0; i < blobs.length; i++) {
       assert(bytesEqual((await readBlob(t, digests[i]))!, blobs[i]));
       assert(bytesEqual(digests[i], blake3(blobs[i])));
+    }
+    await t.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Small text files (compressed) and a few random ones (raw), as a directory's files are. */
+function smallFiles(n: number): Uint8Array[] {
+  const text = new TextEncoder().encode("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x/share\n");
+  return Array.from({ length: n }, (_, i) => {
+    if (i % 7 === 3) return F.pseudoRandom(200 + i, 100 + i);
+    const data = new Uint8Array(100 + (i * 997) % 6000).map((_, j) => text[j % text.length]);
+    data[0] = i;
+    return data;
+  });
+}
+
+/** Opens every digest at once (as the NAR renderer reads ahead) and reads each whole. */
+function readAllAtOnce(s: PackBlobService, digests: Uint8Array[]) {
+  return Promise.allSettled(digests.map(async (d) => {
+    const reader = await s.openRead(d);
+    if (!reader) return undefined;
+    const parts: Uint8Array[] = [];
+    for await (const p of reader) parts.push(p);
+    return concatBytes(parts);
+  }));
+}
+
+Deno.test("pack: small blobs opened together, across packs, read right; a missing one is absent", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-batch-" });
+  try {
+    // Small packs: the batch spans several of them, and more than one lookup query.
+    const s = new PackBlobService(dir, { packTargetSize: 8 * 1024 });
+    const files = smallFiles(150);
+    const digests = [];
+    for (const f of files) digests.push(await putBlob(s, f));
+    await s.close();
+    const packs = await packFiles(dir);
+    assert(packs.length >= 3, `the blobs span several packs: ${packs}`);
+    const missing = blake3(new TextEncoder().encode("never stored"));
+    const t = new PackBlobService(dir);
+    const asked = [...digests.slice(0, 70), missing, ...digests.slice(70), digests[5]];
+    const got = await readAllAtOnce(t, asked);
+    for (const [i, r] of got.entries()) {
+      assertEquals(r.status, "fulfilled", `blob ${i}`);
+      const want = i === 70 ? undefined : files[i < 70 ? i : i === asked.length - 1 ? 5 : i - 1];
+      assertEquals((r as PromiseFulfilledResult<Uint8Array | undefined>).value, want, `blob ${i}`);
+    }
+    // The batched lookup answers as the single one does.
+    const many = t.locateMany(asked);
+    for (const [i, d] of asked.entries()) assertEquals(many[i], t.locate(d), `location ${i}`);
+    await t.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("pack: a damaged record among small blobs read together fails only its own read", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-batch-bad-" });
+  try {
+    const s = new PackBlobService(dir);
+    const files = smallFiles(40);
+    const digests = [];
+    for (const f of files) digests.push(await putBlob(s, f));
+    await s.close();
+    const t = new PackBlobService(dir);
+    // One compressed and one raw record damaged, in the middle of one run of neighbours.
+    const bad = [10, 12];
+    assert(t.locate(digests[10])!.raw && !t.locate(digests[12])!.raw);
+    const [pack] = await packFiles(dir);
+    const f = await Deno.open(`${dir}/${pack}`, { read: true, write: true });
+    for (const i of bad) {
+      const at = t.locate(digests[i])!;
+      await f.seek(at.offset + Math.floor(at.length / 2), Deno.SeekMode.Start);
+      await f.write(new Uint8Array([0xde, 0xad]));
+    }
+    f.close();
+    const got = await readAllAtOnce(t, digests);
+    for (const [i, r] of got.entries()) {
+      if (bad.includes(i)) {
+        assertEquals(r.status, "rejected", `blob ${i}`);
+        assert((r as PromiseRejectedResult).reason instanceof StorageError, `blob ${i}`);
+      } else {
+        assertEquals((r as PromiseFulfilledResult<Uint8Array>).value, files[i], `blob ${i}`);
+      }
     }
     await t.close();
   } finally {

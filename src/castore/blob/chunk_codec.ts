@@ -19,6 +19,7 @@ import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
+import { decodeSmallFrame } from "./zstd_small.ts";
 
 /**
  * zstd level of chunk objects. Any level decodes the same way, so this only
@@ -279,7 +280,9 @@ export function decodeChunkSync(
   if (raw) return verifyChunk(owned(compressed), digest, size);
   let data: Uint8Array<ArrayBuffer>;
   try {
-    data = owned(zstdDecompressSync(compressed, limit(size)));
+    // Small chunks of known size reuse one zstd context (zstd_small.ts).
+    data = (size === undefined ? undefined : decodeSmallFrame(compressed, size)) ??
+      owned(zstdDecompressSync(compressed, limit(size)));
   } catch (err) {
     throw decompressError(digest, err);
   }

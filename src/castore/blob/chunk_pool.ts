@@ -26,6 +26,7 @@ import {
   owned,
 } from "./chunk_codec.ts";
 import type { ChunkRequest, ChunkResponse, WorkerReady } from "./chunk_worker.ts";
+import { smallFrameDecoderAvailable } from "./zstd_small.ts";
 
 /** Runs the per-chunk work of the object-store blob service. */
 export interface ChunkCodec {
@@ -207,8 +208,15 @@ export class ChunkWorkerPool implements ChunkCodec {
     size?: number,
     raw = false,
   ): Promise<Uint8Array> {
-    // A raw chunk only needs hashing: no reason to move it to another thread.
-    if (this.#disabled || raw) return await inThreadCodec.decode(compressed, digest, size, raw);
+    // A raw chunk only needs hashing, and a small one of known size takes
+    // a few µs with the reused zstd context (zstd_small.ts): less than
+    // handing it to a Worker costs.
+    if (
+      this.#disabled || raw ||
+      (size !== undefined && decodeInline(compressed, size) && smallFrameDecoderAvailable())
+    ) {
+      return await inThreadCodec.decode(compressed, digest, size, raw);
+    }
     if (decodeInline(compressed, size)) {
       return await new Promise((resolve, reject) => {
         if (!this.#small) {

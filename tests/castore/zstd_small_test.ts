@@ -1,0 +1,75 @@
+import { zstdCompressSync, zstdDecompressSync } from "node:zlib";
+import { assert, assertEquals, assertThrows } from "../assert.ts";
+import {
+  decodeSmallFrame,
+  SMALL_FRAME_MAX,
+  smallFrameDecoderAvailable,
+  SmallFrameError,
+} from "../../src/castore/blob/zstd_small.ts";
+import { decodeChunkSync } from "../../src/castore/blob/chunk_codec.ts";
+import { blake3, concatBytes } from "../../src/castore/digest.ts";
+import { StorageError } from "../../src/errors.ts";
+import * as F from "../fixtures.ts";
+
+const text = (n: number) =>
+  new Uint8Array(n).map((_, i) => "/nix/store/abc-hello/share\n".charCodeAt(i % 27));
+const frame = (data: Uint8Array) => new Uint8Array(zstdCompressSync(data));
+
+Deno.test("zstd_small: the reused context is in use on this Deno", () => {
+  // If node:zlib's internals change, reads stay right but slow: this says so.
+  assert(smallFrameDecoderAvailable(), "reused zstd context unavailable");
+});
+
+Deno.test("zstd_small: decodes like zstdDecompressSync, for any size up to the limit", () => {
+  for (const n of [1, 100, 4096, 30_000, SMALL_FRAME_MAX]) {
+    for (const data of [text(n), F.pseudoRandom(n, n + 1)]) {
+      const f = frame(data);
+      const got = decodeSmallFrame(f, n);
+      assertEquals(got, new Uint8Array(zstdDecompressSync(f)), `${n} bytes`);
+      assertEquals(got!.byteLength, got!.buffer.byteLength, "a buffer of its own");
+    }
+  }
+  // Out of range: left to zstdDecompressSync.
+  assertEquals(decodeSmallFrame(frame(text(10)), SMALL_FRAME_MAX + 1), undefined);
+  assertEquals(decodeSmallFrame(frame(text(0)), 0), undefined);
+});
+
+Deno.test("zstd_small: anything but exactly the frame of `size` bytes fails, and the next frame still decodes", () => {
+  const data = text(5000);
+  const good = frame(data);
+  const damaged = good.slice();
+  damaged[1] ^= 0xff; // the magic number
+  const cases: [string, Uint8Array, number][] = [
+    ["damaged", damaged, 5000],
+    ["truncated", good.subarray(0, good.length - 4), 5000],
+    ["longer than listed", good, 4999],
+    ["shorter than listed", good, 5001],
+    ["followed by other bytes", new Uint8Array([...good, 1, 2, 3]), 5000],
+  ];
+  for (const [what, bytes, size] of cases) {
+    // Never a result here (an error, or left to zstdDecompressSync) ...
+    let result: Uint8Array | undefined;
+    try {
+      result = decodeSmallFrame(bytes, size);
+    } catch (err) {
+      assert(err instanceof SmallFrameError, `${what}: ${err}`);
+    }
+    assertEquals(result, undefined, what);
+    // ... and an error through the codec.
+    assertThrows(() => decodeChunkSync(bytes.slice(), blake3(data), size), StorageError);
+    assertEquals(decodeSmallFrame(good, 5000), data, `after ${what}`);
+  }
+  // Frames one after the other decode to their contents one after the other.
+  assertEquals(
+    decodeSmallFrame(new Uint8Array([...good, ...good]), 10_000),
+    concatBytes([data, data]),
+  );
+});
+
+Deno.test("zstd_small: a damaged chunk is a StorageError through the codec, never wrong bytes", () => {
+  const data = text(3000);
+  const stored = frame(data);
+  stored[stored.length - 8] ^= 0x55;
+  assertThrows(() => decodeChunkSync(stored, blake3(data), data.length), StorageError);
+  assertEquals(decodeChunkSync(frame(data), blake3(data), data.length), data);
+});

@@ -1,0 +1,28 @@
+import { assertEquals } from "../assert.ts";
+import { str, u64 } from "../../src/nar/wire.ts";
+
+/** 8 bytes little-endian, the slow way. */
+function reference(n: bigint): Uint8Array {
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigUint64(0, n, true);
+  return out;
+}
+
+Deno.test("wire: u64 around the 32-bit fast path, as number and as bigint", () => {
+  for (
+    const n of [0n, 1n, 255n, 256n, 65_535n, 0x7fffffffn, 0xffffffffn, 0x100000000n, 2n ** 53n - 1n]
+  ) {
+    assertEquals(u64(n), reference(n), `${n}n`);
+    assertEquals(u64(Number(n)), reference(n), `${n}`);
+  }
+  assertEquals(u64(2n ** 64n - 1n), reference(2n ** 64n - 1n));
+});
+
+Deno.test("wire: str is length, bytes, zero padding", () => {
+  const s = str(new Uint8Array(300).fill(7));
+  assertEquals(s.length, 8 + 304);
+  assertEquals(s.subarray(0, 8), reference(300n));
+  assertEquals(s.subarray(8, 308), new Uint8Array(300).fill(7));
+  assertEquals(s.subarray(308), new Uint8Array(4));
+  assertEquals(str("ab"), new Uint8Array([2, 0, 0, 0, 0, 0, 0, 0, 97, 98, 0, 0, 0, 0, 0, 0]));
+});
