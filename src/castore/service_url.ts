@@ -160,8 +160,11 @@ export function parseCacheUrl(url: URL): CacheUrlParts {
 /**
  * The service `build` makes from the backend module `load` brings in, which
  * is loaded only now: a command talking to a daemon does not pay for
- * loading (and initialising) every embedded backend. A failure is reported
- * in the service URL, like one raised before loading ({@linkcode inServiceUrl}).
+ * loading (and initialising) every embedded backend. A failure to load, or
+ * one `build` throws at once (the URL is wrong), is reported in the service
+ * URL like one raised before loading ({@linkcode inServiceUrl}); a service
+ * that fails later (a server out of reach, a missing bucket) says what
+ * failed itself, as it did before backends were loaded lazily.
  */
 export function fromBackend<M, T>(
   load: () => Promise<M>,
@@ -169,9 +172,18 @@ export function fromBackend<M, T>(
   kind: ServiceKind,
   url: string,
 ): Promise<T> {
-  return load().then(build).catch((err) => {
+  const inUrl = (err: unknown) => {
     throw inServiceUrl(err, kind, url);
-  });
+  };
+  return load().then((backend) => {
+    let built: T | Promise<T>;
+    try {
+      built = build(backend);
+    } catch (err) {
+      return inUrl(err);
+    }
+    return built;
+  }, inUrl);
 }
 
 /**

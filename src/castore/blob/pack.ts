@@ -550,7 +550,9 @@ export class PackBlobService implements BlobService {
       for (const m of run.members) {
         const decoded = stored
           ? this.#codec.decode(
-            stored.subarray(m.offset - run.offset, m.offset - run.offset + m.length),
+            // A copy each: the codec owns what it is given and may detach
+            // it (node:zlib's asynchronous calls do), so members never share.
+            stored.slice(m.offset - run.offset, m.offset - run.offset + m.length),
             m.digest,
             m.size,
             m.raw,
