@@ -118,7 +118,8 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
   const starts = [0, (chunk.length - SAMPLE_SIZE) >> 1, chunk.length - SAMPLE_SIZE];
   return starts.every((at) => {
     const sample = chunk.subarray(at, at + SAMPLE_SIZE);
-    return !compressionPays(SAMPLE_SIZE, zstdCompressSync(sample, SAMPLE_PARAMS).length);
+    const frame = zstdCompressSync(sample, compressOptions(SAMPLE_SIZE, SAMPLE_PARAMS));
+    return !compressionPays(SAMPLE_SIZE, frame.length);
   });
 }
 
@@ -128,8 +129,11 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
  * comes out in one piece instead of being gathered from 16 KiB pieces and
  * concatenated (each piece garbage at once).
  */
-function compressOptions(n: number) {
-  return { ...ZSTD_PARAMS, chunkSize: Math.max(64, n + (n >> 7) + 1024) };
+function compressOptions(n: number, params = ZSTD_PARAMS) {
+  // The size up front lets zstd size its tables to the input: without it
+  // every call set up (and cleared) tables for a large window, which was
+  // most of the cost of compressing a small file.
+  return { ...params, chunkSize: Math.max(64, n + (n >> 7) + 1024), pledgedSrcSize: n };
 }
 
 /**
