@@ -116,6 +116,12 @@ interface Backend {
   cleanup?(): Promise<void>;
 }
 
+/** Stores `data` in a chunking service; its digest and chunk list. */
+async function putWithChunks(inner: BlobService, data: Uint8Array) {
+  const digest = await putBlob(inner, data);
+  return { digest, chunks: (await inner.chunks(digest))! };
+}
+
 /** Chunk sizes the memory backend cuts blobs into, cycled (a 1-byte chunk included). */
 const MEMORY_CHUNKS = [65536, 40000, 100001, 1, 70000, 65535];
 
@@ -160,10 +166,7 @@ const BACKENDS: { name: string; open(): Promise<Backend> }[] = [
       const service = new Observed(inner);
       return {
         service,
-        async put(data: Uint8Array) {
-          const digest = await putBlob(inner, data);
-          return { digest, chunks: (await inner.chunks(digest))! };
-        },
+        put: (data: Uint8Array) => putWithChunks(inner, data),
         // A well-formed chunk object of the right size, holding other bytes:
         // only verification against the digest can tell.
         async damage(chunk: ChunkMeta, original: Uint8Array) {
@@ -183,10 +186,7 @@ const BACKENDS: { name: string; open(): Promise<Backend> }[] = [
       const service = new Observed(inner);
       return {
         service,
-        async put(data: Uint8Array) {
-          const digest = await putBlob(inner, data);
-          return { digest, chunks: (await inner.chunks(digest))! };
-        },
+        put: (data: Uint8Array) => putWithChunks(inner, data),
         // One byte flipped in the middle of the chunk's record in its pack
         // (random data: stored raw, so only verification can tell).
         async damage(chunk: ChunkMeta) {
