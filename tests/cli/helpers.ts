@@ -181,3 +181,51 @@ export function remoteStoreArgs(url: string): string[] {
     pathInfoServiceAddr: url,
   });
 }
+
+/** What {@linkcode tracedImport} saw. */
+export interface TracedImport {
+  /** The store path printed. */
+  stdout: string;
+  /** openat lines of files under the tree read by path or by name relative to a directory. */
+  opened: string[];
+}
+
+/**
+ * Runs `tvix-store import` of `tree` under strace (openat only) with the
+ * given Deno permissions and service flags, the stat cache in `cacheHome`;
+ * fails unless it exits 0. Returns the files under the tree it opened for
+ * reading, by path or by name relative to a directory descriptor (what the
+ * FFI walk does); directories and failed opens left out.
+ */
+export async function tracedImport(
+  tree: string,
+  opts: { permissions: string[]; serviceArgs: string[]; cacheHome: string; traceTo: string },
+): Promise<TracedImport> {
+  const out = await new Deno.Command("strace", {
+    args: [
+      "-f",
+      "-qq",
+      "-e",
+      "trace=openat",
+      "-o",
+      opts.traceTo,
+      Deno.execPath(),
+      "run",
+      ...opts.permissions,
+      MAIN,
+      "import",
+      ...opts.serviceArgs,
+      tree,
+    ],
+    env: childEnv({ XDG_CACHE_HOME: opts.cacheHome }),
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (out.code !== 0) throw new Error(`import exited ${out.code}: ${td.decode(out.stderr)}`);
+  const opened = (await Deno.readTextFile(opts.traceTo)).split("\n").filter((l) =>
+    (l.includes(`openat(AT_FDCWD, "${tree}/`) || /openat\(\d+, "/.test(l)) &&
+    !l.includes("O_DIRECTORY") && !l.includes("= -1")
+  );
+  return { stdout: td.decode(out.stdout).trim(), opened };
+}

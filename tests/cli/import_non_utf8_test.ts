@@ -12,48 +12,18 @@ import { nixOracle } from "../store/tree_gen.ts";
 import { writeNonUtf8Tree } from "../store/non_utf8_tree.ts";
 import { RACY_MS } from "../../src/store/stat_cache.ts";
 import { startDaemon } from "../grpc/daemon_harness.ts";
-import { childEnv, MAIN } from "./helpers.ts";
+import { childEnv, MAIN, remoteStoreArgs, tracedImport } from "./helpers.ts";
 
 const td = new TextDecoder();
 
-/** Runs `tvix-store import` under strace; returns stdout and the files it opened for reading. */
-async function tracedImport(
-  tree: string,
-  grpc: string,
-  cacheHome: string,
-  traceTo: string,
-): Promise<{ stdout: string; opened: string[] }> {
-  const out = await new Deno.Command("strace", {
-    args: [
-      "-f",
-      "-qq",
-      "-e",
-      "trace=openat",
-      "-o",
-      traceTo,
-      Deno.execPath(),
-      "run",
-      "-A",
-      MAIN,
-      "import",
-      `--blob-service-addr=${grpc}`,
-      `--directory-service-addr=${grpc}`,
-      `--path-info-service-addr=${grpc}`,
-      tree,
-    ],
-    env: childEnv({ XDG_CACHE_HOME: cacheHome }),
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assertEquals(out.code, 0, td.decode(out.stderr));
-  // Files under the tree opened by path, or by name relative to a directory
-  // descriptor (what the byte-level walk does); directories left out.
-  const opened = (await Deno.readTextFile(traceTo)).split("\n").filter((l) =>
-    (l.includes(`openat(AT_FDCWD, "${tree}/`) || /openat\(\d+, "/.test(l)) &&
-    !l.includes("O_DIRECTORY") && !l.includes("= -1")
-  );
-  return { stdout: td.decode(out.stdout).trim(), opened };
+/** `tracedImport` with every permission, through the daemon at `grpc`. */
+function importOverDaemon(tree: string, grpc: string, cacheHome: string, traceTo: string) {
+  return tracedImport(tree, {
+    permissions: ["-A"],
+    serviceArgs: remoteStoreArgs(grpc),
+    cacheHome,
+    traceTo,
+  });
 }
 
 Deno.test("byte names over a daemon: nix-store's path and NAR, the same path from the stat cache", async () => {
@@ -73,7 +43,7 @@ Deno.test("byte names over a daemon: nix-store's path and NAR, the same path fro
     const grpc = `grpc+http://${daemon.address}`;
     const cacheHome = join(tmp, "cache");
 
-    const first = await tracedImport(tree, grpc, cacheHome, join(tmp, "trace-1"));
+    const first = await importOverDaemon(tree, grpc, cacheHome, join(tmp, "trace-1"));
     assertEquals(first.stdout, nix.storePath);
     // The trace sees the byte-level walk's reads: seven files below names that are not UTF-8.
     assert(
@@ -91,7 +61,7 @@ Deno.test("byte names over a daemon: nix-store's path and NAR, the same path fro
     const nar = new Uint8Array(await (await fetch(`http://${http}/${url}`)).arrayBuffer());
     assertEquals(nar, nix.nar);
 
-    const again = await tracedImport(tree, grpc, cacheHome, join(tmp, "trace-2"));
+    const again = await importOverDaemon(tree, grpc, cacheHome, join(tmp, "trace-2"));
     assertEquals(again.stdout, nix.storePath);
     assertEquals(again.opened, [], "the unchanged re-import read files");
   } finally {
