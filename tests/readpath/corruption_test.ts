@@ -16,7 +16,7 @@ import { embeddedAddrs, type ServiceAddrs } from "../../src/store/services.ts";
 import { remoteStoreArgs } from "../cli/helpers.ts";
 import { generatePythonStubs, PyClient, startDaemon } from "../grpc/daemon_harness.ts";
 import { Calls } from "../grpc/requests.ts";
-import { startServer } from "../narbridge/harness.ts";
+import { startServer, waitFor } from "../narbridge/harness.ts";
 import { SKIP as FUSE_SKIP, startMount } from "../fuse/harness.ts";
 import {
   chunksOf,
@@ -104,12 +104,10 @@ Deno.test("a damaged chunk fails the daemon's binary cache, the bridge over it a
   let bridge: Awaited<ReturnType<typeof startServer>> | undefined;
   const py = new PyClient(stubs, daemon.grpcioTarget);
   try {
-    let http: string | undefined;
-    for (let i = 0; i < 200 && !http; i++) {
-      http = /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1];
-      if (!http) await new Promise((r) => setTimeout(r, 50));
-    }
-    assert(http, "the built-in bridge's address");
+    const http = await waitFor(
+      () => /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1],
+      "the built-in bridge's address",
+    );
     await checkBridge(`http://${http}`, t, "built-in bridge");
 
     bridge = await startServer([

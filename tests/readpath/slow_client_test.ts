@@ -12,7 +12,7 @@ import { assert, assertEquals } from "../assert.ts";
 import * as nixbase32 from "../../src/store/nixbase32.ts";
 import { localStoreArgs } from "../cli/helpers.ts";
 import { startDaemon } from "../grpc/daemon_harness.ts";
-import { tvixStore } from "../narbridge/harness.ts";
+import { tvixStore, waitFor } from "../narbridge/harness.ts";
 
 /** How far the daemon's peak RSS may grow while the NAR is being downloaded. */
 const GROWTH_BOUND_MIB = 64;
@@ -75,12 +75,10 @@ Deno.test("slow NAR downloads hold bounded memory in the daemon and free it when
   });
   const slow: Awaited<ReturnType<typeof slowClient>>[] = [];
   try {
-    let http: string | undefined;
-    for (let i = 0; i < 200 && !http; i++) {
-      http = /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1];
-      if (!http) await new Promise((r) => setTimeout(r, 50));
-    }
-    assert(http, "the built-in bridge's address");
+    const http = await waitFor(
+      () => /nar-bridge listening address=(\S+)/.exec(daemon.log())?.[1],
+      "the built-in bridge's address",
+    );
     const hash = storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
     const narinfo = await (await fetch(`http://${http}/${hash}.narinfo`)).text();
     const narPath = "/" + /^URL: (\S+)$/m.exec(narinfo)![1];
