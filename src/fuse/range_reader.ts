@@ -29,6 +29,7 @@
 import { concatBytes, type Digest, digestKey } from "../castore/digest.ts";
 import { StorageError } from "../errors.ts";
 import type { BlobService } from "../castore/blob/service.ts";
+import { releaseWhole } from "../castore/blob/chunk_codec.ts";
 import { LoadingCache } from "../loading_cache.ts";
 import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
 
@@ -336,9 +337,8 @@ export class BlobRangeReader {
     }
     if (!claim) return bytes;
     claim.fill(bytes);
-    const buf = bytes.buffer;
     // Read pieces belong to the reader (BlobService.openRead), so this is ours to free.
-    if (buf instanceof ArrayBuffer && bytes.byteLength === buf.byteLength) buf.transfer(0);
+    releaseWhole(bytes);
     return undefined;
   }
 
