@@ -35,7 +35,7 @@
  */
 import http from "node:http";
 import type { Socket } from "node:net";
-import { release } from "../castore/blob/chunk_codec.ts";
+import { releaseWhole } from "../castore/blob/chunk_codec.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 
@@ -191,12 +191,6 @@ function requestBody(req: http.IncomingMessage, stallMs: number): AsyncIterable<
   };
 }
 
-/** Whether `piece` covers all of its (non-shared) ArrayBuffer. */
-function spansBuffer(piece: Uint8Array): piece is Uint8Array<ArrayBuffer> {
-  return piece.buffer instanceof ArrayBuffer && piece.byteOffset === 0 &&
-    piece.byteLength === piece.buffer.byteLength;
-}
-
 /** Waits until `res` can take more, fails to within `stallMs`, or closes. */
 function drained(res: http.ServerResponse, stallMs: number): Promise<"drain" | "stall" | "close"> {
   return new Promise((resolve) => {
@@ -245,7 +239,7 @@ async function streamBody(
       }
       const piece = step.value;
       written += piece.length;
-      if (owned && spansBuffer(piece)) res.write(piece, () => release(piece.buffer));
+      if (owned) res.write(piece, () => releaseWhole(piece));
       else res.write(piece);
       next = gen.next(); // rendered while the socket writes
       if (res.writableLength >= SEND_QUEUE_BYTES) {

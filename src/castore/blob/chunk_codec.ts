@@ -292,12 +292,7 @@ export function decodeChunkSync(
   }
   // The frame is ours (see ChunkCodec.decode): free it now rather than at
   // a later GC; a read streams hundreds of these per second.
-  if (
-    compressed.buffer instanceof ArrayBuffer && compressed.byteOffset === 0 &&
-    compressed.byteLength === compressed.buffer.byteLength
-  ) {
-    release(compressed.buffer);
-  }
+  releaseWhole(compressed);
   verifyChunk(data, digest, size);
   return data;
 }
