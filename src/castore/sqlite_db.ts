@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { DatabaseSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { dirname } from "node:path";
 import { errorMessage, InvalidRequestError, StorageError } from "../errors.ts";
 
@@ -72,6 +72,29 @@ export function openDatabase(path: string | undefined): DatabaseSync {
   } catch (err) {
     throw new StorageError(`unable to open sqlite database ${path ?? ":memory:"}: ${err}`);
   }
+}
+
+/**
+ * The statements of one query for each number of items it is asked with
+ * (an `IN` or `VALUES` list of `n`), prepared on first use and kept:
+ * batched lookups ask with a few sizes again and again. `setup` adjusts a
+ * statement once, when it is prepared.
+ */
+export function statementsByCount(
+  db: DatabaseSync,
+  sql: (n: number) => string,
+  setup: (stmt: StatementSync) => void = () => {},
+): (n: number) => StatementSync {
+  const prepared = new Map<number, StatementSync>();
+  return (n) => {
+    let stmt = prepared.get(n);
+    if (!stmt) {
+      stmt = db.prepare(sql(n));
+      setup(stmt);
+      prepared.set(n, stmt);
+    }
+    return stmt;
+  };
 }
 
 /**

@@ -38,7 +38,7 @@ import type { NarSummary } from "../nar/calculation.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
 import type { ServiceAddrs } from "./services.ts";
-import { inTransaction } from "../castore/sqlite_db.ts";
+import { inTransaction, statementsByCount } from "../castore/sqlite_db.ts";
 
 /**
  * Files changed this recently (ms) when examined are not recorded: the
@@ -81,8 +81,8 @@ export function statCachePath(dir: string, addrs: ServiceAddrs): string {
 /** File digests and NAR summaries remembered from earlier imports into one store. */
 export class StatCache {
   readonly #db: DatabaseSync;
-  /** File lookups by number of inodes asked for. */
-  readonly #lookups = new Map<number, StatementSync>();
+  /** The lookup of `n` inodes of one device. */
+  readonly #lookup: (n: number) => StatementSync;
   readonly #putFile: StatementSync;
   readonly #getDirectory: StatementSync;
   readonly #putDirectory: StatementSync;
@@ -93,6 +93,12 @@ export class StatCache {
 
   private constructor(db: DatabaseSync) {
     this.#db = db;
+    this.#lookup = statementsByCount(
+      db,
+      (n) =>
+        "SELECT ino, size, mtime_ms, ctime_ms, executable, digest FROM files " +
+        `WHERE dev = ? AND ino IN (${new Array(n).fill("?").join(", ")})`,
+    );
     this.#putFile = db.prepare(
       "INSERT OR REPLACE INTO files (dev, ino, size, mtime_ms, ctime_ms, executable, digest) " +
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -196,19 +202,6 @@ export class StatCache {
       }
       return new Uint8Array(row.digest);
     });
-  }
-
-  /** The lookup of `n` inodes of one device (statements kept per `n`). */
-  #lookup(n: number): StatementSync {
-    let stmt = this.#lookups.get(n);
-    if (!stmt) {
-      stmt = this.#db.prepare(
-        "SELECT ino, size, mtime_ms, ctime_ms, executable, digest FROM files " +
-          `WHERE dev = ? AND ino IN (${new Array(n).fill("?").join(", ")})`,
-      );
-      this.#lookups.set(n, stmt);
-    }
-    return stmt;
   }
 
   /**

@@ -50,7 +50,7 @@ import {
   EMPTY_DIGEST,
 } from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
-import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
+import { inTransaction, openDatabase, statementsByCount, storageCall } from "../sqlite_db.ts";
 import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
 import { type EncodedChunk, releaseWhole, verifyChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
@@ -259,8 +259,13 @@ export class PackBlobService implements BlobService {
   readonly #readFds = new Map<number, number>();
   /** Blobs opened since the last microtask checkpoint, read together then. */
   #singles: SingleRead[] | undefined;
-  /** Statements looking up n digests at once, by n (see #lookupStatement). */
-  readonly #lookups = new Map<number, StatementSync>();
+  /**
+   * The statement looking up `n` digests: joined from a list of
+   * (position, digest) pairs, so each row says which digest it answers
+   * without comparing digests, and returned as arrays (cheaper than
+   * objects).
+   */
+  readonly #lookupStatement: (n: number) => StatementSync;
   readonly #commit = new GroupFlush(() => this.#commitRound());
   #current: OpenPack | undefined;
   #closed = false;
@@ -272,6 +277,15 @@ export class PackBlobService implements BlobService {
     this.#readAhead = Math.max(1, options.readAhead ?? 4);
     this.#packTarget = options.packTargetSize ?? PACK_TARGET_SIZE;
     this.#db = openDatabase(join(dir, "index.sqlite"));
+    this.#lookupStatement = statementsByCount(
+      this.#db,
+      (n) =>
+        `WITH asked (i, digest) AS (VALUES ${
+          Array.from({ length: n }, (_, i) => `(${i}, ?)`).join(", ")
+        }) SELECT asked.i, c.pack, c.offset, c.length, c.size, c.raw, c.touched ` +
+        "FROM asked JOIN chunks c ON c.digest = asked.digest",
+      (stmt) => stmt.setReturnArrays(true),
+    );
     try {
       // The index must never be behind what it refers to after a crash
       // (NORMAL may lose the last commits), and commits are one per import.
@@ -373,26 +387,6 @@ export class PackBlobService implements BlobService {
       }
     }
     return out;
-  }
-
-  /**
-   * The statement looking up `n` digests: joined from a list of
-   * (position, digest) pairs, so each row says which digest it answers
-   * without comparing digests, and returned as arrays (cheaper than
-   * objects). Prepared once per `n`.
-   */
-  #lookupStatement(n: number): StatementSync {
-    let stmt = this.#lookups.get(n);
-    if (!stmt) {
-      const pairs = Array.from({ length: n }, (_, i) => `(${i}, ?)`).join(", ");
-      stmt = this.#db.prepare(
-        `WITH asked (i, digest) AS (VALUES ${pairs}) SELECT asked.i, c.pack, c.offset, ` +
-          "c.length, c.size, c.raw, c.touched FROM asked JOIN chunks c ON c.digest = asked.digest",
-      );
-      stmt.setReturnArrays(true);
-      this.#lookups.set(n, stmt);
-    }
-    return stmt;
   }
 
   /**
