@@ -433,9 +433,7 @@ export function nodeFromStats(path: string, known: KnownTree): NodeVariant | und
       children.sort((a, b) => compareBytes(a.name, b.name));
       // Subdirectories first: their digests are part of this listing's key.
       const entries: ListingEntry[] = [];
-      let examinedAt = Infinity;
       for (const c of children) {
-        examinedAt = Math.min(examinedAt, c.info.examinedAt);
         if (c.info.kind === "directory") {
           const sub = visit(c.loc, c.name, c.info);
           if (sub?.$case !== "directory") return undefined;
@@ -446,7 +444,7 @@ export function nodeFromStats(path: string, known: KnownTree): NodeVariant | und
           return undefined;
         }
       }
-      const { key, newestChange } = listingKey(entries);
+      const { key, newestChange, examinedAt } = listingKey(entries);
       const whole = known.directory?.(key);
       if (whole) return { $case: "directory", value: { name, ...whole } };
 
@@ -677,16 +675,12 @@ function recordDirectory(
   value: { digest: Digest; size: bigint },
   onDirectory: (record: DirectoryRecord) => void,
 ): void {
-  let examinedAt = Infinity;
-  const entries: ListingEntry[] = [];
-  for (let i = 0; i < w.children.length; i++) {
-    const c = w.children[i];
+  const entries: ListingEntry[] = w.children.map((c, i) => {
     const n = nodes[i];
-    examinedAt = Math.min(examinedAt, c.info.examinedAt);
     const directory = n.$case === "directory" ? n.value : undefined;
-    entries.push({ name: c.name, kind: c.kind, info: c.info, directory });
-  }
-  const { key, newestChange } = listingKey(entries);
+    return { name: c.name, kind: c.kind, info: c.info, directory };
+  });
+  const { key, newestChange, examinedAt } = listingKey(entries);
   onDirectory({ key, newestChange, examinedAt, digest: value.digest, size: value.size });
 }
 

@@ -21,13 +21,13 @@ export interface ListingEntry {
   name: Uint8Array;
   /** "file", "symlink" or "directory". */
   kind: string;
-  /** What lstat said (for a file or symlink). */
-  info: FileIdentity;
+  /** What lstat said (for a file or symlink), and when it ran (ms, for every entry). */
+  info: FileIdentity & { examinedAt: number };
   /** The subdirectory's node (for a directory). */
   directory?: { digest: Digest; size: bigint };
 }
 
-/** A listing's key, and how recent its newest entry is. */
+/** A listing's key, how recent its newest entry is, and when it was examined. */
 export interface ListingKey {
   key: Digest;
   /**
@@ -36,6 +36,8 @@ export interface ListingKey {
    * if one of them has no inode or times to identify it by.
    */
   newestChange: number;
+  /** When the earliest of its entries was lstat'ed (ms; `Infinity` with none). */
+  examinedAt: number;
 }
 
 const KIND_CODE: Record<string, number> = { file: 1, symlink: 2, directory: 3 };
@@ -59,7 +61,9 @@ export function listingKey(entries: readonly ListingEntry[]): ListingKey {
   }
   let at = 0;
   let newestChange = -Infinity;
+  let examinedAt = Infinity;
   for (const e of entries) {
+    examinedAt = Math.min(examinedAt, e.info.examinedAt);
     view.setUint32(at, e.name.length, true);
     buffer.set(e.name, at + 4);
     at += 4 + e.name.length;
@@ -84,5 +88,5 @@ export function listingKey(entries: readonly ListingEntry[]): ListingKey {
     const identified = i.ino >= 0 && i.mtimeMs >= 0 && i.ctimeMs >= 0;
     newestChange = Math.max(newestChange, identified ? Math.max(i.mtimeMs, i.ctimeMs) : Infinity);
   }
-  return { key: blake3(buffer.subarray(0, at)), newestChange };
+  return { key: blake3(buffer.subarray(0, at)), newestChange, examinedAt };
 }
