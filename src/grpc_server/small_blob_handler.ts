@@ -1,19 +1,27 @@
 /**
  * The server of our `SmallBlobService` extension (`src/grpc/small_blobs.ts`,
- * docs/compatibility.md#small-blob-uploads): many whole blobs per call,
- * each stored exactly as a `BlobService.Put` of it would be.
+ * docs/compatibility.md#small-blobs): many whole blobs per call, each
+ * stored exactly as a `BlobService.Put` of it would be, or read and sent
+ * whole as the backend returns it (verified, as every read of it is).
  *
  * @module
  */
-import type { handleClientStreamingCall } from "@grpc/grpc-js";
+import type { handleClientStreamingCall, handleServerStreamingCall } from "@grpc/grpc-js";
 import type { BlobService } from "../castore/blob/service.ts";
-import type { Digest } from "../castore/digest.ts";
+import { B3_LEN, concatBytes, type Digest } from "../castore/digest.ts";
 import { JobSet } from "../concurrency.ts";
-import { clientStreamHandler, receiveAll } from "../grpc/server_call.ts";
+import { clientStreamHandler, receiveAll, serverStreamHandler } from "../grpc/server_call.ts";
 import {
+  MAX_SMALL_BLOB_READ_BYTES,
+  MAX_SMALL_BLOB_READS,
   MAX_SMALL_BLOBS_PER_CALL,
   type PutSmallBlobsResponse,
+  READ_RESPONSE_BYTES,
+  type ReadSmallBlobsRequest,
+  type ReadSmallBlobsResponse,
   type SmallBlob,
+  type SmallBlobContents,
+  SmallBlobOutcome,
 } from "../grpc/small_blobs.ts";
 import { Code, RpcError } from "../grpc/status.ts";
 import { releaseReceivedMessage } from "../grpc/received_message.ts";
@@ -26,6 +34,14 @@ import { checkChunkSize, MAX_PUT_MESSAGE_BYTES, uploadError } from "./blob_handl
  */
 const STORES_IN_FLIGHT = 16;
 
+/**
+ * Blobs of one `Read` call being read at once, ahead of the one being
+ * sent. Opened together, a pack store looks them up and reads them
+ * together (`PackBlobService.#readSingles`); at most this many blobs of
+ * up to {@linkcode MAX_SMALL_BLOB_READ_BYTES} each are held per call.
+ */
+const READS_AHEAD = 16;
+
 /** Options of {@linkcode smallBlobHandler}. */
 export interface SmallBlobHandlerOptions {
   /** Largest blob message accepted, in bytes (default `MAX_PUT_MESSAGE_BYTES`). */
@@ -36,7 +52,10 @@ export interface SmallBlobHandlerOptions {
 export function smallBlobHandler(
   blob: BlobService,
   opts: SmallBlobHandlerOptions = {},
-): { put: handleClientStreamingCall<SmallBlob, PutSmallBlobsResponse> } {
+): {
+  put: handleClientStreamingCall<SmallBlob, PutSmallBlobsResponse>;
+  read: handleServerStreamingCall<ReadSmallBlobsRequest, ReadSmallBlobsResponse>;
+} {
   const maxMessageBytes = opts.maxMessageBytes ?? MAX_PUT_MESSAGE_BYTES;
   return {
     put: clientStreamHandler<SmallBlob, PutSmallBlobsResponse>(
@@ -86,5 +105,80 @@ export function smallBlobHandler(
         return { digests };
       },
     ),
+    read: serverStreamHandler<ReadSmallBlobsRequest, ReadSmallBlobsResponse>(
+      "SmallBlobService/Read",
+      async ({ digests }, send) => {
+        if (digests.length > MAX_SMALL_BLOB_READS) {
+          throw new RpcError(
+            Code.INVALID_ARGUMENT,
+            `more than ${MAX_SMALL_BLOB_READS} blobs in one call`,
+          );
+        }
+        if (digests.some((d) => d.length !== B3_LEN)) {
+          throw new RpcError(Code.INVALID_ARGUMENT, "invalid digest length");
+        }
+        const reads: BlobRead[] = [];
+        let next = 0;
+        // Opened in one synchronous run, so the backend sees them together.
+        const readAhead = () => {
+          while (next < digests.length && reads.length < READS_AHEAD) {
+            reads.push(new BlobRead(blob, digests[next++]));
+          }
+        };
+        readAhead();
+        while (reads.length > 0) {
+          // The next blob, and after it those already read, up to a message's worth.
+          const blobs = [await reads[0].contents];
+          let bytes = blobs[0].data.length;
+          reads.shift();
+          while (reads.length > 0 && reads[0].done && bytes < READ_RESPONSE_BYTES) {
+            const contents = await reads.shift()!.contents;
+            blobs.push(contents);
+            bytes += contents.data.length;
+          }
+          if (reads.length <= READS_AHEAD / 2) readAhead();
+          // A client gone: what was read ahead is dropped with the call.
+          if (!await send({ blobs })) return;
+        }
+      },
+    ),
   };
+}
+
+/** One blob of a `Read` call, being read. */
+class BlobRead {
+  /** The blob; rejects as `BlobService.Read` of it would fail. */
+  readonly contents: Promise<SmallBlobContents>;
+  /** Whether {@linkcode contents} has settled. */
+  done = false;
+
+  constructor(blob: BlobService, digest: Digest) {
+    this.contents = readWhole(blob, digest);
+    const settled = () => {
+      this.done = true;
+    };
+    this.contents.then(settled, settled); // a rejection surfaces when its turn comes
+  }
+}
+
+/**
+ * One blob for a `Read` call: whole, absent, or too large (its reader is
+ * closed as soon as that is clear). A blob that fails to read fails the
+ * call, with the status `BlobService.Read` would give.
+ */
+async function readWhole(blob: BlobService, digest: Digest): Promise<SmallBlobContents> {
+  const reader = await blob.openRead(digest);
+  if (!reader) return { data: new Uint8Array(0), outcome: SmallBlobOutcome.NOT_FOUND };
+  const pieces: Uint8Array[] = [];
+  let length = 0;
+  for await (const piece of reader) {
+    length += piece.length;
+    // Leaving the loop closes the reader and what it read ahead.
+    if (length > MAX_SMALL_BLOB_READ_BYTES) {
+      return { data: new Uint8Array(0), outcome: SmallBlobOutcome.TOO_LARGE };
+    }
+    pieces.push(piece);
+  }
+  const data = pieces.length === 1 ? pieces[0] : concatBytes(pieces);
+  return { data, outcome: SmallBlobOutcome.FOUND };
 }

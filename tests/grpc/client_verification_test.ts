@@ -34,6 +34,12 @@ import type { PathInfo } from "../../src/store/pathinfo/service.ts";
 import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
 import { GrpcDirectoryService } from "../../src/castore/directory/grpc.ts";
 import { GrpcPathInfoService } from "../../src/store/pathinfo/grpc.ts";
+import {
+  type ReadSmallBlobsRequest,
+  type ReadSmallBlobsResponse,
+  SmallBlobOutcome,
+  smallBlobServiceDefinition,
+} from "../../src/grpc/small_blobs.ts";
 import { collect, concat } from "../conformance/harness.ts";
 import * as F from "../fixtures.ts";
 
@@ -43,6 +49,8 @@ const { b } = F;
 interface Script {
   stat?: (req: StatBlobRequest) => StatBlobResponse;
   read?: (req: ReadBlobRequest) => Uint8Array[];
+  /** Answers `SmallBlobService.Read` (UNIMPLEMENTED without it). */
+  readSmall?: (req: ReadSmallBlobsRequest) => ReadSmallBlobsResponse[];
   put?: () => PutBlobResponse;
   /** Fail Put with this status as soon as the first message arrives. */
   putFailsWith?: grpc.status;
@@ -100,6 +108,10 @@ async function withFakeServer(
           metadata: new grpc.Metadata(),
         }))),
   });
+  if (script.readSmall) {
+    // Unregistered, grpc-js answers UNIMPLEMENTED, as a server without the extension does.
+    server.addService(smallBlobServiceDefinition, { put: drain(), read: stream(script.readSmall) });
+  }
   server.addService(DirectoryServiceService, {
     get: stream(script.getDirectory),
     put: drain(script.putDirectory),
@@ -315,6 +327,64 @@ Deno.test("blob: a small blob of known size is one Read without a Stat, verified
     reply = [data];
     assert(bytesEqual(await read(0, 100), data));
     assertEquals(stats.length, 1, "the fallback asked Stat");
+    await blob.close();
+  });
+});
+
+Deno.test("blob: batched small-blob reads verify each blob and fail only the wrong one", async () => {
+  const blobs = [F.BLOB_A, F.BLOB_B.subarray(0, 3000), F.BLOB_B.subarray(3000, 9000)];
+  const digests = blobs.map((d) => blake3(d));
+  const absent = blake3(b("nobody has this"));
+  const calls: number[] = [];
+  let damage = -1;
+  await withFakeServer({
+    readSmall: ({ digests: asked }) => {
+      calls.push(asked.length);
+      const answer = asked.map((d) => {
+        const i = digests.findIndex((x) => bytesEqual(x, d));
+        if (i < 0) return { data: new Uint8Array(0), outcome: SmallBlobOutcome.NOT_FOUND };
+        const data = new Uint8Array(blobs[i]);
+        if (i === damage) data[0] ^= 1;
+        return { data, outcome: SmallBlobOutcome.FOUND };
+      });
+      // Two messages, so blobs are matched to requests across messages too.
+      return [{ blobs: answer.slice(0, 1) }, { blobs: answer.slice(1) }];
+    },
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    const read = async (digest: Digest, size: number) => {
+      const reader = await blob.openRead(digest, 0, size);
+      return reader && concat(await collect(reader));
+    };
+    // Opened together: one call for all four.
+    const got = await Promise.all(
+      [...digests, absent].map((d, i) => read(d, blobs[i]?.length ?? 9)),
+    );
+    assertEquals(calls, [4]);
+    for (const [i, data] of blobs.entries()) assert(bytesEqual(got[i]!, data), `blob ${i}`);
+    assertEquals(got[3], undefined);
+    damage = 1;
+    const results = await Promise.allSettled(digests.map((d, i) => read(d, blobs[i].length)));
+    assertEquals(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+    const failure = (results[1] as PromiseRejectedResult).reason;
+    assert(failure instanceof StorageError && /wrong contents/.test(failure.message), failure);
+    await blob.close();
+  });
+});
+
+Deno.test("blob: a batched read answering too few blobs fails the rest", async () => {
+  const blobs = [F.BLOB_A, F.BLOB_B.subarray(0, 3000)];
+  await withFakeServer({
+    readSmall: () => [{ blobs: [{ data: blobs[0], outcome: SmallBlobOutcome.FOUND }] }],
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    const results = await Promise.allSettled(blobs.map(async (data) => {
+      const reader = await blob.openRead(blake3(data), 0, data.length);
+      return concat(await collect(reader!));
+    }));
+    assertEquals(results[0].status, "fulfilled");
+    const failure = (results[1] as PromiseRejectedResult).reason;
+    assert(failure instanceof StorageError && /answered 1 of 2/.test(failure.message), failure);
     await blob.close();
   });
 });

@@ -5,9 +5,11 @@
  * Reads of blobs the server lists in chunks from their start are one `Read`
  * stream cut at the listed chunk boundaries, each chunk verified against
  * its own digest before any of it is returned; reads from an offset go
- * chunk by chunk (the next ones prefetched). A small blob whose size the
- * caller knows is one `Read`, buffered and verified whole; other blobs come
- * as one `Read` stream whose digest is checked at the end. Uploads are one
+ * chunk by chunk (the next ones prefetched). Small blobs whose size the
+ * caller knows, and chunks, are read whole and verified, many per call of
+ * our `SmallBlobService.Read` where the server has it (one `Read` each
+ * where it does not); other blobs come as one `Read` stream whose digest
+ * is checked at the end. Uploads are one
  * `Put` stream that waits whenever grpc-js asks it to, so memory stays
  * bounded however large the blob; blobs smaller than one gathered message
  * go out in batches instead (`small_blob_batcher.ts`).
@@ -45,7 +47,13 @@ import {
 import { releaseReceivedMessage } from "../../grpc/received_message.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import { LoadingCache } from "../../loading_cache.ts";
-import { checkServerDigest, SmallBlobBatcher } from "./small_blob_batcher.ts";
+import {
+  checkServerDigest,
+  SmallBlobBatcher,
+  type SmallBlobRead,
+  SmallBlobReader,
+} from "./small_blob_batcher.ts";
+import { MAX_SMALL_BLOB_READ_BYTES } from "../../grpc/small_blobs.ts";
 
 /** Largest `BlobChunk` we send; well below the 4 MiB receivers accept. */
 export const MAX_PUT_MESSAGE = 1024 * 1024;
@@ -57,12 +65,12 @@ export const COALESCE_BYTES = 256 * 1024;
 const PREFETCH_CHUNKS = 2;
 
 /**
- * Blobs up to this size (by the caller's hint) are read with one `Read`,
- * without asking `Stat` for a chunk list first, and verified whole before
- * any byte is returned: most files of a store path are this small, and the
- * `Stat` round trip was half of what each cost.
+ * Blobs up to this size (by the caller's hint) are read whole, without
+ * asking `Stat` for a chunk list first, and verified before any byte is
+ * returned: most files of a store path are this small, and the `Stat`
+ * round trip was half of what each cost.
  */
-export const SMALL_BLOB_BYTES = 1024 * 1024;
+export const SMALL_BLOB_BYTES = MAX_SMALL_BLOB_READ_BYTES;
 
 /** Chunks remembered from chunk lists (see {@linkcode GrpcBlobService.openRead}). */
 const KNOWN_CHUNKS = 1 << 16;
@@ -76,12 +84,14 @@ export class GrpcBlobService implements BlobService {
   /** Size of each chunk seen in a chunk list, by digest key (the most recently used). */
   readonly #knownChunks = new LoadingCache<string, bigint>(KNOWN_CHUNKS);
   readonly #batcher: SmallBlobBatcher;
+  readonly #reader: SmallBlobReader;
 
   /** Wraps a leased channel; prefer {@linkcode GrpcBlobService.fromUrl}. */
   constructor(lease: ChannelLease) {
     this.#lease = lease;
     this.#client = clientOn(lease, BlobServiceClient);
     this.#batcher = new SmallBlobBatcher(lease, (message) => this.#putOne(message));
+    this.#reader = new SmallBlobReader(lease, (digest, size) => this.#readSmall(digest, size));
   }
 
   /** Uploads one blob, given as one encoded `BlobChunk`, with its own `Put` call. */
@@ -141,7 +151,7 @@ export class GrpcBlobService implements BlobService {
     const known = this.#knownChunks.get(digestKey(digest));
     if (known !== undefined) return this.#readKnownChunk({ digest, size: known }, offset);
     if (size !== undefined && size <= SMALL_BLOB_BYTES) {
-      const data = await this.#readSmall(digest, size);
+      const data = await this.#reader.read(digest, size);
       if (data === "absent") return undefined;
       if (data !== "larger") {
         if (offset > data.length) throw new InvalidRequestError("seeked beyond EOF");
@@ -165,7 +175,7 @@ export class GrpcBlobService implements BlobService {
    * its digest before it is returned. "larger" (the call cancelled) if more
    * than `size` bytes arrive: the caller reads it the general way.
    */
-  async #readSmall(digest: Digest, size: number): Promise<Uint8Array | "absent" | "larger"> {
+  async #readSmall(digest: Digest, size: number): Promise<SmallBlobRead> {
     const call = this.#client.read({ digest });
     const pieces: Uint8Array[] = [];
     let length = 0;
@@ -241,7 +251,7 @@ export class GrpcBlobService implements BlobService {
 
   /**
    * An upload: small blobs go out in batches through our `SmallBlobService`
-   * (docs/compatibility.md#small-blob-uploads), larger ones as one `Put`
+   * (docs/compatibility.md#small-blobs), larger ones as one `Put`
    * stream each; see {@linkcode GrpcBlobWriter}.
    */
   openWrite(): BlobWriter {
@@ -313,8 +323,28 @@ export class GrpcBlobService implements BlobService {
     if (offset < bytes.length) yield bytes.subarray(offset);
   }
 
-  /** Reads one chunk completely and verifies its size and digest. */
+  /**
+   * Reads one chunk completely and verifies its size and digest: through
+   * the batched reads if it is small enough, else with a `Read` of its own.
+   */
   #fetchChunk(chunk: ChunkMeta): ChunkFetch {
+    if (chunk.size <= BigInt(SMALL_BLOB_BYTES)) {
+      const data = this.#reader.read(chunk.digest, Number(chunk.size)).then((got) => {
+        if (got === "absent") {
+          throw new StorageError(`chunk ${b3Display(chunk.digest)} listed but not found`);
+        }
+        const length = got === "larger" ? "more" : got.length;
+        if (got === "larger" || BigInt(got.length) !== chunk.size) {
+          throw new StorageError(
+            `chunk ${b3Display(chunk.digest)} has ${length} bytes, listed with ${chunk.size}`,
+          );
+        }
+        return got;
+      });
+      data.catch(() => {}); // as below
+      // Part of a call for several chunks: it finishes, and is small.
+      return { data, cancel: () => {} };
+    }
     const call = this.#client.read({ digest: chunk.digest });
     const data = (async () => {
       const pieces: Uint8Array[] = [];

@@ -1,18 +1,23 @@
 /**
- * Uploads of small blobs gathered into calls of our `SmallBlobService`
- * extension (`src/grpc/small_blobs.ts`,
- * docs/compatibility.md#small-blob-uploads), so that an import of many
- * small files pays for a few calls instead of one per file.
+ * Uploads and reads of small blobs gathered into calls of our
+ * `SmallBlobService` extension (`src/grpc/small_blobs.ts`,
+ * docs/compatibility.md#small-blobs), so that an import of many small
+ * files, or a NAR of them served over a daemon, pays for a few calls
+ * instead of one per file.
  *
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
-import { B3_LEN, type Digest } from "../digest.ts";
+import { B3_LEN, b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import { StorageError } from "../../errors.ts";
-import { callError, type ChannelLease, clientOn } from "../../grpc/channel.ts";
+import { callError, cancelQuietly, type ChannelLease, clientOn } from "../../grpc/channel.ts";
 import {
   type PutSmallBlobsResponse,
+  type ReadSmallBlobsRequest,
+  type ReadSmallBlobsResponse,
   SMALL_BLOB_SERVICE_NAME,
+  type SmallBlobContents,
+  SmallBlobOutcome,
   smallBlobServiceDefinition,
 } from "../../grpc/small_blobs.ts";
 
@@ -34,10 +39,21 @@ export function checkServerDigest(digest: Uint8Array): Digest {
   return digest;
 }
 
+/**
+ * Blobs per `Read` call. A NAR renderer reads ahead in bursts of about
+ * half its 64 files, so a burst is one call; several calls are in flight
+ * while it renders what came back.
+ */
+export const READ_BATCH_BLOBS = 64;
+
+/** A `Read` call is sent once the sizes of its blobs reach this many bytes. */
+export const READ_BATCH_BYTES = 4 * 1024 * 1024;
+
 interface SmallBlobClient {
   put(
     callback: (err: grpc.ServiceError | null, res: PutSmallBlobsResponse) => void,
   ): grpc.ClientWritableStream<Uint8Array>;
+  read(request: ReadSmallBlobsRequest): grpc.ClientReadableStream<ReadSmallBlobsResponse>;
 }
 
 const SmallBlobClientCtor = grpc.makeGenericClientConstructor(
@@ -135,5 +151,125 @@ export class SmallBlobBatcher {
   /** Sends what is gathered now (before the channel closes). */
   flush(): void {
     this.#send();
+  }
+}
+
+/**
+ * What {@linkcode SmallBlobReader.read} gives: the blob, verified;
+ * "absent" if the server does not have it; "larger" if it is too large
+ * for the extension (the caller reads it the upstream way).
+ */
+export type SmallBlobRead = Uint8Array | "absent" | "larger";
+
+interface PendingRead {
+  digest: Digest;
+  size: number;
+  resolve(result: SmallBlobRead): void;
+  reject(err: unknown): void;
+}
+
+/**
+ * Reads whole small blobs in batches through `SmallBlobService.Read`.
+ * Reads asked for in one synchronous run (a NAR renderer's read-ahead over
+ * a directory) go out together at the next microtask checkpoint, in calls
+ * of up to {@linkcode READ_BATCH_BLOBS} blobs or {@linkcode READ_BATCH_BYTES}.
+ * Every blob is checked against its digest before it is handed out; one
+ * that arrives wrong fails its own read only. Against a server without the
+ * extension (UNIMPLEMENTED) every read goes to `fallback` from then on.
+ */
+export class SmallBlobReader {
+  readonly #client: SmallBlobClient;
+  readonly #fallback: (digest: Digest, size: number) => Promise<SmallBlobRead>;
+  #batch: PendingRead[] = [];
+  #bytes = 0;
+  #scheduled = false;
+  #unsupported = false;
+
+  /**
+   * Reads through calls on `lease`; `fallback` reads one blob of the
+   * expected size with the upstream `Read`.
+   */
+  constructor(
+    lease: ChannelLease,
+    fallback: (digest: Digest, size: number) => Promise<SmallBlobRead>,
+  ) {
+    this.#client = clientOn(lease, SmallBlobClientCtor);
+    this.#fallback = fallback;
+  }
+
+  /** Reads the blob `digest`, expected to have `size` bytes (a hint). */
+  read(digest: Digest, size: number): Promise<SmallBlobRead> {
+    if (this.#unsupported) return this.#fallback(digest, size);
+    const { promise, resolve, reject } = Promise.withResolvers<SmallBlobRead>();
+    this.#batch.push({ digest, size, resolve, reject });
+    this.#bytes += size;
+    if (this.#batch.length >= READ_BATCH_BLOBS || this.#bytes >= READ_BATCH_BYTES) {
+      this.#send();
+    } else if (!this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(() => this.#send());
+    }
+    return promise;
+  }
+
+  #send(): void {
+    this.#scheduled = false;
+    const batch = this.#batch;
+    this.#batch = [];
+    this.#bytes = 0;
+    if (batch.length > 0) this.#call(batch);
+  }
+
+  async #call(batch: PendingRead[]): Promise<void> {
+    const call = this.#client.read({ digests: batch.map((p) => p.digest) });
+    let answered = 0;
+    try {
+      for await (const { blobs } of call as AsyncIterable<ReadSmallBlobsResponse>) {
+        for (const contents of blobs) {
+          const pending = batch[answered++];
+          if (!pending) {
+            cancelQuietly(call);
+            throw new StorageError(
+              `server answered more than the ${batch.length} blobs asked for`,
+            );
+          }
+          try {
+            pending.resolve(checkContents(pending.digest, contents));
+          } catch (err) {
+            pending.reject(err);
+          }
+        }
+      }
+      if (answered < batch.length) {
+        throw new StorageError(`server answered ${answered} of ${batch.length} blobs`);
+      }
+    } catch (err) {
+      const rest = batch.slice(answered);
+      if ((err as grpc.ServiceError).code === grpc.status.UNIMPLEMENTED) {
+        // An upstream server: read these and every later blob one by one.
+        this.#unsupported = true;
+        for (const p of rest) this.#fallback(p.digest, p.size).then(p.resolve, p.reject);
+        return;
+      }
+      const failure = err instanceof StorageError ? err : callError(err);
+      for (const p of rest) p.reject(failure);
+    }
+  }
+}
+
+/** One `Read` response for `digest`, checked. */
+function checkContents(digest: Digest, message: SmallBlobContents): SmallBlobRead {
+  switch (message.outcome) {
+    case SmallBlobOutcome.FOUND:
+      if (!bytesEqual(blake3(message.data), digest)) {
+        throw new StorageError(`blob ${b3Display(digest)} arrived with wrong contents`);
+      }
+      return message.data;
+    case SmallBlobOutcome.NOT_FOUND:
+      return "absent";
+    case SmallBlobOutcome.TOO_LARGE:
+      return "larger";
+    default:
+      throw new StorageError(`server answered blob ${b3Display(digest)} with ${message.outcome}`);
   }
 }
