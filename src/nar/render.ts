@@ -28,10 +28,13 @@ import { concat, padLen, str, TOK, u64, ZEROS } from "./wire.ts";
 export const PIECE_SIZE = 128 * 1024;
 // Blob pieces at least this large are yielded as they are, without copying.
 const PASS_THROUGH = 32 * 1024;
-// Read-ahead limits for small files.
+// Read-ahead limits for small files. The count is high because a burst of
+// read-ahead (half of it) is what a blob service gets to look up or fetch
+// together: over a daemon, a batch call of 32 files cost the bridge more in
+// call setup than 128 (CPU of 3 NARs of 20,000 files: 5.0 -> 4.2 s).
 const PREFETCH_FILE_MAX = 1024 * 1024;
 const PREFETCH_BYTES = 16 * 1024 * 1024;
-const PREFETCH_COUNT = 64;
+const PREFETCH_COUNT = 256;
 
 /** What a rendering failure was about (upstream's io::ErrorKind where it has one). */
 export type NarRenderErrorKind =

@@ -40,11 +40,11 @@ export function checkServerDigest(digest: Uint8Array): Digest {
 }
 
 /**
- * Blobs per `Read` call. A NAR renderer reads ahead in bursts of about
- * half its 64 files, so a burst is one call; several calls are in flight
- * while it renders what came back.
+ * Blobs per `Read` call. A NAR renderer reads ahead in bursts of half its
+ * 256 files, so a burst is one call; the next is in flight while it
+ * renders what came back.
  */
-export const READ_BATCH_BLOBS = 64;
+export const READ_BATCH_BLOBS = 128;
 
 /** A `Read` call is sent once the sizes of its blobs reach this many bytes. */
 export const READ_BATCH_BYTES = 4 * 1024 * 1024;
