@@ -2,8 +2,10 @@ import { zstdCompressSync, zstdDecompressSync } from "node:zlib";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import {
   decodeSmallFrame,
+  encodeSmallFrame,
   SMALL_FRAME_MAX,
   smallFrameDecoderAvailable,
+  smallFrameEncoderAvailable,
   SmallFrameError,
 } from "../../src/castore/blob/zstd_small.ts";
 import { decodeChunkSync } from "../../src/castore/blob/chunk_codec.ts";
@@ -15,9 +17,30 @@ const text = (n: number) =>
   new Uint8Array(n).map((_, i) => "/nix/store/abc-hello/share\n".charCodeAt(i % 27));
 const frame = (data: Uint8Array) => new Uint8Array(zstdCompressSync(data));
 
-Deno.test("zstd_small: the reused context is in use on this Deno", () => {
-  // If node:zlib's internals change, reads stay right but slow: this says so.
-  assert(smallFrameDecoderAvailable(), "reused zstd context unavailable");
+Deno.test("zstd_small: the reused contexts are in use on this Deno", () => {
+  // If node:zlib's internals change, reads and writes stay right but slow: this says so.
+  assert(smallFrameDecoderAvailable(), "reused zstd decompression context unavailable");
+  assert(smallFrameEncoderAvailable(), "reused zstd compression context unavailable");
+});
+
+Deno.test("zstd_small: reused compression gives frames that decode to the input, at each level", () => {
+  for (const level of [1, 3, 1]) {
+    for (const n of [1, 100, 4096, 30_000, SMALL_FRAME_MAX]) {
+      for (const data of [text(n), F.pseudoRandom(n, n + 7)]) {
+        const f = encodeSmallFrame(data, level);
+        assert(f, `${n} bytes at level ${level} encoded`);
+        assertEquals(f.byteLength, f.buffer.byteLength, "a buffer of its own");
+        assertEquals(new Uint8Array(zstdDecompressSync(f)), data, `${n} bytes, level ${level}`);
+        assertEquals(decodeSmallFrame(f, n), data, "the small-frame decoder reads it too");
+      }
+    }
+  }
+  // The level is applied: text shrinks more at 3 than at 1, as with zstdCompressSync.
+  const sample = text(60_000);
+  assert(encodeSmallFrame(sample, 3)!.length <= encodeSmallFrame(sample, 1)!.length);
+  // Out of range: left to zstdCompressSync.
+  assertEquals(encodeSmallFrame(new Uint8Array(0), 3), undefined);
+  assertEquals(encodeSmallFrame(text(SMALL_FRAME_MAX + 1), 3), undefined);
 });
 
 Deno.test("zstd_small: decodes like zstdDecompressSync, for any size up to the limit", () => {

@@ -19,7 +19,7 @@ import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
-import { decodeSmallFrame } from "./zstd_small.ts";
+import { decodeSmallFrame, encodeSmallFrame } from "./zstd_small.ts";
 
 /**
  * zstd level of chunk objects. Any level decodes the same way, so this only
@@ -92,7 +92,9 @@ export function compressionPays(size: number, frameLength: number): boolean {
 }
 
 const ZSTD_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: ZSTD_LEVEL } };
-const SAMPLE_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: 1 } };
+/** The zstd level of {@linkcode looksIncompressible}'s samples. */
+const SAMPLE_LEVEL = 1;
+const SAMPLE_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: SAMPLE_LEVEL } };
 
 /** Bytes of each sample {@linkcode looksIncompressible} compresses. */
 export const SAMPLE_SIZE = 4096;
@@ -118,7 +120,8 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
   const starts = [0, (chunk.length - SAMPLE_SIZE) >> 1, chunk.length - SAMPLE_SIZE];
   return starts.every((at) => {
     const sample = chunk.subarray(at, at + SAMPLE_SIZE);
-    const frame = zstdCompressSync(sample, compressOptions(SAMPLE_SIZE, SAMPLE_PARAMS));
+    const frame = encodeSmallFrame(sample, SAMPLE_LEVEL) ??
+      zstdCompressSync(sample, compressOptions(SAMPLE_SIZE, SAMPLE_PARAMS));
     return !compressionPays(SAMPLE_SIZE, frame.length);
   });
 }
@@ -214,7 +217,8 @@ export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChu
   return encoded(
     chunk,
     blake3(chunk),
-    zstdCompressSync(chunk, compressOptions(chunk.length)),
+    // A small chunk through this thread's reused context (zstd_small.ts).
+    encodeSmallFrame(chunk, ZSTD_LEVEL) ?? zstdCompressSync(chunk, compressOptions(chunk.length)),
     allowRaw,
   );
 }
