@@ -51,8 +51,12 @@ export const SMALL_BLOB_SERVICE_NAME = "tvix_ts.castore.v1.SmallBlobService";
  */
 export const MAX_SMALL_BLOBS_PER_CALL = 65_536;
 
-/** Most blobs one `Read` call may name. */
-export const MAX_SMALL_BLOB_READS = 1024;
+/**
+ * Most blobs one `Read` call may name. Each costs the daemon a read of up
+ * to about 1 MiB even when it is answered `TOO_LARGE`, so a call costs at
+ * most what this many upstream `Read` calls that nobody reads would.
+ */
+export const MAX_SMALL_BLOB_READS = 128;
 
 /**
  * Largest blob a `Read` call returns; a larger one is answered with

@@ -8,7 +8,7 @@
  */
 import type { handleClientStreamingCall, handleServerStreamingCall } from "@grpc/grpc-js";
 import type { BlobService } from "../castore/blob/service.ts";
-import { B3_LEN, concatBytes, type Digest } from "../castore/digest.ts";
+import { B3_LEN, bytesEqual, concatBytes, type Digest, EMPTY_DIGEST } from "../castore/digest.ts";
 import { JobSet } from "../concurrency.ts";
 import { clientStreamHandler, receiveAll, serverStreamHandler } from "../grpc/server_call.ts";
 import {
@@ -25,7 +25,7 @@ import {
 } from "../grpc/small_blobs.ts";
 import { Code, RpcError } from "../grpc/status.ts";
 import { releaseReceivedMessage } from "../grpc/received_message.ts";
-import { checkChunkSize, MAX_PUT_MESSAGE_BYTES, uploadError } from "./blob_handler.ts";
+import { checkChunkSize, MAX_PUT_MESSAGE_BYTES, STALL_MS, uploadError } from "./blob_handler.ts";
 
 /**
  * Blobs of one call stored at once. Enough to keep the backend's chunk
@@ -38,7 +38,9 @@ const STORES_IN_FLIGHT = 16;
  * Blobs of one `Read` call being read at once, ahead of the one being
  * sent. Opened together, a pack store looks them up and reads them
  * together (`PackBlobService.#readSingles`); at most this many blobs of
- * up to {@linkcode MAX_SMALL_BLOB_READ_BYTES} each are held per call.
+ * up to {@linkcode MAX_SMALL_BLOB_READ_BYTES} each, and the message being
+ * sent, are held per call (and only the message once the client has not
+ * read for `STALL_MS`).
  */
 const READS_AHEAD = 16;
 
@@ -117,6 +119,7 @@ export function smallBlobHandler(
         if (digests.some((d) => d.length !== B3_LEN)) {
           throw new RpcError(Code.INVALID_ARGUMENT, "invalid digest length");
         }
+        // Blobs being read, ahead of the next message: digests[next - reads.length] up to next.
         const reads: BlobRead[] = [];
         let next = 0;
         // Opened in one synchronous run, so the backend sees them together.
@@ -125,20 +128,38 @@ export function smallBlobHandler(
             reads.push(new BlobRead(blob, digests[next++]));
           }
         };
-        readAhead();
-        while (reads.length > 0) {
+        // A client that stops reading should not pin the read-ahead (up to
+        // READS_AHEAD blobs of 1 MiB) for as long as it likes: after STALL_MS
+        // it is dropped, and read again once the client reads on.
+        const park = () => {
+          next -= reads.length;
+          reads.length = 0;
+        };
+        while (reads.length > 0 || next < digests.length) {
+          if (reads.length === 0) readAhead();
           // The next blob, and after it those already read, up to a message's worth.
-          const blobs = [await reads[0].contents];
-          let bytes = blobs[0].data.length;
-          reads.shift();
-          while (reads.length > 0 && reads[0].done && bytes < READ_RESPONSE_BYTES) {
-            const contents = await reads.shift()!.contents;
+          const blobs: SmallBlobContents[] = [];
+          let bytes = 0;
+          do {
+            const read = reads.shift()!;
+            let contents: SmallBlobContents;
+            try {
+              contents = await read.contents;
+            } catch (err) {
+              if (blobs.length === 0) throw err;
+              // The blobs before it are good: they go out first, then this
+              // one fails the call, as `BlobService.Read` of it would.
+              reads.unshift(read);
+              break;
+            }
             blobs.push(contents);
             bytes += contents.data.length;
-          }
+          } while (reads.length > 0 && reads[0].done && bytes < READ_RESPONSE_BYTES);
           if (reads.length <= READS_AHEAD / 2) readAhead();
+          const stall = setTimeout(park, STALL_MS);
+          const open = await send({ blobs }).finally(() => clearTimeout(stall));
           // A client gone: what was read ahead is dropped with the call.
-          if (!await send({ blobs })) return;
+          if (!open) return;
         }
       },
     ),
@@ -167,8 +188,15 @@ class BlobRead {
  * call, with the status `BlobService.Read` would give.
  */
 async function readWhole(blob: BlobService, digest: Digest): Promise<SmallBlobContents> {
+  const absent = { data: new Uint8Array(0), outcome: SmallBlobOutcome.NOT_FOUND };
+  // Some backends can always read the empty blob; `Read` answers by whether it was stored.
+  if (bytesEqual(digest, EMPTY_DIGEST)) {
+    return await blob.chunks(digest)
+      ? { data: new Uint8Array(0), outcome: SmallBlobOutcome.FOUND }
+      : absent;
+  }
   const reader = await blob.openRead(digest);
-  if (!reader) return { data: new Uint8Array(0), outcome: SmallBlobOutcome.NOT_FOUND };
+  if (!reader) return absent;
   const pieces: Uint8Array[] = [];
   let length = 0;
   for await (const piece of reader) {

@@ -10,6 +10,7 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { blake3 } from "../../src/castore/digest.ts";
+import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
 import { Code } from "../../src/grpc/status.ts";
 import { BlobChunk } from "../../src/proto/tvix/castore/protos/rpc_blobstore.ts";
 import { embeddedAddrs, type ServiceAddrs } from "../../src/store/services.ts";
@@ -26,8 +27,11 @@ import {
   type ReadPathTree,
 } from "./fixture.ts";
 
-/** Index of the damaged small file: far past the renderer's first read-ahead window. */
-const BAD_SMALL = 150;
+/**
+ * Index of the damaged small file: past the renderer's first read-ahead
+ * window (256 files), so it is met in a later burst of read-ahead.
+ */
+const BAD_SMALL = 450;
 
 /** What a download got: its status, the bytes before it ended, and whether it was cut. */
 async function download(url: string, range?: string) {
@@ -49,7 +53,7 @@ function isPrefix(got: Uint8Array, of: Uint8Array): boolean {
   return got.length <= of.length && got.every((b, i) => b === of[i]);
 }
 
-/** The damaged tree: chunk 8 of big.bin (raw), its last chunk (zstd) and small file 150. */
+/** The damaged tree: chunk 8 of big.bin (raw), its last chunk (zstd) and small file 450. */
 async function damagedTree(): Promise<ReadPathTree & { bigDigest: Uint8Array }> {
   const t = await importedTree();
   const chunks = chunksOf(t.big);
@@ -137,6 +141,34 @@ Deno.test("a damaged chunk fails the daemon's binary cache, the bridge over it a
     const fine = await calls.blobReadOk(blake3(t.small[BAD_SMALL - 1]));
     assertEquals(fine.length, 1);
     assertEquals(fine[0], t.small[BAD_SMALL - 1]);
+
+    // Our client reads the damaged file with its neighbours in one batch
+    // call (SmallBlobService.Read): only the damaged one fails.
+    const client = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
+    try {
+      const around = [-3, -2, -1, 0, 1, 2, 3].map((d) => t.small[BAD_SMALL + d]);
+      const results = await Promise.allSettled(around.map(async (data) => {
+        const reader = await client.openRead(blake3(data), 0, data.length);
+        const parts: Uint8Array[] = [];
+        for await (const p of reader!) parts.push(p);
+        return parts;
+      }));
+      for (const [i, r] of results.entries()) {
+        if (i === 3) {
+          assert(r.status === "rejected", "the damaged file must fail");
+          assert(/DATA_LOSS/.test(String(r.reason)), String(r.reason));
+        } else {
+          assert(
+            r.status === "fulfilled",
+            `neighbour ${i - 3}: ${(r as PromiseRejectedResult).reason}`,
+          );
+          assertEquals(r.value.length, 1);
+          assertEquals(r.value[0], around[i]);
+        }
+      }
+    } finally {
+      await client.close();
+    }
   } catch (err) {
     console.error(daemon.log());
     throw err;

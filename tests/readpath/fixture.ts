@@ -16,7 +16,7 @@ import { pseudoRandom } from "../fixtures.ts";
 import { assert } from "../assert.ts";
 
 /** Files of the many-small-files part of the tree. */
-export const SMALL_FILES = 200;
+export const SMALL_FILES = 600;
 
 /** An imported tree and what to compare reads against. */
 export interface ReadPathTree {

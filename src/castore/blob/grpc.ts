@@ -261,6 +261,7 @@ export class GrpcBlobService implements BlobService {
   /** Releases this backend's hold on the shared channel. */
   close(): Promise<void> {
     this.#batcher.flush();
+    this.#reader.flush();
     this.#lease.release();
     return Promise.resolve();
   }

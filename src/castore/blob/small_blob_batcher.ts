@@ -174,8 +174,10 @@ interface PendingRead {
  * a directory) go out together at the next microtask checkpoint, in calls
  * of up to {@linkcode READ_BATCH_BLOBS} blobs or {@linkcode READ_BATCH_BYTES}.
  * Every blob is checked against its digest before it is handed out; one
- * that arrives wrong fails its own read only. Against a server without the
- * extension (UNIMPLEMENTED) every read goes to `fallback` from then on.
+ * that arrives wrong fails its own read only, and so does one the server
+ * cannot read (DATA_LOSS: the rest of its call is read one by one). Against
+ * a server without the extension (UNIMPLEMENTED) every read goes to
+ * `fallback` from then on.
  */
 export class SmallBlobReader {
   readonly #client: SmallBlobClient;
@@ -217,13 +219,22 @@ export class SmallBlobReader {
     const batch = this.#batch;
     this.#batch = [];
     this.#bytes = 0;
-    if (batch.length > 0) this.#call(batch);
+    if (batch.length === 0) return;
+    this.#call(batch).catch((err) => {
+      for (const p of batch) p.reject(err); // those still waiting; settled ones ignore it
+    });
+  }
+
+  /** Sends what is gathered now (before the channel closes). */
+  flush(): void {
+    this.#send();
   }
 
   async #call(batch: PendingRead[]): Promise<void> {
-    const call = this.#client.read({ digests: batch.map((p) => p.digest) });
     let answered = 0;
     try {
+      // Inside the try: on a closed channel grpc-js throws right here.
+      const call = this.#client.read({ digests: batch.map((p) => p.digest) });
       for await (const { blobs } of call as AsyncIterable<ReadSmallBlobsResponse>) {
         for (const contents of blobs) {
           const pending = batch[answered++];
@@ -245,9 +256,14 @@ export class SmallBlobReader {
       }
     } catch (err) {
       const rest = batch.slice(answered);
-      if ((err as grpc.ServiceError).code === grpc.status.UNIMPLEMENTED) {
+      const code = (err as grpc.ServiceError).code;
+      if (code === grpc.status.UNIMPLEMENTED) {
         // An upstream server: read these and every later blob one by one.
         this.#unsupported = true;
+      }
+      if (code === grpc.status.UNIMPLEMENTED || code === grpc.status.DATA_LOSS) {
+        // DATA_LOSS: one blob could not be read (the server sent those before
+        // it). The others are fine: read one by one, only it fails again.
         for (const p of rest) this.#fallback(p.digest, p.size).then(p.resolve, p.reject);
         return;
       }
