@@ -80,15 +80,21 @@ export interface PutSmallBlobsResponse {
   digests: Uint8Array[];
 }
 
-/** Encodes a response. */
-export function encodePutSmallBlobsResponse(res: PutSmallBlobsResponse): Uint8Array {
+/**
+ * A message whose only field is `repeated bytes digests = 1`, which both
+ * the `Put` response and the `Read` request are.
+ */
+interface DigestList {
+  digests: Uint8Array[];
+}
+
+function encodeDigestList(msg: DigestList): Uint8Array {
   const w = new BinaryWriter();
-  for (const d of res.digests) w.uint32(10).bytes(d);
+  for (const d of msg.digests) w.uint32(10).bytes(d);
   return w.finish();
 }
 
-/** Decodes a response; unknown fields are skipped. */
-export function decodePutSmallBlobsResponse(buf: Uint8Array): PutSmallBlobsResponse {
+function decodeDigestList(buf: Uint8Array): DigestList {
   const r = new BinaryReader(buf);
   const digests: Uint8Array[] = [];
   while (r.pos < r.len) {
@@ -97,6 +103,16 @@ export function decodePutSmallBlobsResponse(buf: Uint8Array): PutSmallBlobsRespo
     else r.skip(wireType);
   }
   return { digests };
+}
+
+/** Encodes a `Put` response. */
+export function encodePutSmallBlobsResponse(res: PutSmallBlobsResponse): Uint8Array {
+  return encodeDigestList(res);
+}
+
+/** Decodes a `Put` response; unknown fields are skipped. */
+export function decodePutSmallBlobsResponse(buf: Uint8Array): PutSmallBlobsResponse {
+  return decodeDigestList(buf);
 }
 
 /** Decodes a request message; unknown fields are skipped. */
@@ -139,14 +155,12 @@ export interface ReadSmallBlobsResponse {
 
 /** Encodes a `Read` request. */
 export function encodeReadSmallBlobsRequest(req: ReadSmallBlobsRequest): Uint8Array {
-  const w = new BinaryWriter();
-  for (const d of req.digests) w.uint32(10).bytes(d);
-  return w.finish();
+  return encodeDigestList(req);
 }
 
 /** Decodes a `Read` request; unknown fields are skipped. */
 export function decodeReadSmallBlobsRequest(buf: Uint8Array): ReadSmallBlobsRequest {
-  return { digests: decodePutSmallBlobsResponse(buf).digests };
+  return decodeDigestList(buf);
 }
 
 /** Bytes of `value` as a protobuf varint (lengths: below 2^32). */

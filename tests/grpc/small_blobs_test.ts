@@ -24,6 +24,28 @@ import { sampleValue, scrape } from "../prometheus.ts";
 import { startDaemon } from "./daemon_harness.ts";
 import { memoryServices, startServer } from "./client_harness.ts";
 
+/**
+ * Runs `body` against a daemon process with a raw client of the
+ * extension, which sends and accepts messages of any size.
+ */
+async function withRawClient(
+  body: (daemon: { address: string }, client: RawClient) => Promise<void>,
+): Promise<void> {
+  const home = await Deno.makeTempDir();
+  const daemon = await startDaemon({ home });
+  const client = new SmallBlobClient(daemon.address, grpc.credentials.createInsecure(), {
+    "grpc.max_send_message_length": -1,
+    "grpc.max_receive_message_length": -1,
+  }) as unknown as RawClient;
+  try {
+    await body(daemon, client);
+  } finally {
+    client.close();
+    await daemon.stop();
+    await Deno.remove(home, { recursive: true });
+  }
+}
+
 const SmallBlobClient = grpc.makeGenericClientConstructor(
   smallBlobServiceDefinition,
   SMALL_BLOB_SERVICE_NAME,
@@ -176,126 +198,106 @@ Deno.test({
   name: "small blobs: the daemon refuses an oversized message and survives a cancelled call",
   sanitizeResources: false,
   sanitizeOps: false,
-}, async () => {
-  const home = await Deno.makeTempDir();
-  const daemon = await startDaemon({ home });
-  const client = new SmallBlobClient(
-    daemon.address,
-    grpc.credentials.createInsecure(),
-    { "grpc.max_send_message_length": -1 },
-  ) as unknown as RawClient;
-  const putAll = (blobs: Uint8Array[], cancelAfter?: number) =>
-    new Promise<PutSmallBlobsResponse>((resolve, reject) => {
-      const call = client.put((err, res) => (err ? reject(err) : resolve(res)));
-      call.on("error", () => {});
-      for (const [i, data] of blobs.entries()) {
-        if (i === cancelAfter) return call.cancel();
-        call.write({ data });
+}, () =>
+  withRawClient(async (daemon, client) => {
+    const putAll = (blobs: Uint8Array[], cancelAfter?: number) =>
+      new Promise<PutSmallBlobsResponse>((resolve, reject) => {
+        const call = client.put((err, res) => (err ? reject(err) : resolve(res)));
+        call.on("error", () => {});
+        for (const [i, data] of blobs.entries()) {
+          if (i === cancelAfter) return call.cancel();
+          call.write({ data });
+        }
+        call.end();
+      });
+    {
+      const ok = [blobBytes(1, 10), new Uint8Array(0), blobBytes(2, 5000)];
+      const res = await putAll(ok);
+      assertEquals(res.digests.map(toHex), ok.map((d) => toHex(blake3(d))));
+
+      const tooBig = putAll([blobBytes(3, 100), blobBytes(4, 4 * 1024 * 1024 + 1)]);
+      const err = await tooBig.then(() => undefined, (e: grpc.ServiceError) => e);
+      assertEquals(err?.code, grpc.status.RESOURCE_EXHAUSTED, String(err?.details));
+
+      const cancelled = await putAll([blobBytes(5, 100), blobBytes(6, 100)], 1).then(
+        () => undefined,
+        (e: grpc.ServiceError) => e,
+      );
+      assertEquals(cancelled?.code, grpc.status.CANCELLED);
+
+      // Still serving, and the earlier blobs are readable through the upstream service.
+      const again = await putAll([blobBytes(7, 64)]);
+      assertEquals(toHex(again.digests[0]), toHex(blake3(blobBytes(7, 64))));
+      const service = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
+      try {
+        assertEquals(await readAll(service, res.digests[2]), ok[2]);
+      } finally {
+        await service.close();
       }
-      call.end();
-    });
-  try {
-    const ok = [blobBytes(1, 10), new Uint8Array(0), blobBytes(2, 5000)];
-    const res = await putAll(ok);
-    assertEquals(res.digests.map(toHex), ok.map((d) => toHex(blake3(d))));
-
-    const tooBig = putAll([blobBytes(3, 100), blobBytes(4, 4 * 1024 * 1024 + 1)]);
-    const err = await tooBig.then(() => undefined, (e: grpc.ServiceError) => e);
-    assertEquals(err?.code, grpc.status.RESOURCE_EXHAUSTED, String(err?.details));
-
-    const cancelled = await putAll([blobBytes(5, 100), blobBytes(6, 100)], 1).then(
-      () => undefined,
-      (e: grpc.ServiceError) => e,
-    );
-    assertEquals(cancelled?.code, grpc.status.CANCELLED);
-
-    // Still serving, and the earlier blobs are readable through the upstream service.
-    const again = await putAll([blobBytes(7, 64)]);
-    assertEquals(toHex(again.digests[0]), toHex(blake3(blobBytes(7, 64))));
-    const service = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
-    try {
-      assertEquals(await readAll(service, res.digests[2]), ok[2]);
-    } finally {
-      await service.close();
     }
-  } finally {
-    client.close();
-    await daemon.stop();
-    await Deno.remove(home, { recursive: true });
-  }
-});
+  }));
 
 Deno.test({
   name: "small blobs: a daemon answers batched reads blob by blob and refuses bad requests",
   sanitizeResources: false,
   sanitizeOps: false,
-}, async () => {
-  const home = await Deno.makeTempDir();
-  const daemon = await startDaemon({ home });
-  const client = new SmallBlobClient(
-    daemon.address,
-    grpc.credentials.createInsecure(),
-    { "grpc.max_receive_message_length": -1 },
-  ) as unknown as RawClient;
-  const readAll = (digests: Uint8Array[]) =>
-    new Promise<ReadSmallBlobsResponse[]>((resolve, reject) => {
-      const messages: ReadSmallBlobsResponse[] = [];
-      const call = client.read({ digests });
-      call.on("data", (m: ReadSmallBlobsResponse) => messages.push(m));
-      call.on("error", reject);
-      call.on("end", () => resolve(messages));
-    });
-  try {
-    const small = blobBytes(1, 5000);
-    const large = blobBytes(2, MAX_SMALL_BLOB_READ_BYTES + 1);
-    const service = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
-    try {
-      for (const data of [small, large, new Uint8Array(0)]) {
-        const w = service.openWrite();
-        await w.write(data);
-        await w.close();
+}, () =>
+  withRawClient(async (daemon, client) => {
+    const readAll = (digests: Uint8Array[]) =>
+      new Promise<ReadSmallBlobsResponse[]>((resolve, reject) => {
+        const messages: ReadSmallBlobsResponse[] = [];
+        const call = client.read({ digests });
+        call.on("data", (m: ReadSmallBlobsResponse) => messages.push(m));
+        call.on("error", reject);
+        call.on("end", () => resolve(messages));
+      });
+    {
+      const small = blobBytes(1, 5000);
+      const large = blobBytes(2, MAX_SMALL_BLOB_READ_BYTES + 1);
+      const service = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
+      try {
+        for (const data of [small, large, new Uint8Array(0)]) {
+          const w = service.openWrite();
+          await w.write(data);
+          await w.close();
+        }
+      } finally {
+        await service.close();
       }
-    } finally {
-      await service.close();
+      const absent = blake3(blobBytes(3, 10));
+      const asked = [small, absent, large, new Uint8Array(0), small].map((d) =>
+        d === absent ? absent : blake3(d)
+      );
+      const blobs = (await readAll(asked)).flatMap((m) => m.blobs);
+      assertEquals(blobs.map((b) => b.outcome), [
+        SmallBlobOutcome.FOUND,
+        SmallBlobOutcome.NOT_FOUND,
+        SmallBlobOutcome.TOO_LARGE,
+        SmallBlobOutcome.FOUND,
+        SmallBlobOutcome.FOUND,
+      ]);
+      assertEquals(blobs.map((b) => b.data.length), [5000, 0, 0, 0, 5000]);
+      assertEquals(toHex(blake3(blobs[4].data)), toHex(blake3(small)));
+
+      const refused = (digests: Uint8Array[]) =>
+        readAll(digests).then(() => undefined, (e: grpc.ServiceError) => e);
+      const badDigest = await refused([blake3(small), new Uint8Array(31)]);
+      assertEquals(badDigest?.code, grpc.status.INVALID_ARGUMENT, String(badDigest?.details));
+      const tooMany = await refused(new Array(MAX_SMALL_BLOB_READS + 1).fill(blake3(small)));
+      assertEquals(tooMany?.code, grpc.status.INVALID_ARGUMENT, String(tooMany?.details));
+
+      // A call abandoned after its first message leaves the daemon serving.
+      await new Promise<void>((resolve) => {
+        const call = client.read({ digests: new Array(MAX_SMALL_BLOB_READS).fill(blake3(small)) });
+        call.on("error", (err) => {
+          if ((err as grpc.ServiceError).code !== grpc.status.CANCELLED) throw err;
+        });
+        call.once("data", () => {
+          call.cancel();
+          resolve();
+        });
+      });
+      const again = (await readAll([blake3(small)])).flatMap((m) => m.blobs);
+      assertEquals(toHex(blake3(again[0].data)), toHex(blake3(small)));
     }
-    const absent = blake3(blobBytes(3, 10));
-    const asked = [small, absent, large, new Uint8Array(0), small].map((d) =>
-      d === absent ? absent : blake3(d)
-    );
-    const blobs = (await readAll(asked)).flatMap((m) => m.blobs);
-    assertEquals(blobs.map((b) => b.outcome), [
-      SmallBlobOutcome.FOUND,
-      SmallBlobOutcome.NOT_FOUND,
-      SmallBlobOutcome.TOO_LARGE,
-      SmallBlobOutcome.FOUND,
-      SmallBlobOutcome.FOUND,
-    ]);
-    assertEquals(blobs.map((b) => b.data.length), [5000, 0, 0, 0, 5000]);
-    assertEquals(toHex(blake3(blobs[4].data)), toHex(blake3(small)));
-
-    const refused = (digests: Uint8Array[]) =>
-      readAll(digests).then(() => undefined, (e: grpc.ServiceError) => e);
-    const badDigest = await refused([blake3(small), new Uint8Array(31)]);
-    assertEquals(badDigest?.code, grpc.status.INVALID_ARGUMENT, String(badDigest?.details));
-    const tooMany = await refused(new Array(MAX_SMALL_BLOB_READS + 1).fill(blake3(small)));
-    assertEquals(tooMany?.code, grpc.status.INVALID_ARGUMENT, String(tooMany?.details));
-
-    // A call abandoned after its first message leaves the daemon serving.
-    await new Promise<void>((resolve) => {
-      const call = client.read({ digests: new Array(MAX_SMALL_BLOB_READS).fill(blake3(small)) });
-      call.on("error", (err) => {
-        if ((err as grpc.ServiceError).code !== grpc.status.CANCELLED) throw err;
-      });
-      call.once("data", () => {
-        call.cancel();
-        resolve();
-      });
-    });
-    const again = (await readAll([blake3(small)])).flatMap((m) => m.blobs);
-    assertEquals(toHex(blake3(again[0].data)), toHex(blake3(small)));
-  } finally {
-    client.close();
-    await daemon.stop();
-    await Deno.remove(home, { recursive: true });
-  }
-});
+  }));
