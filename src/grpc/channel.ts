@@ -8,6 +8,7 @@
  */
 import "./h2_goaway_workaround.ts";
 import "./h2_quiet_end.ts";
+import "./h2_write_batching.ts";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";

@@ -11,6 +11,7 @@
 import "../grpc/h2_goaway_workaround.ts";
 import "../grpc/h2_quiet_end.ts";
 import "../grpc/h2_server_window.ts";
+import "../grpc/h2_write_batching.ts";
 import * as grpc from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
