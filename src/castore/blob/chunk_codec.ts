@@ -57,8 +57,8 @@ export const INLINE_LIMIT = 64 * 1024;
  * Worker's latency is hidden, while compressing them inline made zstd the
  * largest cost on the writer's thread. It was 4 KiB until small chunks got
  * a reused zstd context (zstd_small.ts); at 16 KiB, an import of the
- * 509 MiB benchmark tree through a daemon took 4.5-5.1 s against 4.8-6.7 s
- * (six interleaved pairs, wall time, the machine otherwise idle).
+ * 509 MiB benchmark tree through a daemon took 4.5-4.9 s against 4.8-6.7 s
+ * at 4 KiB (four interleaved pairs, wall time, the machine otherwise idle).
  */
 export const ENCODE_INLINE_LIMIT = 16 * 1024;
 
