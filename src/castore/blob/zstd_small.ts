@@ -42,6 +42,7 @@ interface ZlibHandle {
   ): void;
 }
 interface ZlibInternals {
+  close?(): void;
   _handle?: ZlibHandle;
   /** After `writeSync`: output bytes left free, input bytes left unread. */
   _writeState?: Uint32Array;
@@ -51,6 +52,18 @@ interface ZlibInternals {
 interface Context {
   handle: ZlibHandle;
   state: Uint32Array;
+  /** The stream the handle belongs to: closed when the context is dropped. */
+  engine: ZlibInternals;
+}
+
+/** Frees a context that is no longer used (one that failed), instead of leaving it to the collector. */
+function drop(ctx: Context | undefined): undefined {
+  try {
+    ctx?.engine.close?.();
+  } catch {
+    // Closing is only to free memory early.
+  }
+  return undefined;
 }
 
 /** A reusable context of `engine`; `undefined` where the internals are not as expected. */
@@ -63,7 +76,7 @@ function contextOf(engine: ZlibInternals): Context | undefined {
   ) {
     return undefined;
   }
-  return { handle, state };
+  return { handle, state, engine };
 }
 
 function newContext(): Context | undefined {
@@ -135,17 +148,17 @@ export function decodeSmallFrame(
     ({ read, written } = runFrame(context, frame, scratch.subarray(0, size + 1)));
   } catch (err) {
     // A context that failed may keep its error: the next call gets a fresh one.
-    context = undefined;
+    context = drop(context);
     throw new SmallFrameError(err instanceof Error ? err.message : String(err));
   }
   if (read !== frame.length) {
     // Input left over (bytes after the frame, more than listed, or a
     // context that stopped): zstdDecompressSync gives the answer instead.
-    context = undefined;
+    context = drop(context);
     return undefined;
   }
   if (written !== size) {
-    context = undefined;
+    context = drop(context);
     throw new SmallFrameError(`frame holds ${written} bytes or more, expected ${size}`);
   }
   return scratch.slice(0, size);
@@ -171,6 +184,9 @@ function probe(): boolean {
 let available = true;
 available = probe();
 
+/** log2 of the window frames from {@linkcode encodeSmallFrame} declare: 128 KiB, above {@linkcode SMALL_FRAME_MAX}. */
+const WINDOW_LOG = 17;
+
 /** Compression contexts of this thread, by level. */
 const encodeContexts = new Map<number, Context>();
 /** Room for the frame of any input up to {@linkcode SMALL_FRAME_MAX} (zstd's bound is lower). */
@@ -183,7 +199,9 @@ const encodeScratch = new Uint8Array(SMALL_FRAME_MAX + (SMALL_FRAME_MAX >> 7) + 
  * `zstdCompressSync` (the context is unavailable, the size is out of
  * range, the context failed). The frame does not record the content
  * size, which readers of small chunks know from the index and streaming
- * decoders do not need.
+ * decoders do not need; it declares a 128 KiB window. The output buffer
+ * holds zstd's worst case for the input, so a frame is always finished in
+ * one call; room left over after it is the proof.
  */
 export function encodeSmallFrame(
   input: Uint8Array,
@@ -192,7 +210,15 @@ export function encodeSmallFrame(
   if (!encoderAvailable || input.length === 0 || input.length > SMALL_FRAME_MAX) return undefined;
   let ctx = encodeContexts.get(level);
   if (!ctx) {
-    const engine = createZstdCompress({ params: { [zc.ZSTD_c_compressionLevel]: level } });
+    const engine = createZstdCompress({
+      params: {
+        [zc.ZSTD_c_compressionLevel]: level,
+        // Without a size up front, zstd would declare its level's window
+        // (2 MiB at level 3) in every frame, and a streaming decoder would
+        // set that much up per chunk; 128 KiB covers any chunk here.
+        [zc.ZSTD_c_windowLog]: WINDOW_LOG,
+      },
+    });
     ctx = contextOf(engine as unknown as ZlibInternals);
     if (!ctx) return undefined;
     encodeContexts.set(level, ctx);
@@ -206,6 +232,7 @@ export function encodeSmallFrame(
     // Fall through: the one-shot function compresses it, and reports what is wrong.
   }
   // A context that failed or stopped may keep its state: the next call gets a fresh one.
+  drop(ctx);
   encodeContexts.delete(level);
   return undefined;
 }
