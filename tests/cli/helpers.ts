@@ -182,6 +182,19 @@ export function remoteStoreArgs(url: string): string[] {
   });
 }
 
+/**
+ * `deno run` permissions for a CLI run without FFI (read, write, env, net
+ * and sys only), so the code paths for sandboxes without it are taken.
+ */
+export const NO_FFI_PERMISSIONS: readonly string[] = [
+  "--no-prompt",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "--allow-net",
+  "--allow-sys",
+];
+
 /** What {@linkcode tracedImport} saw. */
 export interface TracedImport {
   /** The store path printed. */

@@ -8,19 +8,12 @@ import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { nixOracle } from "../store/tree_gen.ts";
 import { RACY_MS } from "../../src/store/stat_cache.ts";
-import { localStoreArgs, tracedImport } from "./helpers.ts";
+import { localStoreArgs, NO_FFI_PERMISSIONS, tracedImport } from "./helpers.ts";
 
 /** `tracedImport` into the embedded store in `home`, without `--allow-ffi`. */
 function importNoFfi(tree: string, home: string, traceTo: string) {
   return tracedImport(tree, {
-    permissions: [
-      "--no-prompt",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-net",
-      "--allow-sys",
-    ],
+    permissions: [...NO_FFI_PERMISSIONS],
     serviceArgs: localStoreArgs(join(home, "store")),
     cacheHome: join(home, "cache"),
     traceTo,

@@ -12,7 +12,7 @@ import { nixOracle } from "../store/tree_gen.ts";
 import { writeNonUtf8Tree } from "../store/non_utf8_tree.ts";
 import { RACY_MS } from "../../src/store/stat_cache.ts";
 import { startDaemon } from "../grpc/daemon_harness.ts";
-import { childEnv, MAIN, remoteStoreArgs, tracedImport } from "./helpers.ts";
+import { childEnv, MAIN, NO_FFI_PERMISSIONS, remoteStoreArgs, tracedImport } from "./helpers.ts";
 
 const td = new TextDecoder();
 
@@ -80,12 +80,7 @@ Deno.test("without FFI permission, a name that is not UTF-8 fails with an error 
     const out = await new Deno.Command(Deno.execPath(), {
       args: [
         "run",
-        "--no-prompt",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        "--allow-net",
-        "--allow-sys",
+        ...NO_FFI_PERMISSIONS,
         MAIN,
         "import",
         "--no-stat-cache",
