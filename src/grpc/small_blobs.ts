@@ -41,6 +41,7 @@
 import { Buffer } from "node:buffer";
 import type { MethodDefinition, ServiceDefinition } from "@grpc/grpc-js";
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { varintBytes, writeVarint } from "./varint.ts";
 
 /** The fully qualified service name. */
 export const SMALL_BLOB_SERVICE_NAME = "tvix_ts.castore.v1.SmallBlobService";
@@ -161,23 +162,6 @@ export function encodeReadSmallBlobsRequest(req: ReadSmallBlobsRequest): Uint8Ar
 /** Decodes a `Read` request; unknown fields are skipped. */
 export function decodeReadSmallBlobsRequest(buf: Uint8Array): ReadSmallBlobsRequest {
   return decodeDigestList(buf);
-}
-
-/** Bytes of `value` as a protobuf varint (lengths: below 2^32). */
-function varintBytes(value: number): number {
-  let n = 1;
-  for (let v = value >>> 7; v > 0; v >>>= 7) n++;
-  return n;
-}
-
-function writeVarint(out: Uint8Array, at: number, value: number): number {
-  let v = value >>> 0;
-  while (v >= 0x80) {
-    out[at++] = (v & 0x7f) | 0x80;
-    v >>>= 7;
-  }
-  out[at++] = v;
-  return at;
 }
 
 /** Length of an encoded `SmallBlobContents`. */

@@ -26,6 +26,7 @@ import {
   unaryHandler,
 } from "../grpc/server_call.ts";
 import { Code, RpcError } from "../grpc/status.ts";
+import { varintBytes, writeVarint } from "../grpc/varint.ts";
 
 /**
  * Largest `BlobChunk.data` the server sends. 1 MiB keeps per-message
@@ -259,16 +260,9 @@ class BlobMessages {
   }
 }
 
-/** Bytes of the field header (tag and length) before `length` bytes of `BlobChunk.data`. */
-function dataHeaderBytes(length: number): number {
-  let varint = 1;
-  for (let rest = length; rest >= 0x80; rest = Math.floor(rest / 0x80)) varint++;
-  return 1 + varint;
-}
-
-/** Length of a `BlobChunk` message whose `data` has `length` bytes. */
+/** Length of a `BlobChunk` message whose `data` has `length` bytes (tag, length, data). */
 function blobChunkMessageBytes(length: number): number {
-  return length === 0 ? 0 : dataHeaderBytes(length) + length;
+  return length === 0 ? 0 : 1 + varintBytes(length) + length;
 }
 
 /** Room for the largest Read response: its data and the field header. */
@@ -292,16 +286,8 @@ function serializeBlobChunk(message: BlobChunk): Buffer {
   const size = blobChunkMessageBytes(data.length);
   const out = size <= SCRATCH_BYTES ? scratch.subarray(0, size) : Buffer.allocUnsafe(size);
   if (data.length === 0) return out;
-  let at = 0;
-  out[at++] = 0x0a; // field 1, length-delimited
-  for (let rest = data.length;; rest = Math.floor(rest / 0x80)) {
-    if (rest < 0x80) {
-      out[at++] = rest;
-      break;
-    }
-    out[at++] = (rest & 0x7f) | 0x80;
-  }
-  out.set(data, at);
+  out[0] = 0x0a; // field 1, length-delimited
+  out.set(data, writeVarint(out, 1, data.length));
   return out;
 }
 

@@ -45,6 +45,7 @@ import {
   unary,
 } from "../../grpc/channel.ts";
 import { releaseReceivedMessage } from "../../grpc/received_message.ts";
+import { varintBytes, writeVarint } from "../../grpc/varint.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import { LoadingCache } from "../../loading_cache.ts";
 import {
@@ -397,17 +398,9 @@ const FIELD_HEADER_ROOM = 6;
 
 /** Writes the header of field 1 (`data`, length-delimited) of `length` bytes ending at `end`. */
 function writeDataHeader(buf: Uint8Array, end: number, length: number): number {
-  let varint = 1;
-  for (let v = length >>> 7; v > 0; v >>>= 7) varint++;
-  const start = end - varint - 1;
-  let at = start;
-  buf[at++] = 0x0a; // field 1, wire type 2 (length-delimited)
-  let v = length;
-  while (v >= 0x80) {
-    buf[at++] = (v & 0x7f) | 0x80;
-    v >>>= 7;
-  }
-  buf[at] = v;
+  const start = end - varintBytes(length) - 1;
+  buf[start] = 0x0a; // field 1, wire type 2 (length-delimited)
+  writeVarint(buf, start + 1, length);
   return start;
 }
 
