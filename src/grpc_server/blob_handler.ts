@@ -63,7 +63,8 @@ const CHUNKS_AHEAD = 3;
 /** Chunks a Read sends before it starts fetching ahead (see {@linkcode listedChunks}). */
 const WARM_UP_CHUNKS = 2;
 
-function checkDigest(digest: Uint8Array): Digest {
+/** `digest` if it has a BLAKE3 digest's length, else INVALID_ARGUMENT. */
+export function checkDigest(digest: Uint8Array): Digest {
   if (digest.length !== B3_LEN) throw new RpcError(Code.INVALID_ARGUMENT, "invalid digest length");
   return digest;
 }

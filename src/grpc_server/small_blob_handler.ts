@@ -8,7 +8,7 @@
  */
 import type { handleClientStreamingCall, handleServerStreamingCall } from "@grpc/grpc-js";
 import type { BlobService } from "../castore/blob/service.ts";
-import { B3_LEN, bytesEqual, concatBytes, type Digest, EMPTY_DIGEST } from "../castore/digest.ts";
+import { bytesEqual, concatBytes, type Digest, EMPTY_DIGEST } from "../castore/digest.ts";
 import { JobSet } from "../concurrency.ts";
 import { clientStreamHandler, receiveAll, serverStreamHandler } from "../grpc/server_call.ts";
 import {
@@ -25,7 +25,13 @@ import {
 } from "../grpc/small_blobs.ts";
 import { Code, RpcError } from "../grpc/status.ts";
 import { releaseReceivedMessage } from "../grpc/received_message.ts";
-import { checkChunkSize, MAX_PUT_MESSAGE_BYTES, STALL_MS, uploadError } from "./blob_handler.ts";
+import {
+  checkChunkSize,
+  checkDigest,
+  MAX_PUT_MESSAGE_BYTES,
+  STALL_MS,
+  uploadError,
+} from "./blob_handler.ts";
 
 /**
  * Blobs of one call stored at once. Enough to keep the backend's chunk
@@ -116,9 +122,7 @@ export function smallBlobHandler(
             `more than ${MAX_SMALL_BLOB_READS} blobs in one call`,
           );
         }
-        if (digests.some((d) => d.length !== B3_LEN)) {
-          throw new RpcError(Code.INVALID_ARGUMENT, "invalid digest length");
-        }
+        digests.forEach(checkDigest);
         // Blobs being read, ahead of the next message: digests[next - reads.length] up to next.
         const reads: BlobRead[] = [];
         let next = 0;

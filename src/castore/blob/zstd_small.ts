@@ -1,7 +1,7 @@
 /**
  * One zstd decompression context and one compression context per thread,
  * each reused for every small chunk (docs/storage.md#reading-small-chunks,
- * docs/storage.md#compression).
+ * docs/storage.md#chunks-and-compression).
  *
  * `zstdDecompressSync` creates and frees a zstd context per call: ~28 µs in
  * Deno 2.9.6, against ~1 µs to decode a 4 KiB frame with a context reset
