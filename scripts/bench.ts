@@ -6,9 +6,13 @@
  * Usage: `deno run -A scripts/bench.ts [name...]`, where a name selects
  * `scripts/bench_<name>.ts` (default: all).
  *
+ * Each benchmark, and every `tvix-store` process it starts, runs with the
+ * V8 setting the installed command carries ({@linkcode PRODUCT_V8_FLAGS},
+ * through `DENO_V8_FLAGS`); baselines that are not Deno are unaffected.
+ *
  * @module
  */
-import { loadAverage } from "./support.ts";
+import { loadAverage, PRODUCT_V8_FLAGS } from "./support.ts";
 const dir = new URL(".", import.meta.url).pathname;
 const wanted = new Set(Deno.args);
 
@@ -24,10 +28,11 @@ if (benches.length === 0) {
 
 const failed: string[] = [];
 for (const name of benches) {
-  console.log(`\n=== ${name} (load average ${loadAverage()}) ===`);
+  console.log(`\n=== ${name} (load average ${loadAverage()}, V8 ${PRODUCT_V8_FLAGS}) ===`);
   const started = performance.now();
   const { code } = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${dir}${name}`],
+    env: { DENO_V8_FLAGS: PRODUCT_V8_FLAGS },
     stdin: "null",
     stdout: "inherit",
     stderr: "inherit",

@@ -8,6 +8,15 @@
  * @module
  */
 
+/**
+ * The V8 setting `tvix-store` ships with: `deno task start`, `install` and
+ * `compile` pass it as `--v8-flags` (a test holds them to it), and
+ * `deno task bench` hands it to every benchmark and to the processes they
+ * start through `DENO_V8_FLAGS`, so benchmarks measure the command as
+ * installed. Why this value: docs/architecture.md#runtime-settings.
+ */
+export const PRODUCT_V8_FLAGS = "--max-semi-space-size=1";
+
 /** Absolute path of main.ts, for running `tvix-store` as a process. */
 export const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
