@@ -16,6 +16,15 @@
  * - the same import again through that daemon, the tree unchanged.
  * Then NAR rendering from the store vs `nix-store --dump | sha256sum`.
  *
+ * Every side's store is written to a fresh ext4 filesystem made for the
+ * run (a sparse image on a loop device; needs root and mkfs.ext4, else
+ * the stores go to the temporary directory and the output says so). On
+ * an aged filesystem the cost of creating a file depends on its history:
+ * on this project's test machine, whose root ext4 has no journal, ext4
+ * skips inodes freed recently while allocating, and `nix-store --add` of
+ * the mixed tree took 9–12 s in `/tmp` against 1.3 s on a fresh ext4 on
+ * the same disk, which made every ratio against it meaningless.
+ *
  * Prints the median and the spread (min–max) of each side, ratios of
  * medians against nix-store, peak RSS (VmHWM) of importer and daemon, and
  * the load average before and after. The trees are in the page cache for
@@ -185,11 +194,51 @@ async function startDaemon(home: string): Promise<{ url: string; stop(): Promise
   };
 }
 
+/** Size of the sparse image holding the stores: room for one round of every side. */
+const STORE_FS_BYTES = 16 * 1024 * MiB;
+
+/**
+ * A fresh ext4 filesystem from a sparse `image`, mounted at `dir` (see the
+ * module doc), or why one cannot be made here.
+ */
+async function freshFilesystem(
+  image: string,
+  dir: string,
+): Promise<{ unmount(): Promise<void> } | string> {
+  const run = async (cmd: string, ...args: string[]) => {
+    const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output()
+      .catch((err) => ({ success: false, stderr: new TextEncoder().encode(String(err)) }));
+    if (!out.success) throw new Error(`${cmd}: ${new TextDecoder().decode(out.stderr).trim()}`);
+  };
+  try {
+    await Deno.writeFile(image, new Uint8Array(0));
+    await Deno.truncate(image, STORE_FS_BYTES);
+    await run("mkfs.ext4", "-q", "-F", image);
+    await Deno.mkdir(dir, { recursive: true });
+    await run("mount", "-o", "loop", image, dir);
+  } catch (err) {
+    await Deno.remove(image).catch(() => {});
+    return err instanceof Error ? err.message : String(err);
+  }
+  return {
+    async unmount() {
+      await run("umount", dir);
+      await Deno.remove(image);
+    },
+  };
+}
+
 const fmt = (s: number) => `${s.toFixed(2)} s`;
 const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
 
 /** Times every side on `tree`, round by round; prints medians, spreads and ratios. */
-async function benchTree(label: string, tree: string, files: number, bytes: number, tmp: string) {
+async function benchTree(
+  label: string,
+  tree: string,
+  files: number,
+  bytes: number,
+  storesDir: string,
+) {
   console.log(
     `\n${label}: ${files} files, ${(bytes / MiB).toFixed(0)} MiB; load ${loadAverage()}`,
   );
@@ -210,13 +259,13 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
     addrs: string[],
   ) => [Deno.execPath(), "run", "-A", MAIN, "import", ...addrs, tree];
   for (let round = 0; round < ROUNDS; round++) {
-    const nixStore = join(tmp, `nix-${round}`);
+    const nixStore = join(storesDir, `nix-${round}`);
     const n = await timed(["nix-store", "--store", nixStore, "--add", tree]);
     secs.nix.push(n.secs);
     nixPath = n.stdout;
     await Deno.remove(nixStore, { recursive: true }).catch(() => {});
 
-    const store = join(tmp, `direct-${round}`);
+    const store = join(storesDir, `direct-${round}`);
     const d = await timed(importArgs(serviceAddrArgs(embeddedAddrs(store))));
     if (d.stdout !== nixPath) throw new Error(`store paths differ: ${d.stdout} vs ${nixPath}`);
     secs.direct.push(d.secs);
@@ -224,7 +273,7 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
     if (lastStore) await Deno.remove(lastStore, { recursive: true });
     lastStore = store;
 
-    const objects = join(tmp, `objectstore-${round}`);
+    const objects = join(storesDir, `objectstore-${round}`);
     const o = await timed(importArgs(serviceAddrArgs({
       blobServiceAddr: `objectstore+file://${objects}/blobs`,
       directoryServiceAddr: `objectstore+file://${objects}/directories`,
@@ -235,7 +284,7 @@ async function benchTree(label: string, tree: string, files: number, bytes: numb
     importerRss = Math.max(importerRss, o.rssKiB);
     await Deno.remove(objects, { recursive: true });
 
-    const home = join(tmp, `daemon-${round}`);
+    const home = join(storesDir, `daemon-${round}`);
     const daemon = await startDaemon(home);
     try {
       const remote = serviceAddrArgs({
@@ -308,17 +357,26 @@ if (generateOnly) {
 }
 
 const tmp = await Deno.makeTempDir({ prefix: "bench-import-" });
+const storesFs = await freshFilesystem(join(tmp, "stores.img"), join(tmp, "stores"));
 try {
+  const stores = typeof storesFs === "string" ? tmp : join(tmp, "stores");
   console.log(`load ${loadAverage()}, ${navigator.hardwareConcurrency} cores`);
+  console.log(
+    typeof storesFs === "string"
+      ? `stores in ${tmp}, not on a fresh filesystem (${storesFs}): file creation there may ` +
+        `cost what the filesystem's history makes it cost`
+      : `stores on a fresh ext4 filesystem (loop device, ${STORE_FS_BYTES / MiB / 1024} GiB image)`,
+  );
   const mixed = join(tmp, "tree");
   await Deno.mkdir(mixed);
   const m = await generate(mixed, SIZE_MIB);
-  await benchTree(`mixed tree`, mixed, m.files, m.bytes, tmp);
+  await benchTree(`mixed tree`, mixed, m.files, m.bytes, stores);
   await Deno.remove(mixed, { recursive: true });
   const small = join(tmp, "small");
   const sm = await generateSmall(small, SMALL_FILES);
-  await benchTree(`small files`, small, sm.files, sm.bytes, tmp);
+  await benchTree(`small files`, small, sm.files, sm.bytes, stores);
 } finally {
+  if (typeof storesFs !== "string") await storesFs.unmount();
   if (KEEP) console.log(`kept ${tmp}`);
   else await Deno.remove(tmp, { recursive: true });
 }
