@@ -231,3 +231,41 @@ Deno.test("pack: a damaged record among small blobs read together fails only its
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("pack: gc taking a chunk an upload reused fails only what needs it, at its referrer's sync", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-gc-race-" });
+  try {
+    const SHARED = F.pseudoRandom(1024 * 1024, 41); // several chunks
+    const OTHER = F.pseudoRandom(700 * 1024, 42);
+    const writer = new PackBlobService(dir);
+    const shared = await putBlob(writer, SHARED);
+    await writer.sync();
+    await new Promise((r) => setTimeout(r, 20));
+    const cutoff = Date.now();
+    await new Promise((r) => setTimeout(r, 20));
+    // Uploaded again: every chunk is found committed and reused, not written.
+    assertEquals(await putBlob(writer, SHARED), shared);
+    // Another upload, of new bytes, published in the same commit round.
+    const other = await putBlob(writer, OTHER);
+    // Garbage collection in another process: the shared blob was written
+    // before its cutoff and nothing refers to it.
+    const gc = new PackBlobService(dir);
+    const report = await gc.sweep(() => false, { cutoff, dryRun: false });
+    assert(report.removed > 0, "the shared blob's rows went");
+    // The other upload is committed and its referrer may be stored; the
+    // reused one is refused, so nothing refers to missing chunks.
+    await writer.sync([other]);
+    const reader = new PackBlobService(dir);
+    assert(bytesEqual((await readBlob(reader, other))!, OTHER), "the other upload is committed");
+    await assertRejects(() => writer.sync([shared]), StorageError, "garbage collected");
+    await assertRejects(() => writer.sync([other, shared]), StorageError, "garbage collected");
+    assertEquals(await reader.has(shared), false);
+    // Uploaded again, its chunks are written afresh and it is whole.
+    assertEquals(await putBlob(writer, SHARED), shared);
+    await writer.sync([shared]);
+    assert(bytesEqual((await readBlob(reader, shared))!, SHARED));
+    await Promise.all([writer.close(), gc.close(), reader.close()]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

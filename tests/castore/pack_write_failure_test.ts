@@ -43,6 +43,6 @@ Deno.test("a failed write to a pack garbage collection removed leaves the proces
   const r = await runLimited("removed-pack");
   assertMatch(String(r.big), /^failed: StorageError/);
   assertMatch(String(r.sync), /^failed: StorageError/);
-  assertMatch(String(r.sync), /garbage collection/);
+  assertMatch(String(r.sync), /garbage collected/);
   assertEquals(r.unhandled, []);
 });

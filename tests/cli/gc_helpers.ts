@@ -35,7 +35,7 @@ export async function expected(path: string): Promise<{ storePath: string; nar: 
 /** Runs `tvix-store ARGS…`, which must succeed; returns its stdout. */
 export async function ok(args: string[]): Promise<string> {
   const r = await tvixStore(args);
-  assertEquals(r.code, 0, `tvix-store ${args.join(" ")}:\n${r.stderr}`);
+  assertEquals(r.code, 0, `tvix-store ${args.join(" ")}:\n${r.stderr}${r.stdout}`);
   return r.stdout;
 }
 

@@ -86,8 +86,8 @@ export class CacheBlobService implements BlobService {
   }
 
   /** The far store's commit point; the near store is only a cache. */
-  async sync(): Promise<void> {
-    await this.#far.sync?.();
+  async sync(refs?: readonly Digest[]): Promise<void> {
+    await this.#far.sync?.(refs);
   }
 
   /** Commits what was cached and closes both stores. */

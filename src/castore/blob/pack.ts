@@ -50,6 +50,7 @@ import {
   EMPTY_DIGEST,
 } from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { log } from "../../log.ts";
 import { inTransaction, openDatabase, statementsByCount, storageCall } from "../sqlite_db.ts";
 import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
 import { type EncodedChunk, releaseWhole, verifyChunk } from "./chunk_codec.ts";
@@ -248,12 +249,20 @@ export class PackBlobService implements BlobService {
   readonly #pendingChunks = new Map<string, ChunkLocation>();
   /**
    * Committed chunks that published uploads reused instead of writing:
-   * marked as used at the next commit, which fails if one has been
-   * collected meanwhile.
+   * marked as used at the next commit (unless collected meanwhile; see
+   * {@linkcode #lost}).
    */
   readonly #pendingReused = new Map<string, Digest>();
   /** Published blobs of several chunks (encoded chunk lists) not yet in the index. */
   readonly #pendingBlobs = new Map<string, { digest: Digest; chunks: Uint8Array }>();
+  /**
+   * Digest keys of blobs and chunks that uploads published, or reused, but
+   * that a commit could not enter into the index because garbage
+   * collection took what they need first. {@linkcode sync} refuses
+   * references to them, so nothing stored refers to missing data; one is
+   * forgotten once a commit enters it after all (an upload wrote it again).
+   */
+  readonly #lost = new Set<string>();
   /** Packs appended to since the last commit: they need an fdatasync. */
   readonly #dirty = new Map<number, OpenPack>();
   readonly #readFds = new Map<number, number>();
@@ -867,36 +876,47 @@ export class PackBlobService implements BlobService {
 
   /**
    * The commit point: makes every blob whose upload has closed durable and
-   * enters it into the index.
+   * enters it into the index. Rejects if one of `refs` (the blobs a
+   * directory or PathInfo about to be stored refers to) could not be
+   * entered because garbage collection removed a chunk it needs first: its
+   * upload must run again (docs/gc.md#why-uploads-in-flight-are-safe).
    */
-  sync(): Promise<void> {
-    return this.#commit.flush();
+  async sync(refs?: readonly Digest[]): Promise<void> {
+    await this.#commit.flush();
+    if (!refs || this.#lost.size === 0) return;
+    const lost = refs.find((d) => this.#lost.has(digestKey(d)));
+    if (lost) {
+      throw new StorageError(
+        `blob ${b3Display(lost)} was garbage collected before its upload was committed; ` +
+          "upload it again",
+      );
+    }
   }
 
   async #commitRound(): Promise<void> {
-    const chunks = [...this.#pendingChunks.values()];
+    let chunks = [...this.#pendingChunks.values()];
     const blobs = [...this.#pendingBlobs.values()];
     const reused = [...this.#pendingReused.values()];
-    const dirty = [...this.#dirty];
+    let dirty = [...this.#dirty];
     this.#dirty.clear();
-    // A pack garbage collection deleted (its uploads were older than the
-    // grace period) must not get rows: they would point at nothing.
+    // A pack garbage collection deleted (its writer went quiet for longer
+    // than the grace period) must not get rows: they would point at
+    // nothing. Its chunks are lost, and so is every blob that needs one.
     const removed = dirty.filter(([, p]) => fs.fstatSync(p.fd).nlink === 0).map(([id]) => id);
     if (removed.length > 0) {
       // Never append to it again: the next upload starts a new pack.
       if (this.#current && removed.includes(this.#current.id)) this.#current = undefined;
-      for (const [id, pack] of dirty) {
-        if (removed.includes(id)) void this.#closeWhenIdle(pack);
-        else this.#dirty.set(id, pack); // still to be flushed by a later commit
-      }
+      for (const [id, pack] of dirty) if (removed.includes(id)) void this.#closeWhenIdle(pack);
+      dirty = dirty.filter(([id]) => !removed.includes(id));
       for (const c of chunks) {
-        if (removed.includes(c.pack)) this.#pendingChunks.delete(digestKey(c.digest));
+        if (!removed.includes(c.pack)) continue;
+        this.#pendingChunks.delete(digestKey(c.digest));
+        this.#lost.add(digestKey(c.digest));
       }
-      this.#pendingBlobs.clear();
-      throw new StorageError(
-        `pack ${removed.join(", ")} was removed by garbage collection before its blobs were ` +
-          "committed (an upload took longer than the grace period); upload them again",
-      );
+      chunks = chunks.filter((c) => !removed.includes(c.pack));
+      log.warn("pack removed by garbage collection before its chunks were committed", {
+        packs: removed.join(","),
+      });
     }
     await Promise.all(dirty.map(async ([id, pack]) => {
       // The chunks of this round were written before it began; writes still
@@ -918,48 +938,61 @@ export class PackBlobService implements BlobService {
       }
     }));
     if (chunks.length === 0 && blobs.length === 0 && reused.length === 0) return;
-    let collected: Digest | undefined;
-    try {
-      storageCall("commit", () =>
-        inTransaction(this.#db, () => {
-          const now = Date.now();
-          // Reused chunks first: one collected since it was found means the
-          // uploads published since the last commit may refer to nothing.
-          for (const d of reused) {
-            if (Number(this.#stmt.touchChunk.run(now, d).changes) !== 1) {
-              collected = d;
-              throw new StorageError("collected");
-            }
-          }
-          for (const c of chunks) {
-            this.#stmt.putChunk.run(
-              c.digest,
-              c.pack,
-              c.offset,
-              c.length,
-              c.size,
-              c.raw ? 1 : 0,
-              now,
-            );
-          }
-          for (const b of blobs) this.#stmt.putBlob.run(b.digest, b.chunks, now);
-        }));
-    } catch (err) {
-      if (!collected) throw err;
-      // Those uploads are lost; their directories and path infos, which
-      // wait for this commit, fail instead of referring to nothing.
-      this.#pendingChunks.clear();
-      this.#pendingBlobs.clear();
-      this.#pendingReused.clear();
-      throw new StorageError(
-        `chunk ${b3Display(collected)} was garbage collected while an upload reused it; ` +
-          "upload again",
-      );
+    const lost: string[] = [];
+    const entered: string[] = [];
+    storageCall("commit", () =>
+      inTransaction(this.#db, () => {
+        const now = Date.now();
+        // A reused chunk collected since it was found is lost; the rest
+        // are marked as used, so a collection from now on keeps them.
+        for (const d of reused) {
+          if (Number(this.#stmt.touchChunk.run(now, d).changes) !== 1) lost.push(digestKey(d));
+        }
+        for (const c of chunks) {
+          this.#stmt.putChunk.run(
+            c.digest,
+            c.pack,
+            c.offset,
+            c.length,
+            c.size,
+            c.raw ? 1 : 0,
+            now,
+          );
+          entered.push(digestKey(c.digest));
+        }
+        // A blob enters only with every chunk it needs in the index (a
+        // chunk another upload published may have been lost above).
+        for (const b of blobs) {
+          const needs = decodeChunkList(b.digest, b.chunks).map((c) => c.digest);
+          if (this.#indexHolds(needs)) {
+            this.#stmt.putBlob.run(b.digest, b.chunks, now);
+            entered.push(digestKey(b.digest));
+          } else lost.push(digestKey(b.digest));
+        }
+      }));
+    for (const key of entered) this.#lost.delete(key);
+    for (const key of lost) this.#lost.add(key);
+    if (lost.length > 0) {
+      log.warn("garbage collection removed chunks uploads reused before they were committed", {
+        blobs: lost.length,
+      });
     }
     // Published again meanwhile (same digest, same bytes) is harmless to drop.
     for (const c of chunks) this.#pendingChunks.delete(digestKey(c.digest));
     for (const b of blobs) this.#pendingBlobs.delete(digestKey(b.digest));
     for (const d of reused) this.#pendingReused.delete(digestKey(d));
+  }
+
+  /** Whether the index holds every one of `digests` as a chunk (in a batch per {@linkcode LOOKUP_BATCH}). */
+  #indexHolds(digests: Digest[]): boolean {
+    for (let from = 0; from < digests.length; from += LOOKUP_BATCH) {
+      const part = digests.slice(from, from + LOOKUP_BATCH);
+      const rows = this.#lookupStatement(part.length).all(...part);
+      if (new Set(rows.map((r) => (r as unknown as number[])[0])).size !== part.length) {
+        return false;
+      }
+    }
+    return true;
   }
 
   /**

@@ -77,11 +77,14 @@ export interface BlobService {
 
   /**
    * Makes everything stored so far durable: the commit point before
-   * anything that references it is written. Absent where stores are
+   * anything that references it is written. `refs` are the blobs that
+   * something about to be stored refers to: a backend that can tell one of
+   * them was lost to garbage collection before its upload was committed
+   * rejects, so the referrer is not stored. Absent where stores are
    * durable when they resolve, never durable (memory), or committed by the
    * other end (a remote daemon).
    */
-  sync?(): Promise<void>;
+  sync?(refs?: readonly Digest[]): Promise<void>;
 
   /** True when every call is a network round trip (a remote daemon). */
   readonly remote?: boolean;

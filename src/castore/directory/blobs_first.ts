@@ -2,7 +2,9 @@
  * A DirectoryService combinator: before a directory (or a closure) is
  * stored, the blob service is told to make its blobs durable, so a stored
  * directory never refers to blobs that a power loss could still take away
- * (the blob service commits in groups; see `objectstore/flush.ts`).
+ * (the blob service commits in groups; see `objectstore/flush.ts`). The
+ * blobs its files name are passed along, so one lost to garbage collection
+ * before its upload was committed keeps the directory out.
  *
  * @module
  */
@@ -40,17 +42,21 @@ export class BlobsFirstDirectoryService implements DirectoryService {
 
   /** Makes the blobs durable, then stores the directory. */
   async put(directory: Directory): Promise<Digest> {
-    await this.#blobs.sync?.();
+    await this.#blobs.sync?.(fileDigests(directory));
     return await this.#inner.put(directory);
   }
 
   /** A closure upload whose `close` makes the blobs durable first. */
   putMultiple(): DirectoryPutter {
     const putter = this.#inner.putMultiple();
+    const refs: Digest[] = [];
     return {
-      put: (directory) => putter.put(directory),
+      put: (directory) => {
+        for (const f of directory.files) refs.push(f.digest);
+        return putter.put(directory);
+      },
       close: async () => {
-        await this.#blobs.sync?.();
+        await this.#blobs.sync?.(refs);
         return await putter.close();
       },
     };
@@ -71,4 +77,9 @@ export class BlobsFirstDirectoryService implements DirectoryService {
   close(): Promise<void> {
     return this.#inner.close();
   }
+}
+
+/** The blobs `directory`'s files name. */
+function fileDigests(directory: Directory): Digest[] {
+  return directory.files.map((f) => f.digest);
 }

@@ -3,7 +3,9 @@
  * directory services are told to make what they hold durable. A PathInfo
  * is what makes a store path valid, so after a crash or a power loss every
  * path the store lists has all of its closure on disk (the services commit
- * in groups; see `castore/objectstore/flush.ts`).
+ * in groups; see `castore/objectstore/flush.ts`). A PathInfo whose root is
+ * a file names its blob, so a blob lost to garbage collection before its
+ * upload was committed keeps the PathInfo out.
  *
  * @module
  */
@@ -12,7 +14,10 @@ import type { DirectoryService } from "../../castore/directory/service.ts";
 import type { NarCalculationService } from "../../nar/calculation.ts";
 import type { PathAccess, PathInfo, PathInfoService } from "./service.ts";
 
-/** What a PathInfo refers to: anything that can be made durable. */
+/**
+ * What a PathInfo refers to: anything that can be made durable (a blob
+ * service is also given the blob a file root names).
+ */
 export type Referenced = Pick<BlobService | DirectoryService, "sync">;
 
 /** `inner`, with every `referenced.sync()` awaited before each put. */
@@ -33,7 +38,9 @@ export class ReferencesFirstPathInfoService implements PathInfoService {
 
   /** Makes the referenced services durable, then stores the PathInfo. */
   async put(info: PathInfo): Promise<PathInfo> {
-    await Promise.all(this.#referenced.map((s) => s.sync?.()));
+    const root = info.node?.node;
+    const refs = root?.$case === "file" ? [root.value.digest] : [];
+    await Promise.all(this.#referenced.map((s) => s.sync?.(refs)));
     return await this.#inner.put(info);
   }
 
