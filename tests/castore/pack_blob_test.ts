@@ -269,3 +269,59 @@ Deno.test("pack: gc taking a chunk an upload reused fails only what needs it, at
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("pack: a reused chunk lost to gc and entered again by another process is accepted on retry", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-gc-reenter-" });
+  try {
+    const SMALL = F.pseudoRandom(10 * 1024, 43); // one chunk: the blob is its chunk
+    const writer = new PackBlobService(dir);
+    const small = await putBlob(writer, SMALL);
+    await writer.sync();
+    await new Promise((r) => setTimeout(r, 20));
+    const cutoff = Date.now();
+    await new Promise((r) => setTimeout(r, 20));
+    assertEquals(await putBlob(writer, SMALL), small); // reused
+    const gc = new PackBlobService(dir);
+    await gc.sweep(() => false, { cutoff, dryRun: false });
+    await assertRejects(() => writer.sync([small]), StorageError, "garbage collected");
+    // Another process stores it again; a retry here finds it committed and reuses it.
+    const other = new PackBlobService(dir);
+    await putBlob(other, SMALL);
+    await other.sync();
+    assertEquals(await putBlob(writer, SMALL), small);
+    await writer.sync([small]);
+    assert(bytesEqual((await readBlob(new PackBlobService(dir), small))!, SMALL));
+    await Promise.all([writer.close(), gc.close(), other.close()]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("pack: compaction never points the index at a pack another process's gc removed", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-gc-compact-" });
+  try {
+    const LIVE = F.pseudoRandom(100 * 1024, 44);
+    const a = new PackBlobService(dir);
+    const b = new PackBlobService(dir);
+    const live = await putBlob(a, LIVE);
+    await putBlob(a, F.pseudoRandom(900 * 1024, 45)); // dead: the pack is mostly garbage
+    await a.sync();
+    const isLive = (d: Uint8Array) => bytesEqual(d, live);
+    const later = () => ({ cutoff: Date.now() + 60_000, dryRun: false });
+    // b's gc moves the live blob into b's own pack and deletes a's current pack.
+    await b.sweep(isLive, later());
+    await putBlob(b, F.pseudoRandom(900 * 1024, 46)); // more garbage, beside the copy
+    await b.sync();
+    // a's gc would copy the live blob into its current pack, which is gone:
+    // it must fail before the index points there, and leave the blob whole.
+    await assertRejects(() => a.sweep(isLive, later()), StorageError, "garbage collect");
+    const reader = new PackBlobService(dir);
+    assert(bytesEqual((await readBlob(reader, live))!, LIVE), "readable after the failed gc");
+    // The next gc starts a new pack and succeeds.
+    await a.sweep(isLive, later());
+    assert(bytesEqual((await readBlob(new PackBlobService(dir), live))!, LIVE));
+    await Promise.all([a.close(), b.close(), reader.close()]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -263,6 +263,8 @@ export class PackBlobService implements BlobService {
    * forgotten once a commit enters it after all (an upload wrote it again).
    */
   readonly #lost = new Set<string>();
+  /** Packs a commit found removed by garbage collection: never written to or flushed again. */
+  readonly #removedPacks = new Set<number>();
   /** Packs appended to since the last commit: they need an fdatasync. */
   readonly #dirty = new Map<number, OpenPack>();
   readonly #readFds = new Map<number, number>();
@@ -684,6 +686,8 @@ export class PackBlobService implements BlobService {
     const writing = this.#writing.get(key);
     if (writing) return writing;
     const write = this.#write(chunk, size).then((at) => {
+      // Its pack was removed while the write ran: the bytes are gone.
+      if (this.#removedPacks.has(at.pack)) throw removedPackError(at.pack);
       // Visible (for reads and deduplication) once its bytes are written,
       // committed at the next sync even if its upload is abandoned: it is
       // whole, and garbage collection reclaims it if nothing refers to it.
@@ -713,7 +717,8 @@ export class PackBlobService implements BlobService {
       // Flushed (and, retired, closed) by the next commit, even if this
       // write failed, since chunks appended before it are published; and
       // again if a commit flushed the pack while this write was running.
-      this.#dirty.set(pack.id, pack);
+      // Not a removed pack: the commit that found it closes its descriptor.
+      if (!this.#removedPacks.has(pack.id)) this.#dirty.set(pack.id, pack);
     }
     return {
       digest: chunk.digest,
@@ -905,6 +910,7 @@ export class PackBlobService implements BlobService {
     const removed = dirty.filter(([, p]) => fs.fstatSync(p.fd).nlink === 0).map(([id]) => id);
     if (removed.length > 0) {
       // Never append to it again: the next upload starts a new pack.
+      for (const id of removed) this.#removedPacks.add(id);
       if (this.#current && removed.includes(this.#current.id)) this.#current = undefined;
       for (const [id, pack] of dirty) if (removed.includes(id)) void this.#closeWhenIdle(pack);
       dirty = dirty.filter(([id]) => !removed.includes(id));
@@ -939,14 +945,16 @@ export class PackBlobService implements BlobService {
     }));
     if (chunks.length === 0 && blobs.length === 0 && reused.length === 0) return;
     const lost: string[] = [];
-    const entered: string[] = [];
+    const entered = new Set<string>();
     storageCall("commit", () =>
       inTransaction(this.#db, () => {
         const now = Date.now();
         // A reused chunk collected since it was found is lost; the rest
         // are marked as used, so a collection from now on keeps them.
         for (const d of reused) {
-          if (Number(this.#stmt.touchChunk.run(now, d).changes) !== 1) lost.push(digestKey(d));
+          const key = digestKey(d);
+          if (Number(this.#stmt.touchChunk.run(now, d).changes) === 1) entered.add(key);
+          else lost.push(key);
         }
         for (const c of chunks) {
           this.#stmt.putChunk.run(
@@ -958,26 +966,32 @@ export class PackBlobService implements BlobService {
             c.raw ? 1 : 0,
             now,
           );
-          entered.push(digestKey(c.digest));
+          entered.add(digestKey(c.digest));
         }
-        // A blob enters only with every chunk it needs in the index (a
-        // chunk another upload published may have been lost above).
+        // A blob enters only with every chunk it needs in the index. One
+        // can be missing only if something was lost, here or before.
+        const check = lost.length > 0 || this.#lost.size > 0;
         for (const b of blobs) {
-          const needs = decodeChunkList(b.digest, b.chunks).map((c) => c.digest);
-          if (this.#indexHolds(needs)) {
-            this.#stmt.putBlob.run(b.digest, b.chunks, now);
-            entered.push(digestKey(b.digest));
-          } else lost.push(digestKey(b.digest));
+          if (
+            check && !this.#indexHolds(decodeChunkList(b.digest, b.chunks).map((c) => c.digest))
+          ) {
+            lost.push(digestKey(b.digest));
+            continue;
+          }
+          this.#stmt.putBlob.run(b.digest, b.chunks, now);
+          entered.add(digestKey(b.digest));
         }
       }));
-    for (const key of entered) this.#lost.delete(key);
-    for (const key of lost) this.#lost.add(key);
+    // A chunk both lost (reused) and written afresh in this round is in.
+    for (const key of lost) if (!entered.has(key)) this.#lost.add(key);
+    if (this.#lost.size > 0) { for (const key of entered) this.#lost.delete(key); }
     if (lost.length > 0) {
       log.warn("garbage collection removed chunks uploads reused before they were committed", {
-        blobs: lost.length,
+        lost: lost.length,
       });
     }
-    // Published again meanwhile (same digest, same bytes) is harmless to drop.
+    // Published again meanwhile (same digest, same bytes) is harmless to
+    // drop: entered, or lost, in which case its upload is refused and retried.
     for (const c of chunks) this.#pendingChunks.delete(digestKey(c.digest));
     for (const b of blobs) this.#pendingBlobs.delete(digestKey(b.digest));
     for (const d of reused) this.#pendingReused.delete(digestKey(d));
@@ -1104,7 +1118,9 @@ export class PackBlobService implements BlobService {
       moved.push(await this.append({ digest: at.digest, stored, raw: at.raw }, at.size));
       copied += RECORD_HEADER + at.length;
     }
-    await this.sync(); // the copies are durable before the index points at them
+    // The copies are durable before the index points at them, and none was
+    // lost (another process's gc may have removed the pack they went to).
+    await this.sync(moved.map((m) => m.digest));
     storageCall("compact", () =>
       inTransaction(this.#db, () => {
         const move = this.#db.prepare(
@@ -1182,4 +1198,12 @@ export function packBlobServiceFromUrl(url: URL): PackBlobService {
   const path = decodeURIComponent(url.pathname);
   if (path === "" || path === "/") throw new StorageError(`invalid pack store path: ${url.href}`);
   return new PackBlobService(path);
+}
+
+/** A write into a pack that garbage collection removed meanwhile. */
+function removedPackError(pack: number): StorageError {
+  return new StorageError(
+    `pack ${pack} was removed by garbage collection while a chunk was written to it ` +
+      "(an upload took longer than the grace period); upload again",
+  );
 }
