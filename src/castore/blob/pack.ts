@@ -889,13 +889,37 @@ export class PackBlobService implements BlobService {
   async sync(refs?: readonly Digest[]): Promise<void> {
     await this.#commit.flush();
     if (!refs || this.#lost.size === 0) return;
-    const lost = refs.find((d) => this.#lost.has(digestKey(d)));
-    if (lost) {
+    for (const d of refs) {
+      const key = digestKey(d);
+      if (!this.#lost.has(key)) continue;
+      // In the index after all (entered again by another process, or
+      // never gone: a compaction's copies): reused, and marked so now.
+      if (this.#touchWhole(d)) {
+        this.#lost.delete(key);
+        continue;
+      }
       throw new StorageError(
-        `blob ${b3Display(lost)} was garbage collected before its upload was committed; ` +
+        `blob ${b3Display(d)} was garbage collected before its upload was committed; ` +
           "upload it again",
       );
     }
+  }
+
+  /**
+   * Marks a committed blob (its row and every chunk, or its one chunk) as
+   * used now, unthrottled; false unless all of it is in the index.
+   */
+  #touchWhole(digest: Digest): boolean {
+    return storageCall("touch", () =>
+      inTransaction(this.#db, () => {
+        const now = Date.now();
+        const row = this.#stmt.blob.get(digest);
+        if (!row) return Number(this.#stmt.touchChunk.run(now, digest).changes) === 1;
+        this.#stmt.touchBlob.run(now, digest);
+        return decodeChunkList(digest, row.chunks as Uint8Array).every((c) =>
+          Number(this.#stmt.touchChunk.run(now, c.digest).changes) === 1
+        );
+      }));
   }
 
   async #commitRound(): Promise<void> {
@@ -1120,7 +1144,14 @@ export class PackBlobService implements BlobService {
     }
     // The copies are durable before the index points at them, and none was
     // lost (another process's gc may have removed the pack they went to).
-    await this.sync(moved.map((m) => m.digest));
+    await this.sync();
+    const lost = moved.find((m) => this.#lost.has(digestKey(m.digest)));
+    if (lost) {
+      throw new StorageError(
+        `pack ${id}: its live records were copied to pack ${lost.pack}, which another ` +
+          "garbage collection removed meanwhile; the pack stays, run gc again",
+      );
+    }
     storageCall("compact", () =>
       inTransaction(this.#db, () => {
         const move = this.#db.prepare(
