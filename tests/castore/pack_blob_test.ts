@@ -232,6 +232,14 @@ Deno.test("pack: a damaged record among small blobs read together fails only its
   }
 });
 
+/** A gc cutoff later than every write so far and earlier than every write after it. */
+async function cutoffBetween(): Promise<number> {
+  await new Promise((r) => setTimeout(r, 20));
+  const cutoff = Date.now();
+  await new Promise((r) => setTimeout(r, 20));
+  return cutoff;
+}
+
 Deno.test("pack: gc taking a chunk an upload reused fails only what needs it, at its referrer's sync", async () => {
   const dir = await Deno.makeTempDir({ prefix: "pack-gc-race-" });
   try {
@@ -240,9 +248,7 @@ Deno.test("pack: gc taking a chunk an upload reused fails only what needs it, at
     const writer = new PackBlobService(dir);
     const shared = await putBlob(writer, SHARED);
     await writer.sync();
-    await new Promise((r) => setTimeout(r, 20));
-    const cutoff = Date.now();
-    await new Promise((r) => setTimeout(r, 20));
+    const cutoff = await cutoffBetween();
     // Uploaded again: every chunk is found committed and reused, not written.
     assertEquals(await putBlob(writer, SHARED), shared);
     // Another upload, of new bytes, published in the same commit round.
@@ -277,9 +283,7 @@ Deno.test("pack: a reused chunk lost to gc and entered again by another process 
     const writer = new PackBlobService(dir);
     const small = await putBlob(writer, SMALL);
     await writer.sync();
-    await new Promise((r) => setTimeout(r, 20));
-    const cutoff = Date.now();
-    await new Promise((r) => setTimeout(r, 20));
+    const cutoff = await cutoffBetween();
     assertEquals(await putBlob(writer, SMALL), small); // reused
     const gc = new PackBlobService(dir);
     await gc.sweep(() => false, { cutoff, dryRun: false });
