@@ -17,6 +17,7 @@
  */
 import http2 from "node:http2";
 import { setImmediate } from "node:timers";
+import { patchHttp2 } from "./h2_patch.ts";
 
 /** Deno versions (major.minor.patch) affected by the bug. */
 const AFFECTED = /^2\.9\.[4-6]$/;
@@ -24,8 +25,6 @@ const AFFECTED = /^2\.9\.[4-6]$/;
 /** Whether the running Deno needs the workaround (`TVIX_H2_GOAWAY_WORKAROUND=off` disables it, for tests). */
 export const workaroundActive: boolean = typeof Deno !== "undefined" &&
   AFFECTED.test(Deno.version.deno) && Deno.env.get("TVIX_H2_GOAWAY_WORKAROUND") !== "off";
-
-const PATCHED = Symbol.for("tvix-store.h2-goaway-workaround");
 
 function deferClose(session: http2.Http2Session): void {
   const close = session.close;
@@ -41,22 +40,9 @@ function deferClose(session: http2.Http2Session): void {
   } as typeof session.close;
 }
 
-type Patchable = Record<string | symbol, unknown>;
-
-if (workaroundActive && !(http2 as unknown as Patchable)[PATCHED]) {
-  (http2 as unknown as Patchable)[PATCHED] = true;
-  for (const name of ["createServer", "createSecureServer"] as const) {
-    const original = http2[name] as (...args: unknown[]) => http2.Http2Server;
-    (http2 as unknown as Patchable)[name] = function (...args: unknown[]) {
-      const server = original.apply(http2, args);
-      server.on("session", deferClose);
-      return server;
-    };
-  }
-  const connect = http2.connect as (...args: unknown[]) => http2.ClientHttp2Session;
-  (http2 as unknown as Patchable).connect = function (...args: unknown[]) {
-    const session = connect.apply(http2, args);
-    deferClose(session);
-    return session;
-  };
+if (workaroundActive) {
+  patchHttp2("tvix-store.h2-goaway-workaround", {
+    server: (server) => server.on("session", deferClose),
+    session: deferClose,
+  });
 }

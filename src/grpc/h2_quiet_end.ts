@@ -14,9 +14,11 @@
  *
  * @module
  */
-import http2 from "node:http2";
+import type http2 from "node:http2";
+import { patchHttp2 } from "./h2_patch.ts";
 
-const PATCHED = Symbol.for("tvix-store.h2-quiet-end");
+/** Marks a stream prototype already patched. */
+const PATCHED = Symbol.for("tvix-store.h2-quiet-end.stream");
 
 type Patchable = Record<string | symbol, unknown>;
 
@@ -37,25 +39,14 @@ function patchStream(stream: object): void {
   };
 }
 
-if (!(http2 as unknown as Patchable)[PATCHED]) {
-  (http2 as unknown as Patchable)[PATCHED] = true;
-  const connect = http2.connect as (...args: unknown[]) => http2.ClientHttp2Session;
-  (http2 as unknown as Patchable).connect = function (...args: unknown[]) {
-    const session = connect.apply(http2, args);
+patchHttp2("tvix-store.h2-quiet-end", {
+  server: (server) => server.on("stream", patchStream),
+  session: (session) => {
     const request = session.request;
     session.request = function (this: http2.ClientHttp2Session, ...a: unknown[]) {
       const stream = (request as (...a: unknown[]) => http2.ClientHttp2Stream).apply(this, a);
       patchStream(stream);
       return stream;
     } as typeof session.request;
-    return session;
-  };
-  for (const name of ["createServer", "createSecureServer"] as const) {
-    const original = http2[name] as (...args: unknown[]) => http2.Http2Server;
-    (http2 as unknown as Patchable)[name] = function (...args: unknown[]) {
-      const server = original.apply(http2, args);
-      server.on("stream", patchStream);
-      return server;
-    };
-  }
-}
+  },
+});

@@ -14,14 +14,12 @@
  *
  * @module
  */
-import http2 from "node:http2";
+import type http2 from "node:http2";
+import { patchHttp2 } from "./h2_patch.ts";
 
 /** Bytes a client may send on one stream (and, per connection, in all) before we acknowledge. */
 export const SERVER_WINDOW = 1024 * 1024;
 
-const PATCHED = Symbol.for("tvix-store.h2-server-window");
-
-type Patchable = Record<string | symbol, unknown>;
 type ServerOptions = { settings?: http2.Settings };
 
 function widen(session: http2.ServerHttp2Session): void {
@@ -32,19 +30,13 @@ function widen(session: http2.ServerHttp2Session): void {
   }
 }
 
-if (!(http2 as unknown as Patchable)[PATCHED]) {
-  (http2 as unknown as Patchable)[PATCHED] = true;
-  for (const name of ["createServer", "createSecureServer"] as const) {
-    const original = http2[name] as (...args: unknown[]) => http2.Http2Server;
-    (http2 as unknown as Patchable)[name] = function (...args: unknown[]) {
-      // createServer([options][, onRequest]): grpc-js always passes options.
-      if (typeof args[0] === "object" && args[0] !== null) {
-        const opts = args[0] as ServerOptions;
-        args[0] = { ...opts, settings: { ...opts.settings, initialWindowSize: SERVER_WINDOW } };
-      }
-      const server = original.apply(http2, args);
-      server.on("session", widen);
-      return server;
-    };
-  }
-}
+patchHttp2("tvix-store.h2-server-window", {
+  // createServer([options][, onRequest]): grpc-js always passes options.
+  serverArgs: (args) => {
+    if (typeof args[0] === "object" && args[0] !== null) {
+      const opts = args[0] as ServerOptions;
+      args[0] = { ...opts, settings: { ...opts.settings, initialWindowSize: SERVER_WINDOW } };
+    }
+  },
+  server: (server) => server.on("session", widen),
+});

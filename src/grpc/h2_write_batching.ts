@@ -20,11 +20,10 @@
  *
  * @module
  */
-import http2 from "node:http2";
+import { patchHttp2 } from "./h2_patch.ts";
 import type { Duplex } from "node:stream";
 import process from "node:process";
 
-const PATCHED = Symbol.for("tvix-store.h2-write-batching");
 const BATCHED = Symbol.for("tvix-store.h2-write-batching.socket");
 
 type Patchable = Record<string | symbol, unknown>;
@@ -62,23 +61,16 @@ export const writeBatchingActive: boolean = (() => {
   }
 })();
 
-if (writeBatchingActive && !(http2 as unknown as Patchable)[PATCHED]) {
-  (http2 as unknown as Patchable)[PATCHED] = true;
-  for (const name of ["createServer", "createSecureServer"] as const) {
-    const original = http2[name] as (...args: unknown[]) => http2.Http2Server;
-    (http2 as unknown as Patchable)[name] = function (...args: unknown[]) {
-      const server = original.apply(http2, args);
-      server.on(name === "createServer" ? "connection" : "secureConnection", batchWrites);
-      return server;
-    };
-  }
-  const connect = http2.connect as (...args: unknown[]) => http2.ClientHttp2Session;
-  (http2 as unknown as Patchable).connect = function (...args: unknown[]) {
+if (writeBatchingActive) {
+  patchHttp2("tvix-store.h2-write-batching", {
+    server: (server, secure) => server.on(secure ? "secureConnection" : "connection", batchWrites),
     // connect(authority[, options][, listener]): grpc-js always passes
     // options with createConnection, which returns the socket to use.
-    const opts = args[1] as { createConnection?: (...a: unknown[]) => Duplex } | undefined;
-    if (typeof opts === "object" && opts !== null && typeof opts.createConnection === "function") {
+    connectArgs: (args) => {
+      const opts = args[1] as { createConnection?: (...a: unknown[]) => Duplex } | undefined;
+      if (typeof opts !== "object" || opts === null) return;
       const create = opts.createConnection;
+      if (typeof create !== "function") return;
       args[1] = {
         ...opts,
         createConnection: (...a: unknown[]) => {
@@ -87,7 +79,6 @@ if (writeBatchingActive && !(http2 as unknown as Patchable)[PATCHED]) {
           return socket;
         },
       };
-    }
-    return connect.apply(http2, args);
-  };
+    },
+  });
 }

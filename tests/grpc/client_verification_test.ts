@@ -136,6 +136,15 @@ async function withFakeServer(
   }
 }
 
+/** BLOB_B in the three chunks the chunked-read tests list. */
+const B_PARTS = [
+  F.BLOB_B.subarray(0, 300_000),
+  F.BLOB_B.subarray(300_000, 700_000),
+  F.BLOB_B.subarray(700_000),
+];
+/** The chunk list of {@linkcode B_PARTS}. */
+const B_CHUNKS = B_PARTS.map((data) => ({ digest: blake3(data), size: BigInt(data.length) }));
+
 async function readAll(blob: GrpcBlobService, digest: Digest, offset?: number) {
   const reader = await blob.openRead(digest, offset);
   assert(reader, "readable");
@@ -154,12 +163,7 @@ Deno.test("blob: a whole-blob Read with wrong bytes fails at the end", async () 
 });
 
 Deno.test("blob: chunked reads verify every chunk before returning it", async () => {
-  const parts = [F.BLOB_B.subarray(0, 300_000), F.BLOB_B.subarray(300_000, 700_000)];
-  const rest = F.BLOB_B.subarray(700_000);
-  const chunks = [...parts, rest].map((data) => ({
-    digest: blake3(data),
-    size: BigInt(data.length),
-  }));
+  const parts = B_PARTS, rest = B_PARTS[2], chunks = B_CHUNKS;
   const corrupt = new Uint8Array(rest);
   corrupt[17] ^= 1;
   const byDigest = (d: Uint8Array) =>
@@ -190,12 +194,7 @@ Deno.test("blob: chunked reads verify every chunk before returning it", async ()
 });
 
 Deno.test("blob: a listed chunk is read by its digest without a Stat, and verified", async () => {
-  const parts = [
-    F.BLOB_B.subarray(0, 300_000),
-    F.BLOB_B.subarray(300_000, 700_000),
-    F.BLOB_B.subarray(700_000),
-  ];
-  const chunks = parts.map((data) => ({ digest: blake3(data), size: BigInt(data.length) }));
+  const parts = B_PARTS, chunks = B_CHUNKS;
   const corrupt = new Uint8Array(parts[2]);
   corrupt[5] ^= 1;
   const stats: Uint8Array[] = [];
@@ -259,12 +258,7 @@ Deno.test("blob: chunk size mismatch and malformed chunk lists fail", async () =
 });
 
 Deno.test("blob: a whole listed blob is one Read, cut at chunk boundaries and verified", async () => {
-  const parts = [
-    F.BLOB_B.subarray(0, 300_000),
-    F.BLOB_B.subarray(300_000, 700_000),
-    F.BLOB_B.subarray(700_000),
-  ];
-  const chunks = parts.map((data) => ({ digest: blake3(data), size: BigInt(data.length) }));
+  const chunks = B_CHUNKS;
   const reads: Uint8Array[] = [];
   // Messages cut anywhere: across chunk boundaries, and several chunks in one.
   let messages = [F.BLOB_B.subarray(0, 250_000), F.BLOB_B.subarray(250_000)];
@@ -390,17 +384,12 @@ Deno.test("blob: a batched read answering too few blobs fails the rest", async (
 });
 
 Deno.test("blob: chunks fetched through batched reads are checked against the chunk list", async () => {
-  const parts = [F.BLOB_B.subarray(0, 300_000), F.BLOB_B.subarray(300_000, 700_000)];
-  const rest = F.BLOB_B.subarray(700_000);
-  const listed = [...parts, rest].map((data) => ({
-    digest: blake3(data),
-    size: BigInt(data.length),
-  }));
+  const rest = B_PARTS[2], listed = B_CHUNKS;
   let chunks = listed;
   const corrupt = new Uint8Array(rest);
   corrupt[17] ^= 1;
   let third = corrupt;
-  const all = [...parts, rest];
+  const all = B_PARTS;
   await withFakeServer({
     stat: () => ({ chunks, bao: new Uint8Array() }),
     readSmall: ({ digests }) => [{
