@@ -376,16 +376,26 @@ export class PackBlobService implements BlobService {
       if (pending) out[i] = pending;
       else ask.push(i);
     }
-    for (let from = 0; from < ask.length; from += LOOKUP_BATCH) {
-      const part = ask.slice(from, from + LOOKUP_BATCH);
-      const params = part.map((i) => digests[i]);
+    const found = this.#indexRows(ask.map((i) => digests[i]));
+    found.forEach((at, j) => out[ask[j]] = at);
+    return out;
+  }
+
+  /**
+   * The index rows of `digests` (pending chunks not consulted), by one
+   * query per {@linkcode LOOKUP_BATCH} of them.
+   */
+  #indexRows(digests: Digest[]): (ChunkLocation | undefined)[] {
+    const out: (ChunkLocation | undefined)[] = new Array(digests.length);
+    for (let from = 0; from < digests.length; from += LOOKUP_BATCH) {
+      const part = digests.slice(from, from + LOOKUP_BATCH);
       const rows = storageCall(
         "chunk lookup",
-        () => this.#lookupStatement(part.length).all(...params),
+        () => this.#lookupStatement(part.length).all(...part),
       );
       // Rows are arrays (see #lookupStatement); the first column is the position in `part`.
       for (const row of rows as unknown as number[][]) {
-        const i = part[row[0]];
+        const i = from + row[0];
         out[i] = {
           digest: digests[i],
           pack: row[1],
@@ -1021,15 +1031,10 @@ export class PackBlobService implements BlobService {
     for (const d of reused) this.#pendingReused.delete(digestKey(d));
   }
 
-  /** Whether the index holds every one of `digests` as a chunk (in a batch per {@linkcode LOOKUP_BATCH}). */
+  /** Whether the index holds every one of `digests` as a chunk. */
   #indexHolds(digests: Digest[]): boolean {
-    for (let from = 0; from < digests.length; from += LOOKUP_BATCH) {
-      const part = digests.slice(from, from + LOOKUP_BATCH);
-      const rows = this.#lookupStatement(part.length).all(...part);
-      if (new Set(rows.map((r) => (r as unknown as number[])[0])).size !== part.length) {
-        return false;
-      }
-    }
+    const rows = this.#indexRows(digests);
+    for (let i = 0; i < rows.length; i++) if (!rows[i]) return false;
     return true;
   }
 
