@@ -34,8 +34,14 @@ import { displayName, RawDir, rawFsUnavailable, type RawStat, utf8Name } from ".
 import { type ListingEntry, listingKey } from "./listing_key.ts";
 import { releaseWhole } from "../blob/chunk_codec.ts";
 
-/** Uploads in flight at once (files read, not yet stored). */
-export const DEFAULT_MAX_INFLIGHT = 64;
+/**
+ * Uploads in flight at once (files read, not yet stored). Small files
+ * travel to a daemon in batches of 16 (`small_blob_batcher.ts`), so this
+ * many keeps a dozen batches going. Raised from 64: importing 20,000 small
+ * files through a daemon took 4-11 % less time in five of six interleaved
+ * pairs, and the byte limit below still bounds memory.
+ */
+export const DEFAULT_MAX_INFLIGHT = 192;
 /** Bytes of file contents in flight at once. */
 export const DEFAULT_MAX_INFLIGHT_BYTES = 16 * 1024 * 1024;
 /** Piece size for streaming large files. */
