@@ -151,8 +151,8 @@ interface OpenPack {
  * Records appended to a pack in the same turn of the event loop, written
  * together: consecutive small records as one buffer, each large one on its
  * own. An import through the daemon appends thousands of small files, and
- * two writes per record (each a threadpool round trip on the JavaScript
- * thread) were the largest cost of storing them.
+ * two writes per record (each an asynchronous call with its own bookkeeping
+ * on the JavaScript thread) were the largest cost of storing them.
  */
 interface StagedWrite {
   /** Pack offset of the first record. */
