@@ -106,6 +106,7 @@ export function compressionPays(size: number, frameLength: number): boolean {
 }
 
 const ZSTD_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: ZSTD_LEVEL } };
+const SMALL_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: ZSTD_SMALL_LEVEL } };
 /** The zstd level of {@linkcode looksIncompressible}'s samples. */
 const SAMPLE_LEVEL = 1;
 const SAMPLE_PARAMS = { params: { [zc.ZSTD_c_compressionLevel]: SAMPLE_LEVEL } };
@@ -228,12 +229,13 @@ export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChu
   if (allowRaw && looksIncompressible(chunk)) {
     return { digest: blake3(chunk), stored: owned(chunk), raw: true };
   }
+  const small = chunk.length <= ENCODE_INLINE_LIMIT;
   return encoded(
     chunk,
     blake3(chunk),
     // A small chunk through this thread's reused context (zstd_small.ts).
-    encodeSmallFrame(chunk, chunk.length <= ENCODE_INLINE_LIMIT ? ZSTD_SMALL_LEVEL : ZSTD_LEVEL) ??
-      zstdCompressSync(chunk, compressOptions(chunk.length)),
+    encodeSmallFrame(chunk, small ? ZSTD_SMALL_LEVEL : ZSTD_LEVEL) ??
+      zstdCompressSync(chunk, compressOptions(chunk.length, small ? SMALL_PARAMS : ZSTD_PARAMS)),
     allowRaw,
   );
 }

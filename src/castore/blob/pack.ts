@@ -19,8 +19,8 @@
  *   sharing a store never append to the same file).
  *
  * Each service writes its own pack (a new one per process, and whenever
- * one reaches {@linkcode PACK_TARGET_SIZE}), one positioned `write` per
- * chunk, without flushing. A chunk is visible to this process once it is
+ * one reaches {@linkcode PACK_TARGET_SIZE}), appending the chunks of a turn
+ * of the event loop in one or a few writes, without flushing. A chunk is visible to this process once it is
  * written, a blob once its upload closes; both are made durable and entered
  * into the index at the commit
  * point, {@linkcode PackBlobService.sync}: `fdatasync` of the packs written
