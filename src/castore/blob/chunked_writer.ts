@@ -63,8 +63,9 @@ export class ChunkedBlobWriter implements BlobWriter {
   readonly #jobs: JobSet;
   /**
    * The whole-blob hasher, made once more than the smallest chunk has been
-   * written: most uploads are small files that never need it, and making one per blob
-   * cost a daemon ~75 ms of its main thread per 16,000 small files.
+   * written: most uploads are small files that never need it, and making
+   * one per blob cost a daemon ~75 ms of its main thread per 16,000 small
+   * files.
    */
   #hasher: Promise<Blake3Hasher> | undefined;
   readonly #chunker = new FastCdcChunker(OBJECTSTORE_CHUNKING);

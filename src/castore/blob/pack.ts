@@ -20,9 +20,9 @@
  *
  * Each service writes its own pack (a new one per process, and whenever
  * one reaches {@linkcode PACK_TARGET_SIZE}), appending the chunks of a turn
- * of the event loop in one or a few writes, without flushing. A chunk is visible to this process once it is
- * written, a blob once its upload closes; both are made durable and entered
- * into the index at the commit
+ * of the event loop in one or a few writes, without flushing. A chunk is
+ * visible to this process once it is written, a blob once its upload
+ * closes; both are made durable and entered into the index at the commit
  * point, {@linkcode PackBlobService.sync}: `fdatasync` of the packs written
  * since the last one, then one SQLite transaction (synchronous=FULL). An
  * index row therefore never points at bytes a crash could lose; bytes a
