@@ -39,7 +39,9 @@ import { releaseWhole } from "../blob/chunk_codec.ts";
  * travel to a daemon in batches of 16 (`small_blob_batcher.ts`), so this
  * many keeps a dozen batches going. Raised from 64: importing 20,000 small
  * files through a daemon took 4-11 % less time in five of six interleaved
- * pairs, and the byte limit below still bounds memory.
+ * pairs (run back to back, so at a load of 0.9-2.0 from the pairs
+ * themselves; `deno task bench import` showed no change beyond its noise),
+ * and the byte limit below still bounds memory.
  */
 export const DEFAULT_MAX_INFLIGHT = 192;
 /** Bytes of file contents in flight at once. */
