@@ -42,6 +42,7 @@ import { Buffer } from "node:buffer";
 import type { MethodDefinition, ServiceDefinition } from "@grpc/grpc-js";
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { varintBytes, writeVarint } from "./varint.ts";
+import { responseScratch } from "./response_scratch.ts";
 
 /** The fully qualified service name. */
 export const SMALL_BLOB_SERVICE_NAME = "tvix_ts.castore.v1.SmallBlobService";
@@ -152,6 +153,11 @@ export interface SmallBlobContents {
 /** A `Read` response message: the next requested blobs, in request order. */
 export interface ReadSmallBlobsResponse {
   blobs: SmallBlobContents[];
+  /**
+   * Set by {@linkcode decodeReadSmallBlobsResponse}: the received message,
+   * whose buffer every blob's `data` is a view into.
+   */
+  received?: Uint8Array;
 }
 
 /** Encodes a `Read` request. */
@@ -172,9 +178,11 @@ function contentsBytes(blob: SmallBlobContents): number {
 }
 
 /**
- * Encodes a `Read` response into one buffer, each blob copied once (the
- * generic writer copied every blob twice). Within a blob the outcome goes
- * before `data`.
+ * Encodes a `Read` response, each blob copied once (the generic writer
+ * copied every blob twice), into the reused response buffer: this is the
+ * method's response serializer, and grpc-js copies the result into the
+ * frame before it returns ({@linkcode responseScratch}). Within a blob the
+ * outcome goes before `data`.
  */
 export function encodeReadSmallBlobsResponse(res: ReadSmallBlobsResponse): Buffer {
   let size = 0;
@@ -182,7 +190,7 @@ export function encodeReadSmallBlobsResponse(res: ReadSmallBlobsResponse): Buffe
     const inner = contentsBytes(blob);
     size += 1 + varintBytes(inner) + inner;
   }
-  const out = Buffer.allocUnsafe(size);
+  const out = responseScratch(size);
   let at = 0;
   for (const blob of res.blobs) {
     out[at++] = 0x0a; // field 1, length-delimited
@@ -213,7 +221,7 @@ export function decodeReadSmallBlobsResponse(buf: Uint8Array): ReadSmallBlobsRes
     if (field === 1 && wireType === WireType.LengthDelimited) blobs.push(decodeContents(r.bytes()));
     else r.skip(wireType);
   }
-  return { blobs };
+  return { blobs, received: buf };
 }
 
 function decodeContents(buf: Uint8Array): SmallBlobContents {

@@ -18,6 +18,7 @@ import type { BlobService, ChunkMeta } from "../castore/blob/service.ts";
 import { B3_LEN, b3Display, concatBytes, type Digest } from "../castore/digest.ts";
 import { release } from "../castore/blob/chunk_codec.ts";
 import { releaseReceivedMessage } from "../grpc/received_message.ts";
+import { responseScratch } from "../grpc/response_scratch.ts";
 import { errorMessage, StorageError, UnavailableError } from "../errors.ts";
 import {
   clientStreamHandler,
@@ -266,18 +267,10 @@ function blobChunkMessageBytes(length: number): number {
   return length === 0 ? 0 : 1 + varintBytes(length) + length;
 }
 
-/** Room for the largest Read response: its data and the field header. */
-const SCRATCH_BYTES = READ_MESSAGE_BYTES + 8;
-
-/** Where Read responses are encoded (see {@linkcode serializeBlobChunk}). */
-const scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
-
 /**
  * `BlobChunk` encoded as the generated encoder does (field 1, omitted when
- * empty), into one reused buffer. grpc-js (1.14, pinned in deno.json)
- * calls a method's serializer only while framing a response, and copies
- * the result into the frame before it returns, so the buffer is free again
- * at once. The generated serializer copied the data twice (encoder, then
+ * empty), into the reused response buffer ({@linkcode responseScratch}).
+ * The generated serializer copied the data twice (encoder, then
  * `Buffer.from`) into buffers that were garbage right away: a Read sends
  * every byte of a blob through here, and 100 reads starting together left
  * ~60 MiB of that for the collector.
@@ -285,7 +278,7 @@ const scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
 function serializeBlobChunk(message: BlobChunk): Buffer {
   const data = message.data;
   const size = blobChunkMessageBytes(data.length);
-  const out = size <= SCRATCH_BYTES ? scratch.subarray(0, size) : Buffer.allocUnsafe(size);
+  const out = responseScratch(size);
   if (data.length === 0) return out;
   out[0] = 0x0a; // field 1, length-delimited
   out.set(data, writeVarint(out, 1, data.length));

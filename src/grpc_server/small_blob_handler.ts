@@ -25,6 +25,7 @@ import {
 } from "../grpc/small_blobs.ts";
 import { Code, RpcError } from "../grpc/status.ts";
 import { releaseReceivedMessage } from "../grpc/received_message.ts";
+import { releaseWhole } from "../castore/blob/chunk_codec.ts";
 import {
   checkChunkSize,
   checkDigest,
@@ -164,6 +165,11 @@ export function smallBlobHandler(
           const open = await send({ blobs }).finally(() => clearTimeout(stall));
           // A client gone: what was read ahead is dropped with the call.
           if (!open) return;
+          // Taken, so serialized: the blobs' buffers are ours (pieces belong
+          // to the reader, see BlobService.openRead) and are freed now. Left
+          // to the collector, a mount reading through here spent a fifth of
+          // the daemon's CPU on them.
+          for (const { data } of blobs) releaseWhole(data);
         }
       },
     ),

@@ -432,6 +432,40 @@ Deno.test("blob: chunks fetched through batched reads are checked against the ch
   });
 });
 
+Deno.test("blob: readChunkInto fills the target through batched reads, verified there", async () => {
+  const listed = B_CHUNKS;
+  let damage = -1;
+  await withFakeServer({
+    stat: () => ({ chunks: listed, bao: new Uint8Array() }),
+    readSmall: ({ digests }) => [{
+      blobs: digests.map((d) => {
+        const i = listed.findIndex((c) => bytesEqual(c.digest, d));
+        const data = new Uint8Array(B_PARTS[i]);
+        if (i === damage) data[5] ^= 1;
+        return { data, outcome: SmallBlobOutcome.FOUND };
+      }),
+    }],
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    await blob.chunks(F.BLOB_B_DIGEST);
+    const targets = B_PARTS.map((p) => new Uint8Array(p.length));
+    await Promise.all(listed.map((c, i) => blob.readChunkInto(c.digest, targets[i])));
+    for (const [i, part] of B_PARTS.entries()) assert(bytesEqual(targets[i], part), `chunk ${i}`);
+    // A blob handed out by a batched read is a buffer of its own (its
+    // reader may free it), not a view into the received message.
+    const reader = await blob.openRead(listed[1].digest, 0, Number(listed[1].size));
+    const [piece] = await collect(reader!);
+    assertEquals([piece.byteOffset, piece.byteLength], [0, piece.buffer.byteLength]);
+    damage = 1;
+    const err = await assertRejects(
+      () => blob.readChunkInto(listed[1].digest, new Uint8Array(B_PARTS[1].length)),
+      StorageError,
+    );
+    assert(/wrong contents/.test(err.message), err.message);
+    await blob.close();
+  });
+});
+
 Deno.test("blob: reads around close settle: no hang, no unhandled rejection", async () => {
   const data = F.BLOB_B.subarray(0, 5000);
   await withFakeServer({

@@ -67,8 +67,8 @@ export interface BlobService {
    * straight into `target` and verifies it there; resolves only once
    * `target` holds exactly the chunk, else rejects with a `StorageError`
    * (then `target` holds garbage and must not be used). Lets the FUSE reader
-   * fill its shared cache without an intermediate buffer per chunk. Only
-   * backends that read chunks from local storage have it.
+   * fill its shared cache without an intermediate buffer per chunk. The
+   * pack store and the gRPC client have it.
    */
   readChunkInto?(digest: Digest, target: Uint8Array): Promise<void>;
 
