@@ -7,7 +7,10 @@
  * serializer's own buffer is therefore garbage at once; streaming a blob
  * allocated one per message, and a daemon serving reads spent a large
  * part of its time collecting them. Encoding into this buffer instead
- * costs nothing per message.
+ * costs nothing per message. Serializations never overlap: grpc-js runs
+ * each one (serialize, then copy) in one synchronous step, when the
+ * message leaves the stream's write queue, and its server does not
+ * compress responses. Re-check both when upgrading grpc-js.
  *
  * @module
  */

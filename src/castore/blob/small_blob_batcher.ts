@@ -205,8 +205,10 @@ export class SmallBlobReader {
   /**
    * Reads the blob `digest`, expected to have `size` bytes (a hint). Given
    * `into` (of `size` bytes), a blob of that size is verified and copied
-   * there, and `into` is the result; otherwise the result is the blob in a
-   * buffer of its own, which the caller may free.
+   * there, and `into` is the result. Otherwise a batched read returns the
+   * blob in a buffer of its own, which the caller may free; the upstream
+   * `Read` fallback returns a view into its message, which
+   * `releaseWhole` leaves alone.
    */
   read(digest: Digest, size: number, into?: Uint8Array): Promise<SmallBlobRead> {
     if (this.#unsupported) return this.#fallback(digest, size);
