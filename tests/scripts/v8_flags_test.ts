@@ -43,8 +43,9 @@ Deno.test("v8 flags: this Deno accepts the setting and it bounds the young gener
   };
   const capped = await newSpaceBytes([`--v8-flags=${PRODUCT_V8_FLAGS}`]);
   const uncapped = await newSpaceBytes([]);
-  // Semi-spaces of 1 MiB: a few MiB of new space at most, where V8's
-  // default grows it past 8 MiB for this much short-lived allocation.
-  assert(capped > 0 && capped <= 4 << 20, `new space ${capped} bytes with the setting`);
+  // Semi-spaces of 1 MiB: V8 reported 1.8-4.75 MiB of new space over 40
+  // runs here (a bound of 4 MiB failed one CI run), where its default grows
+  // it to 15 MiB for this much short-lived allocation.
+  assert(capped > 0 && capped <= 6 << 20, `new space ${capped} bytes with the setting`);
   assert(uncapped > 2 * capped, `new space ${uncapped} bytes without it, ${capped} with`);
 });
