@@ -16,7 +16,12 @@
  */
 import { Buffer } from "node:buffer";
 
-/** Size of the reused buffer: the largest message that is encoded in place. */
+/**
+ * Size of the reused buffer: the largest message that is encoded in place.
+ * Room for both users' largest messages, a 1 MiB `BlobService.Read`
+ * message and a `SmallBlobService.Read` response (a 1 MiB blob after up
+ * to 256 KiB of others).
+ */
 export const RESPONSE_SCRATCH_BYTES = 2 * 1024 * 1024 + 64;
 
 let scratch: Buffer | undefined;
