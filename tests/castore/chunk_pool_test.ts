@@ -136,6 +136,28 @@ Deno.test("chunk pool: falls back to the main thread when Workers cannot start",
   }
 });
 
+Deno.test("chunk pool: once its Worker has four chunks waiting, the writer's thread encodes the next ones", async () => {
+  const pool = new ChunkWorkerPool(1, new URL("./stalled_chunk_worker.ts", import.meta.url));
+  try {
+    const chunks = Array.from({ length: 7 }, (_, i) => textBytes(100_000 + i));
+    // The first four go to the Worker, which never answers; waiting for
+    // "ready" (the first task is sent once it comes) keeps them there.
+    const queued = chunks.slice(0, 4).map((c) => pool.encode(c.slice()));
+    const settled = queued.map((p) => p.then(() => "answered", () => "failed"));
+    while (pool.workers === 0) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 100));
+    // The Worker has four waiting: these are encoded here, and match.
+    for (const chunk of chunks.slice(4)) {
+      const encoded = await pool.encode(chunk.slice());
+      assertEquals(encoded, await inThreadCodec.encode(chunk.slice()));
+    }
+    await pool.terminate();
+    assertEquals(await Promise.all(settled), ["failed", "failed", "failed", "failed"]);
+  } finally {
+    await pool.terminate();
+  }
+});
+
 Deno.test("chunk pool: a Worker dying mid-write fails the write; nothing becomes visible", async () => {
   const pool = new ChunkWorkerPool(1, new URL("./crashing_chunk_worker.ts", import.meta.url));
   const store = new MemoryObjectStore();

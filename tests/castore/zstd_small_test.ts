@@ -2,10 +2,11 @@ import { zstdCompressSync, zstdDecompressSync } from "node:zlib";
 import { assert, assertEquals, assertThrows } from "../assert.ts";
 import {
   decodeSmallFrame,
-  encodeSmallFrame,
+  ENCODE_FRAME_MAX,
+  encodeFrame,
+  frameEncoderAvailable,
   SMALL_FRAME_MAX,
   smallFrameDecoderAvailable,
-  smallFrameEncoderAvailable,
   SmallFrameError,
 } from "../../src/castore/blob/zstd_small.ts";
 import { decodeChunkSync } from "../../src/castore/blob/chunk_codec.ts";
@@ -20,14 +21,14 @@ const frame = (data: Uint8Array) => new Uint8Array(zstdCompressSync(data));
 Deno.test("zstd_small: the reused contexts are in use on this Deno", () => {
   // If node:zlib's internals change, reads and writes stay right but slow: this says so.
   assert(smallFrameDecoderAvailable(), "reused zstd decompression context unavailable");
-  assert(smallFrameEncoderAvailable(), "reused zstd compression context unavailable");
+  assert(frameEncoderAvailable(), "reused zstd compression context unavailable");
 });
 
 Deno.test("zstd_small: reused compression gives frames that decode to the input, at each level", async () => {
   for (const level of [1, 3, 1]) {
     for (const n of [1, 100, 4096, 30_000, SMALL_FRAME_MAX]) {
       for (const data of [text(n), F.pseudoRandom(n, n + 7)]) {
-        const f = encodeSmallFrame(data, level);
+        const f = encodeFrame(data, level);
         assert(f, `${n} bytes at level ${level} encoded`);
         assertEquals(f.byteLength, f.buffer.byteLength, "a buffer of its own");
         assertEquals(new Uint8Array(zstdDecompressSync(f)), data, `${n} bytes, level ${level}`);
@@ -38,15 +39,34 @@ Deno.test("zstd_small: reused compression gives frames that decode to the input,
   // The level is applied: real text (not a repeated pattern, which every
   // level shrinks alike) shrinks more at 3 than at 1, as with zstdCompressSync.
   const sample = (await Deno.readFile(new URL(import.meta.url))).subarray(0, 6000);
-  assert(encodeSmallFrame(sample, 3)!.length < encodeSmallFrame(sample, 1)!.length);
+  assert(encodeFrame(sample, 3)!.length < encodeFrame(sample, 1)!.length);
   // Frames declare a 128 KiB window (windowLog 17), not the level's 2 MiB:
   // byte 4 is the frame header descriptor, byte 5 the window descriptor.
-  const f = encodeSmallFrame(sample, 3)!;
+  const f = encodeFrame(sample, 3)!;
   assertEquals((f[4] >> 5) & 1, 0, "no single-segment frame");
   assertEquals((f[5] >> 3) + 10, 17, "window log");
   // Out of range: left to zstdCompressSync.
-  assertEquals(encodeSmallFrame(new Uint8Array(0), 3), undefined);
-  assertEquals(encodeSmallFrame(text(SMALL_FRAME_MAX + 1), 3), undefined);
+  assertEquals(encodeFrame(new Uint8Array(0), 3), undefined);
+  assertEquals(encodeFrame(text(ENCODE_FRAME_MAX + 1), 3), undefined);
+});
+
+Deno.test("zstd_small: reused compression of chunks up to the FastCDC maximum, with a 512 KiB window", () => {
+  const library = F.pseudoRandom(ENCODE_FRAME_MAX, 11).map((b, i) => (i % 3 === 0 ? b : i & 0x3f));
+  // Sizes around the switch between windows, and small ones after large
+  // ones (the scratch buffer has grown; each frame must still be its own).
+  for (
+    const n of [SMALL_FRAME_MAX + 1, 128 * 1024, 128 * 1024 + 1, 300_000, ENCODE_FRAME_MAX, 10]
+  ) {
+    for (const data of [text(n), library.subarray(0, n), F.pseudoRandom(n, n)]) {
+      const f = encodeFrame(data, 3);
+      assert(f, `${n} bytes encoded`);
+      assertEquals(f.byteLength, f.buffer.byteLength, "a buffer of its own");
+      assertEquals(new Uint8Array(zstdDecompressSync(f)), data, `${n} bytes`);
+      assertEquals((f[5] >> 3) + 10, n <= 128 * 1024 ? 17 : 19, `window log for ${n} bytes`);
+      // What a reader of the chunk does with it (its size comes from the index).
+      assertEquals(decodeChunkSync(new Uint8Array(f), blake3(data), n), data);
+    }
+  }
 });
 
 Deno.test("zstd_small: decodes like zstdDecompressSync, for any size up to the limit", () => {

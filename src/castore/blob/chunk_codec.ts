@@ -19,7 +19,7 @@ import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
-import { decodeSmallFrame, encodeSmallFrame } from "./zstd_small.ts";
+import { decodeSmallFrame, encodeFrame, frameEncoderAvailable } from "./zstd_small.ts";
 
 /**
  * zstd level of chunk objects. Any level decodes the same way, so this only
@@ -136,7 +136,7 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
   const starts = [0, (chunk.length - SAMPLE_SIZE) >> 1, chunk.length - SAMPLE_SIZE];
   return starts.every((at) => {
     const sample = chunk.subarray(at, at + SAMPLE_SIZE);
-    const frame = encodeSmallFrame(sample, SAMPLE_LEVEL) ??
+    const frame = encodeFrame(sample, SAMPLE_LEVEL) ??
       zstdCompressSync(sample, compressOptions(SAMPLE_SIZE, SAMPLE_PARAMS));
     return !compressionPays(SAMPLE_SIZE, frame.length);
   });
@@ -234,16 +234,22 @@ export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChu
   return encoded(
     chunk,
     blake3(chunk),
-    // A small chunk through this thread's reused context (zstd_small.ts).
-    encodeSmallFrame(chunk, small ? ZSTD_SMALL_LEVEL : ZSTD_LEVEL) ??
+    // Through this thread's reused context (zstd_small.ts).
+    encodeFrame(chunk, small ? ZSTD_SMALL_LEVEL : ZSTD_LEVEL) ??
       zstdCompressSync(chunk, compressOptions(chunk.length, small ? SMALL_PARAMS : ZSTD_PARAMS)),
     allowRaw,
   );
 }
 
-/** Hashes a chunk here and compresses it on the libuv threadpool (small ones inline). */
+/**
+ * Hashes and compresses a chunk: on this thread where its reused zstd
+ * contexts work ({@linkcode encodeChunkSync}, so a chunk Worker and this
+ * give the same bytes), else on the libuv threadpool (small ones inline).
+ */
 export async function encodeChunk(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
-  if (chunk.length <= INLINE_LIMIT) return encodeChunkSync(chunk, allowRaw);
+  if (chunk.length <= INLINE_LIMIT || frameEncoderAvailable()) {
+    return encodeChunkSync(chunk, allowRaw);
+  }
   const digest = blake3(chunk);
   if (allowRaw && looksIncompressible(chunk)) return { digest, stored: owned(chunk), raw: true };
   return encoded(

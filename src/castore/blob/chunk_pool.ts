@@ -22,6 +22,7 @@ import {
   decodeInline,
   ENCODE_INLINE_LIMIT,
   encodeChunk,
+  encodeChunkSync,
   type EncodedChunk,
   owned,
 } from "./chunk_codec.ts";
@@ -88,6 +89,16 @@ function isMainThread(): boolean {
   // Deno Workers have WorkerGlobalScope; node:worker_threads Workers a parentPort.
   return !("WorkerGlobalScope" in globalThis);
 }
+
+/**
+ * Chunks waiting in every encoding Worker from which the writer's own
+ * thread encodes the next one itself ({@linkcode ChunkWorkerPool.encode}).
+ * Writing one large blob in-process on two cores, the one Worker was busy
+ * all the time and the writer's thread (chunking, hashing the whole blob,
+ * storing) idle half of it. A daemon's main thread, busy receiving
+ * uploads, rarely gets this far ahead, so it rarely takes work on.
+ */
+const ENCODE_BACKLOG = 4;
 
 /**
  * Small chunks asked for together from this many on are split between
@@ -188,9 +199,11 @@ export class ChunkWorkerPool implements ChunkCodec {
     if (this.#disabled || chunk.length <= ENCODE_INLINE_LIMIT) {
       return await inThreadCodec.encode(chunk, allowRaw);
     }
+    const limit = Math.max(1, this.#size - 1);
+    if (this.#backlogged(limit)) return encodeChunkSync(chunk, allowRaw);
     const buf = owned(chunk).buffer;
     const res = await this.#run(
-      Math.max(1, this.#size - 1),
+      limit,
       (id) => ({ id, op: "encode", chunk: buf, allowRaw }),
       [buf],
       () => inThreadCodec.encode(new Uint8Array(buf), allowRaw),
@@ -313,6 +326,21 @@ export class ChunkWorkerPool implements ChunkCodec {
       else slot.queued.push(task);
       slot.worker.ref();
     });
+  }
+
+  /**
+   * Whether the first `limit` Workers all run and each has at least
+   * {@linkcode ENCODE_BACKLOG} tasks: then this thread has caught up with
+   * them and encodes the next chunk itself, instead of leaving a core idle
+   * while the Workers catch up.
+   */
+  #backlogged(limit: number): boolean {
+    let seen = 0;
+    for (const s of this.#slots) {
+      if (seen++ >= limit) break;
+      if (!s.ready || s.load < ENCODE_BACKLOG) return false;
+    }
+    return seen >= limit;
   }
 
   /**
