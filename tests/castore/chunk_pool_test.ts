@@ -163,6 +163,10 @@ Deno.test("chunk pool: once its Worker has four chunks waiting, the writer's thr
 });
 
 Deno.test("chunk pool: a Worker dying mid-write fails the write; nothing becomes visible", async () => {
+  // Only the first Worker dies (see the module); chunks of the failed
+  // write still being encoded may reach its replacement.
+  const markDir = await Deno.makeTempDir({ prefix: "chunk-pool-crash-" });
+  Deno.env.set("CRASHING_CHUNK_WORKER_MARK", `${markDir}/crashed`);
   const pool = new ChunkWorkerPool(1, new URL("./crashing_chunk_worker.ts", import.meta.url));
   const store = new MemoryObjectStore();
   const service = new ObjectStoreBlobService(store, { codec: pool });
@@ -171,14 +175,18 @@ Deno.test("chunk pool: a Worker dying mid-write fails the write; nothing becomes
     await assertRejects(() => putBlob(service, data), StorageError, "chunk worker failed");
     assertEquals(await store.list("blobs/"), []);
     assertEquals(await service.has(blake3(data)), false);
-    // The pool recovers with a fresh Worker (which serves two requests: one
-    // chunk too large to be handled inline, encoded and then decoded).
+    assert(await Deno.stat(`${markDir}/crashed`).then(() => true, () => false), "it crashed");
+    // The pool recovers with a fresh Worker (a chunk too large to be
+    // handled inline, encoded and then decoded there).
     const small = pseudoRandom(100_000, 2);
     assertEquals(await putBlob(service, small), blake3(small));
     assert(bytesEqual((await readBlob(service, blake3(small)))!, small), "readable");
+    assert(pool.workers >= 1, "a Worker serves again");
   } finally {
     await service.close();
     await pool.terminate();
+    Deno.env.delete("CRASHING_CHUNK_WORKER_MARK");
+    await Deno.remove(markDir, { recursive: true });
   }
 });
 

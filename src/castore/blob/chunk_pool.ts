@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { setImmediate } from "node:timers";
 import { Worker } from "node:worker_threads";
 import type { Digest } from "../digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
@@ -200,7 +201,13 @@ export class ChunkWorkerPool implements ChunkCodec {
       return await inThreadCodec.encode(chunk, allowRaw);
     }
     const limit = Math.max(1, this.#size - 1);
-    if (this.#backlogged(limit)) return encodeChunkSync(chunk, allowRaw);
+    if (this.#backlogged(limit)) {
+      // A writer that reads its input synchronously (the importer) would
+      // otherwise go on from chunk to chunk in microtasks alone, and timers,
+      // signals and other I/O of this thread would wait until its last one.
+      await new Promise((resolve) => setImmediate(resolve));
+      if (this.#backlogged(limit)) return encodeChunkSync(chunk, allowRaw);
+    }
     const buf = owned(chunk).buffer;
     const res = await this.#run(
       limit,
