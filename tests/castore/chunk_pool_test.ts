@@ -136,32 +136,6 @@ Deno.test("chunk pool: falls back to the main thread when Workers cannot start",
   }
 });
 
-Deno.test("chunk pool: once its Worker has four chunks waiting, the writer's thread encodes the next ones", async () => {
-  const pool = new ChunkWorkerPool(1, new URL("./stalled_chunk_worker.ts", import.meta.url));
-  try {
-    const chunks = Array.from({ length: 8 }, (_, i) => textBytes(100_000 + i));
-    // The Worker answers the first chunk only: once it has, it is up.
-    assertEquals(await pool.encode(chunks[0].slice()), await inThreadCodec.encode(chunks[0]));
-    // The next four go to the Worker, which never answers them.
-    const queued = chunks.slice(1, 5).map((c) => pool.encode(c.slice()));
-    const settled = queued.map((p) => p.then(() => "answered", () => "failed"));
-    // The Worker has four waiting: these are encoded here, and match.
-    // (Were they queued too, they would never settle: fail instead of hanging.)
-    for (const chunk of chunks.slice(5)) {
-      let timer!: ReturnType<typeof setTimeout>;
-      const stuck = new Promise<"stuck">((r) => (timer = setTimeout(() => r("stuck"), 10_000)));
-      const encoded = await Promise.race([pool.encode(chunk.slice()), stuck])
-        .finally(() => clearTimeout(timer));
-      assert(encoded !== "stuck", "a fifth chunk waited for the backlogged Worker");
-      assertEquals(encoded, await inThreadCodec.encode(chunk.slice()));
-    }
-    await pool.terminate();
-    assertEquals(await Promise.all(settled), ["failed", "failed", "failed", "failed"]);
-  } finally {
-    await pool.terminate();
-  }
-});
-
 Deno.test("chunk pool: a Worker dying mid-write fails the write; nothing becomes visible", async () => {
   // Only the first Worker dies (see the module); chunks of the failed
   // write still being encoded may reach its replacement.
