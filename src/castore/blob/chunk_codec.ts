@@ -19,7 +19,7 @@ import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
-import { decodeSmallFrame, encodeFrame, frameEncoderAvailable } from "./zstd_small.ts";
+import { decodeSmallFrame, encodeFrame, frameBound, frameEncoderAvailable } from "./zstd_small.ts";
 
 /**
  * zstd level of chunk objects. Any level decodes the same way, so this only
@@ -144,7 +144,7 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
 
 /**
  * zstd options for compressing `n` bytes: an output buffer that holds any
- * frame of them (zstd's bound is below `n + n/128 + 1 KiB`), so the frame
+ * frame of them ({@linkcode frameBound}), so the frame
  * comes out in one piece instead of being gathered from 16 KiB pieces and
  * concatenated (each piece garbage at once).
  */
@@ -152,7 +152,7 @@ function compressOptions(n: number, params = ZSTD_PARAMS) {
   // The size up front lets zstd size its tables to the input: without it
   // every call set up (and cleared) tables for a large window, which was
   // most of the cost of compressing a small file.
-  return { ...params, chunkSize: Math.max(64, n + (n >> 7) + 1024), pledgedSrcSize: n };
+  return { ...params, chunkSize: Math.max(64, frameBound(n)), pledgedSrcSize: n };
 }
 
 /**

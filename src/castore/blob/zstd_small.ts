@@ -199,8 +199,10 @@ function windowLogFor(n: number): number {
 
 /** Compression contexts of this thread, by level and window. */
 const encodeContexts = new Map<string, Context>();
-/** Room for the frame of any input up to `n` bytes (zstd's bound is lower). */
-const frameBound = (n: number) => n + (n >> 7) + 1024;
+/** Room for the zstd frame of any input of up to `n` bytes (zstd's own bound is lower). */
+export function frameBound(n: number): number {
+  return n + (n >> 7) + 1024;
+}
 /** Output of the reused contexts; grown once to {@linkcode ENCODE_FRAME_MAX}'s bound when a chunk that large comes. */
 let encodeScratch = new Uint8Array(frameBound(SMALL_FRAME_MAX));
 
