@@ -116,17 +116,17 @@ export function* directoryNodes(directory: Directory): Generator<NodeVariant> {
   const { directories: ds, files: fs, symlinks: ss } = directory;
   let i = 0, j = 0, k = 0;
   while (i < ds.length || j < fs.length || k < ss.length) {
-    let best: NodeVariant | undefined;
-    if (i < ds.length) best = { $case: "directory", value: ds[i] };
-    if (j < fs.length && (!best || compareBytes(fs[j].name, best.value.name) < 0)) {
-      best = { $case: "file", value: fs[j] };
+    // The smallest name of the three lists' heads; the node is built once
+    // it is chosen (a NAR of many small files walks every child).
+    let kind = i < ds.length ? 0 : -1;
+    let name = kind === 0 ? ds[i].name : undefined;
+    if (j < fs.length && (!name || compareBytes(fs[j].name, name) < 0)) {
+      kind = 1;
+      name = fs[j].name;
     }
-    if (k < ss.length && (!best || compareBytes(ss[k].name, best.value.name) < 0)) {
-      best = { $case: "symlink", value: ss[k] };
-    }
-    if (best!.$case === "directory") i++;
-    else if (best!.$case === "file") j++;
-    else k++;
-    yield best!;
+    if (k < ss.length && (!name || compareBytes(ss[k].name, name) < 0)) kind = 2;
+    if (kind === 0) yield { $case: "directory", value: ds[i++] };
+    else if (kind === 1) yield { $case: "file", value: fs[j++] };
+    else yield { $case: "symlink", value: ss[k++] };
   }
 }

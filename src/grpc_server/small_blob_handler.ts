@@ -205,6 +205,14 @@ async function readWhole(blob: BlobService, digest: Digest): Promise<SmallBlobCo
       ? { data: new Uint8Array(0), outcome: SmallBlobOutcome.FOUND }
       : absent;
   }
+  const whole = await blob.readWhole?.(digest);
+  if (whole) {
+    if (whole.length <= MAX_SMALL_BLOB_READ_BYTES) {
+      return { data: whole, outcome: SmallBlobOutcome.FOUND };
+    }
+    releaseWhole(whole);
+    return { data: new Uint8Array(0), outcome: SmallBlobOutcome.TOO_LARGE };
+  }
   const reader = await blob.openRead(digest);
   if (!reader) return absent;
   const pieces: Uint8Array[] = [];

@@ -22,7 +22,7 @@ import { StorageError } from "../errors.ts";
 import type { FileNode, NodeVariant } from "../castore/node.ts";
 import type { NarSummary } from "./calculation.ts";
 import { StreamHasher } from "./hasher.ts";
-import { concat, padLen, str, TOK, u64, ZEROS } from "./wire.ts";
+import { concat, padLen, TOK, TokenWriter } from "./wire.ts";
 
 /** Upper bound of the pieces the renderer yields (except blob pieces passed through). */
 export const PIECE_SIZE = 128 * 1024;
@@ -53,7 +53,7 @@ export class NarRenderError extends StorageError {
 }
 
 /** The parts of the BlobService the renderer uses. */
-export type BlobSource = Pick<BlobService, "openRead">;
+export type BlobSource = Pick<BlobService, "openRead" | "readWhole">;
 /** The parts of the DirectoryService the renderer uses. */
 export type DirectorySource = Pick<DirectoryService, "get" | "getRecursive">;
 
@@ -110,76 +110,69 @@ type PlanStep = Item | NeedDirectory;
 /**
  * Walks the tree depth-first in NAR order (children in merged name order)
  * and yields the token bytes and the file nodes whose contents go between.
- * The tokens between two files are merged into one piece, and the walk is
+ * The tokens between two files go out as one piece (a TokenWriter view), and the walk is
  * synchronous (directories come from the prefetched closure; a missing one
  * is asked for with a {@linkcode NeedDirectory} step): a tree of many small
  * files costs two or three steps per file, not eight async ones. An
  * explicit stack keeps deep trees off the call stack.
  */
 function* plan(root: NodeVariant, dirs: DirectoryCache): Generator<PlanStep> {
-  let tokens: Uint8Array[] = [];
-  let tokenBytes = 0;
-  const push = (...parts: Uint8Array[]) => {
-    for (const p of parts) {
-      tokens.push(p);
-      tokenBytes += p.length;
-    }
-  };
-  const take = (): Uint8Array => {
-    const out = tokens.length === 1 ? tokens[0] : concat(tokens);
-    tokens = [];
-    tokenBytes = 0;
-    return out;
-  };
-  push(TOK.header);
+  const tokens = new TokenWriter();
+  tokens.bytes(TOK.header);
   const stack: { children: NodeVariant[]; next: number }[] = [];
-
-  function* visit(node: NodeVariant): Generator<PlanStep> {
-    const leafEnd = stack.length > 0 ? CLOSE_ENTRY : TOK.close;
-    switch (node.$case) {
-      case "symlink":
-        push(TOK.symlink, str(node.value.target), leafEnd);
-        return;
-      case "file": {
-        const f = node.value;
-        checkDigest(f.digest);
-        push(f.executable ? TOK.executable : TOK.regular, u64(f.size));
-        yield take();
-        yield { file: f, from: 0 };
-        push(ZEROS.subarray(0, padLen(Number(f.size % 8n))), leafEnd);
-        return;
-      }
-      case "directory": {
-        checkDigest(node.value.digest);
-        let d = dirs.cached(node.value.digest);
-        while (!d) {
-          yield { need: node.value.digest };
-          d = dirs.cached(node.value.digest);
+  // The node whose tokens come next: the root, then each child in turn.
+  let node: NodeVariant | undefined = root;
+  while (true) {
+    if (node) {
+      const leafEnd = stack.length > 0 ? CLOSE_ENTRY : TOK.close;
+      switch (node.$case) {
+        case "symlink":
+          tokens.bytes(TOK.symlink);
+          tokens.str(node.value.target);
+          tokens.bytes(leafEnd);
+          break;
+        case "file": {
+          const f = node.value;
+          checkDigest(f.digest);
+          tokens.bytes(f.executable ? TOK.executable : TOK.regular);
+          tokens.u64(f.size);
+          yield tokens.take();
+          yield { file: f, from: 0 };
+          tokens.zeros(padLen(Number(f.size % 8n)));
+          tokens.bytes(leafEnd);
+          break;
         }
-        push(TOK.directory);
-        stack.push({ children: [...directoryNodes(d)], next: 0 });
-        return;
+        case "directory": {
+          checkDigest(node.value.digest);
+          let d = dirs.cached(node.value.digest);
+          while (!d) {
+            yield { need: node.value.digest };
+            d = dirs.cached(node.value.digest);
+          }
+          tokens.bytes(TOK.directory);
+          stack.push({ children: [...directoryNodes(d)], next: 0 });
+          break;
+        }
       }
+      node = undefined;
     }
-  }
-
-  yield* visit(root);
-  while (stack.length > 0) {
+    if (stack.length === 0) break;
     const top = stack[stack.length - 1];
     if (top.next < top.children.length) {
-      const child = top.children[top.next++];
-      push(TOK.entryOpen, str(child.value.name), TOK.nodeOpen);
-      yield* visit(child);
+      node = top.children[top.next++];
+      tokens.bytes(TOK.entryOpen);
+      tokens.str(node.value.name);
+      tokens.bytes(TOK.nodeOpen);
     } else {
       stack.pop();
-      push(stack.length > 0 ? CLOSE_ENTRY : TOK.close);
+      tokens.bytes(stack.length > 0 ? CLOSE_ENTRY : TOK.close);
     }
     // Long runs without files (a directory of symlinks) go out in pieces,
     // below PIECE_SIZE even with the largest entry (names and targets are
     // limited to a few KiB).
-    if (tokenBytes >= PIECE_SIZE / 2) yield take();
+    if (tokens.pending >= PIECE_SIZE / 2) yield tokens.take();
   }
-  yield take();
+  yield tokens.take();
 }
 
 /** Collects small byte strings into pieces of up to {@linkcode PIECE_SIZE}. */
@@ -270,10 +263,24 @@ function lengthError(f: FileNode, from: number, got: bigint): NarRenderError {
 /**
  * A small file's contents, whole: {@linkcode blobContents} without its
  * generator, which cost more than the read itself for files of a few KiB.
+ * A backend that reads small blobs whole gets one call per file.
  */
-async function readSmall(blob: BlobSource, part: FilePart): Promise<Uint8Array[]> {
-  const pieces: Uint8Array[] = [];
+function readSmall(blob: BlobSource, part: FilePart): Promise<Uint8Array[]> {
+  if (!blob.readWhole) return readSmallStreamed(blob, part);
+  return blob.readWhole(part.file.digest, Number(part.file.size)).then((whole) => {
+    if (!whole) return readSmallStreamed(blob, part);
+    if (whole.length !== Number(part.file.size)) {
+      throw lengthError(part.file, part.from, BigInt(whole.length - part.from));
+    }
+    if (part.from === 0) return [whole];
+    return part.from < whole.length ? [whole.subarray(part.from)] : [];
+  });
+}
+
+/** {@linkcode readSmall} through `openRead`. */
+async function readSmallStreamed(blob: BlobSource, part: FilePart): Promise<Uint8Array[]> {
   const want = Number(part.file.size) - part.from;
+  const pieces: Uint8Array[] = [];
   let got = 0;
   for await (const piece of await openBlob(blob, part.file, part.from)) {
     got += piece.length;

@@ -158,8 +158,13 @@ function smallFiles(n: number): Uint8Array[] {
 }
 
 /** Opens every digest at once (as the NAR renderer reads ahead) and reads each whole. */
-function readAllAtOnce(s: PackBlobService, digests: Uint8Array[]) {
+/**
+ * Every blob of `digests` asked for in one synchronous run, as a NAR
+ * renderer does: through `openRead`, or `readWhole` (what it uses).
+ */
+function readAllAtOnce(s: PackBlobService, digests: Uint8Array[], whole = false) {
   return Promise.allSettled(digests.map(async (d) => {
+    if (whole) return await s.readWhole(d);
     const reader = await s.openRead(d);
     if (!reader) return undefined;
     const parts: Uint8Array[] = [];
@@ -182,11 +187,17 @@ Deno.test("pack: small blobs opened together, across packs, read right; a missin
     const missing = blake3(new TextEncoder().encode("never stored"));
     const t = new PackBlobService(dir);
     const asked = [...digests.slice(0, 70), missing, ...digests.slice(70), digests[5]];
-    const got = await readAllAtOnce(t, asked);
-    for (const [i, r] of got.entries()) {
-      assertEquals(r.status, "fulfilled", `blob ${i}`);
-      const want = i === 70 ? undefined : files[i < 70 ? i : i === asked.length - 1 ? 5 : i - 1];
-      assertEquals((r as PromiseFulfilledResult<Uint8Array | undefined>).value, want, `blob ${i}`);
+    for (const whole of [false, true]) {
+      const got = await readAllAtOnce(t, asked, whole);
+      for (const [i, r] of got.entries()) {
+        assertEquals(r.status, "fulfilled", `blob ${i}`);
+        const want = i === 70 ? undefined : files[i < 70 ? i : i === asked.length - 1 ? 5 : i - 1];
+        assertEquals(
+          (r as PromiseFulfilledResult<Uint8Array | undefined>).value,
+          want,
+          `blob ${i}`,
+        );
+      }
     }
     // The batched lookup answers as the single one does.
     const many = t.locateMany(asked);
@@ -217,13 +228,15 @@ Deno.test("pack: a damaged record among small blobs read together fails only its
       await f.write(new Uint8Array([0xde, 0xad]));
     }
     f.close();
-    const got = await readAllAtOnce(t, digests);
-    for (const [i, r] of got.entries()) {
-      if (bad.includes(i)) {
-        assertEquals(r.status, "rejected", `blob ${i}`);
-        assert((r as PromiseRejectedResult).reason instanceof StorageError, `blob ${i}`);
-      } else {
-        assertEquals((r as PromiseFulfilledResult<Uint8Array>).value, files[i], `blob ${i}`);
+    for (const whole of [false, true]) {
+      const got = await readAllAtOnce(t, digests, whole);
+      for (const [i, r] of got.entries()) {
+        if (bad.includes(i)) {
+          assertEquals(r.status, "rejected", `blob ${i}`);
+          assert((r as PromiseRejectedResult).reason instanceof StorageError, `blob ${i}`);
+        } else {
+          assertEquals((r as PromiseFulfilledResult<Uint8Array>).value, files[i], `blob ${i}`);
+        }
       }
     }
     await t.close();

@@ -1,5 +1,6 @@
 import { assertEquals } from "../assert.ts";
-import { str, u64 } from "../../src/nar/wire.ts";
+import { str, TOK, TokenWriter, u64 } from "../../src/nar/wire.ts";
+import { concatBytes } from "../../src/castore/digest.ts";
 
 /** 8 bytes little-endian, the slow way. */
 function reference(n: bigint): Uint8Array {
@@ -25,4 +26,25 @@ Deno.test("wire: str is length, bytes, zero padding", () => {
   assertEquals(s.subarray(8, 308), new Uint8Array(300).fill(7));
   assertEquals(s.subarray(308), new Uint8Array(4));
   assertEquals(str("ab"), new Uint8Array([2, 0, 0, 0, 0, 0, 0, 0, 97, 98, 0, 0, 0, 0, 0, 0]));
+});
+
+Deno.test("wire: TokenWriter writes what str, u64 and padding would, and its views survive new buffers", () => {
+  const w = new TokenWriter();
+  const want: Uint8Array[] = [];
+  const taken: Uint8Array[] = [];
+  // ~100 KiB of tokens: past the end of the first buffer, with a take now and then.
+  for (let i = 0; i < 2000; i++) {
+    const name = new TextEncoder().encode(`entry-${i}`.repeat(1 + (i % 5)));
+    const size = i % 3 === 0 ? BigInt(i) * 0x100000001n : BigInt(i);
+    w.bytes(TOK.entryOpen);
+    w.str(name);
+    w.u64(size);
+    w.zeros(i % 8);
+    want.push(TOK.entryOpen, str(name), u64(size), new Uint8Array(i % 8));
+    if (i % 7 === 0) taken.push(w.take());
+  }
+  assertEquals(w.pending > 0, true);
+  taken.push(w.take());
+  assertEquals(w.pending, 0);
+  assertEquals(concatBytes(taken), concatBytes(want));
 });

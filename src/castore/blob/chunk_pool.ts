@@ -42,12 +42,29 @@ export interface ChunkCodec {
    * exactly that chunk. Takes ownership of `compressed`.
    */
   decode(compressed: Uint8Array, digest: Digest, size?: number, raw?: boolean): Promise<Uint8Array>;
+  /**
+   * {@linkcode decode} done now, for a chunk that it would decode on the
+   * calling thread anyway (raw, or small with a reused zstd context), with
+   * the same checks, thrown; `undefined`, leaving `compressed` alone, for a
+   * chunk it would hand elsewhere. Small files read together are then
+   * answered without a chain of promises each.
+   */
+  decodeHere(
+    compressed: Uint8Array,
+    digest: Digest,
+    size?: number,
+    raw?: boolean,
+  ): Uint8Array | undefined;
 }
 
 /** The codec on the calling thread (zstd itself runs on the libuv threadpool). */
 export const inThreadCodec: ChunkCodec = {
   encode: (chunk, allowRaw) => encodeChunk(chunk, allowRaw),
   decode: (compressed, digest, size, raw) => decodeChunk(compressed, digest, size, raw),
+  decodeHere: (compressed, digest, size, raw) =>
+    raw || decodeInline(compressed, size)
+      ? decodeChunkSync(compressed, digest, size, raw)
+      : undefined,
 };
 
 /**
@@ -66,6 +83,7 @@ export const workerThreadCodec: ChunkCodec = {
       return Promise.reject(err);
     }
   },
+  decodeHere: (compressed, digest, size, raw) => decodeChunkSync(compressed, digest, size, raw),
 };
 
 /**
@@ -208,21 +226,31 @@ export class ChunkWorkerPool implements ChunkCodec {
     };
   }
 
+  decodeHere(
+    compressed: Uint8Array,
+    digest: Digest,
+    size?: number,
+    raw = false,
+  ): Uint8Array | undefined {
+    if (this.#disabled) return inThreadCodec.decodeHere(compressed, digest, size, raw);
+    // A raw chunk only needs hashing, and a small one of known size takes
+    // a few µs with the reused zstd context (zstd_small.ts): less than
+    // handing it to a Worker costs.
+    return raw ||
+        (size !== undefined && decodeInline(compressed, size) && smallFrameDecoderAvailable())
+      ? decodeChunkSync(compressed, digest, size, raw)
+      : undefined;
+  }
+
   async decode(
     compressed: Uint8Array,
     digest: Digest,
     size?: number,
     raw = false,
   ): Promise<Uint8Array> {
-    // A raw chunk only needs hashing, and a small one of known size takes
-    // a few µs with the reused zstd context (zstd_small.ts): less than
-    // handing it to a Worker costs.
-    if (
-      this.#disabled || raw ||
-      (size !== undefined && decodeInline(compressed, size) && smallFrameDecoderAvailable())
-    ) {
-      return await inThreadCodec.decode(compressed, digest, size, raw);
-    }
+    if (this.#disabled) return await inThreadCodec.decode(compressed, digest, size, raw);
+    const here = this.decodeHere(compressed, digest, size, raw);
+    if (here !== undefined) return here;
     if (decodeInline(compressed, size)) {
       return await new Promise((resolve, reject) => {
         if (!this.#small) {

@@ -172,6 +172,16 @@ export class GrpcBlobService implements BlobService {
   }
 
   /**
+   * A blob of known `size` up to {@linkcode SMALL_BLOB_BYTES}, fetched
+   * whole (batched with others asked for at the same time) and verified.
+   */
+  async readWhole(digest: Digest, size?: number): Promise<Uint8Array | undefined> {
+    if (size === undefined || size > SMALL_BLOB_BYTES) return undefined;
+    const data = await this.#reader.read(digest, size);
+    return typeof data === "string" ? undefined : data;
+  }
+
+  /**
    * One `Read` of a blob expected to have `size` bytes, verified against
    * its digest before it is returned. "larger" (the call cancelled) if more
    * than `size` bytes arrive: the caller reads it the general way.

@@ -549,6 +549,15 @@ export class PackBlobService implements BlobService {
     });
   }
 
+  readWhole(digest: Digest): Promise<Uint8Array | undefined> {
+    try {
+      checkDigestLength(digest);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#readSingle(digest);
+  }
+
   /**
    * The blob `digest` if it is a single chunk (read and verified), else
    * `undefined`. Blobs opened together (a NAR renderer reading ahead over
@@ -605,16 +614,27 @@ export class PackBlobService implements BlobService {
         }
       }
       for (const m of run.members) {
-        const decoded = stored
-          ? this.#codec.decode(
-            // A copy each: the codec owns what it is given and may detach
-            // it (node:zlib's asynchronous calls do), so members never share.
-            stored.slice(m.offset - run.offset, m.offset - run.offset + m.length),
-            m.digest,
-            m.size,
-            m.raw,
-          )
-          : this.#readChunk(m);
+        if (!stored) {
+          this.#readChunk(m).then(m.read.resolve, m.read.reject);
+          continue;
+        }
+        const frame = stored.subarray(m.offset - run.offset, m.offset - run.offset + m.length);
+        // Small files are decoded here and now; decodeHere only reads the
+        // view (a result is always a buffer of its own).
+        let data: Uint8Array | undefined;
+        try {
+          data = this.#codec.decodeHere(frame, m.digest, m.size, m.raw);
+        } catch (err) {
+          m.read.reject(err);
+          continue;
+        }
+        if (data) {
+          m.read.resolve(data);
+          continue;
+        }
+        // The codec owns what `decode` is given and may detach it
+        // (node:zlib's asynchronous calls do): a copy of its own.
+        const decoded = this.#codec.decode(frame.slice(), m.digest, m.size, m.raw);
         decoded.then(m.read.resolve, m.read.reject);
       }
     }

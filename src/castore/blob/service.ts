@@ -63,6 +63,17 @@ export interface BlobService {
   openRead(digest: Digest, offset?: number, size?: number): Promise<BlobReader | undefined>;
 
   /**
+   * The blob whole and verified, if the backend reads it in one piece: a
+   * single chunk of the pack store (every small file), a blob of at most
+   * 1 MiB from a daemon when `size` (a file node's) says it is one.
+   * `undefined` if it is unknown or not read that way; `openRead` then
+   * streams it. The NAR renderer and the small-blob `Read` take small files
+   * this way: a reader's steps cost more than the read itself for files of a
+   * few KiB. The pack store and the gRPC client have it.
+   */
+  readWhole?(digest: Digest, size?: number): Promise<Uint8Array | undefined>;
+
+  /**
    * Reads one chunk of `target.length` bytes (listed by `chunks()`)
    * straight into `target` and verifies it there; resolves only once
    * `target` holds exactly the chunk, else rejects with a `StorageError`
