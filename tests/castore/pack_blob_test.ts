@@ -2,6 +2,7 @@ import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { PACK_MAGIC, PackBlobService, RECORD_HEADER } from "../../src/castore/blob/pack.ts";
 import { blake3, bytesEqual, concatBytes } from "../../src/castore/digest.ts";
+import { releaseWhole } from "../../src/castore/blob/chunk_codec.ts";
 import { StorageError } from "../../src/errors.ts";
 import { blobServiceConformance, putBlob, readBlob } from "../conformance/blob_suite.ts";
 import { tempDirFactory } from "../conformance/harness.ts";
@@ -198,6 +199,15 @@ Deno.test("pack: small blobs opened together, across packs, read right; a missin
           `blob ${i}`,
         );
       }
+    }
+    // One blob asked for twice, and nothing else: two buffers of their own,
+    // so a reader freeing its copy leaves the other's intact.
+    for (const whole of [false, true]) {
+      const [first, second] = await readAllAtOnce(t, [digests[9], digests[9]], whole);
+      const a = (first as PromiseFulfilledResult<Uint8Array>).value;
+      const b = (second as PromiseFulfilledResult<Uint8Array>).value;
+      releaseWhole(a);
+      assertEquals(b, files[9], `second read (readWhole: ${whole})`);
     }
     // The batched lookup answers as the single one does.
     const many = t.locateMany(asked);

@@ -47,7 +47,9 @@ export interface ChunkCodec {
    * calling thread anyway (raw, or small with a reused zstd context), with
    * the same checks, thrown; `undefined`, leaving `compressed` alone, for a
    * chunk it would hand elsewhere. Small files read together are then
-   * answered without a chain of promises each.
+   * answered without a chain of promises each. A view into a larger buffer
+   * is only read; one that spans its whole buffer is taken as the caller's
+   * to give away (like `decode`'s input), and may become the result.
    */
   decodeHere(
     compressed: Uint8Array,

@@ -618,9 +618,12 @@ export class PackBlobService implements BlobService {
           this.#readChunk(m).then(m.read.resolve, m.read.reject);
           continue;
         }
-        const frame = stored.subarray(m.offset - run.offset, m.offset - run.offset + m.length);
-        // Small files are decoded here and now; decodeHere only reads the
-        // view (a result is always a buffer of its own).
+        let frame = stored.subarray(m.offset - run.offset, m.offset - run.offset + m.length);
+        // The codec takes a frame that spans its whole buffer as its own (a
+        // raw one becomes the result, which the reader may free): that is
+        // the one record asked for twice, which gets a copy. Otherwise small
+        // files are decoded here and now from views into the run.
+        if (frame.length === stored.length) frame = frame.slice();
         let data: Uint8Array | undefined;
         try {
           data = this.#codec.decodeHere(frame, m.digest, m.size, m.raw);
@@ -634,7 +637,12 @@ export class PackBlobService implements BlobService {
         }
         // The codec owns what `decode` is given and may detach it
         // (node:zlib's asynchronous calls do): a copy of its own.
-        const decoded = this.#codec.decode(frame.slice(), m.digest, m.size, m.raw);
+        const decoded = this.#codec.decode(
+          frame.buffer === stored.buffer ? frame.slice() : frame,
+          m.digest,
+          m.size,
+          m.raw,
+        );
         decoded.then(m.read.resolve, m.read.reject);
       }
     }

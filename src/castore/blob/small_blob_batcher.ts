@@ -205,10 +205,10 @@ export class SmallBlobReader {
   /**
    * Reads the blob `digest`, expected to have `size` bytes (a hint). Given
    * `into` (of `size` bytes), a blob of that size is verified and copied
-   * there, and `into` is the result. Otherwise a batched read returns the
-   * blob in a buffer of its own, which the caller may free; the upstream
-   * `Read` fallback returns a view into its message, which
-   * `releaseWhole` leaves alone.
+   * there, and `into` is the result. Otherwise the result is a view into
+   * the received message (a batched read's, or the upstream `Read`
+   * fallback's), which no one else writes to and `releaseWhole` leaves
+   * alone.
    */
   read(digest: Digest, size: number, into?: Uint8Array): Promise<SmallBlobRead> {
     if (this.#unsupported) return this.#fallback(digest, size);
@@ -246,6 +246,8 @@ export class SmallBlobReader {
       // Inside the try: on a closed channel grpc-js throws right here.
       const call = this.#client.read({ digests: batch.map((p) => p.digest) });
       for await (const { blobs, received } of call as AsyncIterable<ReadSmallBlobsResponse>) {
+        // Whether a blob was handed out as a view into this message.
+        let viewed = false;
         for (const contents of blobs) {
           const pending = batch[answered++];
           if (!pending) {
@@ -256,19 +258,24 @@ export class SmallBlobReader {
           }
           try {
             const got = checkContents(pending.digest, contents);
-            // Copied out, as the message is freed right below.
             if (typeof got === "string") pending.resolve(got);
             else if (pending.into?.length === got.length) {
               pending.into.set(got);
               pending.resolve(pending.into);
-            } else pending.resolve(got.slice());
+            } else {
+              // A view: a copy each (a buffer per file of a few KiB) cost a
+              // NAR of small files more than the message's memory does.
+              viewed = true;
+              pending.resolve(got);
+            }
           } catch (err) {
             pending.reject(err);
           }
         }
         // Left to the collector, the messages of a mount reading a large
-        // file through a daemon cost the mount a fifth of its CPU.
-        if (received) releaseReceivedMessage(received);
+        // file through a daemon (all copied into its cache) cost the mount a
+        // fifth of its CPU.
+        if (received && !viewed) releaseReceivedMessage(received);
       }
       if (answered < batch.length) {
         throw new StorageError(`server answered ${answered} of ${batch.length} blobs`);
