@@ -29,7 +29,7 @@
 import { concatBytes, type Digest, digestKey } from "../castore/digest.ts";
 import { StorageError } from "../errors.ts";
 import type { BlobService } from "../castore/blob/service.ts";
-import { releaseWhole } from "../castore/blob/chunk_codec.ts";
+import { owned, releaseWhole } from "../castore/blob/chunk_codec.ts";
 import { LoadingCache } from "../loading_cache.ts";
 import type { Borrowed, SharedChunkCache } from "./shared_chunks.ts";
 
@@ -342,7 +342,12 @@ export class BlobRangeReader {
     return undefined;
   }
 
-  /** Reads a whole blob or chunk of known size (as one array, not copied if it arrives whole). */
+  /**
+   * Reads a whole blob or chunk of known size, as one array of its own: not
+   * copied if it arrives whole in a buffer of its own, copied if it is a
+   * view into something larger (a batched gRPC read's message), so that the
+   * Worker's cache holds only the bytes it counts.
+   */
   async #readWhole(digest: Digest, size: number): Promise<Uint8Array> {
     // The size lets a remote service read a small blob with one call,
     // without asking for its chunk list again.
@@ -361,7 +366,7 @@ export class BlobRangeReader {
     if (pos !== size) {
       throw new StorageError(`chunk ${digestKey(digest)}: expected ${size} bytes, got ${pos}+`);
     }
-    return pieces.length === 1 ? pieces[0] : concatBytes(pieces);
+    return pieces.length === 1 ? owned(pieces[0]) : concatBytes(pieces);
   }
 
   #chunkList(digest: Digest, key: string, size: number): Promise<ChunkList | undefined> {

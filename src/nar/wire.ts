@@ -102,6 +102,12 @@ export class TokenWriter {
   take(): Uint8Array {
     const out = this.#buf.subarray(this.#start, this.#end);
     this.#start = this.#end;
+    // A view over a whole buffer (a long run of tokens) may be taken as the
+    // reader's own and freed (releaseWhole): the writer goes on elsewhere.
+    if (out.length === this.#buf.length) {
+      this.#buf = new Uint8Array(TOKEN_SLAB);
+      this.#start = this.#end = 0;
+    }
     return out;
   }
 

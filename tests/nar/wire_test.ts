@@ -1,6 +1,7 @@
 import { assertEquals } from "../assert.ts";
 import { str, TOK, TokenWriter, u64 } from "../../src/nar/wire.ts";
 import { concatBytes } from "../../src/castore/digest.ts";
+import { releaseWhole } from "../../src/castore/blob/chunk_codec.ts";
 
 /** 8 bytes little-endian, the slow way. */
 function reference(n: bigint): Uint8Array {
@@ -47,4 +48,22 @@ Deno.test("wire: TokenWriter writes what str, u64 and padding would, and its vie
   taken.push(w.take());
   assertEquals(w.pending, 0);
   assertEquals(concatBytes(taken), concatBytes(want));
+});
+
+Deno.test("wire: a TokenWriter piece that spans its whole buffer may be freed by its reader", () => {
+  const w = new TokenWriter();
+  const name = new Uint8Array(200).fill(0x61);
+  const want: Uint8Array[] = [];
+  // More than a buffer's worth before the first take: one piece, one buffer.
+  for (let i = 0; i < 400; i++) {
+    w.str(name);
+    want.push(str(name));
+  }
+  const piece = w.take();
+  assertEquals(piece.byteLength, piece.buffer.byteLength);
+  assertEquals(piece, concatBytes(want));
+  releaseWhole(piece); // what the HTTP server does with a piece it owns
+  w.bytes(TOK.close);
+  w.u64(7);
+  assertEquals(w.take(), concatBytes([TOK.close, u64(7)]));
 });
