@@ -43,7 +43,15 @@ import { pathInfoServiceFromUrl } from "../src/store/pathinfo/from_url.ts";
 import { StorePath } from "../src/store/store_path.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { loadAverage, MAIN, median, numberArg, stringArg, watchLines } from "./support.ts";
+import {
+  loadAverage,
+  MAIN,
+  median,
+  numberArg,
+  stringArg,
+  waitForQuiet,
+  watchLines,
+} from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
@@ -374,6 +382,8 @@ try {
   await Deno.remove(mixed, { recursive: true });
   const small = join(tmp, "small");
   const sm = await generateSmall(small, SMALL_FILES);
+  // The mixed tree's runs leave the load average at 1.5 or more.
+  console.log(`\n${await waitForQuiet()}`);
   await benchTree(`small files`, small, sm.files, sm.bytes, stores);
 } finally {
   if (typeof storesFs !== "string") await storesFs.unmount();

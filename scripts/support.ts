@@ -114,6 +114,25 @@ export function loadAverage(): string {
   }
 }
 
+/**
+ * Waits until the 1-minute load average is below `threshold`, for at most
+ * `maxSecs`, so that a benchmark's next part does not start in the load
+ * its previous part left (the average lags: from 1.5 to 0.5 takes about a
+ * minute). Returns what it waited and the load it saw, for the report.
+ */
+export async function waitForQuiet(threshold = 0.5, maxSecs = 120): Promise<string> {
+  const t0 = performance.now();
+  const one = () => Number(loadAverage().split(" ")[0]);
+  while (!(one() < threshold) && performance.now() - t0 < maxSecs * 1000) {
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+  const waited = ((performance.now() - t0) / 1000).toFixed(0);
+  const load = loadAverage();
+  return one() < threshold
+    ? `waited ${waited} s for load below ${threshold}: ${load}`
+    : `load still ${load} after ${waited} s (numbers below are weaker evidence)`;
+}
+
 /** Sends SIGTERM to each child still running and waits for all of them to end. */
 export async function stopChildren(children: Deno.ChildProcess[]): Promise<void> {
   for (const c of children) {
