@@ -356,3 +356,51 @@ Deno.test("pack: compaction never points the index at a pack another process's g
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("pack: compression-level in the URL sets the level of new large chunks; bad values are refused", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-level-" });
+  try {
+    // Compressible text that zstd's levels tell apart, in several large chunks.
+    const words = new TextEncoder().encode(
+      "lib/libfoo.so.1 /nix/store/0123456789abcdfghijklmnpqrsvwxyz-foo-1.0 ELF x86-64 ",
+    );
+    const data = new Uint8Array(2 * 1024 * 1024);
+    const noise = F.pseudoRandom(data.length, 9);
+    for (let i = 0; i < data.length; i++) data[i] = words[(i * 7 + (noise[i] & 3)) % words.length];
+    const stored: Record<string, number> = {};
+    for (const level of ["1", "3", "19", ""]) {
+      const url = `pack://${dir}/${level || "default"}${
+        level ? `?compression-level=${level}` : ""
+      }`;
+      const s = await blobServiceFromUrl(url);
+      const digest = await putBlob(s, data);
+      await s.sync!();
+      assert(bytesEqual((await readBlob(s, digest))!, data), `read back at level ${level}`);
+      await s.close();
+      const dirName = `${dir}/${level || "default"}`;
+      const [pack] = await packFiles(dirName);
+      stored[level || "default"] = (await Deno.stat(`${dirName}/${pack}`)).size;
+    }
+    assertEquals(
+      stored["3"],
+      stored["default"],
+      `level 3 is the default: ${JSON.stringify(stored)}`,
+    );
+    assert(stored["1"] > stored["3"] && stored["3"] > stored["19"], JSON.stringify(stored));
+
+    for (const bad of ["0", "20", "-1", "3.5", "x", ""]) {
+      await assertRejects(
+        () => blobServiceFromUrl(`pack://${dir}/bad?compression-level=${bad}`),
+        StorageError,
+        "not an integer from 1 to 19",
+      );
+    }
+    await assertRejects(
+      () => blobServiceFromUrl(`pack://${dir}/bad?level=1`),
+      StorageError,
+      "unknown pack store option level",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

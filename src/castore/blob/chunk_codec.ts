@@ -29,9 +29,13 @@ import { decodeSmallFrame, encodeFrame, frameBound, frameEncoderAvailable } from
  * at level 3 (zstd's default, and the reference's). Through the whole
  * write path (`objectstore+file`, 2 cores) level 1 was no faster — the time
  * goes to hashing, chunking and creating files — so level 3 is kept for
- * the 7 % smaller store.
+ * the 7 % smaller store. A pack store's `compression-level` sets another
+ * (docs/storage.md#compression-level).
  */
 export const ZSTD_LEVEL = 3;
+
+/** Lowest and highest zstd level a store may ask for (zstd's own range). */
+export const MIN_ZSTD_LEVEL = 1, MAX_ZSTD_LEVEL = 19;
 
 /**
  * zstd level of chunks up to {@linkcode ENCODE_INLINE_LIMIT} (whole small
@@ -148,6 +152,11 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
  * comes out in one piece instead of being gathered from 16 KiB pieces and
  * concatenated (each piece garbage at once).
  */
+/** node:zlib options for zstd at `level`. */
+function paramsFor(level: number) {
+  return level === ZSTD_LEVEL ? ZSTD_PARAMS : { params: { [zc.ZSTD_c_compressionLevel]: level } };
+}
+
 function compressOptions(n: number, params = ZSTD_PARAMS) {
   // The size up front lets zstd size its tables to the input: without it
   // every call set up (and cleared) tables for a large window, which was
@@ -224,9 +233,15 @@ function encoded(
 /**
  * Hashes and compresses a chunk on this thread, synchronously (for Workers).
  * With `allowRaw`, a chunk zstd does not shrink enough (or whose samples
- * say so, {@linkcode looksIncompressible}) is kept as it is.
+ * say so, {@linkcode looksIncompressible}) is kept as it is. `level` is
+ * that of chunks above {@linkcode ENCODE_INLINE_LIMIT}; smaller ones are
+ * always compressed at {@linkcode ZSTD_SMALL_LEVEL}.
  */
-export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChunk {
+export function encodeChunkSync(
+  chunk: Uint8Array,
+  allowRaw = false,
+  level = ZSTD_LEVEL,
+): EncodedChunk {
   if (allowRaw && looksIncompressible(chunk)) {
     return { digest: blake3(chunk), stored: owned(chunk), raw: true };
   }
@@ -235,8 +250,11 @@ export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChu
     chunk,
     blake3(chunk),
     // Through this thread's reused context (zstd_small.ts).
-    encodeFrame(chunk, small ? ZSTD_SMALL_LEVEL : ZSTD_LEVEL) ??
-      zstdCompressSync(chunk, compressOptions(chunk.length, small ? SMALL_PARAMS : ZSTD_PARAMS)),
+    encodeFrame(chunk, small ? ZSTD_SMALL_LEVEL : level) ??
+      zstdCompressSync(
+        chunk,
+        compressOptions(chunk.length, small ? SMALL_PARAMS : paramsFor(level)),
+      ),
     allowRaw,
   );
 }
@@ -246,16 +264,20 @@ export function encodeChunkSync(chunk: Uint8Array, allowRaw = false): EncodedChu
  * contexts work ({@linkcode encodeChunkSync}, so a chunk Worker and this
  * give the same bytes), else on the libuv threadpool (small ones inline).
  */
-export async function encodeChunk(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
+export async function encodeChunk(
+  chunk: Uint8Array,
+  allowRaw = false,
+  level = ZSTD_LEVEL,
+): Promise<EncodedChunk> {
   if (chunk.length <= INLINE_LIMIT || frameEncoderAvailable()) {
-    return encodeChunkSync(chunk, allowRaw);
+    return encodeChunkSync(chunk, allowRaw, level);
   }
   const digest = blake3(chunk);
   if (allowRaw && looksIncompressible(chunk)) return { digest, stored: owned(chunk), raw: true };
   return encoded(
     chunk,
     digest,
-    await compressAsync(chunk, compressOptions(chunk.length)),
+    await compressAsync(chunk, compressOptions(chunk.length, paramsFor(level))),
     allowRaw,
   );
 }

@@ -24,6 +24,7 @@ import {
   encodeChunk,
   type EncodedChunk,
   owned,
+  ZSTD_LEVEL,
 } from "./chunk_codec.ts";
 import type { ChunkRequest, ChunkResponse, WorkerReady } from "./chunk_worker.ts";
 import { smallFrameDecoderAvailable } from "./zstd_small.ts";
@@ -35,7 +36,7 @@ export interface ChunkCodec {
    * where zstd saves too little). Takes ownership of `chunk`: its buffer
    * may be handed to another thread, so the caller must not use it again.
    */
-  encode(chunk: Uint8Array, allowRaw?: boolean): Promise<EncodedChunk>;
+  encode(chunk: Uint8Array, allowRaw?: boolean, level?: number): Promise<EncodedChunk>;
   /**
    * Decompresses a stored chunk (unless `raw`) and verifies it against
    * `digest` (and `size`, if known); {@linkcode StorageError} if it is not
@@ -61,7 +62,7 @@ export interface ChunkCodec {
 
 /** The codec on the calling thread (zstd itself runs on the libuv threadpool). */
 export const inThreadCodec: ChunkCodec = {
-  encode: (chunk, allowRaw) => encodeChunk(chunk, allowRaw),
+  encode: (chunk, allowRaw, level) => encodeChunk(chunk, allowRaw, level),
   decode: (compressed, digest, size, raw) => decodeChunk(compressed, digest, size, raw),
   decodeHere: (compressed, digest, size, raw) =>
     raw || decodeInline(compressed, size)
@@ -77,7 +78,7 @@ export const inThreadCodec: ChunkCodec = {
  * 450-494 to ~560 MB/s and from ~3.7 to ~3.1 s of CPU with decoding inline.
  */
 export const workerThreadCodec: ChunkCodec = {
-  encode: (chunk, allowRaw) => encodeChunk(chunk, allowRaw),
+  encode: (chunk, allowRaw, level) => encodeChunk(chunk, allowRaw, level),
   decode: (compressed, digest, size, raw) => {
     try {
       return Promise.resolve(decodeChunkSync(compressed, digest, size, raw));
@@ -204,9 +205,9 @@ export class ChunkWorkerPool implements ChunkCodec {
     this.#size = Math.max(this.#size, size);
   }
 
-  async encode(chunk: Uint8Array, allowRaw = false): Promise<EncodedChunk> {
+  async encode(chunk: Uint8Array, allowRaw = false, level = ZSTD_LEVEL): Promise<EncodedChunk> {
     if (this.#disabled || chunk.length <= ENCODE_INLINE_LIMIT) {
-      return await inThreadCodec.encode(chunk, allowRaw);
+      return await inThreadCodec.encode(chunk, allowRaw, level);
     }
     // Only Workers encode large chunks, even when they fall behind. Letting
     // the writer's thread take the next chunk once its Worker had four
@@ -217,9 +218,9 @@ export class ChunkWorkerPool implements ChunkCodec {
     const buf = owned(chunk).buffer;
     const res = await this.#run(
       Math.max(1, this.#size - 1),
-      (id) => ({ id, op: "encode", chunk: buf, allowRaw }),
+      (id) => ({ id, op: "encode", chunk: buf, allowRaw, level }),
       [buf],
-      () => inThreadCodec.encode(new Uint8Array(buf), allowRaw),
+      () => inThreadCodec.encode(new Uint8Array(buf), allowRaw, level),
     );
     return "stored" in res ? res : {
       digest: (res as DataResult).digest!,

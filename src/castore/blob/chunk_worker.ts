@@ -24,7 +24,7 @@ export type BatchedResult = { data: ArrayBuffer } | { error: string; storage: bo
 
 /** A request to a chunk Worker. */
 export type ChunkRequest =
-  | { id: number; op: "encode"; chunk: ArrayBuffer; allowRaw: boolean }
+  | { id: number; op: "encode"; chunk: ArrayBuffer; allowRaw: boolean; level: number }
   | {
     id: number;
     op: "decode";
@@ -68,7 +68,11 @@ function answer(req: ChunkRequest): [ChunkResponse, ArrayBuffer[]] {
   let output: ArrayBuffer | undefined;
   try {
     if (req.op === "encode") {
-      const { digest, stored, raw } = encodeChunkSync(new Uint8Array(req.chunk), req.allowRaw);
+      const { digest, stored, raw } = encodeChunkSync(
+        new Uint8Array(req.chunk),
+        req.allowRaw,
+        req.level,
+      );
       output = stored.buffer as ArrayBuffer;
       return [{ id: req.id, digest, raw, data: output }, [output]];
     }

@@ -37,6 +37,8 @@ import type { BlobWriter, ChunkMeta } from "./service.ts";
 export interface ChunkSink {
   /** Whether chunks zstd does not shrink may be stored uncompressed. */
   readonly allowRaw: boolean;
+  /** zstd level of chunks above 16 KiB, if not the codec's default. */
+  readonly level?: number;
   /**
    * Stores one encoded chunk of `size` bytes (a chunk it already has may be
    * skipped). `chunk.stored` is the sink's from then on: the writer never
@@ -156,7 +158,7 @@ export class ChunkedBlobWriter implements BlobWriter {
       // Encoded now (in a slot, like any chunk) but stored only later. The
       // set calls the job before `add` resolves, so `encoded` is assigned.
       let encoded!: Promise<EncodedChunk>;
-      await this.#jobs.add(() => (encoded = this.#codec.encode(chunk, allowRaw)));
+      await this.#jobs.add(() => (encoded = this.#codec.encode(chunk, allowRaw, this.#sink.level)));
       this.#held = encoded;
       this.#digests.push(digestOf(encoded));
       return;
@@ -164,7 +166,9 @@ export class ChunkedBlobWriter implements BlobWriter {
     await this.#releaseHeld();
     let encoded!: Promise<EncodedChunk>;
     await this.#jobs.add(() =>
-      (encoded = this.#codec.encode(chunk, allowRaw)).then((e) => this.#store(e, size))
+      (encoded = this.#codec.encode(chunk, allowRaw, this.#sink.level)).then((e) =>
+        this.#store(e, size)
+      )
     );
     this.#digests.push(digestOf(encoded));
   }

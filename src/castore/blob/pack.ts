@@ -53,7 +53,13 @@ import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts
 import { log } from "../../log.ts";
 import { inTransaction, openDatabase, statementsByCount, storageCall } from "../sqlite_db.ts";
 import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
-import { type EncodedChunk, releaseWhole, verifyChunk } from "./chunk_codec.ts";
+import {
+  type EncodedChunk,
+  MAX_ZSTD_LEVEL,
+  MIN_ZSTD_LEVEL,
+  releaseWhole,
+  verifyChunk,
+} from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
 import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
@@ -120,6 +126,12 @@ export interface PackBlobServiceOptions {
   workers?: number;
   /** Packs are closed beyond this size (tests use small ones). */
   packTargetSize?: number;
+  /**
+   * zstd level of new chunks above 16 KiB (`compression-level` in the URL;
+   * default 3): lower writes faster and stores more. What is stored keeps
+   * its level, and every level reads the same way.
+   */
+  compressionLevel?: number;
 }
 
 /** The pack being appended to. */
@@ -281,6 +293,7 @@ export class PackBlobService implements BlobService {
   readonly #maxInflight: number;
   readonly #readAhead: number;
   readonly #packTarget: number;
+  readonly #level: number | undefined;
   readonly #stmt: Record<
     "chunk" | "blob" | "putChunk" | "putBlob" | "touchChunk" | "touchBlob" | "newPack",
     StatementSync
@@ -329,6 +342,16 @@ export class PackBlobService implements BlobService {
     this.#maxInflight = Math.max(1, options.maxInflightChunks ?? 8);
     this.#readAhead = Math.max(1, options.readAhead ?? 4);
     this.#packTarget = options.packTargetSize ?? PACK_TARGET_SIZE;
+    this.#level = options.compressionLevel;
+    if (
+      this.#level !== undefined &&
+      !(Number.isInteger(this.#level) && this.#level >= MIN_ZSTD_LEVEL &&
+        this.#level <= MAX_ZSTD_LEVEL)
+    ) {
+      throw new StorageError(
+        `compression level ${this.#level}: not an integer from ${MIN_ZSTD_LEVEL} to ${MAX_ZSTD_LEVEL}`,
+      );
+    }
     this.#db = openDatabase(join(dir, "index.sqlite"));
     this.#lookupStatement = statementsByCount(
       this.#db,
@@ -965,7 +988,11 @@ export class PackBlobService implements BlobService {
 
   /** Starts an upload (see `chunked_writer.ts`). */
   openWrite(): BlobWriter {
-    return new ChunkedBlobWriter(new PackChunkSink(this), this.#codec, this.#maxInflight);
+    return new ChunkedBlobWriter(
+      new PackChunkSink(this, this.#level),
+      this.#codec,
+      this.#maxInflight,
+    );
   }
 
   /**
@@ -1279,7 +1306,7 @@ class PackChunkSink implements ChunkSink {
   readonly #service: PackBlobService;
   readonly #reused: Digest[] = [];
 
-  constructor(service: PackBlobService) {
+  constructor(service: PackBlobService, readonly level: number | undefined) {
     this.#service = service;
   }
 
@@ -1310,7 +1337,19 @@ export function packBlobServiceFromUrl(url: URL): PackBlobService {
   if (url.host !== "") throw new StorageError("no host allowed");
   const path = decodeURIComponent(url.pathname);
   if (path === "" || path === "/") throw new StorageError(`invalid pack store path: ${url.href}`);
-  return new PackBlobService(path);
+  const options: PackBlobServiceOptions = {};
+  for (const [name, value] of url.searchParams) {
+    if (name !== "compression-level") {
+      throw new StorageError(`unknown pack store option ${name} (known: compression-level)`);
+    }
+    if (!/^\d+$/.test(value)) {
+      throw new StorageError(
+        `compression-level=${value}: not an integer from ${MIN_ZSTD_LEVEL} to ${MAX_ZSTD_LEVEL}`,
+      );
+    }
+    options.compressionLevel = Number(value);
+  }
+  return new PackBlobService(path, options);
 }
 
 /** A write into a pack that garbage collection removed meanwhile. */
