@@ -17,11 +17,12 @@ export function padLen(len: number): number {
 
 /**
  * Writes `n` as 8 bytes little-endian at `out[at..at + 8]`, which are zero. Lengths below 2^32
- * (all names, most file sizes) skip BigInt and DataView: the renderer
- * encodes two or three per file, and those were a visible part of a
- * many-small-files NAR.
+ * (all names, most file sizes), as number or bigint, skip BigInt and
+ * DataView: the renderer encodes two or three per file, and those were a
+ * visible part of a many-small-files NAR.
  */
-function putU64(out: Uint8Array, at: number, n: number | bigint): void {
+function putU64(out: Uint8Array, at: number, value: number | bigint): void {
+  const n = typeof value === "bigint" && value <= 0xffffffffn ? Number(value) : value;
   if (typeof n === "number" && n >= 0 && n <= 0xffffffff) {
     out[at] = n & 0xff;
     out[at + 1] = (n >>> 8) & 0xff;
@@ -35,7 +36,7 @@ function putU64(out: Uint8Array, at: number, n: number | bigint): void {
 /** `u64(n)`: 8 bytes little-endian. */
 export function u64(n: number | bigint): Uint8Array {
   const out = new Uint8Array(8);
-  putU64(out, 0, typeof n === "bigint" && n <= 0xffffffffn ? Number(n) : n);
+  putU64(out, 0, n);
   return out;
 }
 
@@ -88,7 +89,7 @@ export class TokenWriter {
   /** Appends `u64(n)`. */
   u64(n: number | bigint): void {
     const buf = this.#room(8);
-    putU64(buf, this.#end, typeof n === "bigint" && n <= 0xffffffffn ? Number(n) : n);
+    putU64(buf, this.#end, n);
     this.#end += 8;
   }
 

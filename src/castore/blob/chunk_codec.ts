@@ -146,17 +146,17 @@ export function looksIncompressible(chunk: Uint8Array): boolean {
   });
 }
 
+/** node:zlib options for zstd at `level`. */
+function paramsFor(level: number) {
+  return level === ZSTD_LEVEL ? ZSTD_PARAMS : { params: { [zc.ZSTD_c_compressionLevel]: level } };
+}
+
 /**
  * zstd options for compressing `n` bytes: an output buffer that holds any
  * frame of them ({@linkcode frameBound}), so the frame
  * comes out in one piece instead of being gathered from 16 KiB pieces and
  * concatenated (each piece garbage at once).
  */
-/** node:zlib options for zstd at `level`. */
-function paramsFor(level: number) {
-  return level === ZSTD_LEVEL ? ZSTD_PARAMS : { params: { [zc.ZSTD_c_compressionLevel]: level } };
-}
-
 function compressOptions(n: number, params = ZSTD_PARAMS) {
   // The size up front lets zstd size its tables to the input: without it
   // every call set up (and cleared) tables for a large window, which was

@@ -348,9 +348,7 @@ export class PackBlobService implements BlobService {
       !(Number.isInteger(this.#level) && this.#level >= MIN_ZSTD_LEVEL &&
         this.#level <= MAX_ZSTD_LEVEL)
     ) {
-      throw new StorageError(
-        `compression level ${this.#level}: not an integer from ${MIN_ZSTD_LEVEL} to ${MAX_ZSTD_LEVEL}`,
-      );
+      throw compressionLevelError(this.#level);
     }
     this.#db = openDatabase(join(dir, "index.sqlite"));
     this.#lookupStatement = statementsByCount(
@@ -1342,14 +1340,17 @@ export function packBlobServiceFromUrl(url: URL): PackBlobService {
     if (name !== "compression-level") {
       throw new StorageError(`unknown pack store option ${name} (known: compression-level)`);
     }
-    if (!/^\d+$/.test(value)) {
-      throw new StorageError(
-        `compression-level=${value}: not an integer from ${MIN_ZSTD_LEVEL} to ${MAX_ZSTD_LEVEL}`,
-      );
-    }
+    if (!/^\d+$/.test(value)) throw compressionLevelError(value);
     options.compressionLevel = Number(value);
   }
   return new PackBlobService(path, options);
+}
+
+/** A `compression-level` (as given) that is not a zstd level a store may use. */
+function compressionLevelError(level: number | string): StorageError {
+  return new StorageError(
+    `compression level ${level}: not an integer from ${MIN_ZSTD_LEVEL} to ${MAX_ZSTD_LEVEL}`,
+  );
 }
 
 /** A write into a pack that garbage collection removed meanwhile. */
