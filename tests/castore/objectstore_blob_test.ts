@@ -68,6 +68,8 @@ class CountingStore implements ObjectStore {
   readonly puts: string[] = [];
   inflightPuts = 0;
   maxInflightPuts = 0;
+  /** Bytes of the puts in flight. */
+  inflightBytes = 0;
   /** While set, puts wait for it before completing (to observe concurrency). */
   gate: Promise<void> | undefined;
   /** Called whenever a put starts. */
@@ -87,6 +89,7 @@ class CountingStore implements ObjectStore {
   async put(path: string, data: Uint8Array) {
     this.puts.push(path);
     this.inflightPuts++;
+    this.inflightBytes += data.length;
     this.maxInflightPuts = Math.max(this.maxInflightPuts, this.inflightPuts);
     this.onPut?.();
     try {
@@ -94,6 +97,7 @@ class CountingStore implements ObjectStore {
       await this.inner.put(path, data);
     } finally {
       this.inflightPuts--;
+      this.inflightBytes -= data.length;
     }
   }
   delete(path: string) {
@@ -369,6 +373,35 @@ Deno.test("objectstore blob: abort leaves no index and no blob; no temp files af
     const files = await filesBelow(dir);
     assertEquals(files.filter((f) => f.split("/").pop()!.startsWith(".")), []);
   });
+});
+
+Deno.test("objectstore blob: uploads are bounded by bytes in flight too", async () => {
+  const store = new CountingStore(new MemoryObjectStore());
+  const limit = 1024 * 1024;
+  const service = new ObjectStoreBlobService(store, {
+    maxInflightChunks: 64,
+    maxInflightBytes: limit,
+  });
+  let open!: () => void;
+  store.gate = new Promise((resolve) => (open = resolve));
+  const writer = service.openWrite();
+  // Random data: each chunk is stored at about its own size.
+  const data = F.pseudoRandom(20 * 300 * 1024, 12);
+  let resolved = false;
+  const writing = writer.write(data).then(() => (resolved = true));
+  // Many turns of the event loop: the writer fills what the bound allows, then waits.
+  for (let i = 0; i < 200; i++) await new Promise((r) => setTimeout(r, 0));
+  assertEquals(resolved, false);
+  // zstd frames of random data are a few bytes longer than the chunk.
+  assert(store.inflightBytes <= limit + 1024, `${store.inflightBytes} bytes in flight`);
+  // Stopped by bytes, not by count: the next chunk (at most 512 KiB) did not fit.
+  assert(store.inflightBytes > limit - 512 * 1024, `${store.inflightBytes} bytes in flight`);
+  open();
+  store.gate = undefined;
+  await writing;
+  assertEquals(await writer.close(), blake3(data));
+  assert(bytesEqual((await readBlob(service, blake3(data)))!, data), "reads back");
+  await service.close();
 });
 
 Deno.test("objectstore blob: uploads are bounded in flight; write() waits", async () => {

@@ -104,7 +104,11 @@ Deno.test("s3 url: objectStoreFromUrl builds an S3 store without contacting it",
     const store = objectStoreFromUrl("objectstore+s3://bucket/pre/fix?endpoint=http://127.0.0.1:1");
     assert(store instanceof S3ObjectStore);
     assertEquals(store.description, "s3://bucket/pre/fix/ at http://127.0.0.1:1");
-    assertEquals(store.tuning, { maxInflightChunks: 64, readAhead: 16 });
+    assertEquals(store.tuning, {
+      maxInflightChunks: 64,
+      maxInflightBytes: 32 * 1024 * 1024,
+      readAhead: 16,
+    });
   } finally {
     for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]) {
       if (before[k] === undefined) Deno.env.delete(k);

@@ -39,7 +39,13 @@ import type { ObjectStore } from "../objectstore/store.ts";
 import { tuningOf } from "../objectstore/tuning.ts";
 import type { EncodedChunk } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
-import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
+import {
+  ChunkedBlobWriter,
+  type ChunkSink,
+  type InflightLimits,
+  inflightLimits,
+  LOCAL_INFLIGHT_LIMITS,
+} from "./chunked_writer.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import { isCollectable } from "../objectstore/store.ts";
@@ -53,6 +59,8 @@ import { presentAndTouched, sweepObjectStoreBlobs } from "./objectstore_sweep.ts
 export interface ObjectStoreBlobServiceOptions {
   /** Chunks being hashed, compressed or uploaded at once per writer; `write()` waits beyond it. */
   maxInflightChunks?: number;
+  /** Their uncompressed bytes at once per writer. */
+  maxInflightBytes?: number;
   /** Chunks fetched and verified ahead of the one being yielded by a reader. */
   readAhead?: number;
   /**
@@ -82,7 +90,7 @@ export function chunkPath(digest: Digest): string {
 /** A BlobService storing chunked, compressed blobs in an {@linkcode ObjectStore}. */
 export class ObjectStoreBlobService implements BlobService {
   readonly #store: ObjectStore;
-  readonly #maxInflight: number;
+  readonly #inflight: InflightLimits;
   readonly #readAhead: number;
   readonly #codec: ChunkCodec;
   readonly #lease: ChunkCodecLease | undefined;
@@ -98,7 +106,7 @@ export class ObjectStoreBlobService implements BlobService {
       this.sweep = (isLive, opts) => sweepObjectStoreBlobs(store, isLive, opts);
     }
     const hints = tuningOf(store);
-    this.#maxInflight = Math.max(1, options.maxInflightChunks ?? hints.maxInflightChunks ?? 8);
+    this.#inflight = inflightLimits(options, inflightLimits(hints, LOCAL_INFLIGHT_LIMITS));
     // Enough to keep the pool busy while the consumer takes the current
     // chunk; more (8) gained ~5 % only with two Workers, for 2 MiB more per reader.
     this.#readAhead = Math.max(1, options.readAhead ?? hints.readAhead ?? 4);
@@ -209,7 +217,7 @@ export class ObjectStoreBlobService implements BlobService {
     return new ChunkedBlobWriter(
       new ObjectStoreChunkSink(this.#store),
       this.#codec,
-      this.#maxInflight,
+      this.#inflight,
     );
   }
 

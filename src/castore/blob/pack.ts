@@ -61,7 +61,13 @@ import {
   verifyChunk,
 } from "./chunk_codec.ts";
 import { acquireChunkCodec, type ChunkCodec, type ChunkCodecLease } from "./chunk_pool.ts";
-import { ChunkedBlobWriter, type ChunkSink } from "./chunked_writer.ts";
+import {
+  ChunkedBlobWriter,
+  type ChunkSink,
+  type InflightLimits,
+  inflightLimits,
+  LOCAL_INFLIGHT_LIMITS,
+} from "./chunked_writer.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
 import { readRuns } from "./read_runs.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
@@ -118,8 +124,10 @@ export interface ChunkLocation {
 
 /** Options of {@linkcode PackBlobService}. */
 export interface PackBlobServiceOptions {
-  /** Chunks encoded or being written at once per upload. */
+  /** Chunks encoded or being written at once per upload (default 64). */
   maxInflightChunks?: number;
+  /** Their uncompressed bytes at once per upload (default 8 MiB). */
+  maxInflightBytes?: number;
   /** Chunks fetched and verified ahead of the one a reader yields. */
   readAhead?: number;
   /** Chunk Workers (see `chunk_pool.ts`); 0 runs the codec on this thread. */
@@ -290,7 +298,7 @@ export class PackBlobService implements BlobService {
   readonly #db: DatabaseSync;
   readonly #codec: ChunkCodec;
   readonly #lease: ChunkCodecLease;
-  readonly #maxInflight: number;
+  readonly #inflight: InflightLimits;
   readonly #readAhead: number;
   readonly #packTarget: number;
   readonly #level: number | undefined;
@@ -339,7 +347,7 @@ export class PackBlobService implements BlobService {
   /** Opens (creating if needed) the pack store in `dir`. */
   constructor(dir: string, options: PackBlobServiceOptions = {}) {
     this.#dir = dir;
-    this.#maxInflight = Math.max(1, options.maxInflightChunks ?? 8);
+    this.#inflight = inflightLimits(options, LOCAL_INFLIGHT_LIMITS);
     this.#readAhead = Math.max(1, options.readAhead ?? 4);
     this.#packTarget = options.packTargetSize ?? PACK_TARGET_SIZE;
     this.#level = options.compressionLevel;
@@ -989,7 +997,7 @@ export class PackBlobService implements BlobService {
     return new ChunkedBlobWriter(
       new PackChunkSink(this, this.#level),
       this.#codec,
-      this.#maxInflight,
+      this.#inflight,
     );
   }
 

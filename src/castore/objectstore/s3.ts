@@ -23,9 +23,14 @@ import type { ObjectStoreTuning } from "./tuning.ts";
 /**
  * Chunk uploads and read-ahead for a store whose every request costs a
  * network round trip: at 20–50 ms per 256 KiB PUT, 64 in flight keep one
- * upload above 300 MB/s, and 16 chunks read ahead one reader above 80 MB/s.
+ * upload above 300 MB/s (32 MiB, the most 64 chunks can hold), and 16
+ * chunks read ahead one reader above 80 MB/s.
  */
-const S3_TUNING: ObjectStoreTuning = { maxInflightChunks: 64, readAhead: 16 };
+const S3_TUNING: ObjectStoreTuning = {
+  maxInflightChunks: 64,
+  maxInflightBytes: 32 * 1024 * 1024,
+  readAhead: 16,
+};
 
 /** Objects in one bucket, below an optional key prefix. */
 export class S3ObjectStore implements CollectableObjectStore {

@@ -14,6 +14,8 @@ import type { ObjectStore } from "./store.ts";
 export interface ObjectStoreTuning {
   /** Chunks being encoded or uploaded at once per blob writer. */
   maxInflightChunks?: number;
+  /** Their uncompressed bytes at once per blob writer. */
+  maxInflightBytes?: number;
   /** Chunks fetched ahead of the one a blob reader is yielding. */
   readAhead?: number;
 }
