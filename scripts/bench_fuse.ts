@@ -29,6 +29,7 @@ import { DatabaseSync } from "node:sqlite";
 import { decodeChunkSync } from "../src/castore/blob/chunk_codec.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
+import { mountAt } from "../src/fuse/mountinfo.ts";
 import { loadAverage } from "./support.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -57,9 +58,7 @@ async function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): Pro
 }
 
 function mounted(path: string): boolean {
-  return Deno.readTextFileSync("/proc/self/mountinfo").split("\n").some((l) =>
-    l.split(" ")[4] === path
-  );
+  return mountAt(path) !== undefined;
 }
 
 async function waitFor(cond: () => boolean, what: string, child?: Deno.ChildProcess) {
@@ -158,9 +157,7 @@ async function startOurs(addrs: string[]): Promise<Server> {
 
 /** The sysfs file holding the kernel readahead (KiB) of the mount at `mnt`. */
 function bdiFile(mnt: string): string {
-  const line = Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
-    .find((l) => l.split(" ")[4] === mnt)!;
-  return `/sys/class/bdi/${line.split(" ")[2]}/read_ahead_kb`;
+  return `/sys/class/bdi/${mountAt(mnt)!.device}/read_ahead_kb`;
 }
 
 /**

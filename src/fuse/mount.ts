@@ -22,6 +22,7 @@ import { InodeTable } from "./inodes.ts";
 import { SharedChunkCache } from "./shared_chunks.ts";
 import { SharedListings } from "./shared_listings.ts";
 import { FuseSession } from "./session.ts";
+import { mountAt } from "./mountinfo.ts";
 import type { FromWorker, ToWorker, WorkerConfig } from "./worker.ts";
 
 /** What `mount` was asked to do. */
@@ -46,22 +47,23 @@ export interface MountOptions {
  * of up to that size instead of the kernel's default 128 KiB: 8 times
  * fewer round trips for large files. Measured on 2 cores, a 1 GiB file
  * from the chunk cache: 2350-2600 MB/s at 128 KiB, 3650-3740 MB/s at
- * 1 MiB. Needs root (sysfs); otherwise the default stays. The mount root's
- * `st_dev` names the BDI; the stat is answered by the Workers, so it runs
- * asynchronously once they serve.
+ * 1 MiB. Needs root (sysfs); otherwise the default stays. The mount's
+ * device number names the BDI. It comes from mountinfo, never from a
+ * `stat` of the mount, which this process would answer itself (see
+ * `mountinfo.ts` for why that can hang a killed mount).
  */
-function setReadahead(mountpoint: string, bytes: number): void {
-  Deno.stat(mountpoint).then(async (st) => {
-    // glibc's major()/minor() of the 64-bit dev_t.
-    const dev = BigInt(st.dev);
-    const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
-    const minor = (dev & 0xffn) | ((dev >> 12n) & 0xffffff00n);
-    await Deno.writeTextFile(
-      `/sys/class/bdi/${major}:${minor}/read_ahead_kb`,
+function setReadahead(mountedAt: string, bytes: number): void {
+  try {
+    const entry = mountAt(mountedAt);
+    if (!entry?.fsType.startsWith("fuse")) throw new Error(`no FUSE mount at ${mountedAt}`);
+    Deno.writeTextFileSync(
+      `/sys/class/bdi/${entry.device}/read_ahead_kb`,
       String(Math.floor(bytes / 1024)),
     );
-    log.debug("readahead raised", { kib: Math.floor(bytes / 1024), bdi: `${major}:${minor}` });
-  }).catch((err) => log.debug("readahead left at the kernel default", { error: String(err) }));
+    log.debug("readahead raised", { kib: Math.floor(bytes / 1024), bdi: entry.device });
+  } catch (err) {
+    log.debug("readahead left at the kernel default", { error: String(err) });
+  }
 }
 
 /** Typical chunk size of the object store (FastCDC average), which sizes the shared cache's slots. */
@@ -157,10 +159,14 @@ function spawn(config: WorkerConfig, gate: Promise<void>): WorkerHandle {
  */
 export async function runMount(opts: MountOptions): Promise<number> {
   checkMountAddrs(opts.addrs);
+  // The path as mountinfo will show it, found before anything is mounted
+  // there (see setReadahead).
+  let mountedAt: string;
   try {
     if (!(await Deno.stat(opts.mountpoint)).isDirectory) {
       throw new Error(`mountpoint ${opts.mountpoint} is not a directory`);
     }
+    mountedAt = await Deno.realPath(opts.mountpoint);
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) {
       throw new Error(`mountpoint ${opts.mountpoint} does not exist`);
@@ -182,7 +188,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
   try {
-    return await mountAndServe(opts, () => stopping, stopRequested.promise);
+    return await mountAndServe(opts, mountedAt, () => stopping, stopRequested.promise);
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
@@ -191,6 +197,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
 
 async function mountAndServe(
   opts: MountOptions,
+  mountedAt: string,
   stopping: () => boolean,
   stopRequested: Promise<void>,
 ): Promise<number> {
@@ -285,7 +292,7 @@ async function mountAndServe(
   // An unmount before every channel is cloned would make the late clones
   // fail: wait for all of them first.
   Promise.all([stopRequested, ...serving]).then(() => unmount("signal"));
-  setReadahead(opts.mountpoint, maxPages * 4096);
+  setReadahead(mountedAt, maxPages * 4096);
   await finished.promise;
 
   clearTimeout(drainTimer);

@@ -6,6 +6,7 @@
 import { assert, assertEquals } from "../assert.ts";
 import { CpuBinding, LARGE_READ, workerCpus } from "../../src/fuse/affinity.ts";
 import { allowedCpus, setThreadCpus } from "../../src/fuse/ffi.ts";
+import { mountAt } from "../../src/fuse/mountinfo.ts";
 import { addrFlags, run, runTvix, SKIP, startMount, tempStore } from "./harness.ts";
 
 /** `Cpus_allowed_list` of a task's status file. */
@@ -113,10 +114,8 @@ Deno.test({
   const store = await tempStore();
   const m = await startMount({ addrs: store.addrs });
   try {
-    const line = Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
-      .find((l) => l.split(" ")[4] === m.mountpoint)!;
-    const bdi = `/sys/class/bdi/${line.split(" ")[2]}/read_ahead_kb`;
-    // Set asynchronously once the Workers serve (it stats the mount root).
+    const bdi = `/sys/class/bdi/${mountAt(m.mountpoint)!.device}/read_ahead_kb`;
+    // Set once the Workers are told to serve.
     let kb = "";
     for (let i = 0; i < 100 && kb !== "1024"; i++) {
       kb = Deno.readTextFileSync(bdi).trim();

@@ -7,6 +7,7 @@
  */
 import { join } from "node:path";
 import { constructServices, type ServiceAddrs, type Services } from "../../src/store/services.ts";
+import { parseMountInfo } from "../../src/fuse/mountinfo.ts";
 
 /** The program's entry point. */
 export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -67,11 +68,9 @@ export function addrFlags(addrs: ServiceAddrs): string[] {
 /** Whether `path` is currently a mountpoint of a tvix-store FUSE filesystem. */
 export function isMounted(path: string): boolean {
   const info = Deno.readTextFileSync("/proc/self/mountinfo");
-  return info.split("\n").some((line) => {
-    const f = line.split(" ");
-    const sep = f.indexOf("-");
-    return f[4] === path && sep > 0 && f[sep + 1] === "fuse" && f[sep + 2] === "tvix-store";
-  });
+  return parseMountInfo(info).some((e) =>
+    e.mountPoint === path && e.fsType === "fuse" && e.source === "tvix-store"
+  );
 }
 
 /** A running `tvix-store mount`. */

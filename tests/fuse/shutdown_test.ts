@@ -98,6 +98,45 @@ Deno.test(
     }),
 );
 
+Deno.test(
+  { name: "mount: SIGKILL in the first moments of serving leaves no process behind", ignore: SKIP },
+  async () => {
+    // The mount once stat-ed its own root as it began to serve (for its
+    // readahead). Killed while that request waited for an answer, the
+    // process could never exit, and its mount hung (mountinfo.ts).
+    const store = await tempStore();
+    const mountpoint = await Deno.makeTempDir({ prefix: "tvix-fuse-mnt-" });
+    try {
+      for (let delay = 0; delay <= 120; delay += 8) {
+        const child = new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", MAIN, "mount", mountpoint, ...addrFlags(store.addrs), "--threads=2"],
+          stdin: "null",
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+        const t0 = performance.now();
+        while (!isMounted(mountpoint) && performance.now() - t0 < 20_000) {
+          await new Promise((r) => setTimeout(r, 1));
+        }
+        await new Promise((r) => setTimeout(r, delay));
+        child.kill("SIGKILL");
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const hung = new Promise<"hung">((r) => timer = setTimeout(() => r("hung"), 10_000));
+        const outcome = await Promise.race([child.status, hung]);
+        clearTimeout(timer);
+        // Aborts the connection (which frees a stuck process), and unmounts.
+        if (isMounted(mountpoint)) await run("umount", ["-f", mountpoint]);
+        if (isMounted(mountpoint)) await run("umount", ["-l", mountpoint]);
+        await child.status;
+        assert(outcome !== "hung", `killed ${delay} ms after mounting, the process never exited`);
+      }
+    } finally {
+      await Deno.remove(mountpoint).catch(() => {});
+      await store.remove();
+    }
+  },
+);
+
 /**
  * Sends SIGINT `when` the mount starts up: after a delay, or the moment
  * the mount appears in mountinfo (before the Workers have cloned their
