@@ -43,6 +43,16 @@ Deno.test("hex and base64 round trips; bytewise comparison", () => {
   assertEquals(compareBytes(F.b("a"), F.b("a")), 0);
 });
 
+Deno.test("toHex: lowercase, only the view's bytes, also in shared memory", () => {
+  assertEquals(toHex(new Uint8Array(0)), "");
+  assertEquals(toHex(Uint8Array.of(0, 9, 10, 171, 255)), "00090aabff");
+  const backing = Uint8Array.of(1, 2, 0xde, 0xad, 3);
+  assertEquals(toHex(backing.subarray(2, 4)), "dead");
+  const shared = new Uint8Array(new SharedArrayBuffer(8), 4, 2);
+  shared.set([0xbe, 0xef]);
+  assertEquals(toHex(shared), "beef");
+});
+
 Deno.test("concatBytes joins in order and always returns a fresh array", () => {
   assertEquals(concatBytes([]), new Uint8Array(0));
   const one = F.b("abc");
