@@ -133,7 +133,12 @@ export class JobSet {
     const run: Promise<void> = start(job).then(ended, (err) => {
       if (!this.#failed) {
         this.#failed = true;
-        this.#error = this.#mapError(err);
+        try {
+          this.#error = this.#mapError(err);
+        } catch {
+          // A mapper that throws must not leave the job counted as running.
+          this.#error = err;
+        }
       }
       ended();
     });

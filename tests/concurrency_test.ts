@@ -101,6 +101,20 @@ Deno.test("JobSet: the first failure sticks and is reported mapped", async () =>
   await assertRejects(() => set.drain(), Error, "mapped: first");
 });
 
+Deno.test("JobSet: a throwing mapError still ends the job and fails the set", async () => {
+  const set = new JobSet({
+    maxJobs: 1,
+    mapError: () => {
+      throw new Error("mapper broke");
+    },
+  });
+  await set.add(() => Promise.reject(new Error("job failed")));
+  await settle();
+  // The job no longer counts as running, and its own error is what sticks.
+  assertEquals(set.size, 0);
+  await assertRejects(() => set.drain(), Error, "job failed");
+});
+
 Deno.test("JobSet: the job has started when add resolves; a synchronous throw is its failure", async () => {
   const set = new JobSet({ maxJobs: 1 });
   let started = false;

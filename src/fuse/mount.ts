@@ -166,7 +166,8 @@ export async function runMount(opts: MountOptions): Promise<number> {
     if (!(await Deno.stat(opts.mountpoint)).isDirectory) {
       throw new Error(`mountpoint ${opts.mountpoint} is not a directory`);
     }
-    mountedAt = await Deno.realPath(opts.mountpoint);
+    // Only the readahead depends on it: a failure here must not stop the mount.
+    mountedAt = await Deno.realPath(opts.mountpoint).catch(() => opts.mountpoint);
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) {
       throw new Error(`mountpoint ${opts.mountpoint} does not exist`);
