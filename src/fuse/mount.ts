@@ -159,15 +159,10 @@ function spawn(config: WorkerConfig, gate: Promise<void>): WorkerHandle {
  */
 export async function runMount(opts: MountOptions): Promise<number> {
   checkMountAddrs(opts.addrs);
-  // The path as mountinfo will show it, found before anything is mounted
-  // there (see setReadahead).
-  let mountedAt: string;
   try {
     if (!(await Deno.stat(opts.mountpoint)).isDirectory) {
       throw new Error(`mountpoint ${opts.mountpoint} is not a directory`);
     }
-    // Only the readahead depends on it: a failure here must not stop the mount.
-    mountedAt = await Deno.realPath(opts.mountpoint).catch(() => opts.mountpoint);
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) {
       throw new Error(`mountpoint ${opts.mountpoint} does not exist`);
@@ -189,7 +184,7 @@ export async function runMount(opts: MountOptions): Promise<number> {
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
   try {
-    return await mountAndServe(opts, mountedAt, () => stopping, stopRequested.promise);
+    return await mountAndServe(opts, () => stopping, stopRequested.promise);
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
@@ -198,7 +193,6 @@ export async function runMount(opts: MountOptions): Promise<number> {
 
 async function mountAndServe(
   opts: MountOptions,
-  mountedAt: string,
   stopping: () => boolean,
   stopRequested: Promise<void>,
 ): Promise<number> {
@@ -251,6 +245,10 @@ async function mountAndServe(
     return 0;
   }
 
+  // The path as mountinfo will show it, resolved before anything is mounted
+  // there (see setReadahead). Only the readahead depends on it, so a
+  // failure here must not stop the mount.
+  const mountedAt = await Deno.realPath(opts.mountpoint).catch(() => opts.mountpoint);
   log.info("mounting", { path: opts.mountpoint, threads: opts.threads });
   let session: FuseSession;
   try {

@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { constructServices, type ServiceAddrs, type Services } from "../../src/store/services.ts";
-import { parseMountInfo } from "../../src/fuse/mountinfo.ts";
+import { mountAt } from "../../src/fuse/mountinfo.ts";
 
 /** The program's entry point. */
 export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -67,10 +67,8 @@ export function addrFlags(addrs: ServiceAddrs): string[] {
 
 /** Whether `path` is currently a mountpoint of a tvix-store FUSE filesystem. */
 export function isMounted(path: string): boolean {
-  const info = Deno.readTextFileSync("/proc/self/mountinfo");
-  return parseMountInfo(info).some((e) =>
-    e.mountPoint === path && e.fsType === "fuse" && e.source === "tvix-store"
-  );
+  const e = mountAt(path);
+  return e?.fsType === "fuse" && e.source === "tvix-store";
 }
 
 /** A running `tvix-store mount`. */

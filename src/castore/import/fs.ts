@@ -574,7 +574,7 @@ export async function ingestPath(
     // 8 MiB in a local store), so it counts as that much here. Counted as
     // one piece, the ends of many large files ran at once: importing the
     // benchmark's mixed tree peaked at 81-82 MiB of buffers, against 46-63
-    // MiB counted this way (by hand, three runs each).
+    // MiB counted this way (by hand, three to six runs each).
     const writer = blob.openWrite();
     try {
       using f = openFile(loc);
