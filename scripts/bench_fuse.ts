@@ -30,7 +30,7 @@ import { decodeChunkSync } from "../src/castore/blob/chunk_codec.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
 import { mountAt } from "../src/fuse/mountinfo.ts";
-import { loadAverage } from "./support.ts";
+import { loadAverage, waitForQuiet } from "./support.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const C_SOURCE = new URL("./fuse_memfs.c", import.meta.url).pathname;
@@ -143,10 +143,11 @@ async function startOurs(addrs: string[]): Promise<Server> {
     ...CACHE_FLAGS,
     ...addrs,
   ]);
-  // Set asynchronously once its Workers serve: wait for it (or give up after 2 s).
-  for (let i = 0; i < 40; i++) {
+  // Set asynchronously once its Workers serve: wait for it, or give up after
+  // 10 s (2 s was too short on a loaded machine, and both sides then ran at 128 KiB).
+  for (let i = 0; i < 200; i++) {
     const kb = Deno.readTextFileSync(bdiFile(s.mnt)).trim();
-    if (kb !== "128" || i === 39) {
+    if (kb !== "128" || i === 199) {
       oursReadaheadKb = kb;
       break;
     }
@@ -225,6 +226,9 @@ try {
   // anything: otherwise the first run of both servers (1 GiB of pack
   // writes still going to disk) was 2-3x slower than the later ones.
   await sh("sync", []);
+  // The import's own load would otherwise still be decaying during the
+  // first rounds (the 1-minute average read 1.5-2.2 at the start).
+  console.error(await waitForQuiet());
 
   // The bound of a cold read from the store: decompressing (where stored
   // compressed) and verifying every chunk, on one thread, as stored.
