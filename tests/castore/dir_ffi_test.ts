@@ -125,6 +125,19 @@ Deno.test("utf8Name keeps a byte order mark; displayName escapes what is not UTF
   assertEquals(displayName(fromHex("5cff0a")), "\\x5c\\xff\\x0a");
 });
 
+Deno.test("utf8Name spells ASCII names of every length, and views, as the decoder does", () => {
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  // 255 bytes is the longest the ASCII path takes; 256 goes to the decoder.
+  for (const length of [0, 1, 254, 255, 256, 1000]) {
+    const name = te.encode("a.-_~\x7f\x01Z9".repeat(100).slice(0, length));
+    assertEquals(utf8Name(name), decoder.decode(name), `length ${length}`);
+  }
+  const whole = te.encode("dir/some-name.txt");
+  assertEquals(utf8Name(whole.subarray(4, 13)), "some-name");
+  assertEquals(utf8Name(te.encode("caf\u00e9")), "café", "non-ASCII takes the decoder");
+  assertEquals(utf8Name(fromHex("61ff")), undefined, "a bad byte after ASCII ones");
+});
+
 Deno.test("without FFI permission, rawFsUnavailable says so", async () => {
   const script = await Deno.makeTempFile({ suffix: ".ts" });
   try {

@@ -122,11 +122,19 @@ function cName(name: Uint8Array): Uint8Array<ArrayBuffer> {
 const ASCII_FAST_PATH = 255;
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
+/** Whether every byte of `bytes` is ASCII. */
+function isAscii(bytes: Uint8Array): boolean {
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] >= 0x80) return false;
+  return true;
+}
+
 /** `name` as a string if it is valid UTF-8 (so a string path can spell it), else `undefined`. */
 export function utf8Name(name: Uint8Array): string | undefined {
-  // Most names are ASCII, spelt here without a call into the decoder.
-  if (name.length <= ASCII_FAST_PATH && name.every((b) => b < 0x80)) {
-    return String.fromCharCode(...name);
+  // Most names are ASCII, spelt here without a call into the decoder. A
+  // plain loop and `apply`, not `every` and a spread: the spread's iterator
+  // cost 1.4 µs a name, 5 times the rest, and a walk names every entry.
+  if (name.length <= ASCII_FAST_PATH && isAscii(name)) {
+    return String.fromCharCode.apply(null, name as unknown as number[]);
   }
   try {
     return strictUtf8.decode(name);
