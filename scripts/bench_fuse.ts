@@ -29,7 +29,7 @@ import { DatabaseSync } from "node:sqlite";
 import { decodeChunkSync } from "../src/castore/blob/chunk_codec.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { mountAt } from "../src/fuse/mountinfo.ts";
+import { mountAt, readaheadFile } from "../src/fuse/mountinfo.ts";
 import { loadAverage, waitForQuiet } from "./support.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -158,7 +158,7 @@ async function startOurs(addrs: string[]): Promise<Server> {
 
 /** The sysfs file holding the kernel readahead (KiB) of the mount at `mnt`. */
 function bdiFile(mnt: string): string {
-  return `/sys/class/bdi/${mountAt(mnt)!.device}/read_ahead_kb`;
+  return readaheadFile(mountAt(mnt)!);
 }
 
 /**

@@ -22,7 +22,7 @@ import { InodeTable } from "./inodes.ts";
 import { SharedChunkCache } from "./shared_chunks.ts";
 import { SharedListings } from "./shared_listings.ts";
 import { FuseSession } from "./session.ts";
-import { mountAt } from "./mountinfo.ts";
+import { mountAt, readaheadFile } from "./mountinfo.ts";
 import type { FromWorker, ToWorker, WorkerConfig } from "./worker.ts";
 
 /** What `mount` was asked to do. */
@@ -56,10 +56,7 @@ function setReadahead(mountedAt: string, bytes: number): void {
   try {
     const entry = mountAt(mountedAt);
     if (!entry?.fsType.startsWith("fuse")) throw new Error(`no FUSE mount at ${mountedAt}`);
-    Deno.writeTextFileSync(
-      `/sys/class/bdi/${entry.device}/read_ahead_kb`,
-      String(Math.floor(bytes / 1024)),
-    );
+    Deno.writeTextFileSync(readaheadFile(entry), String(Math.floor(bytes / 1024)));
     log.debug("readahead raised", { kib: Math.floor(bytes / 1024), bdi: entry.device });
   } catch (err) {
     log.debug("readahead left at the kernel default", { error: String(err) });

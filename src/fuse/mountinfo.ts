@@ -50,6 +50,11 @@ export function parseMountInfo(text: string): MountEntry[] {
   return entries;
 }
 
+/** The sysfs file holding the kernel readahead (KiB) of `entry`'s device (its BDI). */
+export function readaheadFile(entry: MountEntry): string {
+  return `/sys/class/bdi/${entry.device}/read_ahead_kb`;
+}
+
 /** The filesystem mounted last at `path` (absolute, no symlinks), if any. */
 export function mountAt(path: string): MountEntry | undefined {
   const entries = parseMountInfo(Deno.readTextFileSync("/proc/self/mountinfo"));

@@ -6,8 +6,15 @@
 import { assert, assertEquals } from "../assert.ts";
 import { CpuBinding, LARGE_READ, workerCpus } from "../../src/fuse/affinity.ts";
 import { allowedCpus, setThreadCpus } from "../../src/fuse/ffi.ts";
-import { mountAt } from "../../src/fuse/mountinfo.ts";
-import { addrFlags, run, runTvix, SKIP, startMount, tempStore } from "./harness.ts";
+import {
+  addrFlags,
+  readaheadOnceSet,
+  run,
+  runTvix,
+  SKIP,
+  startMount,
+  tempStore,
+} from "./harness.ts";
 
 /** `Cpus_allowed_list` of a task's status file. */
 function cpusAllowed(statusPath: string): string {
@@ -114,14 +121,7 @@ Deno.test({
   const store = await tempStore();
   const m = await startMount({ addrs: store.addrs });
   try {
-    const bdi = `/sys/class/bdi/${mountAt(m.mountpoint)!.device}/read_ahead_kb`;
-    // Set once the Workers are told to serve.
-    let kb = "";
-    for (let i = 0; i < 100 && kb !== "1024"; i++) {
-      kb = Deno.readTextFileSync(bdi).trim();
-      if (kb !== "1024") await new Promise((r) => setTimeout(r, 20));
-    }
-    assertEquals(kb, "1024");
+    assertEquals(await readaheadOnceSet(m.mountpoint, "1024", 100), "1024");
     assertEquals((await run("stat", ["-c", "%F", m.mountpoint])).stdout.trim(), "directory");
   } finally {
     await m.stop();

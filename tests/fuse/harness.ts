@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { constructServices, type ServiceAddrs, type Services } from "../../src/store/services.ts";
-import { mountAt } from "../../src/fuse/mountinfo.ts";
+import { mountAt, readaheadFile } from "../../src/fuse/mountinfo.ts";
 
 /** The program's entry point. */
 export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -69,6 +69,27 @@ export function addrFlags(addrs: ServiceAddrs): string[] {
 export function isMounted(path: string): boolean {
   const e = mountAt(path);
   return e?.fsType === "fuse" && e.source === "tvix-store";
+}
+
+/**
+ * The kernel readahead (KiB, as sysfs spells it) of the mount at
+ * `mountpoint` once it reads `kb`, or what it still read after `polls`
+ * reads 20 ms apart: the mount raises it once its Workers are told to
+ * serve. Counted in polls, not in time, so that a loaded machine, whose
+ * timers fire late, waits longer.
+ */
+export async function readaheadOnceSet(
+  mountpoint: string,
+  kb: string,
+  polls: number,
+): Promise<string> {
+  const file = readaheadFile(mountAt(mountpoint)!);
+  let now = Deno.readTextFileSync(file).trim();
+  for (let i = 1; i < polls && now !== kb; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    now = Deno.readTextFileSync(file).trim();
+  }
+  return now;
 }
 
 /** A running `tvix-store mount`. */

@@ -1,5 +1,5 @@
 import { assertEquals } from "../assert.ts";
-import { mountAt, parseMountInfo } from "../../src/fuse/mountinfo.ts";
+import { mountAt, parseMountInfo, readaheadFile } from "../../src/fuse/mountinfo.ts";
 
 const SAMPLE = [
   "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw",
@@ -17,6 +17,13 @@ Deno.test("mountinfo: fields, escapes and optional fields", () => {
     { device: "0:32", mountPoint: "/mnt/x", fsType: "fuse.sshfs", source: "host:/dir" },
     { device: "0:33", mountPoint: "/mnt/x", fsType: "tmpfs", source: "tmpfs" },
   ]);
+});
+
+Deno.test("mountinfo: a mount's readahead lives in sysfs under its device", () => {
+  assertEquals(
+    readaheadFile({ device: "0:31", mountPoint: "/m", fsType: "fuse", source: "tvix-store" }),
+    "/sys/class/bdi/0:31/read_ahead_kb",
+  );
 });
 
 Deno.test("mountinfo: this process's root is mounted; a plain directory is not", () => {

@@ -9,12 +9,12 @@ import {
   isMounted,
   MAIN,
   type MountProcess,
+  readaheadOnceSet,
   run,
   SKIP,
   startMount,
   tempStore,
 } from "./harness.ts";
-import { mountAt } from "../../src/fuse/mountinfo.ts";
 
 /** Waits for the mount process to exit; returns the status and milliseconds since `t0`. */
 async function exitAfter(m: MountProcess, t0: number) {
@@ -138,11 +138,7 @@ Deno.test(
       }
       assert(isMounted(mountpoint), "the mount did not appear");
       // Serving, and past its readahead step (which once made the request).
-      const bdi = `/sys/class/bdi/${mountAt(mountpoint)!.device}/read_ahead_kb`;
-      for (let i = 0; i < 200 && Deno.readTextFileSync(bdi).trim() !== "1024"; i++) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      assertEquals(Deno.readTextFileSync(bdi).trim(), "1024");
+      assertEquals(await readaheadOnceSet(mountpoint, "1024", 200), "1024");
       await new Promise((r) => setTimeout(r, 200));
     } finally {
       if (isMounted(mountpoint)) await run("umount", [mountpoint]);
