@@ -42,25 +42,17 @@ export interface MountOptions {
 }
 
 /**
- * Raises the kernel's readahead for the mount to `bytes` (its BDI's
- * `read_ahead_kb`), so a sequential reader's pages are asked for in READs
- * of up to that size instead of the kernel's default 128 KiB: 8 times
- * fewer round trips for large files. Measured on 2 cores, a 1 GiB file
- * from the chunk cache: 2350-2600 MB/s at 128 KiB, 3650-3740 MB/s at
- * 1 MiB. Needs root (sysfs); otherwise the default stays. The mount's
- * device number names the BDI. It comes from mountinfo, never from a
- * `stat` of the mount, which this process would answer itself (see
- * `mountinfo.ts` for why that can hang a killed mount).
+ * The sysfs file of the mount's readahead, for the Workers to raise it
+ * (`worker.ts`, `raiseReadahead`). The mount's device number names it. It
+ * comes from mountinfo, never from a `stat` of the mount, which this
+ * process would answer itself (see `mountinfo.ts` for why that can hang a
+ * killed mount).
  */
-function setReadahead(mountedAt: string, bytes: number): void {
-  try {
-    const entry = mountAt(mountedAt);
-    if (!entry?.fsType.startsWith("fuse")) throw new Error(`no FUSE mount at ${mountedAt}`);
-    Deno.writeTextFileSync(readaheadFile(entry), String(Math.floor(bytes / 1024)));
-    log.debug("readahead raised", { kib: Math.floor(bytes / 1024), bdi: entry.device });
-  } catch (err) {
-    log.debug("readahead left at the kernel default", { error: String(err) });
-  }
+function readaheadFileOf(mountedAt: string): string | undefined {
+  const entry = mountAt(mountedAt);
+  if (entry?.fsType.startsWith("fuse")) return readaheadFile(entry);
+  log.debug("readahead left at the kernel default", { error: `no FUSE mount at ${mountedAt}` });
+  return undefined;
 }
 
 /** Typical chunk size of the object store (FastCDC average), which sizes the shared cache's slots. */
@@ -243,7 +235,7 @@ async function mountAndServe(
   }
 
   // The path as mountinfo will show it, resolved before anything is mounted
-  // there (see setReadahead). Only the readahead depends on it, so a
+  // there (see readaheadFileOf). Only the readahead depends on it, so a
   // failure here must not stop the mount.
   const mountedAt = await Deno.realPath(opts.mountpoint).catch(() => opts.mountpoint);
   log.info("mounting", { path: opts.mountpoint, threads: opts.threads });
@@ -271,9 +263,12 @@ async function mountAndServe(
     status = 1;
     unmount("worker failed");
   };
+  const raFile = readaheadFileOf(mountedAt);
   // Each Worker first reports that it cloned its channel, then that it is done.
   const serving = workers.map(async (w) => {
-    w.worker.postMessage({ type: "serve", fd: session.fd } satisfies ToWorker);
+    w.worker.postMessage(
+      { type: "serve", fd: session.fd, readaheadFile: raFile } satisfies ToWorker,
+    );
     const m = await w.next();
     if (m.type === "failed") failed(m.message);
     return m.type === "serving" ? w : undefined;
@@ -288,7 +283,6 @@ async function mountAndServe(
   // An unmount before every channel is cloned would make the late clones
   // fail: wait for all of them first.
   Promise.all([stopRequested, ...serving]).then(() => unmount("signal"));
-  setReadahead(mountedAt, maxPages * 4096);
   await finished.promise;
 
   clearTimeout(drainTimer);

@@ -79,7 +79,10 @@ export interface WorkerConfig {
 }
 
 /** Messages from the main thread. */
-export type ToWorker = { type: "start"; config: WorkerConfig } | { type: "serve"; fd: number };
+export type ToWorker =
+  | { type: "start"; config: WorkerConfig }
+  /** `readaheadFile`: the mount's sysfs readahead, raised by whichever Worker answers INIT. */
+  | { type: "serve"; fd: number; readaheadFile?: string };
 /** Messages to the main thread. */
 export type FromWorker =
   | { type: "loaded" }
@@ -104,12 +107,37 @@ function isRemote(services: Services): boolean {
 /** With remote services, the longest an idle Worker blocks without giving the event loop a turn (ms). */
 const UPKEEP_MS = 1000;
 
+/**
+ * Raises the kernel's readahead for the mount to `bytes` (`file` is its
+ * BDI's `read_ahead_kb`), so a sequential reader's pages are asked for in
+ * READs of up to that size instead of the kernel's default 128 KiB: 8
+ * times fewer round trips for large files. Measured on 2 cores, a 1 GiB
+ * file from the chunk cache: 2350-2600 MB/s at 128 KiB, 3650-3740 MB/s at
+ * 1 MiB. Needs root (sysfs); otherwise the default stays.
+ *
+ * Called once the INIT reply is written: the kernel handles that reply in
+ * the write itself and lowers the readahead to at most what the reply
+ * allows (what it offered, 128 KiB), so a value written earlier was lost
+ * in a race (in the tests, about one mount in five kept 128 KiB).
+ */
+function raiseReadahead(file: string, bytes: number): void {
+  const kib = Math.floor(bytes / 1024);
+  try {
+    Deno.writeTextFileSync(file, String(kib));
+    log.debug("readahead raised", { kib, file });
+  } catch (err) {
+    log.debug("readahead left at the kernel default", { error: String(err) });
+  }
+}
+
 /** Serves requests for `fs` on `channel` until the session ends; returns the request count. */
 async function serveChannel(
   channel: Channel,
   fs: StoreFs,
   cfg: Pick<WorkerConfig, "maxPages" | "maxReadahead"> & {
     upkeepMs?: number;
+    /** Raised after the INIT reply (see {@linkcode raiseReadahead}). */
+    readaheadFile?: string;
     /** Adjusted from each request's kind (see `affinity.ts`). */
     binding?: CpuBinding;
   },
@@ -196,7 +224,9 @@ async function serveChannel(
             log.error(problem);
             return channel.error(fd, lo, hi, Errno.EPROTO);
           }
-          return channel.ok(fd, lo, hi, INIT_OUT_SIZE);
+          channel.ok(fd, lo, hi, INIT_OUT_SIZE);
+          if (cfg.readaheadFile) raiseReadahead(cfg.readaheadFile, cfg.maxReadahead);
+          return;
         }
         case Op.LOOKUP: {
           const r = fs.lookup(ino, cStringAt(buf, LOOKUP_IN.name, n));
@@ -326,6 +356,7 @@ if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !==
             ...config!,
             upkeepMs: isRemote(services!) ? UPKEEP_MS : 0,
             binding,
+            readaheadFile: msg.readaheadFile,
           });
         } finally {
           channel.close();
