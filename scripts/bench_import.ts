@@ -378,6 +378,8 @@ try {
   const mixed = join(tmp, "tree");
   await Deno.mkdir(mixed);
   const m = await generate(mixed, SIZE_MIB);
+  // Writing the trees leaves the load average near 1.
+  console.log(`\n${await waitForQuiet()}`);
   await benchTree(`mixed tree`, mixed, m.files, m.bytes, stores);
   await Deno.remove(mixed, { recursive: true });
   const small = join(tmp, "small");
