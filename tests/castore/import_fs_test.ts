@@ -7,11 +7,19 @@ import { assert, assertEquals } from "../assert.ts";
 import type { BlobService, BlobWriter } from "../../src/castore/blob/service.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
-import { type IngestOptions, ingestPath } from "../../src/castore/import/fs.ts";
+import {
+  type IngestOptions,
+  ingestPath,
+  LOCAL_MAX_INFLIGHT,
+  REMOTE_MAX_INFLIGHT,
+} from "../../src/castore/import/fs.ts";
 import type { NodeVariant } from "../../src/castore/node.ts";
 
 /** A MemoryBlobService that records the most writers open at the same time. */
 class CountingBlobService extends MemoryBlobService {
+  constructor(readonly remote = false) {
+    super();
+  }
   open = 0;
   maxOpen = 0;
   override openWrite(): BlobWriter {
@@ -47,8 +55,9 @@ async function smallTree(): Promise<string> {
 async function ingestCounting(
   root: string,
   options: IngestOptions,
+  remote = false,
 ): Promise<{ node: NodeVariant; maxOpen: number; blob: BlobService }> {
-  const blob = new CountingBlobService();
+  const blob = new CountingBlobService(remote);
   const node = await ingestPath(root, blob, new MemoryDirectoryService(), options);
   return { node, maxOpen: blob.maxOpen, blob };
 }
@@ -67,6 +76,21 @@ Deno.test("ingestPath keeps at most maxInflight uploads and maxInflightBytes in 
     // The bounds change only the schedule, not the result.
     assertEquals(byCount.node, loose.node);
     assertEquals(byBytes.node, loose.node);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("ingestPath keeps fewer uploads in flight into a local store than into a remote one", async () => {
+  assert(FILES > LOCAL_MAX_INFLIGHT && FILES <= REMOTE_MAX_INFLIGHT);
+  const root = await smallTree();
+  try {
+    const local = await ingestCounting(root, {});
+    assertEquals(local.maxOpen, LOCAL_MAX_INFLIGHT);
+    // A store across the network gets every file of the tree at once.
+    const remote = await ingestCounting(root, {}, true);
+    assertEquals(remote.maxOpen, FILES);
+    assertEquals(remote.node, local.node);
   } finally {
     await Deno.remove(root, { recursive: true });
   }

@@ -3,6 +3,7 @@
  * the AWS environment variables configure (no server needed).
  */
 import { assert, assertEquals, assertThrows } from "../assert.ts";
+import { ObjectStoreBlobService } from "../../src/castore/blob/objectstore.ts";
 import { objectStoreFromUrl } from "../../src/castore/objectstore/from_url.ts";
 import { s3ConfigFromUrl, S3ObjectStore } from "../../src/castore/objectstore/s3.ts";
 import { StorageError } from "../../src/errors.ts";
@@ -108,8 +109,35 @@ Deno.test("s3 url: objectStoreFromUrl builds an S3 store without contacting it",
       maxInflightChunks: 64,
       maxInflightBytes: 32 * 1024 * 1024,
       readAhead: 16,
+      remote: true,
     });
   } finally {
+    for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]) {
+      if (before[k] === undefined) Deno.env.delete(k);
+      else Deno.env.set(k, before[k]);
+    }
+  }
+});
+
+Deno.test("s3 url: blobs on S3 count as remote, blobs in a directory do not", async () => {
+  const before = { ...Deno.env.toObject() };
+  Deno.env.set("AWS_ACCESS_KEY_ID", "AKID");
+  Deno.env.set("AWS_SECRET_ACCESS_KEY", "SECRET");
+  const dir = await Deno.makeTempDir({ prefix: "s3-url-test-" });
+  try {
+    const s3 = new ObjectStoreBlobService(
+      objectStoreFromUrl("objectstore+s3://bucket?endpoint=http://127.0.0.1:1"),
+    );
+    const file = new ObjectStoreBlobService(objectStoreFromUrl(`objectstore+file://${dir}`));
+    try {
+      assertEquals(s3.remote, true);
+      assertEquals(file.remote, false);
+    } finally {
+      await s3.close();
+      await file.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
     for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]) {
       if (before[k] === undefined) Deno.env.delete(k);
       else Deno.env.set(k, before[k]);

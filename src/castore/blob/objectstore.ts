@@ -99,6 +99,8 @@ export class ObjectStoreBlobService implements BlobService {
    * and delete in batches (S3; docs/gc.md#objects-on-s3); absent elsewhere.
    */
   readonly sweep?: Sweepable["sweep"];
+  /** Whether the store is across the network (S3), from its tuning hints. */
+  readonly remote: boolean;
 
   constructor(store: ObjectStore, options: ObjectStoreBlobServiceOptions = {}) {
     this.#store = store;
@@ -106,6 +108,7 @@ export class ObjectStoreBlobService implements BlobService {
       this.sweep = (isLive, opts) => sweepObjectStoreBlobs(store, isLive, opts);
     }
     const hints = tuningOf(store);
+    this.remote = hints.remote ?? false;
     this.#inflight = inflightLimits(options, inflightLimits(hints, LOCAL_INFLIGHT_LIMITS));
     // Enough to keep the pool busy while the consumer takes the current
     // chunk; more (8) gained ~5 % only with two Workers, for 2 MiB more per reader.

@@ -97,7 +97,7 @@ export interface BlobService {
    */
   sync?(refs?: readonly Digest[]): Promise<void>;
 
-  /** True when every call is a network round trip (a remote daemon). */
+  /** True when every call is a network round trip (a remote daemon, S3). */
   readonly remote?: boolean;
 
   /** Releases resources (connections, file handles). */

@@ -30,6 +30,7 @@ const S3_TUNING: ObjectStoreTuning = {
   maxInflightChunks: 64,
   maxInflightBytes: 32 * 1024 * 1024,
   readAhead: 16,
+  remote: true,
 };
 
 /** Objects in one bucket, below an optional key prefix. */

@@ -18,6 +18,12 @@ export interface ObjectStoreTuning {
   maxInflightBytes?: number;
   /** Chunks fetched ahead of the one a blob reader is yielding. */
   readAhead?: number;
+  /**
+   * Every request is a network round trip: the blob service says so
+   * (`BlobService.remote`), and an import keeps as many uploads in flight
+   * as it would to a daemon.
+   */
+  remote?: boolean;
 }
 
 /** The store's hints, `{}` if it has none. */
