@@ -252,6 +252,8 @@ try {
     }
     index.close();
     boundMBps = bytes / 1e6 / secs;
+    // That took the machine's load up again.
+    console.error(await waitForQuiet());
   }
 
   const results: Record<string, number[]> = {
