@@ -79,9 +79,11 @@ export async function buildProgram(args: readonly string[]): Promise<Command> {
           ? formatTopLevelHelp(PROGRAM_HELP, helpWidth())
           : Help.prototype.formatHelp.call(helper, cmd, helper),
     })
-    .hook("preAction", async () => {
+    .hook("preAction", async (_program, action) => {
       setLogLevel(program.opts().logLevel);
-      await routeGrpcLogs();
+      // `import` routes them itself, once it knows it needs grpc-js: an
+      // unchanged re-import may finish without loading it.
+      if (action.name() !== "import") await routeGrpcLogs();
     });
   await registerSubcommands(program, findSubcommand(args, VALUE_OPTIONS, FLAG_OPTIONS));
   // Errors stay one line; a missing argument also says how the command is used.

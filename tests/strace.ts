@@ -18,35 +18,75 @@ export interface SyscallCounts {
   table: string;
 }
 
+/** What strace wrote to its output file, and the traced command's own exit code and output. */
+export interface Traced {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** strace's output: one line per call, or with `summary` its table. */
+  output: string;
+}
+
+/** Options of {@linkcode traceSyscalls}. */
+export interface TraceOptions {
+  env?: Record<string, string>;
+  clearEnv?: boolean;
+  /** `strace -c`: a table of counts instead of one line per call. */
+  summary?: boolean;
+}
+
+/** Runs `command` under `strace -f`, tracing the calls named in `syscalls`. */
+export async function traceSyscalls(
+  command: string[],
+  syscalls: string[],
+  options: TraceOptions = {},
+): Promise<Traced> {
+  const tmp = await Deno.makeTempFile({ prefix: "tvix-strace-" });
+  try {
+    const out = await new Deno.Command("strace", {
+      args: [
+        "-f",
+        ...(options.summary ? ["-c"] : []),
+        "-o",
+        tmp,
+        "-e",
+        `trace=${syscalls.join(",")}`,
+        ...command,
+      ],
+      env: options.env,
+      clearEnv: options.clearEnv,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const td = new TextDecoder();
+    return {
+      code: out.code,
+      stdout: td.decode(out.stdout),
+      stderr: td.decode(out.stderr),
+      output: await Deno.readTextFile(tmp),
+    };
+  } finally {
+    await Deno.remove(tmp);
+  }
+}
+
 /** Runs `command` under strace, counting the calls named in `syscalls`. */
 export async function countSyscalls(
   command: string[],
   syscalls: string[],
   options: { env?: Record<string, string>; clearEnv?: boolean } = {},
 ): Promise<SyscallCounts> {
-  const tmp = await Deno.makeTempFile({ prefix: "tvix-strace-" });
-  try {
-    const out = await new Deno.Command("strace", {
-      args: ["-f", "-c", "-o", tmp, "-e", `trace=${syscalls.join(",")}`, ...command],
-      env: options.env,
-      clearEnv: options.clearEnv,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const table = await Deno.readTextFile(tmp);
-    const td = new TextDecoder();
-    return {
-      code: out.code,
-      stdout: td.decode(out.stdout),
-      stderr: td.decode(out.stderr),
-      table,
-      calls(name) {
-        // Columns: % time, seconds, usecs/call, calls, [errors,] syscall.
-        const line = table.split("\n").find((l) => l.trim().endsWith(` ${name}`));
-        return line ? Number(line.trim().split(/\s+/)[3]) : 0;
-      },
-    };
-  } finally {
-    await Deno.remove(tmp);
-  }
+  const traced = await traceSyscalls(command, syscalls, { ...options, summary: true });
+  const table = traced.output;
+  return {
+    code: traced.code,
+    stdout: traced.stdout,
+    stderr: traced.stderr,
+    table,
+    calls(name) {
+      // Columns: % time, seconds, usecs/call, calls, [errors,] syscall.
+      const line = table.split("\n").find((l) => l.trim().endsWith(` ${name}`));
+      return line ? Number(line.trim().split(/\s+/)[3]) : 0;
+    },
+  };
 }

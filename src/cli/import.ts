@@ -12,7 +12,9 @@
  *
  * A stat cache per store (`store/stat_cache.ts`, `--no-stat-cache` turns it
  * off) lets a re-import of an unchanged tree skip reading its files: the
- * store is then only asked whether it holds the resulting path.
+ * store is then only asked whether it holds the resulting path, through
+ * `fetch` before any service is opened when it is a plain `grpc+http://`
+ * daemon (docs/architecture.md#re-imports-the-stat-cache).
  *
  * On a terminal, a progress line counts the bytes read, of how many, with
  * rate and time left (`--quiet` turns it off). The store and import modules
@@ -27,6 +29,7 @@ import {
   causeFor,
   closingAfter,
   openServices,
+  routeGrpcLogs,
 } from "./common.ts";
 import type { ServiceAddrs } from "../store/services.ts";
 import type { StatCache } from "../store/stat_cache.ts";
@@ -89,15 +92,48 @@ async function importAll(
   cmd: Command,
   progress: Progress,
 ): Promise<void> {
-  const [{ importPath }, { StatCache, statCacheDir, statCachePath }] = await Promise.all([
+  const [storeImport, statCaching] = await Promise.all([
     import("../store/import.ts"),
     import("../store/stat_cache.ts"),
   ]);
-  const services = await openServices(flags, cmd);
+  const { importPath, importUnchanged } = storeImport;
+  const { StatCache, statCacheDir, statCachePath } = statCaching;
   let statCache: StatCache | undefined;
   if (flags.statCache) {
     const dir = statCacheDir();
     if (dir) statCache = StatCache.open(statCachePath(dir, flags));
+  }
+  // Unchanged trees first, asking a plain grpc+http daemon through fetch:
+  // when every path is one, the gRPC clients are never loaded.
+  const known: (string | undefined)[] = new Array(paths.length).fill(undefined);
+  const checked: boolean[] = new Array(paths.length).fill(false);
+  if (statCache && flags.pathInfoServiceAddr.startsWith("grpc+http://")) {
+    const { fetchOrigin, getPathInfoOverFetch } = await import("../store/pathinfo/fetch_get.ts");
+    const origin = fetchOrigin(flags.pathInfoServiceAddr);
+    const cache = statCache;
+    await mapLimit(paths, PATH_CONCURRENCY, async (path, i) => {
+      if (origin === undefined) return;
+      try {
+        const r = await importUnchanged(path, cache, (d) => getPathInfoOverFetch(origin, d));
+        known[i] = r?.storePath.absolute();
+        checked[i] = true;
+      } catch (err) {
+        log.debug("asking through fetch failed", { path, error: String(err) });
+      }
+    });
+    if (known.every((p) => p !== undefined)) {
+      statCache.close();
+      Deno.stdout.writeSync(te.encode(known.map((p) => p + "\n").join("")));
+      return;
+    }
+  }
+  let services: Awaited<ReturnType<typeof openServices>>;
+  try {
+    await routeGrpcLogs();
+    services = await openServices(flags, cmd);
+  } catch (err) {
+    statCache?.close();
+    throw err;
   }
   // The total is only for the progress line: it is summed while the import runs.
   let done = false;
@@ -125,9 +161,16 @@ async function importAll(
     await closingAfter(services, () =>
       mapLimit(paths, PATH_CONCURRENCY, async (path, i) => {
         try {
+          if (known[i] !== undefined) {
+            outcomes[i] = known[i];
+            progress.itemDone();
+            flush();
+            return;
+          }
           const { storePath } = await importPath(path, services, {
             progress: { bytes: (n) => progress.addBytes(n) },
             statCache,
+            checkedUnchanged: checked[i],
           });
           outcomes[i] = storePath.absolute();
           log.debug("imported", { path, store_path: storePath.absolute() });

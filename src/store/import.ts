@@ -52,6 +52,12 @@ export interface ImportOptions {
    * recognised from metadata alone, and a new import records what it read.
    */
   statCache?: StatCache;
+  /**
+   * The caller already looked for an unchanged import of this path
+   * ({@linkcode importUnchanged}) and found none: `importPath` ingests it
+   * without walking its metadata a second time.
+   */
+  checkedUnchanged?: boolean;
 }
 
 /** What {@linkcode importPath} produced. */
@@ -127,7 +133,7 @@ export async function ingestPathWithNar(
 async function findUnchanged(
   path: string,
   name: string,
-  services: ImportServices,
+  getPathInfo: (digest: Uint8Array) => Promise<PathInfo | undefined>,
   cache: StatCache,
 ): Promise<ImportResult | undefined> {
   // Directories assembled from file records are recorded whole for next time.
@@ -145,10 +151,30 @@ async function findUnchanged(
   const summary = node && cache.use(() => cache.narSummary(narCacheKey(node)));
   if (!node || !summary) return undefined;
   const storePath = caNarSha256StorePath(summary.narSha256, name);
-  const pathInfo = await services.pathInfo.get(storePath.digest);
+  const pathInfo = await getPathInfo(storePath.digest);
   const stored = pathInfo?.node?.node;
   if (!stored || narCacheKey(stored) !== narCacheKey(node)) return undefined;
   return { storePath, pathInfo };
+}
+
+/**
+ * The result of importing `path` if an earlier import stored exactly this
+ * tree (see `findUnchanged`), found with the stat cache and one call of
+ * `getPathInfo`; `undefined` if it cannot be shown so (then `importPath`
+ * imports it). Lets the CLI ask before it opens any service.
+ */
+export async function importUnchanged(
+  path: string,
+  cache: StatCache,
+  getPathInfo: (digest: Uint8Array) => Promise<PathInfo | undefined>,
+): Promise<ImportResult | undefined> {
+  const name = nameFromPath(path);
+  try {
+    validateName(name);
+  } catch {
+    return undefined;
+  }
+  return await findUnchanged(path, name, getPathInfo, cache);
 }
 
 /**
@@ -168,8 +194,8 @@ export async function importPath(
   } catch {
     throw new InvalidRequestError(`${path}: invalid name: ${name}`);
   }
-  const unchanged = options.statCache &&
-    await findUnchanged(path, name, services, options.statCache);
+  const unchanged = options.statCache && !options.checkedUnchanged &&
+    await findUnchanged(path, name, (d) => services.pathInfo.get(d), options.statCache);
   if (unchanged) return unchanged;
   const tree = await ingestPathWithNar(path, services.blob, services.directory, options);
   const storePath = caNarSha256StorePath(tree.narSha256, name);
