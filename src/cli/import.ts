@@ -86,18 +86,49 @@ async function runImport(paths: string[], flags: ImportFlags, cmd: Command): Pro
   }
 }
 
+/**
+ * Which of `paths` are unchanged imports, asking the path info service at
+ * `addr` through `fetch` when it is a plain `grpc+http://` daemon: `known`
+ * holds their store paths, and `checked` marks the paths whose check ran
+ * to the end (found or not), which the regular import need not repeat.
+ * Nothing is known for other addresses, or where asking failed.
+ */
+async function unchangedOverFetch(
+  paths: string[],
+  addr: string,
+  cache: StatCache,
+): Promise<{ known: (string | undefined)[]; checked: boolean[] }> {
+  const known: (string | undefined)[] = [];
+  const checked: boolean[] = [];
+  if (!addr.startsWith("grpc+http://")) return { known, checked };
+  const [{ importUnchanged }, { fetchOrigin, getPathInfoOverFetch }] = await Promise.all([
+    import("../store/import.ts"),
+    import("../store/pathinfo/fetch_get.ts"),
+  ]);
+  const origin = fetchOrigin(addr);
+  if (origin === undefined) return { known, checked };
+  await mapLimit(paths, PATH_CONCURRENCY, async (path, i) => {
+    try {
+      const r = await importUnchanged(path, cache, (d) => getPathInfoOverFetch(origin, d));
+      known[i] = r?.storePath.absolute();
+      checked[i] = true;
+    } catch (err) {
+      log.debug("asking through fetch failed", { path, error: String(err) });
+    }
+  });
+  return { known, checked };
+}
+
 async function importAll(
   paths: string[],
   flags: ImportFlags,
   cmd: Command,
   progress: Progress,
 ): Promise<void> {
-  const [storeImport, statCaching] = await Promise.all([
+  const [{ importPath }, { StatCache, statCacheDir, statCachePath }] = await Promise.all([
     import("../store/import.ts"),
     import("../store/stat_cache.ts"),
   ]);
-  const { importPath, importUnchanged } = storeImport;
-  const { StatCache, statCacheDir, statCachePath } = statCaching;
   let statCache: StatCache | undefined;
   if (flags.statCache) {
     const dir = statCacheDir();
@@ -105,27 +136,13 @@ async function importAll(
   }
   // Unchanged trees first, asking a plain grpc+http daemon through fetch:
   // when every path is one, the gRPC clients are never loaded.
-  const known: (string | undefined)[] = new Array(paths.length).fill(undefined);
-  const checked: boolean[] = new Array(paths.length).fill(false);
-  if (statCache && flags.pathInfoServiceAddr.startsWith("grpc+http://")) {
-    const { fetchOrigin, getPathInfoOverFetch } = await import("../store/pathinfo/fetch_get.ts");
-    const origin = fetchOrigin(flags.pathInfoServiceAddr);
-    const cache = statCache;
-    await mapLimit(paths, PATH_CONCURRENCY, async (path, i) => {
-      if (origin === undefined) return;
-      try {
-        const r = await importUnchanged(path, cache, (d) => getPathInfoOverFetch(origin, d));
-        known[i] = r?.storePath.absolute();
-        checked[i] = true;
-      } catch (err) {
-        log.debug("asking through fetch failed", { path, error: String(err) });
-      }
-    });
-    if (known.every((p) => p !== undefined)) {
-      statCache.close();
-      Deno.stdout.writeSync(te.encode(known.map((p) => p + "\n").join("")));
-      return;
-    }
+  const { known, checked } = statCache
+    ? await unchangedOverFetch(paths, flags.pathInfoServiceAddr, statCache)
+    : { known: [], checked: [] };
+  if (statCache && paths.every((_, i) => known[i] !== undefined)) {
+    statCache.close();
+    Deno.stdout.writeSync(te.encode(known.map((p) => p + "\n").join("")));
+    return;
   }
   let services: Awaited<ReturnType<typeof openServices>>;
   try {
@@ -170,7 +187,7 @@ async function importAll(
           const { storePath } = await importPath(path, services, {
             progress: { bytes: (n) => progress.addBytes(n) },
             statCache,
-            checkedUnchanged: checked[i],
+            checkedUnchanged: checked[i] ?? false,
           });
           outcomes[i] = storePath.absolute();
           log.debug("imported", { path, store_path: storePath.absolute() });

@@ -8,15 +8,14 @@
  *
  * @module
  */
-import { bytesEqual } from "../../castore/digest.ts";
 import { errorMessage, StorageError } from "../../errors.ts";
 import { unaryOverFetch } from "../../grpc/unary_fetch.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { STORE_PATH_DIGEST_LEN } from "../store_path.ts";
-import { validatePathInfo } from "./validate.ts";
+import { checkReceivedPathInfo } from "./validate.ts";
 
 const GET = "/tvix.store.v1.PathInfoService/Get";
-/** gRPC's NOT_FOUND. */
+/** gRPC's NOT_FOUND (`grpc/status.ts` takes its codes from grpc-js, which this module must not load). */
 const NOT_FOUND = 5;
 
 /**
@@ -53,7 +52,8 @@ export async function getPathInfoOverFetch(
   if (digest.length !== STORE_PATH_DIGEST_LEN) {
     throw new StorageError("invalid output digest length");
   }
-  // GetPathInfoRequest { by_output_hash (field 1, bytes) }.
+  // GetPathInfoRequest { by_output_hash (field 1, bytes) }, spelt out: the
+  // generated module of the request also builds the grpc-js client.
   const request = new Uint8Array(2 + digest.length);
   request[0] = 0x0a;
   request[1] = digest.length;
@@ -66,11 +66,9 @@ export async function getPathInfoOverFetch(
   let info: PathInfo;
   try {
     info = PathInfo.decode(reply.message);
-    if (!bytesEqual(validatePathInfo(info).digest, digest)) {
-      throw new Error("the server sent another store path's pathinfo");
-    }
   } catch (err) {
     throw new StorageError(`invalid pathinfo: ${errorMessage(err)}`);
   }
+  checkReceivedPathInfo(info, digest);
   return info;
 }

@@ -10,8 +10,7 @@ import {
   type CalculateNARResponse,
   PathInfoServiceClient,
 } from "../../proto/tvix/store/protos/rpc_pathinfo.ts";
-import { bytesEqual, toHex } from "../../castore/digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { InvalidRequestError, StorageError } from "../../errors.ts";
 import { type NodeVariant, renameNode, toNode } from "../../castore/node.ts";
 import {
   channelFor,
@@ -23,16 +22,7 @@ import {
 import { STORE_PATH_DIGEST_LEN } from "../store_path.ts";
 import type { PathInfo, PathInfoService } from "./service.ts";
 import type { NarCalculationService, NarSummary } from "../../nar/calculation.ts";
-import { validatePathInfo } from "./validate.ts";
-
-/** Validates a received PathInfo; returns its store path digest. */
-function checkReceived(info: PathInfo): Uint8Array {
-  try {
-    return validatePathInfo(info).digest;
-  } catch (err) {
-    throw new StorageError(`invalid pathinfo: ${errorMessage(err)}`);
-  }
-}
+import { checkReceivedPathInfo } from "./validate.ts";
 
 /**
  * A PathInfoService that forwards every operation to a gRPC server. It
@@ -69,10 +59,7 @@ export class GrpcPathInfoService implements PathInfoService, NarCalculationServi
       this.#client.get({ byWhat: { $case: "byOutputHash", value: digest } }, cb)
     );
     if (!info) return undefined;
-    const got = checkReceived(info);
-    if (!bytesEqual(got, digest)) {
-      throw new StorageError(`asked for pathinfo ${toHex(digest)}, server sent ${toHex(got)}`);
-    }
+    checkReceivedPathInfo(info, digest);
     return info;
   }
 
@@ -80,14 +67,14 @@ export class GrpcPathInfoService implements PathInfoService, NarCalculationServi
   async put(info: PathInfo): Promise<PathInfo> {
     const stored = await unary<PathInfo>((cb) => this.#client.put(info, cb));
     if (!stored) throw new StorageError("server answered NOT_FOUND to a put");
-    checkReceived(stored);
+    checkReceivedPathInfo(stored);
     return stored;
   }
 
   /** `List`, each PathInfo validated as it arrives. */
   async *list(): AsyncGenerator<PathInfo> {
     for await (const info of serverStream(this.#client.list({}))) {
-      checkReceived(info);
+      checkReceivedPathInfo(info);
       yield info;
     }
   }

@@ -10,6 +10,7 @@ import { validateNode, ValidateNodeError } from "../../castore/node.ts";
 import { quoteBytes } from "../../castore/node.ts";
 import { STORE_PATH_DIGEST_LEN, StorePath, StorePathError } from "../store_path.ts";
 import { bytesEqual } from "../../castore/digest.ts";
+import { errorMessage, StorageError } from "../../errors.ts";
 
 /** Kinds of {@linkcode ValidatePathInfoError}, in the order they are checked. */
 export type ValidatePathInfoErrorKind =
@@ -135,4 +136,22 @@ export function validatePathInfo(info: PathInfo): StorePath {
       err,
     );
   }
+}
+
+/**
+ * Checks a PathInfo a server sent: valid, and, when `asked` is given, for
+ * the store path with that digest. Returns its store path digest; throws a
+ * `StorageError` otherwise (the server, not the caller, is at fault).
+ */
+export function checkReceivedPathInfo(info: PathInfo, asked?: Uint8Array): Uint8Array {
+  let got: Uint8Array;
+  try {
+    got = validatePathInfo(info).digest;
+  } catch (err) {
+    throw new StorageError(`invalid pathinfo: ${errorMessage(err)}`);
+  }
+  if (asked && !bytesEqual(got, asked)) {
+    throw new StorageError(`asked for pathinfo ${toHex(asked)}, server sent ${toHex(got)}`);
+  }
+  return got;
 }
