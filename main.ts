@@ -57,12 +57,11 @@ function helpWidth(): number {
 export async function buildProgram(args: readonly string[]): Promise<Command> {
   // Must be evaluated before anything creates an HTTP/2 session (grpc-js).
   await import("./src/grpc/h2_goaway_workaround.ts");
-  const [{ Command, Help, Option }, { registerSubcommands }, { routeGrpcLogs, usageOf }] =
-    await Promise.all([
-      import("commander"),
-      import("./src/cli/subcommands.ts"),
-      import("./src/cli/common.ts"),
-    ]);
+  const [{ Command, Help, Option }, { registerSubcommands }, { usageOf }] = await Promise.all([
+    import("commander"),
+    import("./src/cli/subcommands.ts"),
+    import("./src/cli/common.ts"),
+  ]);
   const program: Command = new Command("tvix-store")
     .description(DESCRIPTION)
     .version(VERSION)
@@ -79,11 +78,8 @@ export async function buildProgram(args: readonly string[]): Promise<Command> {
           ? formatTopLevelHelp(PROGRAM_HELP, helpWidth())
           : Help.prototype.formatHelp.call(helper, cmd, helper),
     })
-    .hook("preAction", async (_program, action) => {
+    .hook("preAction", () => {
       setLogLevel(program.opts().logLevel);
-      // `import` routes them itself, once it knows it needs grpc-js: an
-      // unchanged re-import may finish without loading it.
-      if (action.name() !== "import") await routeGrpcLogs();
     });
   await registerSubcommands(program, findSubcommand(args, VALUE_OPTIONS, FLAG_OPTIONS));
   // Errors stay one line; a missing argument also says how the command is used.

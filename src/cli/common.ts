@@ -13,7 +13,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import type { ServiceAddrs, Services } from "../store/services.ts";
 import { checkServiceUrl, type ServiceKind } from "../castore/service_url.ts";
 import { errorMessage } from "../errors.ts";
-import { log, logEnabled } from "../log.ts";
+import { log } from "../log.ts";
 
 /**
  * Where clients find a daemon unless told otherwise: `DEFAULT_REMOTE_ADDR`
@@ -330,27 +330,6 @@ export async function withServices<T>(
   cmd?: Command,
 ): Promise<T> {
   return closingAfter(await openServices(flags, cmd), fn);
-}
-
-/**
- * Sends grpc-js's own log lines (written straight to stderr by default,
- * such as `E No address added out of total 1 resolved` when a port is
- * taken) to our log at debug level, where they belong: the error they
- * accompany is reported anyway. `GRPC_VERBOSITY` set by the user is left
- * to grpc-js.
- */
-export async function routeGrpcLogs(): Promise<void> {
-  if (Deno.env.get("GRPC_VERBOSITY") ?? Deno.env.get("GRPC_NODE_VERBOSITY")) return;
-  const grpc = await import("@grpc/grpc-js");
-  const text = (message: unknown, rest: unknown[]) => [message, ...rest].map(String).join(" ");
-  grpc.setLogger({
-    error: (message?: unknown, ...rest: unknown[]) => log.debug(`grpc-js: ${text(message, rest)}`),
-    info: (message?: unknown, ...rest: unknown[]) => log.trace(`grpc-js: ${text(message, rest)}`),
-    debug: (message?: unknown, ...rest: unknown[]) => log.trace(`grpc-js: ${text(message, rest)}`),
-  });
-  grpc.setLogVerbosity(
-    logEnabled("trace") ? grpc.logVerbosity.DEBUG : grpc.logVerbosity.ERROR,
-  );
 }
 
 /**

@@ -29,7 +29,6 @@ import {
   causeFor,
   closingAfter,
   openServices,
-  routeGrpcLogs,
 } from "./common.ts";
 import type { ServiceAddrs } from "../store/services.ts";
 import type { StatCache } from "../store/stat_cache.ts";
@@ -146,7 +145,6 @@ async function importAll(
   }
   let services: Awaited<ReturnType<typeof openServices>>;
   try {
-    await routeGrpcLogs();
     services = await openServices(flags, cmd);
   } catch (err) {
     statCache?.close();

@@ -12,6 +12,7 @@ import "./h2_write_batching.ts";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
+import { routeGrpcLogs } from "./log_routing.ts";
 
 /** Where a `grpc+…` URL points, in the form grpc-js wants. */
 export interface GrpcEndpoint {
@@ -256,6 +257,7 @@ export async function channelFor(url: string): Promise<ChannelLease> {
   const key = `${endpoint.tls ? "tls" : "h2c"} ${endpoint.target} ${endpoint.timeoutMs}`;
   let entry = shared.get(key);
   if (!entry) {
+    routeGrpcLogs();
     const creds = endpoint.tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
     const options = channelOptions(endpoint.timeoutMs);
     entry = { channel: new grpc.Channel(endpoint.target, creds, options), refs: 0 };

@@ -28,6 +28,7 @@ import { pathInfoHandler } from "./pathinfo_handler.ts";
 import { smallBlobHandler } from "./small_blob_handler.ts";
 import { smallBlobServiceDefinition } from "../grpc/small_blobs.ts";
 import { MAX_RESPONSE_MESSAGE_BYTES } from "../grpc/status.ts";
+import { routeGrpcLogs } from "../grpc/log_routing.ts";
 import { MAX_DIRECTORY_MESSAGE_BYTES } from "../grpc/channel.ts";
 import { errorMessage } from "../errors.ts";
 import { log } from "../log.ts";
@@ -140,6 +141,7 @@ export function createGrpcServer(
   if (!Number.isSafeInteger(maxReceive) || maxReceive <= 0) {
     throw new Error(`invalid maximum request message size: ${maxReceive}`);
   }
+  routeGrpcLogs();
   const calls = new CallTracker();
   const server = new grpc.Server({
     // grpc-js has one limit for all methods: the largest message any of
