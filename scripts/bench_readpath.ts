@@ -11,12 +11,15 @@
  *    cache, same trees;
  * 3. a 1 MiB `Range` at the end of the large NAR vs one at its start (about
  *    1 when ranges seek instead of rendering from the start);
- * 4. the daemon's and the bridge's peak RSS (VmHWM) after the downloads.
+ * 4. the daemon's and the bridge's peak RSS (VmHWM) after the downloads;
+ * 5. `--concurrent` (default 8) downloads at once of the small-file NAR from
+ *    the built-in cache: their total rate and the daemon's peak RSS during
+ *    them (the peak reset before).
  *
  * Downloads go through curl into /dev/null. The sides run in turn, round
  * after round (`--rounds`, default 3), and each number is the median with
  * the spread; the load average is printed before and after.
- * Usage: `deno run -A scripts/bench_readpath.ts [--size-mib 512] [--files 20000] [--rounds 3]`.
+ * Usage: `deno run -A scripts/bench_readpath.ts [--size-mib 512] [--files 20000] [--rounds 3] [--concurrent 8]`.
  *
  * @module
  */
@@ -38,6 +41,19 @@ const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
 const FILES = numberArg("files", 20_000);
 const ROUNDS = numberArg("rounds", 3);
+/** Downloads at once in the last step (`--concurrent`). */
+const CONCURRENT = numberArg("concurrent", 8);
+
+/** Current resident memory (VmRSS) of `pid`, MiB. */
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Resets the peak (VmHWM) of `pid` to its current resident memory. */
+function resetPeak(pid: number): void {
+  Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
+}
 
 function memMiB(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
@@ -205,6 +221,20 @@ try {
     `peak RSS: daemon ${memMiB(daemon.pid).toFixed(0)} MiB, bridge ${
       memMiB(bridge.pid).toFixed(0)
     } MiB`,
+  );
+
+  // Many clients at once: what the daemon holds while its built-in cache
+  // serves the small-file NAR to all of them (its peak reset first).
+  const small = await narOf(builtIn, paths.small);
+  const before = rssMiB(daemon.pid);
+  resetPeak(daemon.pid);
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: CONCURRENT }, () => curlTime(small.url, small.size)));
+  const total = (CONCURRENT * small.size) / MiB;
+  console.log(
+    `${CONCURRENT} downloads at once of the small-file NAR from the built-in cache: ` +
+      `${rate(total, [performance.now() - t0])} in all; daemon RSS ${before.toFixed(0)} MiB ` +
+      `before, peak ${memMiB(daemon.pid).toFixed(0)} MiB`,
   );
 } finally {
   await stopChildren(children);

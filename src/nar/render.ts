@@ -177,7 +177,7 @@ function* plan(root: NodeVariant, dirs: DirectoryCache): Generator<PlanStep> {
 
 /** Collects small byte strings into pieces of up to {@linkcode PIECE_SIZE}. */
 class Batcher {
-  #buf = new Uint8Array(0);
+  #buf: Uint8Array<ArrayBuffer> = new Uint8Array(0);
   #len = 0;
 
   /**
@@ -204,10 +204,23 @@ class Batcher {
     return this.#len > 0;
   }
 
-  /** Hands out the pending bytes; the batcher continues in a fresh buffer. */
+  /**
+   * Hands out the pending bytes as a piece that spans a buffer of its own,
+   * which whoever sends it may free once sent (`releaseWhole`, as the HTTP
+   * layer does); the next bytes go to a fresh buffer.
+   *
+   * A piece used to be a view into its 128 KiB buffer, which `releaseWhole`
+   * leaves alone, so every piece but a full one waited for the collector.
+   * Serving a NAR of small files, nearly every piece is such a view, and 16
+   * downloads at once of the benchmark's 82 MiB NAR of 20,000 files held
+   * 1.1-1.2 GiB in the daemon; with pieces freed as sent, 0.45-0.6 GiB.
+   * Shrinking the buffer with `transfer` costs about 2 µs per piece.
+   */
   take(): Uint8Array {
-    const out = this.#buf.subarray(0, this.#len);
-    this.#buf = new Uint8Array(PIECE_SIZE);
+    const out = this.#len === this.#buf.length
+      ? this.#buf
+      : new Uint8Array(this.#buf.buffer.transfer(this.#len));
+    this.#buf = new Uint8Array(0);
     this.#len = 0;
     return out;
   }

@@ -216,3 +216,32 @@ Deno.test("a directory of many symlinks renders in bounded pieces, as nix-store 
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("a NAR of small files comes in pieces that each span a buffer of their own", async () => {
+  // What lets the HTTP layer free each piece as soon as it is sent
+  // (releaseWhole frees only a buffer that a piece spans whole).
+  const tmp = await Deno.makeTempDir({ prefix: "render-small-" });
+  try {
+    const root = `${tmp}/small`;
+    await Deno.mkdir(root);
+    for (let i = 0; i < 400; i++) {
+      await Deno.writeTextFile(`${root}/f${i}`, `file ${i} `.repeat(20 + (i % 300)));
+    }
+    const blob = new MemoryBlobService();
+    const directory = new MemoryDirectoryService();
+    const pathInfo = new MemoryPathInfoService();
+    const { pathInfo: info } = await importPath(root, { blob, directory, pathInfo });
+    const pieces: Uint8Array[] = [];
+    for await (const piece of renderNar(info.node!.node!, blob, directory)) {
+      assertEquals(piece.byteOffset, 0);
+      assertEquals(piece.byteLength, piece.buffer.byteLength, "a view into a larger buffer");
+      pieces.push(piece);
+    }
+    assert(pieces.length >= 4, `${pieces.length} pieces`);
+    const dump = await new Deno.Command("nix-store", { args: ["--dump", root] }).output();
+    assert(dump.success);
+    assertEquals(concat(pieces), dump.stdout);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
