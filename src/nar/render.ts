@@ -210,10 +210,10 @@ class Batcher {
    * layer does); the next bytes go to a fresh buffer.
    *
    * A piece used to be a view into its 128 KiB buffer, which `releaseWhole`
-   * leaves alone, so every piece but a full one waited for the collector.
-   * Serving a NAR of small files, nearly every piece is such a view, and 16
-   * downloads at once of the benchmark's 82 MiB NAR of 20,000 files held
-   * 1.1-1.2 GiB in the daemon; with pieces freed as sent, 0.45-0.6 GiB.
+   * leaves alone, so every piece but a full one waited for the collector:
+   * serving a NAR of small files, nearly all of them. In `bench readpath`,
+   * 8 downloads at once of its NAR of 20,000 files then took the daemon to
+   * 695-921 MiB; now 384-394 MiB (docs/architecture.md#narbridge).
    * Shrinking the buffer with `transfer` costs about 2 µs per piece.
    */
   take(): Uint8Array {
