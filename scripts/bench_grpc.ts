@@ -21,7 +21,7 @@ import { BlobServiceClient } from "../src/proto/tvix/castore/protos/rpc_blobstor
 import { GrpcBlobService } from "../src/castore/blob/grpc.ts";
 import { channelFor, clientOn, serverStream } from "../src/grpc/channel.ts";
 import { fromHex, toHex } from "../src/castore/digest.ts";
-import { MAIN, numberArg, watchLines } from "./support.ts";
+import { MAIN, numberArg, resetPeakRss, watchLines } from "./support.ts";
 
 const MiB = 1024 * 1024;
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -100,16 +100,6 @@ async function runClient(mode: string, url: string, size: number, digestHex?: st
 
 // ---------------------------------------------------------- orchestrator side
 
-/** Forgets a process's peak RSS so the next phase measures its own (Linux ≥ 4.0). */
-function resetHwm(pid: number): boolean {
-  try {
-    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function spawnJson<T>(cmd: string, args: string[], env?: Record<string, string>): Promise<T> {
   const out = await new Deno.Command(cmd, { args, env, stdin: "null", stderr: "inherit" }).output();
   const text = new TextDecoder().decode(out.stdout).trim();
@@ -149,7 +139,7 @@ async function phase(
   pid: number,
   run: () => Promise<ClientResult>,
 ): Promise<Phase> {
-  resetHwm(pid);
+  resetPeakRss(pid);
   const client = await run();
   return { name, client, serverHwmKiB: hwmKiB(pid) };
 }

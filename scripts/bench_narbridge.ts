@@ -23,7 +23,14 @@ import { StorePath } from "../src/store/store_path.ts";
 import { parseNarInfo } from "../src/narbridge/narinfo.ts";
 import { serviceAddrArgs } from "../src/cli/common.ts";
 import { embeddedAddrs } from "../src/store/services.ts";
-import { MAIN, numberArg, runTvix, watchLines, writeRandomFiles } from "./support.ts";
+import {
+  MAIN,
+  numberArg,
+  processMemMiB,
+  runTvix,
+  watchLines,
+  writeRandomFiles,
+} from "./support.ts";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = numberArg("size-mib", 512);
@@ -42,12 +49,6 @@ async function makeTree(root: string): Promise<void> {
 
 function best<T>(xs: T[], key: (x: T) => number): T {
   return xs.reduce((a, b) => (key(b) < key(a) ? b : a));
-}
-
-/** A memory figure (`VmHWM` peak, `VmRSS` current) of a process, in MiB. */
-function memMiB(pid: number, field: "VmHWM" | "VmRSS"): number {
-  const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(Deno.readTextFileSync(`/proc/${pid}/status`));
-  return m ? Number(m[1]) / 1024 : NaN;
 }
 
 const tmp = await Deno.makeTempDir({ prefix: "bench-narbridge-" });
@@ -71,7 +72,7 @@ try {
   const narinfoUrl = `${base}/${nixbase32.encode(storePath.digest)}.narinfo`;
   const ni = parseNarInfo(await (await fetch(narinfoUrl)).text());
   const narMiB = Number(ni.narSize) / MiB;
-  const peakBefore = memMiB(bridge.pid, "VmHWM");
+  const peakBefore = processMemMiB(bridge.pid, "VmHWM");
 
   const http: number[] = [];
   const dump: number[] = [];
@@ -104,7 +105,7 @@ try {
   console.log(`  ratio (bridge / dump)   ${(httpMBs / dumpMBs).toFixed(2)}`);
   console.log(
     `  nar-bridge peak RSS     ${peakBefore.toFixed(0)} MiB before the downloads, ` +
-      `${memMiB(bridge.pid, "VmHWM").toFixed(0)} MiB after`,
+      `${processMemMiB(bridge.pid, "VmHWM").toFixed(0)} MiB after`,
   );
 } finally {
   if (bridge) {

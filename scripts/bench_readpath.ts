@@ -31,6 +31,8 @@ import {
   MAIN,
   median,
   numberArg,
+  processMemMiB,
+  resetPeakRss,
   runTvix,
   stopChildren,
   watchLines,
@@ -43,30 +45,6 @@ const FILES = numberArg("files", 20_000);
 const ROUNDS = numberArg("rounds", 3);
 /** Downloads at once in the last step (`--concurrent`). */
 const CONCURRENT = numberArg("concurrent", 8);
-
-/** Current resident memory (VmRSS) of `pid`, MiB. */
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
-
-/**
- * Resets the peak (VmHWM) of `pid` to its current resident memory; false
- * where that is not allowed (the peak then counts from the process start).
- */
-function resetPeak(pid: number): boolean {
-  try {
-    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function memMiB(pid: number): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
 
 async function smallTree(root: string): Promise<void> {
   const words = new TextEncoder().encode(
@@ -226,23 +204,25 @@ try {
     }
   }
   console.log(
-    `peak RSS: daemon ${memMiB(daemon.pid).toFixed(0)} MiB, bridge ${
-      memMiB(bridge.pid).toFixed(0)
+    `peak RSS: daemon ${processMemMiB(daemon.pid, "VmHWM").toFixed(0)} MiB, bridge ${
+      processMemMiB(bridge.pid, "VmHWM").toFixed(0)
     } MiB`,
   );
 
   // Many clients at once: what the daemon holds while its built-in cache
   // serves the small-file NAR to all of them (its peak reset first).
   const small = await narOf(builtIn, paths.small);
-  const before = rssMiB(daemon.pid);
-  const reset = resetPeak(daemon.pid);
+  const before = processMemMiB(daemon.pid, "VmRSS");
+  const reset = resetPeakRss(daemon.pid);
   const t0 = performance.now();
   await Promise.all(Array.from({ length: CONCURRENT }, () => curlTime(small.url, small.size)));
   const total = (CONCURRENT * small.size) / MiB;
   console.log(
     `${CONCURRENT} downloads at once of the small-file NAR from the built-in cache: ` +
       `${rate(total, [performance.now() - t0])} in all; daemon RSS ${before.toFixed(0)} MiB ` +
-      `before, peak ${memMiB(daemon.pid).toFixed(0)} MiB${reset ? "" : " (since its start)"}`,
+      `before, peak ${processMemMiB(daemon.pid, "VmHWM").toFixed(0)} MiB${
+        reset ? "" : " (since its start)"
+      }`,
   );
 } finally {
   await stopChildren(children);

@@ -98,6 +98,26 @@ export function watchLines(
   return { match, tail };
 }
 
+/** A memory figure of process `pid` in MiB: `VmHWM` (its peak) or `VmRSS` (now); NaN if absent. */
+export function processMemMiB(pid: number, field: "VmHWM" | "VmRSS"): number {
+  const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/**
+ * Resets the peak (`VmHWM`) of `pid` to its current resident memory, so a
+ * phase measures its own; false where that is not allowed (the peak then
+ * counts from the process start).
+ */
+export function resetPeakRss(pid: number): boolean {
+  try {
+    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The median of `xs` (the mean of the middle two for an even count). */
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
