@@ -52,7 +52,7 @@ import {
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import { inTransaction, openDatabase, statementsByCount, storageCall } from "../sqlite_db.ts";
-import { DataLossError, GroupFlush } from "../objectstore/flush.ts";
+import { DataLossError, FileWriteback, GroupFlush } from "../objectstore/flush.ts";
 import {
   type EncodedChunk,
   MAX_ZSTD_LEVEL,
@@ -165,6 +165,8 @@ interface OpenPack {
   writes: Set<Promise<unknown>>;
   /** Records appended and not yet handed to a write ({@linkcode StagedWrite}). */
   staged?: StagedWrite;
+  /** Starts writing the pack's bytes to disk as they come (none without FFI). */
+  writeback?: FileWriteback;
 }
 
 /**
@@ -197,6 +199,13 @@ interface StagedRecord {
   readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
 }
+
+/**
+ * Bytes appended to a pack between starts of their write-back to disk
+ * ({@linkcode FileWriteback}): large enough that each start is one batch
+ * of disk writes, small enough that the commit finds little left.
+ */
+const WRITEBACK_STEP = 8 * 1024 * 1024;
 
 /** Staged bytes that start a write at once instead of at the end of the turn. */
 const STAGE_FLUSH_AT = 1024 * 1024;
@@ -246,6 +255,7 @@ function writeAt(pack: OpenPack, data: Uint8Array, position: number): Promise<nu
     } finally {
       pack.filePos = done === data.length ? position + done : -1;
     }
+    if (done === data.length) pack.writeback?.written(position + done);
     return done;
   });
   pack.tail = run.catch(() => {});
@@ -254,6 +264,7 @@ function writeAt(pack: OpenPack, data: Uint8Array, position: number): Promise<nu
 
 /** Closes a pack's write handle; one already closed is left alone. */
 function closePackFile(pack: OpenPack): void {
+  void pack.writeback?.close();
   try {
     pack.file.close();
   } catch (err) {
@@ -958,6 +969,7 @@ export class PackBlobService implements BlobService {
         tail: Promise.resolve(),
         size,
         writes: new Set(),
+        writeback: FileWriteback.open(path, size, WRITEBACK_STEP),
       };
       this.#dirty.set(id, this.#current);
       return this.#current;
