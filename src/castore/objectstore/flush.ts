@@ -154,7 +154,7 @@ export class FileFlusher {
  *
  * Left alone, the kernel starts writing dirty pages only after about 30 s
  * or once a tenth of memory is dirty, so an import's commit waited for all
- * of its bytes at once, with the CPU idle: 1.6 s of `fdatasync` in a 509
+ * of its bytes at once, with the CPU idle: up to 1.6 s of `fdatasync` in a 509
  * MiB import into a pack store on ext4 (docs/storage.md#writing-and-the-commit-point).
  */
 export class FileWriteback {
