@@ -45,6 +45,11 @@ export class CacheBlobService implements BlobService {
     return this.#far.remote;
   }
 
+  /** As the far store, where the reads that miss the near one go. */
+  get batchesReads(): boolean | undefined {
+    return this.#far.batchesReads;
+  }
+
   /** Whether either store has the blob (the near one is asked first). */
   async has(digest: Digest): Promise<boolean> {
     return await this.#nearOr(() => this.#near.has(digest), false) ||

@@ -79,7 +79,8 @@ export const INLINE_LIMIT = 64 * 1024;
  * reads do: with half of them sent, a direct import of that tree into a
  * pack store on tmpfs took 2.31-2.70 s against 2.08-2.41 s and 0.2-0.5 s
  * more CPU; with a quarter, 2.44-2.73 s against 2.05-2.34 s (interleaved
- * pairs by hand; batching them without sending any cost nothing).
+ * pairs by hand; collecting them per turn and encoding all of them here
+ * cost nothing).
  */
 export const ENCODE_INLINE_LIMIT = 16 * 1024;
 

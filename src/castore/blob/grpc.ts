@@ -80,6 +80,8 @@ const KNOWN_CHUNKS = 1 << 16;
 export class GrpcBlobService implements BlobService {
   /** Every call is a round trip to the server. */
   readonly remote = true;
+  /** Small blobs read in one turn share a `SmallBlobService.Read` call. */
+  readonly batchesReads = true;
   readonly #lease: ChannelLease;
   readonly #client: BlobServiceClient;
   /** Size of each chunk seen in a chunk list, by digest key (the most recently used). */

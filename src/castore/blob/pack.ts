@@ -262,14 +262,18 @@ function writeAt(pack: OpenPack, data: Uint8Array, position: number): Promise<nu
   return run;
 }
 
-/** Closes a pack's write handle; one already closed is left alone. */
-function closePackFile(pack: OpenPack): void {
-  void pack.writeback?.close();
+/**
+ * Closes a pack's write handle (one already closed is left alone); resolves
+ * once its write-back descriptor is closed too.
+ */
+function closePackFile(pack: OpenPack): Promise<void> {
+  const writeback = pack.writeback?.close() ?? Promise.resolve();
   try {
     pack.file.close();
   } catch (err) {
     if (!(err instanceof Deno.errors.BadResource)) throw err;
   }
+  return writeback;
 }
 
 /** A blob's chunk list, as stored in the `blobs` table. */
@@ -979,7 +983,7 @@ export class PackBlobService implements BlobService {
   /** Closes a pack's descriptor once its running writes have settled. */
   async #closeWhenIdle(pack: OpenPack): Promise<void> {
     await Promise.all(pack.writes);
-    closePackFile(pack);
+    await closePackFile(pack);
   }
 
   /**
@@ -1096,7 +1100,7 @@ export class PackBlobService implements BlobService {
       } finally {
         // A retired pack gets no new writes; one with writes started while
         // this commit waited is dirty again, and a later commit closes it.
-        if (pack !== this.#current && !this.#dirty.has(id)) closePackFile(pack);
+        if (pack !== this.#current && !this.#dirty.has(id)) await closePackFile(pack);
       }
     }));
     if (chunks.length === 0 && blobs.length === 0 && reused.length === 0) return;

@@ -100,6 +100,13 @@ export interface BlobService {
   /** True when every call is a network round trip (a remote daemon, S3). */
   readonly remote?: boolean;
 
+  /**
+   * True when reads of small blobs asked for in the same turn go out
+   * together, as one call (the gRPC client against our daemon): callers
+   * that know it ask for many at once (the FUSE readahead).
+   */
+  readonly batchesReads?: boolean;
+
   /** Releases resources (connections, file handles). */
   close(): Promise<void>;
 }

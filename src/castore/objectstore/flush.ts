@@ -35,7 +35,7 @@ type Libc = Deno.DynamicLibrary<typeof libcSymbols>["symbols"];
 const O_RDONLY = 0;
 const O_DIRECTORY = 0o200000;
 const O_CLOEXEC = 0o2000000;
-/** `sync_file_range(2)`: start writing the range's dirty pages, do not wait for them. */
+/** `sync_file_range`: start writing the range's dirty pages, do not wait for them. */
 const SYNC_FILE_RANGE_WRITE = 2;
 
 let libc: Libc | null | undefined;
@@ -198,7 +198,7 @@ export class FileWriteback {
 
   /** Closes the descriptor once a running call has returned. */
   close(): Promise<void> {
-    this.#closing ??= (this.#running ?? Promise.resolve()).then(() => {
+    this.#closing ??= (this.#running ?? Promise.resolve()).catch(() => {}).then(() => {
       this.#c.close(this.#fd);
     });
     return this.#closing;
@@ -207,13 +207,23 @@ export class FileWriteback {
   async #run(): Promise<void> {
     // One call at a time, each for everything written meanwhile: the call
     // may block while the device's queue is full, on a blocking-pool thread.
-    while (!this.#closing && this.#written - this.#started >= this.#step) {
-      const from = this.#started;
-      const length = this.#written - from;
-      this.#started = this.#written;
-      // A failure only means the commit writes these bytes itself.
-      await this.#c.sync_file_range(this.#fd, BigInt(from), BigInt(length), SYNC_FILE_RANGE_WRITE);
+    try {
+      while (!this.#closing && this.#written - this.#started >= this.#step) {
+        const from = this.#started;
+        const length = this.#written - from;
+        this.#started = this.#written;
+        // A failure only means the commit writes these bytes itself.
+        await this.#c.sync_file_range(
+          this.#fd,
+          BigInt(from),
+          BigInt(length),
+          SYNC_FILE_RANGE_WRITE,
+        );
+      }
+    } catch {
+      // Likewise: nothing was lost, the commit's flush does the work.
+    } finally {
+      this.#running = undefined;
     }
-    this.#running = undefined;
   }
 }
