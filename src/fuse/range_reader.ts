@@ -293,9 +293,12 @@ export class BlobRangeReader {
   /** Starts fetching this Worker's share of the chunks from index `from` up to byte `until`. */
   #prefetch(list: ChunkList, from: number, until: number): void {
     // Continue where the last readahead stopped, unless the reader jumped
-    // back (a new pass over the file) or ahead of it.
+    // back (a new pass over the file) or ahead of it. Once readahead has
+    // reached the end, every read counts as a new pass: a blob shorter than
+    // two windows could otherwise never be read ahead again once its chunks
+    // were evicted (the chunks still cached are skipped below).
     let i = list.prefetched;
-    if (i < from || list.starts[i] >= until + this.#readahead) i = from;
+    if (i < from || i >= list.keys.length || list.starts[i] >= until + this.#readahead) i = from;
     else if (this.#burst > 0 && list.starts[i] > until - this.#burst) return;
     for (; i < list.keys.length && list.starts[i] < until; i++) {
       if (i % this.#workers !== this.#workerId) continue;

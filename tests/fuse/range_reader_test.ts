@@ -394,6 +394,24 @@ for (const backend of BACKENDS) {
     },
   );
 
+  withBlob("a second pass reads ahead again once the chunks were evicted", async (b, d, chunks) => {
+    // A window of most of the blob, and no room to keep any chunk.
+    const readahead = BLOB.length - 1000;
+    const reader = new BlobRangeReader(b.service, { readahead, cacheBytes: 0 });
+    for (let offset = 0; offset < BLOB.length; offset += 128 << 10) {
+      await expectRead(reader, d, BLOB, offset, 128 << 10);
+    }
+    await settle(reader);
+    b.service.opened.clear();
+    // Back at the start: the first chunk for the read, and the rest ahead of it.
+    await expectRead(reader, d, BLOB, 0, 4096);
+    await settle(reader);
+    const starts = startsOf(chunks);
+    chunks.forEach((c, k) => {
+      if (starts[k] < 4096 + readahead) assert(b.service.opens(c.digest) >= 1, `#${k} read ahead`);
+    });
+  });
+
   withBlob("readahead is striped over Workers sharing a cache", async (b, digest, chunks) => {
     const shared = sharedCache();
     const readers = [0, 1].map((workerId) =>
