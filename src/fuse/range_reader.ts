@@ -13,10 +13,10 @@
  * readers trigger readahead of the following chunks, each Worker taking
  * every Nth chunk, so decompression and verification (what bounds a read
  * from the object store) run on all Workers at once; over a daemon it goes
- * out in bursts, which the gRPC client batches into few calls. Blobs without a chunk
- * list are read whole (small ones, then cached like a chunk) or through
- * `openRead(digest, offset)` streams that continue where the previous read
- * ended.
+ * out in bursts, which the gRPC client batches into few calls. Blobs
+ * without a chunk list are read whole (small ones, then cached like a
+ * chunk) or through `openRead(digest, offset)` streams that continue where
+ * the previous read ended.
  *
  * Bytes come only from the blob service, whose backends verify what they
  * yield, or from the shared cache, which Workers fill only with what they
@@ -126,16 +126,16 @@ export class BlobRangeReader {
   readonly #streams = new Map<string, Stream>();
   readonly #readahead: number;
   /**
-   * From a service that batches reads, readahead waits until this much of its window
-   * is used and then tops it up at once, so the chunks of a burst go out
-   * together: the gRPC client batches the chunks asked for in one turn
-   * into one `SmallBlobService.Read` call. Topped up on every read, a
-   * sequential reader made a call per chunk or two (53 calls for 79 chunks
-   * in tests/fuse/range_reader_remote_test.ts, 11 with bursts), and calls,
-   * not bytes, were what a mount over a daemon spent its time on.
-   * Elsewhere (local stores, S3) there is nothing to batch, and the
-   * Workers fetch and decode chunks as the reader comes. Half the window:
-   * readahead still runs at least that far ahead of the reader.
+   * From a service that batches reads, readahead waits until this much of
+   * its window is used and then tops it up at once, so the chunks of a
+   * burst go out together: the gRPC client batches the chunks asked for in
+   * one turn into one `SmallBlobService.Read` call. Topped up on every
+   * read, a sequential reader made a call per chunk or two (53 calls for 79
+   * chunks in the daemon case of tests/fuse/range_reader_test.ts, 11 with
+   * bursts), and calls, not bytes, were what a mount over a daemon spent
+   * its time on. Elsewhere (local stores, S3) there is nothing to batch,
+   * and the Workers fetch and decode chunks as the reader comes. Half the
+   * window: readahead still runs at least that far ahead of the reader.
    */
   readonly #burst: number;
   readonly #window: number;

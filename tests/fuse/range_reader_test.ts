@@ -5,16 +5,21 @@
  * blobs without a chunk list, and damaged chunks. Every case runs on the
  * memory blob service (whose chunk lists a wrapper supplies, as it has
  * none itself) and on the chunking object store (`objectstore+memory://`),
- * both behind a wrapper that counts what the reader asks for.
+ * both behind a wrapper that counts what the reader asks for. One more
+ * case runs over a daemon process, as a mount does: readahead from there
+ * goes out in bursts, which the daemon's own call count shows.
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { putBlob } from "../conformance/blob_suite.ts";
 import { pseudoRandom } from "../fixtures.ts";
+import { sampleValue, scrape } from "../prometheus.ts";
+import { startDaemon } from "../grpc/daemon_harness.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { chunkPath, ObjectStoreBlobService } from "../../src/castore/blob/objectstore.ts";
 import { encodeChunkSync } from "../../src/castore/blob/chunk_codec.ts";
+import { GrpcBlobService } from "../../src/castore/blob/grpc.ts";
 import { PackBlobService } from "../../src/castore/blob/pack.ts";
 import type {
   BlobReader,
@@ -583,3 +588,56 @@ for (const backend of BACKENDS) {
     },
   );
 }
+
+Deno.test({
+  name: "range reader over a daemon: a sequential read fetches its readahead in bursts of chunks",
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  const MIB = 1024 * 1024;
+  // Dozens of chunks of 128-512 KiB (79 as FastCDC cuts this one), read
+  // 128 KiB at a time (what the kernel asks a mount for).
+  const size = 24 * MIB;
+  const step = 128 * 1024;
+  const home = await Deno.makeTempDir({ prefix: "tvix-remote-read-" });
+  const daemon = await startDaemon({ home, args: ["--metrics-listen-address=127.0.0.1:0"] });
+  try {
+    const data = pseudoRandom(size, 7);
+    const uploader = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
+    const digest = await putBlob(uploader, data).finally(() => uploader.close());
+    const metrics = /serving metrics address=(\S+)/.exec(daemon.log())?.[1];
+    assert(metrics, "the daemon serves metrics");
+    const readCalls = async () =>
+      sampleValue(await scrape(metrics), "tvix_grpc_server_handled_total", {
+        grpc_method: "/tvix_ts.castore.v1.SmallBlobService/Read",
+        grpc_code: "OK",
+      });
+
+    const service = await GrpcBlobService.fromUrl(`grpc+http://${daemon.address}`);
+    try {
+      assert(service.batchesReads, "the gRPC client batches reads");
+      const chunks = (await service.chunks(digest))!;
+      assert(chunks.length >= 40, `${chunks.length} chunks`);
+      const before = await readCalls();
+      // Two Workers' readers sharing a cache, the reader's requests alternating between them.
+      const shared = SharedChunkCache.create(64 * MIB, 512 * 1024, 256 * 1024);
+      const readers = [0, 1].map((workerId) =>
+        new BlobRangeReader(service, { shared, workerId, workers: 2 })
+      );
+      for (let offset = 0, n = 0; offset < size; offset += step, n++) {
+        await expectRead(readers[n % 2], digest, data, offset, step);
+      }
+      for (const r of readers) await settle(r);
+      const calls = await readCalls() - before;
+      // Each Worker tops its 8 MiB window up once half of it is used: about
+      // 4 MiB of chunks per burst, shared by two Workers (11 calls when
+      // written). Topped up on every read, it took 53.
+      assert(calls <= chunks.length / 3, `${calls} read calls for ${chunks.length} chunks`);
+    } finally {
+      await service.close();
+    }
+  } finally {
+    await daemon.stop();
+    await Deno.remove(home, { recursive: true });
+  }
+});
