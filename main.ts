@@ -55,8 +55,9 @@ function helpWidth(): number {
  * name, or with all of them if they name none (exported for tests).
  */
 export async function buildProgram(args: readonly string[]): Promise<Command> {
-  // Must be evaluated before anything creates an HTTP/2 session (grpc-js).
-  await import("./src/grpc/h2_goaway_workaround.ts");
+  // The HTTP/2 workarounds (src/grpc/h2_*.ts) come with the modules that
+  // open gRPC channels and servers, so a command that makes no gRPC call
+  // never loads node:http2.
   const [{ Command, Help, Option }, { registerSubcommands }, { usageOf }] = await Promise.all([
     import("commander"),
     import("./src/cli/subcommands.ts"),

@@ -5,7 +5,7 @@ import {
   chunkLengths,
   FastCdcChunker,
   type FastCdcParams,
-  GEAR,
+  gearTable,
   OBJECTSTORE_CHUNKING,
 } from "../../src/castore/blob/fastcdc.ts";
 
@@ -23,6 +23,7 @@ const MASK_BY_BITS: Record<number, bigint> = {
   19: 0x0000d91707537000n,
 };
 const U64 = (1n << 64n) - 1n;
+const GEAR = gearTable();
 const GEAR_LS = GEAR.map((g) => (g << 1n) & U64);
 
 function referenceCut(src: Uint8Array, p: FastCdcParams): [bigint, number] {

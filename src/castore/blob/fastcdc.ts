@@ -81,11 +81,19 @@ const MASKS: readonly bigint[] = [
 
 const U64 = (1n << 64n) - 1n;
 
-/** The 256 gear values (full 64-bit), derived from MD5 as the crate does. */
-export const GEAR: readonly bigint[] = Array.from({ length: 256 }, (_, i) => {
-  const md5 = createHash("md5").update(new Uint8Array(64).fill(i)).digest();
-  return md5.readBigUInt64BE(0);
-});
+let gear: readonly bigint[] | undefined;
+
+/**
+ * The 256 gear values (full 64-bit), derived from MD5 as the crate does;
+ * computed on first use, not when the module loads.
+ */
+export function gearTable(): readonly bigint[] {
+  gear ??= Array.from({ length: 256 }, (_, i) => {
+    const md5 = createHash("md5").update(new Uint8Array(64).fill(i)).digest();
+    return md5.readBigUInt64BE(0);
+  });
+  return gear;
+}
 
 /** Parameters checked and turned into masks, ready for {@linkcode cutLength}. */
 export interface PreparedParams {
@@ -156,7 +164,7 @@ function gearScanner(window: number): GearScanner {
     );
     const memory = instance.exports.memory as WebAssembly.Memory;
     const view = new DataView(memory.buffer);
-    GEAR.forEach((g, i) => {
+    gearTable().forEach((g, i) => {
       view.setBigUint64(GEAR_AT + 8 * i, g, true);
       view.setBigUint64(GEAR_LS_AT + 8 * i, (g << 1n) & U64, true);
     });

@@ -10,8 +10,9 @@
  * files pays that per file, on import and on every read. node:zlib has no
  * public API for reuse, so this drives the handle of one `ZstdDecompress`
  * or `ZstdCompress` stream directly (the same calls its synchronous path
- * makes). That is internal: a probe at load time checks that it works and
- * round-trips right, and where it does not, {@linkcode decodeSmallFrame}
+ * makes). That is internal: a probe on first use checks that it works and
+ * round-trips right (not at load time: a command that compresses nothing,
+ * such as an unchanged re-import, should not pay for it), and where it does not, {@linkcode decodeSmallFrame}
  * and {@linkcode encodeFrame} return `undefined` and callers keep the
  * one-shot functions.
  *
@@ -139,7 +140,7 @@ export function decodeSmallFrame(
   frame: Uint8Array,
   size: number,
 ): Uint8Array<ArrayBuffer> | undefined {
-  if (!available || size === 0 || size > SMALL_FRAME_MAX) return undefined;
+  if (size === 0 || size > SMALL_FRAME_MAX || !decoderWorks()) return undefined;
   context ??= newContext();
   if (!context) return undefined;
   let read: number;
@@ -181,8 +182,18 @@ function probe(): boolean {
   }
 }
 
-let available = true;
-available = probe();
+/** The decoder probe's result; `undefined` until the first frame comes. */
+let decoderProbed: boolean | undefined;
+
+/** Whether the reused decoding context works here, probed on first call. */
+function decoderWorks(): boolean {
+  if (decoderProbed === undefined) {
+    // The probe decodes through this same path: let it through meanwhile.
+    decoderProbed = true;
+    decoderProbed = probe();
+  }
+  return decoderProbed;
+}
 
 /** Largest input {@linkcode encodeFrame} compresses: the largest FastCDC chunk. */
 export const ENCODE_FRAME_MAX = 512 * 1024;
@@ -226,7 +237,7 @@ export function encodeFrame(
   input: Uint8Array,
   level: number,
 ): Uint8Array<ArrayBuffer> | undefined {
-  if (!encoderAvailable || input.length === 0 || input.length > ENCODE_FRAME_MAX) return undefined;
+  if (input.length === 0 || input.length > ENCODE_FRAME_MAX || !encoderWorks()) return undefined;
   const windowLog = windowLogFor(input.length);
   const key = `${level}/${windowLog}`;
   let ctx = encodeContexts.get(key);
@@ -271,15 +282,24 @@ function probeEncoder(): boolean {
   }
 }
 
-let encoderAvailable = true;
-encoderAvailable = probeEncoder();
+/** The encoder probe's result; `undefined` until the first chunk comes. */
+let encoderProbed: boolean | undefined;
+
+/** Whether the reused compression contexts work here, probed on first call. */
+function encoderWorks(): boolean {
+  if (encoderProbed === undefined) {
+    encoderProbed = true;
+    encoderProbed = probeEncoder();
+  }
+  return encoderProbed;
+}
 
 /** Whether chunks are compressed with a reused context in this thread. */
 export function frameEncoderAvailable(): boolean {
-  return encoderAvailable;
+  return encoderWorks();
 }
 
 /** Whether small frames are decoded with a reused context in this thread. */
 export function smallFrameDecoderAvailable(): boolean {
-  return available;
+  return decoderWorks();
 }
