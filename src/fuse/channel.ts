@@ -15,15 +15,12 @@
  *
  * @module
  */
+import { cString, errno, OPEN_FLAGS } from "../libc.ts";
 import {
   Errno,
-  errno,
   FUSE_DEV_IOC_CLONE,
   type LibC,
   loadLibc,
-  O_CLOEXEC,
-  O_NONBLOCK,
-  O_RDWR,
   POLLERR,
   POLLHUP,
   POLLIN,
@@ -107,11 +104,12 @@ export class Channel {
 
   #clone(sessionFd: number, nonblocking: boolean): number {
     const c = this.#c;
-    const path = new TextEncoder().encode("/dev/fuse\0");
+    const path = cString("/dev/fuse");
+    const { O_RDWR, O_CLOEXEC, O_NONBLOCK } = OPEN_FLAGS;
     const fd = c.open(path, O_RDWR | O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0), 0);
-    if (fd < 0) throw new Error(`cannot open /dev/fuse: errno ${errno(c)}`);
+    if (fd < 0) throw new Error(`cannot open /dev/fuse: errno ${errno()}`);
     if (c.ioctl(fd, FUSE_DEV_IOC_CLONE, new Uint32Array([sessionFd])) !== 0) {
-      const e = errno(c);
+      const e = errno();
       c.close(fd);
       throw new Error(`FUSE_DEV_IOC_CLONE failed: errno ${e}`);
     }
@@ -157,7 +155,7 @@ export class Channel {
           dispatch(buf, view, m, fdWait);
           continue;
         }
-        const e = errno(c);
+        const e = errno();
         if (e === Errno.ENODEV) return;
         // ENOENT: the request was interrupted before we read it.
         if (e === Errno.EINTR || e === Errno.ENOENT || e === Errno.EAGAIN) continue;
@@ -172,7 +170,7 @@ export class Channel {
         dispatch(buf, view, n, fdQueued);
         continue;
       }
-      const e = errno(c);
+      const e = errno();
       if (e === Errno.EAGAIN) {
         burst = 0;
         const m = await c.read_async(fdWait, buf, size);
@@ -263,7 +261,7 @@ export class Channel {
   /** Reports a failed reply write; `_keepAlive` keeps the written buffers reachable until here. */
   #check(r: number, _keepAlive?: unknown): void {
     if (r >= 0) return;
-    const e = errno(this.#c);
+    const e = errno();
     // ENOENT: the request was interrupted meanwhile; ENODEV: the session is gone.
     if (e === Errno.ENOENT || e === Errno.ENODEV) return;
     if (this.#writeErrors++ < 10) {

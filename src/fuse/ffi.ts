@@ -13,6 +13,7 @@
  * @module
  */
 import { errorMessage } from "../errors.ts";
+import { cString, errno, openLibc } from "../libc.ts";
 
 /** Shared object name of libfuse 3. */
 const LIBFUSE = "libfuse3.so.3";
@@ -45,7 +46,6 @@ const libcSymbols = {
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   sched_getaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
   sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
-  __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
 /** libfuse3 symbols. */
@@ -78,13 +78,8 @@ export function loadFuse(): FuseLib {
 
 /** Loads libc once per isolate. */
 export function loadLibc(): LibC {
-  if (!libc) libc = Deno.dlopen("libc.so.6", libcSymbols).symbols as unknown as LibC;
+  if (!libc) libc = openLibc(libcSymbols) as unknown as LibC;
   return libc;
-}
-
-/** The calling thread's `errno` (valid right after a failed synchronous call). */
-export function errno(c: LibC): number {
-  return new Deno.UnsafePointerView(c.__errno_location()!).getInt32();
 }
 
 /** Bytes of a glibc `cpu_set_t` (1024 CPUs). */
@@ -104,17 +99,7 @@ export function setThreadCpus(cpus: readonly number[]): number {
   const c = loadLibc();
   const set = new Uint8Array(CPU_SET_BYTES);
   for (const cpu of cpus) set[cpu >> 3] |= 1 << (cpu & 7);
-  return c.sched_setaffinity(0, BigInt(CPU_SET_BYTES), set) === 0 ? 0 : errno(c);
-}
-
-const encoder = new TextEncoder();
-
-/** A NUL-terminated copy of `s` for C. */
-export function cString(s: string): Uint8Array<ArrayBuffer> {
-  const bytes = encoder.encode(s);
-  const out = new Uint8Array(bytes.length + 1);
-  out.set(bytes);
-  return out;
+  return c.sched_setaffinity(0, BigInt(CPU_SET_BYTES), set) === 0 ? 0 : errno();
 }
 
 /** Linux errno values used by the filesystem. */
@@ -138,8 +123,6 @@ export const Errno = {
   EPROTO: 71,
 } as const;
 
-/** `open(2)` flags. */
-export const O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 /** `_IOR(229, 0, uint32_t)`: attach a new /dev/fuse fd to an existing session. */
 export const FUSE_DEV_IOC_CLONE = 0x8004e500n;
 /** `poll(2)` event bits. */

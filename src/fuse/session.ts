@@ -7,7 +7,8 @@
  *
  * @module
  */
-import { cString, fuseArgs, loadFuse, LOWLEVEL_OPS_SIZE } from "./ffi.ts";
+import { cString } from "../libc.ts";
+import { fuseArgs, loadFuse, LOWLEVEL_OPS_SIZE } from "./ffi.ts";
 
 /** How to mount. */
 export interface SessionOptions {

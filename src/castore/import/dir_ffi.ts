@@ -17,6 +17,7 @@
  * @module
  */
 import { errorMessage } from "../../errors.ts";
+import { cString, errno, OPEN_FLAGS, openLibc, strerror } from "../../libc.ts";
 
 const libcSymbols = {
   openat: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
@@ -29,18 +30,11 @@ const libcSymbols = {
   read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "i32" },
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
-  strerror: { parameters: ["i32"], result: "pointer" },
-  __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
 type Libc = Deno.DynamicLibrary<typeof libcSymbols>["symbols"];
 
-/** `open(2)` flags that differ between architectures (asm-generic vs. arm). */
-const ARCH_FLAGS = Deno.build.arch === "aarch64"
-  ? { O_DIRECTORY: 0o40000, O_NOFOLLOW: 0o100000 }
-  : { O_DIRECTORY: 0o200000, O_NOFOLLOW: 0o400000 };
-const O_RDONLY = 0;
-const O_CLOEXEC = 0o2000000;
+const { O_RDONLY, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW } = OPEN_FLAGS;
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
 /** Type, mode, nlink, uid, gid, times, inode, size, blocks. */
@@ -64,7 +58,7 @@ function load(): Libc {
       unavailable = `not supported on ${Deno.build.os}`;
     } else {
       try {
-        libc = Deno.dlopen("libc.so.6", libcSymbols).symbols;
+        libc = openLibc(libcSymbols);
         return libc;
       } catch (err) {
         unavailable = `cannot load libc.so.6 (needs --allow-ffi): ${errorMessage(err)}`;
@@ -100,22 +94,10 @@ export class RawFsError extends Error {
  * Throws the error of the libc call that just failed. `errno` is read
  * first, before `path` (or the function giving it) can run other code.
  */
-function fail(c: Libc, op: string, path: string | (() => string)): never {
-  const errno = errnoOf(c);
-  const text = new Deno.UnsafePointerView(c.strerror(errno)!).getCString();
+function fail(op: string, path: string | (() => string)): never {
+  const code = errno();
   const shown = typeof path === "string" ? path : path();
-  throw new RawFsError(`${op} '${shown}': ${text} (os error ${errno})`, errno);
-}
-
-function errnoOf(c: Libc): number {
-  return new Deno.UnsafePointerView(c.__errno_location()!).getInt32();
-}
-
-/** A NUL-terminated copy of `name` for C. */
-function cName(name: Uint8Array): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(name.length + 1);
-  out.set(name);
-  return out;
+  throw new RawFsError(`${op} '${shown}': ${strerror(code)} (os error ${code})`, code);
 }
 
 /** Longest name spelt without the decoder (an argument per byte). */
@@ -240,7 +222,7 @@ export class RawFile {
       const n = this.#c.read(this.#fd, buf, BigInt(buf.length));
       if (n > 0) return n;
       if (n === 0) return null;
-      if (errnoOf(this.#c) !== EINTR) fail(this.#c, "read", this.path);
+      if (errno() !== EINTR) fail("read", this.path);
     }
   }
 
@@ -274,8 +256,8 @@ export class RawDir {
   /** Opens the directory at `path` (a symlink there is not followed). */
   static open(path: string): RawDir {
     const c = load();
-    const fd = c.openat(AT_FDCWD, cName(new TextEncoder().encode(path)), DIR_FLAGS, 0);
-    if (fd < 0) fail(c, "open", path);
+    const fd = c.openat(AT_FDCWD, cString(path), DIR_FLAGS, 0);
+    if (fd < 0) fail("open", path);
     return new RawDir(c, fd, path);
   }
 
@@ -287,8 +269,8 @@ export class RawDir {
 
   /** Opens the subdirectory `name` (not following a symlink). */
   openDir(name: Uint8Array): RawDir {
-    const fd = this.#c.openat(this.#live(), cName(name), DIR_FLAGS, 0);
-    if (fd < 0) fail(this.#c, "open", () => this.#shown(name));
+    const fd = this.#c.openat(this.#live(), cString(name), DIR_FLAGS, 0);
+    if (fd < 0) fail("open", () => this.#shown(name));
     return new RawDir(this.#c, fd, this.#shown(name));
   }
 
@@ -296,15 +278,15 @@ export class RawDir {
   names(): Uint8Array[] {
     const fd = this.#live();
     // From the start, even if the directory was listed before.
-    if (this.#c.lseek(fd, 0n, SEEK_SET) < 0) fail(this.#c, "lseek", this.path);
+    if (this.#c.lseek(fd, 0n, SEEK_SET) < 0) fail("lseek", this.path);
     const buf = dentsBuffer;
     const view = dentsView;
     const names: Uint8Array[] = [];
     while (true) {
       const n = this.#c.getdents64(fd, buf, BigInt(buf.length));
       if (n < 0) {
-        if (errnoOf(this.#c) === EINTR) continue;
-        fail(this.#c, "getdents64", this.path);
+        if (errno() === EINTR) continue;
+        fail("getdents64", this.path);
       }
       if (n === 0) break;
       // The names are views into one copy of what this call returned: one
@@ -337,7 +319,7 @@ export class RawDir {
       ) !==
         0
     ) {
-      fail(this.#c, "lstat", () => this.#shown(name));
+      fail("lstat", () => this.#shown(name));
     }
     // struct statx: fixed layout on every architecture.
     const v = statxView;
@@ -358,8 +340,8 @@ export class RawDir {
 
   /** Opens the regular file `name` for reading (not following a symlink). */
   openFile(name: Uint8Array): RawFile {
-    const fd = this.#c.openat(this.#live(), cName(name), O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
-    if (fd < 0) fail(this.#c, "open", () => this.#shown(name));
+    const fd = this.#c.openat(this.#live(), cString(name), O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) fail("open", () => this.#shown(name));
     return new RawFile(this.#c, fd, this.#shown(name));
   }
 
@@ -383,7 +365,6 @@ export class RawDir {
   }
 }
 
-const { O_DIRECTORY, O_NOFOLLOW } = ARCH_FLAGS;
 const DIR_FLAGS = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 
 function isDotOrDotDot(name: Uint8Array): boolean {
@@ -391,11 +372,11 @@ function isDotOrDotDot(name: Uint8Array): boolean {
 }
 
 function readLinkAt(c: Libc, dirFd: number, name: Uint8Array, shown: string): Uint8Array {
-  const path = cName(name);
+  const path = cString(name);
   for (let size = LINK_BUFFER;; size *= 2) {
     const buf = new Uint8Array(size);
     const n = c.readlinkat(dirFd, path, buf, BigInt(size));
-    if (n < 0) fail(c, "readlink", shown);
+    if (n < 0) fail("readlink", shown);
     // A full buffer may mean a cut target: try again with a larger one.
     if (n < size) return buf.slice(0, n);
   }

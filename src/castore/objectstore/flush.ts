@@ -22,6 +22,7 @@
  * @module
  */
 import { StorageError } from "../../errors.ts";
+import { cString, OPEN_FLAGS, openLibc } from "../../libc.ts";
 
 const libcSymbols = {
   open: { parameters: ["buffer", "i32"], result: "i32" },
@@ -32,9 +33,7 @@ const libcSymbols = {
 
 type Libc = Deno.DynamicLibrary<typeof libcSymbols>["symbols"];
 
-const O_RDONLY = 0;
-const O_DIRECTORY = 0o200000;
-const O_CLOEXEC = 0o2000000;
+const { O_RDONLY, O_DIRECTORY, O_CLOEXEC } = OPEN_FLAGS;
 /** `sync_file_range`: start writing the range's dirty pages, do not wait for them. */
 const SYNC_FILE_RANGE_WRITE = 2;
 
@@ -44,7 +43,7 @@ let libc: Libc | null | undefined;
 function loadLibc(): Libc | null {
   if (libc === undefined) {
     try {
-      libc = Deno.dlopen("libc.so.6", libcSymbols).symbols;
+      libc = openLibc(libcSymbols);
     } catch {
       libc = null;
     }
@@ -125,10 +124,7 @@ export class FileFlusher {
 
   async #syncfs(): Promise<void> {
     const c = this.#c;
-    const fd = c.open(
-      new TextEncoder().encode(`${this.#dir}\0`),
-      O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-    );
+    const fd = c.open(cString(this.#dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     // Not opened (a missing directory, no fds left): nothing was flushed,
     // but nothing was lost either; the caller's commit fails and may retry.
     if (fd < 0) throw new StorageError(`cannot open ${this.#dir} to flush it to disk`);
@@ -184,7 +180,7 @@ export class FileWriteback {
   static open(path: string, from: number, step: number): FileWriteback | undefined {
     const c = loadLibc();
     if (!c) return undefined;
-    const fd = c.open(new TextEncoder().encode(`${path}\0`), O_RDONLY | O_CLOEXEC);
+    const fd = c.open(cString(path), O_RDONLY | O_CLOEXEC);
     return fd < 0 ? undefined : new FileWriteback(c, fd, from, step);
   }
 
