@@ -16,7 +16,7 @@ import type { Node } from "../proto/tvix/castore/protos/castore.ts";
 import type { PathInfoService } from "../store/pathinfo/service.ts";
 import type { NarCalculationService } from "../nar/calculation.ts";
 import { validateNode } from "../castore/node.ts";
-import { errorMessage } from "../errors.ts";
+import { errorMessage, UnavailableError } from "../errors.ts";
 import { serverStreamHandler, unaryHandler } from "../grpc/server_call.ts";
 import { Code, internalStatus, MAX_RESPONSE_MESSAGE_BYTES, RpcError } from "../grpc/status.ts";
 
@@ -76,6 +76,9 @@ export function pathInfoHandler(
         try {
           return await nar.calculateNar(node);
         } catch (err) {
+          // A backend out of reach is UNAVAILABLE, as for every other call:
+          // the client may retry, and a bridge in front answers 503.
+          if (err instanceof UnavailableError) throw err;
           throw new RpcError(
             Code.DATA_LOSS,
             `storage error: failed rendering nar: ${errorMessage(err)}`,

@@ -13,6 +13,7 @@ import { serviceAddrArgs } from "../../src/cli/common.ts";
 import { Code } from "../../src/grpc/status.ts";
 import { DirectoryServiceClient } from "../../src/proto/tvix/castore/protos/rpc_directory.ts";
 import { PathInfoServiceClient } from "../../src/proto/tvix/store/protos/rpc_pathinfo.ts";
+import type { Node } from "../../src/proto/tvix/castore/protos/castore.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { pgTest, postgresStoreArgs } from "./harness.ts";
 
@@ -74,11 +75,11 @@ pgTest(
               ),
           );
         });
-      const info = await new Promise<{ root: Uint8Array }>((resolve, reject) => {
+      const info = await new Promise<{ root: Uint8Array; node: Node }>((resolve, reject) => {
         infos.get({ byWhat: { $case: "byOutputHash", value: path.digest } }, (err, res) => {
           const node = res?.node?.node;
           if (err || node?.$case !== "directory") reject(err ?? new Error("no directory root"));
-          else resolve({ root: node.value.digest });
+          else resolve({ root: node.value.digest, node: res!.node! });
         });
       });
       const getDirectories = () =>
@@ -142,6 +143,21 @@ pgTest(
       const refused = await tvixStore(["import", ...serviceAddrArgs(addrs), other]);
       assert(refused.code !== 0, "an import without the database fails");
       assert(/UNAVAILABLE.*postgres/.test(refused.stderr), refused.stderr);
+      // So is a NAR calculation, which renders from the store (not asked
+      // before, so not answered from the daemon's cache of results).
+      const calculated = await new Promise<Outcome>((resolve) =>
+        infos.calculateNar(
+          info.node,
+          new Metadata(),
+          { deadline: Date.now() + 15_000 },
+          (err) =>
+            resolve(
+              err ? { code: err.code, details: err.details } : { code: Code.OK, details: "" },
+            ),
+        )
+      );
+      assertEquals(Code[calculated.code], Code[Code.UNAVAILABLE], calculated.details);
+      assert(/postgres/.test(calculated.details), calculated.details);
       // A binary cache over the daemon answers 503 (Nix retries), not 500 or 404.
       const hash = imported.stdout.trim().slice("/nix/store/".length, "/nix/store/".length + 32);
       const narinfo = await fetch(`http://${bridge.address}/${hash}.narinfo`);
