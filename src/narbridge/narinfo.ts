@@ -12,7 +12,13 @@ import {
   NARInfo_CA_Hash,
   type PathInfo,
 } from "../proto/tvix/store/protos/pathinfo.ts";
-import { formatSignature, type NamedSignature, parseSignature } from "./signing.ts";
+import {
+  formatSignature,
+  isValidKeyName,
+  type NamedSignature,
+  parseSignature,
+  SIGNATURE_BYTES,
+} from "./signing.ts";
 import { errorMessage } from "../errors.ts";
 
 /** A narinfo that cannot be parsed, or a PathInfo that cannot become one. */
@@ -426,7 +432,13 @@ export function pathInfoToNarInfo(info: PathInfo, url = ""): NarInfo {
     narSize: meta.narSize,
     references,
     deriver,
-    signatures: meta.signatures.map((s) => ({ name: s.name, data: s.data })),
+    // PathInfos are not validated for their signatures (as upstream), so one
+    // written over gRPC may carry any name: a name with a newline would
+    // add lines of its own choosing to the narinfo. Only signatures that
+    // could verify (a key name Nix accepts, 64 bytes) are passed on.
+    signatures: meta.signatures
+      .filter((s) => isValidKeyName(s.name) && s.data.length === SIGNATURE_BYTES)
+      .map((s) => ({ name: s.name, data: s.data })),
     ca,
     flags: {},
   };

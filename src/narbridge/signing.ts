@@ -22,6 +22,9 @@ export class KeyFormatError extends Error {
   override name = "KeyFormatError";
 }
 
+/** Bytes of an ed25519 signature. */
+export const SIGNATURE_BYTES = 64;
+
 /** A named ed25519 signature, as carried by a narinfo `Sig:` line. */
 export interface NamedSignature {
   /** Key name, e.g. `cache.nixos.org-1`. */
@@ -71,7 +74,7 @@ function splitNamed(text: string, len: number, what: string): { name: string; by
 
 /** Parses a narinfo signature `<name>:<base64 of 64 bytes>`. */
 export function parseSignature(text: string): NamedSignature {
-  const { name, bytes } = splitNamed(text, 64, "signature");
+  const { name, bytes } = splitNamed(text, SIGNATURE_BYTES, "signature");
   return { name, data: bytes };
 }
 
@@ -109,7 +112,7 @@ export class PublicKey {
 
   /** Whether `sig` is this key's (same name) valid signature over `fingerprint`. */
   verify(fingerprint: string, sig: NamedSignature): boolean {
-    if (sig.name !== this.name || sig.data.length !== 64) return false;
+    if (sig.name !== this.name || sig.data.length !== SIGNATURE_BYTES) return false;
     try {
       return verify(null, te.encode(fingerprint), this.#key, sig.data);
     } catch {

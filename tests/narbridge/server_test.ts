@@ -469,3 +469,28 @@ Deno.test("a PathInfo stored without NAR metadata gets it computed for its narin
     assertEquals(ni.narSize, BigInt(NAR_CONTENTS_SYMLINK.length));
   });
 });
+
+Deno.test("a stored signature that could not verify never reaches a narinfo (no injected lines)", async () => {
+  await withTree(async (dir) => {
+    await withBridge({ signingKey: KEY }, async ({ url, services }) => {
+      const { storePath, pathInfo } = await importPath(dir, services);
+      // PathInfos are stored with whatever signatures a client sends.
+      const good = KEY.sign("anything");
+      pathInfo.narinfo!.signatures = [
+        { name: "evil\nURL: nar/bogus.nar\nCompression: xz", data: good.data },
+        { name: "short", data: new Uint8Array(10) },
+        { name: "other-1", data: good.data },
+      ];
+      await services.pathInfo.put(pathInfo);
+      const res = await fetch(`${url}/${nixbase32.encode(storePath.digest)}.narinfo`);
+      assertEquals(res.status, 200);
+      const text = await res.text();
+      const lines = text.trimEnd().split("\n");
+      assertEquals(lines.filter((l) => l.startsWith("URL: ")).length, 1, text);
+      assertEquals(lines.filter((l) => l.startsWith("Compression: ")).length, 1, text);
+      const ni = parseNarInfo(text);
+      assertEquals(ni.signatures.map((s) => s.name), ["other-1", KEY.name]);
+      assert(KEY.publicKey.verify(narInfoFingerprint(ni), ni.signatures[1]));
+    });
+  });
+});
