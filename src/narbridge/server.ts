@@ -140,6 +140,8 @@ const LISTING_RE = new RegExp(`^/(${NB32}{32})\\.ls$`);
 const NAR_RE = new RegExp(`^/nar/(${NB32}{32})-(${NB32}{52})\\.nar(\\.zst)?$`);
 const UPLOAD_RE = /^\/nar\/[A-Za-z0-9._-]+$/;
 const MAX_NARINFO_BYTES = 1 << 20;
+/** Largest listing upload read (and dropped): a path of about a million files. */
+const MAX_LISTING_UPLOAD_BYTES = 256 << 20;
 const encoder = new TextEncoder();
 
 function text(status: number, body: string, headers: Record<string, string> = {}): HttpResponse {
@@ -194,7 +196,7 @@ async function* uploadBody(req: HttpRequest): AsyncGenerator<Uint8Array> {
  * Reads a request body of at most `limit` bytes; a larger Content-Length
  * is refused before anything is read.
  */
-async function readLimited(req: HttpRequest, limit: number): Promise<Uint8Array> {
+async function readLimited(req: HttpRequest, limit: number, keep = true): Promise<Uint8Array> {
   const declared = req.header("content-length");
   if (declared !== undefined && Number(declared) > limit) {
     throw new HttpError(413, `body larger than ${limit} bytes`);
@@ -204,7 +206,7 @@ async function readLimited(req: HttpRequest, limit: number): Promise<Uint8Array>
   for await (const part of uploadBody(req)) {
     total += part.length;
     if (total > limit) throw new HttpError(413, `body larger than ${limit} bytes`);
-    parts.push(part);
+    if (keep) parts.push(part);
   }
   return concatBytes(parts);
 }
@@ -313,6 +315,7 @@ export class NarBridge {
     if (m && method === "PUT") return this.#putNarInfo(req, m[1]);
     m = LISTING_RE.exec(path);
     if (m && read) return this.#getListing(method, m[1]);
+    if (m && method === "PUT") return this.#putListing(req);
     m = NAR_RE.exec(path);
     if (m && read) return this.#getNar(req, m[1], m[2], m[3] !== undefined);
     if (UPLOAD_RE.test(path) && read) return this.#getUploadedNar(req, path);
@@ -524,6 +527,16 @@ export class NarBridge {
       path,
       narSize: ingested.narSize,
     });
+    return { status: 200, headers: { "content-length": "0" } };
+  }
+
+  /**
+   * A listing uploaded by `nix copy --to '…?write-nar-listing=true'`, which
+   * sends it before the narinfo and gives up on an error. Listings are
+   * served from the store itself, so the upload is read and dropped.
+   */
+  async #putListing(req: HttpRequest): Promise<HttpResponse> {
+    await readLimited(req, MAX_LISTING_UPLOAD_BYTES, false);
     return { status: 200, headers: { "content-length": "0" } };
   }
 

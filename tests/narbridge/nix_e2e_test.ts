@@ -75,6 +75,9 @@ const MEMORY = [
   "--path-info-service-addr=memory://",
 ];
 
+/** The destinations of `nix copy --to` tried, after the cache's URL. */
+const UPLOAD_QUERIES = ["", "?compression=zstd", "?compression=none", "?write-nar-listing=true"];
+
 Deno.test("real nix against nar-bridge", async (t) => {
   const tmp = await Deno.makeTempDir({ prefix: "narbridge-e2e-" });
   const nix = await NixEnv.create();
@@ -190,8 +193,10 @@ Deno.test("real nix against nar-bridge", async (t) => {
     });
 
     const uploaded: string[] = [];
-    await t.step("nix copy --to uploads (xz default, zstd, none)", async () => {
-      for (const query of ["", "?compression=zstd", "?compression=none"]) {
+    await t.step("nix copy --to uploads (xz default, zstd, none, with a listing)", async () => {
+      // write-nar-listing: nix uploads the listing before the narinfo and
+      // stops if that fails.
+      for (const query of UPLOAD_QUERIES) {
         const src = join(tmp, `up${uploaded.length}`);
         await Deno.mkdir(src);
         await makeTree(src, `upload ${query}`);
@@ -321,7 +326,7 @@ Deno.test("real nix against nar-bridge", async (t) => {
         try {
           for (const [i, path] of uploaded.entries()) {
             const dir = join(mount.mountpoint, path.slice("/nix/store/".length));
-            const query = ["", "?compression=zstd", "?compression=none"][i];
+            const query = UPLOAD_QUERIES[i];
             assertEquals(await fsRun("cat", join(dir, "hello.txt")), `Hello upload ${query}!\n`);
             assertEquals(await fsRun("readlink", join(dir, "sub", "link")), "../hello.txt\n");
             assertEquals(
