@@ -14,7 +14,7 @@ import { type Digest, digestKey, toHex } from "../castore/digest.ts";
 import { directoryDigest } from "../castore/directory.ts";
 import type { NodeVariant } from "../castore/node.ts";
 import { isSweepable, type SweepReport } from "../castore/sweep.ts";
-import { errorMessage, InvalidRequestError } from "../errors.ts";
+import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
 import { calculateNar } from "../nar/render.ts";
 import type { PathInfo, PathInfoService } from "./pathinfo/service.ts";
 import { choosePolicyVictims, type PolicyPath } from "./gc_policy.ts";
@@ -353,17 +353,48 @@ export interface VerifyReport {
 }
 
 /**
- * Renders every stored path from the blob and directory services (each
- * chunk and directory is verified as it is read) and compares the NAR
- * with the PathInfo's size and hash. With `repair`, damaged paths' PathInfos
- * are removed, so no client is served a broken path.
+ * What is wrong with the path `info` describes: its NAR is rendered from
+ * the blob and directory services (each chunk and directory verified as it
+ * is read) and compared with the PathInfo's size and hash. `undefined` if
+ * nothing is. Only damage the store shows counts (a missing or corrupt
+ * object, a NAR that differs, an invalid PathInfo); a backend out of reach
+ * or an unexpected failure is thrown, since it says nothing about the path.
+ */
+async function pathDamage(
+  info: PathInfo,
+  services: ManagedServices,
+): Promise<string | undefined> {
+  try {
+    const nar = await calculateNar(info.node!.node!, services.blob, services.directory);
+    const want = info.narinfo;
+    if (
+      want && (nar.narSize !== want.narSize || toHex(nar.narSha256) !== toHex(want.narSha256))
+    ) {
+      return `NAR is ${nar.narSize} bytes sha256:${toHex(nar.narSha256)}, ` +
+        `recorded ${want.narSize} bytes sha256:${toHex(want.narSha256)}`;
+    }
+    return undefined;
+  } catch (err) {
+    const damage = (err instanceof StorageError && !(err instanceof UnavailableError)) ||
+      err instanceof InvalidRequestError;
+    if (!damage) throw err;
+    return errorMessage(err);
+  }
+}
+
+/**
+ * Checks every stored path ({@linkcode pathDamage}). With `repair`, damaged
+ * paths' PathInfos are removed, so no client is served a broken path; each
+ * is checked once more right before, and kept if it now reads whole (the
+ * first failure was passing). A backend out of reach ends the run with its
+ * error, before anything is removed.
  */
 export async function verifyStore(
   services: ManagedServices,
   options: { repair?: boolean; onProgress?: (progress: GcProgress) => void } = {},
 ): Promise<VerifyReport> {
   const damaged: DamagedPath[] = [];
-  const broken: Uint8Array[] = [];
+  const broken: { digest: Uint8Array; info: PathInfo }[] = [];
   const infos: PathInfo[] = [];
   for await (const info of services.pathInfo.list()) infos.push(info);
   const sized = infos.map((info) => ({ info, narSize: Number(info.narinfo?.narSize ?? 0n) }));
@@ -371,25 +402,18 @@ export async function verifyStore(
   const paths = infos.length;
   for (const item of sized) {
     const info = item.info;
-    let name = "(unnamed)";
+    let storePath: StorePath | undefined;
+    let error: string | undefined;
     try {
-      const storePath = storePathOf(info);
-      name = storePath.absolute();
-      const nar = await calculateNar(info.node!.node!, services.blob, services.directory);
-      const want = info.narinfo;
-      if (
-        want && (nar.narSize !== want.narSize || toHex(nar.narSha256) !== toHex(want.narSha256))
-      ) {
-        throw new Error(
-          `NAR is ${nar.narSize} bytes sha256:${toHex(nar.narSha256)}, ` +
-            `recorded ${want.narSize} bytes sha256:${toHex(want.narSha256)}`,
-        );
-      }
+      storePath = storePathOf(info);
     } catch (err) {
-      damaged.push({ storePath: name, error: errorMessage(err) });
-      try {
-        broken.push(storePathOf(info).digest);
-      } catch { /* unnamed: nothing to remove by name */ }
+      error = errorMessage(err);
+    }
+    error ??= await pathDamage(info, services);
+    if (error !== undefined) {
+      damaged.push({ storePath: storePath?.absolute() ?? "(unnamed)", error });
+      // Unnamed: nothing to remove by name.
+      if (storePath) broken.push({ digest: storePath.digest, info });
     }
     await progress.done(item);
   }
@@ -398,7 +422,10 @@ export async function verifyStore(
   if (options.repair && broken.length > 0) {
     const remove = services.pathInfo.delete;
     if (!remove) throw new InvalidRequestError("these path info services cannot delete");
-    for (const digest of broken) if (await remove.call(services.pathInfo, digest)) repaired++;
+    for (const { digest, info } of broken) {
+      if (await pathDamage(info, services) === undefined) continue;
+      if (await remove.call(services.pathInfo, digest)) repaired++;
+    }
   }
   let orphans: VerifyReport["orphans"];
   if (damaged.length === 0 && isSweepable(services.blob) && isSweepable(services.directory)) {

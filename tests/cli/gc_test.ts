@@ -18,6 +18,8 @@ import {
   tvixStore,
 } from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
+import { verifyStore } from "../../src/store/gc.ts";
+import { UnavailableError } from "../../src/errors.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { pseudoRandom } from "../fixtures.ts";
 import { blake3 } from "../../src/castore/digest.ts";
@@ -153,6 +155,38 @@ Deno.test("verify: catches a flipped byte, a missing chunk and a missing directo
     assertMatch(repaired.stdout, /removed 3 damaged store paths/);
     assertEquals((await ok(["list", ...S])).trim(), paths[3]);
     assertMatch(await ok(["verify", ...S]), /1 store paths checked, 0 damaged/);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("verify --repair with the blobs out of reach fails and removes nothing", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-verify-down-" });
+  try {
+    const trees = await Promise.all(
+      [0, 1].map((i) => tree(join(work, `p${i}`), { f: pseudoRandom(5000 + i, i) })),
+    );
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const paths = (await ok(["import", ...S, ...trees])).trim().split("\n");
+    // The same metadata, with the blobs behind a daemon that is not there
+    // (the command refuses such a mix, so in process): every read fails
+    // with UNAVAILABLE, which says nothing about the paths.
+    const services = await constructServices({
+      ...embeddedAddrs(store),
+      blobServiceAddr: "grpc+http://127.0.0.1:1",
+    });
+    let failure: unknown;
+    try {
+      await verifyStore(services, { repair: true });
+    } catch (err) {
+      failure = err;
+    } finally {
+      await services.close();
+    }
+    assert(failure instanceof UnavailableError, `failed with ${failure}`);
+    assertEquals((await ok(["list", ...S])).trim().split("\n").sort(), [...paths].sort());
+    assertMatch(await ok(["verify", ...S]), /2 store paths checked, 0 damaged/);
   } finally {
     await Deno.remove(work, { recursive: true });
   }
