@@ -5,8 +5,8 @@
  * fdatasyncs its own object instead.
  */
 import { join } from "node:path";
-import { assertEquals } from "../assert.ts";
-import { countSyscalls } from "../strace.ts";
+import { assert, assertEquals } from "../assert.ts";
+import { countSyscalls, traceSyscalls } from "../strace.ts";
 
 const CHILD = new URL("./flush_child.ts", import.meta.url).pathname;
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
@@ -56,4 +56,35 @@ Deno.test("file object store: without FFI, every put fdatasyncs its object", asy
   const c = await tracedRun(["--allow-read", "--allow-write", "--allow-env"], 300, 8);
   assertEquals(c.syncfs, 0, c.table);
   assertEquals(c.fdatasync, 300, c.table);
+});
+
+Deno.test("file object store: every syncfs goes through one descriptor of the store, opened once", async () => {
+  // A descriptor opened after a failed write-back misses the failure if
+  // another process's syncfs saw it first (flush.ts), so it is opened at
+  // the first write and kept.
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-flush-fd-" });
+  try {
+    const dir = join(tmp, "store");
+    const t = await traceSyscalls(
+      [Deno.execPath(), "run", "--config", CONFIG, "-A", CHILD, dir, "50", "4"],
+      ["openat", "syncfs"],
+    );
+    assertEquals(t.code, 0, t.stderr);
+    const lines = t.output.split("\n");
+    // Opened for flushing (as a directory, without O_NONBLOCK, which
+    // listing it adds), and not refused: before the first write it is not
+    // there yet.
+    const opens = lines.filter((l) =>
+      l.includes(`openat(AT_FDCWD, "${dir}", O_RDONLY|O_CLOEXEC|O_DIRECTORY)`) &&
+      !l.includes("= -1")
+    );
+    assertEquals(opens.length, 1, opens.join("\n"));
+    const fd = opens[0].match(/= (\d+)$/)?.[1];
+    assert(fd !== undefined, opens[0]);
+    const syncs = lines.filter((l) => /syncfs\(/.test(l) && !l.includes("resumed"));
+    assert(syncs.length >= 2, t.output);
+    for (const l of syncs) assert(l.includes(`syncfs(${fd}`), `${l} (expected fd ${fd})`);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
 });

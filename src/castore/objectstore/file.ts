@@ -135,6 +135,8 @@ export class FileObjectStore implements ObjectStore {
   async #createDir(dir: string): Promise<void> {
     await Deno.mkdir(dir, { recursive: true });
     this.#dirs.add(dir);
+    // The store's directory exists now: flushes watch it from here on.
+    this.#flusher?.watch();
   }
 
   /**
@@ -184,7 +186,7 @@ export class FileObjectStore implements ObjectStore {
   }
 
   close(): Promise<void> {
-    return Promise.resolve();
+    return this.#flusher?.close() ?? Promise.resolve();
   }
 }
 

@@ -100,15 +100,27 @@ export class GroupFlush {
   }
 }
 
-/** Flushes the filesystem holding a directory, sharing flushes between callers. */
+/**
+ * Flushes the filesystem holding a directory, sharing flushes between
+ * callers, through one descriptor of the directory kept open from the
+ * store's first write (or its opening, if the directory exists) to
+ * {@linkcode FileFlusher.close}. Linux reports a failed write-back to
+ * `syncfs` on each descriptor opened before the failure, but to one opened
+ * after it only if no other caller has seen it yet: a descriptor opened per
+ * flush would miss a failure that another process's `syncfs` (or
+ * `sync -f`) saw first, and the commit would go on over lost data.
+ */
 export class FileFlusher {
   readonly #c: Libc;
   readonly #dir: string;
   readonly #group = new GroupFlush(() => this.#syncfs());
+  #fd: number | undefined;
+  #closed = false;
 
   private constructor(c: Libc, dir: string) {
     this.#c = c;
     this.#dir = dir;
+    this.watch();
   }
 
   /** A flusher for the filesystem holding `dir`, or `undefined` without FFI. */
@@ -117,26 +129,43 @@ export class FileFlusher {
     return c ? new FileFlusher(c, dir) : undefined;
   }
 
+  /**
+   * Opens the descriptor that flushes go through, if it is not open yet and
+   * the directory exists: call it once the directory has been created,
+   * before anything written there could fail to reach the disk.
+   */
+  watch(): void {
+    if (this.#fd !== undefined || this.#closed) return;
+    const fd = this.#c.open(cString(this.#dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) this.#fd = fd;
+  }
+
+  /** Closes the descriptor once a running flush has returned. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#group.flush().catch(() => {});
+    if (this.#fd !== undefined) this.#c.close(this.#fd);
+    this.#fd = undefined;
+  }
+
   /** Makes everything written to the filesystem before this call durable. */
   flush(): Promise<void> {
     return this.#group.flush();
   }
 
   async #syncfs(): Promise<void> {
-    const c = this.#c;
-    const fd = c.open(cString(this.#dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (this.#closed) throw new StorageError(`flushing ${this.#dir}: the store is closed`);
+    this.watch();
     // Not opened (a missing directory, no fds left): nothing was flushed,
     // but nothing was lost either; the caller's commit fails and may retry.
-    if (fd < 0) throw new StorageError(`cannot open ${this.#dir} to flush it to disk`);
-    try {
-      if (await c.syncfs(fd) !== 0) {
-        throw new DataLossError(
-          `flushing ${this.#dir} to disk failed (syncfs): data written since the last commit ` +
-            "may be lost; restart to write it again",
-        );
-      }
-    } finally {
-      c.close(fd);
+    if (this.#fd === undefined) {
+      throw new StorageError(`cannot open ${this.#dir} to flush it to disk`);
+    }
+    if (await this.#c.syncfs(this.#fd) !== 0) {
+      throw new DataLossError(
+        `flushing ${this.#dir} to disk failed (syncfs): data written since the last commit ` +
+          "may be lost; restart to write it again",
+      );
     }
   }
 }
