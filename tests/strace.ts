@@ -33,6 +33,8 @@ export interface TraceOptions {
   clearEnv?: boolean;
   /** `strace -c`: a table of counts instead of one line per call. */
   summary?: boolean;
+  /** `strace -y`: descriptors shown with the path they refer to. */
+  paths?: boolean;
 }
 
 /** Runs `command` under `strace -f`, tracing the calls named in `syscalls`. */
@@ -47,6 +49,7 @@ export async function traceSyscalls(
       args: [
         "-f",
         ...(options.summary ? ["-c"] : []),
+        ...(options.paths ? ["-y"] : []),
         "-o",
         tmp,
         "-e",

@@ -116,6 +116,24 @@ export function inTransaction<T>(db: DatabaseSync, fn: () => T): T {
 }
 
 /**
+ * Runs `fn`, a write, so that it is durable once it returns: its commit
+ * runs with `synchronous = FULL`, which in WAL mode syncs the log, and with
+ * it every commit before. The connection's own setting applies again
+ * afterwards (NORMAL, under which the last commits may be lost on a power
+ * failure). For removals that garbage collection acts on: the data goes
+ * only after what referred to it can no longer come back.
+ */
+export function durably<T>(db: DatabaseSync, fn: () => T): T {
+  const previous = Number(db.prepare("PRAGMA synchronous").get()?.synchronous ?? 1);
+  db.exec("PRAGMA synchronous = FULL");
+  try {
+    return fn();
+  } finally {
+    db.exec(`PRAGMA synchronous = ${previous}`);
+  }
+}
+
+/**
  * Runs a database call, turning SQLite failures into `StorageError` (our
  * own `InvalidRequestError`/`StorageError` pass through unchanged).
  */

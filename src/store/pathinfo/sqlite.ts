@@ -11,7 +11,7 @@
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { StorageError } from "../../errors.ts";
-import { inTransaction, openDatabase, storageCall } from "../../castore/sqlite_db.ts";
+import { durably, inTransaction, openDatabase, storageCall } from "../../castore/sqlite_db.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { checkPathInfoDigest, decodeStoredPathInfo, validateForPut } from "./put_check.ts";
 import type { PathAccess, PathInfoService } from "./service.ts";
@@ -116,13 +116,20 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo with this digest; false if there was none. */
+  /**
+   * Removes the PathInfo with this digest; false if there was none. Durable
+   * when it returns: garbage collection may remove the path's data next.
+   */
   delete(digest: Uint8Array): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
       const changes = storageCall(
         "delete",
-        () => this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?").run(digest).changes,
+        () =>
+          durably(
+            this.#db,
+            () => this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?").run(digest).changes,
+          ),
       );
       return Promise.resolve(Number(changes) > 0);
     } catch (err) {
@@ -161,8 +168,12 @@ export class SqlitePathInfoService implements PathInfoService {
       const changes = storageCall(
         "delete",
         () =>
-          this.#db.prepare("DELETE FROM pathinfos WHERE digest = ? AND accessed < ?")
-            .run(digest, cutoffMs).changes,
+          durably(
+            this.#db,
+            () =>
+              this.#db.prepare("DELETE FROM pathinfos WHERE digest = ? AND accessed < ?")
+                .run(digest, cutoffMs).changes,
+          ),
       );
       return Promise.resolve(Number(changes) > 0);
     } catch (err) {
