@@ -10,7 +10,13 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { countSyscalls } from "../strace.ts";
-import { childEnv, localStoreArgs, MAIN, tvixStore } from "./helpers.ts";
+import { childEnv, localStoreArgs, MAIN, startServer, tvixStore } from "./helpers.ts";
+import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
+import { directoryServiceFromUrl } from "../../src/castore/directory/from_url.ts";
+import { pathInfoServiceFromUrl } from "../../src/store/pathinfo/from_url.ts";
+import { type Directory, directoryDigest } from "../../src/castore/directory.ts";
+import type { PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
+import { InvalidRequestError } from "../../src/errors.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
 import { LocalNarCalculationService } from "../../src/nar/calculation.ts";
 import { toHex } from "../../src/castore/digest.ts";
@@ -130,5 +136,80 @@ Deno.test("import: SIGKILL at any moment leaves only complete paths; a re-import
     assertEquals(await checkEveryPath(store), 1);
   } finally {
     await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("daemon killed after acknowledging uploads: the restarted daemon refuses directories and PathInfos naming the lost blobs", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-daemon-kill-" });
+  const sock = join(work, "d.sock");
+  const url = `grpc+unix://${sock}`;
+  const daemonArgs = ["daemon", "-l", sock, ...localStoreArgs(join(work, "store"))];
+  const small = pseudoRandom(3000, 7), large = pseudoRandom(3 << 20, 8);
+  const upload = async (data: Uint8Array) => {
+    const blob = await blobServiceFromUrl(url);
+    try {
+      const writer = blob.openWrite();
+      await writer.write(data);
+      return await writer.close();
+    } finally {
+      await blob.close();
+    }
+  };
+  const fileNode = (name: string, digest: Uint8Array, size: number) => ({
+    name: new TextEncoder().encode(name),
+    digest,
+    size: BigInt(size),
+    executable: false,
+  });
+  let daemon = await startServer(daemonArgs, { name: "daemon" });
+  try {
+    // Acknowledged, not yet committed: no directory or PathInfo came since.
+    const digests = [await upload(small), await upload(large)];
+    await daemon.stop("SIGKILL");
+    daemon = await startServer(daemonArgs, { name: "daemon" });
+    const directory = await directoryServiceFromUrl(url);
+    const pathInfo = await pathInfoServiceFromUrl(url);
+    try {
+      const dir: Directory = {
+        directories: [],
+        files: [fileNode("a", digests[0], small.length), fileNode("b", digests[1], large.length)],
+        symlinks: [],
+      };
+      const refused = await directory.put(dir).then(() => undefined, (err) => err);
+      assert(refused instanceof InvalidRequestError, `directory put gave ${refused}`);
+      assert(/is not in the store/.test(refused.message), refused.message);
+      // A PathInfo whose root is one of those files, likewise.
+      const storePath = StorePath.fromParts(new Uint8Array(20).fill(1), "lost");
+      const info: PathInfo = {
+        node: {
+          node: { $case: "file", value: fileNode(storePath.basename(), digests[0], small.length) },
+        },
+        references: [],
+        narinfo: {
+          narSize: 0n,
+          narSha256: new Uint8Array(32),
+          signatures: [],
+          referenceNames: [],
+          deriver: undefined,
+          ca: undefined,
+          upload: undefined,
+        },
+      };
+      const refusedInfo = await pathInfo.put(info).then(() => undefined, (err) => err);
+      assert(refusedInfo instanceof InvalidRequestError, `PathInfo put gave ${refusedInfo}`);
+      assertEquals(await pathInfo.get(storePath.digest), undefined);
+      // Uploaded again, they are taken.
+      assertEquals(await upload(small), digests[0]);
+      assertEquals(await upload(large), digests[1]);
+      assertEquals(await directory.put(dir), directoryDigest(dir));
+      await pathInfo.put(info);
+      assert(await pathInfo.get(storePath.digest));
+    } finally {
+      await directory.close();
+      await pathInfo.close();
+    }
+  } finally {
+    await daemon.stop();
+    await Deno.remove(work, { recursive: true });
   }
 });

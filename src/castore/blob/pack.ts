@@ -1022,11 +1022,43 @@ export class PackBlobService implements BlobService {
    * enters it into the index. Rejects if one of `refs` (the blobs a
    * directory or PathInfo about to be stored refers to) could not be
    * entered because garbage collection removed a chunk it needs first: its
-   * upload must run again (docs/gc.md#why-uploads-in-flight-are-safe).
+   * upload must run again (docs/gc.md#why-uploads-in-flight-are-safe); or
+   * if one is not in the index at all (see {@linkcode #checkCommitted}).
    */
   async sync(refs?: readonly Digest[]): Promise<void> {
     await this.#commit.flush();
-    if (!refs || this.#lost.size === 0) return;
+    if (!refs) return;
+    this.#checkLost(refs);
+    this.#checkCommitted(refs);
+  }
+
+  /**
+   * Throws unless every blob of `refs` is in the index. Only a blob
+   * committed there survives a crash, and a blob the client uploaded is
+   * not always: a daemon acknowledges an upload before its commit point, so
+   * if it is restarted in between, a client going on to store the
+   * directories and PathInfo would make a path valid over blobs that are
+   * gone. So would directories naming blobs never uploaded here, or
+   * uploaded to another process sharing this store that has not committed
+   * them yet.
+   */
+  #checkCommitted(refs: readonly Digest[]): void {
+    const distinct = new Map<string, Digest>();
+    for (const d of refs) if (!bytesEqual(d, EMPTY_DIGEST)) distinct.set(digestKey(d), d);
+    const digests = [...distinct.values()];
+    const rows = this.#indexRows(digests);
+    digests.forEach((d, i) => {
+      if (rows[i] || storageCall("blob lookup", () => this.#stmt.blob.get(d))) return;
+      throw new InvalidRequestError(
+        `blob ${b3Display(d)} is not in the store: upload blobs before the directories that ` +
+          "name them (and again if the daemon restarted since)",
+      );
+    });
+  }
+
+  /** Throws if garbage collection took one of `refs` before its upload was committed. */
+  #checkLost(refs: readonly Digest[]): void {
+    if (this.#lost.size === 0) return;
     for (const d of refs) {
       const key = digestKey(d);
       if (!this.#lost.has(key)) continue;
