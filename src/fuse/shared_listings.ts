@@ -43,6 +43,9 @@ export interface SharedListingsOptions {
 }
 
 /** The shared listings; create once, attach in every Worker. */
+/** Longest name a shared listing holds (its length is stored in 16 bits). */
+const MAX_NAME_BYTES = 0xffff;
+
 export class SharedListings {
   readonly buffer: SharedArrayBuffer;
   readonly #words: Int32Array;
@@ -101,7 +104,8 @@ export class SharedListings {
 
   /**
    * Publishes the listing of directory `ino`. Returns false if it cannot be
-   * shared (arena full, inode out of range); another Worker having
+   * shared (arena full, inode out of range, a name longer than its 16-bit
+   * length field: castore does not bound names); another Worker having
    * published it first is fine (true).
    */
   publish(ino: number, listing: Listing): boolean {
@@ -109,7 +113,10 @@ export class SharedListings {
     const w = this.#words;
     if (Atomics.load(w, HEADER_WORDS + ino) !== 0) return true;
     let size = 4;
-    for (const name of listing.names) size += 6 + name.length;
+    for (const name of listing.names) {
+      if (name.length > MAX_NAME_BYTES) return false;
+      size += 6 + name.length;
+    }
     size = (size + 3) & ~3;
     // Checked before reserving, so a full arena's counter stays near its
     // end (at most one listing per Worker past it) instead of growing.

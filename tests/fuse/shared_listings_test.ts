@@ -29,6 +29,18 @@ Deno.test("shared listings: what one view publishes another reads, unchanged", (
   assertEquals(b.get(8), { names: [], inos: [] });
 });
 
+Deno.test("shared listings: a name too long for its length field is not shared (the Worker keeps its own)", () => {
+  const a = SharedListings.create({ maxInodes: 100, arenaBytes: 1 << 20 });
+  const b = SharedListings.attach(a.buffer);
+  const long = new Uint8Array(65_539).fill(0x61);
+  assert(!a.publish(7, { names: [long, enc.encode("x")], inos: [7, 8] }));
+  assertEquals(b.get(7), undefined);
+  // The longest a length field holds still round-trips, and the table goes on working.
+  const longest = new Uint8Array(0xffff).fill(0x62);
+  assert(a.publish(9, { names: [longest, enc.encode("y")], inos: [3, 4] }));
+  assertEquals(b.get(9), { names: [longest, enc.encode("y")], inos: [3, 4] });
+});
+
 Deno.test("shared listings: the first publication stays; a full arena or a bad inode refuses", () => {
   const t = SharedListings.create({ maxInodes: 10, arenaBytes: 64 });
   assert(t.publish(1, { names: names("first"), inos: [3] }));
