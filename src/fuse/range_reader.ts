@@ -460,10 +460,16 @@ export class BlobRangeReader {
       throw err;
     }
     s.pos = offset + got;
+    if (got < length) {
+      // `end` is within `size`: a blob that ends sooner is not the file the
+      // node describes, and a short answer would read as its end.
+      closeStream(s);
+      throw new StorageError(`blob ${blob} ended at byte ${s.pos}, node says ${size}`);
+    }
     // A stream at the end has nothing left to serve (reads from there are empty).
-    if (got === length && s.pos < size) this.#keepStream(`${blob}@${s.pos}`, s);
+    if (s.pos < size) this.#keepStream(`${blob}@${s.pos}`, s);
     else closeStream(s);
-    return got === length ? out : out.subarray(0, got);
+    return out;
   }
 
   /** Keeps `s` for the read that continues at its position, closing the oldest beyond the bound. */

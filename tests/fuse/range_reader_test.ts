@@ -587,6 +587,22 @@ for (const backend of BACKENDS) {
       assertEquals(b.service.live, 3);
     },
   );
+
+  withBlob(
+    "a blob without a chunk list that ends before its node's size is a StorageError, not a short read",
+    async (b) => {
+      const data = pseudoRandom((16 << 20) + 300_000, 32);
+      const { digest } = await b.put(data);
+      b.service.listed.set(digestKey(digest), []);
+      const reader = new BlobRangeReader(b.service);
+      // The node claims 100 bytes more than the blob has.
+      const claimed = data.length + 100;
+      const failed = await Promise.resolve(reader.read(digest, claimed, data.length - 10, 4096))
+        .then(() => undefined, (err) => err);
+      assert(failed instanceof StorageError, `got ${failed}`);
+      assert(/ended at byte/.test(failed.message), failed.message);
+    },
+  );
 }
 
 Deno.test({
