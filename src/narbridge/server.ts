@@ -423,7 +423,16 @@ export class NarBridge {
     }
     const size = Number(found.meta.narSize);
     headers["accept-ranges"] = "bytes";
-    const range = parseRange(req.header("range"), size);
+    // The NAR hash names these bytes. A resumed download sends it back in
+    // If-Range to get the rest only if the URL still serves the same NAR
+    // (an upload URL can be given to another path); any other validator,
+    // or a date (no Last-Modified is sent), gets the whole NAR (RFC 9110).
+    const etag = `"${narHashText}"`;
+    headers["etag"] = etag;
+    const ifRange = req.header("if-range");
+    const range = ifRange !== undefined && ifRange.trim() !== etag
+      ? undefined
+      : parseRange(req.header("range"), size);
     if (range === "unsatisfiable") {
       return {
         status: 416,

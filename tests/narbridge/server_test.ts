@@ -166,6 +166,22 @@ Deno.test("Range requests on uncompressed NARs", async () => {
       const multi = await fetch(`${url}/${ni.url}`, { headers: { range: "bytes=0-1,5-6" } });
       assertEquals(multi.status, 200);
       assertEquals(await bytesOf(multi), nar);
+      // If-Range: the rest only while the validator still matches; another
+      // entity tag, or a date, gets the whole NAR.
+      const etag = multi.headers.get("etag");
+      assertEquals(etag, `"${nixbase32.encode(sha256(nar))}"`);
+      const resumed = await fetch(`${url}/${ni.url}`, {
+        headers: { range: "bytes=10-", "if-range": etag! },
+      });
+      assertEquals(resumed.status, 206);
+      assertEquals(await bytesOf(resumed), nar.slice(10));
+      for (const validator of ['"something-else"', "Wed, 21 Oct 2015 07:28:00 GMT"]) {
+        const stale = await fetch(`${url}/${ni.url}`, {
+          headers: { range: "bytes=10-", "if-range": validator },
+        });
+        assertEquals(stale.status, 200, validator);
+        assertEquals(await bytesOf(stale), nar, validator);
+      }
     });
   });
 });
