@@ -357,6 +357,40 @@ Deno.test("pack: compaction never points the index at a pack another process's g
   }
 });
 
+Deno.test("pack: gc deleting a pack while its writer commits leaves no row pointing at it", async () => {
+  // The writer's commit checks that its pack is there, flushes it, then
+  // enters the rows; another process's gc (everything older than its
+  // cutoff, nothing of the pack in the index yet) runs in between.
+  for (let round = 0; round < 5; round++) {
+    const dir = await Deno.makeTempDir({ prefix: "pack-gc-commit-" });
+    try {
+      const writer = new PackBlobService(dir);
+      const gc = new PackBlobService(dir);
+      const DATA = F.pseudoRandom(3 * 1024 * 1024, 60 + round);
+      const digest = await putBlob(writer, DATA); // published, not committed
+      const commit = writer.sync([digest]).then(() => "committed", (err) => err);
+      await gc.sweep(() => true, { cutoff: Date.now() + 60_000, dryRun: false });
+      const outcome = await commit;
+      const reader = new PackBlobService(dir);
+      try {
+        if (outcome === "committed") {
+          // Then the rows came first and the pack stayed: the blob reads.
+          assert(bytesEqual((await readBlob(reader, digest))!, DATA), "committed but unreadable");
+        } else {
+          // Or the pack went first: the upload is refused and nothing is indexed.
+          assert(outcome instanceof StorageError, `commit failed with ${outcome}`);
+          assert(/garbage collected/.test(outcome.message), outcome.message);
+          assertEquals(await reader.has(digest), false);
+        }
+      } finally {
+        await Promise.all([writer.close(), gc.close(), reader.close()]);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
+
 Deno.test("pack: compression-level in the URL sets the level of new large chunks; bad values are refused", async () => {
   const dir = await Deno.makeTempDir({ prefix: "pack-level-" });
   try {

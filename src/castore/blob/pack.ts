@@ -318,7 +318,14 @@ export class PackBlobService implements BlobService {
   readonly #packTarget: number;
   readonly #level: number | undefined;
   readonly #stmt: Record<
-    "chunk" | "blob" | "putChunk" | "putBlob" | "touchChunk" | "touchBlob" | "newPack",
+    | "chunk"
+    | "blob"
+    | "putChunk"
+    | "putBlob"
+    | "touchChunk"
+    | "touchBlob"
+    | "newPack"
+    | "anyInPack",
     StatementSync
   >;
   /** Chunks being written, by digest key. */
@@ -422,6 +429,7 @@ export class PackBlobService implements BlobService {
         ),
         touchChunk: this.#db.prepare("UPDATE chunks SET touched = ? WHERE digest = ?"),
         touchBlob: this.#db.prepare("UPDATE blobs SET touched = ? WHERE digest = ?"),
+        anyInPack: this.#db.prepare("SELECT 1 FROM chunks WHERE pack = ? LIMIT 1"),
         newPack: this.#db.prepare("INSERT INTO packs (created) VALUES (?) RETURNING id"),
       };
     } catch (err) {
@@ -1148,7 +1156,18 @@ export class PackBlobService implements BlobService {
           if (Number(this.#stmt.touchChunk.run(now, d).changes) === 1) entered.add(key);
           else lost.push(key);
         }
+        // Checked again under the write lock, which garbage collection holds
+        // while it deletes a pack (#deletePackUnlessUsed): a pack removed
+        // since the check above, while this round flushed, gets no rows.
+        const gone = new Set<number>();
+        for (const id of new Set(chunks.map((c) => c.pack))) {
+          if (!this.#packExists(id)) gone.add(id);
+        }
         for (const c of chunks) {
+          if (gone.has(c.pack)) {
+            lost.push(digestKey(c.digest));
+            continue;
+          }
           this.#stmt.putChunk.run(
             c.digest,
             c.pack,
@@ -1187,6 +1206,34 @@ export class PackBlobService implements BlobService {
     for (const c of chunks) this.#pendingChunks.delete(digestKey(c.digest));
     for (const b of blobs) this.#pendingBlobs.delete(digestKey(b.digest));
     for (const d of reused) this.#pendingReused.delete(digestKey(d));
+  }
+
+  /** Whether pack `id` is still on disk (garbage collection may have removed it). */
+  #packExists(id: number): boolean {
+    try {
+      Deno.statSync(this.#packPath(id));
+      return true;
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * Deletes pack `id` unless a row points into it, in one transaction: a
+   * writer enters rows under the same lock, after checking that the pack
+   * is still there (#commitRound), so either its rows come first and the
+   * pack stays, or the pack goes first and the writer's chunks count as
+   * lost. False if the pack stays.
+   */
+  #deletePackUnlessUsed(id: number): boolean {
+    return storageCall("compact", () =>
+      inTransaction(this.#db, () => {
+        if (this.#stmt.anyInPack.get(id)) return false;
+        this.#forgetReadFd(id);
+        Deno.removeSync(this.#packPath(id));
+        return true;
+      }));
   }
 
   /** Whether the index holds every one of `digests` as a chunk. */
@@ -1268,9 +1315,7 @@ export class PackBlobService implements BlobService {
       if ((stat.mtime?.getTime() ?? Date.now()) >= cutoff) continue;
       const liveBytes = live.get(id) ?? 0;
       if (liveBytes === 0) {
-        this.#forgetReadFd(id);
-        Deno.removeSync(path);
-        reclaimed += stat.size;
+        if (this.#deletePackUnlessUsed(id)) reclaimed += stat.size;
       } else if (liveBytes < (stat.size - PACK_MAGIC.length) * COMPACT_BELOW) {
         reclaimed += await this.#rewrite(id, stat.size);
       }
@@ -1322,8 +1367,9 @@ export class PackBlobService implements BlobService {
         );
         for (const m of moved) move.run(m.pack, m.offset, m.digest, id);
       }));
-    this.#forgetReadFd(id);
-    Deno.removeSync(this.#packPath(id));
+    // Rows its writer entered since they were read keep the pack (the
+    // copies cost space until the next collection).
+    if (!this.#deletePackUnlessUsed(id)) return 0;
     return oldSize - copied;
   }
 
