@@ -163,6 +163,45 @@ Deno.test("blob: a whole-blob Read with wrong bytes fails at the end", async () 
   });
 });
 
+Deno.test("blob: a blob without a chunk list yields nothing before it is verified whole, in memory or in a temporary file", async () => {
+  // 20 MiB: above what is held in memory. One byte near the end is wrong.
+  const good = F.pseudoRandom(20 << 20, 91);
+  const digest = blake3(good);
+  const bad = good.slice();
+  bad[bad.length - 10] ^= 1;
+  const pieces = (data: Uint8Array) =>
+    Array.from(
+      { length: data.length / (1 << 20) },
+      (_, i) => data.subarray(i << 20, (i + 1) << 20),
+    );
+  for (const [name, sent] of [["wrong", bad], ["right", good]] as const) {
+    await withFakeServer({
+      stat: () => ({ chunks: [], bao: new Uint8Array() }),
+      read: () => pieces(sent),
+    }, async (url) => {
+      const blob = await GrpcBlobService.fromUrl(url);
+      try {
+        for (const offset of [0, 8 << 20]) {
+          const reader = (await blob.openRead(digest, offset))![Symbol.asyncIterator]();
+          // The first piece: a reader that stops after it (a FUSE read, a
+          // NAR range) must never have seen a wrong byte.
+          const first = await reader.next().then((r) => r, (err) => err);
+          if (name === "wrong") {
+            assert(first instanceof StorageError, `${name} @${offset}: ${first}`);
+            continue;
+          }
+          assert(!(first instanceof Error) && !first.done, `${name} @${offset}: ${first}`);
+          const rest: Uint8Array[] = [first.value];
+          for (let r = await reader.next(); !r.done; r = await reader.next()) rest.push(r.value);
+          assert(bytesEqual(concat(rest), good.subarray(offset)), `${name} @${offset}`);
+        }
+      } finally {
+        await blob.close();
+      }
+    });
+  }
+});
+
 Deno.test("blob: chunked reads verify every chunk before returning it", async () => {
   const parts = B_PARTS, rest = B_PARTS[2], chunks = B_CHUNKS;
   const corrupt = new Uint8Array(rest);

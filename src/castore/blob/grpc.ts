@@ -8,8 +8,9 @@
  * chunk by chunk (the next ones prefetched). Small blobs whose size the
  * caller knows, and chunks, are read whole and verified, many per call of
  * our `SmallBlobService.Read` where the server has it (one `Read` each
- * where it does not); other blobs come as one `Read` stream whose digest
- * is checked at the end. Uploads are one
+ * where it does not); other blobs come as one `Read` stream, checked whole
+ * before any of it is returned (in memory, or a temporary file when large).
+ * Uploads are one
  * `Put` stream that waits whenever grpc-js asks it to, so memory stays
  * bounded however large the blob; blobs smaller than one gathered message
  * go out in batches instead (`small_blob_batcher.ts`).
@@ -55,12 +56,19 @@ import {
   SmallBlobReader,
 } from "./small_blob_batcher.ts";
 import { MAX_SMALL_BLOB_READ_BYTES } from "../../grpc/small_blobs.ts";
+import { SpillFile } from "./spill_file.ts";
 
 /** Largest `BlobChunk` we send; well below the 4 MiB receivers accept. */
 export const MAX_PUT_MESSAGE = 1024 * 1024;
 
 /** Writes smaller than this are gathered into messages of this size. */
 export const COALESCE_BYTES = 256 * 1024;
+
+/**
+ * Blobs without a chunk list are verified whole before any byte is
+ * yielded; up to this size in memory, beyond it in a temporary file.
+ */
+const VERIFY_IN_MEMORY_BYTES = 16 * 1024 * 1024;
 
 /** Chunks fetched ahead of the one being consumed. */
 const PREFETCH_CHUNKS = 2;
@@ -279,24 +287,57 @@ export class GrpcBlobService implements BlobService {
     return Promise.resolve();
   }
 
+  /**
+   * A blob without a chunk list, as one `Read` stream: verified whole
+   * against its digest before any byte is yielded, since nothing finer can
+   * be checked and a reader may stop early (a FUSE read, a NAR range) or
+   * pass bytes on as they come. Up to {@linkcode VERIFY_IN_MEMORY_BYTES}
+   * are held in memory, a larger blob in a temporary file. Our own servers
+   * list the chunks of every blob above 512 KiB; other servers may not.
+   */
   async *#readWhole(digest: Digest, offset: number): AsyncGenerator<Uint8Array> {
     const hasher = await newBlake3Hasher();
     const call = this.#client.read({ digest });
+    const held: Uint8Array[] = [];
+    let spill: SpillFile | undefined;
     let seen = 0;
-    for await (const { data } of serverStream(call)) {
-      hasher.update(data);
-      const start = seen;
-      seen += data.length;
-      if (seen <= offset || data.length === 0) continue;
-      yield start >= offset ? data : data.subarray(offset - start);
+    try {
+      for await (const { data } of serverStream(call)) {
+        if (data.length === 0) continue;
+        hasher.update(data);
+        seen += data.length;
+        if (!spill && seen <= VERIFY_IN_MEMORY_BYTES) {
+          held.push(data);
+          continue;
+        }
+        if (!spill) {
+          spill = SpillFile.create();
+          for (const piece of held.splice(0)) spill.append(piece);
+        }
+        spill.append(data);
+        releaseReceivedMessage(data);
+      }
+      const actual = hasher.digest();
+      if (!bytesEqual(actual, digest)) {
+        throw new StorageError(
+          `blob ${b3Display(digest)} arrived with digest ${b3Display(actual)}`,
+        );
+      }
+      if (offset > seen) throw new InvalidRequestError("seeked beyond EOF");
+      if (spill) {
+        yield* spill.readFrom(offset);
+        return;
+      }
+      let start = 0;
+      for (const piece of held) {
+        const end = start + piece.length;
+        if (end > offset) yield start >= offset ? piece : piece.subarray(offset - start);
+        start = end;
+      }
+    } finally {
+      cancelQuietly(call);
+      spill?.close();
     }
-    const actual = hasher.digest();
-    if (!bytesEqual(actual, digest)) {
-      throw new StorageError(
-        `blob ${b3Display(digest)} arrived with digest ${b3Display(actual)}`,
-      );
-    }
-    if (offset > seen) throw new InvalidRequestError("seeked beyond EOF");
   }
 
   async *#readChunked(chunks: ChunkMeta[], offset: bigint): AsyncGenerator<Uint8Array> {
