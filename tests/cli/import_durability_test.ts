@@ -9,7 +9,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
-import { countSyscalls } from "../strace.ts";
+import { countSyscalls, traceSyscalls } from "../strace.ts";
 import { childEnv, localStoreArgs, MAIN, startServer, tvixStore } from "./helpers.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { directoryServiceFromUrl } from "../../src/castore/directory/from_url.ts";
@@ -84,6 +84,33 @@ Deno.test("import: data is flushed per commit, not one fsync per chunk", async (
       assert(syncs < 40, `${syncs} fsync/fdatasync calls:\n${c.table}`);
       assertEquals(await checkEveryPath(store), 1);
     });
+    await t.step(
+      "pack store: a new pack's directory entry is flushed before the index names it",
+      async () => {
+        const store = join(tmp, "store-dir");
+        const traced = await traceSyscalls(
+          [Deno.execPath(), "run", "-A", MAIN, "import", ...localStoreArgs(store), tree],
+          ["fsync", "fdatasync"],
+          { env: childEnv(), clearEnv: true, paths: true },
+        );
+        assertEquals(traced.code, 0, traced.stderr);
+        const lines = traced.output.split("\n");
+        const packs = join(store, "packs");
+        // The first of each after `from` (SQLite flushes the directory too,
+        // when it creates its files, before any pack exists).
+        const next = (from: number, test: (l: string) => boolean) =>
+          lines.findIndex((l, i) => i > from && test(l));
+        const packSync = next(-1, (l) => /f(data)?sync\(\d+<[^>]*\/packs\/\d+\.pack>/.test(l));
+        assert(packSync >= 0, `the pack was never flushed:\n${traced.output}`);
+        const dirSync = next(packSync, (l) => l.includes(`fsync(`) && l.includes(`<${packs}>`));
+        const indexSync = next(
+          packSync,
+          (l) => /f(data)?sync\(\d+<[^>]*\/packs\/index\.sqlite-wal>/.test(l),
+        );
+        assert(dirSync > packSync, `directory not flushed after the pack:\n${traced.output}`);
+        assert(indexSync > dirSync, `index committed before the directory:\n${traced.output}`);
+      },
+    );
     await t.step("objectstore+file: one syncfs per commit", async () => {
       const store = join(tmp, "objectstore");
       const db = `sqlite://${join(store, "store.sqlite")}`;

@@ -352,6 +352,8 @@ export class PackBlobService implements BlobService {
   readonly #removedPacks = new Set<number>();
   /** Packs appended to since the last commit: they need an fdatasync. */
   readonly #dirty = new Map<number, OpenPack>();
+  /** Packs were created since the directory was last flushed. */
+  #unsyncedEntries = false;
   readonly #readFds = new Map<number, number>();
   /** Blobs opened since the last microtask checkpoint, read together then. */
   #singles: SingleRead[] | undefined;
@@ -954,6 +956,8 @@ export class PackBlobService implements BlobService {
    */
   #openPack(): OpenPack {
     Deno.mkdirSync(this.#dir, { recursive: true });
+    // Its directory entry reaches the disk with the next commit.
+    this.#unsyncedEntries = true;
     for (let attempt = 0;; attempt++) {
       const id = storageCall("new pack", () => Number(this.#stmt.newPack.get(Date.now())!.id));
       const path = this.#packPath(id);
@@ -1143,6 +1147,7 @@ export class PackBlobService implements BlobService {
         if (pack !== this.#current && !this.#dirty.has(id)) await closePackFile(pack);
       }
     }));
+    if (this.#unsyncedEntries) await this.#syncDirectory();
     if (chunks.length === 0 && blobs.length === 0 && reused.length === 0) return;
     const lost: string[] = [];
     const entered = new Set<string>();
@@ -1206,6 +1211,22 @@ export class PackBlobService implements BlobService {
     for (const c of chunks) this.#pendingChunks.delete(digestKey(c.digest));
     for (const b of blobs) this.#pendingBlobs.delete(digestKey(b.digest));
     for (const d of reused) this.#pendingReused.delete(digestKey(d));
+  }
+
+  /**
+   * Flushes the directory holding the packs: a new pack's own flush makes
+   * its bytes durable but not, on every filesystem, its name, and rows
+   * entered into the index must not outlive the file they point into.
+   */
+  async #syncDirectory(): Promise<void> {
+    this.#unsyncedEntries = false;
+    try {
+      using dir = await Deno.open(this.#dir);
+      await dir.sync();
+    } catch (err) {
+      this.#unsyncedEntries = true;
+      throw new StorageError(`flushing the pack directory ${this.#dir}: ${errorMessage(err)}`);
+    }
   }
 
   /** Whether pack `id` is still on disk (garbage collection may have removed it). */
