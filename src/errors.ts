@@ -22,6 +22,17 @@ export class StorageError extends Error {
 }
 
 /**
+ * The store holds data that is missing or fails verification (a chunk or
+ * directory it lists is gone, bytes do not match their digest, a record
+ * does not decode): what a retry would not change, and what `verify`
+ * counts as damage. Other failures (a backend refusing, a full disk) are
+ * plain `StorageError`s.
+ */
+export class CorruptionError extends StorageError {
+  override name = "CorruptionError";
+}
+
+/**
  * A backend (database, object store, remote daemon) could not be reached
  * or refused service for now: nothing is known to be wrong with the data,
  * and the same call may succeed later.

@@ -56,8 +56,9 @@ let errnoLib: Deno.DynamicLibrary<typeof errnoSymbols>["symbols"] | undefined;
 
 /**
  * Binds `symbols` of libc (throws without FFI permission, or where libc is
- * not glibc's `libc.so.6`), and {@linkcode errno} with them: bound later,
- * on the first failure, loading it could itself change `errno`.
+ * not glibc's `libc.so.6`), and what {@linkcode errno} and
+ * {@linkcode strerror} call along with them: bound only at the first
+ * failure, the loading itself could overwrite `errno`.
  */
 export function openLibc<const S extends Deno.ForeignLibraryInterface>(
   symbols: S,

@@ -42,10 +42,10 @@ export interface SharedListingsOptions {
   arenaBytes?: number;
 }
 
-/** The shared listings; create once, attach in every Worker. */
 /** Longest name a shared listing holds (its length is stored in 16 bits). */
 const MAX_NAME_BYTES = 0xffff;
 
+/** The shared listings; create once, attach in every Worker. */
 export class SharedListings {
   readonly buffer: SharedArrayBuffer;
   readonly #words: Int32Array;

@@ -18,7 +18,7 @@ import { releaseWhole } from "../castore/blob/chunk_codec.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import { B3_LEN, b3Display, type Digest, digestKey } from "../castore/digest.ts";
 import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
-import { StorageError } from "../errors.ts";
+import { CorruptionError } from "../errors.ts";
 import type { FileNode, NodeVariant } from "../castore/node.ts";
 import type { NarSummary } from "./calculation.ts";
 import { StreamHasher } from "./hasher.ts";
@@ -45,7 +45,7 @@ export type NarRenderErrorKind =
   | "InvalidInput";
 
 /** The node cannot be rendered: missing or inconsistent data in the services. */
-export class NarRenderError extends StorageError {
+export class NarRenderError extends CorruptionError {
   override name = "NarRenderError";
   constructor(readonly kind: NarRenderErrorKind, message: string) {
     super(message);

@@ -14,7 +14,7 @@ import { type Digest, digestKey, toHex } from "../castore/digest.ts";
 import { directoryDigest } from "../castore/directory.ts";
 import type { NodeVariant } from "../castore/node.ts";
 import { isSweepable, type SweepReport } from "../castore/sweep.ts";
-import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
+import { CorruptionError, errorMessage, InvalidRequestError } from "../errors.ts";
 import { calculateNar } from "../nar/render.ts";
 import type { PathInfo, PathInfoService } from "./pathinfo/service.ts";
 import { choosePolicyVictims, type PolicyPath } from "./gc_policy.ts";
@@ -357,8 +357,8 @@ export interface VerifyReport {
  * the blob and directory services (each chunk and directory verified as it
  * is read) and compared with the PathInfo's size and hash. `undefined` if
  * nothing is. Only damage the store shows counts (a missing or corrupt
- * object, a NAR that differs, an invalid PathInfo); a backend out of reach
- * or an unexpected failure is thrown, since it says nothing about the path.
+ * object, a `CorruptionError`; a NAR that differs; an invalid PathInfo);
+ * any other failure is thrown, since it says nothing about the path.
  */
 async function pathDamage(
   info: PathInfo,
@@ -375,10 +375,14 @@ async function pathDamage(
     }
     return undefined;
   } catch (err) {
-    const damage = (err instanceof StorageError && !(err instanceof UnavailableError)) ||
-      err instanceof InvalidRequestError;
-    if (!damage) throw err;
-    return errorMessage(err);
+    // Damage only where the store shows it: something it lists is gone, or
+    // does not verify, or the PathInfo itself is invalid. Anything else (a
+    // backend refusing or out of reach, a full disk) says nothing about the
+    // path, and removing it would lose it.
+    if (err instanceof CorruptionError || err instanceof InvalidRequestError) {
+      return errorMessage(err);
+    }
+    throw err;
   }
 }
 

@@ -19,7 +19,7 @@ import {
 } from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
 import { verifyStore } from "../../src/store/gc.ts";
-import { UnavailableError } from "../../src/errors.ts";
+import { StorageError, UnavailableError } from "../../src/errors.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { pseudoRandom } from "../fixtures.ts";
 import { blake3 } from "../../src/castore/digest.ts";
@@ -187,6 +187,39 @@ Deno.test("verify --repair with the blobs out of reach fails and removes nothing
     assert(failure instanceof UnavailableError, `failed with ${failure}`);
     assertEquals((await ok(["list", ...S])).trim().split("\n").sort(), [...paths].sort());
     assertMatch(await ok(["verify", ...S]), /2 store paths checked, 0 damaged/);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("verify --repair: a backend failing for another reason than damage removes nothing", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-verify-refused-" });
+  try {
+    const trees = await Promise.all(
+      [0, 1].map((i) => tree(join(work, `p${i}`), { f: pseudoRandom(5000 + i, i) })),
+    );
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const paths = (await ok(["import", ...S, ...trees])).trim().split("\n");
+    // The store as it is, with every read refused the way an object store
+    // refuses expired credentials: a StorageError that is not damage.
+    const services = await constructServices(embeddedAddrs(store));
+    const refused = () => Promise.reject(new StorageError("access denied (expired credentials)"));
+    const blob = Object.assign(Object.create(services.blob), {
+      openRead: refused,
+      readWhole: refused,
+    });
+    let failure: unknown;
+    try {
+      await verifyStore({ ...services, blob }, { repair: true });
+    } catch (err) {
+      failure = err;
+    } finally {
+      await services.close();
+    }
+    assert(failure instanceof StorageError, `failed with ${failure}`);
+    assertMatch(String(failure), /access denied/);
+    assertEquals((await ok(["list", ...S])).trim().split("\n").sort(), [...paths].sort());
   } finally {
     await Deno.remove(work, { recursive: true });
   }

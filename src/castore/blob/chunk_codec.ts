@@ -18,7 +18,7 @@ import {
 import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
-import { errorMessage, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, StorageError } from "../../errors.ts";
 import { decodeSmallFrame, encodeFrame, frameBound, frameEncoderAvailable } from "./zstd_small.ts";
 
 /**
@@ -304,12 +304,12 @@ export function verifyChunk<T extends Uint8Array>(
   size: number | undefined,
 ): T {
   if (size !== undefined && data.length !== size) {
-    throw new StorageError(
+    throw new CorruptionError(
       `chunk ${b3Display(digest)} has ${data.length} bytes, index says ${size}`,
     );
   }
   if (!bytesEqual(blake3(data), digest)) {
-    throw new StorageError(`chunk contents invalid: ${b3Display(digest)}`);
+    throw new CorruptionError(`chunk contents invalid: ${b3Display(digest)}`);
   }
   return data;
 }

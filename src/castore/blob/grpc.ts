@@ -33,7 +33,7 @@ import {
   digestKey,
   newBlake3Hasher,
 } from "../digest.ts";
-import { InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, InvalidRequestError, StorageError } from "../../errors.ts";
 import {
   callError,
   cancelQuietly,
@@ -215,7 +215,7 @@ export class GrpcBlobService implements BlobService {
     }
     const bytes = pieces.length === 1 ? pieces[0] : concatBytes(pieces);
     if (!bytesEqual(blake3(bytes), digest)) {
-      throw new StorageError(`blob ${b3Display(digest)} arrived with wrong contents`);
+      throw new CorruptionError(`blob ${b3Display(digest)} arrived with wrong contents`);
     }
     return bytes;
   }
@@ -229,7 +229,7 @@ export class GrpcBlobService implements BlobService {
   async *#readListed(digest: Digest, chunks: ChunkMeta[]): AsyncGenerator<Uint8Array> {
     const check = (bytes: Uint8Array, chunk: ChunkMeta) => {
       if (!bytesEqual(blake3(bytes), chunk.digest)) {
-        throw new StorageError(`chunk ${b3Display(chunk.digest)} arrived with wrong contents`);
+        throw new CorruptionError(`chunk ${b3Display(chunk.digest)} arrived with wrong contents`);
       }
       return bytes;
     };
@@ -244,7 +244,7 @@ export class GrpcBlobService implements BlobService {
       // up: a bridge over a daemon grew by hundreds of MiB per large NAR.
       for (let at = 0; at < data.length;) {
         if (index >= chunks.length) {
-          throw new StorageError(`blob ${b3Display(digest)} arrived longer than its chunk list`);
+          throw new CorruptionError(`blob ${b3Display(digest)} arrived longer than its chunk list`);
         }
         const chunk = chunks[index];
         const size = Number(chunk.size);
@@ -264,7 +264,7 @@ export class GrpcBlobService implements BlobService {
       releaseReceivedMessage(data);
     }
     if (index < chunks.length) {
-      throw new StorageError(
+      throw new CorruptionError(
         `blob ${b3Display(digest)} ended after ${index} of its ${chunks.length} chunks`,
       );
     }
@@ -319,7 +319,7 @@ export class GrpcBlobService implements BlobService {
       }
       const actual = hasher.digest();
       if (!bytesEqual(actual, digest)) {
-        throw new StorageError(
+        throw new CorruptionError(
           `blob ${b3Display(digest)} arrived with digest ${b3Display(actual)}`,
         );
       }
@@ -397,7 +397,7 @@ export class GrpcBlobService implements BlobService {
     if (chunk.size <= BigInt(SMALL_BLOB_BYTES)) {
       const data = this.#reader.read(chunk.digest, Number(chunk.size), into).then((got) => {
         if (got === "absent") {
-          throw new StorageError(`chunk ${b3Display(chunk.digest)} listed but not found`);
+          throw new CorruptionError(`chunk ${b3Display(chunk.digest)} listed but not found`);
         }
         const length = got === "larger" ? "more" : got.length;
         if (got === "larger" || BigInt(got.length) !== chunk.size) {
@@ -423,7 +423,7 @@ export class GrpcBlobService implements BlobService {
         }
       } catch (err) {
         if (isNotFound(err)) {
-          throw new StorageError(`chunk ${b3Display(chunk.digest)} listed but not found`);
+          throw new CorruptionError(`chunk ${b3Display(chunk.digest)} listed but not found`);
         }
         throw callError(err);
       }
@@ -437,7 +437,7 @@ export class GrpcBlobService implements BlobService {
       // One piece (the usual case) is used as is.
       const bytes = pieces.length === 1 ? pieces[0] : concatBytes(pieces);
       if (!bytesEqual(blake3(bytes), chunk.digest)) {
-        throw new StorageError(`chunk ${b3Display(chunk.digest)} arrived with wrong contents`);
+        throw new CorruptionError(`chunk ${b3Display(chunk.digest)} arrived with wrong contents`);
       }
       return bytes;
     })();

@@ -33,7 +33,7 @@ import {
   EMPTY_DIGEST,
   toHex,
 } from "../digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { checkObjectStore, objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import { tuningOf } from "../objectstore/tuning.ts";
@@ -177,11 +177,11 @@ export class ObjectStoreBlobService implements BlobService {
     const list = await this.#readIndex(digest);
     if (!list) return undefined;
     if (list.length === 0) {
-      throw new StorageError(`blob ${b3Display(digest)} is indexed but its chunk is missing`);
+      throw new CorruptionError(`blob ${b3Display(digest)} is indexed but its chunk is missing`);
     }
     return readChunksFrom(list, offset, this.#readAhead, async ({ digest, size }) => {
       const data = await this.#readChunk(digest, Number(size));
-      if (!data) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
+      if (!data) throw new CorruptionError(`chunk ${b3Display(digest)} is missing`);
       return data;
     });
   }
@@ -201,7 +201,7 @@ export class ObjectStoreBlobService implements BlobService {
     try {
       index = StatBlobResponse.decode(raw);
     } catch (err) {
-      throw new StorageError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
+      throw new CorruptionError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
     }
     index.chunks.forEach((c, i) => {
       if (c.digest.length !== B3_LEN) {

@@ -49,7 +49,7 @@ import {
   digestKey,
   EMPTY_DIGEST,
 } from "../digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import { inTransaction, openDatabase, statementsByCount, storageCall } from "../sqlite_db.ts";
 import { DataLossError, FileWriteback, GroupFlush } from "../objectstore/flush.ts";
@@ -286,11 +286,11 @@ function decodeChunkList(digest: Digest, raw: Uint8Array): ChunkMeta[] {
   try {
     index = StatBlobResponse.decode(raw);
   } catch (err) {
-    throw new StorageError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
+    throw new CorruptionError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
   }
   for (const c of index.chunks) {
     if (c.digest.length !== B3_LEN) {
-      throw new StorageError(`blob index ${b3Display(digest)} lists an invalid chunk digest`);
+      throw new CorruptionError(`blob index ${b3Display(digest)} lists an invalid chunk digest`);
     }
   }
   return index.chunks.map((c) => ({ digest: c.digest, size: c.size }));
@@ -593,7 +593,7 @@ export class PackBlobService implements BlobService {
     if (!list) return undefined;
     return readChunksFrom(list, offset, this.#readAhead, async ({ digest, size }) => {
       const at = this.locate(digest);
-      if (!at) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
+      if (!at) throw new CorruptionError(`chunk ${b3Display(digest)} is missing`);
       if (at.size !== Number(size)) {
         throw new StorageError(
           `chunk ${b3Display(digest)} has ${at.size} bytes, index says ${size}`,
@@ -712,7 +712,7 @@ export class PackBlobService implements BlobService {
   async readChunkInto(digest: Digest, target: Uint8Array): Promise<void> {
     checkDigestLength(digest);
     const at = this.locate(digest);
-    if (!at) throw new StorageError(`chunk ${b3Display(digest)} is missing`);
+    if (!at) throw new CorruptionError(`chunk ${b3Display(digest)} is missing`);
     if (at.size !== target.length) {
       throw new StorageError(
         `chunk ${b3Display(digest)} has ${at.size} bytes, ${target.length} expected`,
@@ -759,7 +759,7 @@ export class PackBlobService implements BlobService {
       throw new StorageError(`reading pack ${at.pack}: ${errorMessage(err)}`);
     }
     if (n !== at.length) {
-      throw new StorageError(`chunk ${b3Display(at.digest)} is truncated in pack ${at.pack}`);
+      throw new CorruptionError(`chunk ${b3Display(at.digest)} is truncated in pack ${at.pack}`);
     }
   }
 

@@ -9,7 +9,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { B3_LEN, b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
-import { StorageError } from "../../errors.ts";
+import { CorruptionError, StorageError } from "../../errors.ts";
 import { callError, cancelQuietly, type ChannelLease, clientOn } from "../../grpc/channel.ts";
 import { releaseReceivedMessage } from "../../grpc/received_message.ts";
 import {
@@ -304,7 +304,7 @@ function checkContents(digest: Digest, message: SmallBlobContents): SmallBlobRea
   switch (message.outcome) {
     case SmallBlobOutcome.FOUND:
       if (!bytesEqual(blake3(message.data), digest)) {
-        throw new StorageError(`blob ${b3Display(digest)} arrived with wrong contents`);
+        throw new CorruptionError(`blob ${b3Display(digest)} arrived with wrong contents`);
       }
       return message.data;
     case SmallBlobOutcome.NOT_FOUND:

@@ -22,7 +22,7 @@ import {
   ValidateDirectoryError,
 } from "../directory.ts";
 import { quoteBytes } from "../node.ts";
-import { InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, InvalidRequestError, StorageError } from "../../errors.ts";
 
 /**
  * A closure failed to validate. `kind` tells the gRPC layer which status to
@@ -221,7 +221,7 @@ export async function* traverseClosure(
     const directory = await get(digest);
     if (!directory) {
       if (i === 0) return;
-      throw new StorageError(`directory ${b3Display(digest)} does not exist`);
+      throw new CorruptionError(`directory ${b3Display(digest)} does not exist`);
     }
     if (!verified) checkStored(digest, directory);
     yield directory;
@@ -253,12 +253,12 @@ export function decodeStored(digest: Digest, bytes: Uint8Array): Directory {
   try {
     directory = decodeDirectory(bytes);
   } catch (err) {
-    throw new StorageError(`directory ${b3Display(digest)}: unable to decode: ${err}`);
+    throw new CorruptionError(`directory ${b3Display(digest)}: unable to decode: ${err}`);
   }
   try {
     validateDirectory(directory);
   } catch (err) {
-    throw new StorageError(`directory ${b3Display(digest)} failed validation: ${err}`);
+    throw new CorruptionError(`directory ${b3Display(digest)} failed validation: ${err}`);
   }
   return directory;
 }
@@ -277,6 +277,6 @@ export function checkStored(digest: Digest, directory: Directory): void {
   try {
     validateDirectory(directory);
   } catch (err) {
-    throw new StorageError(`directory ${b3Display(digest)} failed validation: ${err}`);
+    throw new CorruptionError(`directory ${b3Display(digest)} failed validation: ${err}`);
   }
 }

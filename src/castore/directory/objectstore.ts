@@ -16,7 +16,7 @@ import { constants as zc, zstdCompress, zstdDecompress } from "node:zlib";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, checkDigestLength, type Digest, toHex } from "../digest.ts";
 import { decodeDirectory, type Directory, directoryDigest, encodeDirectory } from "../directory.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { checkObjectStore, objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import { type Closure, DownloadValidator } from "./closure.ts";
@@ -55,14 +55,14 @@ function* splitFrames(data: Uint8Array, root: Digest): Generator<Uint8Array> {
   let pos = 0;
   while (pos < data.length) {
     if (data.length - pos < 4) {
-      throw new StorageError(`closure ${b3Display(root)}: truncated frame header`);
+      throw new CorruptionError(`closure ${b3Display(root)}: truncated frame header`);
     }
     const length = view.getUint32(pos);
     if (length > MAX_FRAME_LENGTH) {
       throw new StorageError(`closure ${b3Display(root)}: frame of ${length} bytes is too large`);
     }
     if (data.length - pos - 4 < length) {
-      throw new StorageError(`closure ${b3Display(root)}: truncated frame`);
+      throw new CorruptionError(`closure ${b3Display(root)}: truncated frame`);
     }
     yield data.subarray(pos + 4, pos + 4 + length);
     pos += 4 + length;
@@ -121,14 +121,14 @@ export class ObjectStoreDirectoryService implements DirectoryService {
       try {
         directory = decodeDirectory(frame);
       } catch (err) {
-        throw new StorageError(
+        throw new CorruptionError(
           `closure ${b3Display(digest)}: undecodable directory: ${errorMessage(err)}`,
         );
       }
       // The validator works on re-encoded digests; the stored bytes must be
       // exactly that canonical encoding.
       if (!bytesEqual(directoryDigest(directory), frameDigest)) {
-        throw new StorageError(
+        throw new CorruptionError(
           `closure ${b3Display(digest)}: non-canonical directory ${b3Display(frameDigest)}`,
         );
       }
@@ -136,16 +136,16 @@ export class ObjectStoreDirectoryService implements DirectoryService {
       try {
         fresh = validator.add(directory);
       } catch (err) {
-        throw new StorageError(`closure ${b3Display(digest)}: ${errorMessage(err)}`);
+        throw new CorruptionError(`closure ${b3Display(digest)}: ${errorMessage(err)}`);
       }
       count++;
       if (fresh) yield directory;
     }
-    if (count === 0) throw new StorageError(`closure ${b3Display(digest)} is empty`);
+    if (count === 0) throw new CorruptionError(`closure ${b3Display(digest)} is empty`);
     try {
       validator.finish();
     } catch (err) {
-      throw new StorageError(`closure ${b3Display(digest)}: ${errorMessage(err)}`);
+      throw new CorruptionError(`closure ${b3Display(digest)}: ${errorMessage(err)}`);
     }
   }
 

@@ -14,7 +14,7 @@
  */
 import { b3Display, blake3, checkDigestLength, type Digest, digestKey } from "../digest.ts";
 import { type Directory, encodeDirectory } from "../directory.ts";
-import { StorageError } from "../../errors.ts";
+import { CorruptionError, StorageError } from "../../errors.ts";
 import { PostgresDb, type Row, type Schema } from "../postgres_db.ts";
 import type { PostgresConfig } from "../postgres_url.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
@@ -237,7 +237,7 @@ export class PostgresDirectoryService implements DirectoryService {
 /** Decodes a row's `data`, verified against `digest`. Throws `StorageError`. */
 function decodeRow(digest: Digest, row: Row): Directory {
   if (!(row.data instanceof Uint8Array)) {
-    throw new StorageError(`directory ${b3Display(digest)}: stored value is not bytes`);
+    throw new CorruptionError(`directory ${b3Display(digest)}: stored value is not bytes`);
   }
   return decodeStored(digest, row.data);
 }

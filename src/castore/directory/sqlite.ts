@@ -14,7 +14,7 @@
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { b3Display, blake3, checkDigestLength, type Digest } from "../digest.ts";
 import { type Directory, encodeDirectory } from "../directory.ts";
-import { StorageError } from "../../errors.ts";
+import { CorruptionError, StorageError } from "../../errors.ts";
 import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
 import { decodeStored, traverseClosure } from "./closure.ts";
 import { checkSinglePut, ClosurePutter } from "./closure_putter.ts";
@@ -70,7 +70,7 @@ export class SqliteDirectoryService implements DirectoryService {
       if (!row) return Promise.resolve(undefined);
       const data = row.data;
       if (!(data instanceof Uint8Array)) {
-        throw new StorageError(`directory ${b3Display(digest)}: stored value is not a blob`);
+        throw new CorruptionError(`directory ${b3Display(digest)}: stored value is not a blob`);
       }
       return Promise.resolve(decodeStored(digest, data));
     } catch (err) {
