@@ -124,6 +124,8 @@ export function inTransaction<T>(db: DatabaseSync, fn: () => T): T {
  * only after what referred to it can no longer come back.
  */
 export function durably<T>(db: DatabaseSync, fn: () => T): T {
+  // SQLite refuses to change the setting inside a transaction.
+  if (db.isTransaction) throw new Error("durably() called inside a transaction");
   const previous = Number(db.prepare("PRAGMA synchronous").get()?.synchronous ?? 1);
   db.exec("PRAGMA synchronous = FULL");
   try {

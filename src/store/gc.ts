@@ -273,6 +273,8 @@ async function applyPolicies(
       gone.add(key);
     } else protect(key);
   }
+  // Durable before the sweep removes what they named.
+  if (gone.size > 0 && !options.dryRun) await pathInfo.sync?.();
   return {
     kept: roots.filter((r) => !gone.has(r.key)),
     deleted: [...gone].map((k) => byKey.get(k)!.path.absolute()).sort(),
@@ -430,6 +432,7 @@ export async function verifyStore(
       if (await pathDamage(info, services) === undefined) continue;
       if (await remove.call(services.pathInfo, digest)) repaired++;
     }
+    if (repaired > 0) await services.pathInfo.sync?.();
   }
   let orphans: VerifyReport["orphans"];
   if (damaged.length === 0 && isSweepable(services.blob) && isSweepable(services.directory)) {
@@ -523,5 +526,7 @@ export async function deletePaths(
     const path = byKey.get(key)!;
     if (await remove.call(pathInfo, path.digest)) deleted.push(path);
   }
+  // Durable before a gc (this process's or another's) removes their data.
+  if (deleted.length > 0) await pathInfo.sync?.();
   return deleted;
 }

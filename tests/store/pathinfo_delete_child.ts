@@ -1,8 +1,9 @@
 /**
  * Child process for pathinfo_delete_durable_test.ts: stores a PathInfo in
  * the SQLite database FILE, writes "put", deletes it, writes "deleted",
- * and only then closes the database (closing checkpoints the log, which
- * would make the deletion durable anyway).
+ * calls `sync()`, writes "synced", and only then closes the database
+ * (closing checkpoints the log, which would make the deletion durable
+ * anyway).
  *
  * Usage: deno run -A pathinfo_delete_child.ts FILE
  */
@@ -20,4 +21,6 @@ const digest = StorePath.parseBasenameBytes(
 Deno.stdout.writeSync(te.encode("put\n"));
 if (!await service.delete?.(digest)) throw new Error("nothing deleted");
 Deno.stdout.writeSync(te.encode("deleted\n"));
+await service.sync?.();
+Deno.stdout.writeSync(te.encode("synced\n"));
 await service.close();

@@ -1220,12 +1220,26 @@ export class PackBlobService implements BlobService {
    */
   async #syncDirectory(): Promise<void> {
     this.#unsyncedEntries = false;
+    let dir: Deno.FsFile;
     try {
-      using dir = await Deno.open(this.#dir);
+      dir = await Deno.open(this.#dir);
+    } catch (err) {
+      // Nothing flushed, nothing lost: the commit fails and may be retried.
+      this.#unsyncedEntries = true;
+      throw new StorageError(`opening the pack directory ${this.#dir}: ${errorMessage(err)}`);
+    }
+    try {
       await dir.sync();
     } catch (err) {
-      this.#unsyncedEntries = true;
-      throw new StorageError(`flushing the pack directory ${this.#dir}: ${errorMessage(err)}`);
+      // As a failed fdatasync of a pack: the failure may be reported only
+      // once, so this and every later commit fail (the commit's flush
+      // keeps a DataLossError) until a restart writes the data again.
+      throw new DataLossError(
+        `flushing the pack directory ${this.#dir} failed (${errorMessage(err)}): blobs ` +
+          "written since the last commit may be lost; restart to write them again",
+      );
+    } finally {
+      dir.close();
     }
   }
 

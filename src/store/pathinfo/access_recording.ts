@@ -102,6 +102,12 @@ export class AccessRecordingPathInfoService implements PathInfoService {
     return this.#inner.list();
   }
 
+  /** As the wrapped service (absent if its changes are durable at once). */
+  get sync(): (() => Promise<void>) | undefined {
+    const inner = this.#inner;
+    return inner.sync && (() => inner.sync!());
+  }
+
   /** As the wrapped service (absent if it cannot delete). */
   get delete(): ((digest: Uint8Array) => Promise<boolean>) | undefined {
     const inner = this.#inner;

@@ -39,6 +39,14 @@ export interface PathInfoService {
   delete?(digest: Uint8Array): Promise<boolean>;
 
   /**
+   * Makes every change made through this service so far durable, even
+   * against a power failure: garbage collection calls it after deleting
+   * PathInfos and before removing the data they named. Absent where every
+   * change is durable when it returns.
+   */
+  sync?(): Promise<void>;
+
+  /**
    * Moves the access times of these paths forward (never back); paths not
    * in the store are ignored. Absent where the backend keeps no access
    * times (a remote daemon keeps its own).
