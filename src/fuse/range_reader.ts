@@ -480,6 +480,18 @@ export class BlobRangeReader {
       this.#streams.delete(key);
       closeStream(twin);
     }
+    if (this.#blob.remote) {
+      // From a remote service each stream holds a verified copy of the whole
+      // blob (in a temporary file, when large): one per blob, not one per
+      // place a reader stopped.
+      const blob = key.slice(0, key.lastIndexOf("@") + 1);
+      for (const [other, stream] of this.#streams) {
+        if (other.startsWith(blob)) {
+          this.#streams.delete(other);
+          closeStream(stream);
+        }
+      }
+    }
     this.#streams.set(key, s);
     if (this.#streams.size > MAX_STREAMS) {
       const [oldKey, old] = this.#streams.entries().next().value!;

@@ -657,3 +657,52 @@ Deno.test({
     await Deno.remove(home, { recursive: true });
   }
 });
+
+/** Open descriptors of this process on spilled (temporary, unlinked) blob copies. */
+function openSpills(): number {
+  let n = 0;
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (/tvix-store-spill-.* \(deleted\)$/.test(Deno.readLinkSync(`/proc/self/fd/${e.name}`))) {
+        n++;
+      }
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+  return n;
+}
+
+Deno.test({
+  name: "range reader over a daemon: a large blob without a chunk list keeps one verified copy",
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  const MIB = 1024 * 1024;
+  const home = await Deno.makeTempDir({ prefix: "tvix-remote-unlisted-" });
+  // Blobs in memory: the daemon lists no chunks for them.
+  const daemon = await startDaemon({ home, args: ["--blob-service-addr=memory://"] });
+  try {
+    const data = pseudoRandom(20 * MIB, 8);
+    const url = `grpc+http://${daemon.address}`;
+    const uploader = await GrpcBlobService.fromUrl(url);
+    const digest = await putBlob(uploader, data).finally(() => uploader.close());
+    const service = await GrpcBlobService.fromUrl(url);
+    try {
+      assertEquals(await service.chunks(digest), []);
+      const reader = new BlobRangeReader(service);
+      // Reads that stop in several places, as a reader jumping around a file.
+      for (const offset of [0, 10 * MIB, 4 * MIB, 15 * MIB, MIB]) {
+        await expectRead(reader, digest, data, offset, 64 * 1024);
+      }
+      // Each stream holds the whole blob, checked, in a temporary file: one
+      // is kept per blob, not one per place a read stopped.
+      assertEquals(openSpills(), 1);
+    } finally {
+      await service.close();
+    }
+  } finally {
+    await daemon.stop();
+    await Deno.remove(home, { recursive: true });
+  }
+});
