@@ -73,6 +73,31 @@ export async function traceSyscalls(
   }
 }
 
+/**
+ * strace's lines of one call each: with `-f`, a call interrupted by another
+ * thread's is written as `NAME(args <unfinished ...>` and later
+ * `<... NAME resumed>rest`; those two are joined into the line the call
+ * would have had alone.
+ */
+export function wholeCalls(output: string): string[] {
+  const lines = output.split("\n");
+  const out: string[] = [];
+  const open = new Map<string, number>(); // pid -> index in out of its unfinished call
+  for (const line of lines) {
+    const pid = line.match(/^(\d+)\s/)?.[1] ?? "";
+    const resumed = line.match(/<\.\.\. \w+ resumed>(.*)$/);
+    if (resumed && open.has(pid)) {
+      const at = open.get(pid)!;
+      open.delete(pid);
+      out[at] = out[at].replace(/ <unfinished \.\.\.>$/, "") + resumed[1];
+      continue;
+    }
+    if (line.endsWith("<unfinished ...>")) open.set(pid, out.length);
+    out.push(line);
+  }
+  return out;
+}
+
 /** Runs `command` under strace, counting the calls named in `syscalls`. */
 export async function countSyscalls(
   command: string[],

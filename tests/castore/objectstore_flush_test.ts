@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
-import { countSyscalls, traceSyscalls } from "../strace.ts";
+import { countSyscalls, traceSyscalls, wholeCalls } from "../strace.ts";
 
 const CHILD = new URL("./flush_child.ts", import.meta.url).pathname;
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
@@ -70,7 +70,7 @@ Deno.test("file object store: every syncfs goes through one descriptor of the st
       ["openat", "syncfs"],
     );
     assertEquals(t.code, 0, t.stderr);
-    const lines = t.output.split("\n");
+    const lines = wholeCalls(t.output);
     // Opened for flushing (as a directory, without O_NONBLOCK, which
     // listing it adds), and not refused: before the first write it is not
     // there yet.

@@ -9,7 +9,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
-import { countSyscalls, traceSyscalls } from "../strace.ts";
+import { countSyscalls, traceSyscalls, wholeCalls } from "../strace.ts";
 import { childEnv, localStoreArgs, MAIN, startServer, tvixStore } from "./helpers.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { directoryServiceFromUrl } from "../../src/castore/directory/from_url.ts";
@@ -94,7 +94,7 @@ Deno.test("import: data is flushed per commit, not one fsync per chunk", async (
           { env: childEnv(), clearEnv: true, paths: true },
         );
         assertEquals(traced.code, 0, traced.stderr);
-        const lines = traced.output.split("\n");
+        const lines = wholeCalls(traced.output);
         const packs = join(store, "packs");
         // The first of each after `from` (SQLite flushes the directory too,
         // when it creates its files, before any pack exists).

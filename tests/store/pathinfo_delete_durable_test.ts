@@ -10,7 +10,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
-import { traceSyscalls } from "../strace.ts";
+import { traceSyscalls, wholeCalls } from "../strace.ts";
 
 const CHILD = new URL("./pathinfo_delete_child.ts", import.meta.url).pathname;
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
@@ -25,7 +25,7 @@ Deno.test("sqlite path infos: sync() makes deletions durable; a delete alone doe
     );
     assertEquals(t.code, 0, t.stderr);
     assertEquals(t.stdout, "put\ndeleted\nsynced\n");
-    const lines = t.output.split("\n");
+    const lines = wholeCalls(t.output);
     const at = (mark: string) => lines.findIndex((l) => l.includes(`"${mark}\\n"`));
     const put = at("put"), deleted = at("deleted"), synced = at("synced");
     assert(put >= 0 && deleted > put && synced > deleted, t.output);
