@@ -40,6 +40,11 @@ const WHOLE_BLOB_LIMIT = 16 << 20;
 const CHUNK_LIST_ENTRIES = 8192;
 /** Open fallback streams kept per Worker. */
 const MAX_STREAMS = 32;
+/**
+ * Of those, streams kept per blob from a remote service, where each holds a
+ * verified copy of the whole blob.
+ */
+const REMOTE_STREAMS_PER_BLOB = 2;
 
 /** Tuning of a {@linkcode BlobRangeReader}. */
 export interface BlobRangeReaderOptions {
@@ -482,14 +487,13 @@ export class BlobRangeReader {
     }
     if (this.#blob.remote) {
       // From a remote service each stream holds a verified copy of the whole
-      // blob (in a temporary file, when large): one per blob, not one per
-      // place a reader stopped.
+      // blob (in a temporary file, when large): a few per blob (two readers
+      // taking turns keep theirs), not one per place a reader stopped.
       const blob = key.slice(0, key.lastIndexOf("@") + 1);
-      for (const [other, stream] of this.#streams) {
-        if (other.startsWith(blob)) {
-          this.#streams.delete(other);
-          closeStream(stream);
-        }
+      const same = [...this.#streams.keys()].filter((other) => other.startsWith(blob));
+      for (const other of same.slice(0, Math.max(0, same.length - (REMOTE_STREAMS_PER_BLOB - 1)))) {
+        closeStream(this.#streams.get(other)!);
+        this.#streams.delete(other);
       }
     }
     this.#streams.set(key, s);

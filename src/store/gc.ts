@@ -266,15 +266,21 @@ async function applyPolicies(
       stack.push(...(byKey.get(k)?.references ?? []));
     }
   };
-  for (const key of choice.victims) {
-    options.signal?.throwIfAborted();
-    if (protectedKeys.has(key)) continue;
-    if (options.dryRun || await pathInfo.deleteUnaccessed(byKey.get(key)!.path.digest, startedMs)) {
-      gone.add(key);
-    } else protect(key);
+  try {
+    for (const key of choice.victims) {
+      options.signal?.throwIfAborted();
+      if (protectedKeys.has(key)) continue;
+      if (
+        options.dryRun || await pathInfo.deleteUnaccessed(byKey.get(key)!.path.digest, startedMs)
+      ) {
+        gone.add(key);
+      } else protect(key);
+    }
+  } finally {
+    // Durable before a sweep (this one, or another process's after a
+    // failure here) removes what they named.
+    if (gone.size > 0 && !options.dryRun) await pathInfo.sync?.();
   }
-  // Durable before the sweep removes what they named.
-  if (gone.size > 0 && !options.dryRun) await pathInfo.sync?.();
   return {
     kept: roots.filter((r) => !gone.has(r.key)),
     deleted: [...gone].map((k) => byKey.get(k)!.path.absolute()).sort(),
@@ -522,11 +528,15 @@ export async function deletePaths(
     }
   }
   const deleted: StorePath[] = [];
-  for (const key of doomed) {
-    const path = byKey.get(key)!;
-    if (await remove.call(pathInfo, path.digest)) deleted.push(path);
+  try {
+    for (const key of doomed) {
+      const path = byKey.get(key)!;
+      if (await remove.call(pathInfo, path.digest)) deleted.push(path);
+    }
+  } finally {
+    // Durable before a gc (this process's or another's) removes their
+    // data, also when a later deletion failed.
+    if (deleted.length > 0) await pathInfo.sync?.();
   }
-  // Durable before a gc (this process's or another's) removes their data.
-  if (deleted.length > 0) await pathInfo.sync?.();
   return deleted;
 }

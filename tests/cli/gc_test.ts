@@ -160,6 +160,54 @@ Deno.test("verify: catches a flipped byte, a missing chunk and a missing directo
   }
 });
 
+Deno.test("verify --repair removes paths with a damaged compressed chunk (decoded inline or in a Worker) or directory row", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-verify-compressed-" });
+  try {
+    // Text compresses: stored as zstd frames. 20 KB is decoded on the
+    // reader's thread, 100 KB (one chunk, above 64 KiB) in a chunk Worker.
+    const text = (n: number, seed: number) =>
+      te.encode(Array.from({ length: n / 8 }, (_, i) => `w${(i * seed) % 97}`.padEnd(8)).join(""));
+    const files = [text(20_000, 3), text(100_000, 5), text(30_000, 7)];
+    const trees = await Promise.all(
+      files.map((f, i) => tree(join(work, `p${i}`), { [`d${i}/f`]: f, top: te.encode(`${i}`) })),
+    );
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const paths = (await ok(["import", ...S, ...trees])).trim().split("\n");
+    const index = new DatabaseSync(join(store, "packs", "index.sqlite"));
+    for (const f of files.slice(0, 2)) {
+      const row = index.prepare("SELECT pack, offset, length, raw FROM chunks WHERE digest = ?")
+        .get(blake3(f))!;
+      assertEquals(row.raw, 0, "stored compressed");
+      const pack = join(store, "packs", `${row.pack}.pack`);
+      const bytes = Deno.readFileSync(pack);
+      bytes[Number(row.offset) + Math.floor(Number(row.length) / 2)] ^= 0x10;
+      Deno.writeFileSync(pack, bytes);
+    }
+    index.close();
+    // p2: a byte of its subdirectory's stored row flipped.
+    const s = await constructServices(embeddedAddrs(store));
+    const root = (await s.pathInfo.get(StorePath.parseAbsolute(paths[2]).digest))!.node!.node!;
+    assert(root.$case === "directory");
+    const sub = (await s.directory.get(root.value.digest))!.directories[0].digest;
+    await s.close();
+    const meta = new DatabaseSync(join(store, "store.sqlite"));
+    const data = meta.prepare("SELECT data FROM directories WHERE digest = ?").get(sub)!
+      .data as Uint8Array;
+    const flipped = data.slice();
+    flipped[flipped.length - 1] ^= 0x01;
+    meta.prepare("UPDATE directories SET data = ? WHERE digest = ?").run(flipped, sub);
+    meta.close();
+
+    const repaired = await tvixStore(["verify", "--repair", ...S]);
+    assert(repaired.code !== 0, repaired.stderr);
+    assertMatch(repaired.stdout, /removed 3 damaged store paths/);
+    assertEquals((await ok(["list", ...S])).trim(), "");
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
 Deno.test("verify --repair with the blobs out of reach fails and removes nothing", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-verify-down-" });
   try {

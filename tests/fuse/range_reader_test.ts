@@ -658,23 +658,22 @@ Deno.test({
   }
 });
 
-/** Open descriptors of this process on spilled (temporary, unlinked) blob copies. */
-function openSpills(): number {
-  let n = 0;
+/** The spilled (temporary, unlinked) blob copies this process has open, by file name. */
+function openSpills(): string[] {
+  const names: string[] = [];
   for (const e of Deno.readDirSync("/proc/self/fd")) {
     try {
-      if (/tvix-store-spill-.* \(deleted\)$/.test(Deno.readLinkSync(`/proc/self/fd/${e.name}`))) {
-        n++;
-      }
+      const target = Deno.readLinkSync(`/proc/self/fd/${e.name}`);
+      if (/tvix-store-spill-.* \(deleted\)$/.test(target)) names.push(target);
     } catch {
       // Closed meanwhile.
     }
   }
-  return n;
+  return names.sort();
 }
 
 Deno.test({
-  name: "range reader over a daemon: a large blob without a chunk list keeps one verified copy",
+  name: "range reader over a daemon: a large blob without a chunk list keeps two verified copies",
   sanitizeResources: false,
   sanitizeOps: false,
 }, async () => {
@@ -695,9 +694,19 @@ Deno.test({
       for (const offset of [0, 10 * MIB, 4 * MIB, 15 * MIB, MIB]) {
         await expectRead(reader, digest, data, offset, 64 * 1024);
       }
-      // Each stream holds the whole blob, checked, in a temporary file: one
-      // is kept per blob, not one per place a read stopped.
-      assertEquals(openSpills(), 1);
+      // Each stream holds the whole blob, checked, in a temporary file: two
+      // are kept per blob, not one per place a read stopped.
+      assertEquals(openSpills().length, 2);
+      // Two readers taking turns keep their streams, each continuing where
+      // it stopped: no new copy (no new download) per read.
+      await expectRead(reader, digest, data, 2 * MIB, 4096);
+      await expectRead(reader, digest, data, 12 * MIB, 4096);
+      const kept = openSpills();
+      for (let i = 1; i < 5; i++) {
+        await expectRead(reader, digest, data, 2 * MIB + i * 4096, 4096);
+        await expectRead(reader, digest, data, 12 * MIB + i * 4096, 4096);
+      }
+      assertEquals(openSpills(), kept);
     } finally {
       await service.close();
     }

@@ -18,7 +18,7 @@ import {
 import { Buffer } from "node:buffer";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, type Digest } from "../digest.ts";
-import { CorruptionError, errorMessage, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage } from "../../errors.ts";
 import { decodeSmallFrame, encodeFrame, frameBound, frameEncoderAvailable } from "./zstd_small.ts";
 
 /**
@@ -288,8 +288,8 @@ export async function encodeChunk(
   );
 }
 
-function decompressError(digest: Digest, err: unknown): StorageError {
-  return new StorageError(
+function decompressError(digest: Digest, err: unknown): CorruptionError {
+  return new CorruptionError(
     `chunk ${b3Display(digest)} could not be decompressed: ${errorMessage(err)}`,
   );
 }

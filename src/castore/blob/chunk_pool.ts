@@ -14,7 +14,7 @@
  */
 import { Worker } from "node:worker_threads";
 import type { Digest } from "../digest.ts";
-import { errorMessage, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, StorageError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import {
   decodeChunk,
@@ -26,9 +26,15 @@ import {
   owned,
   ZSTD_LEVEL,
 } from "./chunk_codec.ts";
-import type { ChunkRequest, ChunkResponse, WorkerReady } from "./chunk_worker.ts";
+import type { ChunkRequest, ChunkResponse, WorkerFailure, WorkerReady } from "./chunk_worker.ts";
 import { smallFrameDecoderAvailable } from "./zstd_small.ts";
 
+/** A failure a chunk Worker reported, as the error class it was thrown as. */
+function workerError(failure: WorkerFailure): Error {
+  if (failure.kind === "corruption") return new CorruptionError(failure.error);
+  if (failure.kind === "storage") return new StorageError(failure.error);
+  return new Error(failure.error);
+}
 /** Runs the per-chunk work of the object-store blob service. */
 export interface ChunkCodec {
   /**
@@ -309,7 +315,7 @@ export class ChunkWorkerPool implements ChunkCodec {
         if (!res || !("batch" in res)) return;
         for (const [i, r] of res.batch.entries()) {
           if ("data" in r) away[i].resolve(new Uint8Array(r.data));
-          else away[i].reject(r.storage ? new StorageError(r.error) : new Error(r.error));
+          else away[i].reject(workerError(r));
         }
       }, (err) => {
         for (const d of away) d.reject(err);
@@ -399,7 +405,7 @@ export class ChunkWorkerPool implements ChunkCodec {
     slot.pending.delete(msg.id);
     if (slot.load === 0) slot.worker.unref();
     if ("error" in msg) {
-      task.reject(msg.storage ? new StorageError(msg.error) : new Error(msg.error));
+      task.reject(workerError(msg));
     } else {
       task.resolve(msg);
     }

@@ -10,7 +10,7 @@
  */
 import { parentPort } from "node:worker_threads";
 import { decodeChunkSync, encodeChunkSync, release } from "./chunk_codec.ts";
-import { errorMessage, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, StorageError } from "../../errors.ts";
 
 /** One stored chunk of a `decodeBatch` request. */
 export interface BatchedDecode {
@@ -20,7 +20,28 @@ export interface BatchedDecode {
 }
 
 /** One answer of a `decodeBatch`: the chunk, or why it is not. */
-export type BatchedResult = { data: ArrayBuffer } | { error: string; storage: boolean };
+/**
+ * A failed job, as it crosses to the requesting thread: the message and
+ * the error's class, which the other side rebuilds (`workerError` in
+ * `chunk_pool.ts`): damage (`CorruptionError`) is told from other storage
+ * failures by `verify`.
+ */
+export interface WorkerFailure {
+  error: string;
+  kind: "corruption" | "storage" | "other";
+}
+
+/** `err` as a {@linkcode WorkerFailure}. */
+function failure(err: unknown): WorkerFailure {
+  const kind = err instanceof CorruptionError
+    ? "corruption"
+    : err instanceof StorageError
+    ? "storage"
+    : "other";
+  return { error: errorMessage(err), kind };
+}
+
+export type BatchedResult = { data: ArrayBuffer } | WorkerFailure;
 
 /** A request to a chunk Worker. */
 export type ChunkRequest =
@@ -39,7 +60,7 @@ export type ChunkRequest =
 export type ChunkResponse =
   | { id: number; digest?: Uint8Array; raw?: boolean; data: ArrayBuffer }
   | { id: number; batch: BatchedResult[] }
-  | { id: number; error: string; storage: boolean };
+  | ({ id: number } & WorkerFailure);
 
 /** The first message of a chunk Worker, once it can take requests. */
 export interface WorkerReady {
@@ -56,7 +77,7 @@ function answerBatch(id: number, chunks: BatchedDecode[]): [ChunkResponse, Array
       return { data };
     } catch (err) {
       release(c.compressed);
-      return { error: errorMessage(err), storage: err instanceof StorageError };
+      return failure(err);
     }
   });
   return [{ id, batch }, transfer];
@@ -80,7 +101,7 @@ function answer(req: ChunkRequest): [ChunkResponse, ArrayBuffer[]] {
     output = plain.buffer;
     return [{ id: req.id, data: output }, [output]];
   } catch (err) {
-    return [{ id: req.id, error: errorMessage(err), storage: err instanceof StorageError }, []];
+    return [{ id: req.id, ...failure(err) }, []];
   } finally {
     // Frees the input now rather than at this Worker's next garbage
     // collection, which comes late: its heap holds little besides these.

@@ -33,7 +33,7 @@ import {
   EMPTY_DIGEST,
   toHex,
 } from "../digest.ts";
-import { CorruptionError, errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, InvalidRequestError } from "../../errors.ts";
 import { checkObjectStore, objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import { tuningOf } from "../objectstore/tuning.ts";
@@ -205,7 +205,7 @@ export class ObjectStoreBlobService implements BlobService {
     }
     index.chunks.forEach((c, i) => {
       if (c.digest.length !== B3_LEN) {
-        throw new StorageError(
+        throw new CorruptionError(
           `blob index ${
             b3Display(digest)
           }: Invalid digest length ${c.digest.length} for chunk #${i}`,

@@ -595,7 +595,7 @@ export class PackBlobService implements BlobService {
       const at = this.locate(digest);
       if (!at) throw new CorruptionError(`chunk ${b3Display(digest)} is missing`);
       if (at.size !== Number(size)) {
-        throw new StorageError(
+        throw new CorruptionError(
           `chunk ${b3Display(digest)} has ${at.size} bytes, index says ${size}`,
         );
       }
@@ -714,7 +714,7 @@ export class PackBlobService implements BlobService {
     const at = this.locate(digest);
     if (!at) throw new CorruptionError(`chunk ${b3Display(digest)} is missing`);
     if (at.size !== target.length) {
-      throw new StorageError(
+      throw new CorruptionError(
         `chunk ${b3Display(digest)} has ${at.size} bytes, ${target.length} expected`,
       );
     }
@@ -793,7 +793,12 @@ export class PackBlobService implements BlobService {
     try {
       fd = fs.openSync(this.#packPath(id), "r");
     } catch (err) {
-      throw new StorageError(`opening pack ${id}: ${errorMessage(err)}`);
+      // A pack the index points into is gone: damage, unless garbage
+      // collection moved the chunk meanwhile (#where looks again).
+      const missing = (err as { code?: string }).code === "ENOENT";
+      throw new (missing ? CorruptionError : StorageError)(
+        `opening pack ${id}: ${errorMessage(err)}`,
+      );
     }
     if (this.#readFds.size >= READ_HANDLES) {
       const [oldest, oldFd] = this.#readFds.entries().next().value!;

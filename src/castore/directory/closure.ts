@@ -22,7 +22,7 @@ import {
   ValidateDirectoryError,
 } from "../directory.ts";
 import { quoteBytes } from "../node.ts";
-import { CorruptionError, InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, InvalidRequestError } from "../../errors.ts";
 
 /**
  * A closure failed to validate. `kind` tells the gRPC layer which status to
@@ -245,7 +245,7 @@ export async function* traverseClosure(
 export function decodeStored(digest: Digest, bytes: Uint8Array): Directory {
   const actual = blake3(bytes);
   if (!bytesEqual(actual, digest)) {
-    throw new StorageError(
+    throw new CorruptionError(
       `requested directory with digest ${b3Display(digest)}, but got ${b3Display(actual)}`,
     );
   }
@@ -265,12 +265,12 @@ export function decodeStored(digest: Digest, bytes: Uint8Array): Directory {
 
 /**
  * Verifies a directory read back from storage: it must be valid and hash to
- * the digest it was stored under. Throws {@linkcode StorageError}.
+ * the digest it was stored under. Throws {@linkcode CorruptionError}.
  */
 export function checkStored(digest: Digest, directory: Directory): void {
   const actual = directoryDigest(directory);
   if (!bytesEqual(actual, digest)) {
-    throw new StorageError(
+    throw new CorruptionError(
       `requested directory with digest ${b3Display(digest)}, but got ${b3Display(actual)}`,
     );
   }

@@ -16,7 +16,7 @@ import { constants as zc, zstdCompress, zstdDecompress } from "node:zlib";
 import { promisify } from "node:util";
 import { b3Display, blake3, bytesEqual, checkDigestLength, type Digest, toHex } from "../digest.ts";
 import { decodeDirectory, type Directory, directoryDigest, encodeDirectory } from "../directory.ts";
-import { CorruptionError, errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, errorMessage, InvalidRequestError } from "../../errors.ts";
 import { checkObjectStore, objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import { type Closure, DownloadValidator } from "./closure.ts";
@@ -59,7 +59,9 @@ function* splitFrames(data: Uint8Array, root: Digest): Generator<Uint8Array> {
     }
     const length = view.getUint32(pos);
     if (length > MAX_FRAME_LENGTH) {
-      throw new StorageError(`closure ${b3Display(root)}: frame of ${length} bytes is too large`);
+      throw new CorruptionError(
+        `closure ${b3Display(root)}: frame of ${length} bytes is too large`,
+      );
     }
     if (data.length - pos - 4 < length) {
       throw new CorruptionError(`closure ${b3Display(root)}: truncated frame`);
@@ -109,7 +111,7 @@ export class ObjectStoreDirectoryService implements DirectoryService {
       // decoded byte fields are plain too.
       data = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
     } catch (err) {
-      throw new StorageError(
+      throw new CorruptionError(
         `closure ${b3Display(digest)} could not be decompressed: ${errorMessage(err)}`,
       );
     }
