@@ -296,7 +296,7 @@ function decompressError(digest: Digest, err: unknown): CorruptionError {
 
 /**
  * Checks `data` against its digest (and listed `size`, if known), in place:
- * {@linkcode StorageError} if it is not exactly the chunk.
+ * {@linkcode CorruptionError} if it is not exactly the chunk.
  */
 export function verifyChunk<T extends Uint8Array>(
   data: T,
@@ -328,7 +328,7 @@ function limit(size: number | undefined) {
 /**
  * Decompresses a chunk object (unless `raw`: stored as it is) and checks it
  * against its digest (and its listed size, if known), synchronously (for
- * Workers). Throws {@linkcode StorageError} for anything that is not
+ * Workers). Throws {@linkcode CorruptionError} for anything that is not
  * exactly the chunk.
  */
 export function decodeChunkSync(

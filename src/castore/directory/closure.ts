@@ -206,7 +206,7 @@ export class DownloadValidator {
  * Yields the closure of `root`, root first then breadth-first, each
  * directory once, using a non-recursive getter. A missing root yields
  * nothing; a missing child, or a stored directory whose digest or contents
- * are wrong, is a {@linkcode StorageError}.
+ * are wrong, is a {@linkcode CorruptionError}.
  */
 export async function* traverseClosure(
   get: (digest: Digest) => Promise<Directory | undefined>,
@@ -240,7 +240,7 @@ export async function* traverseClosure(
  * canonical encoding of a directory keyed by its BLAKE3. Hashing the stored
  * bytes proves them (re-encoding the decoded message, as
  * {@linkcode checkStored} does, costs several times more); the directory is
- * then validated. Throws {@linkcode StorageError}.
+ * then validated. Throws {@linkcode CorruptionError}.
  */
 export function decodeStored(digest: Digest, bytes: Uint8Array): Directory {
   const actual = blake3(bytes);
