@@ -88,3 +88,41 @@ Deno.test("file object store: every syncfs goes through one descriptor of the st
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("file object store: without FFI, the commit flushes every directory an object was renamed into", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-flush-dirs-" });
+  try {
+    const dir = join(tmp, "store");
+    const t = await traceSyscalls(
+      [
+        Deno.execPath(),
+        "run",
+        "--config",
+        CONFIG,
+        "--allow-read",
+        "--allow-write",
+        "--allow-env",
+        CHILD,
+        dir,
+        "50",
+        "1",
+      ],
+      ["fsync", "fdatasync"],
+      { paths: true },
+    );
+    assertEquals(t.code, 0, t.stderr);
+    // The child puts objects into o/0 … o/6; each directory's new names
+    // reach the disk only with a flush of the directory itself.
+    const synced = new Set(
+      wholeCalls(t.output).flatMap((l) => {
+        const m = l.match(/ fsync\(\d+<([^>]+)>\)\s*=\s*0/);
+        return m ? [m[1]] : [];
+      }),
+    );
+    for (let i = 0; i < 7; i++) {
+      assert(synced.has(join(dir, "o", `${i}`)), `o/${i} not flushed:\n${t.output}`);
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});

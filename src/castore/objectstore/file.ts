@@ -29,7 +29,7 @@
 import { dirname, join } from "node:path";
 import { errorMessage, StorageError } from "../../errors.ts";
 import { checkObjectPath, type ObjectStore } from "./store.ts";
-import { FileFlusher } from "./flush.ts";
+import { DataLossError, FileFlusher } from "./flush.ts";
 
 const TEMP_PREFIX = ".tmp-";
 /** Temporary files older than this were left by a crash or a failed write. */
@@ -64,6 +64,14 @@ export class FileObjectStore implements ObjectStore {
   readonly #dirs = new Set<string>();
   /** Flushes the store's filesystem; absent without FFI, when puts flush themselves. */
   readonly #flusher: FileFlusher | undefined;
+  /**
+   * Without FFI: directories that gained an object since the last commit.
+   * Each object's bytes are flushed by its put, but its name only once its
+   * directory is, at the commit point.
+   */
+  readonly #unsyncedDirs = new Set<string>();
+  /** The first failed directory flush: every later commit fails with it. */
+  #dirFailure: DataLossError | undefined;
   readonly description: string;
   /**
    * The removal of stale temporary files this store started, in the
@@ -126,6 +134,7 @@ export class FileObjectStore implements ObjectStore {
         await writeTemp(temp, data, syncData);
       }
       await Deno.rename(temp, file);
+      if (syncData) this.#unsyncedDirs.add(dir);
     } catch (err) {
       await Deno.remove(temp).catch(() => {});
       throw storageError("write", path, err);
@@ -142,10 +151,11 @@ export class FileObjectStore implements ObjectStore {
   /**
    * Makes every object on the store's filesystem durable: one `syncfs`
    * (see `flush.ts`), also covering objects other processes wrote or that
-   * a writer found present. Without FFI, puts were durable already.
+   * a writer found present. Without FFI, puts flushed their bytes already,
+   * and the directories they were renamed into are flushed here.
    */
   async sync(): Promise<void> {
-    if (!this.#flusher) return;
+    if (!this.#flusher) return await this.#syncDirs();
     try {
       // Synchronous, so that concurrent callers reach the flusher together.
       Deno.statSync(this.#base);
@@ -153,6 +163,29 @@ export class FileObjectStore implements ObjectStore {
       return; // nothing was ever written here
     }
     await this.#flusher.flush();
+  }
+
+  /**
+   * Flushes the directories that gained objects since the last commit (no
+   * FFI). A failed flush may be reported only once, so it fails every
+   * later commit too, as a failed `syncfs` does (`flush.ts`).
+   */
+  async #syncDirs(): Promise<void> {
+    if (this.#dirFailure) throw this.#dirFailure;
+    const dirs = [...this.#unsyncedDirs];
+    this.#unsyncedDirs.clear();
+    await Promise.all(dirs.map(async (dir) => {
+      try {
+        using handle = await Deno.open(dir);
+        await handle.sync();
+      } catch (err) {
+        this.#dirFailure ??= new DataLossError(
+          `flushing ${dir} failed (${errorMessage(err)}): objects written since the last ` +
+            "commit may be lost; restart to write them again",
+        );
+        throw this.#dirFailure;
+      }
+    }));
   }
 
   async delete(path: string): Promise<void> {
