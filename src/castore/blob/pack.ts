@@ -52,7 +52,7 @@ import {
 import { CorruptionError, errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import { inTransaction, openDatabase, statementsByCount, storageCall } from "../sqlite_db.ts";
-import { DataLossError, FileWriteback, GroupFlush } from "../objectstore/flush.ts";
+import { DataLossError, FileWriteback, GroupFlush, syncDirectory } from "../objectstore/flush.ts";
 import {
   type EncodedChunk,
   MAX_ZSTD_LEVEL,
@@ -1225,26 +1225,15 @@ export class PackBlobService implements BlobService {
    */
   async #syncDirectory(): Promise<void> {
     this.#unsyncedEntries = false;
-    let dir: Deno.FsFile;
     try {
-      dir = await Deno.open(this.#dir);
+      await syncDirectory(this.#dir, "blobs");
     } catch (err) {
-      // Nothing flushed, nothing lost: the commit fails and may be retried.
-      this.#unsyncedEntries = true;
-      throw new StorageError(`opening the pack directory ${this.#dir}: ${errorMessage(err)}`);
-    }
-    try {
-      await dir.sync();
-    } catch (err) {
-      // As a failed fdatasync of a pack: the failure may be reported only
-      // once, so this and every later commit fail (the commit's flush
-      // keeps a DataLossError) until a restart writes the data again.
-      throw new DataLossError(
-        `flushing the pack directory ${this.#dir} failed (${errorMessage(err)}): blobs ` +
-          "written since the last commit may be lost; restart to write them again",
-      );
-    } finally {
-      dir.close();
+      // Not opened: nothing flushed, nothing lost, and the next commit tries
+      // again. A failed flush is a DataLossError, which the commit's flush
+      // keeps, as for a failed fdatasync of a pack: every later commit
+      // fails until a restart writes the data again.
+      if (!(err instanceof DataLossError)) this.#unsyncedEntries = true;
+      throw err;
     }
   }
 

@@ -182,18 +182,24 @@ function probe(): boolean {
   }
 }
 
-/** The decoder probe's result; `undefined` until the first frame comes. */
-let decoderProbed: boolean | undefined;
+/**
+ * `probe`'s answer, found on the first call and remembered. The probe runs
+ * through the very code that asks (it decodes or encodes a sample), so
+ * while it runs the answer is true.
+ */
+function probedOnce(probe: () => boolean): () => boolean {
+  let answer: boolean | undefined;
+  return () => {
+    if (answer === undefined) {
+      answer = true;
+      answer = probe();
+    }
+    return answer;
+  };
+}
 
 /** Whether the reused decoding context works here, probed on first call. */
-function decoderWorks(): boolean {
-  if (decoderProbed === undefined) {
-    // The probe decodes through this same path: let it through meanwhile.
-    decoderProbed = true;
-    decoderProbed = probe();
-  }
-  return decoderProbed;
-}
+const decoderWorks = probedOnce(probe);
 
 /** Largest input {@linkcode encodeFrame} compresses: the largest FastCDC chunk. */
 export const ENCODE_FRAME_MAX = 512 * 1024;
@@ -282,17 +288,8 @@ function probeEncoder(): boolean {
   }
 }
 
-/** The encoder probe's result; `undefined` until the first chunk comes. */
-let encoderProbed: boolean | undefined;
-
 /** Whether the reused compression contexts work here, probed on first call. */
-function encoderWorks(): boolean {
-  if (encoderProbed === undefined) {
-    encoderProbed = true;
-    encoderProbed = probeEncoder();
-  }
-  return encoderProbed;
-}
+const encoderWorks = probedOnce(probeEncoder);
 
 /** Whether chunks are compressed with a reused context in this thread. */
 export function frameEncoderAvailable(): boolean {

@@ -29,7 +29,7 @@
 import { dirname, join } from "node:path";
 import { errorMessage, StorageError } from "../../errors.ts";
 import { checkObjectPath, type ObjectStore } from "./store.ts";
-import { DataLossError, FileFlusher } from "./flush.ts";
+import { DataLossError, FileFlusher, syncDirectory } from "./flush.ts";
 
 const TEMP_PREFIX = ".tmp-";
 /** Temporary files older than this were left by a crash or a failed write. */
@@ -176,12 +176,12 @@ export class FileObjectStore implements ObjectStore {
     this.#unsyncedDirs.clear();
     await Promise.all(dirs.map(async (dir) => {
       try {
-        using handle = await Deno.open(dir);
-        await handle.sync();
+        await syncDirectory(dir, "objects");
       } catch (err) {
-        this.#dirFailure ??= new DataLossError(
-          `flushing ${dir} failed (${errorMessage(err)}): objects written since the last ` +
-            "commit may be lost; restart to write them again",
+        // Whether or not it could be opened, the directory's names are not
+        // known to be on disk: every later commit fails too.
+        this.#dirFailure ??= err instanceof DataLossError ? err : new DataLossError(
+          `${errorMessage(err)}: objects written since the last commit may be lost`,
         );
         throw this.#dirFailure;
       }

@@ -21,7 +21,7 @@
  *
  * @module
  */
-import { StorageError } from "../../errors.ts";
+import { errorMessage, StorageError } from "../../errors.ts";
 import { cString, OPEN_FLAGS, openLibc } from "../../libc.ts";
 
 const libcSymbols = {
@@ -57,6 +57,33 @@ function loadLibc(): Libc | null {
  */
 export class DataLossError extends StorageError {
   override name = "DataLossError";
+}
+
+/**
+ * `fsync` of the directory `dir`, which makes the names created in it
+ * durable (a file's own flush does not, on every filesystem). A directory
+ * that cannot be opened is a `StorageError`: nothing was flushed, nothing
+ * lost, and the caller may try again. A failed flush is a
+ * {@linkcode DataLossError}: `what` was written since the last commit may
+ * be lost, and Linux reports that only once.
+ */
+export async function syncDirectory(dir: string, what: string): Promise<void> {
+  let handle: Deno.FsFile;
+  try {
+    handle = await Deno.open(dir);
+  } catch (err) {
+    throw new StorageError(`opening ${dir} to flush it: ${errorMessage(err)}`);
+  }
+  try {
+    await handle.sync();
+  } catch (err) {
+    throw new DataLossError(
+      `flushing ${dir} failed (${errorMessage(err)}): ${what} written since the last commit ` +
+        "may be lost; restart to write them again",
+    );
+  } finally {
+    handle.close();
+  }
 }
 
 /**
