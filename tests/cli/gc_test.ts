@@ -18,7 +18,7 @@ import {
   tvixStore,
 } from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
-import { verifyStore } from "../../src/store/gc.ts";
+import { type ManagedServices, verifyStore } from "../../src/store/gc.ts";
 import { StorageError, UnavailableError } from "../../src/errors.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { pseudoRandom } from "../fixtures.ts";
@@ -208,33 +208,53 @@ Deno.test("verify --repair removes paths with a damaged compressed chunk (decode
   }
 });
 
+/**
+ * Imports two small paths into an embedded store at `work`, runs
+ * `verifyStore` with repair over the services `open` gives for it, and
+ * returns what that threw, once it is checked that both paths are still
+ * listed.
+ */
+async function repairOver(
+  work: string,
+  open: (store: string) => Promise<{ services: ManagedServices; close(): Promise<void> }>,
+): Promise<unknown> {
+  const trees = await Promise.all(
+    [0, 1].map((i) => tree(join(work, `p${i}`), { f: pseudoRandom(5000 + i, i) })),
+  );
+  const store = join(work, "store");
+  const S = localStoreArgs(store);
+  const paths = (await ok(["import", ...S, ...trees])).trim().split("\n");
+  const { services, close } = await open(store);
+  let failure: unknown;
+  try {
+    await verifyStore(services, { repair: true });
+  } catch (err) {
+    failure = err;
+  } finally {
+    await close();
+  }
+  assertEquals((await ok(["list", ...S])).trim().split("\n").sort(), [...paths].sort());
+  return failure;
+}
+
 Deno.test("verify --repair with the blobs out of reach fails and removes nothing", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-verify-down-" });
   try {
-    const trees = await Promise.all(
-      [0, 1].map((i) => tree(join(work, `p${i}`), { f: pseudoRandom(5000 + i, i) })),
-    );
-    const store = join(work, "store");
-    const S = localStoreArgs(store);
-    const paths = (await ok(["import", ...S, ...trees])).trim().split("\n");
     // The same metadata, with the blobs behind a daemon that is not there
     // (the command refuses such a mix, so in process): every read fails
     // with UNAVAILABLE, which says nothing about the paths.
-    const services = await constructServices({
-      ...embeddedAddrs(store),
-      blobServiceAddr: "grpc+http://127.0.0.1:1",
+    const failure = await repairOver(work, async (store) => {
+      const services = await constructServices({
+        ...embeddedAddrs(store),
+        blobServiceAddr: "grpc+http://127.0.0.1:1",
+      });
+      return { services, close: () => services.close() };
     });
-    let failure: unknown;
-    try {
-      await verifyStore(services, { repair: true });
-    } catch (err) {
-      failure = err;
-    } finally {
-      await services.close();
-    }
     assert(failure instanceof UnavailableError, `failed with ${failure}`);
-    assertEquals((await ok(["list", ...S])).trim().split("\n").sort(), [...paths].sort());
-    assertMatch(await ok(["verify", ...S]), /2 store paths checked, 0 damaged/);
+    assertMatch(
+      await ok(["verify", ...localStoreArgs(join(work, "store"))]),
+      /2 store paths checked, 0 damaged/,
+    );
   } finally {
     await Deno.remove(work, { recursive: true });
   }
@@ -243,31 +263,19 @@ Deno.test("verify --repair with the blobs out of reach fails and removes nothing
 Deno.test("verify --repair: a backend failing for another reason than damage removes nothing", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-verify-refused-" });
   try {
-    const trees = await Promise.all(
-      [0, 1].map((i) => tree(join(work, `p${i}`), { f: pseudoRandom(5000 + i, i) })),
-    );
-    const store = join(work, "store");
-    const S = localStoreArgs(store);
-    const paths = (await ok(["import", ...S, ...trees])).trim().split("\n");
     // The store as it is, with every read refused the way an object store
     // refuses expired credentials: a StorageError that is not damage.
-    const services = await constructServices(embeddedAddrs(store));
-    const refused = () => Promise.reject(new StorageError("access denied (expired credentials)"));
-    const blob = Object.assign(Object.create(services.blob), {
-      openRead: refused,
-      readWhole: refused,
+    const failure = await repairOver(work, async (store) => {
+      const services = await constructServices(embeddedAddrs(store));
+      const refused = () => Promise.reject(new StorageError("access denied (expired credentials)"));
+      const blob = Object.assign(Object.create(services.blob), {
+        openRead: refused,
+        readWhole: refused,
+      });
+      return { services: { ...services, blob }, close: () => services.close() };
     });
-    let failure: unknown;
-    try {
-      await verifyStore({ ...services, blob }, { repair: true });
-    } catch (err) {
-      failure = err;
-    } finally {
-      await services.close();
-    }
     assert(failure instanceof StorageError, `failed with ${failure}`);
     assertMatch(String(failure), /access denied/);
-    assertEquals((await ok(["list", ...S])).trim().split("\n").sort(), [...paths].sort());
   } finally {
     await Deno.remove(work, { recursive: true });
   }

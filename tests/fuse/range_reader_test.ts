@@ -241,6 +241,20 @@ async function bytesOf(r: ReadResult | Promise<ReadResult>): Promise<Uint8Array>
   }
 }
 
+/**
+ * A blob larger than what is read whole, put into `b` with its chunk list
+ * hidden (as from a backend that lists none).
+ */
+async function putUnlisted(
+  b: Backend,
+  seed: number,
+): Promise<{ data: Uint8Array; digest: Digest }> {
+  const data = pseudoRandom((16 << 20) + 300_000, seed);
+  const { digest } = await b.put(data);
+  b.service.listed.set(digestKey(digest), []);
+  return { data, digest };
+}
+
 /** Asserts that reading `length` bytes at `offset` gives exactly `data`'s bytes there. */
 async function expectRead(
   reader: BlobRangeReader,
@@ -553,10 +567,7 @@ for (const backend of BACKENDS) {
   withBlob(
     "a large blob without a chunk list streams from where the last read ended",
     async (b) => {
-      // Larger than what is read whole, and with its chunk list hidden.
-      const data = pseudoRandom((16 << 20) + 300_000, 31);
-      const { digest } = await b.put(data);
-      b.service.listed.set(digestKey(digest), []);
+      const { data, digest } = await putUnlisted(b, 31);
       const key = digestKey(digest);
       const reader = new BlobRangeReader(b.service);
       const step = 1 << 20;
@@ -591,9 +602,7 @@ for (const backend of BACKENDS) {
   withBlob(
     "a blob without a chunk list that ends before its node's size is a StorageError, not a short read",
     async (b) => {
-      const data = pseudoRandom((16 << 20) + 300_000, 32);
-      const { digest } = await b.put(data);
-      b.service.listed.set(digestKey(digest), []);
+      const { data, digest } = await putUnlisted(b, 32);
       const reader = new BlobRangeReader(b.service);
       // The node claims 100 bytes more than the blob has.
       const claimed = data.length + 100;
