@@ -158,7 +158,6 @@ function smallFiles(n: number): Uint8Array[] {
   });
 }
 
-/** Opens every digest at once (as the NAR renderer reads ahead) and reads each whole. */
 /**
  * Every blob of `digests` asked for in one synchronous run, as a NAR
  * renderer does: through `openRead`, or `readWhole` (what it uses).
@@ -434,6 +433,36 @@ Deno.test("pack: compression-level in the URL sets the level of new large chunks
       StorageError,
       "unknown pack store option level",
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("pack: a pack's descriptor is not closed under a read still running on it", async () => {
+  // Two descriptors for six packs: every read evicts another's descriptor,
+  // and a number closed under a running read is soon the next pack's.
+  const dir = await Deno.makeTempDir({ prefix: "pack-fd-" });
+  try {
+    const s = new PackBlobService(dir, { packTargetSize: 100 * 1024, readHandles: 2 });
+    const blobs = [0, 1, 2, 3, 4, 5].map((i) => F.pseudoRandom(400_000, 40 + i));
+    const chunks: { digest: Uint8Array; size: number }[] = [];
+    for (const b of blobs) {
+      const digest = await putBlob(s, b);
+      for (const c of (await s.chunks(digest))!) chunks.push({ ...c, size: Number(c.size) });
+    }
+    await s.sync();
+    assert(new Set(await packFiles(dir)).size >= 6, "a pack per blob at least");
+    assert(chunks.some((c) => c.size > 64 * 1024), "chunks read asynchronously");
+    for (let round = 0; round < 20; round++) {
+      // Interleaved, so consecutive reads name different packs.
+      const order = chunks.map((_, i) => (i * 7 + round) % chunks.length);
+      await Promise.all(order.map(async (i) => {
+        const into = new Uint8Array(chunks[i].size);
+        await s.readChunkInto(chunks[i].digest, into);
+        assertEquals(blake3(into), chunks[i].digest);
+      }));
+    }
+    await s.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -134,6 +134,8 @@ export interface PackBlobServiceOptions {
   workers?: number;
   /** Packs are closed beyond this size (tests use small ones). */
   packTargetSize?: number;
+  /** Pack files kept open for reading (default 64; tests use few). */
+  readHandles?: number;
   /**
    * zstd level of new chunks above 16 KiB (`compression-level` in the URL;
    * default 3): lower writes faster and stores more. What is stored keeps
@@ -316,6 +318,7 @@ export class PackBlobService implements BlobService {
   readonly #inflight: InflightLimits;
   readonly #readAhead: number;
   readonly #packTarget: number;
+  readonly #readHandles: number;
   readonly #level: number | undefined;
   readonly #stmt: Record<
     | "chunk"
@@ -374,6 +377,7 @@ export class PackBlobService implements BlobService {
     this.#inflight = inflightLimits(options, LOCAL_INFLIGHT_LIMITS);
     this.#readAhead = Math.max(1, options.readAhead ?? 4);
     this.#packTarget = options.packTargetSize ?? PACK_TARGET_SIZE;
+    this.#readHandles = Math.max(1, options.readHandles ?? READ_HANDLES);
     this.#level = options.compressionLevel;
     if (
       this.#level !== undefined &&
@@ -780,7 +784,14 @@ export class PackBlobService implements BlobService {
     }
   }
 
-  /** A file descriptor for reading pack `id` (kept open, a bounded number of them). */
+  /**
+   * A file descriptor for reading pack `id` (kept open, a bounded number of
+   * them). Evicting one closes it even while an asynchronous read on it
+   * runs: Deno's `fs.read` takes its own reference to the open file when
+   * it is called, so the number is not reused under that read (the test
+   * "descriptor is not closed under a read" fails if a runtime ever
+   * resolves the number later).
+   */
   #readFd(id: number): number {
     const cached = this.#readFds.get(id);
     if (cached !== undefined) {
@@ -800,7 +811,7 @@ export class PackBlobService implements BlobService {
         `opening pack ${id}: ${errorMessage(err)}`,
       );
     }
-    if (this.#readFds.size >= READ_HANDLES) {
+    if (this.#readFds.size >= this.#readHandles) {
       const [oldest, oldFd] = this.#readFds.entries().next().value!;
       this.#readFds.delete(oldest);
       fs.closeSync(oldFd);
