@@ -2,8 +2,9 @@
  * Bounded concurrency, the one way the code base limits work in flight:
  * a {@linkcode Semaphore} for "at most n at once", a {@linkcode JobSet}
  * for background jobs bounded in count and weight whose first failure
- * sticks, and {@linkcode mapLimit} for mapping a list with at most n
- * calls pending.
+ * sticks, {@linkcode mapLimit} for mapping a list with at most n calls
+ * pending, and a {@linkcode ByteBudget} for optional work (reading ahead)
+ * that many holders share and none waits for.
  *
  * @module
  */
@@ -51,6 +52,39 @@ export class Semaphore {
   /** Callers waiting for a permit. */
   get waiting(): number {
     return this.#waiting.length;
+  }
+}
+
+/**
+ * Bytes shared by many holders and taken without waiting: a holder that
+ * cannot have more does without (reads less far ahead) rather than queue,
+ * so the budget bounds memory and never stalls anyone.
+ */
+export class ByteBudget {
+  /** The bytes there are in all. */
+  readonly total: number;
+  #inUse = 0;
+
+  /** A budget of `total` bytes (0 or more). */
+  constructor(total: number) {
+    this.total = Math.max(0, Math.floor(total));
+  }
+
+  /** Takes `bytes` if that many are free; returns whether it did. */
+  tryTake(bytes: number): boolean {
+    if (this.#inUse + bytes > this.total) return false;
+    this.#inUse += bytes;
+    return true;
+  }
+
+  /** Gives back `bytes` taken before. */
+  give(bytes: number): void {
+    this.#inUse = Math.max(0, this.#inUse - bytes);
+  }
+
+  /** Bytes taken and not given back. */
+  get inUse(): number {
+    return this.#inUse;
   }
 }
 

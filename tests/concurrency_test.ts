@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
-import { JobSet, mapLimit, Semaphore } from "../src/concurrency.ts";
+import { ByteBudget, JobSet, mapLimit, Semaphore } from "../src/concurrency.ts";
 
 /** A promise with its resolve/reject exposed, to drive jobs by hand. */
 function gate<T = void>() {
@@ -162,4 +162,19 @@ Deno.test("mapLimit: a failure stops new calls and waits for those running", asy
   // Items 0 and 1 run together; item 2 may start in lane 0 before item 1 fails.
   assert(started.length <= 3, `started ${started}`);
   assertEquals(finished, started.length, "a call was left running");
+});
+
+Deno.test("ByteBudget: takes only what is free, never waits, and counts what is given back", () => {
+  const budget = new ByteBudget(100);
+  assert(budget.tryTake(60));
+  assertEquals(budget.tryTake(50), false, "more than is free");
+  assert(budget.tryTake(40));
+  assertEquals(budget.inUse, 100);
+  budget.give(60);
+  assertEquals(budget.inUse, 40);
+  assert(budget.tryTake(60));
+  budget.give(100);
+  assertEquals(budget.inUse, 0);
+  assert(budget.tryTake(0), "nothing is always free");
+  assertEquals(new ByteBudget(0).tryTake(1), false);
 });

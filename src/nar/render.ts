@@ -19,6 +19,7 @@ import type { DirectoryService } from "../castore/directory/service.ts";
 import { B3_LEN, b3Display, type Digest, digestKey } from "../castore/digest.ts";
 import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
 import { CorruptionError } from "../errors.ts";
+import { ByteBudget } from "../concurrency.ts";
 import type { FileNode, NodeVariant } from "../castore/node.ts";
 import type { NarSummary } from "./calculation.ts";
 import { StreamHasher } from "./hasher.ts";
@@ -35,6 +36,17 @@ const PASS_THROUGH = 32 * 1024;
 const PREFETCH_FILE_MAX = 1024 * 1024;
 const PREFETCH_BYTES = 16 * 1024 * 1024;
 const PREFETCH_COUNT = 256;
+
+/**
+ * Bytes of small files read ahead by all renderings in this process
+ * together. Each may read up to {@linkcode PREFETCH_BYTES} ahead, but a
+ * binary cache serving hundreds of slow downloads would hold that much
+ * per download; beyond this budget a rendering reads its next files when
+ * their turn comes (slower for trees of many small files, never stalled).
+ */
+export const NAR_READ_AHEAD_BYTES = 128 * 1024 * 1024;
+/** The budget every rendering in this process shares (see {@linkcode NAR_READ_AHEAD_BYTES}). */
+export const narReadAhead: ByteBudget = new ByteBudget(NAR_READ_AHEAD_BYTES);
 
 /** What a rendering failure was about (upstream's io::ErrorKind where it has one). */
 export type NarRenderErrorKind =
@@ -343,6 +355,7 @@ async function* narParts(
   dir: DirectorySource,
   start = 0,
   length = Infinity,
+  budget = narReadAhead,
 ): AsyncGenerator<Uint8Array[]> {
   const dirs = new DirectoryCache(dir);
   if (node.$case === "directory") {
@@ -374,7 +387,7 @@ async function* narParts(
       }
       queuedFiles++;
       const left = item.file.size - BigInt(item.from);
-      if (left <= BigInt(PREFETCH_FILE_MAX)) {
+      if (left <= BigInt(PREFETCH_FILE_MAX) && budget.tryTake(Number(left))) {
         queuedBytes += Number(left);
         const data = readSmall(blob, item);
         data.catch(() => {}); // surfaced when its turn comes
@@ -412,8 +425,13 @@ async function* narParts(
       } else {
         queuedFiles--;
         if (data) {
-          queuedBytes -= Number(item.file.size - BigInt(item.from));
-          for (const piece of await data) add(piece);
+          const bytes = Number(item.file.size - BigInt(item.from));
+          queuedBytes -= bytes;
+          try {
+            for (const piece of await data) add(piece);
+          } finally {
+            budget.give(bytes);
+          }
         } else {
           if (groupBytes > 0) yield takeGroup();
           for await (const piece of blobContents(blob, item.file, item.from)) {
@@ -434,6 +452,7 @@ async function* narParts(
     items.return(undefined);
     // Stopped early: small files read ahead were never handed out; free them now.
     for (const { data } of queue) data?.then((pieces) => pieces.forEach(releaseWhole), () => {});
+    budget.give(queuedBytes);
   }
 }
 
@@ -446,7 +465,9 @@ export interface NarRange {
 /**
  * The NAR of `node`, in pieces; with `range`, only those bytes, starting
  * at the file and chunk that hold `range.start` rather than rendering from
- * the beginning. The root node's name is ignored. Fails with
+ * the beginning. Small files are read ahead within `readAhead`, which
+ * every rendering in the process shares unless told otherwise. The root
+ * node's name is ignored. Fails with
  * {@linkcode NarRenderError} on missing blobs/directories, a blob whose
  * length differs from its node's `size`, or a NAR that ends before the
  * range does; backend errors pass through.
@@ -456,13 +477,14 @@ export async function* renderNar(
   blob: BlobSource,
   dir: DirectorySource,
   range?: NarRange,
+  readAhead: ByteBudget = narReadAhead,
 ): AsyncGenerator<Uint8Array> {
   const out = new Batcher();
   const done: Uint8Array[] = [];
   // Bytes still to yield: all of them without a range.
   let left = range ? range.length : Infinity;
   if (left <= 0) return;
-  for await (const group of narParts(node, blob, dir, range?.start, left)) {
+  for await (const group of narParts(node, blob, dir, range?.start, left, readAhead)) {
     for (const part of group) {
       out.push(part, done);
       left -= part.length;

@@ -29,6 +29,7 @@ import { MemoryPathInfoService } from "../../src/store/pathinfo/memory.ts";
 import type { BlobService } from "../../src/castore/blob/service.ts";
 import type { DirectoryService } from "../../src/castore/directory/service.ts";
 import { collectBytes } from "../conformance/harness.ts";
+import { ByteBudget } from "../../src/concurrency.ts";
 
 async function put(blob: BlobService, data: Uint8Array): Promise<Uint8Array> {
   const w = blob.openWrite();
@@ -241,6 +242,78 @@ Deno.test("a NAR of small files comes in pieces that each span a buffer of their
     const dump = await new Deno.Command("nix-store", { args: ["--dump", root] }).output();
     assert(dump.success);
     assertEquals(concat(pieces), dump.stdout);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("read-ahead of small files stays within a budget shared by renderings, which get it all back", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "render-budget-" });
+  try {
+    const root = `${tmp}/small`;
+    await Deno.mkdir(root);
+    for (let i = 0; i < 300; i++) {
+      await Deno.writeTextFile(`${root}/f${i}`, `budget ${i} `.repeat(100 + (i % 200)));
+    }
+    const blob = new MemoryBlobService();
+    const directory = new MemoryDirectoryService();
+    const pathInfo = new MemoryPathInfoService();
+    const { pathInfo: info } = await importPath(root, { blob, directory, pathInfo });
+    const node = info.node!.node!;
+    const dump = await new Deno.Command("nix-store", { args: ["--dump", root] }).output();
+    assert(dump.success);
+
+    // Two downloads taking turns, as a slow client's and a fast one's do.
+    const budget = new ByteBudget(64 * 1024);
+    const a = renderNar(node, blob, directory, undefined, budget);
+    const b = renderNar(node, blob, directory, undefined, budget);
+    const outA: Uint8Array[] = [], outB: Uint8Array[] = [];
+    let most = 0;
+    for (let doneA = false, doneB = false; !doneA || !doneB;) {
+      if (!doneA) {
+        const r = await a.next();
+        if (r.done) doneA = true;
+        else outA.push(r.value);
+      }
+      most = Math.max(most, budget.inUse);
+      if (!doneB) {
+        const r = await b.next();
+        if (r.done) doneB = true;
+        else outB.push(r.value);
+      }
+      most = Math.max(most, budget.inUse);
+    }
+    assert(most > 0 && most <= 64 * 1024, `${most} bytes read ahead at most`);
+    assertEquals(concat(outA), dump.stdout);
+    assertEquals(concat(outB), dump.stdout);
+    assertEquals(budget.inUse, 0, "all given back at the end");
+
+    // No budget at all: every file is read when its turn comes.
+    const none = new ByteBudget(0);
+    assertEquals(
+      await collectBytes(renderNar(node, blob, directory, undefined, none)),
+      dump.stdout,
+    );
+
+    // A download cut short gives back what it had read ahead.
+    const cut = renderNar(node, blob, directory, undefined, budget);
+    await cut.next();
+    assert(budget.inUse > 0, "read ahead before the cut");
+    await cut.return(undefined);
+    assertEquals(budget.inUse, 0, "given back after a cut");
+
+    // So does one that fails: a blob goes missing while files are read ahead.
+    const failing = new MemoryBlobService();
+    const names = [...Array(300).keys()].map((i) => `f${i}`);
+    for (const [i, name] of names.entries()) {
+      if (i === 150) continue;
+      await put(failing, await Deno.readFile(`${root}/${name}`));
+    }
+    await assertRejects(
+      () => collectBytes(renderNar(node, failing, directory, undefined, budget)),
+      NarRenderError,
+    );
+    assertEquals(budget.inUse, 0, "given back after a failure");
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
