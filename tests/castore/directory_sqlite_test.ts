@@ -179,3 +179,34 @@ Deno.test("processes writing one sqlite file concurrently all succeed", async ()
     }
   });
 });
+
+Deno.test("a single put fails, storing nothing, when gc elsewhere removes a child between its read and its mark", async () => {
+  await withDbFile(async (path) => {
+    // gc in another process: deletes each child row right after this
+    // service read it, before the put marks it as used.
+    const gc = new DatabaseSync(path);
+    class RacedByGc extends SqliteDirectoryService {
+      override async *getRecursive(digest: Uint8Array) {
+        for await (const d of super.getRecursive(digest)) {
+          gc.prepare("DELETE FROM directories WHERE digest = ?").run(directoryDigest(d));
+          yield d;
+        }
+      }
+    }
+    const s = new RacedByGc(path);
+    try {
+      await s.put(F.DIRECTORY_WITH_KEEP);
+      await assertRejects(() => s.put(F.DIRECTORY_COMPLICATED), StorageError, "was removed");
+      assertEquals(await s.get(COMPLICATED), undefined, "no directory over a missing child");
+      // Stored again, the child makes the parent's put (without the race) succeed.
+      const plain = new SqliteDirectoryService(path);
+      await plain.put(F.DIRECTORY_WITH_KEEP);
+      await plain.put(F.DIRECTORY_COMPLICATED);
+      assertEquals(await plain.get(COMPLICATED), F.DIRECTORY_COMPLICATED);
+      await plain.close();
+    } finally {
+      await s.close();
+      gc.close();
+    }
+  });
+});

@@ -12,7 +12,7 @@
  * @module
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { b3Display, blake3, checkDigestLength, type Digest } from "../digest.ts";
+import { b3Display, blake3, checkDigestLength, type Digest, digestKey } from "../digest.ts";
 import { type Directory, encodeDirectory } from "../directory.ts";
 import { CorruptionError, StorageError } from "../../errors.ts";
 import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
@@ -95,19 +95,35 @@ export class SqliteDirectoryService implements DirectoryService {
 
   /**
    * Stores one valid directory whose children are already stored. The
-   * children's closures are marked as used: the new directory relies on
-   * them, and a garbage collection running meanwhile must keep them.
+   * children's closures are marked as used in the same transaction that
+   * stores it: the new directory relies on them, and a garbage collection
+   * running meanwhile must keep them. If gc (in another process) removed
+   * one of them after it was read and before the mark, the put fails
+   * instead of storing a dangling reference.
    */
   async put(directory: Directory): Promise<Digest> {
     const digest = await checkSinglePut(directory, (d) => this.get(d));
-    const now = Date.now();
+    const closure = new Map<string, Digest>();
     for (const child of directory.directories) {
+      if (closure.has(digestKey(child.digest))) continue;
       for await (const d of this.getRecursive(child.digest)) {
-        const bytes = encodeDirectory(d);
-        storageCall("write", () => this.#touch.run(now, blake3(bytes)));
+        const d3 = blake3(encodeDirectory(d));
+        closure.set(digestKey(d3), d3);
       }
     }
-    storageCall("write", () => this.#insert.run(digest, encodeDirectory(directory), now));
+    const now = Date.now();
+    storageCall("write", () =>
+      inTransaction(this.#db, () => {
+        for (const d of closure.values()) {
+          if (Number(this.#touch.run(now, d).changes) !== 1) {
+            throw new StorageError(
+              `directory ${b3Display(digest)}: part of the closure it refers to was removed ` +
+                `while it was being stored (garbage collection?); put it again`,
+            );
+          }
+        }
+        this.#insert.run(digest, encodeDirectory(directory), now);
+      }));
     return digest;
   }
 
