@@ -16,7 +16,8 @@
  *   docs/compatibility.md#q15-fuse-inode-keys-directory-sizes-and-root-listing):
  *   a directory's `st_size` is always its `DirectoryNode.size` (it does
  *   not change once the directory was listed); the root listing never skips
- *   entries, honours offsets and reports provider errors as `EIO` for both
+ *   or repeats entries, honours offsets (keys of the names, so any Worker
+ *   continues any listing) and reports provider errors as `EIO` for both
  *   READDIR and READDIRPLUS; `open` of a symlink gives `ELOOP` (what
  *   `open(O_NOFOLLOW)` gives on a symlink; the kernel follows links itself
  *   before OPEN, so only odd callers see it) and of the root `EISDIR`.
@@ -25,7 +26,7 @@
  *
  * @module
  */
-import { b3Display, bytesEqual, compareBytes, digestKey } from "../castore/digest.ts";
+import { b3Display, blake3, bytesEqual, compareBytes, digestKey } from "../castore/digest.ts";
 import { type Directory, directoryDigest, directoryNodes } from "../castore/directory.ts";
 import { errorMessage } from "../errors.ts";
 import { isValidName, type NodeVariant, validateNode } from "../castore/node.ts";
@@ -79,17 +80,22 @@ export interface FsOptions {
   subtreePrefetch?: number;
 }
 
-/** Entries of a directory from index `start` on (`next` offset = index + 1). */
+/** Entries of a directory from index `start` on. */
 export interface DirSlice extends Listing {
   start: number;
+  /**
+   * The offset a READDIR passes to continue after each entry; without it,
+   * the entry's index + 1 (listings that never change).
+   */
+  offsets?: number[];
 }
 
-interface RootListing {
-  names: Uint8Array[];
-  inos: number[];
-  iter?: AsyncIterator<import("../store/pathinfo/service.ts").PathInfo>;
-  pulling?: Promise<void>;
-  error?: unknown;
+/**
+ * A snapshot of the root, in the order of each entry's key (see
+ * {@linkcode rootKey}), which is also its READDIR offset.
+ */
+interface RootListing extends Listing {
+  keys: number[];
 }
 
 /** Names of the extended attributes (docs/compatibility.md#extended-attributes). */
@@ -122,7 +128,7 @@ export class StoreFs {
   );
   readonly #rootNames = new Map<string, number>();
   readonly #rootLookups = new Map<string, Promise<number>>();
-  readonly #listings = new Map<number, RootListing>();
+  readonly #listings = new Map<number, Promise<RootListing>>();
   #nextHandle = 1;
 
   /** A filesystem over `services`, allocating inodes in `inodes`. */
@@ -190,18 +196,15 @@ export class StoreFs {
 
   /** Drops the root listing of handle `fh`. */
   releasedir(ino: number, fh: number): void {
-    if (ino !== ROOT_INO) return;
-    const l = this.#listings.get(fh);
-    this.#listings.delete(fh);
-    l?.iter?.return?.().catch(() => {});
+    if (ino === ROOT_INO) this.#listings.delete(fh);
   }
 
   /**
-   * Entries of `ino` from offset `offset` on (no `.` or `..`), at least
-   * `want` of them unless the directory ends first.
+   * Entries of `ino` after READDIR offset `offset` (no `.` or `..`): the
+   * whole listing, and where in it to start.
    */
-  readdir(ino: number, fh: number, offset: number, want: number): DirSlice | Promise<DirSlice> {
-    if (ino === ROOT_INO) return this.#readRoot(fh, offset, want);
+  readdir(ino: number, fh: number, offset: number): DirSlice | Promise<DirSlice> {
+    if (ino === ROOT_INO) return this.#readRoot(fh, offset);
     const dir = this.#populated(ino);
     if (dir instanceof Promise) {
       return dir.then((d) => ({ names: d.names, inos: d.inos, start: offset }));
@@ -379,48 +382,82 @@ export class StoreFs {
     return ino;
   }
 
-  async #readRoot(fh: number, offset: number, want: number): Promise<DirSlice> {
+  /**
+   * The root entries after READDIR offset `offset`. Offsets are the
+   * entries' keys, not positions, so a listing continues right wherever it
+   * is answered: on another Worker, or after its snapshot was dropped (more
+   * than {@linkcode MAX_ROOT_LISTINGS} open), a fresh snapshot is taken and
+   * entered after the key the kernel last saw. Paths present throughout are
+   * then listed exactly once, whatever was added or removed meanwhile.
+   */
+  async #readRoot(fh: number, offset: number): Promise<DirSlice> {
     if (!this.#opts.listRoot) throw new FsError(Errno.EPERM, "listing the root is disabled");
-    let l = this.#listings.get(fh);
-    if (!l) {
-      // The handle may come from another Worker: list afresh under the same handle.
-      l = { names: [], inos: [], iter: this.#svc.pathInfo.list()[Symbol.asyncIterator]() };
-      this.#listings.set(fh, l);
+    let listing = this.#listings.get(fh);
+    if (!listing) {
+      listing = this.#listRoot();
+      this.#listings.set(fh, listing);
       if (this.#listings.size > MAX_ROOT_LISTINGS) {
         const [oldFh] = this.#listings.keys();
-        this.releasedir(ROOT_INO, oldFh);
+        this.#listings.delete(oldFh);
       }
     }
-    while (l.names.length < offset + want && l.iter && !l.error) {
-      l.pulling ??= this.#pullRoot(l).finally(() => (l.pulling = undefined));
-      await l.pulling;
-    }
-    if (l.error && l.names.length < offset + want) {
-      log.warn("listing the root failed", { error: errorMessage(l.error) });
+    let l: RootListing;
+    try {
+      l = await listing;
+    } catch (err) {
+      // Not kept: the next READDIR tries again.
+      if (this.#listings.get(fh) === listing) this.#listings.delete(fh);
+      log.warn("listing the root failed", { error: errorMessage(err) });
       throw new FsError(Errno.EIO);
     }
-    return { names: l.names, inos: l.inos, start: offset };
+    return { names: l.names, inos: l.inos, start: firstAbove(l.keys, offset), offsets: l.keys };
   }
 
-  async #pullRoot(l: RootListing): Promise<void> {
-    try {
-      for (let i = 0; i < 256; i++) {
-        const r = await l.iter!.next();
-        if (r.done) {
-          l.iter = undefined;
-          return;
-        }
-        const node = r.value.node?.node;
-        if (!node || !isValidName(node.value.name)) continue;
-        const ino = this.#inodes.intern(node);
-        this.#rootNames.set(nameKey(node.value.name), ino);
-        l.names.push(node.value.name);
-        l.inos.push(ino);
-      }
-    } catch (err) {
-      l.error = err;
+  /** Every valid root entry the path info service lists, ordered by key. */
+  async #listRoot(): Promise<RootListing> {
+    const entries: { key: number; name: Uint8Array; ino: number }[] = [];
+    for await (const info of this.#svc.pathInfo.list()) {
+      const node = info.node?.node;
+      if (!node || !isValidName(node.value.name)) continue;
+      const ino = this.#inodes.intern(node);
+      this.#rootNames.set(nameKey(node.value.name), ino);
+      entries.push({ key: rootKey(node.value.name), name: node.value.name, ino });
     }
+    entries.sort((a, b) => a.key - b.key || compareBytes(a.name, b.name));
+    // Two names whose keys collide (one in 2^52) still get distinct offsets.
+    for (let i = 1; i < entries.length; i++) {
+      if (entries[i].key <= entries[i - 1].key) entries[i].key = entries[i - 1].key + 1;
+    }
+    return {
+      names: entries.map((e) => e.name),
+      inos: entries.map((e) => e.ino),
+      keys: entries.map((e) => e.key),
+    };
   }
+}
+
+/**
+ * A root entry's READDIR offset: 52 bits of the BLAKE3 digest of its name
+ * (exact in a JavaScript number), never 0, which starts a listing. Derived
+ * from the name alone, so every Worker and every snapshot agrees on it.
+ */
+function rootKey(name: Uint8Array): number {
+  const d = blake3(name);
+  const high = (d[0] << 12) | (d[1] << 4) | (d[2] >> 4); // 20 bits
+  const low = ((d[3] << 24) | (d[4] << 16) | (d[5] << 8) | d[6]) >>> 0; // 32 bits
+  const key = high * 0x100000000 + low;
+  return key === 0 ? 1 : key;
+}
+
+/** Index of the first of ascending `keys` above `offset`. */
+function firstAbove(keys: number[], offset: number): number {
+  let lo = 0, hi = keys.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (keys[mid] <= offset) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /** The inode of `name` in `dir` (binary search over the sorted names); ENOENT if absent. */

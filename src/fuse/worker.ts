@@ -28,7 +28,6 @@ import {
   type Attr,
   ATTR_OUT_SIZE,
   cStringAt,
-  DIRENT_SIZE,
   ENTRY_OUT_SIZE,
   FOPEN_KEEP_CACHE,
   get64,
@@ -170,9 +169,10 @@ async function serveChannel(
     let pos = OUT_HEADER_SIZE;
     for (let i = s.start; i < s.names.length; i++) {
       const attr = fs.getattr(s.inos[i]);
+      const next = s.offsets ? s.offsets[i] : i + 1;
       const used = plus
-        ? putDirentPlus(out, ov, pos, end, attr, i + 1, s.names[i])
-        : putDirent(out, ov, pos, end, attr.ino, i + 1, s.names[i], attr.mode);
+        ? putDirentPlus(out, ov, pos, end, attr, next, s.names[i])
+        : putDirent(out, ov, pos, end, attr.ino, next, s.names[i], attr.mode);
       if (used === 0) break;
       pos += used;
     }
@@ -270,7 +270,7 @@ async function serveChannel(
           const offset = get64(v, READ_IN.offset);
           const size = v.getUint32(READ_IN.size, true);
           const plus = opcode === Op.READDIRPLUS;
-          const r = fs.readdir(ino, fh, offset, Math.ceil(size / (DIRENT_SIZE + 8)));
+          const r = fs.readdir(ino, fh, offset);
           if (r instanceof Promise) {
             return later(r, fd, lo, hi, (s) => dirents(fd, lo, hi, s, size, plus));
           }
