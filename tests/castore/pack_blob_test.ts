@@ -390,6 +390,35 @@ Deno.test("pack: gc deleting a pack while its writer commits leaves no row point
   }
 });
 
+Deno.test("pack: a writer committing into a pack after gc counted it as empty keeps the pack", async () => {
+  // gc counts each pack's live bytes first and deletes empty ones after;
+  // another process's writer enters its rows into one of them in between.
+  const dir = await Deno.makeTempDir({ prefix: "pack-gc-late-rows-" });
+  try {
+    const writer = new PackBlobService(dir);
+    const DATA = F.pseudoRandom(2 * 1024 * 1024, 70);
+    const digest = await putBlob(writer, DATA); // published, not committed
+    const [pack] = await packFiles(dir);
+    const id = Number(pack.replace(".pack", ""));
+    let committed = false;
+    const gc = new PackBlobService(dir, {
+      beforeCompacting: async (at) => {
+        if (at !== id) return;
+        await writer.sync([digest]);
+        committed = true;
+      },
+    });
+    await gc.sweep(() => true, { cutoff: Date.now() + 60_000, dryRun: false });
+    assert(committed, "the writer committed while gc ran");
+    assertEquals(await packFiles(dir), [pack], "the pack its rows point into is kept");
+    const reader = new PackBlobService(dir);
+    assert(bytesEqual((await readBlob(reader, digest))!, DATA));
+    await Promise.all([writer.close(), gc.close(), reader.close()]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("pack: compression-level in the URL sets the level of new large chunks; bad values are refused", async () => {
   const dir = await Deno.makeTempDir({ prefix: "pack-level-" });
   try {

@@ -137,6 +137,12 @@ export interface PackBlobServiceOptions {
   /** Pack files kept open for reading (default 64; tests use few). */
   readHandles?: number;
   /**
+   * Awaited by garbage collection after it counted the live bytes of every
+   * pack and before it decides on pack `id`: tests let another writer
+   * commit there.
+   */
+  beforeCompacting?: (id: number) => void | Promise<void>;
+  /**
    * zstd level of new chunks above 16 KiB (`compression-level` in the URL;
    * default 3): lower writes faster and stores more. What is stored keeps
    * its level, and every level reads the same way.
@@ -319,6 +325,7 @@ export class PackBlobService implements BlobService {
   readonly #readAhead: number;
   readonly #packTarget: number;
   readonly #readHandles: number;
+  readonly #beforeCompacting?: (id: number) => void | Promise<void>;
   readonly #level: number | undefined;
   readonly #stmt: Record<
     | "chunk"
@@ -378,6 +385,7 @@ export class PackBlobService implements BlobService {
     this.#readAhead = Math.max(1, options.readAhead ?? 4);
     this.#packTarget = options.packTargetSize ?? PACK_TARGET_SIZE;
     this.#readHandles = Math.max(1, options.readHandles ?? READ_HANDLES);
+    this.#beforeCompacting = options.beforeCompacting;
     this.#level = options.compressionLevel;
     if (
       this.#level !== undefined &&
@@ -1349,6 +1357,7 @@ export class PackBlobService implements BlobService {
       if (!m) continue;
       const id = Number(m[1]);
       if (id === this.#current?.id || this.#dirty.has(id)) continue;
+      await this.#beforeCompacting?.(id);
       const path = this.#packPath(id);
       const stat = Deno.statSync(path);
       // Still being appended to (here or by another process), or too new.
