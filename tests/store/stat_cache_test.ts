@@ -10,11 +10,12 @@
  * the old tree recorded.
  */
 import { join } from "node:path";
-import { assert, assertEquals } from "../assert.ts";
+import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { RACY_MS, StatCache } from "../../src/store/stat_cache.ts";
 import {
   type DirectoryRecord,
   type FileIdentity,
+  IngestError,
   ingestPath,
   nodeFromStats,
 } from "../../src/castore/import/fs.ts";
@@ -23,6 +24,8 @@ import { MemoryBlobService } from "../../src/castore/blob/memory.ts";
 import { MemoryDirectoryService } from "../../src/castore/directory/memory.ts";
 import { childEnv, DENO_DIR, localStoreArgs, MAIN } from "../cli/helpers.ts";
 import { nixOracle } from "./tree_gen.ts";
+import { importPath } from "../../src/store/import.ts";
+import { MemoryPathInfoService } from "../../src/store/pathinfo/memory.ts";
 
 const digest = (n: number) => new Uint8Array(32).fill(n);
 const file = (over: Partial<FileIdentity> = {}): FileIdentity => ({
@@ -174,7 +177,7 @@ async function runImport(store: string, tree: string, cacheHome: string, traceTo
   const args = ["run", "-A", MAIN, "import", ...localStoreArgs(store), tree];
   const cmd = traceTo
     ? new Deno.Command("strace", {
-      args: ["-f", "-qq", "-e", "trace=openat", "-o", traceTo, Deno.execPath(), ...args],
+      args: ["-f", "-qq", "-y", "-e", "trace=openat", "-o", traceTo, Deno.execPath(), ...args],
       env: childEnv({ XDG_CACHE_HOME: cacheHome, DENO_DIR }),
       clearEnv: true,
       stdout: "piped",
@@ -193,12 +196,17 @@ async function runImport(store: string, tree: string, cacheHome: string, traceTo
   return td.decode(out.stdout).trim();
 }
 
-/** Files under `tree` that the traced process opened for reading (not directories). */
+/**
+ * Files under `tree` that the traced process opened for reading (not
+ * directories), by the path strace's `-y` gives the new descriptor: the
+ * import opens files relative to their directory's descriptor.
+ */
 async function filesRead(trace: string, tree: string): Promise<string[]> {
   const lines = (await Deno.readTextFile(trace)).split("\n");
   return lines
-    .filter((l) => l.includes(`"${tree}/`) && !l.includes("O_DIRECTORY") && !l.includes("= -1"))
-    .map((l) => /"([^"]+)"/.exec(l)![1]);
+    .filter((l) => !l.includes("O_DIRECTORY"))
+    .map((l) => / = \d+<([^>]+)>$/.exec(l)?.[1])
+    .filter((p): p is string => p !== undefined && p.startsWith(`${tree}/`));
 }
 
 Deno.test("import with the stat cache: unchanged trees read nothing, every change is noticed", async () => {
@@ -322,6 +330,157 @@ Deno.test("import with directory records: every listing change is noticed, match
       await settleAndRecord(what);
     }
   } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+/** Memory services whose blob uploads call `hook` once, before the first. */
+function servicesWithHook(hook: () => void) {
+  const blob = new MemoryBlobService();
+  const open = blob.openWrite.bind(blob);
+  let called = false;
+  blob.openWrite = () => {
+    if (!called) {
+      called = true;
+      hook();
+    }
+    return open();
+  };
+  return { blob, directory: new MemoryDirectoryService(), pathInfo: new MemoryPathInfoService() };
+}
+
+Deno.test("import: a directory swapped for a look-alike while files are read gives the listed tree, and the cache stays true", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-swap-" });
+  try {
+    const D = join(tmp, "D"), D2 = join(tmp, "D2"), OLD = join(tmp, "Dold");
+    for (const [dir, x] of [[D, "AAAA"], [D2, "BBBB"]]) {
+      await Deno.mkdir(dir);
+      await Deno.writeTextFile(join(dir, "a"), "1");
+      await Deno.writeTextFile(join(dir, "x"), x);
+    }
+    await new Promise((r) => setTimeout(r, RACY_MS + 100));
+    const expected = (await nixOracle(D, join(tmp, "nix"))).storePath;
+    const cache = StatCache.open(join(tmp, "cache.sqlite"))!;
+    try {
+      // Another process swaps D for D2 once the first file has been read.
+      const swapping = servicesWithHook(() => {
+        Deno.renameSync(D, OLD);
+        Deno.renameSync(D2, D);
+      });
+      const during = await importPath(D, swapping, { statCache: cache });
+      assertEquals(during.storePath.absolute(), expected, "the tree as it was listed");
+      // Back again: D is the untouched original, which the cache must not misname.
+      Deno.renameSync(D, D2);
+      Deno.renameSync(OLD, D);
+      const again = await importPath(D, swapping, { statCache: cache });
+      assertEquals(again.storePath.absolute(), expected);
+    } finally {
+      cache.close();
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("import: a file replaced by a symlink or a FIFO while the import runs fails it, without following or blocking", async () => {
+  for (const kind of ["symlink", "FIFO"]) {
+    const tmp = await Deno.makeTempDir({ prefix: "tvix-replace-" });
+    try {
+      const D = join(tmp, "D");
+      await Deno.mkdir(D);
+      await Deno.writeTextFile(join(D, "a"), "1");
+      await Deno.writeTextFile(join(D, "x"), "ordinary");
+      await Deno.writeTextFile(join(tmp, "secret"), "SECRET\n");
+      const replacing = servicesWithHook(() => {
+        Deno.removeSync(join(D, "x"));
+        if (kind === "symlink") Deno.symlinkSync(join(tmp, "secret"), join(D, "x"));
+        else {
+          const mk = new Deno.Command("mkfifo", { args: [join(D, "x")] }).outputSync();
+          assert(mk.success);
+        }
+      });
+      const err = await assertRejects(() => importPath(D, replacing), IngestError);
+      assert(err.message.includes(`${D}/x`), err.message);
+      assert(
+        err.message.includes(`was replaced while the import ran (now a ${kind})`),
+        err.message,
+      );
+      for await (const _ of replacing.pathInfo.list()) throw new Error("a path was stored");
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  }
+});
+
+Deno.test({
+  name:
+    "import: files whose inode numbers a JavaScript number cannot hold exactly are never taken from the cache",
+  // Needs root to mount tmpfs and overlayfs (whose `xino` sets bit 63).
+  ignore: Deno.uid() !== 0,
+}, async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-xino-" });
+  const mounts: string[] = [];
+  const mount = async (args: string[], at: string) => {
+    await Deno.mkdir(at, { recursive: true });
+    const out = await new Deno.Command("mount", { args: [...args, at], stderr: "piped" }).output();
+    if (out.success) mounts.unshift(at);
+    return out.success;
+  };
+  try {
+    const lower = join(tmp, "lower"), upper = join(tmp, "upper"), merged = join(tmp, "merged");
+    assert(await mount(["-t", "tmpfs", "none"], lower));
+    assert(await mount(["-t", "tmpfs", "none"], upper));
+    // Two files alike in size and timestamps (to the millisecond, as tar
+    // extracts them), different in contents.
+    const made = await new Deno.Command("/usr/bin/python3", {
+      args: [
+        "-c",
+        `
+import os, sys
+for attempt in range(50):
+    for d, x in (("D1", b"AAAA"), ("D2", b"BBBB")):
+        os.makedirs(os.path.join(sys.argv[1], d), exist_ok=True)
+        p = os.path.join(sys.argv[1], d, "f")
+        with open(p, "wb") as f: f.write(x)
+        os.utime(p, ns=(10**18, 10**18))
+    s = [os.lstat(os.path.join(sys.argv[1], d, "f")) for d in ("D1", "D2")]
+    if s[0].st_ctime_ns // 10**6 == s[1].st_ctime_ns // 10**6: sys.exit(0)
+sys.exit(1)
+`,
+        lower,
+      ],
+    }).output();
+    assert(made.success, "two files with the same ctime millisecond");
+    await Deno.mkdir(join(upper, "u"));
+    await Deno.mkdir(join(upper, "w"));
+    const opts = `lowerdir=${lower},upperdir=${upper}/u,workdir=${upper}/w,xino=on`;
+    assert(await mount(["-t", "overlay", "overlay", "-o", opts], merged));
+    const [i1, i2] = [
+      Deno.lstatSync(join(merged, "D1/f")).ino!,
+      Deno.lstatSync(join(merged, "D2/f")).ino!,
+    ];
+    assert(i1 > Number.MAX_SAFE_INTEGER, `inode ${i1} holds xino's high bits`);
+    assertEquals(i1, i2, "as numbers the two inodes are one");
+    await new Promise((r) => setTimeout(r, RACY_MS + 100));
+
+    const services = {
+      blob: new MemoryBlobService(),
+      directory: new MemoryDirectoryService(),
+      pathInfo: new MemoryPathInfoService(),
+    };
+    const cache = StatCache.open(join(tmp, "cache.sqlite"))!;
+    try {
+      for (const d of ["D2", "D1", "D2"]) {
+        const path = join(merged, d, "f");
+        const cached = await importPath(path, services, { statCache: cache });
+        const fresh = await importPath(path, services);
+        assertEquals(cached.storePath.absolute(), fresh.storePath.absolute(), d);
+      }
+    } finally {
+      cache.close();
+    }
+  } finally {
+    for (const m of mounts) await new Deno.Command("umount", { args: [m] }).output();
     await Deno.remove(tmp, { recursive: true });
   }
 });

@@ -34,9 +34,11 @@ const libcSymbols = {
 
 type Libc = Deno.DynamicLibrary<typeof libcSymbols>["symbols"];
 
-const { O_RDONLY, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW } = OPEN_FLAGS;
+const { O_RDONLY, O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK } = OPEN_FLAGS;
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
+/** `statx` of the descriptor itself (the name is empty). */
+const AT_EMPTY_PATH = 0x1000;
 /** Type, mode, nlink, uid, gid, times, inode, size, blocks. */
 const STATX_BASIC_STATS = 0x7ff;
 const EINTR = 4;
@@ -148,6 +150,11 @@ export interface RawStat {
   size: number;
   /** `st_dev` encoded as glibc's `makedev` does (as in `Deno.FileInfo.dev`). */
   dev: number;
+  /**
+   * `st_ino`, or -1 where a number cannot hold it exactly (2^53 and
+   * above: overlayfs with `xino`, some network filesystems). Two files
+   * must never share one, so such a file counts as unidentified.
+   */
   ino: number;
   /** Modification time, whole milliseconds since the epoch. */
   mtimeMs: number;
@@ -175,6 +182,25 @@ function u64(v: DataView, at: number): number {
   return v.getUint32(at, true) + v.getUint32(at + 4, true) * 2 ** 32;
 }
 
+/** The u64 at `at` of `v` if a number holds it exactly, else -1. */
+function exactU64(v: DataView, at: number): number {
+  return v.getUint32(at + 4, true) < 2 ** 21 ? u64(v, at) : -1;
+}
+
+/** The `statx` result in the shared buffer, as a {@linkcode RawStat}. */
+function statxResult(): RawStat {
+  // struct statx: fixed layout on every architecture.
+  const v = statxView;
+  return {
+    mode: v.getUint16(28, true),
+    ino: exactU64(v, 32),
+    size: u64(v, 40),
+    ctimeMs: statxMs(v, 96),
+    mtimeMs: statxMs(v, 112),
+    dev: makedev(v.getUint32(136, true), v.getUint32(140, true)),
+  };
+}
+
 /** A statx timestamp at `at` of `v` in whole milliseconds since the epoch. */
 function statxMs(v: DataView, at: number): number {
   const seconds = v.getUint32(at, true) + v.getInt32(at + 4, true) * 2 ** 32;
@@ -188,6 +214,7 @@ function statxMs(v: DataView, at: number): number {
  * them meanwhile.
  */
 const statxBuffer = new Uint8Array(STATX_SIZE);
+const EMPTY_NAME = new Uint8Array(1);
 const statxView = new DataView(statxBuffer.buffer);
 let nameBuffer = new Uint8Array(256);
 const dentsBuffer = new Uint8Array(DENTS_BUFFER);
@@ -213,6 +240,14 @@ export class RawFile {
     this.#c = c;
     this.#fd = fd;
     this.path = path;
+  }
+
+  /** What `fstat` says of the open file. */
+  stat(): RawStat {
+    if (this.#c.statx(this.#fd, EMPTY_NAME, AT_EMPTY_PATH, STATX_BASIC_STATS, statxBuffer) !== 0) {
+      fail("fstat", this.path);
+    }
+    return statxResult();
   }
 
   /** Reads into `buf`; the number of bytes read, or `null` at the end of the file. */
@@ -321,16 +356,7 @@ export class RawDir {
     ) {
       fail("lstat", () => this.#shown(name));
     }
-    // struct statx: fixed layout on every architecture.
-    const v = statxView;
-    return {
-      mode: v.getUint16(28, true),
-      ino: u64(v, 32),
-      size: u64(v, 40),
-      ctimeMs: statxMs(v, 96),
-      mtimeMs: statxMs(v, 112),
-      dev: makedev(v.getUint32(136, true), v.getUint32(140, true)),
-    };
+    return statxResult();
   }
 
   /** The target of the symlink `name`, as bytes. */
@@ -338,9 +364,18 @@ export class RawDir {
     return readLinkAt(this.#c, this.#live(), name, this.#shown(name));
   }
 
-  /** Opens the regular file `name` for reading (not following a symlink). */
+  /**
+   * Opens the entry `name` for reading: not following a symlink, and
+   * without waiting for a writer if it is a FIFO now (the caller checks
+   * with {@linkcode RawFile.stat} that it is still the file it listed).
+   */
   openFile(name: Uint8Array): RawFile {
-    const fd = this.#c.openat(this.#live(), cString(name), O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    const fd = this.#c.openat(
+      this.#live(),
+      cString(name),
+      O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+      0,
+    );
     if (fd < 0) fail("open", () => this.#shown(name));
     return new RawFile(this.#c, fd, this.#shown(name));
   }

@@ -22,7 +22,7 @@
  *
  * @module
  */
-import { basename, join } from "node:path";
+import { basename } from "node:path";
 import type { BlobService } from "../blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "../directory/service.ts";
 import { compareBytes, type Digest } from "../digest.ts";
@@ -30,7 +30,14 @@ import { type Directory, directoryDigest, directorySize } from "../directory.ts"
 import { errorMessage, InvalidRequestError } from "../../errors.ts";
 import { JobSet } from "../../concurrency.ts";
 import type { NodeVariant } from "../node.ts";
-import { displayName, RawDir, rawFsUnavailable, type RawStat, utf8Name } from "./dir_ffi.ts";
+import {
+  displayName,
+  RawDir,
+  type RawFile,
+  RawFsError,
+  rawFsUnavailable,
+  type RawStat,
+} from "./dir_ffi.ts";
 import { type ListingEntry, listingKey } from "./listing_key.ts";
 import { releaseWhole } from "../blob/chunk_codec.ts";
 import { LOCAL_INFLIGHT_LIMITS } from "../blob/chunked_writer.ts";
@@ -194,7 +201,8 @@ function statOf(info: Deno.FileInfo): Stat {
     size: info.size,
     executable: ((info.mode ?? 0) & 0o100) !== 0,
     dev: info.dev,
-    ino: info.ino ?? -1,
+    // Above 2^53 the number is rounded, and two files could share it.
+    ino: info.ino !== null && Number.isSafeInteger(info.ino) ? info.ino : -1,
     mtimeMs: info.mtime?.getTime() ?? -1,
     ctimeMs: info.ctime?.getTime() ?? -1,
     examinedAt: Date.now(),
@@ -323,8 +331,11 @@ function listDirectory(loc: Location): Listing {
 
 /**
  * The children of the directory at `path`, listed by bytes (needed where a
- * name is not valid UTF-8): names that are valid UTF-8 keep their string
- * paths, the others are reached through the directory's descriptor.
+ * name is not valid UTF-8) and reached through the directory's descriptor:
+ * the directory they were listed in, even if a directory on the way to it
+ * is renamed or replaced while the walk runs (a file read by its path
+ * could then be another one than the one lstat saw, and the stat cache
+ * would record one file's identity with another's contents).
  */
 function listBytewise(path: string): Listing {
   const why = rawFsUnavailable();
@@ -340,19 +351,11 @@ function listBytewise(path: string): Listing {
     const examinedAt = Date.now();
     dir = RawDir.open(path);
     const children: Child[] = [];
-    let raw = false;
     for (const name of dir.names()) {
       const info = rawStatOf(dir.lstat(name), examinedAt);
-      const text = utf8Name(name);
-      if (text !== undefined) {
-        children.push({ loc: childPath(path, text), name, info });
-      } else {
-        children.push({ loc: { dir, name, path: join(path, displayName(name)) }, name, info });
-        raw = true;
-      }
+      children.push({ loc: { dir, name, path: childPath(path, displayName(name)) }, name, info });
     }
-    if (!raw) dir.close();
-    return { children, close: raw ? () => dir!.close() : noClose };
+    return { children, close: () => dir!.close() };
   } catch (err) {
     dir?.close();
     throw new IngestError(path, `listing failed: ${errorMessage(err)}`);
@@ -367,7 +370,7 @@ function listRawDirectory(loc: RawLocation): Listing {
     dir = loc.dir.openDir(loc.name);
     const children: Child[] = [];
     for (const name of dir.names()) {
-      const child = { dir, name, path: join(loc.path, displayName(name)) };
+      const child = { dir, name, path: childPath(loc.path, displayName(name)) };
       children.push({ loc: child, name, info: rawStatOf(dir.lstat(name), examinedAt) });
     }
     return { children, close: () => dir!.close() };
@@ -402,20 +405,52 @@ interface PieceReader extends Disposable {
   readSync(buf: Uint8Array): number | null;
 }
 
-/** Opens the regular file at `loc` for reading. */
-function openFile(loc: Location): PieceReader {
-  return typeof loc === "string" ? Deno.openSync(loc, { read: true }) : loc.dir.openFile(loc.name);
+/**
+ * Opens the regular file at `loc`, which the listing lstat'ed as `info`,
+ * for reading, and checks that it opened that file: still a regular file
+ * with the same device and inode. One replaced since (by another file, a
+ * symlink, a FIFO) fails the import rather than have the stat cache record
+ * the listed file's identity with other contents. Through a descriptor
+ * nothing is followed and a FIFO does not block; by path (no FFI) a
+ * symlink is followed, and caught here.
+ */
+function openFile(loc: Location, info: Stat): PieceReader {
+  let f: RawFile | Deno.FsFile;
+  try {
+    f = typeof loc === "string" ? Deno.openSync(loc, { read: true }) : loc.dir.openFile(loc.name);
+  } catch (err) {
+    // O_NOFOLLOW met a symlink where the listing saw a file.
+    if (err instanceof RawFsError && err.errno === ELOOP) throw replaced(loc, "symlink");
+    throw err;
+  }
+  try {
+    const now = f instanceof Deno.FsFile ? statOf(f.statSync()) : rawStatOf(f.stat(), 0);
+    if (now.kind !== "file" || now.dev !== info.dev || now.ino !== info.ino) {
+      throw replaced(loc, now.kind === "file" ? "different file" : now.kind);
+    }
+  } catch (err) {
+    f.close();
+    throw err;
+  }
+  return f;
+}
+
+const ELOOP = 40;
+
+/** The import's failure for a file that is no longer the one its directory listed. */
+function replaced(loc: Location, now: string): IngestError {
+  return new IngestError(shown(loc), `was replaced while the import ran (now a ${now})`);
 }
 
 /**
- * The whole contents of the (small) file at `loc`, which lstat said has
- * `size` bytes; longer or shorter if it changed since.
+ * The whole contents of the (small) file at `loc`, which lstat said is
+ * `info`; longer or shorter if it changed since.
  */
-function readSmallFile(loc: Location, size: number): Uint8Array {
+function readSmallFile(loc: Location, info: Stat): Uint8Array {
   // Synchronous: against the page cache one call takes microseconds,
   // far less than a round trip through the threadpool.
-  if (typeof loc === "string") return Deno.readFileSync(loc);
-  using f = openFile(loc);
+  const size = info.size;
+  using f = openFile(loc, info);
   const data = new Uint8Array(size);
   let got = 0;
   while (got < size) {
@@ -562,8 +597,9 @@ export async function ingestPath(
     if (size <= SMALL_FILE) {
       let data: Uint8Array;
       try {
-        data = readSmallFile(loc, size);
+        data = readSmallFile(loc, walked.info);
       } catch (err) {
+        if (err instanceof IngestError) throw err;
         throw new IngestError(shown(loc), `reading failed: ${errorMessage(err)}`);
       }
       if (data.length !== size) throw changed(shown(loc), size, data.length);
@@ -594,7 +630,7 @@ export async function ingestPath(
     // MiB counted this way (by hand, three to six runs each).
     const writer = blob.openWrite();
     try {
-      using f = openFile(loc);
+      using f = openFile(loc, walked.info);
       const buf = pieceBuffer ??= new Uint8Array(READ_PIECE);
       let got = 0;
       while (true) {
