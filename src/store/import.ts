@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { resolve } from "node:path";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
 import {
@@ -82,14 +83,15 @@ export function nameFromPath(path: string): string {
   return last;
 }
 
-// The path to lstat: without trailing `/` or `/.`, which would follow a
-// symlink at the root (Nix canonicalises them away too).
+/**
+ * The path to lstat, made absolute and canonical as Nix does it: `.` and
+ * `..` are resolved in the text, not by the kernel, so `a/../b` is `./b`
+ * even where `a` is a symlink (the kernel would go to the parent of its
+ * target), and a trailing `/` or `/.`, which would follow a symlink at the
+ * root, goes.
+ */
 function hostPath(path: string): string {
-  let p = path;
-  while (p.length > 1 && (p.endsWith("/") || p.endsWith("/."))) {
-    p = p.endsWith("/") ? p.slice(0, -1) : p.slice(0, -2);
-  }
-  return p;
+  return resolve(path);
 }
 
 /**

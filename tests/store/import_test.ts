@@ -213,3 +213,23 @@ Deno.test("a 2000-level deep tree imports, renders and ingests like Nix's", asyn
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("import: `..` after a symlink is resolved in the text, as nix-store --add does", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-dotdot-" });
+  try {
+    await Deno.mkdir(join(tmp, "real", "x"), { recursive: true });
+    await Deno.writeTextFile(join(tmp, "real", "b"), "beside the symlink's target\n");
+    await Deno.writeTextFile(join(tmp, "b"), "beside the symlink\n");
+    await Deno.symlink(join(tmp, "real", "x"), join(tmp, "a"));
+    const given = `${tmp}/a/../b`;
+    const nix = await new Deno.Command("nix-store", {
+      args: ["--store", join(tmp, "nix"), "--add", given],
+      stdout: "piped",
+    }).output();
+    assert(nix.success);
+    const { storePath } = await importPath(given, services());
+    assertEquals(storePath.absolute(), new TextDecoder().decode(nix.stdout).trim());
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
