@@ -61,6 +61,21 @@ interface FileRow {
   digest: Uint8Array;
 }
 
+/** A cache file of another version than this build's. */
+class UnusableCache extends Error {}
+
+/**
+ * SQLite's messages for a damaged file and for one that is not a database
+ * (SQLITE_CORRUPT, SQLITE_NOTADB): Deno's node:sqlite errors carry the
+ * message, not the result code.
+ */
+const DAMAGED = /database disk image is malformed|file is not a database/;
+
+/** Whether `err`, from opening a cache file, means the file should be replaced. */
+function replaceable(err: unknown): boolean {
+  return err instanceof UnusableCache || DAMAGED.test(errorMessage(err));
+}
+
 /** Where the caches live: `$XDG_CACHE_HOME/tvix-store`, else `~/.cache/tvix-store`. */
 export function statCacheDir(): string | undefined {
   const xdg = Deno.env.get("XDG_CACHE_HOME");
@@ -124,8 +139,10 @@ export class StatCache {
         Deno.mkdirSync(join(path, ".."), { recursive: true });
         const db = new DatabaseSync(path);
         try {
+          // The wait first: switching to WAL already needs the lock that
+          // another import's write may hold.
           db.exec(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 2000",
+            "PRAGMA busy_timeout = 2000; PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF",
           );
           db.exec(`
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,7 +161,9 @@ export class StatCache {
           const row = db.prepare("SELECT value FROM meta WHERE key = 'version'").get() as
             | { value: string }
             | undefined;
-          if (row?.value !== SCHEMA_VERSION) throw new Error(`cache version ${row?.value}`);
+          if (row?.value !== SCHEMA_VERSION) {
+            throw new UnusableCache(`cache version ${row?.value}`);
+          }
           return new StatCache(db);
         } catch (err) {
           db.close();
@@ -152,7 +171,10 @@ export class StatCache {
         }
       } catch (err) {
         log.debug("stat cache unusable", { path, error: errorMessage(err) });
-        if (attempt > 0) return undefined;
+        // Busy (another import holds it), unreadable, a full disk: this run
+        // goes without. Only a file that is not a cache of ours is replaced,
+        // never one another process is using.
+        if (attempt > 0 || !replaceable(err)) return undefined;
         // Only speed is at stake: start afresh.
         for (const suffix of ["", "-wal", "-shm"]) {
           try {

@@ -10,6 +10,7 @@
  * the old tree recorded.
  */
 import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { RACY_MS, StatCache } from "../../src/store/stat_cache.ts";
 import {
@@ -169,6 +170,30 @@ Deno.test("stat cache: a corrupt cache file is replaced, costing only speed", ()
       assertEquals(cache.fileDigest(file()), digest(3));
     } finally {
       cache.close();
+    }
+  }));
+
+Deno.test("stat cache: a cache another import holds busy is left alone, and this run goes without", () =>
+  withCacheFile(async (path) => {
+    const first = StatCache.open(path)!;
+    assert(first.rememberFile(file(), digest(4), 1_000_000 + RACY_MS + 1));
+    first.close();
+    const ino = (await Deno.stat(path)).ino;
+    // Another import in the middle of writing its records.
+    const other = new DatabaseSync(path);
+    other.exec("BEGIN IMMEDIATE");
+    try {
+      assertEquals(StatCache.open(path), undefined, "no cache while it is busy");
+      assertEquals((await Deno.stat(path)).ino, ino, "the busy file was replaced");
+    } finally {
+      other.exec("COMMIT");
+      other.close();
+    }
+    const later = StatCache.open(path)!;
+    try {
+      assertEquals(later.fileDigest(file()), digest(4), "records kept");
+    } finally {
+      later.close();
     }
   }));
 
