@@ -34,6 +34,7 @@ import type { ServiceAddrs } from "../store/services.ts";
 import type { PathInfo } from "../proto/tvix/store/protos/pathinfo.ts";
 import type { IngestedTree } from "../store/import.ts";
 import type { StorePath } from "../store/store_path.ts";
+import type { PathInfoService } from "../store/pathinfo/service.ts";
 import { errorMessage, InvalidRequestError } from "../errors.ts";
 import * as nixbase32 from "../store/nixbase32.ts";
 import { mapLimit } from "../concurrency.ts";
@@ -280,6 +281,42 @@ export function referencesFirst(entries: ClosureEntry[]): ClosureEntry[] {
   return out;
 }
 
+/**
+ * Fails unless every reference of `missing` (the paths to copy) is in the
+ * input or already in the store: written anyway, a path would be valid
+ * with part of its closure absent, which the input of a `nix path-info
+ * --json` without `--recursive` leads to.
+ */
+async function checkReferencesKnown(
+  missing: ClosureEntry[],
+  input: ClosureEntry[],
+  pathInfo: Pick<PathInfoService, "get">,
+  m: CopyModules,
+): Promise<void> {
+  const given = new Set(input.map((e) => m.toHex(e.path.digest)));
+  const outside = new Map<string, { path: StorePath; by: StorePath }>();
+  for (const e of missing) {
+    for (const r of e.references) {
+      const key = m.toHex(r.digest);
+      if (!given.has(key) && !outside.has(key)) outside.set(key, { path: r, by: e.path });
+    }
+  }
+  const refs = [...outside.values()];
+  const found = await mapLimit(
+    refs,
+    LOOKUP_CONCURRENCY,
+    async (r) => await pathInfo.get(r.path.digest),
+  );
+  const absent = refs.filter((_, i) => !found[i]);
+  if (absent.length === 0) return;
+  const first = absent[0];
+  throw new InvalidRequestError(
+    `${first.by.absolute()} refers to ${first.path.absolute()}, which is neither in the input ` +
+      `nor in the store${absent.length > 1 ? ` (and ${absent.length - 1} more like it)` : ""}: ` +
+      "give the whole closure (`nix path-info --json --recursive`); nothing was copied",
+  );
+}
+
 interface CopyFlags extends ServiceAddrs {
   quiet?: boolean;
 }
@@ -324,6 +361,7 @@ async function copyClosure(
     );
     missing = unique.filter((_, i) => !present[i]);
     log.debug("copy", { paths: unique.length, missing: missing.length });
+    await checkReferencesKnown(missing, unique, services.pathInfo, m);
     const bar = new Progress({
       label: "copying",
       totalBytes: Number(missing.reduce((sum, e) => sum + e.narSize, 0n)),

@@ -146,6 +146,30 @@ Deno.test("copy ingests a closure, verifies NAR hashes, skips present paths, ref
       }
     }
 
+    // A reference neither in the input nor in the store is refused before anything is stored...
+    const partial = join(tmp, `store-${crypto.randomUUID()}`);
+    await Deno.writeTextFile(json, graphJson([{ ...b, references: [c.path] }]));
+    const r5 = await tvixStore(["copy", ...localStoreArgs(partial), json]);
+    assertEquals(r5.code, 1);
+    assert(
+      r5.stderr.includes(`${b.path} refers to ${c.path}, which is neither in the input nor in`),
+      r5.stderr,
+    );
+    const partialPi = await pathInfoServiceFromUrl(localStoreArgs(partial)[5]);
+    try {
+      for await (const info of partialPi.list()) {
+        throw new Error(`stored ${info.node?.node?.value.name}`);
+      }
+    } finally {
+      await partialPi.close();
+    }
+    // ...and one the store holds already is fine.
+    await Deno.writeTextFile(json, graphJson([{ ...c, references: [] }]));
+    assertEquals((await tvixStore(["copy", ...localStoreArgs(partial), json])).code, 0);
+    await Deno.writeTextFile(json, graphJson([{ ...b, references: [c.path] }]));
+    const r6 = await tvixStore(["copy", ...localStoreArgs(partial), json]);
+    assertEquals(r6.code, 0, r6.stderr);
+
     // Malformed JSON is a clear error.
     await Deno.writeTextFile(json, JSON.stringify({ closure: [{ path: "/tmp/x" }] }));
     const r4 = await tvixStore(["copy", ...localStoreArgs(store), json]);
