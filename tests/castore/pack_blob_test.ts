@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { PACK_MAGIC, PackBlobService, RECORD_HEADER } from "../../src/castore/blob/pack.ts";
@@ -414,6 +415,49 @@ Deno.test("pack: a writer committing into a pack after gc counted it as empty ke
     const reader = new PackBlobService(dir);
     assert(bytesEqual((await readBlob(reader, digest))!, DATA));
     await Promise.all([writer.close(), gc.close(), reader.close()]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("pack: a rewrite whose copies' pack another process's gc removed leaves the index and the old pack alone", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-gc-rewrite-dest-" });
+  try {
+    const LIVE = F.pseudoRandom(100 * 1024, 71), DEAD = F.pseudoRandom(1024 * 1024, 72);
+    const writer = new PackBlobService(dir);
+    const live = await putBlob(writer, LIVE);
+    await putBlob(writer, DEAD);
+    await writer.close();
+    const [old] = await packFiles(dir);
+    // Too new for the other gc, old enough for this one: only this one rewrites it.
+    const hour = new Date(Date.now() + 3600_000);
+    await Deno.utime(join(dir, old), hour, hour);
+    const other = new PackBlobService(dir);
+    let armed = false, interleaved = false;
+    class Collector extends PackBlobService {
+      override async sync(refs?: Uint8Array[]): Promise<void> {
+        await super.sync(refs);
+        if (!armed) return;
+        armed = false;
+        // Right after the copies were committed, before the index points at
+        // them: the other gc sees a quiet pack that no row points into.
+        await other.sweep(() => true, { cutoff: Date.now() + 60_000, dryRun: false });
+        interleaved = true;
+      }
+    }
+    const gc = new Collector(dir, {
+      beforeCompacting: (id) => void (armed = `${id}.pack` === old),
+    });
+    await assertRejects(
+      () => gc.sweep((d) => bytesEqual(d, live), { cutoff: Date.now() + 86400_000, dryRun: false }),
+      StorageError,
+      "another garbage collection removed",
+    );
+    assert(interleaved, "the other gc ran in between");
+    assert((await packFiles(dir)).includes(old), "the old pack stays");
+    const reader = new PackBlobService(dir);
+    assert(bytesEqual((await readBlob(reader, live))!, LIVE));
+    await Promise.all([gc.close(), other.close(), reader.close()]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

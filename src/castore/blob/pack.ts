@@ -1411,6 +1411,17 @@ export class PackBlobService implements BlobService {
     }
     storageCall("compact", () =>
       inTransaction(this.#db, () => {
+        // Under the write lock, as a writer's commit checks its packs: no
+        // row points into the copies yet, so another process's gc may have
+        // deleted the pack they went to since they were committed.
+        for (const to of new Set(moved.map((m) => m.pack))) {
+          if (!this.#packExists(to)) {
+            throw new StorageError(
+              `pack ${id}: its live records were copied to pack ${to}, which another ` +
+                "garbage collection removed meanwhile; the pack stays, run gc again",
+            );
+          }
+        }
         const move = this.#db.prepare(
           "UPDATE chunks SET pack = ?, offset = ? WHERE digest = ? AND pack = ?",
         );
