@@ -10,7 +10,7 @@
  */
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
-import { type Digest, digestKey, toHex } from "../castore/digest.ts";
+import { b3Display, type Digest, digestKey, toHex } from "../castore/digest.ts";
 import { directoryDigest } from "../castore/directory.ts";
 import type { NodeVariant } from "../castore/node.ts";
 import { isSweepable, type SweepReport } from "../castore/sweep.ts";
@@ -172,6 +172,7 @@ function progressReporter(
 /** Everything reachable from `roots`. */
 async function mark(
   directory: DirectoryService,
+  pathInfo: PathInfoService,
   roots: readonly Root[],
   options: GcOptions,
 ): Promise<{ directories: Set<string>; blobs: Set<string> }> {
@@ -186,9 +187,20 @@ async function mark(
       // A missing directory fails the walk: a damaged store is not
       // collected (verify --repair first), since what its paths still
       // reference cannot be told apart from garbage.
+      let found = false;
       for await (const d of directory.getRecursive(node.value.digest)) {
+        found = true;
         directories.add(digestKey(directoryDigest(d)));
         for (const f of d.files) blobs.add(digestKey(f.digest));
+      }
+      // A missing root yields nothing rather than failing; it is damage
+      // too, unless the path was deleted since it was listed.
+      if (!found && (await pathInfo.get(root.path.digest)) !== undefined) {
+        throw new CorruptionError(
+          `${root.path.absolute()}: its root directory ${
+            b3Display(node.value.digest)
+          } does not exist; gc stops (run verify --repair first)`,
+        );
       }
     }
     await progress.done(root);
@@ -317,7 +329,7 @@ export async function collectGarbage(
     policy = await applyPolicies(services, roots, startedMs, options);
     roots = policy.kept;
   }
-  const live = await mark(directory, roots, options);
+  const live = await mark(directory, services.pathInfo, roots, options);
   options.signal?.throwIfAborted();
   options.onProgress?.({
     phase: "sweep",

@@ -160,6 +160,36 @@ Deno.test("verify: catches a flipped byte, a missing chunk and a missing directo
   }
 });
 
+Deno.test("gc: a path whose root directory is missing stops gc before it removes anything", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-noroot-" });
+  try {
+    const t = await tree(join(work, "t"), {
+      "sub/f": pseudoRandom(100_000, 30),
+      "top": te.encode("t"),
+    });
+    const store = join(work, "store");
+    const S = localStoreArgs(store);
+    const path = (await ok(["import", ...S, t])).trim();
+    const s = await constructServices(embeddedAddrs(store));
+    const root = (await s.pathInfo.get(StorePath.parseAbsolute(path).digest))!.node!.node!;
+    await s.close();
+    assert(root.$case === "directory");
+    const meta = new DatabaseSync(join(store, "store.sqlite"));
+    meta.prepare("DELETE FROM directories WHERE digest = ?").run(root.value.digest);
+    const rows = () => meta.prepare("SELECT count(*) AS n FROM directories").get()!.n;
+    const left = rows();
+    const before = packBytes(store);
+    const r = await tvixStore(["gc", "--grace", "0", ...S]);
+    assert(r.code !== 0, "gc must stop");
+    assertMatch(r.stderr, /root directory .* does not exist/);
+    assertEquals(rows(), left, "the rest of its tree is kept");
+    assertEquals(packBytes(store), before, "and its blobs");
+    meta.close();
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
 Deno.test("verify --repair removes paths with a damaged compressed chunk (decoded inline or in a Worker) or directory row", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-verify-compressed-" });
   try {
