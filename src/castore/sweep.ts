@@ -18,6 +18,12 @@ export interface SweepOptions {
   cutoff: number;
   /** Report what would go; change nothing. */
   dryRun: boolean;
+  /**
+   * The grace period `cutoff` was taken with (ms before the collection
+   * started), for backends that refuse one too short for them; without
+   * it they take the time between the cutoff and now.
+   */
+  graceMs?: number;
 }
 
 /** What a sweep removed (or, in a dry run, would remove). */

@@ -322,7 +322,8 @@ export async function collectGarbage(
   // reuses from now on is newer, so it is kept even though marking may not
   // see the PathInfo that will refer to it.
   const startedMs = Date.now();
-  const cutoff = startedMs - (options.graceMs ?? DEFAULT_GRACE_MS);
+  const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
+  const cutoff = startedMs - graceMs;
   let roots = await loadRoots(services.pathInfo);
   let policy: Awaited<ReturnType<typeof applyPolicies>> | undefined;
   if (options.olderThanMs !== undefined || options.maxSizeBytes !== undefined) {
@@ -338,7 +339,7 @@ export async function collectGarbage(
     bytesDone: 0,
     bytesTotal: 0,
   });
-  const sweepOptions = { cutoff, dryRun: options.dryRun ?? false };
+  const sweepOptions = { cutoff, dryRun: options.dryRun ?? false, graceMs };
   const directories = await directory.sweep(
     (d: Digest) => live.directories.has(digestKey(d)),
     sweepOptions,

@@ -31,8 +31,10 @@ export const TOUCH_AFTER_MS = 10 * 60 * 1000;
  * store and its clients.
  */
 export const MIN_GRACE_MS = TOUCH_AFTER_MS + 5 * 60 * 1000;
-/** Requests at once for the index reads and the re-checks before deleting. */
+/** Requests at once for the index reads, and for the re-checks of one batch before deleting it. */
 const PARALLEL = 16;
+/** Batches of re-checks and deletes under way at once (each its own window; see the sweep). */
+const PARALLEL_BATCHES = 4;
 
 /**
  * Whether `path` holds an object of `length` bytes; if so, and it was last
@@ -79,7 +81,9 @@ export async function sweepObjectStoreBlobs(
   // Writers refresh a reused object only once it is TOUCH_AFTER_MS old, so
   // a shorter grace could collect one an upload in flight just reused.
   // Grace 0 stays allowed: it is for a store nothing writes to.
-  const grace = Date.now() - options.cutoff;
+  // The grace gc was given: the time since the cutoff also counts the
+  // listing and marking, which may take long with grace 0.
+  const grace = options.graceMs ?? Date.now() - options.cutoff;
   if (grace > 1000 && grace < MIN_GRACE_MS) {
     throw new InvalidRequestError(
       `a grace period under ${MIN_GRACE_MS / 60_000} minutes is unsafe on an object store ` +
@@ -126,14 +130,22 @@ export async function sweepObjectStoreBlobs(
   let removed = 0;
   let removedBytes = 0;
   for (const group of [deadIndexes, deadChunks]) {
-    const still = await mapLimit(group, PARALLEL, async (o) => {
-      const now = await store.stat(o.path);
-      return now !== undefined && now.modified < options.cutoff ? now : undefined;
+    // Looked at again (HEAD) and deleted in batches of PARALLEL, each
+    // deleted right after its HEADs (which run at once): an upload that
+    // reuses (touches) an object after its HEAD loses it if the delete
+    // still comes, so that window is one round of HEADs, not the group's.
+    const batches = [];
+    for (let i = 0; i < group.length; i += PARALLEL) batches.push(group.slice(i, i + PARALLEL));
+    await mapLimit(batches, PARALLEL_BATCHES, async (batch) => {
+      const still = await Promise.all(batch.map(async (o) => {
+        const now = await store.stat(o.path);
+        return now !== undefined && now.modified < options.cutoff ? now : undefined;
+      }));
+      const gone = still.filter((o) => o !== undefined);
+      await store.deleteMany(gone.map((o) => o.path));
+      removed += gone.length;
+      removedBytes += gone.reduce((sum, o) => sum + o.size, 0);
     });
-    const gone = still.filter((o) => o !== undefined);
-    await store.deleteMany(gone.map((o) => o.path));
-    removed += gone.length;
-    removedBytes += gone.reduce((sum, o) => sum + o.size, 0);
   }
   return {
     removed,

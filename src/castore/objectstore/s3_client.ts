@@ -311,9 +311,17 @@ export class S3Client {
         }
         objects.push({ key, size, lastModified });
       }
-      token = xmlFirst(xml, "IsTruncated") === "true"
-        ? xmlFirst(xml, "NextContinuationToken")
-        : undefined;
+      if (xmlFirst(xml, "IsTruncated") === "true") {
+        token = xmlFirst(xml, "NextContinuationToken");
+        // Ending here would look like the whole listing, and gc would take
+        // what the rest of it names for garbage.
+        if (!token) {
+          throw new StorageError(
+            `S3 ${this.#where}: list ${prefix}: the server cut the listing short without ` +
+              "a continuation token (ListObjectsV2 is needed)",
+          );
+        }
+      } else token = undefined;
     } while (token !== undefined);
     return objects;
   }
