@@ -419,7 +419,7 @@ export async function verifyStore(
   options: { repair?: boolean; onProgress?: (progress: GcProgress) => void } = {},
 ): Promise<VerifyReport> {
   const damaged: DamagedPath[] = [];
-  const broken: { digest: Uint8Array; info: PathInfo }[] = [];
+  const broken: Uint8Array[] = [];
   const infos: PathInfo[] = [];
   for await (const info of services.pathInfo.list()) infos.push(info);
   const sized = infos.map((info) => ({ info, narSize: Number(info.narinfo?.narSize ?? 0n) }));
@@ -438,7 +438,7 @@ export async function verifyStore(
     if (error !== undefined) {
       damaged.push({ storePath: storePath?.absolute() ?? "(unnamed)", error });
       // Unnamed: nothing to remove by name.
-      if (storePath) broken.push({ digest: storePath.digest, info });
+      if (storePath) broken.push(storePath.digest);
     }
     await progress.done(item);
   }
@@ -447,9 +447,13 @@ export async function verifyStore(
   if (options.repair && broken.length > 0) {
     const remove = services.pathInfo.delete;
     if (!remove) throw new InvalidRequestError("these path info services cannot delete");
-    for (const { digest, info } of broken) {
-      if (await pathDamage(info, services) === undefined) continue;
-      if (await remove.call(services.pathInfo, digest)) repaired++;
+    for (const digest of broken) {
+      // What is stored now, checked again: the path may have been stored
+      // anew (whole) since the first pass, and then it stays. Removed only
+      // if it is still what this check found damaged.
+      const current = await services.pathInfo.get(digest);
+      if (!current || await pathDamage(current, services) === undefined) continue;
+      if (await remove.call(services.pathInfo, digest, current)) repaired++;
     }
     if (repaired > 0) await services.pathInfo.sync?.();
   }

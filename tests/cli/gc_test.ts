@@ -26,6 +26,7 @@ import { blake3 } from "../../src/castore/digest.ts";
 import { checkNars, expected, ok, packBytes, tree } from "./gc_helpers.ts";
 import { run } from "../store/tree_gen.ts";
 import { renameNode, toNode } from "../../src/castore/node.ts";
+import { calculateNar } from "../../src/nar/render.ts";
 
 const te = new TextEncoder();
 
@@ -266,6 +267,70 @@ async function repairOver(
   assertEquals((await ok(["list", ...S])).trim().split("\n").sort(), [...paths].sort());
   return failure;
 }
+
+Deno.test("verify --repair leaves a damaged path that was stored anew, whole, while it ran", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-verify-anew-" });
+  try {
+    const store = join(work, "store");
+    // Two builds of one input-addressed path: same name, other bytes.
+    const name = "22222222222222222222222222222222-p";
+    const [one, two] = [1, 2].map((i) => pseudoRandom(100_000 + i, 40 + i));
+    const s = await constructServices(embeddedAddrs(store));
+    try {
+      const infoOf = async (data: Uint8Array) => {
+        const w = s.blob.openWrite();
+        await w.write(data);
+        const digest = await w.close();
+        const node = toNode({
+          $case: "file" as const,
+          value: { name: te.encode(name), digest, size: BigInt(data.length), executable: false },
+        });
+        const nar = await calculateNar(node.node!, s.blob, s.directory);
+        return {
+          node,
+          references: [],
+          narinfo: {
+            narSize: nar.narSize,
+            narSha256: nar.narSha256,
+            signatures: [],
+            referenceNames: [],
+            deriver: undefined,
+            ca: undefined,
+            upload: undefined,
+          },
+        };
+      };
+      const damaged = await infoOf(one);
+      const anew = await infoOf(two);
+      await s.pathInfo.put(damaged);
+      await s.blob.sync?.();
+      // The first build's only chunk goes missing.
+      const index = new DatabaseSync(join(store, "packs", "index.sqlite"));
+      index.prepare("DELETE FROM chunks WHERE digest = ?").run(blake3(one));
+      index.close();
+      let stored = false;
+      const report = await verifyStore(s as ManagedServices, {
+        repair: true,
+        onProgress: (p) => {
+          // Checked and found damaged; stored anew before the repair.
+          if (!stored && p.pathsTotal > 0 && p.pathsDone === p.pathsTotal) {
+            stored = true;
+            s.pathInfo.put(anew);
+          }
+        },
+      });
+      assert(stored);
+      assertEquals(report.damaged.length, 1);
+      assertEquals(report.repaired, 0);
+      const digest = StorePath.parseBasenameBytes(te.encode(name)).digest;
+      assertEquals((await s.pathInfo.get(digest))?.node, anew.node, "the new build stays");
+    } finally {
+      await s.close();
+    }
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
 
 Deno.test("verify --repair with the blobs out of reach fails and removes nothing", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-verify-down-" });

@@ -121,6 +121,24 @@ export function pathInfoServiceConformance(
     assertEquals(await s.get(new Uint8Array(20)), good);
   });
 
+  test("delete: all of a path, or (given what was checked) only if it is still that", async (s) => {
+    if (!s.delete) return;
+    const checked = symlinkPathInfo();
+    const digest = StorePath.parseBasenameBytes(checked.node!.node!.value.name).digest;
+    assertEquals(await s.delete(digest), false, "nothing to delete");
+    await s.put(checked);
+    // Stored anew meanwhile (another target): the conditional delete leaves it.
+    const anew = symlinkPathInfo(undefined, "/nix/store/elsewhere");
+    await s.put(anew);
+    assertEquals(await s.delete(digest, checked), false);
+    assertEquals(await s.get(digest), anew);
+    assertEquals(await s.delete(digest, anew), true);
+    assertEquals(await s.get(digest), undefined);
+    await s.put(checked);
+    assertEquals(await s.delete(digest), true);
+    assertEquals(await collect(s.list()), []);
+  });
+
   // Backends that keep access times (docs/gc.md#access-times); a remote
   // daemon keeps its own and offers none.
   test("access times: a put is an access, recorded ones only move forward", async (s) => {

@@ -7,7 +7,7 @@
 import { digestKey, fromHex } from "../../castore/digest.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import type { PathAccess, PathInfoService } from "./service.ts";
-import { checkPathInfoDigest, validateForPut } from "./put_check.ts";
+import { checkPathInfoDigest, sameInfo, validateForPut } from "./put_check.ts";
 
 /** A PathInfoService keeping every PathInfo in memory. */
 export class MemoryPathInfoService implements PathInfoService {
@@ -45,12 +45,15 @@ export class MemoryPathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo with this digest; false if there was none. */
-  delete(digest: Uint8Array): Promise<boolean> {
+  /** Removes the PathInfo with this digest (if still `expected`); false if there was none. */
+  delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
-      this.#accessed.delete(digestKey(digest));
-      return Promise.resolve(this.#infos.delete(digestKey(digest)));
+      const key = digestKey(digest);
+      const stored = this.#infos.get(key);
+      if (expected && !(stored && sameInfo(stored, expected))) return Promise.resolve(false);
+      this.#accessed.delete(key);
+      return Promise.resolve(this.#infos.delete(key));
     } catch (err) {
       return Promise.reject(err);
     }

@@ -14,7 +14,12 @@
 import { PostgresDb, type Schema } from "../../castore/postgres_db.ts";
 import type { PostgresConfig } from "../../castore/postgres_url.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
-import { checkPathInfoDigest, decodeStoredPathInfo, validateForPut } from "./put_check.ts";
+import {
+  checkPathInfoDigest,
+  decodeStoredPathInfo,
+  sameInfo,
+  validateForPut,
+} from "./put_check.ts";
 import type { PathAccess, PathInfoService } from "./service.ts";
 
 /** The `pathinfos` table, version by version (docs/storage.md#postgresql). */
@@ -94,15 +99,25 @@ export class PostgresPathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo with this digest; false if there was none. */
-  async delete(digest: Uint8Array): Promise<boolean> {
+  /** Removes the PathInfo with this digest (if still `expected`); false if there was none. */
+  async delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
     checkPathInfoDigest(digest);
-    const gone = await this.#db.run(
-      "delete",
-      "DELETE FROM pathinfos WHERE digest = $1 RETURNING digest",
-      [digest],
-    );
-    return gone.length > 0;
+    if (!expected) {
+      const gone = await this.#db.run(
+        "delete",
+        "DELETE FROM pathinfos WHERE digest = $1 RETURNING digest",
+        [digest],
+      );
+      return gone.length > 0;
+    }
+    return await this.#db.transaction("delete", async (tx) => {
+      const rows = await tx.query("SELECT data FROM pathinfos WHERE digest = $1 FOR UPDATE", [
+        digest,
+      ]);
+      if (rows.length === 0 || !sameInfo(rows[0].data as Uint8Array, expected)) return false;
+      await tx.query("DELETE FROM pathinfos WHERE digest = $1", [digest]);
+      return true;
+    });
   }
 
   /** Moves access times forward, all in one transaction. */

@@ -17,6 +17,21 @@ export function checkPathInfoDigest(digest: Uint8Array): void {
 }
 
 /**
+ * Whether the stored bytes `stored` hold the PathInfo `expected`, compared
+ * as this build encodes both (fields it does not know are left out of
+ * both sides). For deletions conditional on what was checked.
+ */
+export function sameInfo(stored: Uint8Array, expected: PathInfo): boolean {
+  let decoded: PathInfo;
+  try {
+    decoded = PathInfo.decode(stored);
+  } catch {
+    return false;
+  }
+  return bytesEqual(PathInfo.encode(decoded).finish(), PathInfo.encode(expected).finish());
+}
+
+/**
  * Validates a PathInfo about to be stored and returns its store path.
  * Throws `InvalidRequestError` "failed to validate PathInfo: …".
  */

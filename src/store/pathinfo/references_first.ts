@@ -56,9 +56,9 @@ export class ReferencesFirstPathInfoService implements PathInfoService {
   }
 
   /** As the wrapped service (absent if it cannot delete). */
-  get delete(): ((digest: Uint8Array) => Promise<boolean>) | undefined {
+  get delete(): ((digest: Uint8Array, expected?: PathInfo) => Promise<boolean>) | undefined {
     const inner = this.#inner;
-    return inner.delete && ((digest) => inner.delete!(digest));
+    return inner.delete && ((digest, expected) => inner.delete!(digest, expected));
   }
 
   /** As the wrapped service (absent if it keeps no access times). */

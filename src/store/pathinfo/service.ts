@@ -33,10 +33,12 @@ export interface PathInfoService {
 
   /**
    * Removes the PathInfo of the store path with this 20-byte digest; false
-   * if there was none. Absent where the backend cannot delete (a remote
-   * daemon: the upstream protocol has no delete).
+   * if there was none. With `expected`, only if the stored PathInfo is
+   * still that one (as one atomic step): a path stored anew meanwhile
+   * stays. Absent where the backend cannot delete (a remote daemon: the
+   * upstream protocol has no delete).
    */
-  delete?(digest: Uint8Array): Promise<boolean>;
+  delete?(digest: Uint8Array, expected?: PathInfo): Promise<boolean>;
 
   /**
    * Makes every change made through this service so far durable, even

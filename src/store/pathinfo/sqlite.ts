@@ -13,7 +13,12 @@ import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { StorageError } from "../../errors.ts";
 import { durably, inTransaction, openDatabase, storageCall } from "../../castore/sqlite_db.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
-import { checkPathInfoDigest, decodeStoredPathInfo, validateForPut } from "./put_check.ts";
+import {
+  checkPathInfoDigest,
+  decodeStoredPathInfo,
+  sameInfo,
+  validateForPut,
+} from "./put_check.ts";
 import type { PathAccess, PathInfoService } from "./service.ts";
 
 const SCHEMA = `CREATE TABLE IF NOT EXISTS pathinfos (
@@ -116,14 +121,18 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo with this digest; false if there was none. */
-  delete(digest: Uint8Array): Promise<boolean> {
+  /** Removes the PathInfo with this digest (if still `expected`); false if there was none. */
+  delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
-      const changes = storageCall(
-        "delete",
-        () => this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?").run(digest).changes,
-      );
+      const changes = storageCall("delete", () =>
+        inTransaction(this.#db, () => {
+          if (expected) {
+            const row = this.#db.prepare("SELECT data FROM pathinfos WHERE digest = ?").get(digest);
+            if (!row || !sameInfo(row.data as Uint8Array, expected)) return 0;
+          }
+          return this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?").run(digest).changes;
+        }));
       return Promise.resolve(Number(changes) > 0);
     } catch (err) {
       return Promise.reject(err);
