@@ -135,9 +135,25 @@ interface Connection {
   timer?: ReturnType<typeof setTimeout>;
   /** Cuts the response body being streamed, if any. */
   cut?: () => void;
+  /**
+   * Settles when the last request received has been answered: the next
+   * one (pipelined on the same connection) starts only then.
+   */
+  previous?: Promise<void>;
 }
 
+/**
+ * Requests one connection may have pipelined ahead of the one being
+ * answered; beyond that it is closed. Each waits for its predecessor's
+ * response to end, so a client cannot make the server render many
+ * responses at once (and hold them all) over one connection.
+ */
+const MAX_PIPELINED = 16;
+
 const CLOSED = Symbol("closed");
+
+/** A pipelined request whose connection closed before its turn came. */
+class ConnectionGone extends Error {}
 
 /**
  * Bytes a streamed response may have queued for the socket before the
@@ -368,10 +384,25 @@ export function serveHttp(
       conn.active++;
       clearTimeout(conn.timer);
       conn.timer = undefined;
+      if (conn.active > MAX_PIPELINED + 1) {
+        log.debug("nar-bridge: too many pipelined requests, closing the connection", {
+          remote: conn.socket.remoteAddress,
+        });
+        conn.socket.destroy();
+      }
     }
     // Writes after the client left fail here; the close event tells the rest.
     res.on("error", (err) => log.debug("nar-bridge: write failed", { error: errorMessage(err) }));
+    let answered!: () => void;
+    const ended = new Promise<void>((resolve) => (answered = resolve));
+    const turn = conn?.previous;
+    if (conn) conn.previous = ended;
+    // A response still queued behind another gets no close event of its
+    // own when the connection goes: its successors must not wait on it.
+    req.socket.once("close", answered);
     res.once("close", () => {
+      answered();
+      req.socket.off("close", answered);
       if (!conn) return;
       conn.active--;
       if (conn.active === 0 && !conn.socket.destroyed) arm(conn);
@@ -392,7 +423,12 @@ export function serveHttp(
       body: requestBody(req, limits.bodyTimeoutMs),
     };
     const started = performance.now();
-    const task = handler(request)
+    const task = (turn ?? Promise.resolve())
+      .then(() => {
+        // The connection went away while this request waited its turn.
+        if (res.destroyed || req.socket.destroyed) throw new ConnectionGone();
+        return handler(request);
+      })
       .then(async (response) => {
         const bytes = await send(req, res, response, conn, limits, path);
         log.debug("nar-bridge request", {
@@ -404,7 +440,9 @@ export function serveHttp(
         });
       })
       .catch((err) => {
-        log.error("nar-bridge: request failed", { path, error: errorMessage(err) });
+        if (!(err instanceof ConnectionGone)) {
+          log.error("nar-bridge: request failed", { path, error: errorMessage(err) });
+        }
         res.destroy();
       });
     inFlight.add(task);

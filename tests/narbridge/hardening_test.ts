@@ -310,6 +310,61 @@ async function put(url: string, body: Uint8Array | string): Promise<number> {
   return res.status;
 }
 
+Deno.test("pipelined requests on one connection are answered one at a time, and a flood of them closes it", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "narbridge-pipeline-" });
+  const store = localStoreArgs(join(tmp, "store"));
+  let server: ServerProcess | undefined;
+  const conns: Deno.Conn[] = [];
+  try {
+    // Many small files: each rendering reads up to 16 MiB of them ahead.
+    const tree = join(tmp, "tree");
+    await Deno.mkdir(tree);
+    for (let i = 0; i < 1500; i++) {
+      const data = new Uint8Array(16 * 1024);
+      crypto.getRandomValues(data.subarray(0, 8192));
+      data.set(data.subarray(0, 8192), 8192);
+      await Deno.writeFile(join(tree, `f${i}`), data);
+    }
+    const storePath = (await tvixStore(["import", "--no-stat-cache", ...store, tree])).stdout
+      .trim();
+    server = await startBridge(store);
+    const base = `http://${server.address}`;
+    const digest = storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
+    const ni = parseNarInfo(await (await fetch(`${base}/${digest}.narinfo`)).text());
+    const addr = hostPort(server.address);
+    const get = (path: string) => `GET /${path} HTTP/1.1\r\nHost: x\r\n\r\n`;
+
+    // 16 downloads of the NAR pipelined by a client that reads none of them:
+    // only the first is rendered, so memory grows by about one download's worth.
+    await new Promise((r) => setTimeout(r, 500));
+    const before = rssMiB(server.child.pid);
+    const slow = await Deno.connect(addr);
+    conns.push(slow);
+    await slow.write(te.encode(get(ni.url).repeat(16)));
+    await new Promise((r) => setTimeout(r, 3000));
+    const grown = rssMiB(server.child.pid) - before;
+    assert(grown < 70, `RSS grew by ${grown.toFixed(0)} MiB for one client's pipelined requests`);
+
+    // A flood of pipelined requests closes the connection before all are answered.
+    const flood = await Deno.connect(addr);
+    conns.push(flood);
+    await flood.write(te.encode(get("nix-cache-info").repeat(100))).catch(() => {});
+    const got = await readUntilClosed(flood, 5000);
+    assert(got !== undefined, "the flooding connection stays open");
+    const answered = got.match(/HTTP\/1\.1 200 /g)?.length ?? 0;
+    assert(answered < 100, `${answered} of 100 pipelined requests answered`);
+    await stillServing(base);
+  } finally {
+    for (const c of conns) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    if (server) await stopClean(server);
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
 Deno.test("an upload body shorter than its Content-Length gets 408 and stores nothing", async () => {
   const server = await startBridge([...MEMORY, "--body-timeout=1"]);
   try {
