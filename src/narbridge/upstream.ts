@@ -309,10 +309,24 @@ export class Upstreams {
     const fileHash = createHash("sha256");
     let fileSize = 0n;
     const body = withStallTimeout(res.body, this.#timeoutMs, `NAR ${url}`);
+    const mismatch = (what: string) =>
+      new UpstreamFailure(`${what} of ${url} differs from narinfo`);
+    // Stopped as soon as it is longer than the signed narinfo says, before
+    // more of it is stored: a NAR file swapped for a larger one (on the
+    // upstream, or on the way over http://) would otherwise fill the disk.
     const counted = async function* () {
       for await (const piece of body) {
         fileHash.update(piece);
         fileSize += BigInt(piece.length);
+        if (ni.fileSize !== undefined && fileSize > ni.fileSize) throw mismatch("FileSize");
+        yield piece;
+      }
+    };
+    const atMostNarSize = async function* (nar: AsyncIterable<Uint8Array>) {
+      let narSize = 0n;
+      for await (const piece of nar) {
+        narSize += BigInt(piece.length);
+        if (narSize > ni.narSize) throw mismatch("NarSize");
         yield piece;
       }
     };
@@ -323,7 +337,11 @@ export class Upstreams {
         sniffed = c;
         if (c !== codec) throw new UpstreamFailure(`NAR is ${c}, narinfo says ${compression}`);
       });
-      ingested = await ingestNar(nar, this.#services.blob, this.#services.directory);
+      ingested = await ingestNar(
+        atMostNarSize(nar),
+        this.#services.blob,
+        this.#services.directory,
+      );
     } catch (err) {
       if (err instanceof UpstreamFailure) throw err;
       // Corrupt or truncated data, a missing decompressor, a refused NAR:
@@ -331,8 +349,6 @@ export class Upstreams {
       const why = this.#stopping.signal.aborted ? "the bridge is shutting down" : errorMessage(err);
       throw new UpstreamFailure(`NAR ${url} (${sniffed ?? compression}): ${why}`);
     }
-    const mismatch = (what: string) =>
-      new UpstreamFailure(`${what} of ${url} differs from narinfo`);
     if (ingested.narSize !== ni.narSize) throw mismatch("NarSize");
     if (!bytesEqual(ingested.narSha256, ni.narHash)) throw mismatch("NarHash");
     if (ni.fileSize !== undefined && ni.fileSize !== fileSize) throw mismatch("FileSize");

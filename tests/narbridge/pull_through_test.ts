@@ -377,3 +377,77 @@ Deno.test("pull-through: an upstream that stalls or points elsewhere fails the p
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("pull-through: a NAR longer than its signed narinfo says is cut off, not stored whole", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "narbridge-long-" });
+  try {
+    const sec = join(tmp, "k.sec"), pub = join(tmp, "k.pub");
+    const keygen = await new Deno.Command("nix-store", {
+      args: ["--generate-binary-cache-key", "long-1", sec, pub],
+    }).output();
+    assert(keygen.success);
+    const key = await SecretKey.fromFile(sec);
+    const dump = async (size: number) => {
+      const file = join(tmp, `f${size}`);
+      const data = new Uint8Array(size);
+      for (let o = 0; o < size; o += 65536) crypto.getRandomValues(data.subarray(o, o + 65536));
+      await Deno.writeFile(file, data);
+      return (await new Deno.Command("nix-store", { args: ["--dump", file] }).output()).stdout;
+    };
+    // What the narinfo describes, and the much longer NAR served in its place.
+    const small = await dump(10_000);
+    const large = await dump(64 << 20);
+    const ni = {
+      storePath: StorePath.fromParts(crypto.getRandomValues(new Uint8Array(20)), "long"),
+      url: "nar/long.nar",
+      compression: "none",
+      narHash: new Uint8Array(createHash("sha256").update(small).digest()),
+      narSize: BigInt(small.length),
+      references: [],
+      signatures: [] as NamedSignature[],
+      flags: {},
+    };
+    ni.signatures.push(key.sign(narInfoFingerprint(ni)));
+    let sent = 0;
+    const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
+      const path = new URL(req.url).pathname;
+      if (path === `/${digestOf(ni.storePath.absolute())}.narinfo`) {
+        return new Response(renderNarInfo(ni));
+      }
+      if (path !== "/nar/long.nar") return new Response("not found\n", { status: 404 });
+      let at = 0;
+      return new Response(
+        new ReadableStream({
+          pull: (c) => {
+            if (at >= large.length) return c.close();
+            const piece = large.slice(at, at + 65536);
+            at += piece.length;
+            sent += piece.length;
+            c.enqueue(piece);
+          },
+        }),
+      );
+    });
+    const bridge = await startServer([
+      "nar-bridge",
+      "--listen-address=127.0.0.1:0",
+      `--upstream=http://127.0.0.1:${upstream.addr.port}`,
+      `--upstream-trusted-public-keys=${(await Deno.readTextFile(pub)).trim()}`,
+      ...MEMORY,
+    ]);
+    try {
+      const res = await fetch(
+        `http://${bridge.address}/${digestOf(ni.storePath.absolute())}.narinfo`,
+      );
+      const body = await res.text();
+      assertEquals(res.status, 502, body);
+      assert(body.includes("NarSize"), body);
+      assert(sent < 16 << 20, `the upstream sent ${sent >> 20} MiB of a NAR said to be 10 kB`);
+    } finally {
+      await bridge.stop();
+      await upstream.shutdown();
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
