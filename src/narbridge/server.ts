@@ -65,7 +65,7 @@ import { Semaphore } from "../concurrency.ts";
 import { narListing } from "./listing.ts";
 import { AccessControl, type AccessTokens } from "./auth.ts";
 import { validatePathInfo } from "../store/pathinfo/validate.ts";
-import { type ReleaseReason, Staging } from "./staging.ts";
+import { type ReleaseReason, type StagedNar, Staging } from "./staging.ts";
 import { PullThroughError, type UpstreamOptions, Upstreams } from "./upstream.ts";
 import { instrumentHttp, recordNarInfoLookup, recordPulled } from "./metrics.ts";
 import {
@@ -465,6 +465,27 @@ export class NarBridge {
   }
 
   /**
+   * The NAR of a path already uploaded at `narPath`, as if staged: Nix
+   * names a NAR file after its hash and skips uploading one whose URL
+   * answers a HEAD, so a second path with the same contents arrives as a
+   * narinfo alone, also long after the first upload's lease ended. The
+   * checks against the narinfo then run against what that path stored.
+   */
+  async #storedUpload(narPath: string): Promise<StagedNar | undefined> {
+    const found = await this.#uploads.lookup(narPath.slice(1));
+    const node = found?.info.node?.node;
+    const narinfo = found?.info.narinfo;
+    if (!found || !node || !narinfo) return undefined;
+    return {
+      node,
+      narSize: narinfo.narSize,
+      narSha256: narinfo.narSha256,
+      fileSize: found.upload.fileSize,
+      fileSha256: found.upload.fileSha256,
+    };
+  }
+
+  /**
    * A NAR at the URL `nix copy --to` uploaded it to (`upload_urls.ts`),
    * rendered again in the compression its narinfo named.
    */
@@ -525,12 +546,20 @@ export class NarBridge {
       if (err instanceof InvalidRequestError) throw new HttpError(400, err.message);
       throw err;
     }
+    const fileSha256 = new Uint8Array(fileHash.digest());
+    // Nix names a NAR file after the hash of what it uploads; a file whose
+    // name says otherwise would take over the URL of other contents (and
+    // break the downloads of clients holding the narinfo that names it).
+    const named = NIX_NAR_NAME.exec(path)?.[1];
+    if (named !== undefined && named !== nixbase32.encode(fileSha256)) {
+      throw new HttpError(400, `${path} is named after another file hash than its contents'`);
+    }
     this.#staging.put(path, {
       node: ingested.node,
       narSize: ingested.narSize,
       narSha256: ingested.narSha256,
       fileSize: BigInt(fileSize),
-      fileSha256: new Uint8Array(fileHash.digest()),
+      fileSha256,
     });
     log.debug("nar-bridge: NAR uploaded, waiting for its narinfo", {
       path,
@@ -572,7 +601,7 @@ export class NarBridge {
       this.#staging.release(narPath);
       throw new HttpError(403, `no valid signature by a trusted key on ${ni.storePath}`);
     }
-    const staged = this.#staging.get(narPath);
+    const staged = this.#staging.get(narPath) ?? await this.#storedUpload(narPath);
     if (!staged) {
       throw new HttpError(
         400,
@@ -598,6 +627,13 @@ export class NarBridge {
     }
     info.node = { node: renameNode(staged.node, encoder.encode(ni.storePath.basename())) };
     const uploadUrl = narPath.slice(1);
+    // A URL serves one NAR: another path's, of other contents, keeps it.
+    const holder = await this.#uploads.lookup(uploadUrl);
+    if (
+      holder && holder.info.narinfo && !bytesEqual(holder.info.narinfo.narSha256, ni.narHash)
+    ) {
+      throw new HttpError(409, `${ni.url} already serves the NAR of another path`);
+    }
     if (info.narinfo) {
       info.narinfo.upload = {
         url: uploadUrl,
@@ -618,6 +654,9 @@ export class NarBridge {
     return { status: 200, headers: { "content-length": "0" } };
   }
 }
+
+/** How `nix copy --to` names an uploaded NAR: `nar/<nixbase32 file hash>.nar[.<compression>]`. */
+const NIX_NAR_NAME = /^\/nar\/([0-9a-df-np-sv-z]{52})\.nar(?:\.[a-z0-9]+)?$/;
 
 /** A running nar-bridge listener. */
 export interface NarBridgeHandle {

@@ -423,6 +423,40 @@ Deno.test("a staged upload expires with its lease (--upload-lease)", async () =>
   }
 });
 
+Deno.test("an upload cannot take over the URL of another path's NAR", async () => {
+  const server = await startBridge(MEMORY);
+  try {
+    const base = `http://${server.address}`;
+    const victim = fileNar(te.encode("the victim's contents\n"));
+    const other = fileNar(te.encode("other contents\n"));
+    const victimUrl = `nar/${nixbase32.encode(sha256(victim))}.nar`;
+    const victimInfo = narInfoFor(victim, victimUrl, "victim");
+    assertEquals(await put(`${base}/${victimUrl}`, victim), 200);
+    const victimDigest = nixbase32.encode(victimInfo.storePath.digest);
+    assertEquals(await put(`${base}/${victimDigest}.narinfo`, renderNarInfo(victimInfo)), 200);
+    // Other contents under a name Nix gives only to the victim's file: refused.
+    assertEquals(await put(`${base}/${victimUrl}`, other), 400);
+    // Under a name of no hash, they stage; but a narinfo naming a URL that
+    // serves another path's NAR is refused.
+    const free = "nar/not-a-hash.nar";
+    const firstInfo = narInfoFor(victim, free, "first");
+    assertEquals(await put(`${base}/${free}`, victim), 200);
+    const firstDigest = nixbase32.encode(firstInfo.storePath.digest);
+    assertEquals(await put(`${base}/${firstDigest}.narinfo`, renderNarInfo(firstInfo)), 200);
+    assertEquals(await put(`${base}/${free}`, other), 200);
+    const takeover = narInfoFor(other, free, "takeover");
+    const takeoverDigest = nixbase32.encode(takeover.storePath.digest);
+    assertEquals(await put(`${base}/${takeoverDigest}.narinfo`, renderNarInfo(takeover)), 409);
+    // Both URLs still serve what their narinfos describe.
+    for (const [url, nar] of [[victimUrl, victim], [free, victim]] as const) {
+      const res = await fetch(`${base}/${url}`);
+      assertEquals(new Uint8Array(await res.arrayBuffer()), nar, url);
+    }
+  } finally {
+    await stopClean(server);
+  }
+});
+
 Deno.test("with --trusted-public-keys, a refused narinfo releases its NAR", async () => {
   const server = await startBridge([
     ...MEMORY,

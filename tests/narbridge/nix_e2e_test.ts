@@ -220,6 +220,27 @@ Deno.test("real nix against nar-bridge", async (t) => {
       }
     });
 
+    await t.step("a second path with the same contents uploads to a fresh bridge", async () => {
+      // Nix finds the NAR already there (HEAD 200) and sends only the
+      // narinfo; the first upload's staging is gone with the first bridge.
+      const paths: string[] = [];
+      for (const name of ["same-a", "same-b"]) {
+        const src = join(tmp, name);
+        await Deno.mkdir(src);
+        await makeTree(src, "same contents");
+        paths.push((await nix.ok("nix-store", ["--store", nix.store, "--add", src])).trim());
+      }
+      await nix.ok("nix", ["copy", "--store", nix.store, "--to", url, paths[0]]);
+      const fresh = await startServer(["nar-bridge", "--listen-address=127.0.0.1:0", ...grpcArgs]);
+      servers.push(fresh);
+      const freshUrl = `http://${fresh.address}`;
+      await nix.ok("nix", ["copy", "--store", nix.store, "--to", freshUrl, paths[1]]);
+      assertEquals(
+        await nix.ok("nix", ["store", "cat", "--store", freshUrl, `${paths[1]}/hello.txt`]),
+        "Hello same contents!\n",
+      );
+    });
+
     await t.step(
       "a text-CA path with a reference round-trips (copy --to, path-info -r)",
       async () => {
@@ -271,10 +292,13 @@ Deno.test("real nix against nar-bridge", async (t) => {
       // Truncated NAR; then its narinfo finds no NAR.
       assertEquals(await put(`${url}/${narUrl}`, nar.slice(0, nar.length - 1000)), 400);
       assertEquals(await put(narinfoUrl, renderNarInfo(narinfo)), 400);
-      // A NAR whose hash disagrees with the narinfo.
+      // A NAR whose file hash disagrees with its name (Nix names it after that hash)...
       const other = (await nix.run("nix-store", ["--dump", tree])).raw;
-      assertEquals(await put(`${url}/${narUrl}`, other), 200);
-      assertEquals(await put(narinfoUrl, renderNarInfo(narinfo)), 400);
+      assertEquals(await put(`${url}/${narUrl}`, other), 400);
+      // ...or, under a name of no hash, whose NAR hash disagrees with the narinfo.
+      assertEquals(await put(`${url}/nar/unnamed.nar`, other), 200);
+      const unnamed = renderNarInfo({ ...narinfo, url: "nar/unnamed.nar" });
+      assertEquals(await put(narinfoUrl, unnamed), 400);
       // Garbage narinfo.
       assertEquals(await put(`${url}/${narUrl}`, nar), 200);
       assertEquals(await put(narinfoUrl, "this is not a narinfo\n"), 400);
