@@ -597,8 +597,14 @@ export class NarBridge {
     }
     const trusted = this.#opts.trustedKeys;
     if (trusted && !verifyAny(narInfoFingerprint(ni), ni.signatures, trusted)) {
-      // The whole upload is refused: its NAR is not kept waiting for another try.
-      this.#staging.release(narPath);
+      // The whole upload is refused: its NAR is not kept waiting for another
+      // try. Only by a narinfo that describes it, though: with uploads open
+      // to anyone, a narinfo naming someone else's waiting NAR would cancel
+      // that upload.
+      const waiting = this.#staging.get(narPath);
+      if (waiting?.narSize === ni.narSize && bytesEqual(waiting.narSha256, ni.narHash)) {
+        this.#staging.release(narPath);
+      }
       throw new HttpError(403, `no valid signature by a trusted key on ${ni.storePath}`);
     }
     const staged = this.#staging.get(narPath) ?? await this.#storedUpload(narPath);

@@ -470,6 +470,12 @@ Deno.test("with --trusted-public-keys, a refused narinfo releases its NAR", asyn
     const narinfoUrl = `${base}/${nixbase32.encode(ni.storePath.digest)}.narinfo`;
     const signed = renderNarInfo({ ...ni, signatures: [KEY.sign(narInfoFingerprint(ni))] });
     assertEquals(await put(`${base}/${narUrl}`, nar), 200);
+    // An unsigned narinfo of other contents naming the waiting NAR (anyone
+    // may upload) is refused without cancelling that upload.
+    const stranger = narInfoFor(fileNar(te.encode("a stranger's\n")), narUrl, "stranger");
+    const strangerUrl = `${base}/${nixbase32.encode(stranger.storePath.digest)}.narinfo`;
+    assertEquals(await put(strangerUrl, renderNarInfo(stranger)), 403);
+    assert(!/staged NAR released/.test(server.log()), "a stranger released the upload");
     assertEquals(await put(narinfoUrl, renderNarInfo(ni)), 403);
     assertMatch(server.log(), /staged NAR released .*reason=refused/);
     // The refused upload is gone: even a signed narinfo needs the NAR again.
