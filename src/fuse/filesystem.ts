@@ -112,8 +112,12 @@ const EMPTY = new Uint8Array(0);
 
 /** Directories (their entry count) kept listed per Worker before the least recently used are dropped. */
 const DIR_CACHE_ENTRIES = 1 << 20;
-/** Root listings kept per Worker (another Worker may have released them). */
-const MAX_ROOT_LISTINGS = 32;
+/**
+ * Root listings kept per Worker (another Worker may have released them).
+ * Each is a snapshot of the whole store's names; one dropped costs only a
+ * new snapshot if its listing goes on (offsets are keys, see #readRoot).
+ */
+const MAX_ROOT_LISTINGS = 4;
 
 /** The filesystem; see the module doc. */
 export class StoreFs {
@@ -421,7 +425,9 @@ export class StoreFs {
       if (!node || !isValidName(node.value.name)) continue;
       const ino = this.#inodes.intern(node);
       this.#rootNames.set(nameKey(node.value.name), ino);
-      entries.push({ key: rootKey(node.value.name), name: node.value.name, ino });
+      // A copy: the decoded name is a view into the whole stored PathInfo.
+      const name = node.value.name.slice();
+      entries.push({ key: rootKey(name), name, ino });
     }
     entries.sort((a, b) => a.key - b.key || compareBytes(a.name, b.name));
     // Two names whose keys collide (one in 2^52) still get distinct offsets.

@@ -140,6 +140,8 @@ interface Connection {
    * one (pipelined on the same connection) starts only then.
    */
   previous?: Promise<void>;
+  /** Settles when the connection closes. */
+  gone: Promise<void>;
 }
 
 /**
@@ -358,7 +360,8 @@ export function serveHttp(
       }
       return;
     }
-    const conn: Connection = { socket, active: 0 };
+    const gone = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    const conn: Connection = { socket, active: 0, gone };
     connections.set(socket, conn);
     arm(conn);
     socket.once("close", () => {
@@ -396,13 +399,11 @@ export function serveHttp(
     let answered!: () => void;
     const ended = new Promise<void>((resolve) => (answered = resolve));
     const turn = conn?.previous;
-    if (conn) conn.previous = ended;
     // A response still queued behind another gets no close event of its
     // own when the connection goes: its successors must not wait on it.
-    req.socket.once("close", answered);
+    if (conn) conn.previous = Promise.race([ended, conn.gone]);
     res.once("close", () => {
       answered();
-      req.socket.off("close", answered);
       if (!conn) return;
       conn.active--;
       if (conn.active === 0 && !conn.socket.destroyed) arm(conn);

@@ -597,14 +597,10 @@ export class NarBridge {
     }
     const trusted = this.#opts.trustedKeys;
     if (trusted && !verifyAny(narInfoFingerprint(ni), ni.signatures, trusted)) {
-      // The whole upload is refused: its NAR is not kept waiting for another
-      // try. Only by a narinfo that describes it, though: with uploads open
-      // to anyone, a narinfo naming someone else's waiting NAR would cancel
-      // that upload.
-      const waiting = this.#staging.get(narPath);
-      if (waiting?.narSize === ni.narSize && bytesEqual(waiting.narSha256, ni.narHash)) {
-        this.#staging.release(narPath);
-      }
+      // The staged NAR stays until its lease ends, as with other refusals:
+      // with uploads open to anyone, a narinfo naming someone else's waiting
+      // NAR (its hash and size are public for any path a public cache has)
+      // would otherwise cancel that upload.
       throw new HttpError(403, `no valid signature by a trusted key on ${ni.storePath}`);
     }
     const staged = this.#staging.get(narPath) ?? await this.#storedUpload(narPath);
@@ -633,10 +629,13 @@ export class NarBridge {
     }
     info.node = { node: renameNode(staged.node, encoder.encode(ni.storePath.basename())) };
     const uploadUrl = narPath.slice(1);
-    // A URL serves one NAR: another path's, of other contents, keeps it.
-    const holder = await this.#uploads.lookup(uploadUrl);
+    // A URL serves one NAR: another path's, of other contents or in
+    // another compression, keeps it. Only URLs the index knows are looked
+    // at: a fresh upload's URL is unknown, and must not wait for a scan.
+    const holder = await this.#uploads.lookup(uploadUrl, false);
     if (
-      holder && holder.info.narinfo && !bytesEqual(holder.info.narinfo.narSha256, ni.narHash)
+      holder && (!bytesEqual(holder.info.narinfo?.narSha256 ?? new Uint8Array(), ni.narHash) ||
+        holder.upload.compression !== (ni.compression ?? "bzip2"))
     ) {
       throw new HttpError(409, `${ni.url} already serves the NAR of another path`);
     }

@@ -30,7 +30,7 @@ export interface StagedNar {
 }
 
 /** Why a staged upload left the staging area. */
-export type ReleaseReason = "expired" | "evicted" | "refused" | "closed";
+export type ReleaseReason = "expired" | "evicted" | "closed";
 
 /** How long staged uploads live and how many there may be. */
 export interface StagingOptions {
@@ -83,11 +83,6 @@ export class Staging {
       return undefined;
     }
     return entry.nar;
-  }
-
-  /** Ends the lease of the upload at `path` now (its narinfo was refused). */
-  release(path: string): void {
-    if (this.#entries.has(path)) this.#drop(path, "refused");
   }
 
   /** Number of waiting uploads. */

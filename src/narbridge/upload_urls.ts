@@ -54,15 +54,17 @@ export class UploadUrlIndex {
 
   /**
    * The path uploaded at `url` (relative, `nar/…`), if it is still stored
-   * and still names that URL (a path uploaded again may have moved).
+   * and still names that URL (a path uploaded again may have moved). A URL
+   * not in the index starts (or joins) a scan of the store unless
+   * `rescan` is false.
    */
-  async lookup(url: string): Promise<UploadedNar | undefined> {
+  async lookup(url: string, rescan = true): Promise<UploadedNar | undefined> {
     let digest = this.#byUrl.get(url);
-    if (!digest) {
+    if (!digest && rescan) {
       await this.#rescan();
       digest = this.#byUrl.get(url);
-      if (!digest) return undefined;
     }
+    if (!digest) return undefined;
     const info = await this.#pathInfo.get(digest);
     const upload = info?.narinfo?.upload;
     if (!info || upload?.url !== url) {

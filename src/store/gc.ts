@@ -10,7 +10,7 @@
  */
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";
-import { b3Display, type Digest, digestKey, toHex } from "../castore/digest.ts";
+import { b3Display, bytesEqual, type Digest, digestKey, toHex } from "../castore/digest.ts";
 import { directoryDigest } from "../castore/directory.ts";
 import type { NodeVariant } from "../castore/node.ts";
 import { isSweepable, type SweepReport } from "../castore/sweep.ts";
@@ -194,8 +194,9 @@ async function mark(
         for (const f of d.files) blobs.add(digestKey(f.digest));
       }
       // A missing root yields nothing rather than failing; it is damage
-      // too, unless the path was deleted since it was listed.
-      if (!found && (await pathInfo.get(root.path.digest)) !== undefined) {
+      // too, unless the path was deleted (or stored anew) since it was listed.
+      const now = found ? undefined : (await pathInfo.get(root.path.digest))?.node?.node;
+      if (now?.$case === "directory" && bytesEqual(now.value.digest, node.value.digest)) {
         throw new CorruptionError(
           `${root.path.absolute()}: its root directory ${
             b3Display(node.value.digest)

@@ -172,8 +172,8 @@ export class StatCache {
       } catch (err) {
         log.debug("stat cache unusable", { path, error: errorMessage(err) });
         // Busy (another import holds it), unreadable, a full disk: this run
-        // goes without. Only a file that is not a cache of ours is replaced,
-        // never one another process is using.
+        // goes without. Only a damaged file, or one of another version, is
+        // replaced (a busy one never is).
         if (attempt > 0 || !replaceable(err)) return undefined;
         // Only speed is at stake: start afresh.
         for (const suffix of ["", "-wal", "-shm"]) {

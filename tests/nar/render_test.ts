@@ -283,7 +283,8 @@ Deno.test("read-ahead of small files stays within a budget shared by renderings,
       }
       most = Math.max(most, budget.inUse);
     }
-    assert(most > 0 && most <= 64 * 1024, `${most} bytes read ahead at most`);
+    // Together they asked for more than the budget: it ran full.
+    assert(most > 60 * 1024, `${most} bytes read ahead at most`);
     assertEquals(concat(outA), dump.stdout);
     assertEquals(concat(outB), dump.stdout);
     assertEquals(budget.inUse, 0, "all given back at the end");

@@ -397,22 +397,31 @@ Deno.test("pull-through: a NAR longer than its signed narinfo says is cut off, n
     // What the narinfo describes, and the much longer NAR served in its place.
     const small = await dump(10_000);
     const large = await dump(64 << 20);
-    const ni = {
-      storePath: StorePath.fromParts(crypto.getRandomValues(new Uint8Array(20)), "long"),
-      url: "nar/long.nar",
-      compression: "none",
-      narHash: new Uint8Array(createHash("sha256").update(small).digest()),
-      narSize: BigInt(small.length),
-      references: [],
-      signatures: [] as NamedSignature[],
-      flags: {},
+    // Signed narinfos of the small NAR: one without FileSize (cut by
+    // NarSize), one with it (cut by the file's size, before decompressing).
+    const signedFor = (name: string, fileSize?: bigint) => {
+      const ni = {
+        storePath: StorePath.fromParts(crypto.getRandomValues(new Uint8Array(20)), name),
+        url: "nar/long.nar",
+        compression: "none",
+        narHash: new Uint8Array(createHash("sha256").update(small).digest()),
+        narSize: BigInt(small.length),
+        fileSize,
+        references: [],
+        signatures: [] as NamedSignature[],
+        flags: {},
+      };
+      ni.signatures.push(key.sign(narInfoFingerprint(ni)));
+      return ni;
     };
-    ni.signatures.push(key.sign(narInfoFingerprint(ni)));
+    const infos = [signedFor("long"), signedFor("long-file", BigInt(small.length))];
     let sent = 0;
     const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
       const path = new URL(req.url).pathname;
-      if (path === `/${digestOf(ni.storePath.absolute())}.narinfo`) {
-        return new Response(renderNarInfo(ni));
+      for (const ni of infos) {
+        if (path === `/${digestOf(ni.storePath.absolute())}.narinfo`) {
+          return new Response(renderNarInfo(ni));
+        }
       }
       if (path !== "/nar/long.nar") return new Response("not found\n", { status: 404 });
       let at = 0;
@@ -436,13 +445,16 @@ Deno.test("pull-through: a NAR longer than its signed narinfo says is cut off, n
       ...MEMORY,
     ]);
     try {
-      const res = await fetch(
-        `http://${bridge.address}/${digestOf(ni.storePath.absolute())}.narinfo`,
-      );
-      const body = await res.text();
-      assertEquals(res.status, 502, body);
-      assert(body.includes("NarSize"), body);
-      assert(sent < 16 << 20, `the upstream sent ${sent >> 20} MiB of a NAR said to be 10 kB`);
+      for (const [ni, says] of [[infos[0], "NarSize"], [infos[1], "FileSize"]] as const) {
+        sent = 0;
+        const res = await fetch(
+          `http://${bridge.address}/${digestOf(ni.storePath.absolute())}.narinfo`,
+        );
+        const body = await res.text();
+        assertEquals(res.status, 502, body);
+        assert(body.includes(says), body);
+        assert(sent < 16 << 20, `the upstream sent ${sent >> 20} MiB of a NAR said to be 10 kB`);
+      }
     } finally {
       await bridge.stop();
       await upstream.shutdown();
