@@ -138,6 +138,8 @@ const NB32 = "[0-9a-df-np-sv-z]";
 const NARINFO_RE = new RegExp(`^/(${NB32}{32})\\.narinfo$`);
 const LISTING_RE = new RegExp(`^/(${NB32}{32})\\.ls$`);
 const NAR_RE = new RegExp(`^/nar/(${NB32}{32})-(${NB32}{52})\\.nar(\\.zst)?$`);
+/** How `nix copy --to` names an uploaded NAR: `nar/<nixbase32 file hash>.nar[.<compression>]`. */
+const NIX_NAR_NAME = new RegExp(`^/nar/(${NB32}{52})\\.nar(?:\\.[a-z0-9]+)?$`);
 const UPLOAD_RE = /^\/nar\/[A-Za-z0-9._-]+$/;
 const MAX_NARINFO_BYTES = 1 << 20;
 /** Largest listing upload read (and dropped): a path of about a million files. */
@@ -259,7 +261,8 @@ export class NarBridge {
         else if (err.status === 404 || err.clientGone) {
           log.debug("nar-bridge: " + err.message, fields);
         } else log.info("nar-bridge request refused", fields);
-        return text(err.status, err.message + "\n");
+        const allow: Record<string, string> = err.status === 405 ? { allow: "GET, HEAD, PUT" } : {};
+        return text(err.status, err.message + "\n", allow);
       }
       // A store out of reach (503) or one that answered with a failure (502)
       // is not the bridge's fault; clients may retry later.
@@ -659,9 +662,6 @@ export class NarBridge {
     return { status: 200, headers: { "content-length": "0" } };
   }
 }
-
-/** How `nix copy --to` names an uploaded NAR: `nar/<nixbase32 file hash>.nar[.<compression>]`. */
-const NIX_NAR_NAME = /^\/nar\/([0-9a-df-np-sv-z]{52})\.nar(?:\.[a-z0-9]+)?$/;
 
 /** A running nar-bridge listener. */
 export interface NarBridgeHandle {

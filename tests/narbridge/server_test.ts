@@ -206,6 +206,7 @@ Deno.test("absent and malformed download requests get 4xx", async () => {
       for (const [method, path, status] of cases) {
         const res = await fetch(url + path, { method });
         assertEquals(res.status, status, `${method} ${path}`);
+        if (status === 405) assertEquals(res.headers.get("allow"), "GET, HEAD, PUT");
         await res.body?.cancel();
       }
     });
