@@ -308,11 +308,14 @@ export function putInitOut(
   return undefined;
 }
 
+/** The longest name a path can hold (Linux's NAME_MAX), what statfs reports. */
+export const NAME_MAX = 255;
+
 /** Writes `fuse_statfs_out` (80 bytes): an empty, read-only filesystem. */
 export function putStatfsOut(view: DataView, o: number): void {
   for (let i = 0; i < STATFS_OUT_SIZE; i += 4) view.setUint32(o + i, 0, true);
   view.setUint32(o + 40, 4096, true); // bsize
-  view.setUint32(o + 44, 255, true); // namelen
+  view.setUint32(o + 44, NAME_MAX, true); // namelen
   view.setUint32(o + 48, 4096, true); // frsize
 }
 

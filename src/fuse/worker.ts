@@ -37,6 +37,7 @@ import {
   INIT_OUT_SIZE,
   LOOKUP_IN,
   MUTATING_OPS,
+  NAME_MAX,
   Op,
   OPEN_IN,
   OPEN_OUT_SIZE,
@@ -168,6 +169,10 @@ async function serveChannel(
     const end = OUT_HEADER_SIZE + Math.min(size, replyCap);
     let pos = OUT_HEADER_SIZE;
     for (let i = s.start; i < s.names.length; i++) {
+      // No path can reach a name longer than NAME_MAX, and the kernel fails
+      // a whole READDIR reply holding one over 1024 bytes with EIO: such
+      // entries (possible in a castore directory) are left out.
+      if (s.names[i].length > NAME_MAX) continue;
       const attr = fs.getattr(s.inos[i]);
       const next = s.offsets ? s.offsets[i] : i + 1;
       const used = plus
