@@ -335,6 +335,29 @@ Deno.test("blob: a whole listed blob is one Read, cut at chunk boundaries and ve
   });
 });
 
+Deno.test("blob: a whole read of a blob whose listed chunks are other contents fails before it completes", async () => {
+  // A hostile server lists, for BLOB_B's digest, chunks of other bytes
+  // that each match their own digest.
+  const other = new Uint8Array(F.BLOB_B.length).fill(0x47);
+  const cut = [0, 400_000, 700_000, other.length];
+  const chunks = cut.slice(1).map((end, i) => ({
+    digest: blake3(other.subarray(cut[i], end)),
+    size: BigInt(end - cut[i]),
+  }));
+  await withFakeServer({
+    stat: () => ({ chunks, bao: new Uint8Array() }),
+    read: () => [other],
+  }, async (url) => {
+    const blob = await GrpcBlobService.fromUrl(url);
+    await assertRejects(
+      () => readAll(blob, F.BLOB_B_DIGEST),
+      StorageError,
+      "do not add up to it",
+    );
+    await blob.close();
+  });
+});
+
 Deno.test("blob: a small blob of known size is one Read without a Stat, verified whole", async () => {
   const data = F.BLOB_B.subarray(0, 5000);
   const digest = blake3(data);

@@ -223,14 +223,19 @@ export class GrpcBlobService implements BlobService {
   /**
    * A blob of several listed chunks as one `Read` stream, re-cut at the
    * chunk boundaries: each chunk is checked against its digest before it is
-   * yielded. One call per blob instead of one per chunk; grpc-js buffers a
-   * bounded number of messages when the consumer is slower.
+   * yielded, and the whole against the blob's digest at the end, since the
+   * chunk list is the server's word (a list of other contents fails the
+   * read before it completes). One call per blob instead of one per chunk;
+   * grpc-js buffers a bounded number of messages when the consumer is
+   * slower.
    */
   async *#readListed(digest: Digest, chunks: ChunkMeta[]): AsyncGenerator<Uint8Array> {
+    const blobHash = await newBlake3Hasher();
     const check = (bytes: Uint8Array, chunk: ChunkMeta) => {
       if (!bytesEqual(blake3(bytes), chunk.digest)) {
         throw new CorruptionError(`chunk ${b3Display(chunk.digest)} arrived with wrong contents`);
       }
+      blobHash.update(bytes);
       return bytes;
     };
     const call = this.#client.read({ digest });
@@ -266,6 +271,11 @@ export class GrpcBlobService implements BlobService {
     if (index < chunks.length) {
       throw new CorruptionError(
         `blob ${b3Display(digest)} ended after ${index} of its ${chunks.length} chunks`,
+      );
+    }
+    if (!bytesEqual(blobHash.digest(), digest)) {
+      throw new CorruptionError(
+        `blob ${b3Display(digest)}: the chunks its server listed do not add up to it`,
       );
     }
   }
