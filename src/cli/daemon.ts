@@ -28,6 +28,7 @@ import {
   type NarBridgeFlags,
 } from "./nar_bridge.ts";
 import { startNarBridge } from "../narbridge/server.ts";
+import { DEFAULT_MAX_CLOSURE_BYTES } from "../grpc_server/directory_handler.ts";
 import { onStopSignal } from "./shutdown.ts";
 import { type DaemonAdmin, startDaemonAdmin } from "./daemon_admin.ts";
 import { serveMetrics } from "../metrics.ts";
@@ -49,6 +50,7 @@ export function parseRequestSize(text: string): number {
 interface DaemonOptions extends Partial<ServiceAddrs>, NarBridgeFlags {
   listenAddress: string;
   maxRequestSize: number;
+  maxDirectoryClosureSize: number;
   narBridgeListenAddress?: string;
   gcInterval?: number;
   metricsListenAddress?: string;
@@ -106,6 +108,7 @@ async function runDaemon(opts: DaemonOptions): Promise<void> {
     };
     server = createGrpcServer(served, {
       maxReceiveMessageBytes: opts.maxRequestSize,
+      maxDirectoryClosureBytes: opts.maxDirectoryClosureSize,
       admin: admin.handler,
     });
     // Before the gRPC listener, whose log line tells that the daemon is up.
@@ -162,6 +165,14 @@ export function register(program: Command): void {
       )
         .argParser(parseRequestSize)
         .default(DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, "4MiB"),
+    )
+    .addOption(
+      new Option(
+        "--max-directory-closure-size <bytes>",
+        "largest set of directories one DirectoryService.Put may upload (held in memory until checked)",
+      )
+        .argParser(parseRequestSize)
+        .default(DEFAULT_MAX_CLOSURE_BYTES, "256MiB"),
     );
   addServiceOptions(cmd);
   cmd.addOption(

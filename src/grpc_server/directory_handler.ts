@@ -25,7 +25,7 @@ import { MAX_DIRECTORY_MESSAGE_BYTES } from "../grpc/channel.ts";
  * other message, so that directories Nix accepts fit
  * (docs/compatibility.md#message-size-limits).
  */
-function checkServable(directory: Directory, what: string): void {
+function checkServable(directory: Directory, what: string): number {
   const size = Directory.encode(directory).finish().length;
   if (size > MAX_DIRECTORY_MESSAGE_BYTES) {
     throw new RpcError(
@@ -33,6 +33,7 @@ function checkServable(directory: Directory, what: string): void {
       `${what} directory is ${size} bytes, more than the ${MAX_DIRECTORY_MESSAGE_BYTES}-byte message limit`,
     );
   }
+  return size;
 }
 
 /**
@@ -50,8 +51,27 @@ function putStatus(err: unknown): RpcStatus {
   return statusFromError(err);
 }
 
+/**
+ * Default bound of the directories one `Put` stream may upload, in
+ * encoded bytes: the whole closure is held (and validated) before any of it
+ * is stored, so without a bound one client could fill the daemon's memory.
+ * Closures of real store paths are far smaller (tens of MiB for trees of
+ * hundreds of thousands of files).
+ */
+export const DEFAULT_MAX_CLOSURE_BYTES = 256 * 1024 * 1024;
+
+/** Options of {@linkcode directoryHandler}. */
+export interface DirectoryHandlerOptions {
+  /** Bound of one `Put` stream's directories (default {@linkcode DEFAULT_MAX_CLOSURE_BYTES}). */
+  maxClosureBytes?: number;
+}
+
 /** Builds the DirectoryService handlers. */
-export function directoryHandler(directories: DirectoryService): DirectoryServiceServer {
+export function directoryHandler(
+  directories: DirectoryService,
+  opts: DirectoryHandlerOptions = {},
+): DirectoryServiceServer {
+  const maxClosure = opts.maxClosureBytes ?? DEFAULT_MAX_CLOSURE_BYTES;
   return {
     get: serverStreamHandler<GetDirectoryRequest, Directory>(
       "DirectoryService/Get",
@@ -88,8 +108,16 @@ export function directoryHandler(directories: DirectoryService): DirectoryServic
         // Validate the whole closure before anything reaches the backend, so
         // a rejected or cancelled upload stores nothing.
         const closure = new UploadClosure();
+        let bytes = 0;
         for await (const directory of receiveAll(call)) {
-          checkServable(directory, "received");
+          bytes += checkServable(directory, "received");
+          if (bytes > maxClosure) {
+            throw new RpcError(
+              Code.RESOURCE_EXHAUSTED,
+              `the uploaded directories exceed the ${maxClosure}-byte limit of one Put ` +
+                "(--max-directory-closure-size)",
+            );
+          }
           closure.add(directory);
         }
         const complete = closure.finalize();

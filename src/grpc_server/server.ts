@@ -77,6 +77,8 @@ export interface GrpcServerOptions {
    * (default {@linkcode DEFAULT_MAX_RECEIVE_MESSAGE_BYTES}).
    */
   maxReceiveMessageBytes?: number;
+  /** Bound of the directories one `DirectoryService.Put` may upload (see `directory_handler.ts`). */
+  maxDirectoryClosureBytes?: number;
   /** Serve gRPC server reflection (default true). */
   reflection?: boolean;
   /**
@@ -176,7 +178,10 @@ export function createGrpcServer(
       smallBlobHandler(services.blob, { maxMessageBytes: maxReceive }),
     );
   }
-  server.addService(withByteCounts(DirectoryServiceService), directoryHandler(services.directory));
+  server.addService(
+    withByteCounts(DirectoryServiceService),
+    directoryHandler(services.directory, { maxClosureBytes: opts.maxDirectoryClosureBytes }),
+  );
   server.addService(
     withByteCounts(PathInfoServiceService),
     pathInfoHandler(services.pathInfo, services.narCalculation),

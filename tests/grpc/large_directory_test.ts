@@ -14,7 +14,7 @@ import { generatePythonStubs, MEMORY_BACKENDS, PYTHON, startDaemon } from "./dae
 import { serviceAddrArgs } from "../../src/cli/common.ts";
 import { constructServices } from "../../src/store/services.ts";
 import { StorePath } from "../../src/store/store_path.ts";
-import { encodeDirectory } from "../../src/castore/directory.ts";
+import { directorySize, encodeDirectory } from "../../src/castore/directory.ts";
 import { blake3, concatBytes, toBase64 } from "../../src/castore/digest.ts";
 import {
   channelFor,
@@ -218,6 +218,62 @@ Deno.test({
     await directories.close();
     await blobs.close();
     lease.release();
+    await daemon.stop();
+    await Deno.remove(home, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "daemon: one directory Put is bounded in all (--max-directory-closure-size)",
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  const home = await Deno.makeTempDir({ prefix: "tvix-closure-limit-" });
+  const daemon = await startDaemon({
+    home,
+    args: [...MEMORY_BACKENDS, "--max-directory-closure-size=1MiB"],
+  });
+  const url = `grpc+http://${daemon.address}`;
+  const directories = await GrpcDirectoryService.fromUrl(url);
+  try {
+    // A chain of directories of 100 kB each: 2 MiB in all, each one small.
+    const target = Buffer.alloc(4000, "t");
+    const chain: Directory[] = [];
+    for (let d = 0; d < 20; d++) {
+      const dir: Directory = { directories: [], files: [], symlinks: [] };
+      for (let i = 0; i < 25; i++) {
+        dir.symlinks.push({
+          name: new TextEncoder().encode(`l${d}-${String(i).padStart(2, "0")}`),
+          target,
+        });
+      }
+      if (chain.length > 0) {
+        const child = chain[chain.length - 1];
+        const bytes = encodeDirectory(child);
+        dir.directories.push({
+          name: new TextEncoder().encode("sub"),
+          digest: blake3(bytes),
+          size: directorySize(child),
+        });
+      }
+      chain.push(dir);
+    }
+    const putter = directories.putMultiple();
+    const refused = (async () => {
+      for (const dir of chain) await putter.put(dir);
+      return await putter.close();
+    })();
+    assertMatch(await failure(refused), /exceed the 1048576-byte limit of one Put/);
+    assertEquals(await directories.get(blake3(encodeDirectory(chain[0]))), undefined);
+    // Within the limit, the same daemon takes a closure.
+    const small = directories.putMultiple();
+    await small.put(chain[0]);
+    assertEquals(await small.close(), blake3(encodeDirectory(chain[0])));
+  } catch (err) {
+    console.error(daemon.log());
+    throw err;
+  } finally {
+    await directories.close();
     await daemon.stop();
     await Deno.remove(home, { recursive: true });
   }
