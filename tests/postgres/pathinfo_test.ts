@@ -147,3 +147,49 @@ pgTest(
     }
   },
 );
+
+pgTest(
+  "two daemons recording access times of the same paths in opposite orders never deadlock",
+  async (pg) => {
+    const db = await pg.createDatabase();
+    const infos = manyInfos(100);
+    // Two services, two connection pools: two daemons on one database.
+    const [a, b] = [
+      await pathInfoServiceFromUrl(pg.url(db)),
+      await pathInfoServiceFromUrl(pg.url(db)),
+    ];
+    try {
+      for (const { info } of infos) await a.put(info);
+      const deadlocks = async () =>
+        Number(
+          (await pg.psql(
+            db,
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+          ))[0][0],
+        );
+      const before = await deadlocks();
+      const base = Date.now() + 60_000;
+      const batches = Array.from({ length: 16 }, (_, i) => {
+        const entries = infos.map(({ path }, j) => ({
+          digest: path.digest,
+          accessedMs: base + i * 1000 + j,
+        }));
+        return i % 2 === 0 ? entries : entries.reverse();
+      });
+      await Promise.all(batches.map((entries, i) => (i % 2 === 0 ? a : b).recordAccess!(entries)));
+      // Statistics reach pg_stat_database a moment after the transactions.
+      await new Promise((r) => setTimeout(r, 1000));
+      assertEquals(await deadlocks(), before, "deadlocks between the two");
+      // Every path ends at the latest time any batch recorded for it.
+      const latest = new Map(
+        infos.map(({ path }, j) => [digestKey(path.digest), base + 15 * 1000 + j]),
+      );
+      for (const access of await collect(a.listAccess!())) {
+        assertEquals(access.accessedMs, latest.get(digestKey(access.digest)));
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  },
+);

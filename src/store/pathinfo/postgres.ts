@@ -21,6 +21,10 @@ import {
   validateForPut,
 } from "./put_check.ts";
 import type { PathAccess, PathInfoService } from "./service.ts";
+import { compareBytes, digestKey } from "../../castore/digest.ts";
+
+/** Access times written by one statement (and locked by one before it). */
+const ACCESS_BATCH = 1000;
 
 /** The `pathinfos` table, version by version (docs/storage.md#postgresql). */
 export const PATHINFO_SCHEMA: Schema = {
@@ -120,14 +124,34 @@ export class PostgresPathInfoService implements PathInfoService {
     });
   }
 
-  /** Moves access times forward, all in one transaction. */
+  /**
+   * Moves access times forward, all in one transaction. Rows are locked in
+   * digest order, whatever order the caller gives: two daemons recording
+   * the same busy paths in different orders deadlocked, and a batch that
+   * failed five times was lost.
+   */
   async recordAccess(entries: readonly PathAccess[]): Promise<void> {
     if (entries.length === 0) return;
+    const latest = new Map<string, PathAccess>();
+    for (const e of entries) {
+      const key = digestKey(e.digest);
+      const seen = latest.get(key);
+      if (!seen || seen.accessedMs < e.accessedMs) latest.set(key, e);
+    }
+    const sorted = [...latest.values()].sort((a, b) => compareBytes(a.digest, b.digest));
     await this.#db.transaction("record access", async (tx) => {
-      for (const e of entries) {
+      for (let i = 0; i < sorted.length; i += ACCESS_BATCH) {
+        const part = sorted.slice(i, i + ACCESS_BATCH);
+        const digests = part.map((e) => e.digest);
         await tx.query(
-          "UPDATE pathinfos SET accessed = $1 WHERE digest = $2 AND accessed < $1",
-          [e.accessedMs, e.digest],
+          "SELECT 1 FROM pathinfos WHERE digest = ANY($1::bytea[]) ORDER BY digest FOR UPDATE",
+          [digests],
+        );
+        await tx.query(
+          "UPDATE pathinfos AS p SET accessed = t.a " +
+            "FROM unnest($1::bytea[], $2::bigint[]) AS t(d, a) " +
+            "WHERE p.digest = t.d AND p.accessed < t.a",
+          [digests, part.map((e) => e.accessedMs)],
         );
       }
     });
