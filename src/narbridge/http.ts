@@ -360,13 +360,14 @@ export function serveHttp(
       }
       return;
     }
-    const gone = new Promise<void>((resolve) => socket.once("close", () => resolve()));
-    const conn: Connection = { socket, active: 0, gone };
+    let closed!: () => void;
+    const conn: Connection = { socket, active: 0, gone: new Promise((r) => (closed = r)) };
     connections.set(socket, conn);
     arm(conn);
     socket.once("close", () => {
       clearTimeout(conn.timer);
       connections.delete(socket);
+      closed();
     });
   });
 

@@ -60,7 +60,7 @@ import {
   decompressUpload,
   isCodec,
 } from "./compression.ts";
-import { UploadUrlIndex } from "./upload_urls.ts";
+import { type UploadedNar, UploadUrlIndex } from "./upload_urls.ts";
 import { Semaphore } from "../concurrency.ts";
 import { narListing } from "./listing.ts";
 import { AccessControl, type AccessTokens } from "./auth.ts";
@@ -468,27 +468,6 @@ export class NarBridge {
   }
 
   /**
-   * The NAR of a path already uploaded at `narPath`, as if staged: Nix
-   * names a NAR file after its hash and skips uploading one whose URL
-   * answers a HEAD, so a second path with the same contents arrives as a
-   * narinfo alone, also long after the first upload's lease ended. The
-   * checks against the narinfo then run against what that path stored.
-   */
-  async #storedUpload(narPath: string): Promise<StagedNar | undefined> {
-    const found = await this.#uploads.lookup(narPath.slice(1));
-    const node = found?.info.node?.node;
-    const narinfo = found?.info.narinfo;
-    if (!found || !node || !narinfo) return undefined;
-    return {
-      node,
-      narSize: narinfo.narSize,
-      narSha256: narinfo.narSha256,
-      fileSize: found.upload.fileSize,
-      fileSha256: found.upload.fileSha256,
-    };
-  }
-
-  /**
    * A NAR at the URL `nix copy --to` uploaded it to (`upload_urls.ts`),
    * rendered again in the compression its narinfo named.
    */
@@ -606,7 +585,13 @@ export class NarBridge {
       // would otherwise cancel that upload.
       throw new HttpError(403, `no valid signature by a trusted key on ${ni.storePath}`);
     }
-    const staged = this.#staging.get(narPath) ?? await this.#storedUpload(narPath);
+    const uploadUrl = narPath.slice(1);
+    const waiting = this.#staging.get(narPath);
+    // The path already uploaded at this URL. A URL the index does not know
+    // is looked up in the store only when no NAR waits for this narinfo: a
+    // fresh upload must not wait for a scan.
+    const holder = await this.#uploads.lookup(uploadUrl, waiting === undefined);
+    const staged = waiting ?? (holder && storedAsStaged(holder));
     if (!staged) {
       throw new HttpError(
         400,
@@ -631,22 +616,20 @@ export class NarBridge {
       throw err;
     }
     info.node = { node: renameNode(staged.node, encoder.encode(ni.storePath.basename())) };
-    const uploadUrl = narPath.slice(1);
+    // A narinfo without Compression means bzip2 to Nix.
+    const compression = ni.compression ?? "bzip2";
     // A URL serves one NAR: another path's, of other contents or in
-    // another compression, keeps it. Only URLs the index knows are looked
-    // at: a fresh upload's URL is unknown, and must not wait for a scan.
-    const holder = await this.#uploads.lookup(uploadUrl, false);
+    // another compression, keeps it.
     if (
       holder && (!bytesEqual(holder.info.narinfo?.narSha256 ?? new Uint8Array(), ni.narHash) ||
-        holder.upload.compression !== (ni.compression ?? "bzip2"))
+        holder.upload.compression !== compression)
     ) {
       throw new HttpError(409, `${ni.url} already serves the NAR of another path`);
     }
     if (info.narinfo) {
       info.narinfo.upload = {
         url: uploadUrl,
-        // A narinfo without Compression means bzip2 to Nix.
-        compression: ni.compression ?? "bzip2",
+        compression,
         fileSha256: staged.fileSha256,
         fileSize: staged.fileSize,
       };
@@ -661,6 +644,26 @@ export class NarBridge {
     log.info("nar-bridge: path uploaded", { path: ni.storePath.absolute(), narSize: ni.narSize });
     return { status: 200, headers: { "content-length": "0" } };
   }
+}
+
+/**
+ * The NAR of a path already uploaded, as if staged: Nix names a NAR file
+ * after its hash and skips uploading one whose URL answers a HEAD, so a
+ * second path with the same contents arrives as a narinfo alone, also long
+ * after the first upload's lease ended. The checks against the narinfo
+ * then run against what that path stored.
+ */
+function storedAsStaged(found: UploadedNar): StagedNar | undefined {
+  const node = found.info.node?.node;
+  const narinfo = found.info.narinfo;
+  if (!node || !narinfo) return undefined;
+  return {
+    node,
+    narSize: narinfo.narSize,
+    narSha256: narinfo.narSha256,
+    fileSize: found.upload.fileSize,
+    fileSha256: found.upload.fileSha256,
+  };
 }
 
 /** A running nar-bridge listener. */

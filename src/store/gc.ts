@@ -390,7 +390,7 @@ async function pathDamage(
     const nar = await calculateNar(info.node!.node!, services.blob, services.directory);
     const want = info.narinfo;
     if (
-      want && (nar.narSize !== want.narSize || toHex(nar.narSha256) !== toHex(want.narSha256))
+      want && (nar.narSize !== want.narSize || !bytesEqual(nar.narSha256, want.narSha256))
     ) {
       return `NAR is ${nar.narSize} bytes sha256:${toHex(nar.narSha256)}, ` +
         `recorded ${want.narSize} bytes sha256:${toHex(want.narSha256)}`;

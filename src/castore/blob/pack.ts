@@ -1188,10 +1188,7 @@ export class PackBlobService implements BlobService {
         // Checked again under the write lock, which garbage collection holds
         // while it deletes a pack (#deletePackUnlessUsed): a pack removed
         // since the check above, while this round flushed, gets no rows.
-        const gone = new Set<number>();
-        for (const id of new Set(chunks.map((c) => c.pack))) {
-          if (!this.#packExists(id)) gone.add(id);
-        }
+        const gone = this.#missingPacks(chunks.map((c) => c.pack));
         for (const c of chunks) {
           if (gone.has(c.pack)) {
             lost.push(digestKey(c.digest));
@@ -1254,6 +1251,13 @@ export class PackBlobService implements BlobService {
       if (!(err instanceof DataLossError)) this.#unsyncedEntries = true;
       throw err;
     }
+  }
+
+  /** Which of `ids` are no longer on disk (garbage collection may have removed them). */
+  #missingPacks(ids: readonly number[]): Set<number> {
+    const missing = new Set<number>();
+    for (const id of new Set(ids)) if (!this.#packExists(id)) missing.add(id);
+    return missing;
   }
 
   /** Whether pack `id` is still on disk (garbage collection may have removed it). */
@@ -1402,26 +1406,20 @@ export class PackBlobService implements BlobService {
     // The copies are durable before the index points at them, and none was
     // lost (another process's gc may have removed the pack they went to).
     await this.sync();
-    const lost = moved.find((m) => this.#lost.has(digestKey(m.digest)));
-    if (lost) {
-      throw new StorageError(
-        `pack ${id}: its live records were copied to pack ${lost.pack}, which another ` +
+    const copiesGone = (to: number) =>
+      new StorageError(
+        `pack ${id}: its live records were copied to pack ${to}, which another ` +
           "garbage collection removed meanwhile; the pack stays, run gc again",
       );
-    }
+    const lost = moved.find((m) => this.#lost.has(digestKey(m.digest)));
+    if (lost) throw copiesGone(lost.pack);
     storageCall("compact", () =>
       inTransaction(this.#db, () => {
         // Under the write lock, as a writer's commit checks its packs: no
         // row points into the copies yet, so another process's gc may have
         // deleted the pack they went to since they were committed.
-        for (const to of new Set(moved.map((m) => m.pack))) {
-          if (!this.#packExists(to)) {
-            throw new StorageError(
-              `pack ${id}: its live records were copied to pack ${to}, which another ` +
-                "garbage collection removed meanwhile; the pack stays, run gc again",
-            );
-          }
-        }
+        const [gone] = this.#missingPacks(moved.map((m) => m.pack));
+        if (gone !== undefined) throw copiesGone(gone);
         const move = this.#db.prepare(
           "UPDATE chunks SET pack = ?, offset = ? WHERE digest = ? AND pack = ?",
         );

@@ -6,9 +6,15 @@
  *
  * @module
  */
-import { b3Display, checkDigestLength, type Digest } from "../digest.ts";
-import { type Directory, directoryDigest, directorySize, validateDirectory } from "../directory.ts";
-import { errorMessage, InvalidRequestError } from "../../errors.ts";
+import { b3Display, blake3, checkDigestLength, type Digest, digestKey } from "../digest.ts";
+import {
+  type Directory,
+  directoryDigest,
+  directorySize,
+  encodeDirectory,
+  validateDirectory,
+} from "../directory.ts";
+import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
 import { quoteBytes } from "../node.ts";
 import { checkStored, type Closure, UploadClosure } from "./closure.ts";
 import type { DirectoryPutter } from "./service.ts";
@@ -63,6 +69,34 @@ export async function checkSinglePut(
     }
   }
   return digest;
+}
+
+/**
+ * The directories below `directory` (its children's closures, read with
+ * `getRecursive`) by digest key: what a single put marks as used, in the
+ * transaction that stores it.
+ */
+export async function childClosures(
+  directory: Directory,
+  getRecursive: (digest: Digest) => AsyncIterable<Directory>,
+): Promise<Map<string, Digest>> {
+  const closure = new Map<string, Digest>();
+  for (const child of directory.directories) {
+    if (closure.has(digestKey(child.digest))) continue;
+    for await (const d of getRecursive(child.digest)) {
+      const digest = blake3(encodeDirectory(d));
+      closure.set(digestKey(digest), digest);
+    }
+  }
+  return closure;
+}
+
+/** A single put whose children's closure lost a directory to gc after it was read. */
+export function closureRemovedError(digest: Digest): StorageError {
+  return new StorageError(
+    `directory ${b3Display(digest)}: part of the closure it refers to was removed ` +
+      `while it was being stored (garbage collection?); put it again`,
+  );
 }
 
 /**

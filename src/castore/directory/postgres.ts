@@ -14,12 +14,17 @@
  */
 import { b3Display, blake3, checkDigestLength, type Digest, digestKey } from "../digest.ts";
 import { type Directory, encodeDirectory } from "../directory.ts";
-import { CorruptionError, StorageError } from "../../errors.ts";
+import { CorruptionError } from "../../errors.ts";
 import { PostgresDb, type Row, type Schema } from "../postgres_db.ts";
 import type { PostgresConfig } from "../postgres_url.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 import { decodeStored, traverseClosure } from "./closure.ts";
-import { checkSinglePut, ClosurePutter } from "./closure_putter.ts";
+import {
+  checkSinglePut,
+  childClosures,
+  ClosurePutter,
+  closureRemovedError,
+} from "./closure_putter.ts";
 import type { DirectoryPutter, DirectoryService } from "./service.ts";
 
 /** The `directories` table, version by version (docs/storage.md#postgresql). */
@@ -128,14 +133,7 @@ export class PostgresDirectoryService implements DirectoryService {
    */
   async put(directory: Directory): Promise<Digest> {
     const digest = await checkSinglePut(directory, (d) => this.get(d));
-    const closure = new Map<string, Digest>();
-    for (const child of directory.directories) {
-      if (closure.has(digestKey(child.digest))) continue;
-      for await (const d of this.getRecursive(child.digest)) {
-        const d3 = blake3(encodeDirectory(d));
-        closure.set(digestKey(d3), d3);
-      }
-    }
+    const closure = await childClosures(directory, (d) => this.getRecursive(d));
     const now = Date.now();
     await this.#db.transaction("write", async (tx) => {
       const digests = [...closure.entries()].sort(([a], [b]) => a < b ? -1 : 1).map(([, d]) => d);
@@ -146,12 +144,7 @@ export class PostgresDirectoryService implements DirectoryService {
             "WHERE digest = ANY($1::bytea[]) RETURNING digest",
           [part, now],
         );
-        if (touched.length !== part.length) {
-          throw new StorageError(
-            `directory ${b3Display(digest)}: part of the closure it refers to was removed ` +
-              `while it was being stored (garbage collection?); put it again`,
-          );
-        }
+        if (touched.length !== part.length) throw closureRemovedError(digest);
       }
       await tx.query(INSERT, [[digest], [encodeDirectory(directory)], now]);
     });

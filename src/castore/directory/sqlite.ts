@@ -12,12 +12,17 @@
  * @module
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { b3Display, blake3, checkDigestLength, type Digest, digestKey } from "../digest.ts";
+import { b3Display, blake3, checkDigestLength, type Digest } from "../digest.ts";
 import { type Directory, encodeDirectory } from "../directory.ts";
 import { CorruptionError, StorageError } from "../../errors.ts";
 import { inTransaction, openDatabase, storageCall } from "../sqlite_db.ts";
 import { decodeStored, traverseClosure } from "./closure.ts";
-import { checkSinglePut, ClosurePutter } from "./closure_putter.ts";
+import {
+  checkSinglePut,
+  childClosures,
+  ClosurePutter,
+  closureRemovedError,
+} from "./closure_putter.ts";
 import type { DirectoryPutter, DirectoryService } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 
@@ -103,24 +108,12 @@ export class SqliteDirectoryService implements DirectoryService {
    */
   async put(directory: Directory): Promise<Digest> {
     const digest = await checkSinglePut(directory, (d) => this.get(d));
-    const closure = new Map<string, Digest>();
-    for (const child of directory.directories) {
-      if (closure.has(digestKey(child.digest))) continue;
-      for await (const d of this.getRecursive(child.digest)) {
-        const d3 = blake3(encodeDirectory(d));
-        closure.set(digestKey(d3), d3);
-      }
-    }
+    const closure = await childClosures(directory, (d) => this.getRecursive(d));
     const now = Date.now();
     storageCall("write", () =>
       inTransaction(this.#db, () => {
         for (const d of closure.values()) {
-          if (Number(this.#touch.run(now, d).changes) !== 1) {
-            throw new StorageError(
-              `directory ${b3Display(digest)}: part of the closure it refers to was removed ` +
-                `while it was being stored (garbage collection?); put it again`,
-            );
-          }
+          if (Number(this.#touch.run(now, d).changes) !== 1) throw closureRemovedError(digest);
         }
         this.#insert.run(digest, encodeDirectory(directory), now);
       }));

@@ -345,11 +345,24 @@ function listBytewise(path: string): Listing {
       `holds a file name that is not valid UTF-8, which only byte-level file access can read: ${why}`,
     );
   }
+  return listThrough(path, () => RawDir.open(path));
+}
+
+/** The children of a directory that only its parent's descriptor reaches. */
+function listRawDirectory(loc: RawLocation): Listing {
+  return listThrough(loc.path, () => loc.dir.openDir(loc.name));
+}
+
+/**
+ * The children of the directory `open` opens (shown as `path`), lstat'ed
+ * and reached through its descriptor, which the listing holds until closed.
+ */
+function listThrough(path: string, open: () => RawDir): Listing {
   let dir: RawDir | undefined;
   try {
     // Taken before any lstat, which is the safe side of the racy rule.
     const examinedAt = Date.now();
-    dir = RawDir.open(path);
+    dir = open();
     const children: Child[] = [];
     for (const name of dir.names()) {
       const info = rawStatOf(dir.lstat(name), examinedAt);
@@ -359,24 +372,6 @@ function listBytewise(path: string): Listing {
   } catch (err) {
     dir?.close();
     throw new IngestError(path, `listing failed: ${errorMessage(err)}`);
-  }
-}
-
-/** The children of a directory that only its parent's descriptor reaches. */
-function listRawDirectory(loc: RawLocation): Listing {
-  let dir: RawDir | undefined;
-  try {
-    const examinedAt = Date.now();
-    dir = loc.dir.openDir(loc.name);
-    const children: Child[] = [];
-    for (const name of dir.names()) {
-      const child = { dir, name, path: childPath(loc.path, displayName(name)) };
-      children.push({ loc: child, name, info: rawStatOf(dir.lstat(name), examinedAt) });
-    }
-    return { children, close: () => dir!.close() };
-  } catch (err) {
-    dir?.close();
-    throw new IngestError(loc.path, `listing failed: ${errorMessage(err)}`);
   }
 }
 
