@@ -188,6 +188,24 @@ Deno.test("connections beyond --max-connections are closed at once", async () =>
   }
 });
 
+/** Imports `tree` into `store` and serves it: the bridge, its URL and the tree's narinfo. */
+async function serveImported(
+  store: string[],
+  tree: string,
+): Promise<{ server: ServerProcess; base: string; ni: NarInfo }> {
+  const storePath = (await tvixStore(["import", "--no-stat-cache", ...store, tree])).stdout.trim();
+  const server = await startBridge(store);
+  const base = `http://${server.address}`;
+  const digest = storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
+  try {
+    const ni = parseNarInfo(await (await fetch(`${base}/${digest}.narinfo`)).text());
+    return { server, base, ni };
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+}
+
 /** VmRSS of `pid`, in MiB. */
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
@@ -212,12 +230,9 @@ Deno.test("abandoned downloads free their memory at once and are no errors", asy
     }
     file.close();
     await Deno.writeTextFile(join(tree, "small"), "small file\n");
-    const storePath = (await tvixStore(["import", "--no-stat-cache", ...store, tree])).stdout
-      .trim();
-    server = await startBridge(store);
-    const base = `http://${server.address}`;
-    const digest = storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
-    const ni = parseNarInfo(await (await fetch(`${base}/${digest}.narinfo`)).text());
+    const served = await serveImported(store, tree);
+    server = served.server;
+    const { base, ni } = served;
 
     // Downloads, each abandoned after its first bytes, 20 at a time (one in three zstd).
     const abandonRound = () =>
@@ -325,12 +340,9 @@ Deno.test("pipelined requests on one connection are answered one at a time, and 
       data.set(data.subarray(0, 8192), 8192);
       await Deno.writeFile(join(tree, `f${i}`), data);
     }
-    const storePath = (await tvixStore(["import", "--no-stat-cache", ...store, tree])).stdout
-      .trim();
-    server = await startBridge(store);
-    const base = `http://${server.address}`;
-    const digest = storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
-    const ni = parseNarInfo(await (await fetch(`${base}/${digest}.narinfo`)).text());
+    const served = await serveImported(store, tree);
+    server = served.server;
+    const { base, ni } = served;
     const addr = hostPort(server.address);
     const get = (path: string) => `GET /${path} HTTP/1.1\r\nHost: x\r\n\r\n`;
 
