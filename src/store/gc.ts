@@ -16,7 +16,7 @@ import type { NodeVariant } from "../castore/node.ts";
 import { isSweepable, type SweepReport } from "../castore/sweep.ts";
 import { CorruptionError, errorMessage, InvalidRequestError } from "../errors.ts";
 import { calculateNar } from "../nar/render.ts";
-import type { PathInfo, PathInfoService } from "./pathinfo/service.ts";
+import { type PathInfo, type PathInfoService, StillReferencedError } from "./pathinfo/service.ts";
 import { choosePolicyVictims, type PolicyPath } from "./gc_policy.ts";
 import { StorePath } from "./store_path.ts";
 
@@ -470,6 +470,43 @@ export async function verifyStore(
   return { paths, damaged, repaired, orphans };
 }
 
+/**
+ * The keys of `doomed` ordered so that each comes after every doomed path
+ * that refers to it (a depth-first post-order over the referrer edges).
+ */
+function referrersFirst(doomed: Set<string>, referrers: Map<string, Set<string>>): string[] {
+  const order: string[] = [];
+  const placed = new Set<string>();
+  for (const start of doomed) {
+    // Iterative: a long chain of references must not exhaust the stack.
+    const stack: { key: string; next: Iterator<string> }[] = [];
+    const enter = (key: string) => {
+      placed.add(key);
+      stack.push({ key, next: (referrers.get(key) ?? new Set()).values() });
+    };
+    if (!placed.has(start)) enter(start);
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1];
+      const step = top.next.next();
+      if (step.done) {
+        order.push(top.key);
+        stack.pop();
+      } else if (doomed.has(step.value) && !placed.has(step.value)) enter(step.value);
+    }
+  }
+  return order;
+}
+
+/** The absolute store paths of these digests, as stored now (sorted). */
+async function pathsOf(pathInfo: PathInfoService, digests: Uint8Array[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const digest of digests) {
+    const info = await pathInfo.get(digest);
+    out.push(info ? storePathOf(info).absolute() : `the path with digest ${toHex(digest)}`);
+  }
+  return out.sort();
+}
+
 /** A path given to {@linkcode deletePaths} is not in the store. */
 export class PathNotFoundError extends InvalidRequestError {
   override name = "PathNotFoundError";
@@ -547,9 +584,17 @@ export async function deletePaths(
   }
   const deleted: StorePath[] = [];
   try {
-    for (const key of doomed) {
+    // Referrers before what they refer to: the store refuses a path while
+    // a stored path refers to it, and re-checks that as it deletes, so a
+    // referrer stored since the listing above is named here too.
+    for (const key of referrersFirst(doomed, referrers)) {
       const path = byKey.get(key)!;
-      if (await remove.call(pathInfo, path.digest)) deleted.push(path);
+      try {
+        if (await remove.call(pathInfo, path.digest)) deleted.push(path);
+      } catch (err) {
+        if (!(err instanceof StillReferencedError)) throw err;
+        throw new PathReferencedError(path.absolute(), await pathsOf(pathInfo, err.referrers));
+      }
     }
   } finally {
     // Durable before a gc (this process's or another's) removes their

@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
-import { assert, assertEquals, assertMatch } from "../assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "../assert.ts";
 import {
   childEnv,
   localStoreArgs,
@@ -18,17 +18,55 @@ import {
   tvixStore,
 } from "./helpers.ts";
 import { constructServices, embeddedAddrs } from "../../src/store/services.ts";
-import { type ManagedServices, verifyStore } from "../../src/store/gc.ts";
+import {
+  collectGarbage,
+  deletePaths,
+  type ManagedServices,
+  PathReferencedError,
+  storePathOf,
+  verifyStore,
+} from "../../src/store/gc.ts";
+import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";
+import type { PathInfo, PathInfoService } from "../../src/store/pathinfo/service.ts";
 import { StorageError, UnavailableError } from "../../src/errors.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { pseudoRandom } from "../fixtures.ts";
-import { blake3 } from "../../src/castore/digest.ts";
+import { blake3, bytesEqual } from "../../src/castore/digest.ts";
 import { checkNars, expected, ok, packBytes, tree } from "./gc_helpers.ts";
 import { run } from "../store/tree_gen.ts";
 import { renameNode, toNode } from "../../src/castore/node.ts";
 import { calculateNar } from "../../src/nar/render.ts";
 
 const te = new TextEncoder();
+
+/**
+ * A store with one imported path, and the PathInfo of a path "c" referring
+ * to it, as a build output refers to its dependency (not stored).
+ */
+async function storeWithDependency(work: string, seed: number): Promise<{
+  store: string;
+  dep: StorePath;
+  referrer: StorePath;
+  referrerInfo: PathInfo;
+}> {
+  const a = await tree(join(work, "a"), { "f": te.encode("dependency\n") });
+  const store = join(work, "store");
+  const dep = StorePath.parseAbsolute((await ok(["import", ...localStoreArgs(store), a])).trim());
+  const referrer = StorePath.fromParts(pseudoRandom(20, seed), "c");
+  const infos = new SqlitePathInfoService(join(store, "store.sqlite"));
+  try {
+    const infoA = (await infos.get(dep.digest))!;
+    const referrerInfo = {
+      ...infoA,
+      node: toNode(renameNode(infoA.node!.node!, te.encode(referrer.basename()))),
+      references: [dep.digest],
+      narinfo: { ...infoA.narinfo!, referenceNames: [dep.basename()] },
+    };
+    return { store, dep, referrer, referrerInfo };
+  } finally {
+    await infos.close();
+  }
+}
 
 Deno.test("gc: delete then gc reclaims a path's own bytes, keeps what another path shares", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-gc-" });
@@ -76,24 +114,11 @@ Deno.test("gc: delete then gc reclaims a path's own bytes, keeps what another pa
 Deno.test("gc: deleting a path another path refers to is refused unless --recursive", async () => {
   const work = await Deno.makeTempDir({ prefix: "tvix-gc-" });
   try {
-    const a = await tree(join(work, "a"), { "f": te.encode("dependency\n") });
-    const store = join(work, "store");
+    const { store, dep, referrer: pc, referrerInfo } = await storeWithDependency(work, 7);
     const S = localStoreArgs(store);
-    const pa = (await ok(["import", ...S, a])).trim();
-    // c refers to a (as a build output referring to its dependency would).
-    const pc = StorePath.fromParts(pseudoRandom(20, 7), "c");
-    const s = await constructServices(embeddedAddrs(store));
-    try {
-      const infoA = (await s.pathInfo.get(StorePath.parseAbsolute(pa).digest))!;
-      await s.pathInfo.put({
-        ...infoA,
-        node: toNode(renameNode(infoA.node!.node!, te.encode(pc.basename()))),
-        references: [StorePath.parseAbsolute(pa).digest],
-        narinfo: { ...infoA.narinfo!, referenceNames: [StorePath.parseAbsolute(pa).basename()] },
-      });
-    } finally {
-      await s.close();
-    }
+    const pa = dep.absolute();
+    const s = new SqlitePathInfoService(join(store, "store.sqlite"));
+    await s.put(referrerInfo).finally(() => s.close());
     const refused = await tvixStore(["delete", ...S, pa]);
     assert(refused.code !== 0, "delete of a referenced path must fail");
     assertMatch(refused.stderr, new RegExp(`still referenced by ${pc.absolute()}`));
@@ -106,6 +131,72 @@ Deno.test("gc: deleting a path another path refers to is refused unless --recurs
       [`deleted ${pa}`, `deleted ${pc.absolute()}`].sort(),
     );
     assertEquals((await ok(["list", ...S])).trim(), "");
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("gc --older-than keeps an old path that a path stored while the policies ran refers to", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-" });
+  try {
+    const { store, dep, referrer: pc, referrerInfo: infoC } = await storeWithDependency(work, 8);
+    // Not used for a long time: the policy's victim, as the listing shows it.
+    const db = new DatabaseSync(join(store, "store.sqlite"));
+    db.prepare("UPDATE pathinfos SET accessed = 0").run();
+    db.close();
+    const s = await constructServices(embeddedAddrs(store));
+    try {
+      let stored = false;
+      const report = await collectGarbage(s as ManagedServices, {
+        olderThanMs: 86_400_000,
+        onProgress: (p) => {
+          // c is stored after the listing, by another process on the same
+          // file (whose put has committed when it returns).
+          if (p.phase === "select" && !stored) {
+            stored = true;
+            const other = new SqlitePathInfoService(join(store, "store.sqlite"));
+            other.put(infoC).finally(() => other.close());
+          }
+        },
+      });
+      assert(stored);
+      assertEquals(report.deletedPaths, []);
+      assert(await s.pathInfo.get(dep.digest), "the path c refers to stays");
+      assert(await s.pathInfo.get(pc.digest));
+    } finally {
+      await s.close();
+    }
+    assertMatch(await ok(["verify", ...localStoreArgs(store)]), /2 store paths checked, 0 damaged/);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("delete refuses a path that a path stored after its listing refers to, naming it", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-gc-" });
+  try {
+    const { store, dep, referrer: pc, referrerInfo } = await storeWithDependency(work, 9);
+    const infos = new SqlitePathInfoService(join(store, "store.sqlite"));
+    try {
+      await infos.put(referrerInfo);
+      // The listing deletePaths reads was taken before c was stored.
+      const listedEarlier: PathInfoService = {
+        get: (digest) => infos.get(digest),
+        put: (info) => infos.put(info),
+        delete: (digest, expected) => infos.delete(digest, expected),
+        close: () => Promise.resolve(),
+        list: async function* () {
+          for await (const info of infos.list()) {
+            if (!bytesEqual(storePathOf(info).digest, pc.digest)) yield info;
+          }
+        },
+      };
+      const err = await assertRejects(() => deletePaths(listedEarlier, [dep]), PathReferencedError);
+      assertEquals(err.referrers, [pc.absolute()]);
+      assert(await infos.get(dep.digest), "the path stays");
+    } finally {
+      await infos.close();
+    }
   } finally {
     await Deno.remove(work, { recursive: true });
   }

@@ -9,12 +9,17 @@
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { digestKey } from "../../src/castore/digest.ts";
 import { InvalidRequestError } from "../../src/errors.ts";
-import type { PathInfo, PathInfoService } from "../../src/store/pathinfo/service.ts";
+import {
+  type PathInfo,
+  type PathInfoService,
+  StillReferencedError,
+} from "../../src/store/pathinfo/service.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import * as F from "../fixtures.ts";
 import {
   pathInfoWithNarinfo,
   pathInfoWithoutNarinfo,
+  referringPathInfo,
   symlinkPathInfo,
 } from "../store/pathinfo_fixtures.ts";
 import { collect, type ServiceFactory, withService } from "./harness.ts";
@@ -136,6 +141,61 @@ export function pathInfoServiceConformance(
     assertEquals(await s.get(digest), undefined);
     await s.put(checked);
     assertEquals(await s.delete(digest), true);
+    assertEquals(await collect(s.list()), []);
+  });
+
+  // docs/gc.md#referrers: a path stays while a stored path refers to it.
+  const dependency = "00000000000000000000000000000000-dep";
+  const referrerOf = (refs: string[], basename = "11111111111111111111111111111111-app") =>
+    referringPathInfo(basename, refs);
+
+  test("delete refuses a path a stored path refers to, until the referrer is gone", async (s) => {
+    if (!s.delete) return;
+    const dep = symlinkPathInfo(dependency);
+    const app = referrerOf([dependency]);
+    await s.put(dep);
+    await s.put(app);
+    const err = await assertRejects(() => s.delete!(digestOf(dependency)), StillReferencedError);
+    assertEquals(err.referrers.map(digestKey), [
+      digestKey(digestOf("11111111111111111111111111111111-app")),
+    ]);
+    assertEquals(await s.get(digestOf(dependency)), dep, "the refused path stays");
+    // Stored again without the reference: it no longer keeps the path.
+    await s.put(referrerOf([]));
+    assertEquals(await s.delete(digestOf(dependency)), true);
+    // A referrer removed: same.
+    await s.put(dep);
+    await s.put(app);
+    assertEquals(await s.delete(digestOf("11111111111111111111111111111111-app")), true);
+    assertEquals(await s.delete(digestOf(dependency)), true);
+    assertEquals(await collect(s.list()), []);
+  });
+
+  test("a path that refers to itself can be deleted; a repair removes a referred path", async (s) => {
+    if (!s.delete) return;
+    const self = referrerOf([dependency], dependency);
+    await s.put(self);
+    assertEquals(await s.delete(digestOf(dependency)), true);
+    // verify --repair: given the damaged PathInfo it checked, referrers or not.
+    const dep = symlinkPathInfo(dependency);
+    await s.put(dep);
+    await s.put(referrerOf([dependency]));
+    assertEquals(await s.delete(digestOf(dependency), dep), true);
+    assertEquals(await s.get(digestOf(dependency)), undefined);
+  });
+
+  test("deleteUnaccessed keeps a path a stored path refers to", async (s) => {
+    if (!s.deleteUnaccessed) return;
+    const future = Date.now() + 3_600_000;
+    await s.put(symlinkPathInfo(dependency));
+    await s.put(referrerOf([dependency]));
+    assertEquals(await s.deleteUnaccessed(digestOf(dependency), future), false);
+    assert(await s.get(digestOf(dependency)), "kept");
+    assertEquals(
+      await s.deleteUnaccessed(digestOf("11111111111111111111111111111111-app"), future),
+      true,
+    );
+    assertEquals(await s.deleteUnaccessed(digestOf(dependency), future), true);
     assertEquals(await collect(s.list()), []);
   });
 

@@ -5,6 +5,7 @@
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { digestKey, toHex } from "../../src/castore/digest.ts";
 import { StorageError } from "../../src/errors.ts";
+import { StillReferencedError } from "../../src/store/pathinfo/service.ts";
 import { PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
 import { pathInfoServiceFromUrl } from "../../src/store/pathinfo/from_url.ts";
 import { LIST_PAGE, PostgresPathInfoService } from "../../src/store/pathinfo/postgres.ts";
@@ -12,7 +13,7 @@ import { StorePath } from "../../src/store/store_path.ts";
 import { pathInfoServiceConformance } from "../conformance/pathinfo_suite.ts";
 import { collect } from "../conformance/harness.ts";
 import { pseudoRandom } from "../fixtures.ts";
-import { symlinkPathInfo } from "../store/pathinfo_fixtures.ts";
+import { referringPathInfo, symlinkPathInfo } from "../store/pathinfo_fixtures.ts";
 import { freshDatabaseFactory, type PgCluster, pgSuite, pgTest } from "./harness.ts";
 
 pgSuite("postgres path infos", () => {
@@ -57,7 +58,7 @@ pgTest("postgres pathinfo rows hold the protobuf under the raw store path digest
     assertEquals(rows, [[toHex(path.digest), toHex(PathInfo.encode(info).finish())]]);
     assertEquals(await pg.psql(db, "SELECT component, version FROM schema_version"), [[
       "pathinfos",
-      "2",
+      "3",
     ]]);
   });
 });
@@ -141,7 +142,7 @@ pgTest(
       // The server's clock and ours: allow a second either way.
       assert(a.accessedMs >= before - 1000 && a.accessedMs <= Date.now() + 1000, `${a.accessedMs}`);
       assertEquals(await s.get(path.digest), info);
-      assertEquals(await pg.psql(db, "SELECT version FROM schema_version"), [["2"]]);
+      assertEquals(await pg.psql(db, "SELECT version FROM schema_version"), [["3"]]);
     } finally {
       await s.close();
     }
@@ -191,5 +192,87 @@ pgTest(
       await a.close();
       await b.close();
     }
+  },
+);
+
+const DEPENDENCY = "00000000000000000000000000000000-dep";
+const APP = "11111111111111111111111111111111-app";
+const digestOf = (name: string) => StorePath.parseBasename(name).digest;
+/** APP, a PathInfo referring to DEPENDENCY. */
+const appInfo = () => referringPathInfo(APP, [DEPENDENCY]);
+const bytea = (bytes: Uint8Array) => `'\\x${toHex(bytes)}'::bytea`;
+
+pgTest(
+  "postgres path infos stored before the referrer table get it filled when a process first opens the database",
+  async (pg) => {
+    const db = await pg.createDatabase();
+    // The database as the previous schema version left it.
+    await pg.psql(
+      db,
+      "CREATE TABLE schema_version (component text PRIMARY KEY, version integer NOT NULL); " +
+        "INSERT INTO schema_version VALUES ('pathinfos', 2); " +
+        "CREATE TABLE pathinfos (digest bytea PRIMARY KEY CHECK (length(digest) = 20), " +
+        "data bytea NOT NULL, accessed bigint NOT NULL DEFAULT 0); " +
+        `INSERT INTO pathinfos (digest, data) VALUES (${bytea(digestOf(DEPENDENCY))}, ${
+          bytea(PathInfo.encode(symlinkPathInfo(DEPENDENCY)).finish())
+        }), (${bytea(digestOf(APP))}, ${bytea(PathInfo.encode(appInfo()).finish())}), ` +
+        `(${bytea(new Uint8Array(20).fill(9))}, '\\xffff'::bytea)`,
+    );
+    // Two processes opening it at once: one fills the table.
+    const [a, b] = await Promise.all([
+      pathInfoServiceFromUrl(pg.url(db)),
+      pathInfoServiceFromUrl(pg.url(db)),
+    ]);
+    try {
+      assertEquals(
+        await pg.psql(
+          db,
+          "SELECT encode(reference, 'hex'), encode(referrer, 'hex') FROM pathinfo_refs",
+        ),
+        [[toHex(digestOf(DEPENDENCY)), toHex(digestOf(APP))]],
+      );
+      const err = await assertRejects(() => b.delete!(digestOf(DEPENDENCY)), StillReferencedError);
+      assertEquals(err.referrers, [digestOf(APP)]);
+      assertEquals(await a.delete!(digestOf(APP)), true);
+      assertEquals(await b.delete!(digestOf(DEPENDENCY)), true);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  },
+);
+
+pgTest(
+  "a postgres deletion waits for a referrer being stored, then keeps the path",
+  async (pg) => {
+    await withService(pg, async (s, db) => {
+      await s.put(symlinkPathInfo(DEPENDENCY));
+      // Another daemon's put of APP, caught between its writes and its
+      // commit: its locks are held for 1.5 s.
+      const put = pg.psql(
+        db,
+        "BEGIN; " +
+          `SELECT 1 FROM pathinfos WHERE digest = ${bytea(digestOf(DEPENDENCY))} FOR SHARE; ` +
+          `INSERT INTO pathinfos (digest, data, accessed) VALUES (${bytea(digestOf(APP))}, ${
+            bytea(PathInfo.encode(appInfo()).finish())
+          }, 0); ` +
+          `INSERT INTO pathinfo_refs VALUES (${bytea(digestOf(DEPENDENCY))}, ${
+            bytea(digestOf(APP))
+          }); ` +
+          "SELECT pg_sleep(1.5); COMMIT;",
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      const started = Date.now();
+      const [deleted, unaccessed] = await Promise.allSettled([
+        s.delete(digestOf(DEPENDENCY)),
+        s.deleteUnaccessed!(digestOf(DEPENDENCY), Date.now() + 3_600_000),
+      ]);
+      await put;
+      assert(Date.now() - started >= 500, "the deletions waited for the put's commit");
+      assert(deleted.status === "rejected" && deleted.reason instanceof StillReferencedError);
+      assertEquals(unaccessed, { status: "fulfilled", value: false });
+      assert(await s.get(digestOf(DEPENDENCY)), "the path stays");
+      assert(await s.get(digestOf(APP)));
+    });
   },
 );

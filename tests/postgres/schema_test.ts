@@ -112,14 +112,16 @@ pgTest("postgres: opening migrates a fresh database once; both backends share it
   try {
     assertEquals(
       await pg.psql(db, "SELECT component, version FROM schema_version ORDER BY component"),
-      [["directories", "1"], ["pathinfos", "2"]],
+      [["directories", "1"], ["pathinfos", "3"]],
     );
     assertEquals(
       await pg.psql(
         db,
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
       ),
-      [["directories"], ["pathinfos"], ["schema_version"]],
+      [["directories"], ["pathinfo_refs"], ["pathinfo_refs_backfill"], ["pathinfos"], [
+        "schema_version",
+      ]],
     );
   } finally {
     await Promise.all(opened.map((s) => s.close()));

@@ -7,6 +7,7 @@
  */
 import { NARInfo_CA_Hash, type PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
 import { b, DUMMY_DIGEST, DUMMY_PATH, DUMMY_PATH_DIGEST } from "../fixtures.ts";
+import { StorePath } from "../../src/store/store_path.ts";
 
 /** A directory root node named DUMMY_PATH, one reference to itself, no narinfo. */
 export function pathInfoWithoutNarinfo(): PathInfo {
@@ -47,5 +48,25 @@ export function symlinkPathInfo(
     node: { node: { $case: "symlink", value: { name: b(basename), target: b(target) } } },
     references: [],
     narinfo: undefined,
+  };
+}
+
+/**
+ * A PathInfo with a symlink root named `basename` that refers to the store
+ * paths `references` (basenames), named in its narinfo too.
+ */
+export function referringPathInfo(basename: string, references: string[]): PathInfo {
+  return {
+    ...symlinkPathInfo(basename),
+    references: references.map((r) => StorePath.parseBasename(r).digest),
+    narinfo: {
+      narSize: 0n,
+      narSha256: new Uint8Array(32),
+      signatures: [],
+      referenceNames: references,
+      deriver: undefined,
+      ca: undefined,
+      upload: undefined,
+    },
   };
 }

@@ -3,12 +3,13 @@ import { assertEquals, assertRejects } from "../assert.ts";
 import { StorageError } from "../../src/errors.ts";
 import { PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
 import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";
+import { StillReferencedError } from "../../src/store/pathinfo/service.ts";
 import { SqliteDirectoryService } from "../../src/castore/directory/sqlite.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { pathInfoServiceConformance } from "../conformance/pathinfo_suite.ts";
 import { collect, sqliteFactories, withDbFile } from "../conformance/harness.ts";
 import * as F from "../fixtures.ts";
-import { pathInfoWithNarinfo, symlinkPathInfo } from "./pathinfo_fixtures.ts";
+import { pathInfoWithNarinfo, referringPathInfo, symlinkPathInfo } from "./pathinfo_fixtures.ts";
 
 const sqlite = sqliteFactories((path) => new SqlitePathInfoService(path), "a/store.sqlite");
 pathInfoServiceConformance("sqlite in memory", sqlite.memory);
@@ -103,7 +104,7 @@ Deno.test("directory and pathinfo services share one sqlite file", async () => {
     try {
       const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .all().map((r) => r.name);
-      assertEquals(tables, ["directories", "pathinfos"]);
+      assertEquals(tables, ["directories", "pathinfo_refs", "pathinfos"]);
       assertEquals(db.prepare("PRAGMA journal_mode").get()?.journal_mode, "wal");
     } finally {
       db.close();
@@ -132,6 +133,36 @@ Deno.test("sqlite path infos of a store from before access times get them when o
       // Counted as accessed when migrated, not at the epoch.
       assertEquals(a.accessedMs >= before && a.accessedMs <= Date.now(), true);
       assertEquals(await s.get(digest), info);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+Deno.test("sqlite path infos of a store from before the referrer table get it filled when opened", async () => {
+  await withDbFile(async (path) => {
+    const dependency = "00000000000000000000000000000000-dep";
+    const app = "11111111111111111111111111111111-app";
+    const digestOf = (name: string) => StorePath.parseBasename(name).digest;
+    const old = new DatabaseSync(path);
+    old.exec(
+      "CREATE TABLE pathinfos (digest BLOB PRIMARY KEY NOT NULL, data BLOB NOT NULL, " +
+        "accessed INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+    );
+    const insert = old.prepare("INSERT INTO pathinfos (digest, data) VALUES (?, ?)");
+    insert.run(digestOf(dependency), PathInfo.encode(symlinkPathInfo(dependency)).finish());
+    insert.run(
+      digestOf(app),
+      PathInfo.encode(referringPathInfo(app, [dependency])).finish(),
+    );
+    insert.run(new Uint8Array(20).fill(9), new Uint8Array([0xff, 0xff])); // damaged: skipped
+    old.close();
+    const s = new SqlitePathInfoService(path);
+    try {
+      const err = await assertRejects(() => s.delete(digestOf(dependency)), StillReferencedError);
+      assertEquals(err.referrers, [digestOf(app)]);
+      assertEquals(await s.delete(digestOf(app)), true);
+      assertEquals(await s.delete(digestOf(dependency)), true);
     } finally {
       await s.close();
     }

@@ -1,13 +1,19 @@
 /**
  * In-process PathInfoService (`memory://`): encoded PathInfos and their
- * access times in a Map keyed by store path digest, lost on exit.
+ * access times in a Map keyed by store path digest, and who refers to whom
+ * (docs/gc.md#referrers), lost on exit.
  *
  * @module
  */
 import { digestKey, fromHex } from "../../castore/digest.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
-import type { PathAccess, PathInfoService } from "./service.ts";
-import { checkPathInfoDigest, sameInfo, validateForPut } from "./put_check.ts";
+import {
+  type PathAccess,
+  type PathInfoService,
+  REFERRERS_NAMED,
+  StillReferencedError,
+} from "./service.ts";
+import { checkPathInfoDigest, otherReferences, sameInfo, validateForPut } from "./put_check.ts";
 
 /** A PathInfoService keeping every PathInfo in memory. */
 export class MemoryPathInfoService implements PathInfoService {
@@ -15,6 +21,8 @@ export class MemoryPathInfoService implements PathInfoService {
   readonly #infos = new Map<string, Uint8Array>();
   /** Last access per key, in ms (docs/gc.md#access-times). */
   readonly #accessed = new Map<string, number>();
+  /** Key → keys of the stored paths that refer to it (themselves excluded). */
+  readonly #referrers = new Map<string, Set<string>>();
 
   /** The PathInfo stored under this 20-byte digest, or `undefined`. */
   get(digest: Uint8Array): Promise<PathInfo | undefined> {
@@ -28,7 +36,14 @@ export class MemoryPathInfoService implements PathInfoService {
     try {
       const path = validateForPut(info);
       const key = digestKey(path.digest);
+      this.#dropReferences(key);
       this.#infos.set(key, PathInfo.encode(info).finish());
+      for (const ref of otherReferences(info, path.digest)) {
+        const refKey = digestKey(ref);
+        const set = this.#referrers.get(refKey) ?? new Set();
+        set.add(key);
+        this.#referrers.set(refKey, set);
+      }
       this.#accessed.set(key, Math.max(this.#accessed.get(key) ?? 0, Date.now()));
       return Promise.resolve(info);
     } catch (err) {
@@ -45,17 +60,42 @@ export class MemoryPathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo with this digest (if still `expected`); false if there was none. */
+  /**
+   * Removes the PathInfo with this digest (if still `expected`); false if
+   * there was none. Without `expected`, refuses a path that a stored path
+   * refers to ({@linkcode StillReferencedError}).
+   */
   delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
       const key = digestKey(digest);
       const stored = this.#infos.get(key);
       if (expected && !(stored && sameInfo(stored, expected))) return Promise.resolve(false);
+      const referrers = this.#referrers.get(key);
+      if (!expected && stored && referrers?.size) {
+        throw new StillReferencedError(
+          digest,
+          [...referrers].slice(0, REFERRERS_NAMED).map(fromHex),
+        );
+      }
+      if (!stored) return Promise.resolve(false);
+      this.#dropReferences(key);
       this.#accessed.delete(key);
       return Promise.resolve(this.#infos.delete(key));
     } catch (err) {
       return Promise.reject(err);
+    }
+  }
+
+  /** Forgets what the stored path `key` refers to. */
+  #dropReferences(key: string): void {
+    const bytes = this.#infos.get(key);
+    if (!bytes) return;
+    for (const ref of otherReferences(PathInfo.decode(bytes), fromHex(key))) {
+      const refKey = digestKey(ref);
+      const set = this.#referrers.get(refKey);
+      set?.delete(key);
+      if (set?.size === 0) this.#referrers.delete(refKey);
     }
   }
 
@@ -76,10 +116,12 @@ export class MemoryPathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo unless accessed at or after `cutoffMs`. */
+  /** Removes the PathInfo unless accessed at or after `cutoffMs` or referred to. */
   deleteUnaccessed(digest: Uint8Array, cutoffMs: number): Promise<boolean> {
-    const accessed = this.#accessed.get(digestKey(digest));
+    const key = digestKey(digest);
+    const accessed = this.#accessed.get(key);
     if (accessed === undefined || accessed >= cutoffMs) return Promise.resolve(false);
+    if (this.#referrers.get(key)?.size) return Promise.resolve(false);
     return this.delete(digest);
   }
 

@@ -9,18 +9,30 @@
  * consumes them); delete serves `delete` and `verify --repair`. Reads
  * check that a row decodes, validates and belongs to its key.
  *
+ * Table `pathinfo_refs` lists who refers to whom (docs/gc.md#referrers).
+ * A put locks the rows of the paths it refers to (`FOR SHARE`) while it
+ * writes its own rows, and a deletion locks its row (`FOR UPDATE`) before
+ * it looks for referrers: whichever comes second sees what the first
+ * committed, so a referrer stored while a deletion runs keeps the path.
+ *
  * @module
  */
-import { PostgresDb, type Schema } from "../../castore/postgres_db.ts";
+import { PostgresDb, type Queryable, type Schema } from "../../castore/postgres_db.ts";
 import type { PostgresConfig } from "../../castore/postgres_url.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import {
   checkPathInfoDigest,
   decodeStoredPathInfo,
+  otherReferences,
   sameInfo,
   validateForPut,
 } from "./put_check.ts";
-import type { PathAccess, PathInfoService } from "./service.ts";
+import {
+  type PathAccess,
+  type PathInfoService,
+  REFERRERS_NAMED,
+  StillReferencedError,
+} from "./service.ts";
 import { compareBytes, digestKey } from "../../castore/digest.ts";
 
 /** Access times written by one statement (and locked by one before it). */
@@ -41,11 +53,84 @@ export const PATHINFO_SCHEMA: Schema = {
       "ALTER TABLE pathinfos ADD COLUMN accessed bigint NOT NULL DEFAULT 0",
       "UPDATE pathinfos SET accessed = (extract(epoch FROM now()) * 1000)::bigint",
     ],
+    // Who refers to whom. SQL cannot read the references out of the stored
+    // protobuf, so the rows of paths already stored are added when a
+    // process of this version first opens the database (the flag row).
+    [
+      `CREATE TABLE pathinfo_refs (
+        reference bytea NOT NULL,
+        referrer bytea NOT NULL,
+        PRIMARY KEY (reference, referrer)
+      )`,
+      "CREATE INDEX pathinfo_refs_by_referrer ON pathinfo_refs (referrer)",
+      "CREATE TABLE pathinfo_refs_backfill (pending boolean PRIMARY KEY)",
+      "INSERT INTO pathinfo_refs_backfill VALUES (true)",
+    ],
   ],
 };
 
+/** Stored referrers of `$1` (a row left by a process that kept no such table holds nothing). */
+const REFERRERS_SQL =
+  "SELECT r.referrer FROM pathinfo_refs AS r JOIN pathinfos AS p ON p.digest = r.referrer " +
+  `WHERE r.reference = $1 LIMIT ${REFERRERS_NAMED}`;
+
 /** Rows fetched per query while listing. */
 export const LIST_PAGE = 256;
+
+/** Deletes a path's row and its references, in the caller's transaction. */
+async function removeWithRefs(tx: Queryable, digest: Uint8Array): Promise<void> {
+  await tx.query("DELETE FROM pathinfos WHERE digest = $1", [digest]);
+  await tx.query("DELETE FROM pathinfo_refs WHERE referrer = $1", [digest]);
+}
+
+/** Paths read per statement while indexing the references of stored paths. */
+const BACKFILL_PAGE = 1000;
+
+/**
+ * Adds the references of the paths stored before `pathinfo_refs` existed,
+ * once per database: the process that takes the flag row does it, with
+ * writes to `pathinfos` held off (`SHARE` lock) until it commits. A row
+ * that does not decode is left out: `verify` reports it as damaged.
+ */
+async function indexStoredReferences(db: PostgresDb): Promise<void> {
+  if ((await db.run("read", "SELECT 1 FROM pathinfo_refs_backfill")).length === 0) return;
+  await db.transaction("index references", async (tx) => {
+    await tx.query("LOCK TABLE pathinfos IN SHARE MODE");
+    if ((await tx.query("DELETE FROM pathinfo_refs_backfill RETURNING pending")).length === 0) {
+      return; // another process did it meanwhile
+    }
+    let after: Uint8Array = new Uint8Array(0);
+    while (true) {
+      const rows = await tx.query(
+        "SELECT digest, data FROM pathinfos WHERE digest > $1 ORDER BY digest " +
+          `LIMIT ${BACKFILL_PAGE}`,
+        [after],
+      );
+      const references: Uint8Array[] = [], referrers: Uint8Array[] = [];
+      for (const row of rows) {
+        after = row.digest as Uint8Array;
+        let info: PathInfo;
+        try {
+          info = PathInfo.decode(row.data as Uint8Array);
+        } catch {
+          continue;
+        }
+        for (const ref of otherReferences(info, after)) {
+          references.push(ref);
+          referrers.push(after);
+        }
+      }
+      if (references.length > 0) {
+        await tx.query(
+          "INSERT INTO pathinfo_refs (reference, referrer) " +
+            "SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT DO NOTHING",
+          [references, referrers],
+        );
+      }
+      if (rows.length < BACKFILL_PAGE) return;
+    }
+  });
+}
 
 /** A PathInfoService storing rows in a PostgreSQL database. */
 export class PostgresPathInfoService implements PathInfoService {
@@ -61,7 +146,14 @@ export class PostgresPathInfoService implements PathInfoService {
    * the login, or holds a newer schema.
    */
   static async open(config: PostgresConfig): Promise<PostgresPathInfoService> {
-    return new PostgresPathInfoService(await PostgresDb.open(config, PATHINFO_SCHEMA));
+    const db = await PostgresDb.open(config, PATHINFO_SCHEMA);
+    try {
+      await indexStoredReferences(db);
+    } catch (err) {
+      await db.close();
+      throw err;
+    }
+    return new PostgresPathInfoService(db);
   }
 
   /** The PathInfo stored under this 20-byte digest, or `undefined`. */
@@ -73,16 +165,33 @@ export class PostgresPathInfoService implements PathInfoService {
     return rows.length === 0 ? undefined : decodeStoredPathInfo(digest, rows[0].data);
   }
 
-  /** Validates and stores (replacing an entry for the same store path). */
+  /** Validates and stores (replacing an entry for the same store path) with its references. */
   async put(info: PathInfo): Promise<PathInfo> {
     const path = validateForPut(info);
-    await this.#db.run(
-      "write",
-      "INSERT INTO pathinfos (digest, data, accessed) VALUES ($1, $2, $3) " +
-        "ON CONFLICT (digest) DO UPDATE SET data = excluded.data, " +
-        "accessed = greatest(pathinfos.accessed, excluded.accessed)",
-      [path.digest, PathInfo.encode(info).finish(), Date.now()],
-    );
+    const refs = otherReferences(info, path.digest);
+    await this.#db.transaction("write", async (tx) => {
+      if (refs.length > 0) {
+        // Held until commit: a deletion of one of them waits, then sees this path.
+        await tx.query(
+          "SELECT 1 FROM pathinfos WHERE digest = ANY($1::bytea[]) ORDER BY digest FOR SHARE",
+          [refs],
+        );
+      }
+      await tx.query(
+        "INSERT INTO pathinfos (digest, data, accessed) VALUES ($1, $2, $3) " +
+          "ON CONFLICT (digest) DO UPDATE SET data = excluded.data, " +
+          "accessed = greatest(pathinfos.accessed, excluded.accessed)",
+        [path.digest, PathInfo.encode(info).finish(), Date.now()],
+      );
+      await tx.query("DELETE FROM pathinfo_refs WHERE referrer = $1", [path.digest]);
+      if (refs.length > 0) {
+        await tx.query(
+          "INSERT INTO pathinfo_refs (reference, referrer) SELECT unnest($1::bytea[]), $2 " +
+            "ON CONFLICT DO NOTHING",
+          [refs, path.digest],
+        );
+      }
+    });
     return info;
   }
 
@@ -103,23 +212,27 @@ export class PostgresPathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo with this digest (if still `expected`); false if there was none. */
+  /**
+   * Removes the PathInfo with this digest (if still `expected`); false if
+   * there was none. Without `expected`, refuses a path that a stored path
+   * refers to ({@linkcode StillReferencedError}).
+   */
   async delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
     checkPathInfoDigest(digest);
-    if (!expected) {
-      const gone = await this.#db.run(
-        "delete",
-        "DELETE FROM pathinfos WHERE digest = $1 RETURNING digest",
-        [digest],
-      );
-      return gone.length > 0;
-    }
     return await this.#db.transaction("delete", async (tx) => {
       const rows = await tx.query("SELECT data FROM pathinfos WHERE digest = $1 FOR UPDATE", [
         digest,
       ]);
-      if (rows.length === 0 || !sameInfo(rows[0].data as Uint8Array, expected)) return false;
-      await tx.query("DELETE FROM pathinfos WHERE digest = $1", [digest]);
+      if (rows.length === 0) return false;
+      if (expected) {
+        if (!sameInfo(rows[0].data as Uint8Array, expected)) return false;
+      } else {
+        const referrers = await tx.query(REFERRERS_SQL, [digest]);
+        if (referrers.length > 0) {
+          throw new StillReferencedError(digest, referrers.map((r) => r.referrer as Uint8Array));
+        }
+      }
+      await removeWithRefs(tx, digest);
       return true;
     });
   }
@@ -175,15 +288,19 @@ export class PostgresPathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo unless accessed at or after `cutoffMs`. */
+  /** Removes the PathInfo unless accessed at or after `cutoffMs` or referred to. */
   async deleteUnaccessed(digest: Uint8Array, cutoffMs: number): Promise<boolean> {
     checkPathInfoDigest(digest);
-    const gone = await this.#db.run(
-      "delete",
-      "DELETE FROM pathinfos WHERE digest = $1 AND accessed < $2 RETURNING digest",
-      [digest, cutoffMs],
-    );
-    return gone.length > 0;
+    return await this.#db.transaction("delete", async (tx) => {
+      const rows = await tx.query(
+        "SELECT 1 FROM pathinfos WHERE digest = $1 AND accessed < $2 FOR UPDATE",
+        [digest, cutoffMs],
+      );
+      if (rows.length === 0) return false;
+      if ((await tx.query(REFERRERS_SQL, [digest])).length > 0) return false;
+      await removeWithRefs(tx, digest);
+      return true;
+    });
   }
 
   /** Gives the connection pool back. */

@@ -32,6 +32,23 @@ export function sameInfo(stored: Uint8Array, expected: PathInfo): boolean {
 }
 
 /**
+ * The distinct references of `info` other than `self` (its own store path
+ * digest): what makes a referrer in docs/gc.md#referrers. A path that
+ * refers to itself does not keep itself.
+ */
+export function otherReferences(info: PathInfo, self: Uint8Array): Uint8Array[] {
+  const seen = new Set<string>([toHex(self)]);
+  const out: Uint8Array[] = [];
+  for (const ref of info.references) {
+    const key = toHex(ref);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push(ref);
+  }
+  return out;
+}
+
+/**
  * Validates a PathInfo about to be stored and returns its store path.
  * Throws `InvalidRequestError` "failed to validate PathInfo: …".
  */

@@ -6,8 +6,24 @@
  */
 import type { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import type { NarCalculationService } from "../../nar/calculation.ts";
+import { InvalidRequestError } from "../../errors.ts";
 
 export type { PathInfo };
+
+/** Referrers a refusal names at most: enough to act on, not the whole list. */
+export const REFERRERS_NAMED = 16;
+
+/**
+ * A deletion refused because other stored paths refer to the path
+ * (docs/gc.md#referrers): removing it would leave their closures broken.
+ */
+export class StillReferencedError extends InvalidRequestError {
+  override name = "StillReferencedError";
+  /** The 20-byte digest of the path refused, and of some paths referring to it. */
+  constructor(readonly digest: Uint8Array, readonly referrers: Uint8Array[]) {
+    super(`the path is still referenced by ${referrers.length} other path(s)`);
+  }
+}
 
 /** When a store path was last used (docs/gc.md#access-times). */
 export interface PathAccess {
@@ -33,10 +49,13 @@ export interface PathInfoService {
 
   /**
    * Removes the PathInfo of the store path with this 20-byte digest; false
-   * if there was none. With `expected`, only if the stored PathInfo is
-   * still that one (as one atomic step): a path stored anew meanwhile
-   * stays. Absent where the backend cannot delete (a remote daemon: the
-   * upstream protocol has no delete).
+   * if there was none. Throws {@linkcode StillReferencedError} while
+   * another stored path refers to it, checked in the same atomic step as
+   * the removal, so a referrer stored meanwhile keeps it. With `expected`
+   * (a repair of damage), only if the stored PathInfo is still that one,
+   * and whatever refers to it: a path stored anew meanwhile stays. Absent
+   * where the backend cannot delete (a remote daemon: the upstream
+   * protocol has no delete).
    */
   delete?(digest: Uint8Array, expected?: PathInfo): Promise<boolean>;
 
@@ -59,9 +78,10 @@ export interface PathInfoService {
   listAccess?(): AsyncIterable<PathAccess>;
 
   /**
-   * Removes the PathInfo unless it was accessed at or after `cutoffMs`, in
-   * one step; false if it was kept or absent. Garbage collection's policies
-   * delete through it, so a path used while they run stays.
+   * Removes the PathInfo unless it was accessed at or after `cutoffMs` or
+   * another stored path refers to it, in one step; false if it was kept or
+   * absent. Garbage collection's policies delete through it, so a path used
+   * or referred to while they run stays.
    */
   deleteUnaccessed?(digest: Uint8Array, cutoffMs: number): Promise<boolean>;
 

@@ -7,6 +7,10 @@
  * as an access); list walks the keys in order. Reads check that a row still decodes, validates and
  * belongs to its key, so corruption surfaces as `StorageError`.
  *
+ * Table `pathinfo_refs` lists who refers to whom (docs/gc.md#referrers),
+ * written in the put's transaction, so a deletion can refuse a path that
+ * a stored path refers to in the same transaction as it removes it.
+ *
  * @module
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
@@ -16,16 +20,60 @@ import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import {
   checkPathInfoDigest,
   decodeStoredPathInfo,
+  otherReferences,
   sameInfo,
   validateForPut,
 } from "./put_check.ts";
-import type { PathAccess, PathInfoService } from "./service.ts";
+import {
+  type PathAccess,
+  type PathInfoService,
+  REFERRERS_NAMED,
+  StillReferencedError,
+} from "./service.ts";
 
 const SCHEMA = `CREATE TABLE IF NOT EXISTS pathinfos (
   digest BLOB PRIMARY KEY NOT NULL,
   data BLOB NOT NULL,
   accessed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID`;
+
+/** Referrers by reference, and a referrer's own rows found by the second index. */
+const REFS_SCHEMA = `CREATE TABLE pathinfo_refs (
+  reference BLOB NOT NULL,
+  referrer BLOB NOT NULL,
+  PRIMARY KEY (reference, referrer)
+) WITHOUT ROWID;
+CREATE INDEX pathinfo_refs_by_referrer ON pathinfo_refs (referrer)`;
+
+/**
+ * Creates `pathinfo_refs` in a database from before it existed, filled from
+ * the stored PathInfos, in one transaction (so two processes opening the
+ * file at once fill it once). A row that does not decode is left out:
+ * `verify` reports it as damaged.
+ */
+function addReferenceIndex(db: DatabaseSync): void {
+  const exists = () =>
+    db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pathinfo_refs'")
+      .get() !== undefined;
+  if (exists()) return;
+  inTransaction(db, () => {
+    if (exists()) return;
+    db.exec(REFS_SCHEMA);
+    const insert = db.prepare(
+      "INSERT OR IGNORE INTO pathinfo_refs (reference, referrer) VALUES (?, ?)",
+    );
+    for (const row of db.prepare("SELECT digest, data FROM pathinfos").iterate()) {
+      const digest = row.digest as Uint8Array;
+      let info: PathInfo;
+      try {
+        info = PathInfo.decode(row.data as Uint8Array);
+      } catch {
+        continue;
+      }
+      for (const ref of otherReferences(info, digest)) insert.run(ref, digest);
+    }
+  });
+}
 
 /**
  * Adds `accessed` to a table created before access times existed. Paths
@@ -52,6 +100,10 @@ export class SqlitePathInfoService implements PathInfoService {
   readonly #firstPage: StatementSync;
   readonly #nextPage: StatementSync;
   readonly #access: StatementSync;
+  readonly #dropRefs: StatementSync;
+  readonly #addRef: StatementSync;
+  readonly #referrers: StatementSync;
+  readonly #remove: StatementSync;
   #closed = false;
 
   /** Opens (creating) the database file at `path`, or an in-memory one if undefined. */
@@ -60,6 +112,7 @@ export class SqlitePathInfoService implements PathInfoService {
     try {
       this.#db.exec(SCHEMA);
       migrate(this.#db);
+      addReferenceIndex(this.#db);
       this.#select = this.#db.prepare("SELECT data FROM pathinfos WHERE digest = ?");
       this.#upsert = this.#db.prepare(
         "INSERT INTO pathinfos (digest, data, accessed) VALUES (?, ?, ?) " +
@@ -69,6 +122,17 @@ export class SqlitePathInfoService implements PathInfoService {
       this.#access = this.#db.prepare(
         "UPDATE pathinfos SET accessed = ? WHERE digest = ? AND accessed < ?",
       );
+      this.#dropRefs = this.#db.prepare("DELETE FROM pathinfo_refs WHERE referrer = ?");
+      this.#addRef = this.#db.prepare(
+        "INSERT OR IGNORE INTO pathinfo_refs (reference, referrer) VALUES (?, ?)",
+      );
+      this.#referrers = this.#db.prepare(
+        // Only referrers still stored count: a row left behind by a process
+        // of an older version, which did not keep this table, holds nothing.
+        "SELECT r.referrer FROM pathinfo_refs AS r JOIN pathinfos AS p ON p.digest = r.referrer " +
+          `WHERE r.reference = ? LIMIT ${REFERRERS_NAMED}`,
+      );
+      this.#remove = this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?");
       this.#firstPage = this.#db.prepare(
         `SELECT digest, data FROM pathinfos ORDER BY digest LIMIT ${LIST_PAGE}`,
       );
@@ -92,12 +156,17 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
-  /** Validates and stores (replacing an entry for the same store path). */
+  /** Validates and stores (replacing an entry for the same store path) with its references. */
   put(info: PathInfo): Promise<PathInfo> {
     try {
       const path = validateForPut(info);
       const bytes = PathInfo.encode(info).finish();
-      storageCall("write", () => this.#upsert.run(path.digest, bytes, Date.now()));
+      storageCall("write", () =>
+        inTransaction(this.#db, () => {
+          this.#upsert.run(path.digest, bytes, Date.now());
+          this.#dropRefs.run(path.digest);
+          for (const ref of otherReferences(info, path.digest)) this.#addRef.run(ref, path.digest);
+        }));
       return Promise.resolve(info);
     } catch (err) {
       return Promise.reject(err);
@@ -121,22 +190,41 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo with this digest (if still `expected`); false if there was none. */
+  /**
+   * Removes the PathInfo with this digest (if still `expected`); false if
+   * there was none. Without `expected`, refuses a path that a stored path
+   * refers to ({@linkcode StillReferencedError}).
+   */
   delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
-      const changes = storageCall("delete", () =>
+      const removed = storageCall("delete", () =>
         inTransaction(this.#db, () => {
           if (expected) {
-            const row = this.#db.prepare("SELECT data FROM pathinfos WHERE digest = ?").get(digest);
-            if (!row || !sameInfo(row.data as Uint8Array, expected)) return 0;
+            const row = this.#select.get(digest);
+            if (!row || !sameInfo(row.data as Uint8Array, expected)) return false;
+          } else {
+            const referrers = this.#referrersOf(digest);
+            if (referrers.length > 0) throw new StillReferencedError(digest, referrers);
           }
-          return this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?").run(digest).changes;
+          return this.#removeWithRefs(digest);
         }));
-      return Promise.resolve(Number(changes) > 0);
+      return Promise.resolve(removed);
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /** Up to {@linkcode REFERRERS_NAMED} stored paths that refer to `digest`. */
+  #referrersOf(digest: Uint8Array): Uint8Array[] {
+    return this.#referrers.all(digest).map((r) => r.referrer as Uint8Array);
+  }
+
+  /** Deletes the row and its references (inside the caller's transaction). */
+  #removeWithRefs(digest: Uint8Array): boolean {
+    if (Number(this.#remove.run(digest).changes) === 0) return false;
+    this.#dropRefs.run(digest);
+    return true;
   }
 
   /**
@@ -182,17 +270,19 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
-  /** Removes the PathInfo unless accessed at or after `cutoffMs`. */
+  /** Removes the PathInfo unless accessed at or after `cutoffMs` or referred to. */
   deleteUnaccessed(digest: Uint8Array, cutoffMs: number): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
-      const changes = storageCall(
-        "delete",
-        () =>
-          this.#db.prepare("DELETE FROM pathinfos WHERE digest = ? AND accessed < ?")
-            .run(digest, cutoffMs).changes,
-      );
-      return Promise.resolve(Number(changes) > 0);
+      const removed = storageCall("delete", () =>
+        inTransaction(this.#db, () => {
+          const row = this.#db.prepare("SELECT accessed FROM pathinfos WHERE digest = ?")
+            .get(digest);
+          if (!row || Number(row.accessed) >= cutoffMs) return false;
+          if (this.#referrersOf(digest).length > 0) return false;
+          return this.#removeWithRefs(digest);
+        }));
+      return Promise.resolve(removed);
     } catch (err) {
       return Promise.reject(err);
     }
