@@ -472,7 +472,8 @@ export async function verifyStore(
 
 /**
  * The keys of `doomed` ordered so that each comes after every doomed path
- * that refers to it (a depth-first post-order over the referrer edges).
+ * that refers to it (a depth-first post-order over the referrer edges;
+ * paths that refer to each other come in any order).
  */
 function referrersFirst(doomed: Set<string>, referrers: Map<string, Set<string>>): string[] {
   const order: string[] = [];
@@ -515,11 +516,16 @@ export class PathNotFoundError extends InvalidRequestError {
 /** A path given to {@linkcode deletePaths} is referenced by paths not being deleted. */
 export class PathReferencedError extends InvalidRequestError {
   override name = "PathReferencedError";
-  /** The absolute store path refused, and the paths that refer to it. */
-  constructor(readonly path: string, readonly referrers: string[]) {
-    super(
-      `${path} is still referenced by ${referrers.join(", ")} (use --recursive to delete them too)`,
-    );
+  /**
+   * The absolute store path refused, the paths that refer to it, and what
+   * to do about it (by default: delete them too).
+   */
+  constructor(
+    readonly path: string,
+    readonly referrers: string[],
+    advice = "use --recursive to delete them too",
+  ) {
+    super(`${path} is still referenced by ${referrers.join(", ")} (${advice})`);
   }
 }
 
@@ -590,10 +596,15 @@ export async function deletePaths(
     for (const key of referrersFirst(doomed, referrers)) {
       const path = byKey.get(key)!;
       try {
-        if (await remove.call(pathInfo, path.digest)) deleted.push(path);
+        // Paths that refer to each other go together.
+        if (await remove.call(pathInfo, path.digest, undefined, doomed)) deleted.push(path);
       } catch (err) {
         if (!(err instanceof StillReferencedError)) throw err;
-        throw new PathReferencedError(path.absolute(), await pathsOf(pathInfo, err.referrers));
+        throw new PathReferencedError(
+          path.absolute(),
+          await pathsOf(pathInfo, err.referrers),
+          options.recursive ? "stored since the deletion started; run it again" : undefined,
+        );
       }
     }
   } finally {

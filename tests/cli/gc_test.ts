@@ -34,6 +34,7 @@ import { pseudoRandom } from "../fixtures.ts";
 import { blake3, bytesEqual } from "../../src/castore/digest.ts";
 import { checkNars, expected, ok, packBytes, tree } from "./gc_helpers.ts";
 import { run } from "../store/tree_gen.ts";
+import { referringPathInfo } from "../store/pathinfo_fixtures.ts";
 import { renameNode, toNode } from "../../src/castore/node.ts";
 import { calculateNar } from "../../src/nar/render.ts";
 
@@ -199,6 +200,25 @@ Deno.test("delete refuses a path that a path stored after its listing refers to,
     }
   } finally {
     await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("delete --recursive removes paths that refer to each other", async () => {
+  const infos = new SqlitePathInfoService(undefined);
+  try {
+    const [a, b] = ["00000000000000000000000000000000-a", "11111111111111111111111111111111-b"];
+    await infos.put(referringPathInfo(a, [b]));
+    await infos.put(referringPathInfo(b, [a]));
+    const refused = await assertRejects(
+      () => deletePaths(infos, [StorePath.parseBasename(a)]),
+      PathReferencedError,
+    );
+    assertMatch(refused.message, /use --recursive/);
+    const deleted = await deletePaths(infos, [StorePath.parseBasename(a)], { recursive: true });
+    assertEquals(deleted.map((p) => p.basename()).sort(), [a, b]);
+    assertEquals((await infos.list()[Symbol.asyncIterator]().next()).done, true);
+  } finally {
+    await infos.close();
   }
 });
 

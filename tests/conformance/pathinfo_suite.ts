@@ -184,6 +184,18 @@ export function pathInfoServiceConformance(
     assertEquals(await s.get(digestOf(dependency)), undefined);
   });
 
+  test("paths that refer to each other are deleted together", async (s) => {
+    if (!s.delete) return;
+    const app = "11111111111111111111111111111111-app";
+    await s.put(referrerOf([dependency], app));
+    await s.put(referrerOf([app], dependency));
+    await assertRejects(() => s.delete!(digestOf(app)), StillReferencedError);
+    const both = new Set([app, dependency].map((n) => digestKey(digestOf(n))));
+    assertEquals(await s.delete(digestOf(app), undefined, both), true);
+    assertEquals(await s.delete(digestOf(dependency), undefined, both), true);
+    assertEquals(await collect(s.list()), []);
+  });
+
   test("deleteUnaccessed keeps a path a stored path refers to", async (s) => {
     if (!s.deleteUnaccessed) return;
     const future = Date.now() + 3_600_000;

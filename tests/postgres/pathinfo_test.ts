@@ -3,12 +3,16 @@
  * suite, the rows as stored, listing in pages, delete, and corrupted rows.
  */
 import { assert, assertEquals, assertRejects } from "../assert.ts";
-import { digestKey, toHex } from "../../src/castore/digest.ts";
+import { compareBytes, digestKey, toHex } from "../../src/castore/digest.ts";
 import { StorageError } from "../../src/errors.ts";
 import { StillReferencedError } from "../../src/store/pathinfo/service.ts";
 import { PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
 import { pathInfoServiceFromUrl } from "../../src/store/pathinfo/from_url.ts";
-import { LIST_PAGE, PostgresPathInfoService } from "../../src/store/pathinfo/postgres.ts";
+import {
+  ACCESS_LOCK,
+  LIST_PAGE,
+  PostgresPathInfoService,
+} from "../../src/store/pathinfo/postgres.ts";
 import { StorePath } from "../../src/store/store_path.ts";
 import { pathInfoServiceConformance } from "../conformance/pathinfo_suite.ts";
 import { collect } from "../conformance/harness.ts";
@@ -242,25 +246,19 @@ pgTest(
   },
 );
 
+/** Makes every insert into `pathinfo_refs` (a put's last step) hold its transaction for 1.5 s. */
+const SLOW_PUTS = "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(1.5); " +
+  "RETURN NULL; END $$ LANGUAGE plpgsql; CREATE TRIGGER slow AFTER INSERT ON pathinfo_refs " +
+  "FOR EACH STATEMENT EXECUTE FUNCTION slow()";
+
 pgTest(
   "a postgres deletion waits for a referrer being stored, then keeps the path",
   async (pg) => {
     await withService(pg, async (s, db) => {
       await s.put(symlinkPathInfo(DEPENDENCY));
-      // Another daemon's put of APP, caught between its writes and its
-      // commit: its locks are held for 1.5 s.
-      const put = pg.psql(
-        db,
-        "BEGIN; " +
-          `SELECT 1 FROM pathinfos WHERE digest = ${bytea(digestOf(DEPENDENCY))} FOR SHARE; ` +
-          `INSERT INTO pathinfos (digest, data, accessed) VALUES (${bytea(digestOf(APP))}, ${
-            bytea(PathInfo.encode(appInfo()).finish())
-          }, 0); ` +
-          `INSERT INTO pathinfo_refs VALUES (${bytea(digestOf(DEPENDENCY))}, ${
-            bytea(digestOf(APP))
-          }); ` +
-          "SELECT pg_sleep(1.5); COMMIT;",
-      );
+      // The put of APP is caught between its writes and its commit.
+      await pg.psql(db, SLOW_PUTS);
+      const put = s.put(appInfo());
       await new Promise((r) => setTimeout(r, 500));
       const started = Date.now();
       const [deleted, unaccessed] = await Promise.allSettled([
@@ -274,5 +272,80 @@ pgTest(
       assert(await s.get(digestOf(DEPENDENCY)), "the path stays");
       assert(await s.get(digestOf(APP)));
     });
+  },
+);
+
+pgTest(
+  "a postgres put does not deadlock with access times locking the same rows the other way round",
+  async (pg) => {
+    await withService(pg, async (s, db) => {
+      // The referrer sorts first: access times lock it, then the path it refers to.
+      const [referrer, reference] = compareBytes(digestOf(DEPENDENCY), digestOf(APP)) < 0
+        ? [DEPENDENCY, APP]
+        : [APP, DEPENDENCY];
+      await s.put(symlinkPathInfo(reference));
+      await s.put(symlinkPathInfo(referrer));
+      const deadlocks = async () =>
+        (await pg.psql(
+          db,
+          "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        ))[0][0];
+      const before = await deadlocks();
+      // A batch of access times, as recordAccess locks it, slowed between the two rows.
+      const access = pg.psql(
+        db,
+        `BEGIN; SELECT 1 FROM pathinfos WHERE digest = ${
+          bytea(digestOf(referrer))
+        } ${ACCESS_LOCK}; SELECT pg_sleep(1); SELECT 1 FROM pathinfos WHERE digest = ${
+          bytea(digestOf(reference))
+        } ${ACCESS_LOCK}; COMMIT;`,
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      // Stored again, now referring to the other: it locks that one, then writes its own row.
+      await s.put(referringPathInfo(referrer, [reference]));
+      await access;
+      await new Promise((r) => setTimeout(r, 1000)); // statistics arrive a moment later
+      assertEquals(await deadlocks(), before);
+    });
+  },
+);
+
+pgTest("postgres: paths that refer to each other are deleted together", async (pg) => {
+  await withService(pg, async (s) => {
+    await s.put(referringPathInfo(APP, [DEPENDENCY]));
+    await s.put(referringPathInfo(DEPENDENCY, [APP]));
+    await assertRejects(() => s.delete(digestOf(APP)), StillReferencedError);
+    const both = new Set([APP, DEPENDENCY].map((n) => digestKey(digestOf(n))));
+    assertEquals(await s.delete(digestOf(APP), undefined, both), true);
+    assertEquals(await s.delete(digestOf(DEPENDENCY), undefined, both), true);
+  });
+});
+
+pgTest(
+  "a postgres reference index that fails part way is done again by the next process",
+  async (pg) => {
+    const db = await pg.createDatabase();
+    const first = await pathInfoServiceFromUrl(pg.url(db));
+    await first.put(symlinkPathInfo(DEPENDENCY));
+    await first.put(appInfo());
+    await first.close();
+    // As a store from before the table: empty, and to be filled.
+    await pg.psql(
+      db,
+      "DELETE FROM pathinfo_refs; INSERT INTO pathinfo_refs_backfill VALUES (true); " +
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ " +
+        "LANGUAGE plpgsql; CREATE TRIGGER refuse BEFORE INSERT ON pathinfo_refs " +
+        "FOR EACH STATEMENT EXECUTE FUNCTION refuse()",
+    );
+    await assertRejects(() => pathInfoServiceFromUrl(pg.url(db)), StorageError, "disk full");
+    assertEquals(await pg.psql(db, "SELECT count(*) FROM pathinfo_refs_backfill"), [["1"]]);
+    await pg.psql(db, "DROP TRIGGER refuse ON pathinfo_refs");
+    const s = await pathInfoServiceFromUrl(pg.url(db));
+    try {
+      assertEquals(await pg.psql(db, "SELECT count(*) FROM pathinfo_refs_backfill"), [["0"]]);
+      await assertRejects(() => s.delete!(digestOf(DEPENDENCY)), StillReferencedError);
+    } finally {
+      await s.close();
+    }
   },
 );

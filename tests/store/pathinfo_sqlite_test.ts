@@ -9,6 +9,8 @@ import { StorePath } from "../../src/store/store_path.ts";
 import { pathInfoServiceConformance } from "../conformance/pathinfo_suite.ts";
 import { collect, sqliteFactories, withDbFile } from "../conformance/harness.ts";
 import * as F from "../fixtures.ts";
+import { pseudoRandom } from "../fixtures.ts";
+import { compareBytes } from "../../src/castore/digest.ts";
 import { pathInfoWithNarinfo, referringPathInfo, symlinkPathInfo } from "./pathinfo_fixtures.ts";
 
 const sqlite = sqliteFactories((path) => new SqlitePathInfoService(path), "a/store.sqlite");
@@ -156,15 +158,36 @@ Deno.test("sqlite path infos of a store from before the referrer table get it fi
       PathInfo.encode(referringPathInfo(app, [dependency])).finish(),
     );
     insert.run(new Uint8Array(20).fill(9), new Uint8Array([0xff, 0xff])); // damaged: skipped
+    // More paths than one page of the fill, the last of them referring to app.
+    const others = Array.from(
+      { length: 4500 },
+      (_, i) => StorePath.fromParts(pseudoRandom(20, 100 + i), `p${i}`).basename(),
+    ).sort((x, y) => compareBytes(digestOf(x), digestOf(y)));
+    for (const name of others) {
+      const refs = name === others.at(-1) ? [app] : [];
+      insert.run(digestOf(name), PathInfo.encode(referringPathInfo(name, refs)).finish());
+    }
     old.close();
     const s = new SqlitePathInfoService(path);
     try {
       const err = await assertRejects(() => s.delete(digestOf(dependency)), StillReferencedError);
       assertEquals(err.referrers, [digestOf(app)]);
+      const again = await assertRejects(() => s.delete(digestOf(app)), StillReferencedError);
+      assertEquals(again.referrers, [digestOf(others.at(-1)!)]);
+      assertEquals(await s.delete(digestOf(others.at(-1)!)), true);
       assertEquals(await s.delete(digestOf(app)), true);
       assertEquals(await s.delete(digestOf(dependency)), true);
     } finally {
       await s.close();
+    }
+    const db = new DatabaseSync(path);
+    try {
+      const flag = db.prepare(
+        "SELECT name FROM sqlite_master WHERE name = 'pathinfo_refs_backfill'",
+      );
+      assertEquals(flag.get(), undefined, "the fill is recorded as done");
+    } finally {
+      db.close();
     }
   });
 });

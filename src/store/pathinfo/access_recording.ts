@@ -109,9 +109,10 @@ export class AccessRecordingPathInfoService implements PathInfoService {
   }
 
   /** As the wrapped service (absent if it cannot delete). */
-  get delete(): ((digest: Uint8Array, expected?: PathInfo) => Promise<boolean>) | undefined {
+  get delete(): PathInfoService["delete"] {
     const inner = this.#inner;
-    return inner.delete && ((digest, expected) => inner.delete!(digest, expected));
+    return inner.delete &&
+      ((digest, expected, alongWith) => inner.delete!(digest, expected, alongWith));
   }
 
   /** Writes what is noted, then as the wrapped service. */

@@ -7,13 +7,14 @@
  */
 import { digestKey, fromHex } from "../../castore/digest.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
+import { type PathAccess, type PathInfoService, StillReferencedError } from "./service.ts";
 import {
-  type PathAccess,
-  type PathInfoService,
-  REFERRERS_NAMED,
-  StillReferencedError,
-} from "./service.ts";
-import { checkPathInfoDigest, otherReferences, sameInfo, validateForPut } from "./put_check.ts";
+  blockingReferrers,
+  checkPathInfoDigest,
+  otherReferences,
+  sameInfo,
+  validateForPut,
+} from "./put_check.ts";
 
 /** A PathInfoService keeping every PathInfo in memory. */
 export class MemoryPathInfoService implements PathInfoService {
@@ -63,20 +64,24 @@ export class MemoryPathInfoService implements PathInfoService {
   /**
    * Removes the PathInfo with this digest (if still `expected`); false if
    * there was none. Without `expected`, refuses a path that a stored path
-   * refers to ({@linkcode StillReferencedError}).
+   * not in `alongWith` refers to ({@linkcode StillReferencedError}).
    */
-  delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
+  delete(
+    digest: Uint8Array,
+    expected?: PathInfo,
+    alongWith?: ReadonlySet<string>,
+  ): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
       const key = digestKey(digest);
       const stored = this.#infos.get(key);
       if (expected && !(stored && sameInfo(stored, expected))) return Promise.resolve(false);
-      const referrers = this.#referrers.get(key);
-      if (!expected && stored && referrers?.size) {
-        throw new StillReferencedError(
-          digest,
-          [...referrers].slice(0, REFERRERS_NAMED).map(fromHex),
+      if (!expected && stored) {
+        const referrers = blockingReferrers(
+          [...this.#referrers.get(key) ?? []].map(fromHex),
+          alongWith,
         );
+        if (referrers.length > 0) throw new StillReferencedError(digest, referrers);
       }
       if (!stored) return Promise.resolve(false);
       this.#dropReferences(key);

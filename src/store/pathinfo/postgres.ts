@@ -10,10 +10,14 @@
  * check that a row decodes, validates and belongs to its key.
  *
  * Table `pathinfo_refs` lists who refers to whom (docs/gc.md#referrers).
- * A put locks the rows of the paths it refers to (`FOR SHARE`) while it
- * writes its own rows, and a deletion locks its row (`FOR UPDATE`) before
- * it looks for referrers: whichever comes second sees what the first
- * committed, so a referrer stored while a deletion runs keeps the path.
+ * A put locks the rows of the paths it refers to (`FOR KEY SHARE`) while
+ * it writes its own rows, and a deletion locks its row (`FOR UPDATE`)
+ * before it looks for referrers: whichever comes second sees what the
+ * first committed, so a referrer stored while a deletion runs keeps the
+ * path. Access times take `FOR NO KEY UPDATE`, which a put's lock does not
+ * wait for (nor the other way round): with `FOR SHARE` and `FOR UPDATE`
+ * there, a put and a batch of access times locking the same two rows in
+ * opposite orders deadlocked.
  *
  * @module
  */
@@ -21,10 +25,12 @@ import { PostgresDb, type Queryable, type Schema } from "../../castore/postgres_
 import type { PostgresConfig } from "../../castore/postgres_url.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import {
+  blockingReferrers,
   checkPathInfoDigest,
   decodeStoredPathInfo,
   otherReferences,
   sameInfo,
+  storedReferences,
   validateForPut,
 } from "./put_check.ts";
 import {
@@ -34,6 +40,12 @@ import {
   StillReferencedError,
 } from "./service.ts";
 import { compareBytes, digestKey } from "../../castore/digest.ts";
+
+/**
+ * The row lock access times take: one a put's `FOR KEY SHARE` on the
+ * paths it refers to does not wait for (see the module doc).
+ */
+export const ACCESS_LOCK = "FOR NO KEY UPDATE";
 
 /** Access times written by one statement (and locked by one before it). */
 const ACCESS_BATCH = 1000;
@@ -69,10 +81,10 @@ export const PATHINFO_SCHEMA: Schema = {
   ],
 };
 
-/** Stored referrers of `$1` (a row left by a process that kept no such table holds nothing). */
+/** Up to `$2` stored referrers of `$1` (a row left by a process that kept no such table holds nothing). */
 const REFERRERS_SQL =
   "SELECT r.referrer FROM pathinfo_refs AS r JOIN pathinfos AS p ON p.digest = r.referrer " +
-  `WHERE r.reference = $1 LIMIT ${REFERRERS_NAMED}`;
+  "WHERE r.reference = $1 LIMIT $2";
 
 /** Rows fetched per query while listing. */
 export const LIST_PAGE = 256;
@@ -83,41 +95,35 @@ async function removeWithRefs(tx: Queryable, digest: Uint8Array): Promise<void> 
   await tx.query("DELETE FROM pathinfo_refs WHERE referrer = $1", [digest]);
 }
 
-/** Paths read per statement while indexing the references of stored paths. */
+/** Stored paths indexed per transaction when filling `pathinfo_refs`. */
 const BACKFILL_PAGE = 1000;
 
 /**
- * Adds the references of the paths stored before `pathinfo_refs` existed,
- * once per database: the process that takes the flag row does it, with
- * writes to `pathinfos` held off (`SHARE` lock) until it commits. A row
- * that does not decode is left out: `verify` reports it as damaged.
+ * Adds the references of the paths stored before `pathinfo_refs` existed.
+ * Until one process has indexed every path (and removed the flag row),
+ * every process that opens the database does so before it serves anything;
+ * inserting a row twice is harmless. Each page is its own short
+ * transaction, so other processes go on writing: they are of this version
+ * and write their own rows. A page locks its rows (`FOR SHARE`), so a put
+ * of one of them that is under way commits first and the page indexes what
+ * it wrote.
  */
 async function indexStoredReferences(db: PostgresDb): Promise<void> {
   if ((await db.run("read", "SELECT 1 FROM pathinfo_refs_backfill")).length === 0) return;
-  await db.transaction("index references", async (tx) => {
-    await tx.query("LOCK TABLE pathinfos IN SHARE MODE");
-    if ((await tx.query("DELETE FROM pathinfo_refs_backfill RETURNING pending")).length === 0) {
-      return; // another process did it meanwhile
-    }
-    let after: Uint8Array = new Uint8Array(0);
-    while (true) {
+  let after: Uint8Array = new Uint8Array(0);
+  for (let done = false; !done;) {
+    done = await db.transaction("index references", async (tx) => {
       const rows = await tx.query(
         "SELECT digest, data FROM pathinfos WHERE digest > $1 ORDER BY digest " +
-          `LIMIT ${BACKFILL_PAGE}`,
+          `LIMIT ${BACKFILL_PAGE} FOR SHARE`,
         [after],
       );
       const references: Uint8Array[] = [], referrers: Uint8Array[] = [];
       for (const row of rows) {
-        after = row.digest as Uint8Array;
-        let info: PathInfo;
-        try {
-          info = PathInfo.decode(row.data as Uint8Array);
-        } catch {
-          continue;
-        }
-        for (const ref of otherReferences(info, after)) {
+        const digest = row.digest as Uint8Array;
+        for (const ref of storedReferences(digest, row.data)) {
           references.push(ref);
-          referrers.push(after);
+          referrers.push(digest);
         }
       }
       if (references.length > 0) {
@@ -127,9 +133,14 @@ async function indexStoredReferences(db: PostgresDb): Promise<void> {
           [references, referrers],
         );
       }
-      if (rows.length < BACKFILL_PAGE) return;
-    }
-  });
+      if (rows.length === BACKFILL_PAGE) {
+        after = rows[rows.length - 1].digest as Uint8Array;
+        return false;
+      }
+      await tx.query("DELETE FROM pathinfo_refs_backfill");
+      return true;
+    });
+  }
 }
 
 /** A PathInfoService storing rows in a PostgreSQL database. */
@@ -173,7 +184,7 @@ export class PostgresPathInfoService implements PathInfoService {
       if (refs.length > 0) {
         // Held until commit: a deletion of one of them waits, then sees this path.
         await tx.query(
-          "SELECT 1 FROM pathinfos WHERE digest = ANY($1::bytea[]) ORDER BY digest FOR SHARE",
+          "SELECT 1 FROM pathinfos WHERE digest = ANY($1::bytea[]) ORDER BY digest FOR KEY SHARE",
           [refs],
         );
       }
@@ -215,9 +226,13 @@ export class PostgresPathInfoService implements PathInfoService {
   /**
    * Removes the PathInfo with this digest (if still `expected`); false if
    * there was none. Without `expected`, refuses a path that a stored path
-   * refers to ({@linkcode StillReferencedError}).
+   * not in `alongWith` refers to ({@linkcode StillReferencedError}).
    */
-  async delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
+  async delete(
+    digest: Uint8Array,
+    expected?: PathInfo,
+    alongWith?: ReadonlySet<string>,
+  ): Promise<boolean> {
     checkPathInfoDigest(digest);
     return await this.#db.transaction("delete", async (tx) => {
       const rows = await tx.query("SELECT data FROM pathinfos WHERE digest = $1 FOR UPDATE", [
@@ -227,10 +242,12 @@ export class PostgresPathInfoService implements PathInfoService {
       if (expected) {
         if (!sameInfo(rows[0].data as Uint8Array, expected)) return false;
       } else {
-        const referrers = await tx.query(REFERRERS_SQL, [digest]);
-        if (referrers.length > 0) {
-          throw new StillReferencedError(digest, referrers.map((r) => r.referrer as Uint8Array));
-        }
+        const rows = await tx.query(REFERRERS_SQL, [
+          digest,
+          REFERRERS_NAMED + (alongWith?.size ?? 0),
+        ]);
+        const referrers = blockingReferrers(rows.map((r) => r.referrer as Uint8Array), alongWith);
+        if (referrers.length > 0) throw new StillReferencedError(digest, referrers);
       }
       await removeWithRefs(tx, digest);
       return true;
@@ -257,7 +274,7 @@ export class PostgresPathInfoService implements PathInfoService {
         const part = sorted.slice(i, i + ACCESS_BATCH);
         const digests = part.map((e) => e.digest);
         await tx.query(
-          "SELECT 1 FROM pathinfos WHERE digest = ANY($1::bytea[]) ORDER BY digest FOR UPDATE",
+          `SELECT 1 FROM pathinfos WHERE digest = ANY($1::bytea[]) ORDER BY digest ${ACCESS_LOCK}`,
           [digests],
         );
         await tx.query(
@@ -297,7 +314,7 @@ export class PostgresPathInfoService implements PathInfoService {
         [digest, cutoffMs],
       );
       if (rows.length === 0) return false;
-      if ((await tx.query(REFERRERS_SQL, [digest])).length > 0) return false;
+      if ((await tx.query(REFERRERS_SQL, [digest, 1])).length > 0) return false;
       await removeWithRefs(tx, digest);
       return true;
     });

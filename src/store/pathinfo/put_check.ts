@@ -3,10 +3,11 @@
  *
  * @module
  */
-import { bytesEqual, toHex } from "../../castore/digest.ts";
+import { bytesEqual, digestKey, toHex } from "../../castore/digest.ts";
 import { InvalidRequestError, StorageError } from "../../errors.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { STORE_PATH_DIGEST_LEN, type StorePath } from "../store_path.ts";
+import { REFERRERS_NAMED } from "./service.ts";
 import { validatePathInfo, ValidatePathInfoError } from "./validate.ts";
 
 /** Throws `InvalidRequestError` unless `digest` is a 20-byte store path digest. */
@@ -46,6 +47,31 @@ export function otherReferences(info: PathInfo, self: Uint8Array): Uint8Array[] 
     out.push(ref);
   }
   return out;
+}
+
+/**
+ * {@linkcode otherReferences} of the stored bytes `data` under `digest`,
+ * for indexing the paths of a store from before the referrer table: none
+ * for bytes that do not decode (reading the row fails on them anyway).
+ */
+export function storedReferences(digest: Uint8Array, data: unknown): Uint8Array[] {
+  try {
+    return otherReferences(PathInfo.decode(data as Uint8Array), digest);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Referrers that count against a deletion: those not in `alongWith` (keys
+ * of paths the same request deletes), at most {@linkcode REFERRERS_NAMED}.
+ */
+export function blockingReferrers(
+  referrers: Uint8Array[],
+  alongWith: ReadonlySet<string> | undefined,
+): Uint8Array[] {
+  const left = alongWith ? referrers.filter((r) => !alongWith.has(digestKey(r))) : referrers;
+  return left.slice(0, REFERRERS_NAMED);
 }
 
 /**

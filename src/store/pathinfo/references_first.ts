@@ -56,9 +56,10 @@ export class ReferencesFirstPathInfoService implements PathInfoService {
   }
 
   /** As the wrapped service (absent if it cannot delete). */
-  get delete(): ((digest: Uint8Array, expected?: PathInfo) => Promise<boolean>) | undefined {
+  get delete(): PathInfoService["delete"] {
     const inner = this.#inner;
-    return inner.delete && ((digest, expected) => inner.delete!(digest, expected));
+    return inner.delete &&
+      ((digest, expected, alongWith) => inner.delete!(digest, expected, alongWith));
   }
 
   /** As the wrapped service (absent if it keeps no access times). */

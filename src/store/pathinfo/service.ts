@@ -51,13 +51,19 @@ export interface PathInfoService {
    * Removes the PathInfo of the store path with this 20-byte digest; false
    * if there was none. Throws {@linkcode StillReferencedError} while
    * another stored path refers to it, checked in the same atomic step as
-   * the removal, so a referrer stored meanwhile keeps it. With `expected`
-   * (a repair of damage), only if the stored PathInfo is still that one,
-   * and whatever refers to it: a path stored anew meanwhile stays. Absent
-   * where the backend cannot delete (a remote daemon: the upstream
-   * protocol has no delete).
+   * the removal, so a referrer stored meanwhile keeps it; referrers whose
+   * keys (`digestKey`) are in `alongWith` are being deleted by the same
+   * request and do not count (paths that refer to each other). With
+   * `expected` (a repair of damage), only if the stored PathInfo is still
+   * that one, and whatever refers to it: a path stored anew meanwhile
+   * stays. Absent where the backend cannot delete (a remote daemon: the
+   * upstream protocol has no delete).
    */
-  delete?(digest: Uint8Array, expected?: PathInfo): Promise<boolean>;
+  delete?(
+    digest: Uint8Array,
+    expected?: PathInfo,
+    alongWith?: ReadonlySet<string>,
+  ): Promise<boolean>;
 
   /**
    * Makes every change made through this service so far durable, even

@@ -18,10 +18,12 @@ import { StorageError } from "../../errors.ts";
 import { durably, inTransaction, openDatabase, storageCall } from "../../castore/sqlite_db.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import {
+  blockingReferrers,
   checkPathInfoDigest,
   decodeStoredPathInfo,
   otherReferences,
   sameInfo,
+  storedReferences,
   validateForPut,
 } from "./put_check.ts";
 import {
@@ -45,34 +47,52 @@ const REFS_SCHEMA = `CREATE TABLE pathinfo_refs (
 ) WITHOUT ROWID;
 CREATE INDEX pathinfo_refs_by_referrer ON pathinfo_refs (referrer)`;
 
+/** Stored paths indexed per transaction when filling `pathinfo_refs`. */
+const BACKFILL_PAGE = 2000;
+
 /**
- * Creates `pathinfo_refs` in a database from before it existed, filled from
- * the stored PathInfos, in one transaction (so two processes opening the
- * file at once fill it once). A row that does not decode is left out:
- * `verify` reports it as damaged.
+ * Creates `pathinfo_refs` in a database from before it existed and fills it
+ * from the stored PathInfos. A flag table (`pathinfo_refs_backfill`) is
+ * created with it and dropped once a process has indexed every path; until
+ * then every process that opens the file indexes them, before it serves
+ * anything (inserting a row twice is harmless). Each page is its own short
+ * transaction, so other processes' writes go on meanwhile: they are of
+ * this version and write their own rows, and a page reads the rows as they
+ * are when it runs.
  */
 function addReferenceIndex(db: DatabaseSync): void {
-  const exists = () =>
-    db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pathinfo_refs'")
-      .get() !== undefined;
-  if (exists()) return;
-  inTransaction(db, () => {
-    if (exists()) return;
-    db.exec(REFS_SCHEMA);
-    const insert = db.prepare(
-      "INSERT OR IGNORE INTO pathinfo_refs (reference, referrer) VALUES (?, ?)",
-    );
-    for (const row of db.prepare("SELECT digest, data FROM pathinfos").iterate()) {
-      const digest = row.digest as Uint8Array;
-      let info: PathInfo;
-      try {
-        info = PathInfo.decode(row.data as Uint8Array);
-      } catch {
-        continue;
+  const exists = (table: string) =>
+    db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(table) !==
+      undefined;
+  if (!exists("pathinfo_refs")) {
+    inTransaction(db, () => {
+      if (exists("pathinfo_refs")) return;
+      db.exec(REFS_SCHEMA);
+      if (db.prepare("SELECT 1 FROM pathinfos LIMIT 1").get()) {
+        db.exec("CREATE TABLE pathinfo_refs_backfill (pending INTEGER PRIMARY KEY)");
       }
-      for (const ref of otherReferences(info, digest)) insert.run(ref, digest);
-    }
-  });
+    });
+  }
+  if (!exists("pathinfo_refs_backfill")) return;
+  const page = db.prepare(
+    `SELECT digest, data FROM pathinfos WHERE digest > ? ORDER BY digest LIMIT ${BACKFILL_PAGE}`,
+  );
+  const insert = db.prepare(
+    "INSERT OR IGNORE INTO pathinfo_refs (reference, referrer) VALUES (?, ?)",
+  );
+  let after: Uint8Array = new Uint8Array(0);
+  for (let done = false; !done;) {
+    done = inTransaction(db, () => {
+      const rows = page.all(after);
+      for (const row of rows) {
+        after = row.digest as Uint8Array;
+        for (const ref of storedReferences(after, row.data)) insert.run(ref, after);
+      }
+      if (rows.length === BACKFILL_PAGE) return false;
+      db.exec("DROP TABLE IF EXISTS pathinfo_refs_backfill");
+      return true;
+    });
+  }
 }
 
 /**
@@ -130,7 +150,7 @@ export class SqlitePathInfoService implements PathInfoService {
         // Only referrers still stored count: a row left behind by a process
         // of an older version, which did not keep this table, holds nothing.
         "SELECT r.referrer FROM pathinfo_refs AS r JOIN pathinfos AS p ON p.digest = r.referrer " +
-          `WHERE r.reference = ? LIMIT ${REFERRERS_NAMED}`,
+          "WHERE r.reference = ? LIMIT ?",
       );
       this.#remove = this.#db.prepare("DELETE FROM pathinfos WHERE digest = ?");
       this.#firstPage = this.#db.prepare(
@@ -193,9 +213,13 @@ export class SqlitePathInfoService implements PathInfoService {
   /**
    * Removes the PathInfo with this digest (if still `expected`); false if
    * there was none. Without `expected`, refuses a path that a stored path
-   * refers to ({@linkcode StillReferencedError}).
+   * not in `alongWith` refers to ({@linkcode StillReferencedError}).
    */
-  delete(digest: Uint8Array, expected?: PathInfo): Promise<boolean> {
+  delete(
+    digest: Uint8Array,
+    expected?: PathInfo,
+    alongWith?: ReadonlySet<string>,
+  ): Promise<boolean> {
     try {
       checkPathInfoDigest(digest);
       const removed = storageCall("delete", () =>
@@ -204,7 +228,7 @@ export class SqlitePathInfoService implements PathInfoService {
             const row = this.#select.get(digest);
             if (!row || !sameInfo(row.data as Uint8Array, expected)) return false;
           } else {
-            const referrers = this.#referrersOf(digest);
+            const referrers = this.#referrersOf(digest, alongWith);
             if (referrers.length > 0) throw new StillReferencedError(digest, referrers);
           }
           return this.#removeWithRefs(digest);
@@ -215,9 +239,14 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
-  /** Up to {@linkcode REFERRERS_NAMED} stored paths that refer to `digest`. */
-  #referrersOf(digest: Uint8Array): Uint8Array[] {
-    return this.#referrers.all(digest).map((r) => r.referrer as Uint8Array);
+  /**
+   * Up to {@linkcode REFERRERS_NAMED} stored paths that refer to `digest`,
+   * not counting those in `alongWith` (enough rows are read to leave that
+   * many after dropping them).
+   */
+  #referrersOf(digest: Uint8Array, alongWith?: ReadonlySet<string>): Uint8Array[] {
+    const rows = this.#referrers.all(digest, REFERRERS_NAMED + (alongWith?.size ?? 0));
+    return blockingReferrers(rows.map((r) => r.referrer as Uint8Array), alongWith);
   }
 
   /** Deletes the row and its references (inside the caller's transaction). */
