@@ -19,6 +19,7 @@ import { calculateNar } from "../nar/render.ts";
 import { type PathInfo, type PathInfoService, StillReferencedError } from "./pathinfo/service.ts";
 import { choosePolicyVictims, type PolicyPath } from "./gc_policy.ts";
 import { StorePath } from "./store_path.ts";
+import * as nixbase32 from "./nixbase32.ts";
 
 /** The services management works on. */
 export interface ManagedServices {
@@ -422,10 +423,17 @@ export async function verifyStore(
   const damaged: DamagedPath[] = [];
   const broken: Uint8Array[] = [];
   const infos: PathInfo[] = [];
-  for await (const info of services.pathInfo.list()) infos.push(info);
+  // Stored rows that do not read as a PathInfo: damage too, known by key only.
+  const unreadable: Uint8Array[] = [];
+  for await (
+    const info of services.pathInfo.list((digest, err) => {
+      unreadable.push(digest);
+      damaged.push({ storePath: `(PathInfo ${nixbase32.encode(digest)})`, error: err.message });
+    })
+  ) infos.push(info);
   const sized = infos.map((info) => ({ info, narSize: Number(info.narinfo?.narSize ?? 0n) }));
   const progress = progressReporter("verify", sized, options.onProgress);
-  const paths = infos.length;
+  const paths = infos.length + unreadable.length;
   for (const item of sized) {
     const info = item.info;
     let storePath: StorePath | undefined;
@@ -457,6 +465,15 @@ export async function verifyStore(
       if (await remove.call(services.pathInfo, digest, current)) repaired++;
     }
     if (repaired > 0) await services.pathInfo.sync?.();
+  }
+  if (options.repair && unreadable.length > 0) {
+    const removeRow = services.pathInfo.deleteDamaged;
+    if (!removeRow) throw new InvalidRequestError("these path info services cannot remove rows");
+    let removed = 0;
+    // Each removed only if still damaged: a path stored anew over it stays.
+    for (const digest of unreadable) if (await removeRow.call(services.pathInfo, digest)) removed++;
+    if (removed > 0) await services.pathInfo.sync?.();
+    repaired += removed;
   }
   let orphans: VerifyReport["orphans"];
   if (damaged.length === 0 && isSweepable(services.blob) && isSweepable(services.directory)) {

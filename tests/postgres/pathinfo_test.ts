@@ -120,6 +120,14 @@ pgTest("a corrupted postgres pathinfo row is a StorageError", async (pg) => {
     );
     await assertRejects(() => s.get(b.path.digest), StorageError, "unable to decode");
     await assertRejects(() => collect(s.list()), StorageError);
+    // For verify: both listed by key and skipped; removed only while still damaged.
+    const reported: string[] = [];
+    assertEquals(await collect(s.list((digest) => reported.push(toHex(digest)))), []);
+    assertEquals(reported.sort(), [a, b].map(({ path }) => toHex(path.digest)).sort());
+    await s.put(a.info); // stored anew, whole
+    assertEquals(await s.deleteDamaged(a.path.digest), false);
+    assertEquals(await s.deleteDamaged(b.path.digest), true);
+    assertEquals(await collect(s.list()), [a.info]);
   });
 });
 

@@ -1,6 +1,6 @@
 import { DatabaseSync } from "node:sqlite";
-import { assertEquals, assertRejects } from "../assert.ts";
-import { StorageError } from "../../src/errors.ts";
+import { assert, assertEquals, assertRejects } from "../assert.ts";
+import { CorruptionError, StorageError } from "../../src/errors.ts";
 import { PathInfo } from "../../src/proto/tvix/store/protos/pathinfo.ts";
 import { SqlitePathInfoService } from "../../src/store/pathinfo/sqlite.ts";
 import { StillReferencedError } from "../../src/store/pathinfo/service.ts";
@@ -10,7 +10,7 @@ import { pathInfoServiceConformance } from "../conformance/pathinfo_suite.ts";
 import { collect, sqliteFactories, withDbFile } from "../conformance/harness.ts";
 import * as F from "../fixtures.ts";
 import { pseudoRandom } from "../fixtures.ts";
-import { compareBytes } from "../../src/castore/digest.ts";
+import { compareBytes, toHex } from "../../src/castore/digest.ts";
 import { pathInfoWithNarinfo, referringPathInfo, symlinkPathInfo } from "./pathinfo_fixtures.ts";
 
 const sqlite = sqliteFactories((path) => new SqlitePathInfoService(path), "a/store.sqlite");
@@ -83,6 +83,19 @@ Deno.test("a corrupted sqlite pathinfo row is a StorageError", async () => {
       );
       db2.close();
       await assertRejects(() => service.get(new Uint8Array(20)), StorageError, "belongs to");
+      // For verify: listed by key and skipped; removed only while still damaged.
+      const reported: string[] = [];
+      const listed = await collect(service.list((digest, err) => {
+        assert(err instanceof CorruptionError);
+        reported.push(toHex(digest));
+      }));
+      assertEquals(reported, [toHex(new Uint8Array(20))]);
+      assertEquals(listed.length, 1);
+      const whole = StorePath.parseBasename(`${"1".repeat(32)}-other`).digest;
+      assertEquals(await service.deleteDamaged(whole), false, "a whole row stays");
+      assertEquals(await service.deleteDamaged(new Uint8Array(20)), true);
+      assertEquals(await service.deleteDamaged(new Uint8Array(20)), false);
+      assertEquals((await collect(service.list())).length, 1);
     } finally {
       await service.close();
     }

@@ -13,7 +13,7 @@ import { digestKey } from "../../castore/digest.ts";
 import { errorMessage } from "../../errors.ts";
 import { log } from "../../log.ts";
 import type { NarCalculationService } from "../../nar/calculation.ts";
-import type { PathAccess, PathInfo, PathInfoService } from "./service.ts";
+import type { DamagedRowHandler, PathAccess, PathInfo, PathInfoService } from "./service.ts";
 import type { Services } from "../services.ts";
 
 /** A path's access is written at most once per this long (default). */
@@ -98,8 +98,14 @@ export class AccessRecordingPathInfoService implements PathInfoService {
   }
 
   /** As the wrapped service (listing is no access). */
-  list(): AsyncIterable<PathInfo> {
-    return this.#inner.list();
+  list(onDamaged?: DamagedRowHandler): AsyncIterable<PathInfo> {
+    return this.#inner.list(onDamaged);
+  }
+
+  /** As the wrapped service (absent if its rows cannot be damaged or removed). */
+  get deleteDamaged(): PathInfoService["deleteDamaged"] {
+    const inner = this.#inner;
+    return inner.deleteDamaged && ((digest) => inner.deleteDamaged!(digest));
   }
 
   /** As the wrapped service (absent if its changes are durable at once). */

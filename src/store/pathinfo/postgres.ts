@@ -28,12 +28,15 @@ import {
   blockingReferrers,
   checkPathInfoDigest,
   decodeStoredPathInfo,
+  isDamagedRow,
+  listedPathInfo,
   otherReferences,
   sameInfo,
   storedReferences,
   validateForPut,
 } from "./put_check.ts";
 import {
+  type DamagedRowHandler,
   type PathAccess,
   type PathInfoService,
   REFERRERS_NAMED,
@@ -206,8 +209,11 @@ export class PostgresPathInfoService implements PathInfoService {
     return info;
   }
 
-  /** Every stored PathInfo, ascending by digest, {@linkcode LIST_PAGE} rows per query. */
-  async *list(): AsyncGenerator<PathInfo> {
+  /**
+   * Every stored PathInfo, ascending by digest, {@linkcode LIST_PAGE} rows
+   * per query (damaged rows: see the interface).
+   */
+  async *list(onDamaged?: DamagedRowHandler): AsyncGenerator<PathInfo> {
     let after: Uint8Array = new Uint8Array(0);
     while (true) {
       const rows = await this.#db.run(
@@ -217,10 +223,24 @@ export class PostgresPathInfoService implements PathInfoService {
       );
       for (const row of rows) {
         after = row.digest as Uint8Array;
-        yield decodeStoredPathInfo(after, row.data);
+        const info = listedPathInfo(after, row.data, onDamaged);
+        if (info) yield info;
       }
       if (rows.length < LIST_PAGE) return;
     }
+  }
+
+  /** Removes the row under `digest`, and its references, if it is still damaged. */
+  async deleteDamaged(digest: Uint8Array): Promise<boolean> {
+    checkPathInfoDigest(digest);
+    return await this.#db.transaction("delete", async (tx) => {
+      const rows = await tx.query("SELECT data FROM pathinfos WHERE digest = $1 FOR UPDATE", [
+        digest,
+      ]);
+      if (rows.length === 0 || !isDamagedRow(digest, rows[0].data)) return false;
+      await removeWithRefs(tx, digest);
+      return true;
+    });
   }
 
   /**

@@ -4,10 +4,10 @@
  * @module
  */
 import { bytesEqual, digestKey, toHex } from "../../castore/digest.ts";
-import { InvalidRequestError, StorageError } from "../../errors.ts";
+import { CorruptionError, InvalidRequestError } from "../../errors.ts";
 import { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import { STORE_PATH_DIGEST_LEN, type StorePath } from "../store_path.ts";
-import { REFERRERS_NAMED } from "./service.ts";
+import { type DamagedRowHandler, REFERRERS_NAMED } from "./service.ts";
 import { validatePathInfo, ValidatePathInfoError } from "./validate.ts";
 
 /** Throws `InvalidRequestError` unless `digest` is a 20-byte store path digest. */
@@ -90,25 +90,52 @@ export function validateForPut(info: PathInfo): StorePath {
 /**
  * Decodes a PathInfo a backend read back under `key` and checks it: bytes
  * that decode, a valid PathInfo, and one that belongs to that key. Throws
- * `StorageError`, so damaged rows never pass for data.
+ * `CorruptionError` (a `StorageError`), so damaged rows never pass for
+ * data and `verify` counts them as damage.
  */
 export function decodeStoredPathInfo(key: Uint8Array, data: unknown): PathInfo {
   const where = `pathinfo ${toHex(key)}`;
-  if (!(data instanceof Uint8Array)) throw new StorageError(`${where}: stored value is not bytes`);
+  if (!(data instanceof Uint8Array)) {
+    throw new CorruptionError(`${where}: stored value is not bytes`);
+  }
   let info: PathInfo;
   try {
     info = PathInfo.decode(data);
   } catch (err) {
-    throw new StorageError(`${where}: unable to decode: ${err}`);
+    throw new CorruptionError(`${where}: unable to decode: ${err}`);
   }
   let digest: Uint8Array;
   try {
     digest = validatePathInfo(info).digest;
   } catch (err) {
-    throw new StorageError(`${where}: stored PathInfo is invalid: ${err}`);
+    throw new CorruptionError(`${where}: stored PathInfo is invalid: ${err}`);
   }
   if (!bytesEqual(digest, key)) {
-    throw new StorageError(`${where}: stored PathInfo belongs to ${toHex(digest)}`);
+    throw new CorruptionError(`${where}: stored PathInfo belongs to ${toHex(digest)}`);
   }
   return info;
+}
+
+/**
+ * {@linkcode decodeStoredPathInfo} for a listing: with `onDamaged`, a
+ * damaged row is reported there and `undefined` returned instead of the
+ * error thrown.
+ */
+export function listedPathInfo(
+  key: Uint8Array,
+  data: unknown,
+  onDamaged: DamagedRowHandler | undefined,
+): PathInfo | undefined {
+  try {
+    return decodeStoredPathInfo(key, data);
+  } catch (err) {
+    if (!onDamaged || !(err instanceof CorruptionError)) throw err;
+    onDamaged(key, err);
+    return undefined;
+  }
+}
+
+/** Whether the row `data` under `key` is damaged ({@linkcode decodeStoredPathInfo} fails). */
+export function isDamagedRow(key: Uint8Array, data: unknown): boolean {
+  return listedPathInfo(key, data, () => {}) === undefined;
 }

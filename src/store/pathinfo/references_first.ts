@@ -12,7 +12,7 @@
 import type { BlobService } from "../../castore/blob/service.ts";
 import type { DirectoryService } from "../../castore/directory/service.ts";
 import type { NarCalculationService } from "../../nar/calculation.ts";
-import type { PathAccess, PathInfo, PathInfoService } from "./service.ts";
+import type { DamagedRowHandler, PathAccess, PathInfo, PathInfoService } from "./service.ts";
 
 /**
  * What a PathInfo refers to: anything that can be made durable (a blob
@@ -45,8 +45,14 @@ export class ReferencesFirstPathInfoService implements PathInfoService {
   }
 
   /** As the wrapped service. */
-  list(): AsyncIterable<PathInfo> {
-    return this.#inner.list();
+  list(onDamaged?: DamagedRowHandler): AsyncIterable<PathInfo> {
+    return this.#inner.list(onDamaged);
+  }
+
+  /** As the wrapped service (absent if its rows cannot be damaged or removed). */
+  get deleteDamaged(): PathInfoService["deleteDamaged"] {
+    const inner = this.#inner;
+    return inner.deleteDamaged && ((digest) => inner.deleteDamaged!(digest));
   }
 
   /** As the wrapped service (absent if its changes are durable at once). */

@@ -6,7 +6,7 @@
  */
 import type { PathInfo } from "../../proto/tvix/store/protos/pathinfo.ts";
 import type { NarCalculationService } from "../../nar/calculation.ts";
-import { InvalidRequestError } from "../../errors.ts";
+import { type CorruptionError, InvalidRequestError } from "../../errors.ts";
 
 export type { PathInfo };
 
@@ -33,6 +33,9 @@ export interface PathAccess {
   accessedMs: number;
 }
 
+/** Told of a stored row that does not read as a valid PathInfo, by its key. */
+export type DamagedRowHandler = (digest: Uint8Array, error: CorruptionError) => void;
+
 /** A store of PathInfo messages. */
 export interface PathInfoService {
   /** The PathInfo of the store path with this 20-byte digest, or `undefined`. */
@@ -44,8 +47,13 @@ export interface PathInfoService {
    */
   put(info: PathInfo): Promise<PathInfo>;
 
-  /** Every stored PathInfo. */
-  list(): AsyncIterable<PathInfo>;
+  /**
+   * Every stored PathInfo. A stored one that does not decode, is invalid or
+   * sits under another path's key fails the listing with a
+   * `CorruptionError`, unless `onDamaged` is given: then it is reported
+   * there, by its key, and skipped (for `verify`).
+   */
+  list(onDamaged?: DamagedRowHandler): AsyncIterable<PathInfo>;
 
   /**
    * Removes the PathInfo of the store path with this 20-byte digest; false
@@ -64,6 +72,14 @@ export interface PathInfoService {
     expected?: PathInfo,
     alongWith?: ReadonlySet<string>,
   ): Promise<boolean>;
+
+  /**
+   * Removes the stored row under this 20-byte digest if it is still
+   * damaged (as {@linkcode list} reports it), with what it refers to; false
+   * if it is absent or reads whole now. Absent where rows cannot be damaged
+   * (memory) or cannot be removed (a remote daemon).
+   */
+  deleteDamaged?(digest: Uint8Array): Promise<boolean>;
 
   /**
    * Makes every change made through this service so far durable, even

@@ -21,12 +21,15 @@ import {
   blockingReferrers,
   checkPathInfoDigest,
   decodeStoredPathInfo,
+  isDamagedRow,
+  listedPathInfo,
   otherReferences,
   sameInfo,
   storedReferences,
   validateForPut,
 } from "./put_check.ts";
 import {
+  type DamagedRowHandler,
   type PathAccess,
   type PathInfoService,
   REFERRERS_NAMED,
@@ -193,8 +196,8 @@ export class SqlitePathInfoService implements PathInfoService {
     }
   }
 
-  /** Every stored PathInfo, ascending by digest. */
-  async *list(): AsyncGenerator<PathInfo> {
+  /** Every stored PathInfo, ascending by digest (damaged rows: see the interface). */
+  async *list(onDamaged?: DamagedRowHandler): AsyncGenerator<PathInfo> {
     let after: Uint8Array | undefined;
     while (true) {
       const rows = storageCall(
@@ -203,10 +206,27 @@ export class SqlitePathInfoService implements PathInfoService {
       );
       for (const row of rows) {
         const key = row.digest as Uint8Array;
-        yield decodeStoredPathInfo(key, row.data);
+        const info = listedPathInfo(key, row.data, onDamaged);
+        if (info) yield info;
         after = key;
       }
       if (rows.length < LIST_PAGE) return;
+    }
+  }
+
+  /** Removes the row under `digest`, and its references, if it is still damaged. */
+  deleteDamaged(digest: Uint8Array): Promise<boolean> {
+    try {
+      checkPathInfoDigest(digest);
+      const removed = storageCall("delete", () =>
+        inTransaction(this.#db, () => {
+          const row = this.#select.get(digest);
+          return row !== undefined && isDamagedRow(digest, row.data) &&
+            this.#removeWithRefs(digest);
+        }));
+      return Promise.resolve(removed);
+    } catch (err) {
+      return Promise.reject(err);
     }
   }
 
