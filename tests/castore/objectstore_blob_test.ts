@@ -9,7 +9,8 @@ import {
 import { chunkLengths } from "../../src/castore/blob/fastcdc.ts";
 import type { BlobService } from "../../src/castore/blob/service.ts";
 import { blake3, bytesEqual, type Digest, toHex } from "../../src/castore/digest.ts";
-import { StorageError } from "../../src/errors.ts";
+import { InvalidRequestError, StorageError } from "../../src/errors.ts";
+import { constructServices } from "../../src/store/services.ts";
 import { FileObjectStore } from "../../src/castore/objectstore/file.ts";
 import { MemoryObjectStore } from "../../src/castore/objectstore/memory.ts";
 import type { ObjectStore } from "../../src/castore/objectstore/store.ts";
@@ -456,4 +457,50 @@ Deno.test("objectstore blob: invalid digests and offsets are rejected", async ()
   await assertRejects(() => service.has(new Uint8Array(31)));
   await assertRejects(() => service.openRead(F.BLOB_A_DIGEST, -1));
   await service.close();
+});
+
+Deno.test("objectstore blob: a directory naming a blob the store does not hold is refused at the commit point", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tvix-os-commit-" });
+  const addrs = {
+    blobServiceAddr: `objectstore+file://${dir}/blobs`,
+    directoryServiceAddr: `sqlite://${dir}/s.sqlite`,
+    pathInfoServiceAddr: `sqlite://${dir}/s.sqlite`,
+  };
+  const te = new TextEncoder();
+  const directoryOf = (digest: Digest, size: number) => ({
+    directories: [],
+    files: [{ name: te.encode("f"), digest, size: BigInt(size), executable: false }],
+    symlinks: [],
+  });
+  try {
+    const kept = te.encode("uploaded before a restart, still there\n");
+    const lost = te.encode("uploaded before a restart, gone with a power loss\n");
+    const before = await constructServices(addrs);
+    const [keptDigest, lostDigest] = [
+      await putBlob(before.blob, kept),
+      await putBlob(before.blob, lost),
+    ];
+    await before.close();
+    // What a power loss between the acknowledged upload and its commit leaves.
+    await Deno.remove(`${dir}/blobs/${chunkPath(lostDigest)}`);
+    const s = await constructServices(addrs);
+    try {
+      await assertRejects(
+        () => s.directory.put(directoryOf(lostDigest, lost.length)),
+        InvalidRequestError,
+        "is not in the store: upload blobs before the directories",
+      );
+      const never = blake3(te.encode("never uploaded"));
+      await assertRejects(() => s.directory.put(directoryOf(never, 14)), InvalidRequestError);
+      // Present on disk from before the restart: found by looking.
+      await s.directory.put(directoryOf(keptDigest, kept.length));
+      // Uploaded again: accepted.
+      assertEquals(await putBlob(s.blob, lost), lostDigest);
+      await s.directory.put(directoryOf(lostDigest, lost.length));
+    } finally {
+      await s.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -9,6 +9,19 @@ import { assert, assertEquals } from "../assert.ts";
 import { countSyscalls, traceSyscalls, wholeCalls } from "../strace.ts";
 
 const CHILD = new URL("./flush_child.ts", import.meta.url).pathname;
+const SHARE_CHILD = new URL("./flush_share_child.ts", import.meta.url).pathname;
+/** `deno run` of a child script without FFI permission. */
+const runWithoutFfi = (script: string, ...args: string[]) => [
+  Deno.execPath(),
+  "run",
+  "--config",
+  CONFIG,
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  script,
+  ...args,
+];
 const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
 
 /** Runs the child under strace; returns the count of each traced call. */
@@ -89,24 +102,12 @@ Deno.test("file object store: every syncfs goes through one descriptor of the st
   }
 });
 
-Deno.test("file object store: without FFI, the commit flushes every directory an object was renamed into", async () => {
+Deno.test("file object store: without FFI, the commit flushes every directory an object was renamed into or created in", async () => {
   const tmp = await Deno.makeTempDir({ prefix: "tvix-flush-dirs-" });
   try {
     const dir = join(tmp, "store");
     const t = await traceSyscalls(
-      [
-        Deno.execPath(),
-        "run",
-        "--config",
-        CONFIG,
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        CHILD,
-        dir,
-        "50",
-        "1",
-      ],
+      runWithoutFfi(CHILD, dir, "50", "1"),
       ["fsync", "fdatasync"],
       { paths: true },
     );
@@ -122,6 +123,25 @@ Deno.test("file object store: without FFI, the commit flushes every directory an
     for (let i = 0; i < 7; i++) {
       assert(synced.has(join(dir, "o", `${i}`)), `o/${i} not flushed:\n${t.output}`);
     }
+    // So do the names of the directories the store created: o/0 … o/6 in
+    // o, o in the store, the store in its parent.
+    for (const parent of [join(dir, "o"), dir, tmp]) {
+      assert(synced.has(parent), `${parent} not flushed:\n${t.output}`);
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("file object store: without FFI, a commit asked for while another flushes waits for a flush after it", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "tvix-flush-share-" });
+  try {
+    const [cmd, ...args] = runWithoutFfi(SHARE_CHILD, join(tmp, "store"));
+    const out = await new Deno.Command(cmd, { args }).output();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    // The second commit's writer found its object present (written by the
+    // first, not yet flushed): its commit must not return before that flush.
+    assertEquals(new TextDecoder().decode(out.stdout).trim().split("\n"), ["first", "second"]);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }

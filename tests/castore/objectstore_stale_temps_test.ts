@@ -6,7 +6,7 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "../assert.ts";
 import { startServer } from "../cli/helpers.ts";
-import { STALE_TEMP_MS } from "../../src/castore/objectstore/file.ts";
+import { FileObjectStore, STALE_TEMP_MS } from "../../src/castore/objectstore/file.ts";
 
 const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
 
@@ -43,6 +43,32 @@ Deno.test("file object store: stale .tmp- files go when a daemon opens the store
     assert(await exists(object), "objects stay");
   } finally {
     await daemon.stop();
+    await Deno.remove(work, { recursive: true });
+  }
+});
+
+Deno.test("file object store: closing stops the walk for stale temporary files", async () => {
+  const work = await Deno.makeTempDir({ prefix: "tvix-stale-walk-" });
+  try {
+    // A tree whose walk takes a while: 2,000 shard directories.
+    for (let i = 0; i < 2000; i++) {
+      await Deno.mkdir(join(work, "chunks", "b3", i.toString(16).padStart(4, "0")), {
+        recursive: true,
+      });
+    }
+    const store = new FileObjectStore(work);
+    let walked = false;
+    store.staleTempsRemoved.then(() => walked = true);
+    await store.close();
+    // The walk stopped, and close waited for it: nothing keeps the process alive.
+    assert(walked, "the walk has settled when close returns");
+    // While one store of this process walks a base, another does not walk it too.
+    const first = new FileObjectStore(work);
+    const second = new FileObjectStore(work);
+    assertEquals(await second.staleTempsRemoved, 0);
+    await second.close();
+    await first.close();
+  } finally {
     await Deno.remove(work, { recursive: true });
   }
 });

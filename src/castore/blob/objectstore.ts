@@ -30,6 +30,7 @@ import {
   bytesEqual,
   checkDigestLength,
   type Digest,
+  digestKey,
   EMPTY_DIGEST,
   toHex,
 } from "../digest.ts";
@@ -47,10 +48,20 @@ import {
   LOCAL_INFLIGHT_LIMITS,
 } from "./chunked_writer.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
-import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
+import {
+  type BlobReader,
+  type BlobService,
+  type BlobWriter,
+  type ChunkMeta,
+  missingBlobError,
+} from "./service.ts";
+import { mapLimit } from "../../concurrency.ts";
 import { isCollectable } from "../objectstore/store.ts";
 import type { Sweepable } from "../sweep.ts";
 import { presentAndTouched, sweepObjectStoreBlobs } from "./objectstore_sweep.ts";
+
+/** Blobs {@linkcode ObjectStoreBlobService} remembers having finished (keys of ~100 bytes each). */
+const MAX_FINISHED_NOTED = 1 << 18;
 
 /**
  * Tuning knobs; the defaults suit a local store on a 2-core machine, and a
@@ -101,6 +112,8 @@ export class ObjectStoreBlobService implements BlobService {
   readonly sweep?: Sweepable["sweep"];
   /** Whether the store is across the network (S3), from its tuning hints. */
   readonly remote: boolean;
+  /** Keys of blobs finished here since the process started (bounded). */
+  readonly #finished = new Set<string>();
 
   constructor(store: ObjectStore, options: ObjectStoreBlobServiceOptions = {}) {
     this.#store = store;
@@ -121,9 +134,34 @@ export class ObjectStoreBlobService implements BlobService {
     }
   }
 
-  /** Makes every blob stored so far durable (the object store's group commit). */
-  async sync(): Promise<void> {
+  /**
+   * Makes every blob stored so far durable (the object store's group
+   * commit), then refuses if one of `refs` is not in the store: a blob
+   * this service finished writing is durable now, any other is looked up
+   * (a `stat`, or a HEAD on S3). Without the check, a daemon restarted
+   * between acknowledging an upload and committing it, or a client naming
+   * blobs it never uploaded here, would make directories and paths valid
+   * over data that is gone.
+   */
+  async sync(refs?: readonly Digest[]): Promise<void> {
     await this.#store.sync?.();
+    if (!refs) return;
+    const unknown = new Map<string, Digest>();
+    for (const d of refs) {
+      const key = digestKey(d);
+      if (!this.#finished.has(key) && !bytesEqual(d, EMPTY_DIGEST)) unknown.set(key, d);
+    }
+    const digests = [...unknown.values()];
+    const present = await mapLimit(digests, this.#inflight.chunks, (d) => this.has(d));
+    const missing = present.indexOf(false);
+    if (missing >= 0) throw missingBlobError(digests[missing]);
+  }
+
+  /** Notes a blob this service finished writing (see {@linkcode sync}). */
+  #noteFinished(digest: Digest): void {
+    // Bounded: one forgotten only costs a lookup at the commit point.
+    if (this.#finished.size >= MAX_FINISHED_NOTED) this.#finished.clear();
+    this.#finished.add(digestKey(digest));
   }
 
   /** The underlying object store (for tools and tests). */
@@ -218,7 +256,7 @@ export class ObjectStoreBlobService implements BlobService {
   /** Starts an upload (see `chunked_writer.ts`). */
   openWrite(): BlobWriter {
     return new ChunkedBlobWriter(
-      new ObjectStoreChunkSink(this.#store),
+      new ObjectStoreChunkSink(this.#store, (digest) => this.#noteFinished(digest)),
       this.#codec,
       this.#inflight,
     );
@@ -240,7 +278,10 @@ export class ObjectStoreBlobService implements BlobService {
  */
 class ObjectStoreChunkSink implements ChunkSink {
   readonly allowRaw = false;
-  constructor(private readonly store: ObjectStore) {}
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly finished: (digest: Digest) => void,
+  ) {}
 
   async storeChunk({ digest, stored }: EncodedChunk): Promise<void> {
     const path = chunkPath(digest);
@@ -252,14 +293,16 @@ class ObjectStoreChunkSink implements ChunkSink {
   }
 
   async finishBlob(digest: Digest, chunks: ChunkMeta[]): Promise<void> {
-    if (chunks.length === 1) return;
-    const indexPath = blobIndexPath(digest);
-    const index = StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
-    // An index of another length is not this one: empty after a power loss
-    // before it was flushed. Rewrite it.
-    if (!await presentAndTouched(this.store, indexPath, index.length)) {
-      await this.store.put(indexPath, index);
+    if (chunks.length !== 1) {
+      const indexPath = blobIndexPath(digest);
+      const index = StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
+      // An index of another length is not this one: empty after a power loss
+      // before it was flushed. Rewrite it.
+      if (!await presentAndTouched(this.store, indexPath, index.length)) {
+        await this.store.put(indexPath, index);
+      }
     }
+    this.finished(digest);
   }
 }
 

@@ -71,6 +71,7 @@ import {
 import { readChunksFrom } from "./chunk_reader.ts";
 import { readRuns } from "./read_runs.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
+import { missingBlobError } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 
 /** A pack is closed and a new one started once it has grown past this. */
@@ -1085,10 +1086,7 @@ export class PackBlobService implements BlobService {
     const rows = this.#indexRows(digests);
     digests.forEach((d, i) => {
       if (rows[i] || storageCall("blob lookup", () => this.#stmt.blob.get(d))) return;
-      throw new InvalidRequestError(
-        `blob ${b3Display(d)} is not in the store: upload blobs before the directories that ` +
-          "name them (and again if the daemon restarted since)",
-      );
+      throw missingBlobError(d);
     });
   }
 

@@ -6,7 +6,8 @@
  *
  * @module
  */
-import type { Digest } from "../digest.ts";
+import { b3Display, type Digest } from "../digest.ts";
+import { InvalidRequestError } from "../../errors.ts";
 
 /** One chunk of a blob, as `Stat(send_chunks)` lists it. */
 export interface ChunkMeta {
@@ -109,4 +110,15 @@ export interface BlobService {
 
   /** Releases resources (connections, file handles). */
   close(): Promise<void>;
+}
+
+/**
+ * The refusal of a commit point ({@linkcode BlobService.sync}) whose
+ * referrer names a blob this store does not hold.
+ */
+export function missingBlobError(digest: Digest): InvalidRequestError {
+  return new InvalidRequestError(
+    `blob ${b3Display(digest)} is not in the store: upload blobs before the directories that ` +
+      "name them (and again if the daemon restarted since)",
+  );
 }

@@ -29,7 +29,7 @@
 import { dirname, join } from "node:path";
 import { errorMessage, StorageError } from "../../errors.ts";
 import { checkObjectPath, type ObjectStore } from "./store.ts";
-import { DataLossError, FileFlusher, syncDirectory } from "./flush.ts";
+import { DataLossError, FileFlusher, GroupFlush, syncDirectory } from "./flush.ts";
 
 const TEMP_PREFIX = ".tmp-";
 /** Temporary files older than this were left by a crash or a failed write. */
@@ -70,14 +70,22 @@ export class FileObjectStore implements ObjectStore {
    * directory is, at the commit point.
    */
   readonly #unsyncedDirs = new Set<string>();
-  /** The first failed directory flush: every later commit fails with it. */
-  #dirFailure: DataLossError | undefined;
+  /**
+   * Commits without FFI: a caller arriving while a round flushes waits for
+   * the next, which covers its writes (a round empties the set first).
+   */
+  readonly #dirFlush = new GroupFlush(() => this.#syncDirs());
   readonly description: string;
   /**
    * The removal of stale temporary files this store started, in the
-   * background, when it was opened; resolves to how many it removed.
+   * background, when it was opened (the first store of the process on this
+   * base; 0 for others); resolves to how many it removed. `close` stops it.
    */
   readonly staleTempsRemoved: Promise<number>;
+  /** Stops the removal of stale temporary files at its next directory. */
+  readonly #stopSweep = new AbortController();
+  /** Whether this store removes stale temporary files (the first on its base). */
+  readonly #sweeps: boolean;
 
   /** `base`: absolute directory path; created on the first write if missing. */
   constructor(base: string) {
@@ -87,7 +95,13 @@ export class FileObjectStore implements ObjectStore {
     this.#base = base;
     this.#flusher = FileFlusher.forDirectory(base);
     this.description = `file://${base}`;
-    this.staleTempsRemoved = removeStaleTemps(base, Date.now() - STALE_TEMP_MS).catch(() => 0);
+    // Once per base and process: a blob and a directory service on one
+    // base, or a store opened again, would walk the same tree again.
+    this.#sweeps = !sweptBases.has(base);
+    this.staleTempsRemoved = this.#sweeps
+      ? removeStaleTemps(base, Date.now() - STALE_TEMP_MS, this.#stopSweep.signal).catch(() => 0)
+      : Promise.resolve(0);
+    sweptBases.add(base);
   }
 
   #resolve(path: string): string {
@@ -146,6 +160,15 @@ export class FileObjectStore implements ObjectStore {
     this.#dirs.add(dir);
     // The store's directory exists now: flushes watch it from here on.
     this.#flusher?.watch();
+    if (!this.#flusher) {
+      // Without FFI the commit flushes directories one by one: the names
+      // of those just created (up to the store's own, in its parent) too.
+      const top = dirname(this.#base);
+      for (let d = dirname(dir); d.startsWith(top); d = dirname(d)) {
+        this.#unsyncedDirs.add(d);
+        if (d === top || d === dirname(d)) break;
+      }
+    }
   }
 
   /**
@@ -155,7 +178,7 @@ export class FileObjectStore implements ObjectStore {
    * and the directories they were renamed into are flushed here.
    */
   async sync(): Promise<void> {
-    if (!this.#flusher) return await this.#syncDirs();
+    if (!this.#flusher) return await this.#dirFlush.flush();
     try {
       // Synchronous, so that concurrent callers reach the flusher together.
       Deno.statSync(this.#base);
@@ -166,12 +189,12 @@ export class FileObjectStore implements ObjectStore {
   }
 
   /**
-   * Flushes the directories that gained objects since the last commit (no
-   * FFI). A failed flush may be reported only once, so it fails every
-   * later commit too, as a failed `syncfs` does (`flush.ts`).
+   * One round of {@linkcode #dirFlush}: flushes the directories that gained
+   * objects or directories since the last round (no FFI). A failed flush
+   * may be reported only once, so it is a `DataLossError`, which fails
+   * every later commit too, as a failed `syncfs` does (`flush.ts`).
    */
   async #syncDirs(): Promise<void> {
-    if (this.#dirFailure) throw this.#dirFailure;
     const dirs = [...this.#unsyncedDirs];
     this.#unsyncedDirs.clear();
     await Promise.all(dirs.map(async (dir) => {
@@ -179,11 +202,10 @@ export class FileObjectStore implements ObjectStore {
         await syncDirectory(dir, "objects");
       } catch (err) {
         // Whether or not it could be opened, the directory's names are not
-        // known to be on disk: every later commit fails too.
-        this.#dirFailure ??= err instanceof DataLossError ? err : new DataLossError(
+        // known to be on disk.
+        throw err instanceof DataLossError ? err : new DataLossError(
           `${errorMessage(err)}: objects written since the last commit may be lost`,
         );
-        throw this.#dirFailure;
       }
     }));
   }
@@ -218,20 +240,34 @@ export class FileObjectStore implements ObjectStore {
     return out.sort();
   }
 
-  close(): Promise<void> {
-    return this.#flusher?.close() ?? Promise.resolve();
+  /**
+   * Stops the removal of stale temporary files (a walk of the whole tree,
+   * which on a large store outlasted a short command by seconds and kept
+   * its process from exiting), then closes the flusher.
+   */
+  async close(): Promise<void> {
+    if (this.#sweeps) {
+      this.#stopSweep.abort();
+      await this.staleTempsRemoved;
+      // Perhaps cut short: a store opened later in this process walks again.
+      sweptBases.delete(this.#base);
+    }
+    await this.#flusher?.close();
   }
 }
+
+/** Bases whose stale temporary files this process removes (or removed). */
+const sweptBases = new Set<string>();
 
 /**
  * Removes `.tmp-*` files below `dir` last modified before `cutoff`. Walks
  * one directory at a time with async calls, so a large store's walk never
- * holds up the event loop.
+ * holds up the event loop; stops at the next directory once `stop` fires.
  */
-async function removeStaleTemps(dir: string, cutoff: number): Promise<number> {
+async function removeStaleTemps(dir: string, cutoff: number, stop: AbortSignal): Promise<number> {
   let removed = 0;
   const pending = [dir];
-  while (pending.length > 0) {
+  while (pending.length > 0 && !stop.aborted) {
     const current = pending.pop()!;
     let entries: Deno.DirEntry[];
     try {
