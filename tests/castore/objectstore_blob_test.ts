@@ -284,11 +284,23 @@ Deno.test("objectstore blob: a corrupted single-chunk blob or index is a Storage
     await assertRejects(() => readBlob(service, digest), StorageError);
 
     await putBlob(service, MULTI);
+    const good = await Deno.readFile(`${dir}/${blobIndexPath(MULTI_DIGEST)}`);
     await Deno.writeFile(
       `${dir}/${blobIndexPath(MULTI_DIGEST)}`,
       new Uint8Array([0x12, 0x05, 0x0a, 0x01]),
     );
     await assertRejects(() => service.chunks(MULTI_DIGEST), StorageError);
+    await assertRejects(() => readBlob(service, MULTI_DIGEST), StorageError);
+    // One flipped bit that still decodes: the last entry's tag (field 1)
+    // becomes field 9, an unknown field decoding would skip.
+    let lastEntry = 0;
+    for (let at = 0; at < good.length; at += 2 + good[at + 1]) lastEntry = at; // entries < 128 bytes
+    const flipped = good.slice();
+    flipped[lastEntry] ^= 0x40;
+    const listed = StatBlobResponse.decode(good).chunks.length;
+    assertEquals(StatBlobResponse.decode(flipped).chunks.length, listed - 1);
+    await Deno.writeFile(`${dir}/${blobIndexPath(MULTI_DIGEST)}`, flipped);
+    await assertRejects(() => service.chunks(MULTI_DIGEST), StorageError, "does not encode back");
     await assertRejects(() => readBlob(service, MULTI_DIGEST), StorageError);
     // A listed chunk digest of the wrong length.
     await Deno.writeFile(
@@ -480,11 +492,19 @@ Deno.test("objectstore blob: a directory naming a blob the store does not hold i
       await putBlob(before.blob, kept),
       await putBlob(before.blob, lost),
     ];
-    await before.close();
-    // What a power loss between the acknowledged upload and its commit leaves.
+    // What a power loss between the acknowledged upload and its commit
+    // leaves: the object gone, or there but empty.
     await Deno.remove(`${dir}/blobs/${chunkPath(lostDigest)}`);
+    const emptied = te.encode("uploaded before a restart, left empty by a power loss\n");
+    const emptiedDigest = await putBlob(before.blob, emptied);
+    await Deno.writeFile(`${dir}/blobs/${chunkPath(emptiedDigest)}`, new Uint8Array(0));
+    await before.close();
     const s = await constructServices(addrs);
     try {
+      await assertRejects(
+        () => s.directory.put(directoryOf(emptiedDigest, emptied.length)),
+        InvalidRequestError,
+      );
       await assertRejects(
         () => s.directory.put(directoryOf(lostDigest, lost.length)),
         InvalidRequestError,

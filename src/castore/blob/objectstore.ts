@@ -169,11 +169,16 @@ export class ObjectStoreBlobService implements BlobService {
     return this.#store;
   }
 
-  /** True if a blob index or a chunk object with this digest exists. */
+  /**
+   * True if a blob index or a chunk object with this digest exists. An
+   * empty one is what a power loss before its commit leaves, not an object
+   * (a chunk is a zstd frame; only the empty blob has an empty index).
+   */
   async has(digest: Digest): Promise<boolean> {
     checkDigestLength(digest);
-    return await this.#store.size(blobIndexPath(digest)) !== undefined ||
-      await this.#store.size(chunkPath(digest)) !== undefined;
+    const index = await this.#store.size(blobIndexPath(digest));
+    if (index !== undefined && (index > 0 || bytesEqual(digest, EMPTY_DIGEST))) return true;
+    return (await this.#store.size(chunkPath(digest)) ?? 0) > 0;
   }
 
   /**
@@ -240,6 +245,14 @@ export class ObjectStoreBlobService implements BlobService {
       index = StatBlobResponse.decode(raw);
     } catch (err) {
       throw new CorruptionError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
+    }
+    // Damage can still decode: a flipped bit in a tag turns an entry into
+    // an unknown field, which decoding skips, and the blob would read
+    // short. An index encodes canonically (ours and the reference's alike).
+    if (!bytesEqual(StatBlobResponse.encode(index).finish(), raw)) {
+      throw new CorruptionError(
+        `blob index ${b3Display(digest)} is corrupt: it does not encode back to its stored bytes`,
+      );
     }
     index.chunks.forEach((c, i) => {
       if (c.digest.length !== B3_LEN) {

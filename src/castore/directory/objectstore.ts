@@ -25,6 +25,12 @@ import type { DirectoryPutter, DirectoryService } from "./service.ts";
 
 const compress = promisify(zstdCompress);
 const decompress = promisify(zstdDecompress);
+/**
+ * Most bytes a stored closure may decompress to: far above any real one
+ * (tens of MiB), so a small damaged or hostile object cannot make a read
+ * allocate without bound.
+ */
+const MAX_CLOSURE_BYTES = 1 << 30;
 
 /** Largest frame accepted when reading (the reference's limit, 1000 MiB). */
 export const MAX_FRAME_LENGTH = 1_048_576_000;
@@ -106,7 +112,7 @@ export class ObjectStoreDirectoryService implements DirectoryService {
     if (!compressed) return;
     let data: Uint8Array;
     try {
-      const out = await decompress(compressed);
+      const out = await decompress(compressed, { maxOutputLength: MAX_CLOSURE_BYTES });
       // node:zlib returns a Buffer; decode from a plain Uint8Array so the
       // decoded byte fields are plain too.
       data = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);

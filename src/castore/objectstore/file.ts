@@ -182,8 +182,13 @@ export class FileObjectStore implements ObjectStore {
     try {
       // Synchronous, so that concurrent callers reach the flusher together.
       Deno.statSync(this.#base);
-    } catch {
-      return; // nothing was ever written here
+    } catch (err) {
+      // Nothing was ever written here. Any other failure (EIO, ESTALE) is
+      // no proof that what was written is on disk.
+      if (err instanceof Deno.errors.NotFound && this.#dirs.size === 0) return;
+      throw new DataLossError(
+        `${errorMessage(err)}: objects written since the last commit may be lost`,
+      );
     }
     await this.#flusher.flush();
   }
