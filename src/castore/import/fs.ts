@@ -22,6 +22,7 @@
  *
  * @module
  */
+import nodeFs from "node:fs";
 import { basename } from "node:path";
 import type { BlobService } from "../blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "../directory/service.ts";
@@ -410,16 +411,16 @@ interface PieceReader extends Disposable {
  * symlink is followed, and caught here.
  */
 function openFile(loc: Location, info: Stat): PieceReader {
-  let f: RawFile | Deno.FsFile;
+  let f: RawFile | PathFile;
   try {
-    f = typeof loc === "string" ? Deno.openSync(loc, { read: true }) : loc.dir.openFile(loc.name);
+    f = typeof loc === "string" ? new PathFile(loc) : loc.dir.openFile(loc.name);
   } catch (err) {
     // O_NOFOLLOW met a symlink where the listing saw a file.
     if (err instanceof RawFsError && err.errno === ELOOP) throw replaced(loc, "symlink");
     throw err;
   }
   try {
-    const now = f instanceof Deno.FsFile ? statOf(f.statSync()) : rawStatOf(f.stat(), 0);
+    const now = f instanceof PathFile ? f.stat() : rawStatOf(f.stat(), 0);
     if (now.kind !== "file" || now.dev !== info.dev || now.ino !== info.ino) {
       throw replaced(loc, now.kind === "file" ? "different file" : now.kind);
     }
@@ -431,6 +432,48 @@ function openFile(loc: Location, info: Stat): PieceReader {
 }
 
 const ELOOP = 40;
+
+/**
+ * A file opened by path (no FFI), through node:fs, which passes
+ * `O_NONBLOCK` to open(2): a FIFO put where the listing saw a file does
+ * not block the open, and `stat` then shows it. (`O_NOFOLLOW` is not
+ * passed on; a symlink is followed, and `stat` shows another file.)
+ */
+class PathFile implements PieceReader {
+  readonly #fd: number;
+
+  constructor(path: string) {
+    this.#fd = nodeFs.openSync(path, nodeFs.constants.O_RDONLY | nodeFs.constants.O_NONBLOCK);
+  }
+
+  /** What the descriptor refers to now. */
+  stat(): Stat {
+    const st = nodeFs.fstatSync(this.#fd, { bigint: true });
+    return rawStatOf({
+      mode: Number(st.mode),
+      size: Number(st.size),
+      dev: Number(st.dev),
+      // Above 2^53 a number would be rounded, and two files could share it.
+      ino: st.ino <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(st.ino) : -1,
+      mtimeMs: Number(st.mtimeNs / 1_000_000n),
+      ctimeMs: Number(st.ctimeNs / 1_000_000n),
+    }, Date.now());
+  }
+
+  readSync(buf: Uint8Array): number | null {
+    if (buf.length === 0) return 0;
+    const n = nodeFs.readSync(this.#fd, buf, 0, buf.length, null);
+    return n === 0 ? null : n;
+  }
+
+  close(): void {
+    nodeFs.closeSync(this.#fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
 
 /** The import's failure for a file that is no longer the one its directory listed. */
 function replaced(loc: Location, now: string): IngestError {
