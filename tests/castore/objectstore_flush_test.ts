@@ -139,8 +139,8 @@ Deno.test("file object store: without FFI, a commit asked for while another flus
     const [cmd, ...args] = runWithoutFfi(SHARE_CHILD, join(tmp, "store"));
     const out = await new Deno.Command(cmd, { args }).output();
     assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
-    // The second commit's writer found its object present (written by the
-    // first, not yet flushed): its commit must not return before that flush.
+    // The second commit was asked for while the first flushed the object's
+    // directory: it must not return before a flush that started after it.
     assertEquals(new TextDecoder().decode(out.stdout).trim().split("\n"), ["first", "second"]);
   } finally {
     await Deno.remove(tmp, { recursive: true });

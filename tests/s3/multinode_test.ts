@@ -258,3 +258,28 @@ s3Test(
     }
   },
 );
+
+s3Test(
+  "objectstore+s3: a blob this process wrote, then swept by gc, is refused at the commit point",
+  async (t) => {
+    const blob = await blobServiceFromUrl(t.url("swept-commit"));
+    try {
+      assert(isSweepable(blob));
+      const w = blob.openWrite();
+      await w.write(pseudoRandom(10_000, 5));
+      const digest = await w.close();
+      await blob.sync?.([digest]); // written here: accepted
+      // Objects are compared with the cutoff by their LastModified, in whole seconds.
+      await new Promise((r) => setTimeout(r, 1100));
+      const report = await blob.sweep(() => false, {
+        cutoff: Date.now(),
+        graceMs: 0,
+        dryRun: false,
+      });
+      assertEquals(report.removed, 1);
+      await assertRejects(() => blob.sync!([digest]), InvalidRequestError, "is not in the store");
+    } finally {
+      await blob.close();
+    }
+  },
+);

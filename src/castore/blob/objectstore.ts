@@ -58,10 +58,24 @@ import {
 import { mapLimit } from "../../concurrency.ts";
 import { isCollectable } from "../objectstore/store.ts";
 import type { Sweepable } from "../sweep.ts";
-import { presentAndTouched, sweepObjectStoreBlobs } from "./objectstore_sweep.ts";
+import {
+  MIN_GRACE_MS,
+  presentAndTouched,
+  sweepObjectStoreBlobs,
+  TOUCH_AFTER_MS,
+} from "./objectstore_sweep.ts";
 
 /** Blobs {@linkcode ObjectStoreBlobService} remembers having finished (keys of ~100 bytes each). */
 const MAX_FINISHED_NOTED = 1 << 18;
+
+/**
+ * How long a blob finished here is trusted at the commit point without a
+ * lookup. gc removes only objects older than its grace period (at least
+ * {@linkcode MIN_GRACE_MS}), and a reused object may be up to
+ * {@linkcode TOUCH_AFTER_MS} old when a writer finds it: within the
+ * difference, no gc (of any process) can have removed it.
+ */
+const TRUST_FINISHED_MS = MIN_GRACE_MS - TOUCH_AFTER_MS;
 
 /**
  * Tuning knobs; the defaults suit a local store on a 2-core machine, and a
@@ -112,13 +126,20 @@ export class ObjectStoreBlobService implements BlobService {
   readonly sweep?: Sweepable["sweep"];
   /** Whether the store is across the network (S3), from its tuning hints. */
   readonly remote: boolean;
-  /** Keys of blobs finished here since the process started (bounded). */
-  readonly #finished = new Set<string>();
+  /** Keys of blobs finished here, with when (bounded; see {@linkcode sync}). */
+  readonly #finished = new Map<string, number>();
 
   constructor(store: ObjectStore, options: ObjectStoreBlobServiceOptions = {}) {
     this.#store = store;
     if (isCollectable(store)) {
-      this.sweep = (isLive, opts) => sweepObjectStoreBlobs(store, isLive, opts);
+      this.sweep = async (isLive, opts) => {
+        try {
+          return await sweepObjectStoreBlobs(store, isLive, opts);
+        } finally {
+          // What it removed must be looked up again at the next commit.
+          this.#finished.clear();
+        }
+      };
     }
     const hints = tuningOf(store);
     this.remote = hints.remote ?? false;
@@ -136,32 +157,39 @@ export class ObjectStoreBlobService implements BlobService {
 
   /**
    * Makes every blob stored so far durable (the object store's group
-   * commit), then refuses if one of `refs` is not in the store: a blob
-   * this service finished writing is durable now, any other is looked up
-   * (a `stat`, or a HEAD on S3). Without the check, a daemon restarted
-   * between acknowledging an upload and committing it, or a client naming
-   * blobs it never uploaded here, would make directories and paths valid
-   * over data that is gone.
+   * commit), and refuses if one of `refs` is not in the store. A blob this
+   * service finished writing within the last {@linkcode TRUST_FINISHED_MS}
+   * is taken as there: the commit makes it durable, and no gc can have
+   * removed it yet. Any other is looked up first (a `stat`, which also
+   * queues its directory for the commit without FFI, or a HEAD on S3).
+   * Without the check, a daemon restarted between acknowledging an upload
+   * and committing it, or a client naming blobs it never uploaded here,
+   * would make directories and paths valid over data that is gone.
    */
   async sync(refs?: readonly Digest[]): Promise<void> {
-    await this.#store.sync?.();
-    if (!refs) return;
-    const unknown = new Map<string, Digest>();
-    for (const d of refs) {
-      const key = digestKey(d);
-      if (!this.#finished.has(key) && !bytesEqual(d, EMPTY_DIGEST)) unknown.set(key, d);
+    let missing: Digest | undefined;
+    if (refs) {
+      const now = Date.now();
+      const unknown = new Map<string, Digest>();
+      for (const d of refs) {
+        const key = digestKey(d);
+        const noted = this.#finished.get(key);
+        const trusted = noted !== undefined && now - noted < TRUST_FINISHED_MS;
+        if (!trusted && !bytesEqual(d, EMPTY_DIGEST)) unknown.set(key, d);
+      }
+      const digests = [...unknown.values()];
+      const present = await mapLimit(digests, this.#inflight.chunks, (d) => this.has(d));
+      missing = digests[present.indexOf(false)];
     }
-    const digests = [...unknown.values()];
-    const present = await mapLimit(digests, this.#inflight.chunks, (d) => this.has(d));
-    const missing = present.indexOf(false);
-    if (missing >= 0) throw missingBlobError(digests[missing]);
+    await this.#store.sync?.();
+    if (missing) throw missingBlobError(missing);
   }
 
   /** Notes a blob this service finished writing (see {@linkcode sync}). */
   #noteFinished(digest: Digest): void {
     // Bounded: one forgotten only costs a lookup at the commit point.
     if (this.#finished.size >= MAX_FINISHED_NOTED) this.#finished.clear();
-    this.#finished.add(digestKey(digest));
+    this.#finished.set(digestKey(digest), Date.now());
   }
 
   /** The underlying object store (for tools and tests). */

@@ -86,6 +86,9 @@ export class FileObjectStore implements ObjectStore {
   readonly #stopSweep = new AbortController();
   /** Whether this store removes stale temporary files (the first on its base). */
   readonly #sweeps: boolean;
+  /** Whether that walk went through the whole tree. */
+  #sweepDone = false;
+  #closed = false;
 
   /** `base`: absolute directory path; created on the first write if missing. */
   constructor(base: string) {
@@ -99,7 +102,13 @@ export class FileObjectStore implements ObjectStore {
     // base, or a store opened again, would walk the same tree again.
     this.#sweeps = !sweptBases.has(base);
     this.staleTempsRemoved = this.#sweeps
-      ? removeStaleTemps(base, Date.now() - STALE_TEMP_MS, this.#stopSweep.signal).catch(() => 0)
+      ? removeStaleTemps(base, Date.now() - STALE_TEMP_MS, this.#stopSweep.signal).then(
+        (removed) => {
+          this.#sweepDone = !this.#stopSweep.signal.aborted;
+          return removed;
+        },
+        () => 0,
+      )
       : Promise.resolve(0);
     sweptBases.add(base);
   }
@@ -123,7 +132,11 @@ export class FileObjectStore implements ObjectStore {
     const file = this.#resolve(path);
     try {
       const info = await Deno.stat(file);
-      return info.isFile ? info.size : undefined;
+      if (!info.isFile) return undefined;
+      // Without FFI: an object found here (perhaps another writer's, not
+      // committed yet) may be relied on, so the commit flushes its name.
+      if (!this.#flusher) this.#unsyncedDirs.add(dirname(file));
+      return info.size;
     } catch (err) {
       if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
         return undefined;
@@ -156,19 +169,17 @@ export class FileObjectStore implements ObjectStore {
   }
 
   async #createDir(dir: string): Promise<void> {
+    // Without FFI the commit flushes directories one by one: the names of
+    // those created here go too, in their parents.
+    const created: string[] = [];
+    if (!this.#flusher) {
+      for (let d = dir; d !== dirname(d) && !existsSync(d); d = dirname(d)) created.push(d);
+    }
     await Deno.mkdir(dir, { recursive: true });
     this.#dirs.add(dir);
     // The store's directory exists now: flushes watch it from here on.
     this.#flusher?.watch();
-    if (!this.#flusher) {
-      // Without FFI the commit flushes directories one by one: the names
-      // of those just created (up to the store's own, in its parent) too.
-      const top = dirname(this.#base);
-      for (let d = dirname(dir); d.startsWith(top); d = dirname(d)) {
-        this.#unsyncedDirs.add(d);
-        if (d === top || d === dirname(d)) break;
-      }
-    }
+    for (const d of created) this.#unsyncedDirs.add(dirname(d));
   }
 
   /**
@@ -186,9 +197,7 @@ export class FileObjectStore implements ObjectStore {
       // Nothing was ever written here. Any other failure (EIO, ESTALE) is
       // no proof that what was written is on disk.
       if (err instanceof Deno.errors.NotFound && this.#dirs.size === 0) return;
-      throw new DataLossError(
-        `${errorMessage(err)}: objects written since the last commit may be lost`,
-      );
+      throw storageError("commit", ".", err);
     }
     await this.#flusher.flush();
   }
@@ -251,13 +260,25 @@ export class FileObjectStore implements ObjectStore {
    * its process from exiting), then closes the flusher.
    */
   async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
     if (this.#sweeps) {
       this.#stopSweep.abort();
       await this.staleTempsRemoved;
-      // Perhaps cut short: a store opened later in this process walks again.
-      sweptBases.delete(this.#base);
+      // Cut short: a store opened later in this process walks again.
+      if (!this.#sweepDone) sweptBases.delete(this.#base);
     }
     await this.#flusher?.close();
+  }
+}
+
+/** Whether `path` exists (for {@linkcode FileObjectStore}'s directory creation). */
+function existsSync(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
   }
 }
 
