@@ -31,6 +31,7 @@ import {
   isDamagedRow,
   listedPathInfo,
   otherReferences,
+  referrerRowsToRead,
   sameInfo,
   storedReferences,
   validateForPut,
@@ -39,7 +40,6 @@ import {
   type DamagedRowHandler,
   type PathAccess,
   type PathInfoService,
-  REFERRERS_NAMED,
   StillReferencedError,
 } from "./service.ts";
 import { compareBytes, digestKey } from "../../castore/digest.ts";
@@ -264,7 +264,7 @@ export class PostgresPathInfoService implements PathInfoService {
       } else {
         const rows = await tx.query(REFERRERS_SQL, [
           digest,
-          REFERRERS_NAMED + (alongWith?.size ?? 0),
+          referrerRowsToRead(alongWith),
         ]);
         const referrers = blockingReferrers(rows.map((r) => r.referrer as Uint8Array), alongWith);
         if (referrers.length > 0) throw new StillReferencedError(digest, referrers);

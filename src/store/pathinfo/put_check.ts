@@ -63,6 +63,14 @@ export function storedReferences(digest: Uint8Array, data: unknown): Uint8Array[
 }
 
 /**
+ * How many referrer rows to read so that, after dropping those in
+ * `alongWith`, up to {@linkcode REFERRERS_NAMED} that count are left.
+ */
+export function referrerRowsToRead(alongWith: ReadonlySet<string> | undefined): number {
+  return REFERRERS_NAMED + (alongWith?.size ?? 0);
+}
+
+/**
  * Referrers that count against a deletion: those not in `alongWith` (keys
  * of paths the same request deletes), at most {@linkcode REFERRERS_NAMED}.
  */

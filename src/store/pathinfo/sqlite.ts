@@ -24,6 +24,7 @@ import {
   isDamagedRow,
   listedPathInfo,
   otherReferences,
+  referrerRowsToRead,
   sameInfo,
   storedReferences,
   validateForPut,
@@ -32,7 +33,6 @@ import {
   type DamagedRowHandler,
   type PathAccess,
   type PathInfoService,
-  REFERRERS_NAMED,
   StillReferencedError,
 } from "./service.ts";
 
@@ -260,12 +260,12 @@ export class SqlitePathInfoService implements PathInfoService {
   }
 
   /**
-   * Up to {@linkcode REFERRERS_NAMED} stored paths that refer to `digest`,
+   * Up to `REFERRERS_NAMED` (service.ts) stored paths that refer to `digest`,
    * not counting those in `alongWith` (enough rows are read to leave that
    * many after dropping them).
    */
   #referrersOf(digest: Uint8Array, alongWith?: ReadonlySet<string>): Uint8Array[] {
-    const rows = this.#referrers.all(digest, REFERRERS_NAMED + (alongWith?.size ?? 0));
+    const rows = this.#referrers.all(digest, referrerRowsToRead(alongWith));
     return blockingReferrers(rows.map((r) => r.referrer as Uint8Array), alongWith);
   }
 
