@@ -1,10 +1,11 @@
 /**
  * Pull-through against real upstreams: nix's own `file://` binary cache
  * (written by `nix copy --to`, signed or not), served over HTTP by Python's
- * http.server, behind a dead upstream listed first. Signed paths are copied
- * in once (also under concurrent requests) and served to real nix byte for
- * byte; unsigned ones are refused; after the upstream stops, pulled paths
- * are still served and unknown ones get 502. The metrics count the pulls.
+ * http.server, behind an upstream listed first that closes every
+ * connection. Signed paths are copied in once (also under concurrent
+ * requests) and served to real nix byte for byte; unsigned ones are
+ * refused; after the upstream stops, pulled paths are still served and
+ * unknown ones get 502. The metrics count the pulls.
  * An upstream that stalls (no answer, or a NAR that stops) fails the pull.
  */
 import { join } from "node:path";
@@ -27,32 +28,43 @@ const MEMORY = [
   "--path-info-service-addr=memory://",
 ];
 
-/** A loopback port nobody listens on (bound, then released). */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+/**
+ * An upstream that is down: it holds a loopback port, so that no listener
+ * started later (the bridge's own, bound to port 0) can be handed the same
+ * one, and closes every connection before answering.
+ */
+function deadUpstream(): { url: string; stop(): void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of listener) conn.close();
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    stop: () => listener.close(),
+  };
 }
 
-/** `python3 -m http.server` over `dir`, once it answers. */
+/** `python3 -m http.server` over `dir` on a port it binds itself, once it answers. */
 async function staticServer(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
-  const port = freePort();
   const child = new Deno.Command("/usr/bin/python3", {
-    args: ["-m", "http.server", String(port), "--bind", "127.0.0.1", "--directory", dir],
-    stdout: "null",
+    args: ["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", dir],
+    stdout: "piped",
     stderr: "null",
   }).spawn();
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0;; i++) {
-    try {
-      await (await fetch(`${url}/nix-cache-info`)).body?.cancel();
-      break;
-    } catch (err) {
-      if (i > 200) throw err;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+  // It prints "Serving HTTP on 127.0.0.1 port N (...)" once it listens.
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let printed = "";
+  let port: string | undefined;
+  while (port === undefined) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`http.server did not start: ${printed}`);
+    printed += value;
+    port = / port (\d+) /.exec(printed)?.[1];
   }
+  // The rest of its output (nothing, with -u and stderr elsewhere) is dropped.
+  reader.cancel().catch(() => {});
+  const url = `http://127.0.0.1:${port}`;
+  await (await fetch(`${url}/nix-cache-info`)).body?.cancel();
   return {
     url,
     stop: async () => {
@@ -67,6 +79,7 @@ const digestOf = (path: string) => nixbase32.encode(StorePath.parseAbsolute(path
 Deno.test("pull-through from a signed nix binary cache", async (t) => {
   const nix = await NixEnv.create();
   const tmp = await Deno.makeTempDir({ prefix: "narbridge-pull-" });
+  const dead = deadUpstream();
   let upstream: { url: string; stop(): Promise<void> } | undefined;
   let bridge: Awaited<ReturnType<typeof startServer>> | undefined;
   try {
@@ -126,7 +139,7 @@ Deno.test("pull-through from a signed nix binary cache", async (t) => {
       "nar-bridge",
       "--listen-address=127.0.0.1:0",
       "--metrics-listen-address=127.0.0.1:0",
-      `--upstream=http://127.0.0.1:${freePort()}`, // nobody there: skipped
+      `--upstream=${dead.url}`, // answers nothing: skipped
       `--upstream=${upstream.url}`,
       `--upstream-trusted-public-keys=${(await Deno.readTextFile(pub)).trim()}`,
       ...MEMORY,
@@ -256,6 +269,7 @@ Deno.test("pull-through from a signed nix binary cache", async (t) => {
     throw err;
   } finally {
     await upstream?.stop();
+    dead.stop();
     if (bridge) assertEquals((await bridge.stop()).code, 0);
     await nix.cleanup();
     await Deno.remove(tmp, { recursive: true });
