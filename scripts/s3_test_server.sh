@@ -9,7 +9,9 @@
 #   s3_test_server.sh stop           kill the daemons, remove $S3_DIR
 #   s3_test_server.sh env            print the S3_* lines again
 #   s3_test_server.sh gateway-stop   kill only radosgw (the server "goes away")
-#   s3_test_server.sh gateway-start  start radosgw again on the same cluster
+#   s3_test_server.sh gateway-start  start radosgw again on the same cluster, with
+#                                    S3_GATEWAY_ARGS (e.g. --rgw-max-concurrent-requests=2)
+#                                    added to its command line
 #
 # Settings (environment): S3_DIR (default /tmp/tvix-s3-test), S3_PORT (S3 over
 # HTTP, 17480), S3_MON_PORT (13300), S3_OSD_PORTS (a range, 16800-16899),
@@ -80,7 +82,8 @@ print_env() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 gateway_start() {
-  radosgw -c "$CONF" -n client.rgw.gw 2>"$S3_DIR/log/rgw.start.out"
+  # shellcheck disable=SC2086 # S3_GATEWAY_ARGS is a list of options
+  radosgw -c "$CONF" -n client.rgw.gw ${S3_GATEWAY_ARGS:-} 2>"$S3_DIR/log/rgw.start.out"
   # The frontend listens only once radosgw is initialised: an open port means ready.
   for _ in $(seq 300); do
     port_open "$S3_PORT" && return 0

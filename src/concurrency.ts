@@ -11,12 +11,34 @@
 
 /** At most `permits` holders at once; waiters are served in arrival order. */
 export class Semaphore {
+  #permits: number;
+  /** Negative after a shrink below the permits held: releases pay that back first. */
   #free: number;
   readonly #waiting: (() => void)[] = [];
 
   /** A semaphore with `permits` (at least 1) permits. */
   constructor(permits: number) {
-    this.#free = Math.max(1, Math.floor(permits));
+    this.#permits = this.#free = Math.max(1, Math.floor(permits));
+  }
+
+  /** How many may hold a permit at once. */
+  get permits(): number {
+    return this.#permits;
+  }
+
+  /**
+   * Changes how many may hold a permit at once (at least 1). Growing wakes
+   * waiters; shrinking takes nothing away from holders, the next releases
+   * are not handed on until the holders are within the new bound.
+   */
+  set permits(permits: number) {
+    const next = Math.max(1, Math.floor(permits));
+    this.#free += next - this.#permits;
+    this.#permits = next;
+    while (this.#free > 0 && this.#waiting.length > 0) {
+      this.#free--;
+      this.#waiting.shift()!();
+    }
   }
 
   /** Waits for a permit; the returned function gives it back (once). */
@@ -27,6 +49,10 @@ export class Semaphore {
     return () => {
       if (released) return;
       released = true;
+      if (this.#free < 0) {
+        this.#free++;
+        return;
+      }
       const next = this.#waiting.shift();
       // A permit handed straight to a waiter never becomes free in between.
       if (next) next();
@@ -44,7 +70,7 @@ export class Semaphore {
     }
   }
 
-  /** Permits free right now. */
+  /** Permits free right now (below 0 while a shrink waits for holders to finish). */
   get free(): number {
     return this.#free;
   }

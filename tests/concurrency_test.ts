@@ -178,3 +178,29 @@ Deno.test("ByteBudget: takes only what is free, never waits, and counts what is 
   assert(budget.tryTake(0), "nothing is always free");
   assertEquals(new ByteBudget(0).tryTake(1), false);
 });
+
+Deno.test("Semaphore: a shrink waits for holders to finish, a growth wakes waiters", async () => {
+  const sem = new Semaphore(4);
+  const held = await Promise.all([sem.acquire(), sem.acquire(), sem.acquire(), sem.acquire()]);
+  const woken: number[] = [];
+  const waiters = [0, 1, 2].map((i) => sem.acquire().then((release) => (woken.push(i), release)));
+  sem.permits = 2;
+  assertEquals(sem.permits, 2);
+  assertEquals(sem.free, -2);
+  // Two releases pay back the shrink; only the third hands a permit on.
+  held[0]();
+  held[1]();
+  await settle();
+  assertEquals(woken, []);
+  held[2]();
+  await settle();
+  assertEquals(woken, [0]);
+  sem.permits = 4;
+  await settle();
+  assertEquals(woken, [0, 1, 2]);
+  assertEquals(sem.free, 0);
+  for (const release of [held[3], ...await Promise.all(waiters)]) release();
+  assertEquals(sem.free, 4);
+  sem.permits = 0;
+  assertEquals(sem.permits, 1, "never below one");
+});

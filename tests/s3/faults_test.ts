@@ -1,6 +1,6 @@
 /**
  * Faults under a daemon on S3 (radosgw): the gateway killed in the middle
- * of an import, and objects damaged in the bucket. Clients get an error
+ * of an import or throttling it, and objects damaged in the bucket. Clients get an error
  * status, never wrong bytes; the daemon keeps running and serves again once
  * the gateway is back.
  */
@@ -138,6 +138,36 @@ s3Test(
     } finally {
       if (gatewayDown) await gatewayStart(t.server);
       await d?.stop();
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+  { controlsGateway: true },
+);
+
+s3Test(
+  "a gateway that throttles (503 SlowDown) slows an import down and does not fail it",
+  async (t) => {
+    const tmp = await Deno.makeTempDir({ prefix: "tvix-s3-throttle-" });
+    let d: S3Daemon | undefined;
+    // radosgw answers 503 SlowDown to requests beyond this many in progress.
+    await gatewayStop(t.server);
+    await gatewayStart(t.server, ["--rgw-max-concurrent-requests=2"]);
+    try {
+      d = await startS3Daemon(t, tmp);
+      const tree = join(tmp, "tree");
+      await writeRandomTree(tree, 400, 4096);
+      const r = await importThrough(d, [tree]);
+      assertEquals(r.code, 0, `${r.stderr}\n${d.daemon.log()}`);
+      assert(
+        /S3 server is throttling: fewer requests in flight/.test(d.daemon.log()),
+        `the gateway never throttled, so this tested nothing:\n${d.daemon.log()}`,
+      );
+      const oracle = await nixOracle(tree);
+      assertEquals(await fetchNar(d, r.stdout.trim()), oracle.nar);
+    } finally {
+      await d?.stop();
+      await gatewayStop(t.server);
+      await gatewayStart(t.server);
       await Deno.remove(tmp, { recursive: true });
     }
   },

@@ -215,16 +215,23 @@ export async function gatewayStop(server: S3Server): Promise<void> {
   await runControl(server, "gateway-stop");
 }
 
-/** Starts the gateway again and waits until it listens. */
-export async function gatewayStart(server: S3Server): Promise<void> {
-  await runControl(server, "gateway-start");
+/**
+ * Starts the gateway again and waits until it listens; `gatewayArgs` are
+ * added to radosgw's command line (Ceph options, until the next start).
+ */
+export async function gatewayStart(server: S3Server, gatewayArgs: string[] = []): Promise<void> {
+  await runControl(server, "gateway-start", { S3_GATEWAY_ARGS: gatewayArgs.join(" ") });
 }
 
-async function runControl(server: S3Server, cmd: string): Promise<void> {
+async function runControl(
+  server: S3Server,
+  cmd: string,
+  extraEnv: Record<string, string> = {},
+): Promise<void> {
   if (!server.control) throw new Error("this S3 server is not ours to stop and start");
   const out = await new Deno.Command("bash", {
     args: [SCRIPT, cmd],
-    env: server.control,
+    env: { ...server.control, ...extraEnv },
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -18,6 +18,8 @@
 import { errorMessage, StorageError, UnavailableError } from "../../errors.ts";
 import { createHash } from "node:crypto";
 import { Semaphore } from "../../concurrency.ts";
+import { log } from "../../log.ts";
+import { isThrottling, ThrottleControl, THROTTLED_ATTEMPTS } from "./s3_throttle.ts";
 import {
   canonicalQuery,
   type Credentials,
@@ -40,7 +42,11 @@ export interface S3Config {
   timeoutMs?: number;
   /** Requests in flight at once (default 64). */
   maxRequests?: number;
-  /** Tries per request before giving up (default 3). */
+  /**
+   * Tries per request before giving up on network errors, timeouts and
+   * server failures (default 3). Throttling (503, 429) is retried longer,
+   * at a lower request limit (`s3_throttle.ts`).
+   */
   attempts?: number;
 }
 
@@ -80,12 +86,12 @@ interface S3Request {
 }
 
 /**
- * An answer worth another try: the server's trouble, or two conditional PUTs
- * of one object overlapping (409 on an object; on the bucket it means
- * something else, such as "already exists").
+ * An answer worth another try: the server's trouble or throttling, or two
+ * conditional PUTs of one object overlapping (409 on an object; on the
+ * bucket it means something else, such as "already exists").
  */
 function retryable(status: number, req: S3Request): boolean {
-  return status >= 500 || (status === 409 && req.key !== undefined);
+  return status >= 500 || status === 429 || (status === 409 && req.key !== undefined);
 }
 
 const xmlEntities: Record<string, string> = {
@@ -133,6 +139,7 @@ export class S3Client {
   readonly #config: S3Config;
   readonly #signer: SigV4Signer;
   readonly #limit: Semaphore;
+  readonly #throttle: ThrottleControl;
   readonly #timeoutMs: number;
   readonly #attempts: number;
   /** Origin and base path every request URL starts with. */
@@ -146,6 +153,7 @@ export class S3Client {
     this.#config = config;
     this.#signer = new SigV4Signer(config.credentials);
     this.#limit = new Semaphore(config.maxRequests ?? 64);
+    this.#throttle = new ThrottleControl(this.#limit);
     this.#timeoutMs = config.timeoutMs ?? 30_000;
     this.#attempts = Math.max(1, config.attempts ?? 3);
     const ep = config.endpoint;
@@ -355,20 +363,38 @@ export class S3Client {
 
   /**
    * Sends a request, retrying network errors, timeouts and retryable
-   * statuses; returns the last answer, or throws
-   * {@linkcode S3UnavailableError} if none came.
+   * statuses (throttling longer, see `s3_throttle.ts`); returns the last
+   * answer, or throws {@linkcode S3UnavailableError} if none came.
    */
   async #send(req: S3Request, op: string): Promise<Answer> {
-    for (let attempt = 1;; attempt++) {
+    let failures = 0, throttled = 0;
+    for (;;) {
       let answer: Answer | undefined;
       let failure: unknown;
+      let epoch = 0;
       try {
-        answer = await this.#limit.run(() => this.#attempt(req));
+        answer = await this.#limit.run(() => {
+          epoch = this.#throttle.epoch;
+          return this.#attempt(req);
+        });
       } catch (err) {
         failure = err;
       }
+      if (answer && isThrottling(answer.status)) {
+        const lowered = this.#throttle.answered(true, epoch);
+        if (lowered !== undefined) {
+          log.warn("S3 server is throttling: fewer requests in flight", {
+            endpoint: this.#config.endpoint.origin,
+            limit: lowered,
+          });
+        }
+        if (++throttled >= THROTTLED_ATTEMPTS) return answer;
+        await sleep(this.#throttle.waitMs(throttled, answer.headers.get("retry-after")));
+        continue;
+      }
+      if (answer) this.#throttle.answered(false, epoch);
       if (answer && !retryable(answer.status, req)) return answer;
-      if (attempt >= this.#attempts) {
+      if (++failures >= this.#attempts) {
         if (answer) return answer;
         throw new S3UnavailableError(
           `S3 server ${this.#config.endpoint.origin} is unreachable (${op} ${
@@ -377,7 +403,7 @@ export class S3Client {
         );
       }
       // 0.1 s, 0.3 s, …, with jitter so that racing writers spread out.
-      await sleep(100 * 3 ** (attempt - 1) * (0.5 + Math.random()));
+      await sleep(100 * 3 ** (failures - 1) * (0.5 + Math.random()));
     }
   }
 
@@ -448,7 +474,7 @@ export class S3Client {
           `or ?region=${region}`,
       );
     }
-    if (a.status >= 500) {
+    if (a.status >= 500 || a.status === 429) {
       return new S3UnavailableError(
         `S3 server ${this.#config.endpoint.origin} failed (${op}${target}): ${detail}`,
       );
