@@ -17,6 +17,7 @@
  *
  * @module
  */
+import { prefaultForWrite } from "./prefault.ts";
 
 /**
  * Slots per set. With 8, a 1 GiB file of 256 KiB chunks in a cache with
@@ -194,6 +195,8 @@ export class SharedChunkCache {
     };
     const start = this.#slotStart(victim);
     const slot = this.#data.subarray(start, start + size);
+    // The slot's memory may never have been touched: one call instead of a fault per page.
+    prefaultForWrite(slot);
     const commit = (length: number) => {
       m[victim + M_LENGTH] = length;
       m[victim + M_USED] = Atomics.add(m, H_CLOCK, 1);
