@@ -26,8 +26,8 @@ import { prefaultForWrite } from "./prefault.ts";
  */
 export const SHARED_CACHE_WAYS = 16;
 const WAYS = SHARED_CACHE_WAYS;
-const META_WORDS = 12; // version, length, lastUse, tag (8 words), pins
-const M_VERSION = 0, M_LENGTH = 1, M_USED = 2, M_TAG = 3, M_PINS = 11;
+const META_WORDS = 13; // version, length, lastUse, tag (8 words), pins, bytes populated
+const M_VERSION = 0, M_LENGTH = 1, M_USED = 2, M_TAG = 3, M_PINS = 11, M_POPULATED = 12;
 const H_CLOCK = 0, H_SLOTS = 1, H_SLOT_BYTES = 2;
 const HEADER_WORDS = 4;
 /** How long to wait for another Worker's fetch before fetching too (ms). */
@@ -195,8 +195,12 @@ export class SharedChunkCache {
     };
     const start = this.#slotStart(victim);
     const slot = this.#data.subarray(start, start + size);
-    // The slot's memory may never have been touched: one call instead of a fault per page.
-    prefaultForWrite(slot);
+    // Memory beyond what the slot ever held may never have been touched:
+    // one call instead of a fault per page. Only a claimer writes the word.
+    const populated = m[victim + M_POPULATED];
+    if (size > populated && prefaultForWrite(slot.subarray(populated))) {
+      m[victim + M_POPULATED] = size;
+    }
     const commit = (length: number) => {
       m[victim + M_LENGTH] = length;
       m[victim + M_USED] = Atomics.add(m, H_CLOCK, 1);

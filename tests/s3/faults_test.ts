@@ -151,7 +151,7 @@ s3Test(
     let d: S3Daemon | undefined;
     // radosgw answers 503 SlowDown to requests beyond this many in progress.
     await gatewayStop(t.server);
-    await gatewayStart(t.server, ["--rgw-max-concurrent-requests=2"]);
+    await gatewayStart(t.server, ["--rgw-max-concurrent-requests=4"]);
     try {
       d = await startS3Daemon(t, tmp);
       const tree = join(tmp, "tree");

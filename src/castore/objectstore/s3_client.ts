@@ -86,12 +86,12 @@ interface S3Request {
 }
 
 /**
- * An answer worth another try: the server's trouble or throttling, or two
- * conditional PUTs of one object overlapping (409 on an object; on the
+ * An answer worth another try (throttling aside): the server's trouble, or
+ * two conditional PUTs of one object overlapping (409 on an object; on the
  * bucket it means something else, such as "already exists").
  */
 function retryable(status: number, req: S3Request): boolean {
-  return status >= 500 || status === 429 || (status === 409 && req.key !== undefined);
+  return status >= 500 || (status === 409 && req.key !== undefined);
 }
 
 const xmlEntities: Record<string, string> = {
@@ -132,6 +132,9 @@ function sendable(data: Uint8Array): Uint8Array<ArrayBuffer> {
   return data.buffer instanceof ArrayBuffer ? data as Uint8Array<ArrayBuffer> : data.slice();
 }
 
+/** At most one warning about throttling per client in this time (ms). */
+const THROTTLE_WARN_INTERVAL_MS = 60_000;
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Requests on one bucket of one S3 server. */
@@ -140,6 +143,7 @@ export class S3Client {
   readonly #signer: SigV4Signer;
   readonly #limit: Semaphore;
   readonly #throttle: ThrottleControl;
+  #throttleWarnedAt = -Infinity;
   readonly #timeoutMs: number;
   readonly #attempts: number;
   /** Origin and base path every request URL starts with. */
@@ -380,14 +384,9 @@ export class S3Client {
       } catch (err) {
         failure = err;
       }
-      if (answer && isThrottling(answer.status)) {
+      if (answer && isThrottling(answer.status, this.#code(answer))) {
         const lowered = this.#throttle.answered(true, epoch);
-        if (lowered !== undefined) {
-          log.warn("S3 server is throttling: fewer requests in flight", {
-            endpoint: this.#config.endpoint.origin,
-            limit: lowered,
-          });
-        }
+        if (lowered !== undefined) this.#reportThrottling(lowered);
         if (++throttled >= THROTTLED_ATTEMPTS) return answer;
         await sleep(this.#throttle.waitMs(throttled, answer.headers.get("retry-after")));
         continue;
@@ -405,6 +404,22 @@ export class S3Client {
       // 0.1 s, 0.3 s, …, with jitter so that racing writers spread out.
       await sleep(100 * 3 ** (failures - 1) * (0.5 + Math.random()));
     }
+  }
+
+  /**
+   * Logs a lowered request limit: a warning at most once a minute (a server
+   * that admits few requests keeps the limit going up and down), the rest
+   * at debug level.
+   */
+  #reportThrottling(limit: number): void {
+    const now = Date.now();
+    const fields = { endpoint: this.#config.endpoint.origin, limit };
+    if (now - this.#throttleWarnedAt < THROTTLE_WARN_INTERVAL_MS) {
+      log.debug("S3 server is throttling: fewer requests in flight", fields);
+      return;
+    }
+    this.#throttleWarnedAt = now;
+    log.warn("S3 server is throttling: fewer requests in flight", fields);
   }
 
   async #attempt(req: S3Request): Promise<Answer> {

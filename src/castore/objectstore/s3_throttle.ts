@@ -27,9 +27,33 @@ const MAX_WAIT_MS = 5_000;
 /** The longest `Retry-After` honoured; longer ones are cut to this. */
 const MAX_RETRY_AFTER_MS = 20_000;
 
-/** Whether an HTTP status is a server asking its client to slow down. */
-export function isThrottling(status: number): boolean {
-  return status === 503 || status === 429;
+/**
+ * Error codes that ask a client to slow down: S3's own, and the ones other
+ * S3-compatible servers and proxies answer with.
+ */
+const THROTTLING_CODES = new Set([
+  "SlowDown",
+  "SlowDownRead",
+  "SlowDownWrite",
+  "TooManyRequests",
+  "TooManyRequestsException",
+  "Throttling",
+  "ThrottlingException",
+  "RequestThrottled",
+  "RequestLimitExceeded",
+  "BandwidthLimitExceeded",
+]);
+
+/**
+ * Whether an answer is a server asking its client to slow down: a 429, or
+ * a 503 whose error code says so. A 503 without a body (the answer to a
+ * HEAD) cannot say which it is and counts as throttling; a 503 with another
+ * code (`ServiceUnavailable` from a proxy without a backend) is a failure.
+ */
+export function isThrottling(status: number, code: string | undefined): boolean {
+  if (status === 429) return true;
+  if (status !== 503) return false;
+  return code === undefined || THROTTLING_CODES.has(code);
 }
 
 /** Adjusts one client's request limit to the answers it gets; see the module doc. */
@@ -82,13 +106,16 @@ export class ThrottleControl {
   /**
    * How long to wait before try `throttledTries + 1`: doubling from 0.2 s
    * up to 5 s, with jitter so that the waiting requests do not return
-   * together; a `Retry-After` in seconds is honoured (up to 20 s).
+   * together. A `Retry-After` in seconds is a lower bound (cut to 20 s), to
+   * which up to a quarter is added, for the same reason.
    */
   waitMs(throttledTries: number, retryAfter: string | null): number {
     const seconds = retryAfter !== null && /^\d+$/.test(retryAfter.trim())
       ? Number(retryAfter.trim())
       : undefined;
-    if (seconds !== undefined) return Math.min(seconds * 1000, MAX_RETRY_AFTER_MS);
+    if (seconds !== undefined) {
+      return Math.min(seconds * 1000, MAX_RETRY_AFTER_MS) * (1 + Math.random() / 4);
+    }
     const base = Math.min(MAX_WAIT_MS, FIRST_WAIT_MS * 2 ** (throttledTries - 1));
     return base * (0.5 + Math.random());
   }
