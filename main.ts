@@ -16,6 +16,7 @@ import type { Command } from "commander";
 import { LOG_LEVELS, parseLogLevel, setLogLevel } from "./src/log.ts";
 import { errorMessage } from "./src/errors.ts";
 import { findSubcommand, formatTopLevelHelp, type ProgramHelp } from "./src/cli/subcommands.ts";
+import { tuneMalloc } from "./src/malloc_tuning.ts";
 
 /** Version printed by `--version`. */
 export const VERSION = "0.1.0";
@@ -125,6 +126,7 @@ function answerEarly(args: readonly string[]): boolean {
 if (import.meta.main) {
   try {
     if (!answerEarly(Deno.args)) {
+      tuneMalloc();
       const program = await buildProgram(Deno.args);
       await program.parseAsync(["deno", "tvix-store", ...Deno.args]);
     }
