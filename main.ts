@@ -16,7 +16,6 @@ import type { Command } from "commander";
 import { LOG_LEVELS, parseLogLevel, setLogLevel } from "./src/log.ts";
 import { errorMessage } from "./src/errors.ts";
 import { findSubcommand, formatTopLevelHelp, type ProgramHelp } from "./src/cli/subcommands.ts";
-import { tuneMalloc } from "./src/malloc_tuning.ts";
 
 /** Version printed by `--version`. */
 export const VERSION = "0.1.0";
@@ -126,7 +125,8 @@ function answerEarly(args: readonly string[]): boolean {
 if (import.meta.main) {
   try {
     if (!answerEarly(Deno.args)) {
-      tuneMalloc();
+      // Loaded here, not statically, so --version and the help stay without FFI.
+      (await import("./src/malloc_tuning.ts")).tuneMalloc();
       const program = await buildProgram(Deno.args);
       await program.parseAsync(["deno", "tvix-store", ...Deno.args]);
     }
