@@ -44,8 +44,8 @@ export interface S3Config {
   maxRequests?: number;
   /**
    * Tries per request before giving up on network errors, timeouts and
-   * server failures (default 3). Throttling (503, 429) is retried longer,
-   * at a lower request limit (`s3_throttle.ts`).
+   * server failures (default 3). Throttling (429, 503 SlowDown) is retried
+   * longer, at a lower request limit (`s3_throttle.ts`).
    */
   attempts?: number;
 }
@@ -384,7 +384,7 @@ export class S3Client {
       } catch (err) {
         failure = err;
       }
-      if (answer && isThrottling(answer.status, this.#code(answer))) {
+      if (answer && isThrottling(answer.status, () => this.#code(answer))) {
         const lowered = this.#throttle.answered(true, epoch);
         if (lowered !== undefined) this.#reportThrottling(lowered);
         if (++throttled >= THROTTLED_ATTEMPTS) return answer;

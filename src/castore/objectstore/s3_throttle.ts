@@ -49,11 +49,14 @@ const THROTTLING_CODES = new Set([
  * a 503 whose error code says so. A 503 without a body (the answer to a
  * HEAD) cannot say which it is and counts as throttling; a 503 with another
  * code (`ServiceUnavailable` from a proxy without a backend) is a failure.
+ * `code` reads the answer's error code; it is called for a 503 only, so a
+ * chunk's body is never decoded to look for one.
  */
-export function isThrottling(status: number, code: string | undefined): boolean {
+export function isThrottling(status: number, code: () => string | undefined): boolean {
   if (status === 429) return true;
   if (status !== 503) return false;
-  return code === undefined || THROTTLING_CODES.has(code);
+  const named = code();
+  return named === undefined || THROTTLING_CODES.has(named);
 }
 
 /** Adjusts one client's request limit to the answers it gets; see the module doc. */
