@@ -18,5 +18,7 @@ NO_COLOR=1 protoc -I protos \
 for f in $(grep -l 'Buffer.from' $(find "$out/tvix" "$out/tvix_ts" -name '*.ts')); do
   sed -i '0,/^import /s//import { Buffer } from "node:buffer";\nimport /' "$f"
 done
+# Reflection describes services and their messages; storage formats
+# (tvix_ts/layout) are not part of the wire protocol.
 protoc -I protos --include_imports \
-  --descriptor_set_out="$out/descriptor_set.bin" $files
+  --descriptor_set_out="$out/descriptor_set.bin" $(echo "$files" | grep -v '^tvix_ts/layout/')

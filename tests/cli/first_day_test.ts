@@ -107,6 +107,29 @@ Deno.test("--version and the top-level help load neither commander nor a subcomm
   assertEquals(viaCommander.stdout, help.stdout);
 });
 
+Deno.test("a local store, and each FUSE Worker over one, loads no gRPC library", async () => {
+  // What `import`, `mount` and the other commands load for pack, object-store and
+  // SQLite URLs; the gRPC clients come only with a grpc+ URL (dynamic imports).
+  for (
+    const entry of [
+      "store/services.ts",
+      "store/import.ts",
+      "castore/blob/pack.ts",
+      "castore/blob/objectstore.ts",
+      "castore/blob/objectstore_sweep.ts",
+      "castore/blob/chunk_worker.ts",
+      "castore/directory/sqlite.ts",
+      "store/pathinfo/sqlite.ts",
+      "fuse/worker.ts",
+    ]
+  ) {
+    const modules = await staticClosure(new URL(`../../src/${entry}`, import.meta.url).href);
+    assert(modules.length > 1, `${entry}: no import graph`);
+    const grpc = modules.filter((m) => /grpc-js|\/src\/grpc\/|\/rpc_\w+\.ts$/.test(m));
+    assertEquals(grpc, [], `${entry} loads the gRPC stack at start-up`);
+  }
+});
+
 Deno.test("the help's list of subcommands is what their modules register", async () => {
   for (const s of SUBCOMMANDS) {
     const program = new Command("tvix-store");

@@ -15,7 +15,6 @@ import {
   urlScheme,
 } from "../service_url.ts";
 import { CacheBlobService } from "./cache.ts";
-import { GrpcBlobService } from "./grpc.ts";
 import { MemoryBlobService } from "./memory.ts";
 import type { BlobService } from "./service.ts";
 
@@ -37,7 +36,8 @@ export function blobServiceFromUrl(url: string): Promise<BlobService> {
       case "grpc+unix":
       case "grpc+http":
       case "grpc+https":
-        return GrpcBlobService.fromUrl(url);
+        // Loaded only here: grpc-js costs a local store ~0.1 s of start-up.
+        return import("./grpc.ts").then((m) => m.GrpcBlobService.fromUrl(url));
       case "cache":
         return cacheServiceFromUrl<BlobService>(
           parsed,

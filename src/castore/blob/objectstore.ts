@@ -3,7 +3,8 @@
  * in the reference layout (docs/compatibility.md#blobs-and-chunks):
  *
  * - `blobs/b3/<hex d[0..2]>/<hex d>`: the blob index, a protobuf
- *   `StatBlobResponse` listing the chunks in order;
+ *   `StatBlobResponse` listing the chunks in order (encoded as `BlobIndex`,
+ *   the same message without the gRPC service around it);
  * - `chunks/b3/<hex c[0..2]>/<hex c>`: one chunk, zstd-compressed (level 3).
  *
  * Blobs are split with FastCDC (128/256/512 KiB) while streaming
@@ -23,7 +24,7 @@
  *
  * @module
  */
-import { StatBlobResponse } from "../../proto/tvix/castore/protos/rpc_blobstore.ts";
+import { BlobIndex } from "../../proto/tvix_ts/layout/v1/blob_index.ts";
 import {
   B3_LEN,
   b3Display,
@@ -268,16 +269,16 @@ export class ObjectStoreBlobService implements BlobService {
   async #readIndex(digest: Digest): Promise<ChunkMeta[] | undefined> {
     const raw = await this.#store.get(blobIndexPath(digest));
     if (!raw) return undefined;
-    let index: StatBlobResponse;
+    let index: BlobIndex;
     try {
-      index = StatBlobResponse.decode(raw);
+      index = BlobIndex.decode(raw);
     } catch (err) {
       throw new CorruptionError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
     }
     // Damage can still decode: a flipped bit in a tag turns an entry into
     // an unknown field, which decoding skips, and the blob would read
     // short. An index encodes canonically (ours and the reference's alike).
-    if (!bytesEqual(StatBlobResponse.encode(index).finish(), raw)) {
+    if (!bytesEqual(BlobIndex.encode(index).finish(), raw)) {
       throw new CorruptionError(
         `blob index ${b3Display(digest)} is corrupt: it does not encode back to its stored bytes`,
       );
@@ -336,7 +337,7 @@ class ObjectStoreChunkSink implements ChunkSink {
   async finishBlob(digest: Digest, chunks: ChunkMeta[]): Promise<void> {
     if (chunks.length !== 1) {
       const indexPath = blobIndexPath(digest);
-      const index = StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
+      const index = BlobIndex.encode({ chunks, bao: new Uint8Array(0) }).finish();
       // An index of another length is not this one: empty after a power loss
       // before it was flushed. Rewrite it.
       if (!await presentAndTouched(this.store, indexPath, index.length)) {

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { StatBlobResponse } from "../../proto/tvix/castore/protos/rpc_blobstore.ts";
+import { BlobIndex } from "../../proto/tvix_ts/layout/v1/blob_index.ts";
 import { mapLimit } from "../../concurrency.ts";
 import { type Digest, digestKey, fromHex } from "../digest.ts";
 import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
@@ -104,9 +104,9 @@ export async function sweepObjectStoreBlobs(
   await mapLimit(keptIndexes, PARALLEL, async (o) => {
     const raw = await store.get(o.path);
     if (!raw) return; // removed meanwhile: its chunks are judged on their own
-    let index: StatBlobResponse;
+    let index: BlobIndex;
     try {
-      index = StatBlobResponse.decode(raw);
+      index = BlobIndex.decode(raw);
     } catch (err) {
       throw new StorageError(`blob index ${o.path} is corrupt: ${errorMessage(err)}`);
     }

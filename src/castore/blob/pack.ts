@@ -15,7 +15,7 @@
  *   digest, so a pack can be checked or re-indexed on its own.
  * - `index.sqlite`: `chunks` (digest → pack, offset, length, size, raw),
  *   `blobs` (digest of a blob of several chunks → its chunk list, encoded
- *   as a `StatBlobResponse`), `packs` (handing out pack ids, so processes
+ *   as a `BlobIndex`, the bytes of a `StatBlobResponse`), `packs` (handing out pack ids, so processes
  *   sharing a store never append to the same file).
  *
  * Each service writes its own pack (a new one per process, and whenever
@@ -39,7 +39,7 @@
 import * as fs from "node:fs";
 import { join } from "node:path";
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { StatBlobResponse } from "../../proto/tvix/castore/protos/rpc_blobstore.ts";
+import { BlobIndex } from "../../proto/tvix_ts/layout/v1/blob_index.ts";
 import {
   B3_LEN,
   b3Display,
@@ -287,13 +287,13 @@ function closePackFile(pack: OpenPack): Promise<void> {
 
 /** A blob's chunk list, as stored in the `blobs` table. */
 function encodeChunkList(chunks: ChunkMeta[]): Uint8Array {
-  return StatBlobResponse.encode({ chunks, bao: new Uint8Array(0) }).finish();
+  return BlobIndex.encode({ chunks, bao: new Uint8Array(0) }).finish();
 }
 
 function decodeChunkList(digest: Digest, raw: Uint8Array): ChunkMeta[] {
-  let index: StatBlobResponse;
+  let index: BlobIndex;
   try {
-    index = StatBlobResponse.decode(raw);
+    index = BlobIndex.decode(raw);
   } catch (err) {
     throw new CorruptionError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
   }

@@ -18,7 +18,6 @@ import {
   urlScheme,
 } from "../service_url.ts";
 import { CacheDirectoryService } from "./cache.ts";
-import { GrpcDirectoryService } from "./grpc.ts";
 import { MemoryDirectoryService } from "./memory.ts";
 import type { DirectoryService } from "./service.ts";
 
@@ -33,7 +32,8 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
       case "grpc+unix":
       case "grpc+http":
       case "grpc+https":
-        return GrpcDirectoryService.fromUrl(url);
+        // Loaded only here: grpc-js costs a local store ~0.1 s of start-up.
+        return import("./grpc.ts").then((m) => m.GrpcDirectoryService.fromUrl(url));
       case "sqlite":
         return fromBackend(
           () => import("./sqlite.ts"),

@@ -15,7 +15,6 @@ import {
   unknownScheme,
   urlScheme,
 } from "../../castore/service_url.ts";
-import { GrpcPathInfoService } from "./grpc.ts";
 import { MemoryPathInfoService } from "./memory.ts";
 import type { PathInfoService } from "./service.ts";
 
@@ -30,7 +29,8 @@ export function pathInfoServiceFromUrl(url: string): Promise<PathInfoService> {
       case "grpc+unix":
       case "grpc+http":
       case "grpc+https":
-        return GrpcPathInfoService.fromUrl(url);
+        // Loaded only here: grpc-js costs a local store ~0.1 s of start-up.
+        return import("./grpc.ts").then((m) => m.GrpcPathInfoService.fromUrl(url));
       case "sqlite":
         return fromBackend(
           () => import("./sqlite.ts"),
