@@ -251,15 +251,27 @@ Deno.test("abandoned downloads free their memory at once and are no errors", asy
     assertEquals((await whole.arrayBuffer()).byteLength, Number(ni.narSize));
     await abandonRound();
     await new Promise((r) => setTimeout(r, 500));
-    const before = rssMiB(server.child.pid);
-    // 160 more: abandoned downloads must not add up.
-    for (let round = 0; round < 8; round++) await abandonRound();
-    await new Promise((r) => setTimeout(r, 1000));
-    const after = rssMiB(server.child.pid);
-    // The allocator keeps some of the peak (measured: 50–70 MiB more); a
+    // 160 more, in two halves: abandoned downloads must not add up. A
     // response kept alive per download (at least a piece and the blob
-    // reader's chunks, over 1 MiB) would add more than 160 MiB.
-    assert(after - before < 100, `RSS grew from ${before.toFixed(0)} to ${after.toFixed(0)} MiB`);
+    // reader's chunks, over 1 MiB) adds more than 80 MiB per half. What the
+    // allocator keeps of the peak (up to 64 MiB per malloc arena, see
+    // docs/architecture.md, "Allocator settings") is mostly taken in the
+    // first half: measured 60–80 MiB over both halves, up to 108 under CI's
+    // load, so a bound on the total alone either misses a leak or fails
+    // without one.
+    const rssAfterRounds = async (rounds: number) => {
+      for (let round = 0; round < rounds; round++) await abandonRound();
+      await new Promise((r) => setTimeout(r, 1000));
+      return rssMiB(server!.child.pid);
+    };
+    const before = rssMiB(server.child.pid);
+    const half = await rssAfterRounds(4);
+    const after = await rssAfterRounds(4);
+    const grew = `RSS grew from ${before.toFixed(0)} to ${half.toFixed(0)}, then ${
+      after.toFixed(0)
+    } MiB`;
+    assert(after - half < 60, grew);
+    assert(after - before < 160, grew);
     // Every hang-up released its response (logged at debug level)…
     const released = () => server!.log().match(/ DEBUG nar-bridge: client went away/g)?.length;
     for (let i = 0; i < 40 && released() !== 180; i++) {
