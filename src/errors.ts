@@ -33,6 +33,16 @@ export class CorruptionError extends StorageError {
 }
 
 /**
+ * A remote server (a daemon, an upstream cache) answered with a failure
+ * other than absence or unavailability: our request reached it, and it
+ * refused or failed. Kept here, not with the gRPC client that raises it,
+ * so that code which only tells it apart (the binary cache) loads no gRPC.
+ */
+export class UpstreamError extends StorageError {
+  override name = "UpstreamError";
+}
+
+/**
  * A backend (database, object store, remote daemon) could not be reached
  * or refused service for now: nothing is known to be wrong with the data,
  * and the same call may succeed later.

@@ -11,7 +11,13 @@ import "./h2_quiet_end.ts";
 import "./h2_write_batching.ts";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { errorMessage, InvalidRequestError, StorageError, UnavailableError } from "../errors.ts";
+import {
+  errorMessage,
+  InvalidRequestError,
+  StorageError,
+  UnavailableError,
+  UpstreamError,
+} from "../errors.ts";
 import { routeGrpcLogs } from "./log_routing.ts";
 
 /** Where a `grpc+…` URL points, in the form grpc-js wants. */
@@ -334,11 +340,6 @@ export function callError(err: unknown): Error {
     return new UnavailableError(text);
   }
   return new UpstreamError(text);
-}
-
-/** The remote server answered a call with a failure (other than absence or unavailability). */
-export class UpstreamError extends StorageError {
-  override name = "UpstreamError";
 }
 
 /** Runs a unary call; resolves `undefined` on NOT_FOUND, rejects with {@linkcode callError}. */

@@ -30,8 +30,7 @@
  */
 import { createHash } from "node:crypto";
 import { bytesEqual, concatBytes } from "../castore/digest.ts";
-import { errorMessage, InvalidRequestError, UnavailableError } from "../errors.ts";
-import { UpstreamError } from "../grpc/channel.ts";
+import { errorMessage, InvalidRequestError, UnavailableError, UpstreamError } from "../errors.ts";
 import { type NodeVariant, renameNode } from "../castore/node.ts";
 import type { BlobService } from "../castore/blob/service.ts";
 import type { DirectoryService } from "../castore/directory/service.ts";

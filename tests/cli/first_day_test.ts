@@ -107,9 +107,10 @@ Deno.test("--version and the top-level help load neither commander nor a subcomm
   assertEquals(viaCommander.stdout, help.stdout);
 });
 
-Deno.test("a local store, and each FUSE Worker over one, loads no gRPC library", async () => {
-  // What `import`, `mount` and the other commands load for pack, object-store and
-  // SQLite URLs; the gRPC clients come only with a grpc+ URL (dynamic imports).
+Deno.test("a local store, a FUSE Worker and the binary cache over one load no gRPC library", async () => {
+  // What `import`, `mount`, `nar-bridge` and the other commands load for pack,
+  // object-store and SQLite URLs; the gRPC clients come only with a grpc+ URL
+  // (dynamic imports).
   for (
     const entry of [
       "store/services.ts",
@@ -121,6 +122,7 @@ Deno.test("a local store, and each FUSE Worker over one, loads no gRPC library",
       "castore/directory/sqlite.ts",
       "store/pathinfo/sqlite.ts",
       "fuse/worker.ts",
+      "narbridge/server.ts",
     ]
   ) {
     const modules = await staticClosure(new URL(`../../src/${entry}`, import.meta.url).href);
