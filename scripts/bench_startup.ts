@@ -7,7 +7,8 @@
  *   the baseline);
  * - `tvix-store import --help` (commander and one subcommand module);
  * - `tvix-store import FILE` of one small new file through a running
- *   `tvix-store daemon` on a temp store (target: within 0.5 s).
+ *   `tvix-store daemon` on a temp store (target: within 0.5 s), and into
+ *   an embedded store directly (no gRPC code is loaded for it).
  *
  * Every round runs each command once, in this order (interleaved, so drift
  * in the machine's state hits every side alike). Prints the median and the
@@ -74,6 +75,8 @@ try {
     directoryServiceAddr: url,
     pathInfoServiceAddr: url,
   });
+  // Another embedded store, opened by each import itself.
+  const localArgs = serviceAddrArgs(embeddedAddrs(join(tmp, "local")));
 
   const sides: { name: string; args: (round: number) => Promise<string[]> }[] = [
     {
@@ -93,6 +96,14 @@ try {
         const file = join(tmp, `file-${round}`);
         await Deno.writeTextFile(file, `round ${round} ${crypto.randomUUID()}\n`);
         return ["run", "-A", MAIN, "import", ...clientArgs, file];
+      },
+    },
+    {
+      name: "tvix-store import FILE (local)",
+      args: async (round) => {
+        const file = join(tmp, `local-${round}`);
+        await Deno.writeTextFile(file, `round ${round} ${crypto.randomUUID()}\n`);
+        return ["run", "-A", MAIN, "import", ...localArgs, file];
       },
     },
   ];
