@@ -18,6 +18,13 @@ NO_COLOR=1 protoc -I protos \
 for f in $(grep -l 'Buffer.from' $(find "$out/tvix" "$out/tvix_ts" -name '*.ts')); do
   sed -i '0,/^import /s//import { Buffer } from "node:buffer";\nimport /' "$f"
 done
+# Files with a service create grpc-js clients and servers: they load the
+# HTTP/2 workarounds first (src/grpc/h2_goaway_workaround.ts), so no caller,
+# test or tool, can open a channel without them.
+for f in $(grep -l '^} from "@grpc/grpc-js";' $(find "$out/tvix" "$out/tvix_ts" -name '*.ts')); do
+  rel=$(realpath --relative-to="$(dirname "$f")" src/grpc/h2_goaway_workaround.ts)
+  sed -i "0,/^import /s||import \"$rel\";\nimport |" "$f"
+done
 # Reflection describes services and their messages; storage formats
 # (tvix_ts/layout) are not part of the wire protocol.
 protoc -I protos --include_imports \

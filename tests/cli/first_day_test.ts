@@ -22,6 +22,7 @@ import { pathInfoServiceFromUrl } from "../../src/store/pathinfo/from_url.ts";
 import { DEFAULT_REMOTE_ADDR } from "../../src/store/services.ts";
 import { DEFAULT_GRACE_MS } from "../../src/store/gc.ts";
 import { VERSION } from "../../main.ts";
+import { staticClosure } from "../module_graph.ts";
 
 /** stderr as lines, without the trailing newline. */
 const lines = (text: string) => text.trimEnd().split("\n").filter((l) => l !== "");
@@ -46,37 +47,6 @@ async function listening(port: number): Promise<boolean> {
 
 function grpcAddrs(url: string) {
   return { blobServiceAddr: url, directoryServiceAddr: url, pathInfoServiceAddr: url };
-}
-
-/** The modules a module loads at start-up: its static imports, followed (not dynamic ones). */
-async function staticClosure(entry: string): Promise<string[]> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["info", "--json", entry],
-    stdout: "piped",
-  }).output();
-  const info = JSON.parse(new TextDecoder().decode(out.stdout));
-  const deps = new Map<string, string[]>();
-  for (const m of info.modules) {
-    deps.set(
-      m.specifier,
-      (m.dependencies ?? [])
-        .filter((d: { code?: unknown; isDynamic?: boolean }) => d.code && !d.isDynamic)
-        .map((d: { code: { specifier: string } }) => d.code.specifier),
-    );
-  }
-  const root = info.roots[0];
-  const seen = new Set([root]);
-  const queue = [root];
-  while (queue.length > 0) {
-    for (const d of deps.get(queue.pop()!) ?? []) {
-      const resolved = info.redirects?.[d] ?? d;
-      if (!seen.has(resolved)) {
-        seen.add(resolved);
-        queue.push(resolved);
-      }
-    }
-  }
-  return [...seen];
 }
 
 Deno.test("--version and the top-level help load neither commander nor a subcommand", async () => {

@@ -8,6 +8,7 @@
 import { AssertionError } from "node:assert";
 import { assert, assertEquals } from "../assert.ts";
 import { memoryServices, type RunningServer, startServer } from "./client_harness.ts";
+import { staticClosure } from "../module_graph.ts";
 
 const CALLS = 2000;
 const ROUNDS = 6;
@@ -96,5 +97,36 @@ Deno.test(`client survives GOAWAY after ${CALLS} calls (drained, and restarted o
     await child.status;
     await stderr.catch(() => {});
     await running.stop();
+  }
+});
+
+Deno.test("every module that makes gRPC clients or servers loads the workaround", async () => {
+  // Generated clients included: a test or tool that builds one directly, with
+  // no other module of ours loaded, must not be able to open an unprotected
+  // channel (a test process aborted that way once local stores stopped
+  // loading the gRPC client).
+  const makes = /makeGenericClientConstructor|new (grpc\.)?Server\(|credentials\.create/;
+  const src = new URL("../../src/", import.meta.url);
+  const makers: string[] = [];
+  const walk = (dir: URL) => {
+    for (const e of Deno.readDirSync(dir)) {
+      const url = new URL(e.name + (e.isDirectory ? "/" : ""), dir);
+      if (e.isDirectory) {
+        walk(url);
+        continue;
+      }
+      if (!e.name.endsWith(".ts")) continue;
+      const text = Deno.readTextFileSync(url).replace(/^import type [^;]*;/gm, "");
+      if (/^import [^;]*?"@grpc\/grpc-js";/m.test(text) && makes.test(text)) makers.push(url.href);
+    }
+  };
+  walk(src);
+  assert(makers.length >= 6, `only ${makers.length} modules make clients or servers`);
+  for (const maker of makers) {
+    const modules = await staticClosure(maker);
+    assert(
+      modules.some((m) => m.endsWith("/src/grpc/h2_goaway_workaround.ts")),
+      `${maker.slice(src.href.length)} makes gRPC clients or servers without the workaround`,
+    );
   }
 });

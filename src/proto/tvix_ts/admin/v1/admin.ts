@@ -5,6 +5,7 @@
 // source: tvix_ts/admin/v1/admin.proto
 
 /* eslint-disable */
+import "../../../../grpc/h2_goaway_workaround.ts";
 import { Buffer } from "node:buffer";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import {
