@@ -63,7 +63,8 @@ function unitOf(root: string, path: string): string | undefined {
   return rel.split(sep)[0];
 }
 
-function* sourceFiles(dir: string): Generator<string> {
+/** Paths of the source files (ts, tsx, js, mjs) under `dir`, in name order, recursively. */
+export function* sourceFiles(dir: string): Generator<string> {
   for (const entry of [...Deno.readDirSync(dir)].sort((a, b) => a.name < b.name ? -1 : 1)) {
     const path = join(dir, entry.name);
     if (entry.isDirectory) yield* sourceFiles(path);

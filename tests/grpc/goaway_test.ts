@@ -9,6 +9,7 @@ import { AssertionError } from "node:assert";
 import { assert, assertEquals } from "../assert.ts";
 import { memoryServices, type RunningServer, startServer } from "./client_harness.ts";
 import { staticClosure } from "../module_graph.ts";
+import { sourceFiles } from "../../scripts/check_layers.ts";
 
 const CALLS = 2000;
 const ROUNDS = 6;
@@ -106,27 +107,17 @@ Deno.test("every module that makes gRPC clients or servers loads the workaround"
   // channel (a test process aborted that way once local stores stopped
   // loading the gRPC client).
   const makes = /makeGenericClientConstructor|new (grpc\.)?Server\(|credentials\.create/;
-  const src = new URL("../../src/", import.meta.url);
-  const makers: string[] = [];
-  const walk = (dir: URL) => {
-    for (const e of Deno.readDirSync(dir)) {
-      const url = new URL(e.name + (e.isDirectory ? "/" : ""), dir);
-      if (e.isDirectory) {
-        walk(url);
-        continue;
-      }
-      if (!e.name.endsWith(".ts")) continue;
-      const text = Deno.readTextFileSync(url).replace(/^import type [^;]*;/gm, "");
-      if (/^import [^;]*?"@grpc\/grpc-js";/m.test(text) && makes.test(text)) makers.push(url.href);
-    }
-  };
-  walk(src);
+  const src = new URL("../../src/", import.meta.url).pathname;
+  const makers = [...sourceFiles(src)].filter((path) => {
+    const text = Deno.readTextFileSync(path).replace(/^import type [^;]*;/gm, "");
+    return /^import [^;]*?"@grpc\/grpc-js";/m.test(text) && makes.test(text);
+  });
   assert(makers.length >= 6, `only ${makers.length} modules make clients or servers`);
   for (const maker of makers) {
     const modules = await staticClosure(maker);
     assert(
       modules.some((m) => m.endsWith("/src/grpc/h2_goaway_workaround.ts")),
-      `${maker.slice(src.href.length)} makes gRPC clients or servers without the workaround`,
+      `${maker.slice(src.length)} makes gRPC clients or servers without the workaround`,
     );
   }
 });
