@@ -15,8 +15,9 @@
  *   digest, so a pack can be checked or re-indexed on its own.
  * - `index.sqlite`: `chunks` (digest → pack, offset, length, size, raw),
  *   `blobs` (digest of a blob of several chunks → its chunk list, encoded
- *   as a `BlobIndex`, the bytes of a `StatBlobResponse`), `packs` (handing out pack ids, so processes
- *   sharing a store never append to the same file).
+ *   as a `BlobIndex`, the bytes of a `StatBlobResponse`), `packs` (handing
+ *   out pack ids, so processes sharing a store never append to the same
+ *   file).
  *
  * Each service writes its own pack (a new one per process, and whenever
  * one reaches {@linkcode PACK_TARGET_SIZE}), appending the chunks of a turn

@@ -32,7 +32,7 @@ export function directoryServiceFromUrl(url: string): Promise<DirectoryService> 
       case "grpc+unix":
       case "grpc+http":
       case "grpc+https":
-        // Loaded only here: grpc-js costs a local store ~0.1 s of start-up.
+        // Loaded only here: grpc-js would add 60-70 ms to every local start-up.
         return import("./grpc.ts").then((m) => m.GrpcDirectoryService.fromUrl(url));
       case "sqlite":
         return fromBackend(
