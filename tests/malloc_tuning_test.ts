@@ -5,19 +5,13 @@
  * round's once tuned; settings the user gave glibc are left alone.
  */
 import { assert, assertEquals } from "./assert.ts";
+import { runDenoScript } from "./deno_child.ts";
 
 const CHILD = new URL("./malloc_tuning_child.ts", import.meta.url).pathname;
 
 async function run(mode: string, env: Record<string, string> = {}) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CHILD, mode],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout).trim();
-  assert(out.success, new TextDecoder().decode(out.stderr));
-  const [applied, faults] = text.split(" ");
+  const { stdout } = await runDenoScript(CHILD, [mode], env);
+  const [applied, faults] = stdout.trim().split(" ");
   return { applied: applied === "true", faults: Number(faults) };
 }
 

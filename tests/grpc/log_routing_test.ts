@@ -4,20 +4,14 @@
  * grpc-js's when the user set GRPC_VERBOSITY. The daemon's case end to end
  * (a port that is taken) is in tests/cli/first_day_test.ts.
  */
-import { assert, assertEquals, assertMatch } from "../assert.ts";
+import { assertEquals, assertMatch } from "../assert.ts";
+import { runDenoScript } from "../deno_child.ts";
 
 const CHILD = new URL("./log_routing_child.ts", import.meta.url).pathname;
 const LINE = "No address added out of total 1 resolved";
 
 async function child(mode: string, env: Record<string, string> = {}): Promise<string[]> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CHILD, mode],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert(out.success, `child ${mode} failed:\n${stderr}`);
+  const { stderr } = await runDenoScript(CHILD, [mode], env);
   return stderr.split("\n").filter((l) => l.includes(LINE));
 }
 
