@@ -2,13 +2,24 @@
 /// <reference lib="deno.worker" />
 /**
  * Helper Worker for inodes_test.ts: interns the nodes it is sent into a
- * shared table and answers with the inodes.
+ * shared table, all at once, and answers with the inodes.
  */
 import { InodeTable } from "../../src/fuse/inodes.ts";
 import type { NodeVariant } from "../../src/castore/node.ts";
 
-self.onmessage = (e: MessageEvent<{ buffer: SharedArrayBuffer; nodes: NodeVariant[] }>) => {
-  const table = InodeTable.attach(e.data.buffer);
-  self.postMessage(e.data.nodes.map((n) => table.intern(n)));
+interface Job {
+  buffer: SharedArrayBuffer;
+  nodes: NodeVariant[];
+  /** Counts Workers that got their job; interning starts once it reaches `parties`. */
+  arrived: Int32Array;
+  parties: number;
+}
+
+self.onmessage = (e: MessageEvent<Job>) => {
+  const { buffer, nodes, arrived, parties } = e.data;
+  const table = InodeTable.attach(buffer);
+  Atomics.add(arrived, 0, 1);
+  while (Atomics.load(arrived, 0) < parties);
+  self.postMessage(nodes.map((n) => table.intern(n)));
 };
 self.postMessage("ready");

@@ -71,8 +71,32 @@ Deno.test("inodes: a full table throws InodeTableFullError", () => {
   assert(err instanceof InodeTableFullError);
 });
 
+Deno.test("inodes: the hash set grows from two slots and keeps every inode", () => {
+  const t = InodeTable.create({ maxInodes: 50_000, initialSlots: 2 });
+  const nodes: NodeVariant[] = [];
+  for (let i = 0; i < 20_000; i++) {
+    const digest = new Uint8Array(32);
+    new DataView(digest.buffer).setUint32(28, i);
+    nodes.push(
+      i % 3 === 0
+        ? makeNode.symlink(b(`s${i}`), b(`t${i}`))
+        : i % 3 === 1
+        ? makeNode.directory(b(`d${i}`), digest, 1n)
+        : makeNode.file(b(`f${i}`), digest, 5n, false),
+    );
+  }
+  const inos = nodes.map((n) => t.intern(n));
+  assertEquals(new Set(inos).size, nodes.length);
+  assertEquals(t.allocated, nodes.length + 1);
+  // After 14 doublings each node still finds its own inode, allocating nothing.
+  assertEquals(nodes.map((n) => t.intern(n)), inos);
+  assertEquals(t.allocated, nodes.length + 1);
+  assertEquals(t.symlinkTarget(inos[3]), b("t3"));
+});
+
 Deno.test("inodes: Workers interning concurrently agree on every inode", async () => {
-  const table = InodeTable.create({ maxInodes: 100_000 });
+  // Two slots at first: the set doubles many times while the Workers intern.
+  const table = InodeTable.create({ maxInodes: 100_000, initialSlots: 2 });
   const nodes: NodeVariant[] = [];
   for (let i = 0; i < 20_000; i++) {
     const digest = new Uint8Array(32);
@@ -84,6 +108,8 @@ Deno.test("inodes: Workers interning concurrently agree on every inode", async (
   const workers = [0, 1, 2].map(() =>
     new Worker(new URL("./inode_worker.ts", import.meta.url), { type: "module" })
   );
+  // A barrier: each Worker starts interning once all three have their nodes.
+  const arrived = new Int32Array(new SharedArrayBuffer(4));
   try {
     const results = await Promise.all(
       workers.map((w, k) =>
@@ -93,7 +119,7 @@ Deno.test("inodes: Workers interning concurrently agree on every inode", async (
             if (e.data === "ready") {
               // Each Worker walks the nodes in a different order.
               const order = k === 1 ? [...nodes].reverse() : nodes;
-              w.postMessage({ buffer: table.buffer, nodes: order });
+              w.postMessage({ buffer: table.buffer, nodes: order, arrived, parties: 3 });
             } else resolve(k === 1 ? [...e.data].reverse() : e.data);
           };
         })
