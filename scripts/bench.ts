@@ -3,8 +3,9 @@
  * own process (so one benchmark's memory never counts against the next),
  * and exits non-zero if any of them failed.
  *
- * Usage: `deno run -A scripts/bench.ts [name...]`, where a name selects
- * `scripts/bench_<name>.ts` (default: all).
+ * Usage: `deno run -A scripts/bench.ts [name...] [--flag...]`, where a name
+ * selects `scripts/bench_<name>.ts` (default: all) and every `--flag` is
+ * passed on to each benchmark run (`deno task bench fuse --only=ls`).
  *
  * Each benchmark, and every `tvix-store` process it starts, runs with the
  * V8 setting the installed command carries ({@linkcode PRODUCT_V8_FLAGS},
@@ -14,7 +15,8 @@
  */
 import { loadAverage, PRODUCT_V8_FLAGS } from "./support.ts";
 const dir = new URL(".", import.meta.url).pathname;
-const wanted = new Set(Deno.args);
+const wanted = new Set(Deno.args.filter((a) => !a.startsWith("--")));
+const flags = Deno.args.filter((a) => a.startsWith("--"));
 
 const benches = [...Deno.readDirSync(dir)]
   .map((e) => e.name)
@@ -31,7 +33,7 @@ for (const name of benches) {
   console.log(`\n=== ${name} (load average ${loadAverage()}, V8 ${PRODUCT_V8_FLAGS}) ===`);
   const started = performance.now();
   const { code } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${dir}${name}`],
+    args: ["run", "-A", `${dir}${name}`, ...flags],
     env: { DENO_V8_FLAGS: PRODUCT_V8_FLAGS },
     stdin: "null",
     stdout: "inherit",
