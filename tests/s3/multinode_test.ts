@@ -9,10 +9,11 @@ import { join } from "node:path";
 import { assert, assertEquals, assertMatch, assertRejects } from "../assert.ts";
 import { blobServiceFromUrl } from "../../src/castore/blob/from_url.ts";
 import { isSweepable } from "../../src/castore/sweep.ts";
-import { InvalidRequestError } from "../../src/errors.ts";
+import { InvalidRequestError, StorageError } from "../../src/errors.ts";
 import { startServer, tvixStore } from "../cli/helpers.ts";
 import { serviceAddrArgs } from "../../src/cli/common.ts";
-import { bytesEqual } from "../../src/castore/digest.ts";
+import { bytesEqual, concatBytes } from "../../src/castore/digest.ts";
+import { blobIndexPath } from "../../src/castore/blob/objectstore.ts";
 import type { ServiceAddrs } from "../../src/store/services.ts";
 import { pseudoRandom } from "../fixtures.ts";
 import { nixOracle } from "../store/tree_gen.ts";
@@ -278,6 +279,52 @@ s3Test(
       });
       assertEquals(report.removed, 1);
       await assertRejects(() => blob.sync!([digest]), InvalidRequestError, "is not in the store");
+    } finally {
+      await blob.close();
+    }
+  },
+);
+
+s3Test(
+  "gc on objectstore+s3: a damaged blob index that still decodes stops the sweep, which removes none of its chunks",
+  async (t) => {
+    const prefix = "damaged-index";
+    const blob = await blobServiceFromUrl(t.url(prefix));
+    try {
+      assert(isSweepable(blob));
+      const w = blob.openWrite();
+      const data = pseudoRandom(3 << 20, 9);
+      await w.write(data);
+      const digest = await w.close();
+      const chunks = (await blob.chunks(digest))!;
+      assert(chunks.length >= 3, `a blob of several chunks (${chunks.length})`);
+      const key = `${prefix}/${blobIndexPath(digest)}`;
+      const good = (await t.client.getObject(key))!;
+      // The last entry's tag (field 1) flipped to field 9: an unknown field
+      // that decoding skips, so decoding alone lists one chunk fewer, and
+      // a sweep would take that chunk for unused.
+      let lastEntry = 0;
+      for (let at = 0; at < good.length; at += 2 + good[at + 1]) lastEntry = at;
+      const flipped = good.slice();
+      flipped[lastEntry] ^= 0x40;
+      await t.client.putObject(key, flipped);
+      // Objects are compared with the cutoff by their LastModified, in whole seconds.
+      await new Promise((r) => setTimeout(r, 1100));
+      await assertRejects(
+        () =>
+          blob.sweep((d) => bytesEqual(d, digest), {
+            cutoff: Date.now(),
+            graceMs: 0,
+            dryRun: false,
+          }),
+        StorageError,
+        "does not encode back",
+      );
+      await t.client.putObject(key, good);
+      const reader = await blob.openRead(digest);
+      const parts: Uint8Array[] = [];
+      for await (const part of reader!) parts.push(part);
+      assert(bytesEqual(concatBytes(parts), data), "the blob reads back whole");
     } finally {
       await blob.close();
     }

@@ -24,9 +24,8 @@
  *
  * @module
  */
-import { BlobIndex } from "../../proto/tvix_ts/layout/v1/blob_index.ts";
+import { decodeBlobIndex, encodeBlobIndex } from "./blob_index.ts";
 import {
-  B3_LEN,
   b3Display,
   bytesEqual,
   checkDigestLength,
@@ -35,7 +34,7 @@ import {
   EMPTY_DIGEST,
   toHex,
 } from "../digest.ts";
-import { CorruptionError, errorMessage, InvalidRequestError } from "../../errors.ts";
+import { CorruptionError, InvalidRequestError } from "../../errors.ts";
 import { checkObjectStore, objectStoreFromUrl } from "../objectstore/from_url.ts";
 import type { ObjectStore } from "../objectstore/store.ts";
 import { tuningOf } from "../objectstore/tuning.ts";
@@ -269,30 +268,7 @@ export class ObjectStoreBlobService implements BlobService {
   async #readIndex(digest: Digest): Promise<ChunkMeta[] | undefined> {
     const raw = await this.#store.get(blobIndexPath(digest));
     if (!raw) return undefined;
-    let index: BlobIndex;
-    try {
-      index = BlobIndex.decode(raw);
-    } catch (err) {
-      throw new CorruptionError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
-    }
-    // Damage can still decode: a flipped bit in a tag turns an entry into
-    // an unknown field, which decoding skips, and the blob would read
-    // short. An index encodes canonically (ours and the reference's alike).
-    if (!bytesEqual(BlobIndex.encode(index).finish(), raw)) {
-      throw new CorruptionError(
-        `blob index ${b3Display(digest)} is corrupt: it does not encode back to its stored bytes`,
-      );
-    }
-    index.chunks.forEach((c, i) => {
-      if (c.digest.length !== B3_LEN) {
-        throw new CorruptionError(
-          `blob index ${
-            b3Display(digest)
-          }: Invalid digest length ${c.digest.length} for chunk #${i}`,
-        );
-      }
-    });
-    return index.chunks.map((c) => ({ digest: c.digest, size: c.size }));
+    return decodeBlobIndex(digest, raw);
   }
 
   /** Starts an upload (see `chunked_writer.ts`). */
@@ -337,7 +313,7 @@ class ObjectStoreChunkSink implements ChunkSink {
   async finishBlob(digest: Digest, chunks: ChunkMeta[]): Promise<void> {
     if (chunks.length !== 1) {
       const indexPath = blobIndexPath(digest);
-      const index = BlobIndex.encode({ chunks, bao: new Uint8Array(0) }).finish();
+      const index = encodeBlobIndex(chunks);
       // An index of another length is not this one: empty after a power loss
       // before it was flushed. Rewrite it.
       if (!await presentAndTouched(this.store, indexPath, index.length)) {

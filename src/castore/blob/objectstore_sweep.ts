@@ -7,10 +7,10 @@
  *
  * @module
  */
-import { BlobIndex } from "../../proto/tvix_ts/layout/v1/blob_index.ts";
+import { decodeBlobIndex } from "./blob_index.ts";
 import { mapLimit } from "../../concurrency.ts";
 import { type Digest, digestKey, fromHex } from "../digest.ts";
-import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts";
+import { InvalidRequestError } from "../../errors.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 import {
   type CollectableObjectStore,
@@ -104,13 +104,10 @@ export async function sweepObjectStoreBlobs(
   await mapLimit(keptIndexes, PARALLEL, async (o) => {
     const raw = await store.get(o.path);
     if (!raw) return; // removed meanwhile: its chunks are judged on their own
-    let index: BlobIndex;
-    try {
-      index = BlobIndex.decode(raw);
-    } catch (err) {
-      throw new StorageError(`blob index ${o.path} is corrupt: ${errorMessage(err)}`);
+    // A damaged index stops the sweep: its chunks cannot be told apart from unused ones.
+    for (const c of decodeBlobIndex(digestOfPath(o.path) ?? o.path, raw)) {
+      neededChunks.add(digestKey(c.digest));
     }
-    for (const c of index.chunks) neededChunks.add(digestKey(c.digest));
   });
   const deadChunks = chunks.filter((o) => {
     const digest = digestOfPath(o.path);

@@ -40,9 +40,8 @@
 import * as fs from "node:fs";
 import { join } from "node:path";
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { BlobIndex } from "../../proto/tvix_ts/layout/v1/blob_index.ts";
+import { decodeBlobIndex, encodeBlobIndex } from "./blob_index.ts";
 import {
-  B3_LEN,
   b3Display,
   bytesEqual,
   checkDigestLength,
@@ -284,26 +283,6 @@ function closePackFile(pack: OpenPack): Promise<void> {
     if (!(err instanceof Deno.errors.BadResource)) throw err;
   }
   return writeback;
-}
-
-/** A blob's chunk list, as stored in the `blobs` table. */
-function encodeChunkList(chunks: ChunkMeta[]): Uint8Array {
-  return BlobIndex.encode({ chunks, bao: new Uint8Array(0) }).finish();
-}
-
-function decodeChunkList(digest: Digest, raw: Uint8Array): ChunkMeta[] {
-  let index: BlobIndex;
-  try {
-    index = BlobIndex.decode(raw);
-  } catch (err) {
-    throw new CorruptionError(`blob index ${b3Display(digest)} is corrupt: ${errorMessage(err)}`);
-  }
-  for (const c of index.chunks) {
-    if (c.digest.length !== B3_LEN) {
-      throw new CorruptionError(`blob index ${b3Display(digest)} lists an invalid chunk digest`);
-    }
-  }
-  return index.chunks.map((c) => ({ digest: c.digest, size: c.size }));
 }
 
 function recordHeader(c: EncodedChunk, size: number): Uint8Array {
@@ -551,11 +530,11 @@ export class PackBlobService implements BlobService {
 
   #blobRow(digest: Digest): { chunks: ChunkMeta[]; touched?: number } | undefined {
     const pending = this.#pendingBlobs.get(digestKey(digest));
-    if (pending) return { chunks: decodeChunkList(digest, pending.chunks) };
+    if (pending) return { chunks: decodeBlobIndex(digest, pending.chunks) };
     const row = storageCall("blob lookup", () => this.#stmt.blob.get(digest));
     if (!row) return undefined;
     return {
-      chunks: decodeChunkList(digest, row.chunks as Uint8Array),
+      chunks: decodeBlobIndex(digest, row.chunks as Uint8Array),
       touched: Number(row.touched),
     };
   }
@@ -1041,7 +1020,7 @@ export class PackBlobService implements BlobService {
     if (blob) {
       this.#pendingBlobs.set(digestKey(blob.digest), {
         digest: blob.digest,
-        chunks: encodeChunkList(blob.chunks),
+        chunks: encodeBlobIndex(blob.chunks),
       });
     }
   }
@@ -1121,7 +1100,7 @@ export class PackBlobService implements BlobService {
         const row = this.#stmt.blob.get(digest);
         if (!row) return Number(this.#stmt.touchChunk.run(now, digest).changes) === 1;
         this.#stmt.touchBlob.run(now, digest);
-        return decodeChunkList(digest, row.chunks as Uint8Array).every((c) =>
+        return decodeBlobIndex(digest, row.chunks as Uint8Array).every((c) =>
           Number(this.#stmt.touchChunk.run(now, c.digest).changes) === 1
         );
       }));
@@ -1209,7 +1188,7 @@ export class PackBlobService implements BlobService {
         const check = lost.length > 0 || this.#lost.size > 0;
         for (const b of blobs) {
           if (
-            check && !this.#indexHolds(decodeChunkList(b.digest, b.chunks).map((c) => c.digest))
+            check && !this.#indexHolds(decodeBlobIndex(b.digest, b.chunks).map((c) => c.digest))
           ) {
             lost.push(digestKey(b.digest));
             continue;
@@ -1313,7 +1292,7 @@ export class PackBlobService implements BlobService {
       const digest = row.digest as Uint8Array;
       if (isLive(digest) || Number(row.touched) >= cutoff) {
         kept++;
-        for (const c of decodeChunkList(digest, row.chunks as Uint8Array)) {
+        for (const c of decodeBlobIndex(digest, row.chunks as Uint8Array)) {
           liveChunks.add(digestKey(c.digest));
         }
       } else {
