@@ -30,16 +30,17 @@ async function filesOf(
 }
 
 async function runInfo(paths: string[], flags: ServiceAddrs, cmd: Command): Promise<void> {
-  const [{ digestKey }, { storePathOf }, { StorePath }, summarize] = await Promise.all([
+  const [{ digestKey }, gc, { StorePath }, summarize] = await Promise.all([
     import("../castore/digest.ts"),
     import("../store/gc.ts"),
     import("../store/store_path.ts"),
     loadSummarize(),
   ]);
+  const { everyPathInfo, storePathOf } = gc;
   const targets = paths.map((p) => StorePath.parseAbsolute(p));
   await withServices(flags, async ({ pathInfo, directory }) => {
     const all: PathInfo[] = [];
-    for await (const info of pathInfo.list()) all.push(info);
+    for await (const info of everyPathInfo(pathInfo)) all.push(info);
     for (const target of targets) {
       const key = digestKey(target.digest);
       const info = all.find((i) => digestKey(storePathOf(i).digest) === key);

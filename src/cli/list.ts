@@ -42,13 +42,13 @@ export async function loadSummarize(): Promise<(info: PathInfo) => PathSummary> 
 }
 
 async function runList(flags: ServiceAddrs & { json?: boolean }, cmd: Command): Promise<void> {
-  const [{ storePathOf }, summarize] = await Promise.all([
+  const [{ everyPathInfo, storePathOf }, summarize] = await Promise.all([
     import("../store/gc.ts"),
     loadSummarize(),
   ]);
   await withServices(flags, async ({ pathInfo }) => {
     const infos: PathInfo[] = [];
-    for await (const info of pathInfo.list()) infos.push(info);
+    for await (const info of everyPathInfo(pathInfo)) infos.push(info);
     const lines = flags.json
       ? [JSON.stringify(infos.map(summarize).sort((a, b) => a.path < b.path ? -1 : 1))]
       : infos.map((i) => storePathOf(i).absolute()).sort();

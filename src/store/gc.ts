@@ -116,11 +116,29 @@ function yielder(): () => Promise<void> | undefined {
   };
 }
 
+/**
+ * Every stored PathInfo, for the commands that need them all (gc, delete,
+ * list, info). A row that does not decode stops them: gc could not know
+ * what that path keeps alive, nor delete who refers to what. The error
+ * then says which command finds and removes such rows.
+ */
+export async function* everyPathInfo(pathInfo: PathInfoService): AsyncGenerator<PathInfo> {
+  try {
+    yield* pathInfo.list();
+  } catch (err) {
+    if (!(err instanceof CorruptionError)) throw err;
+    throw new CorruptionError(
+      `${err.message} (\`tvix-store verify\` lists damaged paths, ` +
+        "`tvix-store verify --repair` removes them)",
+    );
+  }
+}
+
 /** Every stored PathInfo, reduced to what gc needs. */
 async function loadRoots(pathInfo: PathInfoService): Promise<Root[]> {
   const roots: Root[] = [];
   const pause = yielder();
-  for await (const info of pathInfo.list()) {
+  for await (const info of everyPathInfo(pathInfo)) {
     await pause();
     const path = storePathOf(info);
     roots.push({
@@ -567,7 +585,7 @@ export async function deletePaths(
   // Who refers to whom, over the whole store.
   const byKey = new Map<string, StorePath>();
   const referrers = new Map<string, Set<string>>();
-  for await (const info of pathInfo.list()) {
+  for await (const info of everyPathInfo(pathInfo)) {
     const path = storePathOf(info);
     const key = digestKey(path.digest);
     byKey.set(key, path);

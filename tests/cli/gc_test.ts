@@ -236,8 +236,18 @@ Deno.test("verify reports a PathInfo row that does not decode; --repair removes 
       .run(new Uint8Array([0xff, 0xff]), StorePath.parseAbsolute(damaged).digest);
     db.close();
     const hash = StorePath.parseAbsolute(damaged).basename().slice(0, 32);
-    // gc and list refuse to work around it; verify names it.
-    assert((await tvixStore(["gc", ...S])).code !== 0);
+    // gc, list, info and delete refuse to work around it, in one line that
+    // names the command that finds and removes it; verify names it.
+    for (
+      const args of [["gc"], ["list"], ["info", kept], ["delete", damaged]]
+    ) {
+      const refused = await tvixStore([...args, ...S]);
+      assert(refused.code !== 0, args[0]);
+      assertMatch(
+        refused.stderr.trim(),
+        /^error: [^\n]*tvix-store verify --repair` removes them\)$/,
+      );
+    }
     const checked = await tvixStore(["verify", ...S]);
     assert(checked.code !== 0);
     assertMatch(checked.stdout, new RegExp(`damaged: \\(PathInfo ${hash}\\): .*unable to decode`));
