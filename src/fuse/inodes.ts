@@ -323,7 +323,11 @@ export class InodeTable {
     const r = this.#recBase + ino * REC_WORDS;
     const w = this.#words;
     if (Atomics.load(w, r) !== kindWord) return false;
-    if (w[r + R_SIZE_LO] !== (size | 0) || w[r + R_SIZE_HI] !== Math.floor(size / 0x100000000)) {
+    // Both words as the Int32Array holds them: a size of 2^63 or more has
+    // its high word read back negative.
+    if (
+      w[r + R_SIZE_LO] !== (size | 0) || w[r + R_SIZE_HI] !== (Math.floor(size / 0x100000000) | 0)
+    ) {
       return false;
     }
     const b = this.#bytes;

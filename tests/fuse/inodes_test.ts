@@ -71,6 +71,20 @@ Deno.test("inodes: a full table throws InodeTableFullError", () => {
   assert(err instanceof InodeTableFullError);
 });
 
+Deno.test("inodes: a size of 2^63 or more finds its own inode again", () => {
+  const t = InodeTable.create({ maxInodes: 16 });
+  const digest = new Uint8Array(32).fill(7);
+  for (const size of [2n ** 62n, 2n ** 63n, 2n ** 64n - 1n]) {
+    const ino = t.intern(makeNode.file(b("f"), digest, size));
+    assertEquals(t.intern(makeNode.file(b("g"), digest, size)), ino, `size ${size}`);
+    assertEquals(
+      t.intern(makeNode.directory(b("d"), digest, size)),
+      t.intern(makeNode.directory(b("e"), digest, size)),
+    );
+  }
+  assertEquals(t.allocated, 1 + 2 * 3);
+});
+
 Deno.test("inodes: the hash set grows from two slots and keeps every inode", () => {
   const t = InodeTable.create({ maxInodes: 50_000, initialSlots: 2 });
   const nodes: NodeVariant[] = [];
