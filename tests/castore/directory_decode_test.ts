@@ -16,14 +16,15 @@ import { Directory as Generated } from "../../src/proto/tvix/castore/protos/cast
 import { isValidName } from "../../src/castore/node.ts";
 import * as F from "../fixtures.ts";
 
-/** xorshift32: the same cases on every run. */
+/** Numbers below `n` drawn from `pseudoRandom` bytes: the same cases on every run. */
 function random(seed: number): (n: number) => number {
-  let x = seed;
+  const bytes = F.pseudoRandom(4 << 20, seed);
+  let at = 0;
   return (n) => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) % n;
+    if (at + 3 > bytes.length) at = 0;
+    const value = bytes[at] | bytes[at + 1] << 8 | bytes[at + 2] << 16;
+    at += 3;
+    return value % n;
   };
 }
 
@@ -118,6 +119,11 @@ Deno.test("directory decoding: damaged and unusual encodings decode as the gener
     ][i % 5]();
     assertSameDecoding(damaged);
   }
+  // A bool written as a varint other than 0 and 1 is true, on the direct path too.
+  const file = [0x0a, 0x01, 0x61, 0x12, 0x20, ...new Uint8Array(32), 0x18, 0x01, 0x20, 0x02];
+  const unusualBool = new Uint8Array([0x12, file.length, ...file]);
+  assertEquals(decodeCommonDirectory(unusualBool)?.files[0].executable, true);
+  assertSameDecoding(unusualBool);
 });
 
 /** The rules, stated plainly: the first problem in list order, one Set of every name seen. */
