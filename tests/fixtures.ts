@@ -86,6 +86,20 @@ export function pseudoRandom(length: number, seed: number): Uint8Array {
   return out;
 }
 
+/**
+ * A copy of an encoded blob index (`BlobIndex`/`StatBlobResponse`, entries
+ * under 128 bytes) with its last entry's tag, field 1, turned into field
+ * 9 by one flipped bit: damage that still decodes, since decoding skips
+ * the unknown field, to a list one chunk shorter.
+ */
+export function damageLastIndexEntry(index: Uint8Array): Uint8Array {
+  let last = 0;
+  for (let at = 0; at < index.length; at += 2 + index[at + 1]) last = at;
+  const damaged = index.slice();
+  damaged[last] ^= 0x40;
+  return damaged;
+}
+
 /** 20 zero bytes: the digest of DUMMY_PATH. */
 export const DUMMY_PATH_DIGEST = new Uint8Array(20);
 export const DUMMY_PATH = "00000000000000000000000000000000-dummy";

@@ -15,7 +15,7 @@ import { serviceAddrArgs } from "../../src/cli/common.ts";
 import { bytesEqual, concatBytes } from "../../src/castore/digest.ts";
 import { blobIndexPath } from "../../src/castore/blob/objectstore.ts";
 import type { ServiceAddrs } from "../../src/store/services.ts";
-import { pseudoRandom } from "../fixtures.ts";
+import { damageLastIndexEntry, pseudoRandom } from "../fixtures.ts";
 import { nixOracle } from "../store/tree_gen.ts";
 import { cluster } from "../postgres/harness.ts";
 import { fetchNar, importThrough, type S3Daemon, startS3Daemon } from "./daemon.ts";
@@ -300,13 +300,9 @@ s3Test(
       assert(chunks.length >= 3, `a blob of several chunks (${chunks.length})`);
       const key = `${prefix}/${blobIndexPath(digest)}`;
       const good = (await t.client.getObject(key))!;
-      // The last entry's tag (field 1) flipped to field 9: an unknown field
-      // that decoding skips, so decoding alone lists one chunk fewer, and
-      // a sweep would take that chunk for unused.
-      let lastEntry = 0;
-      for (let at = 0; at < good.length; at += 2 + good[at + 1]) lastEntry = at;
-      const flipped = good.slice();
-      flipped[lastEntry] ^= 0x40;
+      // Decoding alone would list one chunk fewer, and a sweep would take
+      // that chunk for unused.
+      const flipped = damageLastIndexEntry(good);
       await t.client.putObject(key, flipped);
       // Objects are compared with the cutoff by their LastModified, in whole seconds.
       await new Promise((r) => setTimeout(r, 1100));
