@@ -39,7 +39,7 @@
  *
  * @module
  */
-import { B3_LEN, bytesEqual } from "../castore/digest.ts";
+import { B3_LEN } from "../castore/digest.ts";
 import type { NodeVariant } from "../castore/node.ts";
 
 /** Kind of an inode. */
@@ -272,7 +272,10 @@ export class InodeTable {
     w.fill(0, this.#slotBase, this.#slotBase + old);
     const next = w[H_NEXT];
     for (let ino = ROOT_INO + 1; ino < next; ino++) {
-      let i = keyHash(w[this.#recBase + ino * REC_WORDS], this.size(ino), this.#key(ino)) & mask;
+      const r = this.#recBase + ino * REC_WORDS;
+      const kindWord = w[r];
+      const size = (w[r + R_SIZE_LO] >>> 0) + (w[r + R_SIZE_HI] >>> 0) * 0x100000000;
+      let i = keyHash(kindWord, size, this.#keyData(ino, kindWord)) & mask;
       while (w[this.#slotBase + i] !== 0) i = (i + 1) & mask;
       w[this.#slotBase + i] = ino;
     }
@@ -280,9 +283,14 @@ export class InodeTable {
     return slots;
   }
 
-  /** The bytes `ino` is keyed by besides kind and size: its symlink target, or its digest. */
-  #key(ino: number): Uint8Array {
-    return this.symlinkTarget(ino) ?? this.digest(ino)!;
+  /** The bytes of `ino`'s key: its digest, or its symlink target. */
+  #keyData(ino: number, kindWord: number): Uint8Array {
+    const r = this.#recBase + ino * REC_WORDS;
+    const start = (kindWord & KIND_MASK) === Kind.Symlink
+      ? this.#arenaBase + this.#words[r + R_DATA]
+      : (r + R_DATA) * 4;
+    const length = (kindWord & KIND_MASK) === Kind.Symlink ? this.#words[r + R_SIZE_LO] : B3_LEN;
+    return this.#bytes.subarray(start, start + length);
   }
 
   /** Writes and publishes the record of a new inode. Called with the lock held. */
@@ -322,7 +330,12 @@ export class InodeTable {
     ) {
       return false;
     }
-    return bytesEqual(this.#key(ino), data);
+    const b = this.#bytes;
+    const start = (kindWord & KIND_MASK) === Kind.Symlink
+      ? this.#arenaBase + w[r + R_DATA]
+      : (r + R_DATA) * 4;
+    for (let j = 0; j < data.length; j++) if (b[start + j] !== data[j]) return false;
+    return true;
   }
 }
 
