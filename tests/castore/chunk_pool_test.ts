@@ -4,8 +4,11 @@ import {
   acquireChunkCodec,
   type ChunkCodec,
   ChunkWorkerPool,
+  ENCODE_BATCH_LIMIT,
   inThreadCodec,
 } from "../../src/castore/blob/chunk_pool.ts";
+import { ENCODE_INLINE_LIMIT } from "../../src/castore/blob/chunk_codec.ts";
+import { REFUSED } from "./picky_chunk_worker.ts";
 import { ObjectStoreBlobService } from "../../src/castore/blob/objectstore.ts";
 import { blake3, bytesEqual, type Digest } from "../../src/castore/digest.ts";
 import { StorageError } from "../../src/errors.ts";
@@ -24,12 +27,16 @@ function textBytes(length: number): Uint8Array {
 }
 
 /**
- * Sample chunks: empty and tiny (handled inline), compressible, random, one
- * of the FastCDC maximum (handled by Workers).
+ * Sample chunks: empty and tiny (handled inline), small enough to go to a
+ * Worker in one message with others, compressible, random, one of the
+ * FastCDC maximum (one message each).
  */
 const SAMPLES: Uint8Array[] = [
   new Uint8Array(0),
   new Uint8Array([1, 2, 3]),
+  textBytes(ENCODE_INLINE_LIMIT + 1),
+  pseudoRandom(40_000, 5),
+  textBytes(ENCODE_BATCH_LIMIT),
   textBytes(300_000),
   pseudoRandom(200_000, 7),
   pseudoRandom(512 * 1024, 8),
@@ -57,7 +64,7 @@ async function assertSameAsInThread(codec: ChunkCodec): Promise<void> {
 
 /** Damaged inputs and the error each must produce, for any codec. */
 async function decodeErrors(codec: ChunkCodec): Promise<string[]> {
-  const sample = SAMPLES[2];
+  const sample = SAMPLES[5];
   const { digest, stored: compressed } = await inThreadCodec.encode(sample);
   const flipped = compressed.slice();
   flipped[flipped.length >> 1] ^= 0x10;
@@ -287,6 +294,42 @@ Deno.test("chunk pool: small chunks of known size are decoded here, many at once
     }
     // The reused zstd context (zstd_small.ts) costs less than handing them over.
     assertEquals(pool.workers, 0, "no Worker for small chunks of known size");
+  } finally {
+    await pool.terminate();
+  }
+});
+
+Deno.test("chunk pool: chunks encoded in one message to a Worker are each the in-thread result; a refused one fails alone", async () => {
+  const pool = new ChunkWorkerPool(1, new URL("./picky_chunk_worker.ts", import.meta.url));
+  try {
+    // Sizes between the inline limit and the batch limit, asked for in one
+    // turn: they travel together.
+    const plain = Array.from(
+      { length: 24 },
+      (_, i) =>
+        i % 3 === 0
+          ? pseudoRandom(ENCODE_INLINE_LIMIT + 1 + i * 4000, i)
+          : textBytes(ENCODE_INLINE_LIMIT + 1 + i * 4000),
+    );
+    plain[7][0] = REFUSED;
+    plain[19][0] = REFUSED;
+    const results = await Promise.allSettled(plain.map((p) => pool.encode(p.slice(), true)));
+    for (const [i, r] of results.entries()) {
+      if (i === 7 || i === 19) {
+        assert(
+          r.status === "rejected" && r.reason instanceof StorageError &&
+            r.reason.message === "refused on purpose",
+          `chunk ${i} must fail alone`,
+        );
+        continue;
+      }
+      assert(r.status === "fulfilled", `chunk ${i} encodes`);
+      const expected = await inThreadCodec.encode(plain[i].slice(), true);
+      assertEquals(r.value.digest, expected.digest);
+      assertEquals(r.value.raw, expected.raw);
+      assert(bytesEqual(r.value.stored, expected.stored), `chunk ${i}: same stored bytes`);
+    }
+    assertEquals(pool.workers, 1);
   } finally {
     await pool.terminate();
   }

@@ -26,6 +26,12 @@ parentPort!.on("message", (req: ChunkRequest) => {
     const { digest, stored } = encodeChunkSync(new Uint8Array(req.chunk));
     const data = stored.buffer as ArrayBuffer;
     parentPort!.postMessage({ id: req.id, digest, data }, [data]);
+  } else if (req.op === "encodeBatch") {
+    const encoded = req.chunks.map((c) => {
+      const { digest, stored, raw } = encodeChunkSync(new Uint8Array(c.chunk), c.allowRaw, c.level);
+      return { digest, raw, data: stored.buffer as ArrayBuffer };
+    });
+    parentPort!.postMessage({ id: req.id, encoded }, encoded.map((e) => e.data));
   } else if (req.op === "decode") {
     const data = decodeChunkSync(new Uint8Array(req.compressed), req.digest, req.size).buffer;
     parentPort!.postMessage({ id: req.id, data }, [data]);

@@ -540,3 +540,36 @@ Deno.test("pack: a pack's descriptor is not closed under a read still running on
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("pack: the same chunks uploaded at once, or again once committed, are written once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pack-dedup-" });
+  try {
+    const service = new PackBlobService(dir);
+    // Small files, each a single chunk, most of them several times over, and
+    // one blob of several chunks twice: uploaded together, so their lookups
+    // are answered together (see `locateSoon`).
+    const distinct = Array.from({ length: 12 }, (_, i) => F.pseudoRandom(1000 + i * 3000, i));
+    const uploads = [...distinct, ...distinct, ...distinct.slice(0, 5), MIXED, MIXED];
+    const digests = await Promise.all(uploads.map((data) => putBlob(service, data)));
+    assertEquals(digests, uploads.map((data) => blake3(data)));
+    await service.sync();
+    const packs = await packFiles(dir);
+    assertEquals(packs.length, 1);
+    const written = (await Deno.stat(join(dir, packs[0]))).size;
+    // Raw random chunks: each distinct small blob takes its size and a header.
+    const small = distinct.reduce((n, d) => n + RECORD_HEADER + d.length, 0);
+    assert(written > PACK_MAGIC.length + small, `pack ${written} B`);
+    assert(written < PACK_MAGIC.length + small + 1700 * 1024, `pack ${written} B: written twice?`);
+    // Committed now: uploading all of it again writes nothing.
+    await Promise.all(uploads.map((data) => putBlob(service, data)));
+    await service.sync();
+    assertEquals((await Deno.stat(join(dir, packs[0]))).size, written);
+    assertEquals(await packFiles(dir), packs);
+    for (const [i, data] of uploads.entries()) {
+      assert(bytesEqual((await readBlob(service, digests[i]))!, data), `blob ${i} reads back`);
+    }
+    await service.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -28,6 +28,7 @@ import {
 } from "./chunk_codec.ts";
 import type { ChunkRequest, ChunkResponse, WorkerFailure, WorkerReady } from "./chunk_worker.ts";
 import { smallFrameDecoderAvailable } from "./zstd_small.ts";
+import { TurnBatch } from "../../turn_batch.ts";
 
 /** A failure a chunk Worker reported, as the error class it was thrown as. */
 function workerError(failure: WorkerFailure): Error {
@@ -122,12 +123,31 @@ function isMainThread(): boolean {
  */
 const SMALL_BATCH_SPLIT = 4;
 
+/**
+ * Chunks up to this size that go to a Worker to be encoded go in one
+ * message per turn of the event loop (see {@linkcode ChunkWorkerPool.encode}):
+ * whole files too large to encode inline but smaller than a FastCDC chunk
+ * (at least 128 KiB), and the last chunks of larger blobs. Full chunks
+ * still go one per message, so a large blob's chunks come back as each
+ * is done.
+ */
+export const ENCODE_BATCH_LIMIT = 128 * 1024;
+
 /** A small chunk waiting to be decoded, and its caller. */
 interface SmallDecode {
   compressed: Uint8Array;
   digest: Digest;
   size: number | undefined;
   resolve: (data: Uint8Array) => void;
+  reject: (err: Error) => void;
+}
+
+/** A chunk waiting to be sent to a Worker for encoding, and its caller. */
+interface PendingEncode {
+  chunk: ArrayBuffer;
+  allowRaw: boolean;
+  level: number;
+  resolve: (encoded: EncodedChunk) => void;
   reject: (err: Error) => void;
 }
 
@@ -185,7 +205,12 @@ export class ChunkWorkerPool implements ChunkCodec {
   /** Set once a Worker failed to start: from then on the codec runs in-thread. */
   #disabled = false;
   /** Small chunks to decode at the next microtask checkpoint (see {@linkcode #decodeSmall}). */
-  #small: SmallDecode[] | undefined;
+  readonly #smallDecodes = new TurnBatch<SmallDecode>((batch) => this.#decodeSmall(batch));
+  /** Chunks to send for encoding together (see {@linkcode encode}). */
+  readonly #batchedEncodes = new TurnBatch<PendingEncode>(
+    (batch) => this.#encodeBatch(batch),
+    setImmediate,
+  );
 
   /**
    * `size`: most Workers to run; `workerUrl`: another module speaking the
@@ -214,6 +239,17 @@ export class ChunkWorkerPool implements ChunkCodec {
   async encode(chunk: Uint8Array, allowRaw = false, level = ZSTD_LEVEL): Promise<EncodedChunk> {
     if (this.#disabled || chunk.length <= ENCODE_INLINE_LIMIT) {
       return await inThreadCodec.encode(chunk, allowRaw, level);
+    }
+    if (chunk.length <= ENCODE_BATCH_LIMIT) {
+      // A message to a Worker, and its answer, each cost a wake-up of the
+      // other thread: importing 20,000 files of 0.1-30 KiB into a pack
+      // store, sending the chunks of a turn together took 2.12-2.32 s and
+      // 3.05-3.10 CPU-s against 2.34-2.52 s and 3.39-3.53 CPU-s (three
+      // interleaved pairs by hand).
+      const buf = owned(chunk).buffer;
+      return await new Promise((resolve, reject) => {
+        this.#batchedEncodes.add({ chunk: buf, allowRaw, level, resolve, reject });
+      });
     }
     // Only Workers encode large chunks, even when they fall behind. Letting
     // the writer's thread take the next chunk once its Worker had four
@@ -262,11 +298,7 @@ export class ChunkWorkerPool implements ChunkCodec {
     if (here !== undefined) return here;
     if (decodeInline(compressed, size)) {
       return await new Promise((resolve, reject) => {
-        if (!this.#small) {
-          this.#small = [];
-          queueMicrotask(() => this.#decodeSmall());
-        }
-        this.#small.push({ compressed, digest, size, resolve, reject });
+        this.#smallDecodes.add({ compressed, digest, size, resolve, reject });
       });
     }
     const buf = owned(compressed).buffer;
@@ -289,9 +321,7 @@ export class ChunkWorkerPool implements ChunkCodec {
    * one message, so both threads work and the reader, which consumes them
    * in order, finds the Worker's share done when it gets there.
    */
-  #decodeSmall(): void {
-    const batch = this.#small ?? [];
-    this.#small = undefined;
+  #decodeSmall(batch: SmallDecode[]): void {
     const here = batch.length < SMALL_BATCH_SPLIT ? batch.length : Math.ceil(batch.length / 2);
     const away = batch.slice(here);
     if (away.length > 0) {
@@ -322,6 +352,39 @@ export class ChunkWorkerPool implements ChunkCodec {
       });
     }
     for (const d of batch.slice(0, here)) decodeSmallHere(d);
+  }
+
+  /**
+   * Encodes the chunks gathered in {@linkcode encode} in one message to a
+   * Worker; each fails or succeeds on its own. Without Workers they are
+   * encoded here.
+   */
+  #encodeBatch(batch: PendingEncode[]): void {
+    const chunks = batch.map(({ chunk, allowRaw, level }) => ({ chunk, allowRaw, level }));
+    const inThread = async () => {
+      for (const e of batch) {
+        await inThreadCodec.encode(new Uint8Array(e.chunk), e.allowRaw, e.level)
+          .then(e.resolve, e.reject);
+      }
+      return undefined;
+    };
+    this.#run(
+      Math.max(1, this.#size - 1),
+      (id) => ({ id, op: "encodeBatch", chunks }),
+      chunks.map((c) => c.chunk),
+      inThread,
+    ).then((res) => {
+      if (!res || !("encoded" in res)) return;
+      for (const [i, r] of res.encoded.entries()) {
+        if ("data" in r) {
+          batch[i].resolve({ digest: r.digest, stored: new Uint8Array(r.data), raw: r.raw });
+        } else {
+          batch[i].reject(workerError(r));
+        }
+      }
+    }, (err) => {
+      for (const e of batch) e.reject(err);
+    });
   }
 
   /**

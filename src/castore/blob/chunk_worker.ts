@@ -19,7 +19,6 @@ export interface BatchedDecode {
   size: number | undefined;
 }
 
-/** One answer of a `decodeBatch`: the chunk, or why it is not. */
 /**
  * A failed job, as it crosses to the requesting thread: the message and
  * the error's class, which the other side rebuilds (`workerError` in
@@ -41,7 +40,20 @@ function failure(err: unknown): WorkerFailure {
   return { error: errorMessage(err), kind };
 }
 
+/** One answer of a `decodeBatch`: the chunk, or why it is not. */
 export type BatchedResult = { data: ArrayBuffer } | WorkerFailure;
+
+/** One chunk of an `encodeBatch` request. */
+export interface BatchedEncode {
+  chunk: ArrayBuffer;
+  allowRaw: boolean;
+  level: number;
+}
+
+/** One answer of an `encodeBatch`: the chunk encoded, or why it is not. */
+export type BatchedEncoding =
+  | { digest: Uint8Array; raw: boolean; data: ArrayBuffer }
+  | WorkerFailure;
 
 /** A request to a chunk Worker. */
 export type ChunkRequest =
@@ -54,12 +66,14 @@ export type ChunkRequest =
     size: number | undefined;
     raw: boolean;
   }
-  | { id: number; op: "decodeBatch"; chunks: BatchedDecode[] };
+  | { id: number; op: "decodeBatch"; chunks: BatchedDecode[] }
+  | { id: number; op: "encodeBatch"; chunks: BatchedEncode[] };
 
 /** A chunk Worker's answer to the request with the same `id`. */
 export type ChunkResponse =
   | { id: number; digest?: Uint8Array; raw?: boolean; data: ArrayBuffer }
   | { id: number; batch: BatchedResult[] }
+  | { id: number; encoded: BatchedEncoding[] }
   | ({ id: number } & WorkerFailure);
 
 /** The first message of a chunk Worker, once it can take requests. */
@@ -83,8 +97,29 @@ function answerBatch(id: number, chunks: BatchedDecode[]): [ChunkResponse, Array
   return [{ id, batch }, transfer];
 }
 
+/** Encodes every chunk of a batch; each fails or succeeds on its own. */
+function answerEncodeBatch(id: number, chunks: BatchedEncode[]): [ChunkResponse, ArrayBuffer[]] {
+  const transfer: ArrayBuffer[] = [];
+  const encoded = chunks.map((c): BatchedEncoding => {
+    let data: ArrayBuffer | undefined;
+    try {
+      const out = encodeChunkSync(new Uint8Array(c.chunk), c.allowRaw, c.level);
+      data = out.stored.buffer as ArrayBuffer;
+      transfer.push(data);
+      return { digest: out.digest, raw: out.raw, data };
+    } catch (err) {
+      return failure(err);
+    } finally {
+      // As in `answer`: a raw chunk's input is also its answer.
+      if (c.chunk !== data) release(c.chunk);
+    }
+  });
+  return [{ id, encoded }, transfer];
+}
+
 function answer(req: ChunkRequest): [ChunkResponse, ArrayBuffer[]] {
   if (req.op === "decodeBatch") return answerBatch(req.id, req.chunks);
+  if (req.op === "encodeBatch") return answerEncodeBatch(req.id, req.chunks);
   const input = req.op === "encode" ? req.chunk : req.compressed;
   let output: ArrayBuffer | undefined;
   try {

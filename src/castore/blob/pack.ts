@@ -73,6 +73,7 @@ import { readRuns } from "./read_runs.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
 import { missingBlobError } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
+import { TurnBatch } from "../../turn_batch.ts";
 
 /** A pack is closed and a new one started once it has grown past this. */
 export const PACK_TARGET_SIZE = 256 * 1024 * 1024;
@@ -216,6 +217,18 @@ interface StagedRecord {
  */
 const WRITEBACK_STEP = 8 * 1024 * 1024;
 
+/**
+ * Writes up to this size are made synchronously. Into the page cache one
+ * takes microseconds, while an asynchronous write costs a round trip
+ * through the threadpool, two thread wake-ups: importing 20,000 small
+ * files through a daemon, whose staged writes are mostly smaller, took
+ * 4.0-4.4 s against 4.2-4.9 s with 5 % less of the daemon's CPU
+ * (interleaved pairs by hand). Larger ones (incompressible chunks written
+ * from their own buffer) stay asynchronous, so a write the kernel holds up
+ * (write-back throttling) does not stall the event loop for long.
+ */
+const SYNC_WRITE_LIMIT = 256 * 1024;
+
 /** Staged bytes that start a write at once instead of at the end of the turn. */
 const STAGE_FLUSH_AT = 1024 * 1024;
 /** Parts at least this large are written from their own buffer, not copied together. */
@@ -225,6 +238,13 @@ const STAGE_COPY_BELOW = 64 * 1024;
 interface SingleRead {
   digest: Digest;
   resolve: (data: Uint8Array | undefined) => void;
+  reject: (err: unknown) => void;
+}
+
+/** A chunk an upload is about to store, waiting for its lookup (see #answerLookups). */
+interface PendingLookup {
+  digest: Digest;
+  resolve: (at: ChunkLocation | undefined) => void;
   reject: (err: unknown) => void;
 }
 
@@ -257,7 +277,10 @@ function writeAt(pack: OpenPack, data: Uint8Array, position: number): Promise<nu
     let done = 0;
     try {
       while (done < data.length) {
-        const n = await pack.file.write(data.subarray(done));
+        const rest = data.subarray(done);
+        const n = rest.length <= SYNC_WRITE_LIMIT
+          ? pack.file.writeSync(rest)
+          : await pack.file.write(rest);
         if (n <= 0) break;
         done += n;
       }
@@ -347,7 +370,12 @@ export class PackBlobService implements BlobService {
   #unsyncedEntries = false;
   readonly #readFds = new Map<number, number>();
   /** Blobs opened since the last microtask checkpoint, read together then. */
-  #singles: SingleRead[] | undefined;
+  readonly #singles = new TurnBatch<SingleRead>((batch) => this.#readSingles(batch));
+  /** Chunks uploads are about to store, looked up together (see {@linkcode locateSoon}). */
+  readonly #lookups = new TurnBatch<PendingLookup>(
+    (batch) => this.#answerLookups(batch),
+    setImmediate,
+  );
   /**
    * The statement looking up `n` digests: joined from a list of
    * (position, digest) pairs, so each row says which digest it answers
@@ -448,6 +476,33 @@ export class PackBlobService implements BlobService {
     if (pending) return pending;
     const row = storageCall("chunk lookup", () => this.#stmt.chunk.get(digest));
     return row ? rowLocation(digest, row) : undefined;
+  }
+
+  /**
+   * {@linkcode locate}, answered at the end of the turn together with the
+   * other lookups asked for in it, by {@linkcode locateMany}. Uploads look
+   * up every chunk before storing it; by itself a lookup is a statement run
+   * and a WAL read lock taken and released (two `fcntl` calls): 45,000
+   * `fcntl` calls for 20,000 small files. A chunk written meanwhile is
+   * found all the same: `append` shares a write in progress.
+   */
+  locateSoon(digest: Digest): Promise<ChunkLocation | undefined> {
+    const pending = this.#pendingChunks.size > 0
+      ? this.#pendingChunks.get(digestKey(digest))
+      : undefined;
+    if (pending) return Promise.resolve(pending);
+    return new Promise((resolve, reject) => this.#lookups.add({ digest, resolve, reject }));
+  }
+
+  #answerLookups(batch: PendingLookup[]): void {
+    let found: (ChunkLocation | undefined)[];
+    try {
+      found = this.locateMany(batch.map((b) => b.digest));
+    } catch (err) {
+      for (const b of batch) b.reject(err);
+      return;
+    }
+    for (const [i, b] of batch.entries()) b.resolve(found[i]);
   }
 
   /**
@@ -612,13 +667,7 @@ export class PackBlobService implements BlobService {
    * microtask checkpoint: see {@linkcode #readSingles}.
    */
   #readSingle(digest: Digest): Promise<Uint8Array | undefined> {
-    return new Promise((resolve, reject) => {
-      if (!this.#singles) {
-        this.#singles = [];
-        queueMicrotask(() => this.#readSingles());
-      }
-      this.#singles.push({ digest, resolve, reject });
-    });
+    return new Promise((resolve, reject) => this.#singles.add({ digest, resolve, reject }));
   }
 
   /**
@@ -629,9 +678,7 @@ export class PackBlobService implements BlobService {
    * (its pack was rewritten meanwhile, an I/O error) is read chunk by
    * chunk instead, which relocates or reports each.
    */
-  #readSingles(): void {
-    const batch = this.#singles ?? [];
-    this.#singles = undefined;
+  #readSingles(batch: SingleRead[]): void {
     let found: (ChunkLocation | undefined)[];
     try {
       found = batch.length === 1 ? [this.locate(batch[0].digest)] : this.locateMany(
@@ -1447,7 +1494,7 @@ class PackChunkSink implements ChunkSink {
   }
 
   async storeChunk(chunk: EncodedChunk, size: number): Promise<void> {
-    const stored = this.#service.locate(chunk.digest);
+    const stored = await this.#service.locateSoon(chunk.digest);
     if (!stored) {
       try {
         await this.#service.append(chunk, size);

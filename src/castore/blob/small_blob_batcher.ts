@@ -12,6 +12,7 @@ import { B3_LEN, b3Display, blake3, bytesEqual, type Digest } from "../digest.ts
 import { CorruptionError, StorageError } from "../../errors.ts";
 import { callError, cancelQuietly, type ChannelLease, clientOn } from "../../grpc/channel.ts";
 import { releaseReceivedMessage } from "../../grpc/received_message.ts";
+import { TurnBatch } from "../../turn_batch.ts";
 import {
   type PutSmallBlobsResponse,
   type ReadSmallBlobsRequest,
@@ -79,9 +80,11 @@ interface Pending {
 export class SmallBlobBatcher {
   readonly #client: SmallBlobClient;
   readonly #fallback: (message: Uint8Array) => Promise<Digest>;
-  #batch: Pending[] = [];
+  readonly #batch = new TurnBatch<Pending>(
+    (batch) => this.#send(batch),
+    (send) => setTimeout(send, 0),
+  );
   #bytes = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
   #unsupported = false;
 
   /**
@@ -101,20 +104,14 @@ export class SmallBlobBatcher {
   put(message: Uint8Array): Promise<Digest> {
     if (this.#unsupported) return this.#fallback(message);
     const { promise, resolve, reject } = Promise.withResolvers<Digest>();
-    this.#batch.push({ message, resolve, reject });
+    this.#batch.add({ message, resolve, reject });
     this.#bytes += message.length;
-    if (this.#batch.length >= BATCH_BLOBS || this.#bytes >= BATCH_BYTES) this.#send();
-    else this.#timer ??= setTimeout(() => this.#send(), 0);
+    if (this.#batch.size >= BATCH_BLOBS || this.#bytes >= BATCH_BYTES) this.#batch.flush();
     return promise;
   }
 
-  #send(): void {
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
-    const batch = this.#batch;
-    this.#batch = [];
+  #send(batch: Pending[]): void {
     this.#bytes = 0;
-    if (batch.length === 0) return;
     const call = this.#client.put((err, res) => {
       if (err) return this.#failed(batch, err);
       if (res.digests.length !== batch.length) {
@@ -151,7 +148,7 @@ export class SmallBlobBatcher {
 
   /** Sends what is gathered now (before the channel closes). */
   flush(): void {
-    this.#send();
+    this.#batch.flush();
   }
 }
 
@@ -185,9 +182,8 @@ interface PendingRead {
 export class SmallBlobReader {
   readonly #client: SmallBlobClient;
   readonly #fallback: (digest: Digest, size: number) => Promise<SmallBlobRead>;
-  #batch: PendingRead[] = [];
+  readonly #batch = new TurnBatch<PendingRead>((batch) => this.#send(batch));
   #bytes = 0;
-  #scheduled = false;
   #unsupported = false;
 
   /**
@@ -213,23 +209,16 @@ export class SmallBlobReader {
   read(digest: Digest, size: number, into?: Uint8Array): Promise<SmallBlobRead> {
     if (this.#unsupported) return this.#fallback(digest, size);
     const { promise, resolve, reject } = Promise.withResolvers<SmallBlobRead>();
-    this.#batch.push({ digest, size, into, resolve, reject });
+    this.#batch.add({ digest, size, into, resolve, reject });
     this.#bytes += size;
-    if (this.#batch.length >= READ_BATCH_BLOBS || this.#bytes >= READ_BATCH_BYTES) {
-      this.#send();
-    } else if (!this.#scheduled) {
-      this.#scheduled = true;
-      queueMicrotask(() => this.#send());
+    if (this.#batch.size >= READ_BATCH_BLOBS || this.#bytes >= READ_BATCH_BYTES) {
+      this.#batch.flush();
     }
     return promise;
   }
 
-  #send(): void {
-    this.#scheduled = false;
-    const batch = this.#batch;
-    this.#batch = [];
+  #send(batch: PendingRead[]): void {
     this.#bytes = 0;
-    if (batch.length === 0) return;
     this.#call(batch).catch((err) => {
       for (const p of batch) p.reject(err); // those still waiting; settled ones ignore it
     });
@@ -237,7 +226,7 @@ export class SmallBlobReader {
 
   /** Sends what is gathered now (before the channel closes). */
   flush(): void {
-    this.#send();
+    this.#batch.flush();
   }
 
   async #call(batch: PendingRead[]): Promise<void> {
