@@ -7,7 +7,7 @@
  * @module
  */
 import type { handleClientStreamingCall, handleServerStreamingCall } from "@grpc/grpc-js";
-import type { BlobService } from "../castore/blob/service.ts";
+import { type BlobService, writeWholeBlob } from "../castore/blob/service.ts";
 import { bytesEqual, concatBytes, type Digest, EMPTY_DIGEST } from "../castore/digest.ts";
 import { JobSet } from "../concurrency.ts";
 import { clientStreamHandler, receiveAll, serverStreamHandler } from "../grpc/server_call.ts";
@@ -92,16 +92,9 @@ export function smallBlobHandler(
           for await (const { data } of receiveAll(call, check)) {
             const at = index++;
             await stores.add(async () => {
-              const writer = blob.openWrite();
-              try {
-                if (data.length > 0) await writer.write(data);
-                // The writer has its copy (see BlobWriter.write).
-                releaseReceivedMessage(data);
-                digests[at] = await writer.close();
-              } catch (err) {
-                await writer.abort().catch(() => {});
-                throw err;
-              }
+              digests[at] = await writeWholeBlob(blob, data);
+              // Stored: the backend has its copy (see BlobService.writeWhole).
+              releaseReceivedMessage(data);
             });
           }
           await stores.drain();

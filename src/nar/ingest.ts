@@ -12,7 +12,7 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
-import type { BlobService } from "../castore/blob/service.ts";
+import { type BlobService, writeWholeBlob } from "../castore/blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "../castore/directory/service.ts";
 import { b3Display, blake3, bytesEqual, compareBytes, type Digest } from "../castore/digest.ts";
 import {
@@ -203,9 +203,12 @@ function wordText(word: Uint8Array): string {
   return JSON.stringify(td.decode(word.subarray(8, 8 + word[0])));
 }
 
-/** Uploads a small file read whole, checking the digest the caller computed. */
+/**
+ * Uploads a small file read whole (a copy, now the store's), checking the
+ * digest the caller computed.
+ */
 async function uploadAll(blob: BlobService, data: Uint8Array, expected: Digest): Promise<void> {
-  const got = await uploadStream(blob, [data]);
+  const got = await writeWholeBlob(blob, data);
   if (!bytesEqual(got, expected)) {
     throw new StorageError(
       `blob service returned digest ${b3Display(got)}, expected ${b3Display(expected)}`,

@@ -8,7 +8,8 @@
  */
 import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { b3Display, blake3, bytesEqual, type Digest } from "../../src/castore/digest.ts";
-import type { BlobService } from "../../src/castore/blob/service.ts";
+import { type BlobService, writeWholeBlob } from "../../src/castore/blob/service.ts";
+import { SINGLE_CHUNK_MAX } from "../../src/castore/blob/chunked_writer.ts";
 import * as F from "../fixtures.ts";
 import { collect, concat, type ServiceFactory, withService } from "./harness.ts";
 
@@ -104,6 +105,22 @@ export function blobServiceConformance(label: string, factory: ServiceFactory<Bl
       const whole = await got;
       if (whole) assertEquals(whole, data);
     }
+  });
+
+  test("writeWholeBlob stores what a writer would, at every size around one chunk", async (s) => {
+    // Through writeWhole where the backend has it, else through a writer.
+    const sizes = [0, 1, 4096, SINGLE_CHUNK_MAX - 1, SINGLE_CHUNK_MAX, SINGLE_CHUNK_MAX + 1];
+    const all = sizes.map((n, i) => F.pseudoRandom(n, 100 + i));
+    // Text-like ones too: raw and compressed chunks alike.
+    all.push(...sizes.map((n) => new Uint8Array(n).fill(0x61)));
+    // Copies: the backend may take a buffer spanning its whole ArrayBuffer.
+    const digests = await Promise.all(all.map((data) => writeWholeBlob(s, data.slice())));
+    for (const [i, data] of all.entries()) {
+      assertEquals(digests[i], blake3(data), `blob ${i} (${data.length} B): its digest`);
+      await checkStoredBlob(s, data, digests[i]);
+    }
+    // Again, now stored: the same digests.
+    assertEquals(await Promise.all(all.map((d) => writeWholeBlob(s, d.slice()))), digests);
   });
 
   test("put, has, get the empty blob", async (s) => {

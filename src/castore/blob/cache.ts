@@ -20,7 +20,13 @@ import { errorMessage, InvalidRequestError, StorageError } from "../../errors.ts
 import { log } from "../../log.ts";
 import { closeAll } from "../../concurrency.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
-import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
+import {
+  type BlobReader,
+  type BlobService,
+  type BlobWriter,
+  type ChunkMeta,
+  writeWholeBlob,
+} from "./service.ts";
 
 /** Chunks fetched ahead when a read from an offset goes chunk by chunk. */
 const READ_AHEAD = 4;
@@ -88,6 +94,10 @@ export class CacheBlobService implements BlobService {
   /** Uploads go to the far store, the store of record (see docs/storage.md#near-cache). */
   openWrite(): BlobWriter {
     return this.#far.openWrite();
+  }
+
+  writeWhole(data: Uint8Array): Promise<Digest> {
+    return writeWholeBlob(this.#far, data);
   }
 
   /** The far store's commit point; the near store is only a cache. */

@@ -233,6 +233,47 @@ export class ChunkedBlobWriter implements BlobWriter {
   }
 }
 
+/**
+ * Stores `data`, a whole blob of at most one chunk
+ * (`OBJECTSTORE_CHUNKING.minSize`, {@linkcode SINGLE_CHUNK_MAX}), through
+ * `sink`, as a {@linkcode ChunkedBlobWriter} given it in one `write` would:
+ * encoded once and stored as that chunk, or recorded as the empty blob.
+ * Without the writer's queue, job set and chunker, whose promises and
+ * objects were a fixed cost per small file. Takes ownership of `data` like
+ * the codec's `encode`.
+ */
+export async function writeSingleChunk(
+  sink: ChunkSink,
+  codec: ChunkCodec,
+  data: Uint8Array,
+): Promise<Digest> {
+  if (data.length > SINGLE_CHUNK_MAX) {
+    throw new InvalidRequestError(`${data.length} bytes are more than one chunk`);
+  }
+  if (data.length === 0) {
+    await sink.finishBlob(EMPTY_DIGEST, []);
+    return EMPTY_DIGEST;
+  }
+  const size = data.length;
+  let encoded: EncodedChunk;
+  try {
+    encoded = await codec.encode(data, sink.allowRaw, sink.level);
+    await sink.storeChunk(encoded, size);
+  } catch (err) {
+    sink.abortBlob?.();
+    throw err instanceof StorageError
+      ? err
+      : new StorageError(`storing a chunk: ${errorMessage(err)}`);
+  }
+  CHUNKS_WRITTEN.inc();
+  CHUNK_BYTES_WRITTEN.inc(size);
+  await sink.finishBlob(encoded.digest, [{ digest: encoded.digest, size: BigInt(size) }]);
+  return encoded.digest;
+}
+
+/** The largest blob that is always a single chunk: FastCDC cuts nothing shorter. */
+export const SINGLE_CHUNK_MAX = OBJECTSTORE_CHUNKING.minSize;
+
 const CHUNKS_WRITTEN = metrics.counter(
   "tvix_castore_chunks_written_total",
   "chunks blob uploads handed to the chunk store (one it already holds is not stored twice)",

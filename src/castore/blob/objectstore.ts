@@ -46,6 +46,8 @@ import {
   type InflightLimits,
   inflightLimits,
   LOCAL_INFLIGHT_LIMITS,
+  SINGLE_CHUNK_MAX,
+  writeSingleChunk,
 } from "./chunked_writer.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
 import {
@@ -54,6 +56,7 @@ import {
   type BlobWriter,
   type ChunkMeta,
   missingBlobError,
+  writeThrough,
 } from "./service.ts";
 import { mapLimit } from "../../concurrency.ts";
 import { isCollectable } from "../objectstore/store.ts";
@@ -278,6 +281,12 @@ export class ObjectStoreBlobService implements BlobService {
       this.#codec,
       this.#inflight,
     );
+  }
+
+  writeWhole(data: Uint8Array): Promise<Digest> {
+    if (data.length > SINGLE_CHUNK_MAX) return writeThrough(this.openWrite(), data);
+    const sink = new ObjectStoreChunkSink(this.#store, (digest) => this.#noteFinished(digest));
+    return writeSingleChunk(sink, this.#codec, data);
   }
 
   /** Closes the object store and releases this service's use of the chunk Worker pool. */

@@ -67,11 +67,13 @@ import {
   type InflightLimits,
   inflightLimits,
   LOCAL_INFLIGHT_LIMITS,
+  SINGLE_CHUNK_MAX,
+  writeSingleChunk,
 } from "./chunked_writer.ts";
 import { readChunksFrom } from "./chunk_reader.ts";
 import { readRuns } from "./read_runs.ts";
 import type { BlobReader, BlobService, BlobWriter, ChunkMeta } from "./service.ts";
-import { missingBlobError } from "./service.ts";
+import { missingBlobError, writeThrough } from "./service.ts";
 import type { SweepOptions, SweepReport } from "../sweep.ts";
 import { TurnBatch } from "../../turn_batch.ts";
 
@@ -1079,6 +1081,12 @@ export class PackBlobService implements BlobService {
       this.#codec,
       this.#inflight,
     );
+  }
+
+  writeWhole(data: Uint8Array): Promise<Digest> {
+    return data.length > SINGLE_CHUNK_MAX
+      ? writeThrough(this.openWrite(), data)
+      : writeSingleChunk(new PackChunkSink(this, this.#level), this.#codec, data);
   }
 
   /**

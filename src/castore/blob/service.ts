@@ -88,6 +88,17 @@ export interface BlobService {
   openWrite(): BlobWriter;
 
   /**
+   * Stores `data` as one blob and returns its digest: what `openWrite`, one
+   * `write` and `close` do, for a blob already whole in memory (a small
+   * file, a `SmallBlobService` upload), with less machinery where the
+   * backend can. `data` must not change until the promise settles; where
+   * it spans its whole buffer, the buffer is the backend's from the call
+   * on (it may be handed to another thread). Callers go through
+   * {@linkcode writeWholeBlob}. The pack and object stores have it.
+   */
+  writeWhole?(data: Uint8Array): Promise<Digest>;
+
+  /**
    * Makes everything stored so far durable: the commit point before
    * anything that references it is written. `refs` are the blobs that
    * something about to be stored refers to: a backend that can tell one of
@@ -110,6 +121,25 @@ export interface BlobService {
 
   /** Releases resources (connections, file handles). */
   close(): Promise<void>;
+}
+
+/**
+ * Stores `data` as one blob: with {@linkcode BlobService.writeWhole} where
+ * the backend has it, else through a writer ({@linkcode writeThrough}).
+ */
+export function writeWholeBlob(blob: BlobService, data: Uint8Array): Promise<Digest> {
+  return blob.writeWhole ? blob.writeWhole(data) : writeThrough(blob.openWrite(), data);
+}
+
+/** Writes `data` with `writer` and closes it; aborts the upload if that fails. */
+export async function writeThrough(writer: BlobWriter, data: Uint8Array): Promise<Digest> {
+  try {
+    if (data.length > 0) await writer.write(data);
+    return await writer.close();
+  } catch (err) {
+    await writer.abort().catch(() => {});
+    throw err;
+  }
 }
 
 /**

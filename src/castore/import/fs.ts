@@ -24,7 +24,7 @@
  */
 import nodeFs from "node:fs";
 import { basename } from "node:path";
-import type { BlobService } from "../blob/service.ts";
+import { type BlobService, writeWholeBlob } from "../blob/service.ts";
 import type { DirectoryPutter, DirectoryService } from "../directory/service.ts";
 import { compareBytes, type Digest } from "../digest.ts";
 import { type Directory, directoryDigest, directorySize } from "../directory.ts";
@@ -644,17 +644,14 @@ export async function ingestPath(
       observer?.contents(data);
       observer?.endFile();
       await uploads.add(async () => {
-        const writer = blob.openWrite();
         try {
-          if (data.length > 0) await writer.write(data);
-          // The writer has taken its copy and the observer saw the bytes
-          // already: free them now rather than at a later collection.
-          releaseWhole(data);
-          walked.digest = await writer.close();
+          walked.digest = await writeWholeBlob(blob, data);
         } catch (err) {
-          await writer.abort().catch(() => {});
           throw new IngestError(shown(loc), `upload failed: ${errorMessage(err)}`);
         }
+        // Stored, and the observer saw the bytes already: free them now
+        // (unless the store took the buffer) rather than at a collection.
+        releaseWhole(data);
         progress?.bytes?.(size);
       }, size);
       return;
