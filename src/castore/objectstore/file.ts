@@ -10,7 +10,8 @@
  * next store opened on the same directory once it is older than
  * {@linkcode STALE_TEMP_MS} (a live put holds its temporary file for
  * moments, so no live writer's file is touched). Directories known
- * to exist are remembered, so a put is two calls into the blocking pool:
+ * to exist are remembered (directories are made and objects looked up
+ * synchronously), so a put is two calls into the blocking pool:
  * one `Deno.writeFile` of the temporary file (open, write and close) and
  * one rename; if a directory was removed behind the store's back, the put
  * recreates it and retries.
@@ -128,10 +129,27 @@ export class FileObjectStore implements ObjectStore {
     }
   }
 
-  async size(path: string): Promise<number | undefined> {
+  size(path: string): Promise<number | undefined> {
+    try {
+      return Promise.resolve(this.#sizeNow(path));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  #sizeNow(path: string): number | undefined {
     const file = this.#resolve(path);
     try {
-      const info = await Deno.stat(file);
+      // Metadata calls are made synchronously: against the page cache they
+      // take microseconds, and each asynchronous one is a round trip through
+      // the blocking pool with two thread wake-ups. Importing 20,000 small
+      // files into this store, these and the `mkdir` below made synchronous
+      // took 7.0-8.9 CPU-s against 7.0-9.8 (six interleaved pairs by hand;
+      // wall time 5.2-6.7 s against 5.0-7.0 s). Writes and renames stay
+      // asynchronous: made synchronous too, they cut the CPU by a quarter
+      // but not the wall time, since creating files on several threads at
+      // once is what keeps this store's import going.
+      const info = Deno.statSync(file);
       if (!info.isFile) return undefined;
       // Without FFI: an object found here (perhaps another writer's, not
       // committed yet) may be relied on, so the commit flushes its name.
@@ -151,13 +169,13 @@ export class FileObjectStore implements ObjectStore {
     const temp = join(dir, `${TEMP_PREFIX}${crypto.randomUUID()}`);
     const syncData = !this.#flusher;
     try {
-      if (!this.#dirs.has(dir)) await this.#createDir(dir);
+      if (!this.#dirs.has(dir)) this.#createDir(dir);
       try {
         await writeTemp(temp, data, syncData);
       } catch (err) {
         if (!(err instanceof Deno.errors.NotFound)) throw err;
         // The directory was removed behind the store's back.
-        await this.#createDir(dir);
+        this.#createDir(dir);
         await writeTemp(temp, data, syncData);
       }
       await Deno.rename(temp, file);
@@ -168,14 +186,14 @@ export class FileObjectStore implements ObjectStore {
     }
   }
 
-  async #createDir(dir: string): Promise<void> {
+  #createDir(dir: string): void {
     // Without FFI the commit flushes directories one by one: the names of
     // those created here go too, in their parents.
     const created: string[] = [];
     if (!this.#flusher) {
       for (let d = dir; d !== dirname(d) && !existsSync(d); d = dirname(d)) created.push(d);
     }
-    await Deno.mkdir(dir, { recursive: true });
+    Deno.mkdirSync(dir, { recursive: true }); // synchronous: see `size`
     this.#dirs.add(dir);
     // The store's directory exists now: flushes watch it from here on.
     this.#flusher?.watch();
