@@ -22,7 +22,11 @@
 /** Schedules a callback: `queueMicrotask`, `setImmediate` or the like. */
 export type Scheduler = (callback: () => void) => unknown;
 
-/** Items gathered until the scheduled hand-over, or an early {@linkcode flush}. */
+/**
+ * Items gathered until the scheduled hand-over, or an early {@linkcode flush}.
+ * The consumer must handle its own failures: one it throws from the
+ * scheduled hand-over is an uncaught exception.
+ */
 export class TurnBatch<T> {
   readonly #run: (items: T[]) => void;
   readonly #schedule: Scheduler;
@@ -53,6 +57,16 @@ export class TurnBatch<T> {
         this.flush();
       });
     }
+  }
+
+  /**
+   * Removes what is gathered without handing it over (for an owner shutting
+   * down, which fails those requests itself).
+   */
+  take(): T[] {
+    const items = this.#items;
+    this.#items = [];
+    return items;
   }
 
   /**

@@ -204,8 +204,8 @@ function wordText(word: Uint8Array): string {
 }
 
 /**
- * Uploads a small file read whole (a copy, now the store's), checking the
- * digest the caller computed.
+ * Uploads a small file read whole (with `copy`, so no later read reuses
+ * its bytes), checking the digest the caller computed.
  */
 async function uploadAll(blob: BlobService, data: Uint8Array, expected: Digest): Promise<void> {
   const got = await writeWholeBlob(blob, data);

@@ -334,3 +334,28 @@ Deno.test("chunk pool: chunks encoded in one message to a Worker are each the in
     await pool.terminate();
   }
 });
+
+Deno.test("chunk pool: chunks gathered for a Worker fail when the pool stops first, and start no Worker", async () => {
+  const pool = new ChunkWorkerPool(2);
+  const encoding = pool.encode(pseudoRandom(ENCODE_INLINE_LIMIT + 100, 9), true);
+  await pool.terminate();
+  await assertRejects(() => encoding, StorageError, "chunk worker was stopped");
+  await new Promise((r) => setTimeout(r, 0)); // past the batch's scheduled hand-over
+  assertEquals(pool.workers, 0);
+});
+
+Deno.test("chunk pool: chunks gathered in one turn are spread over the encoding Workers", async () => {
+  // Four Workers, three of them for encoding (see defaultChunkWorkers).
+  const pool = new ChunkWorkerPool(4);
+  try {
+    const plain = Array.from(
+      { length: 24 },
+      (_, i) => textBytes(ENCODE_INLINE_LIMIT + 1 + i * 100),
+    );
+    const encoded = await Promise.all(plain.map((p) => pool.encode(p.slice(), true)));
+    for (const [i, e] of encoded.entries()) assertEquals(e.digest, blake3(plain[i]));
+    assertEquals(pool.workers, 3);
+  } finally {
+    await pool.terminate();
+  }
+});

@@ -355,11 +355,18 @@ export class ChunkWorkerPool implements ChunkCodec {
   }
 
   /**
-   * Encodes the chunks gathered in {@linkcode encode} in one message to a
-   * Worker; each fails or succeeds on its own. Without Workers they are
-   * encoded here.
+   * Encodes the chunks gathered in {@linkcode encode}: one message per
+   * encoding Worker the pool may run; each chunk fails or succeeds on its
+   * own. Without Workers they are encoded here.
    */
   #encodeBatch(batch: PendingEncode[]): void {
+    // Split over the encoding Workers, as single chunks would be.
+    const parts = Math.min(Math.max(1, this.#size - 1), batch.length);
+    if (parts > 1) {
+      const per = Math.ceil(batch.length / parts);
+      for (let i = 0; i < batch.length; i += per) this.#encodeBatch(batch.slice(i, i + per));
+      return;
+    }
     const chunks = batch.map(({ chunk, allowRaw, level }) => ({ chunk, allowRaw, level }));
     const inThread = async () => {
       for (const e of batch) {
@@ -394,7 +401,12 @@ export class ChunkWorkerPool implements ChunkCodec {
   async terminate(): Promise<void> {
     const slots = [...this.#slots];
     this.#slots.clear();
-    for (const slot of slots) this.#fail(slot, new StorageError("chunk worker was stopped"));
+    const stopped = new StorageError("chunk worker was stopped");
+    for (const slot of slots) this.#fail(slot, stopped);
+    // Gathered for a Worker and not sent yet: sent after this, they would
+    // start a Worker that nothing stops.
+    for (const e of this.#batchedEncodes.take()) e.reject(stopped);
+    for (const d of this.#smallDecodes.take()) d.reject(stopped);
     await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 

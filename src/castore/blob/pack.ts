@@ -158,11 +158,13 @@ export interface PackBlobServiceOptions {
 interface OpenPack {
   id: number;
   /**
-   * The pack, open for writing through Deno's file API: its writes and
-   * flushes run on Deno's blocking threads. `node:fs` `write` and
-   * `fdatasync` make the system call on the JavaScript thread in Deno
-   * 2.9.6 (seen with `strace -f`), so copying an import's bytes into the
-   * page cache, and every flush, held up everything else the process did.
+   * The pack, open for writing through Deno's file API: its flushes and
+   * writes above {@linkcode SYNC_WRITE_LIMIT} run on Deno's blocking
+   * threads. `node:fs` `write` and `fdatasync` make the system call on the
+   * JavaScript thread in Deno 2.9.6 (seen with `strace -f`), so copying an
+   * import's bytes into the page cache, and every flush, held up everything
+   * else the process did. Smaller writes are made on this thread, where
+   * they cost less than the round trip.
    */
   file: Deno.FsFile;
   /** Where the file's offset stands once every write started has run. */
@@ -864,10 +866,9 @@ export class PackBlobService implements BlobService {
 
   /**
    * Appends one encoded chunk to the current pack and returns where it is.
-   * The space is reserved at once, so appends never overlap; the write runs
-   * on Deno's blocking threads (copying into the page cache is a good part
-   * of an import's work). A failure retires the pack: its tail is now
-   * unknown.
+   * The space is reserved at once, so appends never overlap; the record is
+   * written with the others staged in the same turn (see `writeAt`). A
+   * failure retires the pack: its tail is now unknown.
    */
   append(chunk: EncodedChunk, size: number): Promise<ChunkLocation> {
     // Two uploads of the same data at once write it once.

@@ -91,10 +91,12 @@ export interface BlobService {
    * Stores `data` as one blob and returns its digest: what `openWrite`, one
    * `write` and `close` do, for a blob already whole in memory (a small
    * file, a `SmallBlobService` upload), with less machinery where the
-   * backend can. `data` must not change until the promise settles; where
-   * it spans its whole buffer, the buffer is the backend's from the call
-   * on (it may be handed to another thread). Callers go through
-   * {@linkcode writeWholeBlob}. The pack and object stores have it.
+   * backend can. `data` must not change until the promise settles. Where
+   * it spans its whole buffer, the backend may take that buffer (hand it
+   * to another thread, which detaches it here), but keeps none once the
+   * promise settles: the caller may then release it. Callers go through
+   * {@linkcode writeWholeBlob}. The pack and object stores have it, and
+   * the near cache passes it on.
    */
   writeWhole?(data: Uint8Array): Promise<Digest>;
 
