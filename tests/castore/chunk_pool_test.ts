@@ -8,7 +8,7 @@ import {
   inThreadCodec,
 } from "../../src/castore/blob/chunk_pool.ts";
 import { ENCODE_INLINE_LIMIT } from "../../src/castore/blob/chunk_codec.ts";
-import { REFUSED } from "./picky_chunk_worker.ts";
+import { NOT_ALONE, REFUSED } from "./picky_chunk_worker.ts";
 import { ObjectStoreBlobService } from "../../src/castore/blob/objectstore.ts";
 import { blake3, bytesEqual, type Digest } from "../../src/castore/digest.ts";
 import { StorageError } from "../../src/errors.ts";
@@ -345,13 +345,16 @@ Deno.test("chunk pool: chunks gathered for a Worker fail when the pool stops fir
 });
 
 Deno.test("chunk pool: chunks gathered in one turn are spread over the encoding Workers", async () => {
-  // Four Workers, three of them for encoding (see defaultChunkWorkers).
-  const pool = new ChunkWorkerPool(4);
+  // Four Workers, three of them for encoding (see defaultChunkWorkers). The
+  // picky Worker refuses these chunks sent alone or in a batch of one: each
+  // Worker's part must travel together.
+  const pool = new ChunkWorkerPool(4, new URL("./picky_chunk_worker.ts", import.meta.url));
   try {
-    const plain = Array.from(
-      { length: 24 },
-      (_, i) => textBytes(ENCODE_INLINE_LIMIT + 1 + i * 100),
-    );
+    const plain = Array.from({ length: 24 }, (_, i) => {
+      const p = textBytes(ENCODE_INLINE_LIMIT + 1 + i * 100);
+      p[0] = NOT_ALONE;
+      return p;
+    });
     const encoded = await Promise.all(plain.map((p) => pool.encode(p.slice(), true)));
     for (const [i, e] of encoded.entries()) assertEquals(e.digest, blake3(plain[i]));
     assertEquals(pool.workers, 3);

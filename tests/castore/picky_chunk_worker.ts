@@ -1,7 +1,8 @@
 /**
  * A chunk Worker that serves requests with the real codec, except that it
  * refuses to encode a chunk whose first byte is 0xEE (as a storage
- * failure), and a chunk small enough for a batch that came alone; used by `chunk_pool_test.ts` (which
+ * failure), a chunk small enough for a batch that came alone, and one
+ * starting with 0xEB that came in a batch of one; used by `chunk_pool_test.ts` (which
  * imports {@linkcode REFUSED} from here) to see that one chunk of a batch
  * fails without the others.
  *
@@ -14,6 +15,8 @@ import { ENCODE_BATCH_LIMIT } from "../../src/castore/blob/chunk_pool.ts";
 
 /** The first byte of chunks this Worker refuses. */
 export const REFUSED = 0xee;
+/** The first byte of chunks this Worker refuses in a batch of one. */
+export const NOT_ALONE = 0xeb;
 
 function encode(chunk: ArrayBuffer, allowRaw: boolean, level: number): BatchedEncoding {
   const bytes = new Uint8Array(chunk);
@@ -26,7 +29,11 @@ if (parentPort) {
   const port = parentPort;
   port.on("message", (req: ChunkRequest) => {
     if (req.op === "encodeBatch") {
-      const encoded = req.chunks.map((c) => encode(c.chunk, c.allowRaw, c.level));
+      const encoded = req.chunks.map((c): BatchedEncoding =>
+        req.chunks.length === 1 && new Uint8Array(c.chunk)[0] === NOT_ALONE
+          ? { error: "a chunk came in a batch of one", kind: "other" }
+          : encode(c.chunk, c.allowRaw, c.level)
+      );
       const transfer = encoded.flatMap((e) => "data" in e ? [e.data] : []);
       port.postMessage({ id: req.id, encoded }, transfer);
     } else if (req.op === "encode") {
