@@ -472,11 +472,17 @@ export class PackBlobService implements BlobService {
     return this.#dir;
   }
 
+  /**
+   * Where a chunk written here and not yet committed is; no key is made
+   * when there are none (a store only read from).
+   */
+  #pendingAt(digest: Digest): ChunkLocation | undefined {
+    return this.#pendingChunks.size > 0 ? this.#pendingChunks.get(digestKey(digest)) : undefined;
+  }
+
   /** Where a chunk (or single-chunk blob) is stored, published or committed. */
   locate(digest: Digest): ChunkLocation | undefined {
-    const pending = this.#pendingChunks.size > 0
-      ? this.#pendingChunks.get(digestKey(digest))
-      : undefined;
+    const pending = this.#pendingAt(digest);
     if (pending) return pending;
     const row = storageCall("chunk lookup", () => this.#stmt.chunk.get(digest));
     return row ? rowLocation(digest, row) : undefined;
@@ -491,9 +497,7 @@ export class PackBlobService implements BlobService {
    * found all the same: `append` shares a write in progress.
    */
   locateSoon(digest: Digest): Promise<ChunkLocation | undefined> {
-    const pending = this.#pendingChunks.size > 0
-      ? this.#pendingChunks.get(digestKey(digest))
-      : undefined;
+    const pending = this.#pendingAt(digest);
     if (pending) return Promise.resolve(pending);
     return new Promise((resolve, reject) => this.#lookups.add({ digest, resolve, reject }));
   }
@@ -518,9 +522,7 @@ export class PackBlobService implements BlobService {
     const out: (ChunkLocation | undefined)[] = new Array(digests.length);
     const ask: number[] = [];
     for (let i = 0; i < digests.length; i++) {
-      const pending = this.#pendingChunks.size > 0
-        ? this.#pendingChunks.get(digestKey(digests[i]))
-        : undefined;
+      const pending = this.#pendingAt(digests[i]);
       if (pending) out[i] = pending;
       else ask.push(i);
     }
